@@ -1,0 +1,102 @@
+//! From native IPv6 into a proto-41 tunnel (`to_6in4`): the destination is inside a
+//! tunnel's prefix. Check state, hop limit and MTU, push the IPv4 header, forward.
+use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use broker_common::{
+    consts::{ENCAP_TTL, ETH_HDR_LEN, ETH_P_IPV4_BE, IPPROTO_IPV6, IPV4_HDR_LEN},
+    csum,
+    maps::{Tunnel, TunnelKind},
+    stats::{DropReason, Event},
+};
+
+use crate::{
+    forward,
+    headers::{EthHdr, Ipv4Hdr, Ipv6Hdr},
+    icmp6,
+    outcome::Verdict,
+    ptr,
+    stats::{self, Dir},
+    tunnel,
+};
+
+/// Where the packet came from, which decides how errors and echo replies can go back.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Received natively on an interface: replies go back out of it.
+    Native,
+    /// Just decapsulated from another tunnel (client to client through the PoP).
+    Tunnel,
+}
+
+#[inline(always)]
+pub fn into_tunnel(ctx: &XdpContext, slot: u32, origin: Origin) -> Verdict {
+    let t = tunnel::get(slot)?;
+    let ip = ptr::at::<Ipv6Hdr>(ctx, ETH_HDR_LEN).ok_or(DropReason::Truncated)?;
+    // SAFETY: bounds checked.
+    let ipr = unsafe { &*ip };
+    let len = ipr.packet_len();
+    if ETH_HDR_LEN + len > ptr::frame_len(ctx) {
+        return Err(DropReason::Truncated);
+    }
+    if ipr.dst == t.pop_v6 {
+        return match origin {
+            Origin::Native => icmp6::echo_reply_native(ctx, len),
+            Origin::Tunnel => Err(DropReason::PopAddress),
+        };
+    }
+    tunnel::check_usable(t, slot, TunnelKind::Proto41, len)?;
+    if ipr.hop_limit <= 1 {
+        return Err(tunnel::drop(slot, len, DropReason::HopLimitExceeded));
+    }
+    if len > t.mtu as usize {
+        return match origin {
+            Origin::Native => icmp6::packet_too_big(ctx, t, slot, len),
+            Origin::Tunnel => Err(tunnel::drop(slot, len, DropReason::TooBigHairpin)),
+        };
+    }
+    let tos = ipr.traffic_class();
+    // SAFETY: bounds checked above; a router decrements once.
+    unsafe { (*ip).hop_limit -= 1 };
+
+    push_ipv4(ctx, t, len, tos)?;
+    stats::tunnel(slot, Dir::ToClient, len as u64);
+    stats::event(Event::Encap, len as u64);
+    forward::ipv4(ctx, t, len + IPV4_HDR_LEN, tos)
+}
+
+/// Prepends the outer IPv4 header (RFC 4213 section 3.5): protocol 41, DF, TTL 64, the
+/// inner traffic class copied to TOS.
+#[inline(always)]
+fn push_ipv4(ctx: &XdpContext, t: &Tunnel, inner_len: usize, tos: u8) -> Result<(), DropReason> {
+    let eth = ptr::at::<EthHdr>(ctx, 0).ok_or(DropReason::Truncated)?;
+    // SAFETY: bounds checked; copied before the head moves.
+    let eth = unsafe { *eth };
+    // SAFETY: helper call on our own context.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPV4_HDR_LEN as i32)) } != 0 {
+        return Err(DropReason::AdjustFailed);
+    }
+    let new_eth = ptr::at::<EthHdr>(ctx, 0).ok_or(DropReason::AdjustFailed)?;
+    let outer = ptr::at::<Ipv4Hdr>(ctx, ETH_HDR_LEN).ok_or(DropReason::AdjustFailed)?;
+    let mut hdr = Ipv4Hdr {
+        version_ihl: 0x45,
+        tos,
+        tot_len: ((inner_len + IPV4_HDR_LEN) as u16).to_be_bytes(),
+        id: [0, 0],
+        frag_off: Ipv4Hdr::DF.to_be_bytes(),
+        ttl: ENCAP_TTL,
+        protocol: IPPROTO_IPV6,
+        check: [0, 0],
+        src: t.local_v4,
+        dst: t.remote_v4,
+    };
+    hdr.check = csum::ipv4_header(hdr.as_bytes());
+    // SAFETY: both bounds checked after the adjustment; they do not overlap.
+    unsafe {
+        *new_eth = EthHdr {
+            dst: eth.dst,
+            src: eth.src,
+            proto: ETH_P_IPV4_BE.to_ne_bytes(),
+        };
+        *outer = hdr;
+    }
+    Ok(())
+}

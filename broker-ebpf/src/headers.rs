@@ -1,0 +1,96 @@
+//! Wire headers. Multi-byte fields are byte arrays in network order: no alignment is
+//! assumed (the IP header follows a 14-byte Ethernet header) and no byte swapping happens by
+//! accident.
+use broker_common::consts::{ETH_HDR_LEN, ICMPV6_HDR_LEN, IPV4_HDR_LEN, IPV6_HDR_LEN};
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EthHdr {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    /// EtherType; compare `u16::from_ne_bytes(proto)` with the `*_BE` constants.
+    pub proto: [u8; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Ipv4Hdr {
+    pub version_ihl: u8,
+    pub tos: u8,
+    pub tot_len: [u8; 2],
+    pub id: [u8; 2],
+    pub frag_off: [u8; 2],
+    pub ttl: u8,
+    pub protocol: u8,
+    pub check: [u8; 2],
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+}
+
+impl Ipv4Hdr {
+    /// More-fragments flag and fragment offset: non-zero for any fragment.
+    pub const FRAG_MASK: u16 = 0x3fff;
+    /// Don't Fragment.
+    pub const DF: u16 = 0x4000;
+
+    #[inline(always)]
+    pub fn tot_len(&self) -> usize {
+        u16::from_be_bytes(self.tot_len) as usize
+    }
+
+    #[inline(always)]
+    pub fn is_fragment(&self) -> bool {
+        u16::from_be_bytes(self.frag_off) & Self::FRAG_MASK != 0
+    }
+
+    #[inline(always)]
+    pub fn as_bytes(&self) -> &[u8; IPV4_HDR_LEN] {
+        // SAFETY: repr(C), 20 bytes of u8 and byte arrays, no padding.
+        unsafe { &*(self as *const Self as *const [u8; IPV4_HDR_LEN]) }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Ipv6Hdr {
+    /// Version (4 bits), traffic class (8), flow label (20).
+    pub vtc_flow: [u8; 4],
+    pub payload_len: [u8; 2],
+    pub next_header: u8,
+    pub hop_limit: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+
+impl Ipv6Hdr {
+    #[inline(always)]
+    pub fn version(&self) -> u8 {
+        self.vtc_flow[0] >> 4
+    }
+
+    #[inline(always)]
+    pub fn traffic_class(&self) -> u8 {
+        (self.vtc_flow[0] << 4) | (self.vtc_flow[1] >> 4)
+    }
+
+    /// Length of the whole packet, header included.
+    #[inline(always)]
+    pub fn packet_len(&self) -> usize {
+        u16::from_be_bytes(self.payload_len) as usize + IPV6_HDR_LEN
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Icmp6Hdr {
+    pub ty: u8,
+    pub code: u8,
+    pub check: [u8; 2],
+    /// Identifier and sequence (echo), MTU (Packet Too Big).
+    pub data: [u8; 4],
+}
+
+const _: () = assert!(core::mem::size_of::<EthHdr>() == ETH_HDR_LEN);
+const _: () = assert!(core::mem::size_of::<Ipv4Hdr>() == IPV4_HDR_LEN);
+const _: () = assert!(core::mem::size_of::<Ipv6Hdr>() == IPV6_HDR_LEN);
+const _: () = assert!(core::mem::size_of::<Icmp6Hdr>() == ICMPV6_HDR_LEN);

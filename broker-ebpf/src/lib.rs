@@ -1,0 +1,25 @@
+//! The XDP data plane of `broker`, one concern per module (as Katran's `bpf/`):
+//!
+//! - [`ptr`] — every packet access, bounds-checked;
+//! - [`headers`] — the wire headers;
+//! - [`maps`] — the maps, written by the controller, read here (counters written here);
+//! - [`stats`] — counting;
+//! - [`ingress`] — classify a frame: tunnel packet to decapsulate, native packet to
+//!   encapsulate, or not ours;
+//! - [`decap`] — proto-41 to native IPv6 (`from_6in4`);
+//! - [`encap`] — native IPv6 into proto-41 (`to_6in4`);
+//! - [`icmp6`] — echo replies and Packet Too Big, generated in XDP;
+//! - [`forward`] — `bpf_fib_lookup` and redirect, or hand over to the kernel.
+#![no_std]
+
+pub mod decap;
+pub mod encap;
+pub mod forward;
+pub mod headers;
+pub mod icmp6;
+pub mod ingress;
+pub mod maps;
+pub mod outcome;
+pub mod ptr;
+pub mod stats;
+pub mod tunnel;

@@ -1,0 +1,55 @@
+//! Counting. Per-CPU maps, so plain adds; userspace sums the CPUs when it reads.
+use crate::maps::{GLOBAL_STATS, TUNNEL_STATS};
+use broker_common::stats::{Event, ACTION_BASE};
+
+#[inline(always)]
+pub fn global(slot: u32, bytes: u64) {
+    if let Some(p) = GLOBAL_STATS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU value, only this program on this CPU writes it.
+        unsafe {
+            (*p).packets += 1;
+            (*p).bytes += bytes;
+        }
+    }
+}
+
+#[inline(always)]
+pub fn action(action: u32, bytes: u64) {
+    global(ACTION_BASE + action, bytes);
+}
+
+#[inline(always)]
+pub fn event(event: Event, bytes: u64) {
+    global(event.slot(), bytes);
+}
+
+/// Which per-tunnel counter pair to bump.
+#[derive(Clone, Copy)]
+pub enum Dir {
+    FromClient,
+    ToClient,
+    Drop,
+}
+
+#[inline(always)]
+pub fn tunnel(slot: u32, dir: Dir, bytes: u64) {
+    if let Some(p) = TUNNEL_STATS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU value, only this program on this CPU writes it.
+        unsafe {
+            match dir {
+                Dir::FromClient => {
+                    (*p).from_client_packets += 1;
+                    (*p).from_client_bytes += bytes;
+                }
+                Dir::ToClient => {
+                    (*p).to_client_packets += 1;
+                    (*p).to_client_bytes += bytes;
+                }
+                Dir::Drop => {
+                    (*p).drop_packets += 1;
+                    (*p).drop_bytes += bytes;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! Looking up a tunnel and the checks every direction makes on it.
+use broker_common::{
+    maps::{Tunnel, TunnelKind, TunnelState},
+    stats::DropReason,
+};
+
+use crate::{
+    maps::TUNNELS,
+    stats::{self, Dir},
+};
+
+/// The tunnel in `slot`; a lookup map pointing at an empty slot is `stale_slot`.
+#[inline(always)]
+pub fn get(slot: u32) -> Result<&'static Tunnel, DropReason> {
+    match TUNNELS.get(slot) {
+        Some(t) if t.state != TunnelState::Empty as u8 => Ok(t),
+        _ => Err(DropReason::StaleSlot),
+    }
+}
+
+/// Counts a drop against the tunnel and returns the reason, for `Err(tunnel::drop(..))`.
+#[inline(always)]
+pub fn drop(slot: u32, bytes: usize, reason: DropReason) -> DropReason {
+    stats::tunnel(slot, Dir::Drop, bytes as u64);
+    reason
+}
+
+/// The tunnel is up and of the kind the packet arrived by.
+#[inline(always)]
+pub fn check_usable(
+    t: &Tunnel,
+    slot: u32,
+    kind: TunnelKind,
+    bytes: usize,
+) -> Result<(), DropReason> {
+    if t.kind != kind as u8 {
+        return Err(drop(slot, bytes, DropReason::KindMismatch));
+    }
+    if t.state == TunnelState::Up as u8 {
+        Ok(())
+    } else if t.state == TunnelState::Disabled as u8 {
+        Err(drop(slot, bytes, DropReason::TunnelDisabled))
+    } else {
+        Err(drop(slot, bytes, DropReason::TunnelDown))
+    }
+}

@@ -1,0 +1,5 @@
+//! User-space tunnel clients: the client side of a tunnel for hosts whose kernel lacks it
+//! (no `sit` module) and for the lab. `proto41` is the RFC 4213 endpoint.
+
+pub mod proto41;
+pub mod tun;

@@ -1,0 +1,181 @@
+//! The YAML configuration: typed with serde_yaml, then validated as a whole.
+//!
+//! Two kinds of error, both naming the key and the line:
+//! - shape and value errors (unknown key, wrong type, an IPv6 address where IPv4 belongs,
+//!   an MTU out of range) come from deserialisation, which knows where it is;
+//! - rules across entries (duplicate ids, overlapping prefixes, duplicate endpoints) are
+//!   checked afterwards and located with [`spans::SpanIndex`].
+//!
+//! The reference for operators is docs/CONFIGURATION.md.
+
+mod spans;
+mod types;
+mod validate;
+
+use std::{fmt, path::Path};
+
+use serde::Deserialize;
+
+pub use types::{Ipv4Field, LinkPrefix, Mtu, Prefix6};
+
+/// Where XDP attaches.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Interface {
+    pub name: String,
+    #[serde(default)]
+    pub mode: AttachMode,
+}
+
+/// XDP attach mode: `driver` (native, the fast one) or `skb` (generic, any device).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    #[default]
+    Driver,
+    Skb,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pop {
+    /// Local endpoint of every tunnel.
+    pub ipv4: Ipv4Field,
+}
+
+/// Capacities of the data plane maps (memory is reserved up front for the arrays).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataplaneLimits {
+    #[serde(default = "default_max_tunnels")]
+    pub max_tunnels: u32,
+    #[serde(default = "default_max_prefixes")]
+    pub max_prefixes: u32,
+}
+
+impl Default for DataplaneLimits {
+    fn default() -> Self {
+        Self {
+            max_tunnels: default_max_tunnels(),
+            max_prefixes: default_max_prefixes(),
+        }
+    }
+}
+
+fn default_max_tunnels() -> u32 {
+    broker_common::consts::DEFAULT_MAX_TUNNELS
+}
+
+fn default_max_prefixes() -> u32 {
+    broker_common::consts::DEFAULT_MAX_PREFIXES
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelKind {
+    Proto41,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelState {
+    #[default]
+    Up,
+    Down,
+    Disabled,
+}
+
+/// A static tunnel.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tunnel {
+    pub id: u32,
+    pub kind: TunnelKind,
+    #[serde(default)]
+    pub state: TunnelState,
+    pub remote_ipv4: Ipv4Field,
+    /// The /64 on the tunnel link: `::1` is the PoP, `::2` the client.
+    pub link_prefix: LinkPrefix,
+    #[serde(default)]
+    pub routed_prefixes: Vec<Prefix6>,
+    #[serde(default)]
+    pub mtu: Mtu,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Names this PoP's data plane (pins live under /sys/fs/bpf/broker/<instance>/).
+    pub instance: String,
+    pub interfaces: Vec<Interface>,
+    pub pop: Pop,
+    #[serde(default)]
+    pub dataplane: DataplaneLimits,
+    #[serde(default)]
+    pub tunnels: Vec<Tunnel>,
+}
+
+/// A configuration error: what is wrong, at which key, on which line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path of the offending key, e.g. `tunnels[1].mtu`; empty for syntax errors.
+    pub key: String,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.line, self.key.is_empty()) {
+            (Some(l), false) => write!(f, "line {l}: {}: {}", self.key, self.message),
+            (Some(l), true) => write!(f, "line {l}: {}", self.message),
+            (None, false) => write!(f, "{}: {}", self.key, self.message),
+            (None, true) => write!(f, "{}", self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Parses and validates YAML text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = serde_yaml::from_str(text).map_err(from_serde)?;
+        let spans = spans::SpanIndex::new(text);
+        validate::validate(&config).map_err(|(key, message)| ConfigError {
+            line: spans.line_of(&key),
+            key,
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            key: String::new(),
+            line: None,
+            message: format!("cannot read {}: {e}", path.display()),
+        })?;
+        Self::parse(&text)
+    }
+}
+
+/// serde_yaml's messages read "tunnels[0].mtu: invalid value ... at line 9 column 10";
+/// split them into key, line and message.
+fn from_serde(e: serde_yaml::Error) -> ConfigError {
+    let line = e.location().map(|l| l.line());
+    let mut text = e.to_string();
+    if let Some(i) = text.rfind(" at line ") {
+        text.truncate(i);
+    }
+    let (key, message) = match text.split_once(": ") {
+        Some((k, m)) if !k.contains(' ') => (k.to_string(), m.to_string()),
+        _ => (String::new(), text),
+    };
+    ConfigError { key, line, message }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,229 @@
+use super::*;
+
+const GOOD: &str = "\
+instance: pop1
+interfaces:
+  - { name: eth0, mode: driver }
+  - name: eth1
+pop:
+  ipv4: 192.0.2.1
+tunnels:
+  - id: 1
+    kind: proto41
+    state: up
+    remote_ipv4: 198.51.100.10
+    link_prefix: 2001:db8:10:1::/64
+    routed_prefixes: [2001:db8:1100::/48]
+    mtu: 1480
+  - id: 2
+    kind: proto41
+    remote_ipv4: 198.51.100.20
+    link_prefix: 2001:db8:10:2::/64
+";
+
+fn err(text: &str) -> ConfigError {
+    Config::parse(text).expect_err("config should be rejected")
+}
+
+/// GOOD with one line replaced (1-based), to put a fault at a known line.
+fn with_line(n: usize, replacement: &str) -> String {
+    GOOD.lines()
+        .enumerate()
+        .map(|(i, l)| if i + 1 == n { replacement } else { l })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn parses_the_documented_example_with_defaults() {
+    let c = Config::parse(GOOD).unwrap();
+    assert_eq!(c.instance, "pop1");
+    assert_eq!(c.interfaces[0].mode, AttachMode::Driver);
+    assert_eq!(c.interfaces[1].mode, AttachMode::Driver);
+    assert_eq!(c.pop.ipv4.0.to_string(), "192.0.2.1");
+    assert_eq!(c.tunnels.len(), 2);
+    assert_eq!(c.tunnels[1].state, TunnelState::Up);
+    assert_eq!(c.tunnels[1].mtu, Mtu(1480));
+    assert!(c.tunnels[1].routed_prefixes.is_empty());
+    assert_eq!(
+        c.tunnels[0].routed_prefixes[0].0.to_string(),
+        "2001:db8:1100::/48"
+    );
+    assert_eq!(c.dataplane, DataplaneLimits::default());
+}
+
+#[test]
+fn the_shipped_example_is_valid() {
+    let text = include_str!("../../../docs/examples/broker.yaml");
+    Config::parse(text).unwrap();
+}
+
+#[test]
+fn syntax_error_has_a_line() {
+    let e = err("instance: pop1\ninterfaces: [\n");
+    assert!(e.line.is_some(), "{e}");
+}
+
+#[test]
+fn unknown_key_is_named_with_its_line() {
+    let e = err(&with_line(14, "    mtuu: 1480"));
+    assert_eq!(e.key, "tunnels[0]");
+    assert!(e.message.contains("unknown field `mtuu`"), "{e}");
+    assert_eq!(e.line, Some(14), "{e}");
+}
+
+#[test]
+fn missing_key_is_named() {
+    let e = err(&with_line(12, ""));
+    assert!(e.message.contains("missing field `link_prefix`"), "{e}");
+    assert_eq!(e.key, "tunnels[0]", "{e}");
+}
+
+#[test]
+fn wrong_type_is_named() {
+    let e = err(&with_line(8, "  - id: one"));
+    assert_eq!(e.key, "tunnels[0].id", "{e}");
+    assert_eq!(e.line, Some(8), "{e}");
+}
+
+#[test]
+fn mtu_out_of_range_is_rejected_with_key_and_line() {
+    for bad in ["1279", "1481", "0", "9000"] {
+        let e = err(&with_line(14, &format!("    mtu: {bad}")));
+        assert_eq!(e.key, "tunnels[0].mtu", "{e}");
+        assert_eq!(e.line, Some(14), "{e}");
+        assert!(e.message.contains("outside 1280-1480"), "{e}");
+    }
+    for good in ["1280", "1480"] {
+        Config::parse(&with_line(14, &format!("    mtu: {good}"))).unwrap();
+    }
+}
+
+#[test]
+fn wrong_address_family_is_rejected() {
+    let e = err(&with_line(6, "  ipv4: 2001:db8::1"));
+    assert_eq!(e.key, "pop.ipv4");
+    assert_eq!(e.line, Some(6));
+    assert!(e.message.contains("expected an IPv4 address"), "{e}");
+
+    let e = err(&with_line(11, "    remote_ipv4: 2001:db8::10"));
+    assert_eq!(e.key, "tunnels[0].remote_ipv4");
+    assert_eq!(e.line, Some(11));
+
+    let e = err(&with_line(12, "    link_prefix: 10.0.0.0/24"));
+    assert_eq!(e.key, "tunnels[0].link_prefix");
+    assert!(e.message.contains("expected an IPv6 prefix"), "{e}");
+
+    let e = err(&with_line(13, "    routed_prefixes: [192.0.2.0/24]"));
+    assert_eq!(e.key, "tunnels[0].routed_prefixes[0]", "{e}");
+    assert_eq!(e.line, Some(13));
+}
+
+#[test]
+fn link_prefix_must_be_a_64_without_host_bits() {
+    let e = err(&with_line(12, "    link_prefix: 2001:db8:10::/48"));
+    assert!(e.message.contains("/64"), "{e}");
+    let e = err(&with_line(12, "    link_prefix: 2001:db8:10:1::5/64"));
+    assert!(e.message.contains("host bits"), "{e}");
+}
+
+#[test]
+fn duplicate_ids_are_rejected_at_the_second() {
+    let e = err(&with_line(15, "  - id: 1"));
+    assert_eq!(e.key, "tunnels[1].id");
+    assert_eq!(e.line, Some(15));
+    assert!(e.message.contains("already used by tunnels[0]"), "{e}");
+}
+
+#[test]
+fn zero_id_is_rejected() {
+    let e = err(&with_line(8, "  - id: 0"));
+    assert_eq!(e.key, "tunnels[0].id");
+    assert_eq!(e.line, Some(8));
+}
+
+#[test]
+fn overlapping_prefixes_are_rejected() {
+    // Tunnel 2's link /64 inside tunnel 1's routed /48.
+    let e = err(&with_line(18, "    link_prefix: 2001:db8:1100:5::/64"));
+    assert_eq!(e.key, "tunnels[1].link_prefix", "{e}");
+    assert_eq!(e.line, Some(18));
+    assert!(
+        e.message
+            .contains("overlaps 2001:db8:1100::/48 of tunnel 1"),
+        "{e}"
+    );
+
+    // The same /64 twice.
+    let e = err(&with_line(18, "    link_prefix: 2001:db8:10:1::/64"));
+    assert!(e.message.contains("overlaps"), "{e}");
+
+    // A routed prefix containing the tunnel's own link prefix.
+    let e = err(&with_line(13, "    routed_prefixes: [2001:db8:10::/48]"));
+    assert!(e.message.contains("overlaps"), "{e}");
+    assert!(matches!(e.line, Some(12 | 13)), "{e}");
+}
+
+#[test]
+fn adjacent_prefixes_do_not_overlap() {
+    let text = with_line(
+        13,
+        "    routed_prefixes: [2001:db8:1100::/48, 2001:db8:1101::/48]",
+    );
+    Config::parse(&text).unwrap();
+}
+
+#[test]
+fn duplicate_endpoint_and_pop_endpoint_are_rejected() {
+    let e = err(&with_line(17, "    remote_ipv4: 198.51.100.10"));
+    assert_eq!(e.key, "tunnels[1].remote_ipv4");
+    assert_eq!(e.line, Some(17));
+    let e = err(&with_line(17, "    remote_ipv4: 192.0.2.1"));
+    assert!(e.message.contains("PoP's own address"), "{e}");
+}
+
+#[test]
+fn interfaces_are_checked() {
+    let e = err(&with_line(4, "  - name: eth0"));
+    assert_eq!(e.key, "interfaces[1].name");
+    assert_eq!(e.line, Some(4));
+    let e = err(&with_line(4, "  - name: averyveryverylongname"));
+    assert_eq!(e.key, "interfaces[1].name");
+    let e = err(&with_line(3, "  - { name: eth0, mode: turbo }"));
+    assert_eq!(e.key, "interfaces[0].mode", "{e}");
+}
+
+#[test]
+fn bad_state_and_kind_are_named() {
+    let e = err(&with_line(10, "    state: maybe"));
+    assert_eq!(e.key, "tunnels[0].state");
+    let e = err(&with_line(9, "    kind: gre"));
+    assert_eq!(e.key, "tunnels[0].kind");
+}
+
+#[test]
+fn instance_name_is_checked() {
+    let e = err(&with_line(1, "instance: Pop/1"));
+    assert_eq!(e.key, "instance");
+    assert_eq!(e.line, Some(1));
+}
+
+#[test]
+fn limits_are_checked() {
+    let text = format!("{GOOD}dataplane:\n  max_tunnels: 1\n");
+    let e = err(&text);
+    assert_eq!(e.key, "tunnels");
+    let text = format!("{GOOD}dataplane:\n  max_tunnels: 10\n  max_prefixes: 5\n");
+    let e = err(&text);
+    assert_eq!(e.key, "dataplane.max_prefixes");
+    assert_eq!(e.line, Some(22));
+}
+
+#[test]
+fn display_names_line_and_key() {
+    let e = err(&with_line(14, "    mtu: 9000"));
+    assert!(
+        e.to_string().starts_with("line 14: tunnels[0].mtu: "),
+        "{e}"
+    );
+}

@@ -1,0 +1,164 @@
+//! Rules across entries, checked after deserialisation. Errors are (key path, message).
+use std::collections::HashMap;
+
+use ipnet::Ipv6Net;
+
+use super::Config;
+
+type Invalid = (String, String);
+
+pub fn validate(c: &Config) -> Result<(), Invalid> {
+    instance(&c.instance)?;
+    interfaces(c)?;
+    limits(c)?;
+    tunnels(c)
+}
+
+fn instance(name: &str) -> Result<(), Invalid> {
+    let ok = !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err((
+            "instance".into(),
+            format!("{name:?} must be 1-32 characters of a-z, 0-9, '-' and '_' (it names the pin directory)"),
+        ))
+    }
+}
+
+fn interfaces(c: &Config) -> Result<(), Invalid> {
+    if c.interfaces.is_empty() {
+        return Err((
+            "interfaces".into(),
+            "at least one interface is needed".into(),
+        ));
+    }
+    let mut seen = HashMap::new();
+    for (i, iface) in c.interfaces.iter().enumerate() {
+        let key = format!("interfaces[{i}].name");
+        if iface.name.is_empty() || iface.name.len() > 15 || iface.name.contains(['/', ' ']) {
+            return Err((
+                key,
+                format!("{:?} is not a valid interface name", iface.name),
+            ));
+        }
+        if let Some(first) = seen.insert(iface.name.as_str(), i) {
+            return Err((
+                key,
+                format!("{} is already listed as interfaces[{first}]", iface.name),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn limits(c: &Config) -> Result<(), Invalid> {
+    let l = &c.dataplane;
+    if l.max_tunnels == 0 || l.max_tunnels > 1 << 24 {
+        return Err((
+            "dataplane.max_tunnels".into(),
+            format!("{} is outside 1-16777216", l.max_tunnels),
+        ));
+    }
+    if l.max_prefixes < l.max_tunnels {
+        return Err((
+            "dataplane.max_prefixes".into(),
+            format!(
+                "{} is less than max_tunnels ({}): every tunnel has a link prefix",
+                l.max_prefixes, l.max_tunnels
+            ),
+        ));
+    }
+    if c.tunnels.len() > l.max_tunnels as usize {
+        return Err((
+            "tunnels".into(),
+            format!(
+                "{} tunnels do not fit dataplane.max_tunnels = {}",
+                c.tunnels.len(),
+                l.max_tunnels
+            ),
+        ));
+    }
+    let prefixes: usize = c.tunnels.iter().map(|t| 1 + t.routed_prefixes.len()).sum();
+    if prefixes > l.max_prefixes as usize {
+        return Err((
+            "tunnels".into(),
+            format!(
+                "{prefixes} prefixes do not fit dataplane.max_prefixes = {}",
+                l.max_prefixes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn tunnels(c: &Config) -> Result<(), Invalid> {
+    let pop = c.pop.ipv4.0;
+    let mut ids = HashMap::new();
+    let mut endpoints = HashMap::new();
+    // (prefix, key path, tunnel id) of every prefix, for the overlap check.
+    let mut prefixes: Vec<(Ipv6Net, String, u32)> = Vec::new();
+    for (i, t) in c.tunnels.iter().enumerate() {
+        let at = |k: &str| format!("tunnels[{i}].{k}");
+        if t.id == 0 {
+            return Err((at("id"), "tunnel ids start at 1".into()));
+        }
+        if let Some(first) = ids.insert(t.id, i) {
+            return Err((
+                at("id"),
+                format!("id {} is already used by tunnels[{first}]", t.id),
+            ));
+        }
+        let remote = t.remote_ipv4.0;
+        if remote == pop {
+            return Err((
+                at("remote_ipv4"),
+                format!("{remote} is the PoP's own address"),
+            ));
+        }
+        if remote.is_unspecified() || remote.is_multicast() || remote.is_broadcast() {
+            return Err((
+                at("remote_ipv4"),
+                format!("{remote} is not a unicast address"),
+            ));
+        }
+        if let Some(first) = endpoints.insert(remote, i) {
+            return Err((
+                at("remote_ipv4"),
+                format!(
+                    "{remote} is already the endpoint of tunnels[{first}]; proto-41 tells tunnels apart by endpoint"
+                ),
+            ));
+        }
+        prefixes.push((t.link_prefix.0, at("link_prefix"), t.id));
+        for (j, p) in t.routed_prefixes.iter().enumerate() {
+            prefixes.push((p.0, format!("tunnels[{i}].routed_prefixes[{j}]"), t.id));
+        }
+    }
+    overlaps(prefixes)
+}
+
+/// Sorted by start address (shorter first on ties), a prefix overlaps an earlier one
+/// exactly when it starts inside the widest range seen so far.
+fn overlaps(mut prefixes: Vec<(Ipv6Net, String, u32)>) -> Result<(), Invalid> {
+    prefixes.sort_by_key(|(p, _, _)| (p.network(), p.prefix_len()));
+    let mut widest: Option<&(Ipv6Net, String, u32)> = None;
+    for entry in &prefixes {
+        if let Some(w) = widest {
+            if w.0.contains(&entry.0.network()) {
+                return Err((
+                    entry.1.clone(),
+                    format!("{} overlaps {} of tunnel {} ({})", entry.0, w.0, w.2, w.1),
+                ));
+            }
+        }
+        if widest.is_none_or(|w| entry.0.broadcast() > w.0.broadcast()) {
+            widest = Some(entry);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! Helper XDP programs for the lab and the benchmark (object `broker-aux`): a pass program
+//! for veth peers, a no-op redirect, a counting sink and a live-frames generator.
+use aya::{
+    maps::{Array, PerCpuArray},
+    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    Ebpf,
+};
+use broker_common::{
+    consts::{map_names as names, program_names as progs, GEN_FRAME_LEN},
+    maps::StatPair,
+};
+
+use super::{testing, DataplaneError, TestRunOutput};
+
+static AUX_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/broker-aux"));
+
+/// The helper programs, loaded; links live as long as this value.
+pub struct Aux {
+    ebpf: Ebpf,
+}
+
+impl Aux {
+    pub fn load() -> Result<Self, DataplaneError> {
+        let mut ebpf = Ebpf::load(AUX_OBJ).map_err(DataplaneError::Load)?;
+        for name in [
+            progs::PASS,
+            progs::BENCH_REDIRECT,
+            progs::BENCH_SINK,
+            progs::BENCH_GEN,
+        ] {
+            prog(&mut ebpf, name)?
+                .load()
+                .map_err(|source| DataplaneError::Program { name, source })?;
+        }
+        Ok(Self { ebpf })
+    }
+
+    /// Attaches `program` (one of the aux program names) to the interface with this index
+    /// in the calling thread's namespace, in driver mode.
+    pub fn attach(&mut self, program: &'static str, ifindex: u32) -> Result<(), DataplaneError> {
+        let p = prog(&mut self.ebpf, program)?;
+        p.attach_to_if_index(ifindex, XdpMode::Driver)
+            .map_err(|source| DataplaneError::Attach {
+                iface: format!("ifindex {ifindex}"),
+                mode: crate::config::AttachMode::Driver,
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// Attaches `program` to the interface named `iface` in this process's namespace.
+    pub fn attach_by_name(
+        &mut self,
+        program: &'static str,
+        iface: &str,
+    ) -> Result<(), DataplaneError> {
+        let c = std::ffi::CString::new(iface).map_err(|_| DataplaneError::Io {
+            what: format!("interface name {iface:?}"),
+            source: std::io::ErrorKind::InvalidInput.into(),
+        })?;
+        // SAFETY: reads a NUL-terminated string.
+        let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        if index == 0 {
+            return Err(DataplaneError::Io {
+                what: format!("looking up interface {iface}"),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        self.attach(program, index)
+    }
+
+    /// Where `bench_redirect` sends frames.
+    pub fn set_redirect_target(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        let name = names::BENCH_REDIRECT;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap { name })?;
+        let mut a: Array<_, u32> =
+            Array::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
+        a.set(0, ifindex, 0)
+            .map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    /// Frames `bench_sink` has consumed so far, summed over CPUs.
+    pub fn sink_count(&self) -> Result<StatPair, DataplaneError> {
+        let name = names::BENCH_SINK;
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or(DataplaneError::MissingMap { name })?;
+        let a: PerCpuArray<_, StatPair> =
+            PerCpuArray::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
+        let v = a
+            .get(&0, 0)
+            .map_err(|source| DataplaneError::Map { name, source })?;
+        Ok(v.iter().fold(StatPair::default(), |s, x| StatPair {
+            packets: s.packets + x.packets,
+            bytes: s.bytes + x.bytes,
+        }))
+    }
+
+    /// Test run of `xdp_pass`: the no-op baseline, timed like the data plane.
+    pub fn test_run_pass(
+        &self,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<TestRunOutput, DataplaneError> {
+        let p = prog_ref(&self.ebpf, progs::PASS)?;
+        testing::run(p, frame, 0, repeat, progs::PASS)
+    }
+
+    /// Transmits `count` copies of `frame` (exactly `GEN_FRAME_LEN` bytes) out of interface
+    /// `ifindex` of the calling thread's namespace, `batch` at a time, with live frames.
+    pub fn generate(
+        &mut self,
+        frame: &[u8; GEN_FRAME_LEN],
+        ifindex: u32,
+        count: u32,
+        batch: u32,
+    ) -> Result<(), DataplaneError> {
+        let name = names::GEN_TEMPLATE;
+        {
+            let map = self
+                .ebpf
+                .map_mut(name)
+                .ok_or(DataplaneError::MissingMap { name })?;
+            let mut a: Array<_, [u64; GEN_FRAME_LEN / 8]> =
+                Array::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
+            let mut words = [0u64; GEN_FRAME_LEN / 8];
+            for (w, c) in words.iter_mut().zip(frame.chunks_exact(8)) {
+                *w = u64::from_ne_bytes(c.try_into().expect("8 bytes"));
+            }
+            a.set(0, words, 0)
+                .map_err(|source| DataplaneError::Map { name, source })?;
+        }
+        let p = prog_ref(&self.ebpf, progs::BENCH_GEN)?;
+        let ctx: [u32; 6] = [0, GEN_FRAME_LEN as u32, 0, ifindex, 0, 0];
+        let ctx: Vec<u8> = ctx.iter().flat_map(|f| f.to_ne_bytes()).collect();
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            repeat: count,
+            attrs: TestRunAttrs::new().xdp_live_frames(batch),
+            ..TestRunOptions::default()
+        };
+        p.test_run(opts).map_err(|source| DataplaneError::Program {
+            name: progs::BENCH_GEN,
+            source,
+        })?;
+        Ok(())
+    }
+}
+
+fn prog<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DataplaneError> {
+    ebpf.program_mut(name)
+        .ok_or(DataplaneError::MissingProgram { name })?
+        .try_into()
+        .map_err(|source| DataplaneError::Program { name, source })
+}
+
+fn prog_ref<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a Xdp, DataplaneError> {
+    ebpf.program(name)
+        .ok_or(DataplaneError::MissingProgram { name })?
+        .try_into()
+        .map_err(|source| DataplaneError::Program { name, source })
+}

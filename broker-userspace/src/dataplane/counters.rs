@@ -1,0 +1,149 @@
+//! Reading the per-CPU counters, summed, from the loaded program or from its pins (so
+//! `broker stats` works from another process).
+use aya::maps::{Array, Map, MapData, PerCpuArray};
+use broker_common::{
+    consts::map_names as names,
+    maps::{StatPair, Tunnel, TunnelKind, TunnelState, TunnelStats},
+    stats::{DropReason, Event, PassReason, ACTION_BASE, GLOBAL_STATS_LEN},
+};
+
+use super::{pin_dir, DataplaneError};
+
+/// `GLOBAL_STATS` summed over CPUs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlobalCounters {
+    slots: Vec<StatPair>,
+}
+
+impl GlobalCounters {
+    /// Packets and bytes that ended with XDP action `action` (0 = aborted ... 4 = redirect).
+    pub fn action(&self, action: u32) -> StatPair {
+        self.slot(ACTION_BASE + action)
+    }
+
+    pub fn event(&self, e: Event) -> StatPair {
+        self.slot(e.slot())
+    }
+
+    pub fn dropped(&self, r: DropReason) -> StatPair {
+        self.slot(r.slot())
+    }
+
+    pub fn passed(&self, r: PassReason) -> StatPair {
+        self.slot(r.slot())
+    }
+
+    fn slot(&self, i: u32) -> StatPair {
+        self.slots.get(i as usize).copied().unwrap_or_default()
+    }
+
+    /// Per-slot difference `self - earlier`, for tests and rates.
+    pub fn since(&self, earlier: &Self) -> Self {
+        let slots = self
+            .slots
+            .iter()
+            .zip(&earlier.slots)
+            .map(|(a, b)| StatPair {
+                packets: a.packets - b.packets,
+                bytes: a.bytes - b.bytes,
+            })
+            .collect();
+        Self { slots }
+    }
+}
+
+/// One tunnel's counters with what the data plane knows of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelCounters {
+    pub id: u32,
+    pub kind: Option<TunnelKind>,
+    pub state: Option<TunnelState>,
+    pub stats: TunnelStats,
+}
+
+pub(super) fn read_global<T: std::borrow::Borrow<MapData>>(
+    map: &PerCpuArray<T, StatPair>,
+) -> Result<GlobalCounters, DataplaneError> {
+    let mut slots = Vec::with_capacity(GLOBAL_STATS_LEN as usize);
+    for i in 0..GLOBAL_STATS_LEN {
+        let per_cpu = map.get(&i, 0).map_err(|source| DataplaneError::Map {
+            name: names::GLOBAL_STATS,
+            source,
+        })?;
+        let mut sum = StatPair::default();
+        for v in per_cpu.iter() {
+            sum.packets += v.packets;
+            sum.bytes += v.bytes;
+        }
+        slots.push(sum);
+    }
+    Ok(GlobalCounters { slots })
+}
+
+pub(super) fn sum_tunnel<T: std::borrow::Borrow<MapData>>(
+    map: &PerCpuArray<T, TunnelStats>,
+    slot: u32,
+) -> Result<TunnelStats, DataplaneError> {
+    let per_cpu = map.get(&slot, 0).map_err(|source| DataplaneError::Map {
+        name: names::TUNNEL_STATS,
+        source,
+    })?;
+    let mut sum = TunnelStats::default();
+    for v in per_cpu.iter() {
+        sum.add(v);
+    }
+    Ok(sum)
+}
+
+/// The counters of a running instance, read through its pinned maps.
+pub struct PinnedCounters {
+    global: PerCpuArray<MapData, StatPair>,
+    tunnels: Array<MapData, Tunnel>,
+    stats: PerCpuArray<MapData, TunnelStats>,
+}
+
+impl PinnedCounters {
+    pub fn open(instance: &str) -> Result<Self, DataplaneError> {
+        let dir = pin_dir(instance);
+        let open = |name: &'static str| -> Result<Map, DataplaneError> {
+            let data = MapData::from_pin(dir.join(name))
+                .map_err(|source| DataplaneError::Map { name, source })?;
+            Map::from_map_data(data).map_err(|source| DataplaneError::Map { name, source })
+        };
+        let typed = |name: &'static str, e| DataplaneError::Map { name, source: e };
+        Ok(Self {
+            global: PerCpuArray::try_from(open(names::GLOBAL_STATS)?)
+                .map_err(|e| typed(names::GLOBAL_STATS, e))?,
+            tunnels: Array::try_from(open(names::TUNNELS)?)
+                .map_err(|e| typed(names::TUNNELS, e))?,
+            stats: PerCpuArray::try_from(open(names::TUNNEL_STATS)?)
+                .map_err(|e| typed(names::TUNNEL_STATS, e))?,
+        })
+    }
+
+    pub fn global(&self) -> Result<GlobalCounters, DataplaneError> {
+        read_global(&self.global)
+    }
+
+    /// Every used tunnel slot with its counters, by tunnel id.
+    pub fn tunnels(&self) -> Result<Vec<TunnelCounters>, DataplaneError> {
+        let mut out = Vec::new();
+        for (slot, t) in self.tunnels.iter().enumerate() {
+            let t = t.map_err(|source| DataplaneError::Map {
+                name: names::TUNNELS,
+                source,
+            })?;
+            if t.state == TunnelState::Empty as u8 {
+                continue;
+            }
+            out.push(TunnelCounters {
+                id: t.id,
+                kind: TunnelKind::from_u8(t.kind),
+                state: TunnelState::from_u8(t.state),
+                stats: sum_tunnel(&self.stats, slot as u32)?,
+            });
+        }
+        out.sort_by_key(|t| t.id);
+        Ok(out)
+    }
+}

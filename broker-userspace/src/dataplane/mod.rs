@@ -1,0 +1,440 @@
+//! The only module that touches aya: loads the XDP object, attaches it, pins its maps,
+//! writes tunnels into the maps and reads the counters back.
+//!
+//! The maps are a projection of the tunnels the caller hands in ([`Dataplane::upsert`],
+//! [`Dataplane::remove`]); this module keeps only the slot each tunnel occupies.
+
+mod bpffs;
+mod counters;
+mod slots;
+mod testing;
+
+pub mod aux;
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, PerCpuValues},
+    programs::{xdp::XdpLinkId, ProgramError, Xdp, XdpMode},
+    util::nr_cpus,
+    Ebpf, EbpfLoader,
+};
+use broker_common::{
+    consts::{map_names as names, program_names},
+    maps::{Endpoint4, Settings, Tunnel, TunnelKind, TunnelState, TunnelStats},
+};
+use ipnet::Ipv6Net;
+use tracing::{debug, info};
+
+use crate::{
+    config::AttachMode,
+    model::{Kind, State, TunnelSpec},
+};
+
+pub use bpffs::{ensure_bpffs, pin_dir};
+pub use counters::{GlobalCounters, PinnedCounters, TunnelCounters};
+pub use slots::SlotTable;
+pub use testing::TestRunOutput;
+
+/// The data plane object, built by build.rs from `broker-ebpf`.
+static BROKER_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/broker"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("loading the XDP object failed")]
+    Load(#[source] aya::EbpfError),
+    #[error("the XDP object has no program {name}")]
+    MissingProgram { name: &'static str },
+    #[error("the XDP object has no map {name}")]
+    MissingMap { name: &'static str },
+    #[error("map {name}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("program {name}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("attaching XDP to {iface} in {mode:?} mode failed")]
+    Attach {
+        iface: String,
+        mode: AttachMode,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("bpffs at {path}")]
+    Bpffs {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("all {max} tunnel slots are in use (dataplane.max_tunnels)")]
+    Full { max: u32 },
+    #[error("{what} failed")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+
+/// How to load the data plane.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Names the pin directory `/sys/fs/bpf/broker/<instance>/`.
+    pub instance: String,
+    pub max_tunnels: u32,
+    pub max_prefixes: u32,
+    /// Pin the maps so `broker stats` can read them from another process. Tests that only
+    /// use `BPF_PROG_TEST_RUN` leave this off.
+    pub pin: bool,
+}
+
+/// A loaded data plane.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pins: Option<PathBuf>,
+    links: Vec<(String, XdpLinkId)>,
+    slots: SlotTable,
+}
+
+impl Dataplane {
+    /// Loads the program and creates (and optionally pins) its maps. Nothing is attached.
+    pub fn load(opts: &Options) -> Result<Self> {
+        let pins = if opts.pin {
+            ensure_bpffs()?;
+            let dir = pin_dir(&opts.instance);
+            // A previous controller that did not shut down cleanly left its pins; this
+            // version starts from an empty data plane and fills it from the config.
+            if dir.exists() {
+                info!(dir = %dir.display(), "removing stale pins");
+                bpffs::remove_pins(&dir)?;
+            }
+            std::fs::create_dir_all(&dir).map_err(|source| DataplaneError::Bpffs {
+                path: dir.clone(),
+                source,
+            })?;
+            Some(dir)
+        } else {
+            None
+        };
+
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(names::TUNNELS, opts.max_tunnels)
+            .map_max_entries(names::P41_ENDPOINTS, opts.max_tunnels)
+            .map_max_entries(names::TUNNEL_STATS, opts.max_tunnels)
+            .map_max_entries(names::PREFIXES6, opts.max_prefixes);
+        let paths: Vec<(&str, PathBuf)> = match &pins {
+            Some(dir) => names::ALL.iter().map(|n| (*n, dir.join(n))).collect(),
+            None => Vec::new(),
+        };
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(BROKER_OBJ).map_err(DataplaneError::Load)?;
+
+        let prog = xdp_program(&mut ebpf, program_names::BROKER)?;
+        prog.load().map_err(|source| DataplaneError::Program {
+            name: program_names::BROKER,
+            source,
+        })?;
+        info!(
+            program = program_names::BROKER,
+            max_tunnels = opts.max_tunnels,
+            max_prefixes = opts.max_prefixes,
+            "data plane loaded"
+        );
+        Ok(Self {
+            ebpf,
+            pins,
+            links: Vec::new(),
+            slots: SlotTable::new(opts.max_tunnels),
+        })
+    }
+
+    /// Attaches the program to `iface`.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<()> {
+        let xdp_mode = match mode {
+            AttachMode::Driver => XdpMode::Driver,
+            AttachMode::Skb => XdpMode::Skb,
+        };
+        let prog = xdp_program(&mut self.ebpf, program_names::BROKER)?;
+        let link = prog
+            .attach(iface, xdp_mode)
+            .map_err(|source| DataplaneError::Attach {
+                iface: iface.to_string(),
+                mode,
+                source,
+            })?;
+        info!(iface, ?mode, "XDP attached");
+        self.links.push((iface.to_string(), link));
+        Ok(())
+    }
+
+    /// Detaches from every interface (also done on drop).
+    pub fn detach_all(&mut self) {
+        let links = std::mem::take(&mut self.links);
+        if let Ok(prog) = xdp_program(&mut self.ebpf, program_names::BROKER) {
+            for (iface, link) in links {
+                match prog.detach(link) {
+                    Ok(()) => info!(iface, "XDP detached"),
+                    Err(e) => tracing::warn!(iface, error = %e, "XDP detach failed"),
+                }
+            }
+        }
+    }
+
+    /// The kernel's id of the loaded program (as `bpftool prog` shows it).
+    pub fn program_id(&mut self) -> Result<u32> {
+        let prog = xdp_program(&mut self.ebpf, program_names::BROKER)?;
+        let info = prog.info().map_err(|source| DataplaneError::Program {
+            name: program_names::BROKER,
+            source,
+        })?;
+        Ok(info.id())
+    }
+
+    /// The maps and, when pinned, where.
+    pub fn map_names(&self) -> Vec<(String, Option<PathBuf>)> {
+        names::ALL
+            .iter()
+            .map(|n| (n.to_string(), self.pins.as_ref().map(|d| d.join(n))))
+            .collect()
+    }
+
+    pub fn pin_path(&self) -> Option<&Path> {
+        self.pins.as_deref()
+    }
+
+    /// Sets the PoP-wide parameters.
+    pub fn set_pop(&mut self, pop_v4: Ipv4Addr) -> Result<()> {
+        let mut settings: Array<_, Settings> = self.map_mut(names::SETTINGS)?;
+        let value = Settings {
+            pop_v4: pop_v4.octets(),
+            flags: 0,
+        };
+        settings
+            .set(0, value, 0)
+            .map_err(|source| DataplaneError::Map {
+                name: names::SETTINGS,
+                source,
+            })
+    }
+
+    /// Installs or updates a tunnel. The order keeps every lookup valid while it runs:
+    /// the tunnel entry first, then prefixes and endpoint that point at it, then what the
+    /// previous version had and this one does not.
+    pub fn upsert(&mut self, spec: &TunnelSpec, pop_v4: Ipv4Addr) -> Result<()> {
+        let (slot, previous) = match self.slots.get(spec.id) {
+            Some(i) => (i.slot, Some(i.clone())),
+            None => (self.slots.allocate()?, None),
+        };
+        let endpoint = Endpoint4 {
+            remote: spec.remote_v4.octets(),
+            local: pop_v4.octets(),
+        };
+        let prefixes: Vec<Ipv6Net> = spec.prefixes().collect();
+
+        if previous.is_none() {
+            self.zero_stats(slot)?;
+        }
+        self.write_tunnel(slot, &to_map_value(spec, pop_v4))?;
+        {
+            let mut trie: LpmTrie<_, [u8; 16], u32> = self.map_mut(names::PREFIXES6)?;
+            for p in &prefixes {
+                trie.insert(&lpm_key(p), slot, 0)
+                    .map_err(|source| DataplaneError::Map {
+                        name: names::PREFIXES6,
+                        source,
+                    })?;
+            }
+        }
+        {
+            let mut eps: HashMap<_, Endpoint4, u32> = self.map_mut(names::P41_ENDPOINTS)?;
+            eps.insert(endpoint, slot, 0)
+                .map_err(|source| DataplaneError::Map {
+                    name: names::P41_ENDPOINTS,
+                    source,
+                })?;
+        }
+        if let Some(prev) = previous {
+            if prev.endpoint != endpoint {
+                self.remove_endpoint(&prev.endpoint)?;
+            }
+            for p in prev.prefixes.iter().filter(|p| !prefixes.contains(p)) {
+                self.remove_prefix(p)?;
+            }
+        }
+        self.slots.insert(spec.id, slot, endpoint, prefixes);
+        debug!(id = spec.id, slot, "tunnel installed");
+        Ok(())
+    }
+
+    /// Removes a tunnel: lookups first, the slot last. Unknown ids are a no-op.
+    pub fn remove(&mut self, id: u32) -> Result<()> {
+        let Some(installed) = self.slots.get(id).cloned() else {
+            return Ok(());
+        };
+        self.remove_endpoint(&installed.endpoint)?;
+        for p in &installed.prefixes {
+            self.remove_prefix(p)?;
+        }
+        self.write_tunnel(installed.slot, &Tunnel::EMPTY)?;
+        self.slots.release(id);
+        debug!(id, slot = installed.slot, "tunnel removed");
+        Ok(())
+    }
+
+    /// Ids of the installed tunnels.
+    pub fn tunnel_ids(&self) -> Vec<u32> {
+        self.slots.ids()
+    }
+
+    /// The counters of one tunnel, summed over CPUs.
+    pub fn tunnel_counters(&self, id: u32) -> Result<Option<TunnelStats>> {
+        let Some(installed) = self.slots.get(id) else {
+            return Ok(None);
+        };
+        let stats: PerCpuArray<_, TunnelStats> = self.map(names::TUNNEL_STATS)?;
+        counters::sum_tunnel(&stats, installed.slot).map(Some)
+    }
+
+    /// The global counters, summed over CPUs.
+    pub fn global_counters(&self) -> Result<GlobalCounters> {
+        counters::read_global(&self.map(names::GLOBAL_STATS)?)
+    }
+
+    fn write_tunnel(&mut self, slot: u32, value: &Tunnel) -> Result<()> {
+        let mut tunnels: Array<_, Tunnel> = self.map_mut(names::TUNNELS)?;
+        tunnels
+            .set(slot, *value, 0)
+            .map_err(|source| DataplaneError::Map {
+                name: names::TUNNELS,
+                source,
+            })
+    }
+
+    fn zero_stats(&mut self, slot: u32) -> Result<()> {
+        let mut stats: PerCpuArray<_, TunnelStats> = self.map_mut(names::TUNNEL_STATS)?;
+        let cpus = nr_cpus().map_err(|(what, source)| DataplaneError::Io {
+            what: what.to_string(),
+            source,
+        })?;
+        let zero =
+            PerCpuValues::try_from(vec![TunnelStats::default(); cpus]).map_err(|source| {
+                DataplaneError::Io {
+                    what: "per-CPU values".into(),
+                    source,
+                }
+            })?;
+        stats
+            .set(slot, zero, 0)
+            .map_err(|source| DataplaneError::Map {
+                name: names::TUNNEL_STATS,
+                source,
+            })
+    }
+
+    fn remove_endpoint(&mut self, endpoint: &Endpoint4) -> Result<()> {
+        let mut eps: HashMap<_, Endpoint4, u32> = self.map_mut(names::P41_ENDPOINTS)?;
+        ignore_missing(eps.remove(endpoint), names::P41_ENDPOINTS)
+    }
+
+    fn remove_prefix(&mut self, prefix: &Ipv6Net) -> Result<()> {
+        let mut trie: LpmTrie<_, [u8; 16], u32> = self.map_mut(names::PREFIXES6)?;
+        ignore_missing(trie.remove(&lpm_key(prefix)), names::PREFIXES6)
+    }
+
+    fn map<'a, T>(&'a self, name: &'static str) -> Result<T>
+    where
+        T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or(DataplaneError::MissingMap { name })?;
+        T::try_from(map).map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T>
+    where
+        T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap { name })?;
+        T::try_from(map).map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    fn program(&self) -> Result<&Xdp> {
+        let name = program_names::BROKER;
+        let prog = self
+            .ebpf
+            .program(name)
+            .ok_or(DataplaneError::MissingProgram { name })?;
+        prog.try_into()
+            .map_err(|source| DataplaneError::Program { name, source })
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        self.detach_all();
+        if let Some(dir) = self.pins.take() {
+            if let Err(e) = bpffs::remove_pins(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "removing pins failed");
+            }
+        }
+    }
+}
+
+fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp> {
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or(DataplaneError::MissingProgram { name })?;
+    prog.try_into()
+        .map_err(|source| DataplaneError::Program { name, source })
+}
+
+fn ignore_missing(r: Result<(), aya::maps::MapError>, name: &'static str) -> Result<()> {
+    match r {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(source) => Err(DataplaneError::Map { name, source }),
+    }
+}
+
+fn lpm_key(p: &Ipv6Net) -> Key<[u8; 16]> {
+    Key::new(p.prefix_len() as u32, p.network().octets())
+}
+
+/// The map value for a tunnel.
+fn to_map_value(spec: &TunnelSpec, pop_v4: Ipv4Addr) -> Tunnel {
+    Tunnel {
+        id: spec.id,
+        kind: match spec.kind {
+            Kind::Proto41 => TunnelKind::Proto41 as u8,
+        },
+        state: match spec.state {
+            State::Up => TunnelState::Up,
+            State::Down => TunnelState::Down,
+            State::Disabled => TunnelState::Disabled,
+        } as u8,
+        mtu: spec.mtu,
+        local_v4: pop_v4.octets(),
+        remote_v4: spec.remote_v4.octets(),
+        pop_v6: spec.pop_v6().octets(),
+        client_v6: spec.client_v6().octets(),
+        ..Tunnel::EMPTY
+    }
+}

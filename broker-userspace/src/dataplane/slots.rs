@@ -1,0 +1,114 @@
+//! Which map slot each tunnel occupies. Pure bookkeeping, no aya.
+use std::collections::HashMap;
+
+use broker_common::maps::Endpoint4;
+use ipnet::Ipv6Net;
+
+use super::DataplaneError;
+
+/// What is installed for one tunnel, so an update can remove what it no longer has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    pub slot: u32,
+    pub endpoint: Endpoint4,
+    pub prefixes: Vec<Ipv6Net>,
+}
+
+/// Dense slot allocation: freed slots are reused before new ones are taken.
+#[derive(Debug)]
+pub struct SlotTable {
+    by_id: HashMap<u32, Installed>,
+    free: Vec<u32>,
+    next: u32,
+    max: u32,
+}
+
+impl SlotTable {
+    pub fn new(max: u32) -> Self {
+        Self {
+            by_id: HashMap::new(),
+            free: Vec::new(),
+            next: 0,
+            max,
+        }
+    }
+
+    pub fn get(&self, id: u32) -> Option<&Installed> {
+        self.by_id.get(&id)
+    }
+
+    /// A slot no tunnel uses. It counts as taken once [`SlotTable::insert`] records it;
+    /// a caller that fails in between simply leaves it to the next allocation.
+    pub fn allocate(&mut self) -> Result<u32, DataplaneError> {
+        if let Some(slot) = self.free.last() {
+            return Ok(*slot);
+        }
+        if self.next < self.max {
+            Ok(self.next)
+        } else {
+            Err(DataplaneError::Full { max: self.max })
+        }
+    }
+
+    pub fn insert(&mut self, id: u32, slot: u32, endpoint: Endpoint4, prefixes: Vec<Ipv6Net>) {
+        if self.free.last() == Some(&slot) {
+            self.free.pop();
+        } else if slot == self.next {
+            self.next += 1;
+        }
+        self.by_id.insert(
+            id,
+            Installed {
+                slot,
+                endpoint,
+                prefixes,
+            },
+        );
+    }
+
+    pub fn release(&mut self, id: u32) {
+        if let Some(i) = self.by_id.remove(&id) {
+            self.free.push(i.slot);
+        }
+    }
+
+    pub fn ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.by_id.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EP: Endpoint4 = Endpoint4 {
+        remote: [198, 51, 100, 10],
+        local: [192, 0, 2, 1],
+    };
+
+    #[test]
+    fn slots_are_dense_and_reused() {
+        let mut t = SlotTable::new(3);
+        for id in 1..=3 {
+            let s = t.allocate().unwrap();
+            assert_eq!(s, id - 1);
+            t.insert(id, s, EP, vec![]);
+        }
+        assert!(matches!(t.allocate(), Err(DataplaneError::Full { max: 3 })));
+        t.release(2);
+        let s = t.allocate().unwrap();
+        assert_eq!(s, 1);
+        t.insert(9, s, EP, vec![]);
+        assert_eq!(t.ids(), vec![1, 3, 9]);
+        assert_eq!(t.get(9).unwrap().slot, 1);
+    }
+
+    #[test]
+    fn an_allocation_not_recorded_is_handed_out_again() {
+        let mut t = SlotTable::new(2);
+        assert_eq!(t.allocate().unwrap(), 0);
+        assert_eq!(t.allocate().unwrap(), 0);
+    }
+}

@@ -1,0 +1,13 @@
+//! The `broker` controller: loads the XDP data plane, fills its maps from the
+//! configuration, and runs the user-space side of tunnels where the kernel has none.
+//!
+//! One module per concern; only [`dataplane`] touches aya.
+
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod dataplane;
+pub mod model;
+pub mod netlink;
+pub mod report;
+pub mod sysctl;

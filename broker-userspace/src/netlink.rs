@@ -1,0 +1,148 @@
+//! rtnetlink: interface indexes, link state, addresses and routes.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use futures::TryStreamExt;
+use ipnet::{IpNet, Ipv6Net};
+use netlink_packet_route::{
+    address::{AddressAttribute, AddressFlags},
+    link::LinkAttribute,
+};
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("opening a netlink socket failed")]
+    Connect(#[source] std::io::Error),
+    #[error("no interface named {name}")]
+    NoSuchInterface { name: String },
+    #[error("{what} failed")]
+    Request {
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, NetlinkError>;
+
+/// A netlink connection in the caller's network namespace (needs a tokio runtime).
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    pub fn connect() -> Result<Self> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    pub async fn ifindex(&self, name: &str) -> Result<u32> {
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match links.try_next().await {
+            Ok(Some(msg)) => Ok(msg.header.index),
+            Ok(None) | Err(rtnetlink::Error::NetlinkError(_)) => {
+                Err(NetlinkError::NoSuchInterface {
+                    name: name.to_string(),
+                })
+            }
+            Err(source) => Err(NetlinkError::Request {
+                what: format!("looking up {name}"),
+                source,
+            }),
+        }
+    }
+
+    /// The MTU of an interface.
+    pub async fn mtu(&self, index: u32) -> Result<Option<u32>> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        let msg = links
+            .try_next()
+            .await
+            .map_err(|source| NetlinkError::Request {
+                what: format!("reading link {index}"),
+                source,
+            })?;
+        Ok(msg.and_then(|m| {
+            m.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Mtu(mtu) => Some(*mtu),
+                _ => None,
+            })
+        }))
+    }
+
+    /// Sets the MTU and brings the link up.
+    pub async fn up(&self, index: u32, mtu: u32) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).mtu(mtu).up().build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|source| NetlinkError::Request {
+                what: format!("setting link {index} up with MTU {mtu}"),
+                source,
+            })
+    }
+
+    /// Adds an address without duplicate address detection (a point-to-point tunnel has
+    /// no one to collide with, and DAD would delay the first packet by a second).
+    pub async fn add_address(&self, index: u32, addr: IpNet) -> Result<()> {
+        let mut req = self
+            .handle
+            .address()
+            .add(index, addr.addr(), addr.prefix_len())
+            .replace();
+        if matches!(addr.addr(), IpAddr::V6(_)) {
+            req.message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        req.execute().await.map_err(|source| NetlinkError::Request {
+            what: format!("adding {addr} to link {index}"),
+            source,
+        })
+    }
+
+    /// Routes an IPv6 prefix out of a (point-to-point) interface.
+    pub async fn add_route6_dev(&self, prefix: Ipv6Net, index: u32) -> Result<()> {
+        let msg = RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(prefix.network(), prefix.prefix_len())
+            .output_interface(index)
+            .build();
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(|source| NetlinkError::Request {
+                what: format!("adding route {prefix} dev {index}"),
+                source,
+            })
+    }
+
+    /// Routes an IPv4 prefix out of an interface.
+    pub async fn add_route4_dev(&self, dst: Ipv4Addr, len: u8, index: u32) -> Result<()> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, len)
+            .output_interface(index)
+            .build();
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(|source| NetlinkError::Request {
+                what: format!("adding route {dst}/{len} dev {index}"),
+                source,
+            })
+    }
+}

@@ -1,0 +1,436 @@
+//! The lab topology and its processes.
+//!
+//! ```text
+//!  c1 198.51.100.10 ─┐                                         2001:db8:ffff::2
+//!  c2 198.51.100.20 ─┤ isp (bridge, 198.51.100.1 | 192.0.2.254) ── pop ── inet6
+//!  ...               ┘                          eth4 192.0.2.1 ─┘   └─ eth6 2001:db8:ffff::1
+//! ```
+//!
+//! Clients are IPv4-only and reach the PoP through the `isp` router; each runs
+//! `broker client proto41` for its tunnel. The PoP runs `broker run` with XDP on `eth4`
+//! and `eth6`. `inet6` stands for the IPv6 internet.
+use std::{
+    fmt::Write as _,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{
+    broker_bin,
+    netns::{self, NetNs},
+    process::Proc,
+};
+
+pub const POP_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+pub const ISP_UPLINK_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+pub const ISP_LAN_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+pub const POP_NATIVE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1);
+pub const INET6_HOST: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 2);
+/// Name of the tunnel clients' TUN device.
+pub const CLIENT_TUN: &str = "brk6in4";
+
+/// One client of the lab and the tunnel it has.
+#[derive(Debug)]
+pub struct LabClient {
+    pub ns: NetNs,
+    /// 1-based; also the tunnel id.
+    pub index: u32,
+    /// Its endpoint address, and a second address for endpoint changes.
+    pub v4: Ipv4Addr,
+    pub v4_extra: Ipv4Addr,
+}
+
+impl LabClient {
+    pub fn tunnel_id(&self) -> u32 {
+        self.index
+    }
+
+    /// `2001:db8:10:<i>::/64`.
+    pub fn link_prefix(&self) -> String {
+        format!("2001:db8:10:{:x}::/64", self.index)
+    }
+
+    /// The client's tunnel address, `::2` of the link.
+    pub fn address(&self) -> Ipv6Addr {
+        Ipv6Addr::new(0x2001, 0xdb8, 0x10, self.index as u16, 0, 0, 0, 2)
+    }
+
+    /// The PoP's tunnel address, `::1` of the link.
+    pub fn pop_address(&self) -> Ipv6Addr {
+        Ipv6Addr::new(0x2001, 0xdb8, 0x10, self.index as u16, 0, 0, 0, 1)
+    }
+
+    /// `2001:db8:<1000 + 100 i>::/48`, routed to the client.
+    pub fn routed_prefix(&self) -> String {
+        format!("2001:db8:{:x}::/48", 0x1000 + 0x100 * self.index)
+    }
+}
+
+/// A running lab; everything is removed when it drops.
+pub struct Lab {
+    // Processes first: fields drop in order, and they must end before their namespaces go.
+    procs: Vec<Proc>,
+    pub prefix: String,
+    /// Config files and logs.
+    pub dir: PathBuf,
+    pub pop: NetNs,
+    pub isp: NetNs,
+    pub inet6: NetNs,
+    pub clients: Vec<LabClient>,
+    /// The broker instance name, once started.
+    pub instance: Option<String>,
+}
+
+impl Lab {
+    /// Builds the namespaces and links for `clients` clients (at most 20).
+    pub fn create(prefix: &str, clients: u32, dir: &Path) -> Result<Self> {
+        if clients == 0 || clients > 20 {
+            bail!("the lab has 1-20 clients");
+        }
+        std::fs::create_dir_all(dir)?;
+        let name = |role: &str| format!("{prefix}-{role}");
+        let pop = NetNs::create(&name("pop"))?;
+        let isp = NetNs::create(&name("isp"))?;
+        let inet6 = NetNs::create(&name("inet6"))?;
+        let mut lab = Self {
+            procs: Vec::new(),
+            prefix: prefix.to_string(),
+            dir: dir.to_path_buf(),
+            pop,
+            isp,
+            inet6,
+            clients: Vec::new(),
+            instance: None,
+        };
+        for ns in [&lab.pop, &lab.isp, &lab.inet6] {
+            ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
+            ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
+        }
+
+        // isp: a bridge for the client LAN, routing to the PoP.
+        let isp = &lab.isp;
+        isp.sysctl("net.ipv4.ip_forward", "1")?;
+        isp.ip(&["link", "add", "br0", "type", "bridge"])?;
+        isp.ip(&["addr", "add", &format!("{ISP_LAN_V4}/24"), "dev", "br0"])?;
+        isp.ip(&["link", "set", "br0", "up"])?;
+        veth(isp, "eth0", &lab.pop, "eth4")?;
+        isp.ip(&["addr", "add", &format!("{ISP_UPLINK_V4}/24"), "dev", "eth0"])?;
+        isp.ip(&["link", "set", "eth0", "up"])?;
+
+        // pop: IPv4 uplink eth4, IPv6 side eth6, forwarding.
+        let pop = &lab.pop;
+        pop.sysctl("net.ipv4.ip_forward", "1")?;
+        pop.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        pop.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
+        pop.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
+        pop.ip(&["addr", "add", &format!("{POP_V4}/24"), "dev", "eth4"])?;
+        pop.ip(&["link", "set", "eth4", "up"])?;
+        pop.ip(&["route", "add", "default", "via", &ISP_UPLINK_V4.to_string()])?;
+        veth(pop, "eth6", &lab.inet6, "eth0")?;
+        pop.ip(&["addr", "add", &format!("{POP_NATIVE_V6}/64"), "dev", "eth6"])?;
+        pop.ip(&["link", "set", "eth6", "up"])?;
+
+        // inet6: one host, default route via the PoP.
+        let inet6 = &lab.inet6;
+        inet6.ip(&["addr", "add", &format!("{INET6_HOST}/64"), "dev", "eth0"])?;
+        inet6.ip(&["link", "set", "eth0", "up"])?;
+        inet6.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &POP_NATIVE_V6.to_string(),
+        ])?;
+
+        for i in 1..=clients {
+            let ns = NetNs::create(&name(&format!("c{i}")))?;
+            let v4 = Ipv4Addr::new(198, 51, 100, (10 * i) as u8);
+            let v4_extra = Ipv4Addr::new(198, 51, 100, (10 * i + 1) as u8);
+            let port = format!("c{i}");
+            veth(&ns, "eth0", &lab.isp, &port)?;
+            lab.isp.ip(&["link", "set", &port, "master", "br0", "up"])?;
+            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", "eth0"])?;
+            ns.ip(&["addr", "add", &format!("{v4_extra}/24"), "dev", "eth0"])?;
+            ns.ip(&["link", "set", "eth0", "up"])?;
+            ns.ip(&["route", "add", "default", "via", &ISP_LAN_V4.to_string()])?;
+            // IPv4 only: the only IPv6 a client has comes through its tunnel.
+            ns.sysctl("net.ipv6.conf.eth0.disable_ipv6", "1")?;
+            lab.clients.push(LabClient {
+                ns,
+                index: i,
+                v4,
+                v4_extra,
+            });
+        }
+        Ok(lab)
+    }
+
+    /// The default config: one proto-41 tunnel per client.
+    pub fn config_yaml(&self, instance: &str) -> String {
+        let mut y = format!(
+            "# Generated by the lab.\ninstance: {instance}\ninterfaces:\n  - {{ name: eth4, mode: driver }}\n  - {{ name: eth6, mode: driver }}\npop:\n  ipv4: {POP_V4}\ntunnels:\n"
+        );
+        for c in &self.clients {
+            let _ = write!(
+                y,
+                "  - id: {}\n    kind: proto41\n    state: up\n    remote_ipv4: {}\n    link_prefix: {}\n    routed_prefixes: [{}]\n    mtu: 1480\n",
+                c.tunnel_id(),
+                c.v4,
+                c.link_prefix(),
+                c.routed_prefix()
+            );
+        }
+        y
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("broker.yaml")
+    }
+
+    /// Attaches an XDP_PASS program to the PoP's veth peers (isp and inet6 `eth0`): a veth
+    /// receives what its peer sends with XDP_TX (echo replies, Packet Too Big) only when it
+    /// has an XDP program of its own. Real NICs do not need this.
+    fn start_peer_programs(&mut self) -> Result<()> {
+        let bin = broker_bin()?;
+        let bin = bin.to_str().context("path")?;
+        for ns in ["isp", "inet6"] {
+            let target = if ns == "isp" { &self.isp } else { &self.inet6 };
+            let mut cmd = target.cmd(bin);
+            cmd.args(["dataplane", "pass", "--iface", "eth0"]);
+            let log = self.dir.join(format!("pass-{ns}.log"));
+            self.procs
+                .push(Proc::spawn(&format!("xdp_pass in {ns}"), cmd, &log)?);
+            let idx = self.procs.len() - 1;
+            self.wait_for(idx, "xdp_pass on eth0", |lab| {
+                let ns = if ns == "isp" { &lab.isp } else { &lab.inet6 };
+                Ok(ns
+                    .ip(&["link", "show", "eth0"])
+                    .is_ok_and(|s| s.contains("xdp")))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Writes `config` and starts `broker run` in the PoP (and the peers' pass programs);
+    /// returns once XDP is attached to both PoP interfaces.
+    pub fn start_broker(&mut self, instance: &str, config: &str) -> Result<()> {
+        if self.procs.is_empty() {
+            self.start_peer_programs()?;
+        }
+        let path = self.config_path();
+        std::fs::write(&path, config)?;
+        let mut cmd = self.pop.cmd(broker_bin()?.to_str().context("path")?);
+        cmd.arg("run").arg("--config").arg(&path);
+        let log = self.dir.join("broker.log");
+        let proc = Proc::spawn("broker run", cmd, &log)?;
+        self.procs.push(proc);
+        self.instance = Some(instance.to_string());
+        let idx = self.procs.len() - 1;
+        self.wait_for(idx, "XDP on eth4 and eth6", |lab| {
+            Ok(["eth4", "eth6"].iter().all(|i| {
+                lab.pop
+                    .ip(&["link", "show", i])
+                    .is_ok_and(|s| s.contains("xdp"))
+            }))
+        })
+    }
+
+    /// Starts the tunnel client of client `i` (1-based) with its endpoint `local`; returns
+    /// once its TUN device has its address.
+    pub fn start_client(&mut self, i: u32, local: Ipv4Addr) -> Result<()> {
+        let c = &self.clients[(i - 1) as usize];
+        let mut cmd = c.ns.cmd(broker_bin()?.to_str().context("path")?);
+        cmd.args([
+            "client",
+            "proto41",
+            "--server",
+            &POP_V4.to_string(),
+            "--local",
+            &local.to_string(),
+            "--address",
+            &format!("{}/64", c.address()),
+            "--name",
+            CLIENT_TUN,
+        ]);
+        let log = self.dir.join(format!("client{i}.log"));
+        self.procs
+            .push(Proc::spawn(&format!("client {i}"), cmd, &log)?);
+        let idx = self.procs.len() - 1;
+        let want = c.address().to_string();
+        self.wait_for(idx, "the client's TUN address", |lab| {
+            let c = &lab.clients[(i - 1) as usize];
+            Ok(c.ns
+                .ip(&["-6", "addr", "show", "dev", CLIENT_TUN])
+                .is_ok_and(|s| s.contains(&want)))
+        })
+    }
+
+    /// Stops process `idx` (index in start order) with SIGTERM and removes it.
+    pub fn stop_proc(&mut self, idx: usize) -> bool {
+        let mut p = self.procs.remove(idx);
+        p.stop(Duration::from_secs(5))
+    }
+
+    /// The processes started so far, in start order.
+    pub fn procs(&mut self) -> &mut [Proc] {
+        &mut self.procs
+    }
+
+    /// Polls `ready` every 100 ms for up to 10 s while process `idx` keeps running.
+    fn wait_for(
+        &mut self,
+        idx: usize,
+        what: &str,
+        ready: impl Fn(&Self) -> Result<bool>,
+    ) -> Result<()> {
+        for _ in 0..100 {
+            if ready(self)? {
+                return Ok(());
+            }
+            if !self.procs[idx].running() {
+                bail!(
+                    "{} exited before {what} was ready; its log:\n{}",
+                    self.procs[idx].name(),
+                    self.procs[idx].log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "{what} not ready after 10 s; {} log:\n{}",
+            self.procs[idx].name(),
+            self.procs[idx].log()
+        )
+    }
+
+    /// `ping -6` from client `i` to `dst`: `count` echoes `interval` apart, each waited for
+    /// at most 2 s. Returns ping's output; fails when a reply is missing.
+    pub fn ping(&self, i: u32, dst: Ipv6Addr, count: u32, interval: &str) -> Result<String> {
+        let c = &self.clients[(i - 1) as usize];
+        c.ns.exec(
+            "ping",
+            &[
+                "-6",
+                "-n",
+                "-c",
+                &count.to_string(),
+                "-i",
+                interval,
+                "-W",
+                "2",
+                &dst.to_string(),
+            ],
+        )
+    }
+
+    /// Pings until one reply arrives (the first packets also resolve neighbours), at most
+    /// 10 tries.
+    pub fn wait_reachable(&self, i: u32, dst: Ipv6Addr) -> Result<()> {
+        let mut last = None;
+        for _ in 0..10 {
+            match self.ping(i, dst, 1, "1") {
+                Ok(_) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("tried")).context(format!("client {i} cannot reach {dst}"))
+    }
+
+    /// `broker stats` for the running instance (`--json` when `json`).
+    pub fn stats(&self, json: bool) -> Result<String> {
+        let instance = self.instance.as_deref().context("broker not started")?;
+        let mut cmd = std::process::Command::new(broker_bin()?);
+        cmd.args(["stats", "--instance", instance]);
+        if json {
+            cmd.arg("--json");
+        }
+        netns::run(&mut cmd)
+    }
+
+    /// The broker's log so far.
+    pub fn broker_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("broker.log")).unwrap_or_default()
+    }
+
+    /// Records the PIDs of the processes started so far in `dir/pids`, so that
+    /// [`Lab::destroy`] can end them if this process dies without cleaning up.
+    pub fn record_pids(&self) -> Result<()> {
+        let pids: Vec<String> = self
+            .procs
+            .iter()
+            .filter_map(|p| p.pid())
+            .map(|p| p.to_string())
+            .collect();
+        std::fs::write(self.dir.join("pids"), pids.join("\n"))?;
+        Ok(())
+    }
+
+    /// Leaves namespaces and processes running after this value drops; records the PIDs so
+    /// that [`Lab::destroy`] can end them.
+    pub fn keep(mut self) -> Result<()> {
+        self.record_pids()?;
+        for p in std::mem::take(&mut self.procs) {
+            p.detach();
+        }
+        self.pop.keep();
+        self.isp.keep();
+        self.inet6.keep();
+        for c in &mut self.clients {
+            c.ns.keep();
+        }
+        Ok(())
+    }
+
+    /// Ends the processes recorded by [`Lab::keep`] (by PID, only if they are still
+    /// `broker`), deletes the namespaces starting with `prefix` and the state in `dir`.
+    pub fn destroy(prefix: &str, dir: &Path) -> Result<Vec<String>> {
+        let mut removed = Vec::new();
+        if let Ok(pids) = std::fs::read_to_string(dir.join("pids")) {
+            for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmdline).contains("broker") {
+                    // SAFETY: a PID this lab started and recorded, checked to be broker.
+                    unsafe { libc::kill(pid, libc::SIGTERM) };
+                    for _ in 0..50 {
+                        if !Path::new(&format!("/proc/{pid}")).exists() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    removed.push(format!("process {pid}"));
+                }
+            }
+        }
+        for ns in netns::list(&format!("{prefix}-")) {
+            netns::delete(&ns)?;
+            removed.push(format!("netns {ns}"));
+        }
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)?;
+        }
+        Ok(removed)
+    }
+}
+
+/// A veth pair with one end in each namespace.
+fn veth(a: &NetNs, a_name: &str, b: &NetNs, b_name: &str) -> Result<()> {
+    netns::run(std::process::Command::new("ip").args([
+        "link",
+        "add",
+        a_name,
+        "netns",
+        a.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_name,
+        "netns",
+        b.name(),
+    ]))?;
+    Ok(())
+}

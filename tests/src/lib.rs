@@ -1,0 +1,41 @@
+//! The lab: network namespaces joined by veths, with the real `broker` binary running in
+//! them. Shared by the integration tests, `cargo xtask lab|run` and the benchmark.
+//!
+//! Everything created here is removed when its guard drops (also on panic); processes are
+//! ended by PID. Addresses come from the documentation ranges and never leave the
+//! namespaces this code creates.
+
+pub mod lab;
+pub mod netns;
+pub mod process;
+
+use std::path::PathBuf;
+
+/// The `broker` binary under test: `$BROKER_BIN`, else `target/<profile>/broker` of this
+/// workspace (debug first). Fails with a message saying how to build it.
+pub fn broker_bin() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("BROKER_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
+    for profile in ["debug", "release"] {
+        let p = target.join(profile).join("broker");
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    anyhow::bail!(
+        "no broker binary: run `cargo build -p broker-userspace` (or `cargo xtask test`), or set BROKER_BIN"
+    )
+}
+
+/// Fails unless running as root: namespaces, veths and BPF need it. Tests call this
+/// first so that an unprivileged run fails saying why instead of somewhere deep.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test needs root (network namespaces, veth, BPF); run it through `cargo xtask test`, which runs as root in CI"
+    );
+}

@@ -1,0 +1,390 @@
+//! Packets for the kernel-program tests, built and checked with etherparse (never with the
+//! code under test), and the fixture network they run in.
+#![allow(dead_code)]
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    process::Command,
+};
+
+use broker_common::{
+    maps::TunnelStats,
+    stats::{DropReason, Event, PassReason},
+};
+use broker_tests::netns;
+use broker_userspace::{
+    dataplane::{self, Dataplane, GlobalCounters},
+    model::{Kind, State, TunnelSpec},
+};
+use etherparse::{
+    EtherType, Ethernet2Header, IpNumber, Ipv4Dscp, Ipv4Ecn, Ipv4Header, PacketBuilder,
+};
+
+pub const POP4_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x04, 0x01];
+pub const ISP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x00, 0xfe];
+pub const POP6_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x06, 0x01];
+pub const INET_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x00, 0x02];
+
+pub const POP_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+pub const GW_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+pub const INET_HOST: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 2);
+/// On eth6's subnet but with no neighbour entry.
+pub const UNRESOLVED_HOST: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 3);
+/// Inside a blackhole route.
+pub const BLACKHOLED: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xdead, 0, 0, 0, 0, 1);
+
+/// Tunnels of the fixture: (id, endpoint, state, mtu).
+pub const TUNNELS: [(u32, [u8; 4], State, u16); 4] = [
+    (1, [198, 51, 100, 10], State::Up, 1480),
+    (2, [198, 51, 100, 20], State::Up, 1280),
+    (3, [198, 51, 100, 30], State::Down, 1480),
+    (4, [198, 51, 100, 40], State::Disabled, 1480),
+];
+
+pub fn client_v4(id: u32) -> Ipv4Addr {
+    Ipv4Addr::from(TUNNELS[(id - 1) as usize].1)
+}
+
+/// `2001:db8:10:<id>::<host>`.
+pub fn link_addr(id: u32, host: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0x10, id as u16, 0, 0, 0, host)
+}
+
+/// An address inside tunnel `id`'s routed /48, `2001:db8:<1000+100 id>::<host>`.
+pub fn routed_addr(id: u32, host: u16) -> Ipv6Addr {
+    Ipv6Addr::new(
+        0x2001,
+        0xdb8,
+        (0x1000 + 0x100 * id) as u16,
+        5,
+        0,
+        0,
+        0,
+        host,
+    )
+}
+
+pub fn spec(id: u32) -> TunnelSpec {
+    let (_, v4, state, mtu) = TUNNELS[(id - 1) as usize];
+    TunnelSpec {
+        id,
+        kind: Kind::Proto41,
+        state,
+        remote_v4: Ipv4Addr::from(v4),
+        link_prefix: format!("2001:db8:10:{id:x}::/64").parse().unwrap(),
+        routed_prefixes: vec![format!("2001:db8:{:x}::/48", 0x1000 + 0x100 * id)
+            .parse()
+            .unwrap()],
+        mtu,
+    }
+}
+
+/// The data plane loaded (not attached) in a private network namespace of the calling
+/// thread, with the fixture's interfaces, neighbours, routes and tunnels.
+pub struct Fixture {
+    pub dp: Dataplane,
+    pub eth4: u32,
+    pub eth6: u32,
+}
+
+fn sh(args: &[&str]) {
+    netns::run(Command::new(args[0]).args(&args[1..])).expect("fixture command");
+}
+
+impl Fixture {
+    /// Must run on a thread of its own: it moves that thread into a new namespace.
+    pub fn new() -> Self {
+        broker_tests::require_root();
+        netns::unshare_thread().expect("a private network namespace");
+        let mac = |m: [u8; 6]| {
+            m.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        };
+        sh(&["ip", "link", "set", "lo", "up"]);
+        for (name, m, peer, pm) in [
+            ("eth4", POP4_MAC, "peer4", ISP_MAC),
+            ("eth6", POP6_MAC, "peer6", INET_MAC),
+        ] {
+            sh(&[
+                "ip",
+                "link",
+                "add",
+                name,
+                "address",
+                &mac(m),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                peer,
+                "address",
+                &mac(pm),
+            ]);
+            sh(&["ip", "link", "set", name, "up"]);
+            sh(&["ip", "link", "set", peer, "up"]);
+        }
+        sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        sh(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+        sh(&["ip", "addr", "add", "192.0.2.1/24", "dev", "eth4"]);
+        sh(&["ip", "route", "add", "default", "via", &GW_V4.to_string()]);
+        sh(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:ffff::1/64",
+            "dev",
+            "eth6",
+            "nodad",
+        ]);
+        sh(&[
+            "ip",
+            "neigh",
+            "replace",
+            &GW_V4.to_string(),
+            "lladdr",
+            &mac(ISP_MAC),
+            "dev",
+            "eth4",
+            "nud",
+            "permanent",
+        ]);
+        sh(&[
+            "ip",
+            "-6",
+            "neigh",
+            "replace",
+            &INET_HOST.to_string(),
+            "lladdr",
+            &mac(INET_MAC),
+            "dev",
+            "eth6",
+            "nud",
+            "permanent",
+        ]);
+        sh(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "blackhole",
+            "2001:db8:dead::/48",
+        ]);
+        sh(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &INET_HOST.to_string(),
+        ]);
+
+        let mut dp = Dataplane::load(&dataplane::Options {
+            instance: "test".into(),
+            max_tunnels: 64,
+            max_prefixes: 256,
+            pin: false,
+        })
+        .expect("loading the data plane (needs root and BPF)");
+        dp.set_pop(POP_V4).unwrap();
+        for (id, ..) in TUNNELS {
+            dp.upsert(&spec(id), POP_V4).unwrap();
+        }
+        Self {
+            dp,
+            eth4: ifindex("eth4"),
+            eth6: ifindex("eth6"),
+        }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            global: self.dp.global_counters().unwrap(),
+            tunnels: TUNNELS
+                .iter()
+                .map(|(id, ..)| self.dp.tunnel_counters(*id).unwrap().unwrap())
+                .collect(),
+        }
+    }
+}
+
+/// The index of `name` in the calling thread's namespace (/sys/class/net would show the
+/// namespace sysfs was mounted in instead).
+pub fn ifindex(name: &str) -> u32 {
+    let c = std::ffi::CString::new(name).unwrap();
+    // SAFETY: reads a NUL-terminated string; uses a socket of the thread's namespace.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    assert_ne!(i, 0, "no interface {name}");
+    i
+}
+
+/// Counters at one moment.
+pub struct Snapshot {
+    pub global: GlobalCounters,
+    pub tunnels: Vec<TunnelStats>,
+}
+
+/// What a packet is expected to be counted as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    Drop(DropReason),
+    Pass(PassReason),
+    /// Forwarded or answered, with this event.
+    Did(Event),
+}
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+impl Snapshot {
+    /// Asserts that between `self` and `after` exactly one packet was counted: under
+    /// `action`, and under `reason` and no other drop or pass reason.
+    pub fn assert_one(&self, after: &Snapshot, action: u32, reason: Reason, what: &str) {
+        let d = after.global.since(&self.global);
+        for a in 0..5 {
+            let want = u64::from(a == action);
+            assert_eq!(d.action(a).packets, want, "{what}: action {a} count");
+        }
+        for r in DropReason::ALL {
+            let want = u64::from(reason == Reason::Drop(*r));
+            assert_eq!(
+                d.dropped(*r).packets,
+                want,
+                "{what}: drop reason {}",
+                r.as_str()
+            );
+        }
+        for r in PassReason::ALL {
+            let want = u64::from(reason == Reason::Pass(*r));
+            assert_eq!(
+                d.passed(*r).packets,
+                want,
+                "{what}: pass reason {}",
+                r.as_str()
+            );
+        }
+        if let Reason::Did(e) = reason {
+            assert!(
+                d.event(e).packets >= 1,
+                "{what}: event {} not counted",
+                e.as_str()
+            );
+        }
+    }
+
+    /// Per-tunnel counter difference for tunnel `id`.
+    pub fn tunnel_delta(&self, after: &Snapshot, id: u32) -> TunnelStats {
+        let (a, b) = (
+            &after.tunnels[(id - 1) as usize],
+            &self.tunnels[(id - 1) as usize],
+        );
+        TunnelStats {
+            from_client_packets: a.from_client_packets - b.from_client_packets,
+            from_client_bytes: a.from_client_bytes - b.from_client_bytes,
+            to_client_packets: a.to_client_packets - b.to_client_packets,
+            to_client_bytes: a.to_client_bytes - b.to_client_bytes,
+            drop_packets: a.drop_packets - b.drop_packets,
+            drop_bytes: a.drop_bytes - b.drop_bytes,
+        }
+    }
+}
+
+/// An IPv6/UDP packet.
+pub fn udp6(src: Ipv6Addr, dst: Ipv6Addr, hop: u8, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ipv6(src.octets(), dst.octets(), hop)
+        .udp(40000, 5001)
+        .write(&mut v, payload)
+        .unwrap();
+    v
+}
+
+/// An ICMPv6 echo request or reply.
+pub fn echo6(src: Ipv6Addr, dst: Ipv6Addr, hop: u8, reply: bool, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    let b = PacketBuilder::ipv6(src.octets(), dst.octets(), hop);
+    let b = if reply {
+        b.icmpv6_echo_reply(0x1234, 7)
+    } else {
+        b.icmpv6_echo_request(0x1234, 7)
+    };
+    b.write(&mut v, payload).unwrap();
+    v
+}
+
+/// The outer IPv4 header the PoP is expected to write (DF, TTL 64, id 0).
+pub fn outer_v4(src: Ipv4Addr, dst: Ipv4Addr, tos: u8, inner_len: usize) -> Ipv4Header {
+    let mut h = Ipv4Header::new(
+        inner_len as u16,
+        64,
+        IpNumber::IPV6,
+        src.octets(),
+        dst.octets(),
+    )
+    .unwrap();
+    h.dont_fragment = true;
+    h.identification = 0;
+    h.dscp = Ipv4Dscp::try_new(tos >> 2).unwrap();
+    h.ecn = Ipv4Ecn::try_new(tos & 3).unwrap();
+    h.header_checksum = h.calc_header_checksum();
+    h
+}
+
+pub fn ether(src: [u8; 6], dst: [u8; 6], ty: EtherType, payload: &[u8]) -> Vec<u8> {
+    let mut v = Ethernet2Header {
+        source: src,
+        destination: dst,
+        ether_type: ty,
+    }
+    .to_bytes()
+    .to_vec();
+    v.extend_from_slice(payload);
+    v
+}
+
+/// A proto-41 frame from a client to the PoP, as the ISP router delivers it.
+pub fn from_client(client: Ipv4Addr, inner: &[u8]) -> Vec<u8> {
+    let mut ip = outer_v4(client, POP_V4, 0, inner.len());
+    ip.identification = 0x4242;
+    ip.time_to_live = 63;
+    ip.header_checksum = ip.calc_header_checksum();
+    let mut p = ip.to_bytes().to_vec();
+    p.extend_from_slice(inner);
+    ether(ISP_MAC, POP4_MAC, EtherType::IPV4, &p)
+}
+
+/// A native IPv6 frame from the internet side.
+pub fn from_internet(inner: &[u8]) -> Vec<u8> {
+    ether(INET_MAC, POP6_MAC, EtherType::IPV6, inner)
+}
+
+/// The same IPv6 packet with its hop limit decremented (no checksum covers it).
+pub fn hop_decremented(p: &[u8]) -> Vec<u8> {
+    let mut v = p.to_vec();
+    v[7] -= 1;
+    v
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Asserts byte equality, showing both in hex.
+pub fn assert_bytes(got: &[u8], want: &[u8], what: &str) {
+    assert!(
+        got == want,
+        "{what}: output differs\n got  ({}): {}\n want ({}): {}",
+        got.len(),
+        hex(got),
+        want.len(),
+        hex(want)
+    );
+}

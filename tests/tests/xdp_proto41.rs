@@ -1,0 +1,683 @@
+//! The proto-41 data plane through BPF_PROG_TEST_RUN: every branch, exact output bytes
+//! (built independently with etherparse), and the counter each packet lands in.
+//!
+//! Each test runs on its own thread in a private network namespace with two veths (eth4:
+//! IPv4 uplink, eth6: IPv6 side), static neighbours and routes, so `bpf_fib_lookup`
+//! answers deterministically.
+mod support;
+
+use broker_common::stats::{DropReason, Event, PassReason};
+use etherparse::{EtherType, Icmpv6Type, PacketBuilder};
+use support::*;
+
+/// Runs `f` with a fresh fixture on its own thread.
+fn with_fixture(f: impl FnOnce(&Fixture) + Send + 'static) {
+    std::thread::spawn(move || f(&Fixture::new()))
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p));
+}
+
+/// One packet through the program: asserts the action, the counter, and (when given) the
+/// exact output frame.
+fn check(
+    fx: &Fixture,
+    what: &str,
+    frame: &[u8],
+    ingress: u32,
+    action: u32,
+    reason: Reason,
+    want: Option<&[u8]>,
+) -> Vec<u8> {
+    let before = fx.snapshot();
+    let out = fx.dp.test_run(frame, ingress, 1).expect("test run");
+    assert_eq!(
+        out.action,
+        action,
+        "{what}: action (output {})",
+        hex(&out.data)
+    );
+    before.assert_one(&fx.snapshot(), action, reason, what);
+    if let Some(w) = want {
+        assert_bytes(&out.data, w, what);
+    }
+    out.data
+}
+
+#[test]
+fn decap_forwards_native_ipv6_with_hop_limit_decremented() {
+    with_fixture(|fx| {
+        for (what, src) in [
+            ("from the link ::2", link_addr(1, 2)),
+            ("from the routed /48", routed_addr(1, 9)),
+        ] {
+            let inner = udp6(src, INET_HOST, 64, b"decap me");
+            let frame = from_client(client_v4(1), &inner);
+            let want = ether(
+                POP6_MAC,
+                INET_MAC,
+                EtherType::IPV6,
+                &hop_decremented(&inner),
+            );
+            let before = fx.snapshot();
+            check(
+                fx,
+                what,
+                &frame,
+                fx.eth4,
+                XDP_REDIRECT,
+                Reason::Did(Event::Decap),
+                Some(&want),
+            );
+            let t = before.tunnel_delta(&fx.snapshot(), 1);
+            assert_eq!(
+                (t.from_client_packets, t.from_client_bytes),
+                (1, inner.len() as u64)
+            );
+            assert_eq!((t.to_client_packets, t.drop_packets), (0, 0));
+        }
+    });
+}
+
+#[test]
+fn encap_adds_a_checksummed_ipv4_header() {
+    with_fixture(|fx| {
+        for (what, dst, tc) in [
+            ("to the client's ::2", link_addr(1, 2), 0u8),
+            (
+                "to the routed /48, traffic class copied",
+                routed_addr(1, 77),
+                0xb8u8,
+            ),
+        ] {
+            let mut inner = udp6(INET_HOST, dst, 50, b"encap me");
+            inner[0] = 0x60 | (tc >> 4);
+            inner[1] = (tc << 4) | (inner[1] & 0x0f);
+            let frame = from_internet(&inner);
+            let fwd = hop_decremented(&inner);
+            let mut want = outer_v4(POP_V4, client_v4(1), tc, fwd.len())
+                .to_bytes()
+                .to_vec();
+            want.extend_from_slice(&fwd);
+            let want = ether(POP4_MAC, ISP_MAC, EtherType::IPV4, &want);
+            let before = fx.snapshot();
+            let out = check(
+                fx,
+                what,
+                &frame,
+                fx.eth6,
+                XDP_REDIRECT,
+                Reason::Did(Event::Encap),
+                Some(&want),
+            );
+            // The outer checksum, verified independently of the expected bytes.
+            let (ip, _) = etherparse::Ipv4Header::from_slice(&out[14..]).unwrap();
+            assert_eq!(ip.header_checksum, ip.calc_header_checksum(), "{what}");
+            let t = before.tunnel_delta(&fx.snapshot(), 1);
+            assert_eq!(
+                (t.to_client_packets, t.to_client_bytes),
+                (1, inner.len() as u64)
+            );
+        }
+    });
+}
+
+#[test]
+fn client_to_client_is_encapsulated_into_the_other_tunnel() {
+    with_fixture(|fx| {
+        let inner = udp6(link_addr(1, 2), link_addr(2, 2), 64, b"hairpin");
+        let frame = from_client(client_v4(1), &inner);
+        let fwd = hop_decremented(&inner);
+        let mut want = outer_v4(POP_V4, client_v4(2), 0, fwd.len())
+            .to_bytes()
+            .to_vec();
+        want.extend_from_slice(&fwd);
+        let want = ether(POP4_MAC, ISP_MAC, EtherType::IPV4, &want);
+        let before = fx.snapshot();
+        check(
+            fx,
+            "hairpin",
+            &frame,
+            fx.eth4,
+            XDP_REDIRECT,
+            Reason::Did(Event::Encap),
+            Some(&want),
+        );
+        let after = fx.snapshot();
+        assert_eq!(before.tunnel_delta(&after, 1).from_client_packets, 1);
+        assert_eq!(before.tunnel_delta(&after, 2).to_client_packets, 1);
+    });
+}
+
+#[test]
+fn oversized_packet_gets_packet_too_big_with_the_tunnel_mtu() {
+    with_fixture(|fx| {
+        // Tunnel 2 has MTU 1280: a 1300-byte packet is too big.
+        let inner = udp6(INET_HOST, link_addr(2, 2), 64, &[0xab; 1300 - 48]);
+        assert_eq!(inner.len(), 1300);
+        let frame = from_internet(&inner);
+        let mut icmp = Vec::new();
+        PacketBuilder::ipv6(link_addr(2, 1).octets(), INET_HOST.octets(), 64)
+            .icmpv6(Icmpv6Type::PacketTooBig { mtu: 1280 })
+            .write(&mut icmp, &inner[..128])
+            .unwrap();
+        let want = ether(POP6_MAC, INET_MAC, EtherType::IPV6, &icmp);
+        let before = fx.snapshot();
+        let out = check(
+            fx,
+            "too big",
+            &frame,
+            fx.eth6,
+            XDP_TX,
+            Reason::Did(Event::PacketTooBig),
+            Some(&want),
+        );
+        // Checksum verified by etherparse on the output itself.
+        let sliced = etherparse::SlicedPacket::from_ethernet(&out).unwrap();
+        match sliced.transport {
+            Some(etherparse::TransportSlice::Icmpv6(i)) => {
+                assert_eq!(i.icmp_type(), Icmpv6Type::PacketTooBig { mtu: 1280 });
+                let etherparse::NetSlice::Ipv6(ip) = sliced.net.unwrap() else {
+                    panic!("not IPv6")
+                };
+                let computed = i
+                    .header()
+                    .icmp_type
+                    .calc_checksum(ip.header().source(), ip.header().destination(), i.payload())
+                    .unwrap();
+                assert_eq!(i.checksum(), computed);
+            }
+            other => panic!("not ICMPv6: {other:?}"),
+        }
+        let t = before.tunnel_delta(&fx.snapshot(), 2);
+        assert_eq!((t.drop_packets, t.to_client_packets), (1, 0));
+
+        // At exactly the MTU it is forwarded.
+        let inner = udp6(INET_HOST, link_addr(2, 2), 64, &[0xab; 1280 - 48]);
+        check(
+            fx,
+            "at the MTU",
+            &from_internet(&inner),
+            fx.eth6,
+            XDP_REDIRECT,
+            Reason::Did(Event::Encap),
+            None,
+        );
+    });
+}
+
+#[test]
+fn no_packet_too_big_in_answer_to_an_icmp_error() {
+    with_fixture(|fx| {
+        let mut inner = Vec::new();
+        PacketBuilder::ipv6(INET_HOST.octets(), link_addr(2, 2).octets(), 64)
+            .icmpv6(Icmpv6Type::PacketTooBig { mtu: 1500 })
+            .write(&mut inner, &[0u8; 1300])
+            .unwrap();
+        check(
+            fx,
+            "ICMPv6 error over the MTU",
+            &from_internet(&inner),
+            fx.eth6,
+            XDP_DROP,
+            Reason::Drop(DropReason::TooBigIcmpError),
+            None,
+        );
+    });
+}
+
+#[test]
+fn echo_to_the_pop_address_is_answered_through_the_tunnel() {
+    with_fixture(|fx| {
+        let req = echo6(link_addr(1, 2), link_addr(1, 1), 64, false, b"keepalive");
+        let frame = from_client(client_v4(1), &req);
+        let reply = echo6(link_addr(1, 1), link_addr(1, 2), 64, true, b"keepalive");
+        // Outer header: the request's, addresses swapped, TTL 64, checksum redone.
+        let (mut ip, _) = etherparse::Ipv4Header::from_slice(&frame[14..]).unwrap();
+        std::mem::swap(&mut ip.source, &mut ip.destination);
+        ip.time_to_live = 64;
+        ip.header_checksum = ip.calc_header_checksum();
+        let mut want = ip.to_bytes().to_vec();
+        want.extend_from_slice(&reply);
+        let want = ether(POP4_MAC, ISP_MAC, EtherType::IPV4, &want);
+        let before = fx.snapshot();
+        check(
+            fx,
+            "echo in tunnel",
+            &frame,
+            fx.eth4,
+            XDP_TX,
+            Reason::Did(Event::EchoReply),
+            Some(&want),
+        );
+        let t = before.tunnel_delta(&fx.snapshot(), 1);
+        assert_eq!((t.from_client_packets, t.to_client_packets), (1, 1));
+    });
+}
+
+#[test]
+fn echo_to_the_pop_address_from_outside_is_answered_natively() {
+    with_fixture(|fx| {
+        let req = echo6(INET_HOST, link_addr(1, 1), 60, false, b"monitoring");
+        let reply = echo6(link_addr(1, 1), INET_HOST, 64, true, b"monitoring");
+        let want = ether(POP6_MAC, INET_MAC, EtherType::IPV6, &reply);
+        check(
+            fx,
+            "native echo",
+            &from_internet(&req),
+            fx.eth6,
+            XDP_TX,
+            Reason::Did(Event::EchoReply),
+            Some(&want),
+        );
+    });
+}
+
+#[test]
+fn other_traffic_to_the_pop_address_is_dropped() {
+    with_fixture(|fx| {
+        let p = udp6(link_addr(1, 2), link_addr(1, 1), 64, b"x");
+        check(
+            fx,
+            "UDP to ::1 via tunnel",
+            &from_client(client_v4(1), &p),
+            fx.eth4,
+            XDP_DROP,
+            Reason::Drop(DropReason::PopAddress),
+            None,
+        );
+        let p = udp6(INET_HOST, link_addr(1, 1), 64, b"x");
+        check(
+            fx,
+            "UDP to ::1 natively",
+            &from_internet(&p),
+            fx.eth6,
+            XDP_DROP,
+            Reason::Drop(DropReason::PopAddress),
+            None,
+        );
+        let p = echo6(INET_HOST, link_addr(1, 1), 64, true, b"x");
+        check(
+            fx,
+            "echo reply to ::1",
+            &from_internet(&p),
+            fx.eth6,
+            XDP_DROP,
+            Reason::Drop(DropReason::PopAddress),
+            None,
+        );
+    });
+}
+
+#[test]
+fn every_drop_reason_is_counted() {
+    with_fixture(|fx| {
+        let good = udp6(link_addr(1, 2), INET_HOST, 64, b"payload");
+        // (what, frame, ingress interface, reason, tunnel charged with the drop)
+        type Case = (&'static str, Vec<u8>, u32, DropReason, Option<u32>);
+        let cases: Vec<Case> = vec![
+            (
+                "unknown endpoint",
+                from_client([203, 0, 113, 9].into(), &good),
+                fx.eth4,
+                DropReason::UnknownEndpoint,
+                None,
+            ),
+            (
+                "spoofed inner source",
+                from_client(
+                    client_v4(1),
+                    &udp6("2001:db8:bad::1".parse().unwrap(), INET_HOST, 64, b"x"),
+                ),
+                fx.eth4,
+                DropReason::SpoofedSource,
+                Some(1),
+            ),
+            (
+                "another tunnel's source",
+                from_client(client_v4(1), &udp6(link_addr(2, 2), INET_HOST, 64, b"x")),
+                fx.eth4,
+                DropReason::SpoofedSource,
+                Some(1),
+            ),
+            (
+                "link-local inner source",
+                from_client(
+                    client_v4(1),
+                    &udp6("fe80::2".parse().unwrap(), INET_HOST, 64, b"x"),
+                ),
+                fx.eth4,
+                DropReason::SpoofedSource,
+                Some(1),
+            ),
+            (
+                "tunnel down, from client",
+                from_client(client_v4(3), &udp6(link_addr(3, 2), INET_HOST, 64, b"x")),
+                fx.eth4,
+                DropReason::TunnelDown,
+                Some(3),
+            ),
+            (
+                "tunnel down, to client",
+                from_internet(&udp6(INET_HOST, link_addr(3, 2), 64, b"x")),
+                fx.eth6,
+                DropReason::TunnelDown,
+                Some(3),
+            ),
+            (
+                "tunnel disabled, from client",
+                from_client(client_v4(4), &udp6(link_addr(4, 2), INET_HOST, 64, b"x")),
+                fx.eth4,
+                DropReason::TunnelDisabled,
+                Some(4),
+            ),
+            (
+                "tunnel disabled, to client",
+                from_internet(&udp6(INET_HOST, link_addr(4, 2), 64, b"x")),
+                fx.eth6,
+                DropReason::TunnelDisabled,
+                Some(4),
+            ),
+            (
+                "hop limit 1 from client",
+                from_client(client_v4(1), &udp6(link_addr(1, 2), INET_HOST, 1, b"x")),
+                fx.eth4,
+                DropReason::HopLimitExceeded,
+                Some(1),
+            ),
+            (
+                "hop limit 1 to client",
+                from_internet(&udp6(INET_HOST, link_addr(1, 2), 1, b"x")),
+                fx.eth6,
+                DropReason::HopLimitExceeded,
+                Some(1),
+            ),
+            (
+                "no route",
+                from_client(client_v4(1), &udp6(link_addr(1, 2), BLACKHOLED, 64, b"x")),
+                fx.eth4,
+                DropReason::NoRoute,
+                None,
+            ),
+        ];
+        for (what, frame, ingress, reason, tunnel) in cases {
+            let before = fx.snapshot();
+            check(
+                fx,
+                what,
+                &frame,
+                ingress,
+                XDP_DROP,
+                Reason::Drop(reason),
+                None,
+            );
+            if let Some(id) = tunnel {
+                assert_eq!(
+                    before.tunnel_delta(&fx.snapshot(), id).drop_packets,
+                    1,
+                    "{what}: tunnel drop"
+                );
+            }
+        }
+
+        // Outer header defects, made by editing a valid frame.
+        let frame = from_client(client_v4(1), &good);
+        let edit = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut v = frame.clone();
+            f(&mut v);
+            v
+        };
+        let refresh = |v: &mut Vec<u8>| {
+            let (mut h, _) = etherparse::Ipv4Header::from_slice(&v[14..]).unwrap();
+            h.header_checksum = h.calc_header_checksum();
+            v[24..26].copy_from_slice(&h.header_checksum.to_be_bytes());
+        };
+        let defects: Vec<(&str, Vec<u8>, DropReason)> = vec![
+            (
+                "bad outer checksum",
+                edit(&|v| v[24] ^= 0xff),
+                DropReason::BadIpv4Checksum,
+            ),
+            (
+                "IHL below 5",
+                edit(&|v| v[14] = 0x44),
+                DropReason::BadIpv4Header,
+            ),
+            (
+                "outer fragment (MF)",
+                edit(&|v| {
+                    v[20] |= 0x20;
+                    refresh(v)
+                }),
+                DropReason::OuterFragment,
+            ),
+            (
+                "outer fragment (offset)",
+                edit(&|v| {
+                    v[21] = 8;
+                    refresh(v)
+                }),
+                DropReason::OuterFragment,
+            ),
+            (
+                "total length beyond the frame",
+                edit(&|v| {
+                    v[17] += 1;
+                    refresh(v)
+                }),
+                DropReason::Truncated,
+            ),
+            (
+                "total length shorter than the inner packet",
+                edit(&|v| {
+                    v[17] -= 1;
+                    refresh(v)
+                }),
+                DropReason::BadInnerHeader,
+            ),
+            (
+                "inner not IPv6",
+                edit(&|v| v[34] = 0x45),
+                DropReason::BadInnerHeader,
+            ),
+            (
+                "inner payload length wrong",
+                edit(&|v| v[39] += 1),
+                DropReason::BadInnerHeader,
+            ),
+        ];
+        for (what, frame, reason) in defects {
+            check(
+                fx,
+                what,
+                &frame,
+                fx.eth4,
+                XDP_DROP,
+                Reason::Drop(reason),
+                None,
+            );
+        }
+
+        // Options: a valid header with IHL 6.
+        let mut with_opts = frame[..34].to_vec();
+        with_opts.extend_from_slice(&[1, 1, 1, 0]); // NOP NOP NOP EOL
+        with_opts.extend_from_slice(&frame[34..]);
+        with_opts[14] = 0x46;
+        let tot = u16::from_be_bytes([with_opts[16], with_opts[17]]) + 4;
+        with_opts[16..18].copy_from_slice(&tot.to_be_bytes());
+        let (mut h, _) = etherparse::Ipv4Header::from_slice(&with_opts[14..]).unwrap();
+        h.header_checksum = h.calc_header_checksum();
+        let hb = h.to_bytes();
+        with_opts[14..14 + hb.len()].copy_from_slice(&hb);
+        check(
+            fx,
+            "outer options",
+            &with_opts,
+            fx.eth4,
+            XDP_DROP,
+            Reason::Drop(DropReason::Ipv4Options),
+            None,
+        );
+    });
+}
+
+#[test]
+fn unforwardable_packets_go_to_the_kernel_already_rewritten() {
+    with_fixture(|fx| {
+        // No neighbour entry for the destination: passed decapsulated, hop limit intact
+        // (the kernel decrements it when it forwards).
+        let inner = udp6(link_addr(1, 2), UNRESOLVED_HOST, 64, b"resolve me");
+        let want = ether(ISP_MAC, POP4_MAC, EtherType::IPV6, &inner);
+        check(
+            fx,
+            "no neighbour",
+            &from_client(client_v4(1), &inner),
+            fx.eth4,
+            XDP_PASS,
+            Reason::Pass(PassReason::NoNeighbour),
+            Some(&want),
+        );
+        // The PoP's own native address: delivered locally.
+        let inner = udp6(
+            link_addr(1, 2),
+            "2001:db8:ffff::1".parse().unwrap(),
+            64,
+            b"to me",
+        );
+        let want = ether(ISP_MAC, POP4_MAC, EtherType::IPV6, &inner);
+        check(
+            fx,
+            "local destination",
+            &from_client(client_v4(1), &inner),
+            fx.eth4,
+            XDP_PASS,
+            Reason::Pass(PassReason::NotForwarded),
+            Some(&want),
+        );
+    });
+}
+
+#[test]
+fn non_tunnel_traffic_passes_untouched() {
+    with_fixture(|fx| {
+        let mut udp4 = Vec::new();
+        PacketBuilder::ethernet2(ISP_MAC, POP4_MAC)
+            .ipv4([198, 51, 100, 10], POP_V4.octets(), 64)
+            .udp(1000, 53)
+            .write(&mut udp4, b"dns?")
+            .unwrap();
+        let mut p41_elsewhere =
+            from_client(client_v4(1), &udp6(link_addr(1, 2), INET_HOST, 64, b"x"));
+        p41_elsewhere[33] = 99; // destination 192.0.2.99, not the PoP
+        let (mut h, _) = etherparse::Ipv4Header::from_slice(&p41_elsewhere[14..]).unwrap();
+        h.header_checksum = h.calc_header_checksum();
+        p41_elsewhere[24..26].copy_from_slice(&h.header_checksum.to_be_bytes());
+        let native_elsewhere = from_internet(&udp6(
+            INET_HOST,
+            "2001:db8:9999::1".parse().unwrap(),
+            64,
+            b"x",
+        ));
+        let arp = ether(ISP_MAC, [0xff; 6], EtherType::ARP, &[0u8; 28]);
+        let cases: Vec<(&str, Vec<u8>, PassReason)> = vec![
+            ("IPv4 UDP to the PoP", udp4, PassReason::NotTunnel),
+            (
+                "proto-41 to another address",
+                p41_elsewhere,
+                PassReason::NotTunnel,
+            ),
+            (
+                "IPv6 outside every tunnel prefix",
+                native_elsewhere,
+                PassReason::NotTunnel,
+            ),
+            ("ARP", arp, PassReason::NotTunnel),
+            (
+                "Ethernet header only",
+                ether(ISP_MAC, POP4_MAC, EtherType::IPV4, &[]),
+                PassReason::Unparsed,
+            ),
+        ];
+        for (what, frame, reason) in cases {
+            let out = check(
+                fx,
+                what,
+                &frame,
+                fx.eth4,
+                XDP_PASS,
+                Reason::Pass(reason),
+                None,
+            );
+            assert_bytes(&out, &frame, what);
+        }
+    });
+}
+
+#[test]
+fn every_truncation_gets_a_counted_verdict() {
+    with_fixture(|fx| {
+        let valid = [
+            (
+                "decap",
+                from_client(
+                    client_v4(1),
+                    &udp6(link_addr(1, 2), INET_HOST, 64, b"truncate me"),
+                ),
+                fx.eth4,
+            ),
+            (
+                "encap",
+                from_internet(&udp6(INET_HOST, link_addr(1, 2), 64, b"truncate me")),
+                fx.eth6,
+            ),
+            (
+                "echo",
+                from_client(
+                    client_v4(1),
+                    &echo6(link_addr(1, 2), link_addr(1, 1), 64, false, b"e"),
+                ),
+                fx.eth4,
+            ),
+        ];
+        for (what, frame, ingress) in valid {
+            // The kernel refuses test frames shorter than an Ethernet header (no driver
+            // delivers one to XDP either).
+            for len in 0..14 {
+                assert!(
+                    fx.dp.test_run(&frame[..len], ingress, 1).is_err(),
+                    "{what} cut to {len}"
+                );
+            }
+            for len in 14..frame.len() {
+                let before = fx.snapshot();
+                let out = fx.dp.test_run(&frame[..len], ingress, 1).expect("test run");
+                assert!(
+                    out.action == XDP_DROP || out.action == XDP_PASS,
+                    "{what} cut to {len}: action {}",
+                    out.action
+                );
+                let d = fx.snapshot().global.since(&before.global);
+                let reasons: u64 = DropReason::ALL
+                    .iter()
+                    .map(|r| d.dropped(*r).packets)
+                    .sum::<u64>()
+                    + PassReason::ALL
+                        .iter()
+                        .map(|r| d.passed(*r).packets)
+                        .sum::<u64>();
+                assert_eq!(reasons, 1, "{what} cut to {len}: exactly one reason");
+                assert_eq!(
+                    d.action(out.action).packets,
+                    1,
+                    "{what} cut to {len}: action counted"
+                );
+                if out.action == XDP_PASS {
+                    assert_bytes(
+                        &out.data,
+                        &frame[..len],
+                        &format!("{what} cut to {len} passes untouched"),
+                    );
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,36 @@
+//! `cargo xtask bench`: the data plane benchmark (tests/benches/dataplane.rs), which
+//! writes docs/BENCHMARKS.md.
+use std::process::Command;
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use crate::util::{build_broker, exec, is_root, root};
+
+#[derive(Args)]
+pub struct Options {
+    /// Largest tunnel count to load for the per-packet timings.
+    #[arg(long, default_value_t = 1_000_000)]
+    max_tunnels: u32,
+}
+
+pub fn run(o: Options) -> Result<()> {
+    if !is_root() {
+        bail!("the benchmark loads XDP programs and builds a lab: run it as root");
+    }
+    let broker = build_broker()?;
+    exec(
+        Command::new("cargo")
+            .args([
+                "bench",
+                "--locked",
+                "-p",
+                "broker-tests",
+                "--bench",
+                "dataplane",
+            ])
+            .env("BROKER_BIN", &broker)
+            .env("BENCH_MAX_TUNNELS", o.max_tunnels.to_string())
+            .env("BENCH_OUT", root().join("docs/BENCHMARKS.md")),
+    )
+}

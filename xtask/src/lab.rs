@@ -1,0 +1,102 @@
+//! `cargo xtask lab up|down`: the lab of network namespaces, left running in the
+//! background with the broker and one tunnel client per client namespace.
+use std::path::PathBuf;
+
+use anyhow::Result;
+use broker_tests::lab::Lab;
+use clap::Subcommand;
+
+use crate::util::build_broker;
+
+/// Prefix of the lab's namespace names.
+pub const PREFIX: &str = "brk-lab";
+/// Broker instance of the lab.
+pub const INSTANCE: &str = "lab";
+
+/// Where the lab keeps its config, logs and the PIDs it started.
+pub fn state_dir() -> PathBuf {
+    PathBuf::from("/run/broker-lab")
+}
+
+#[derive(Subcommand)]
+pub enum LabCommand {
+    /// Create the namespaces, start `broker run` in the PoP and the tunnel clients.
+    Up {
+        /// Number of client namespaces, each with a proto-41 tunnel.
+        #[arg(long, default_value_t = 2)]
+        clients: u32,
+    },
+    /// Stop the lab's processes (by PID) and delete its namespaces.
+    Down,
+}
+
+pub fn run(cmd: LabCommand) -> Result<()> {
+    match cmd {
+        LabCommand::Up { clients } => {
+            let lab = up(clients)?;
+            print_summary(&lab);
+            lab.keep()?;
+            println!("lab is up; `cargo xtask lab down` removes it");
+            Ok(())
+        }
+        LabCommand::Down => {
+            for what in Lab::destroy(PREFIX, &state_dir())? {
+                println!("removed {what}");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Builds the broker, replaces any previous lab, and starts a new one.
+pub fn up(clients: u32) -> Result<Lab> {
+    build_broker()?;
+    Lab::destroy(PREFIX, &state_dir())?;
+    let mut lab = Lab::create(PREFIX, clients, &state_dir())?;
+    let config = lab.config_yaml(INSTANCE);
+    lab.start_broker(INSTANCE, &config)?;
+    for i in 1..=clients {
+        let v4 = lab.clients[(i - 1) as usize].v4;
+        lab.start_client(i, v4)?;
+    }
+    lab.record_pids()?;
+    Ok(lab)
+}
+
+pub fn print_summary(lab: &Lab) {
+    println!("namespaces:");
+    println!(
+        "  {:<16} PoP: broker run, XDP on eth4 (192.0.2.1) and eth6 (2001:db8:ffff::1)",
+        lab.pop.name()
+    );
+    println!(
+        "  {:<16} IPv4 router between clients and PoP",
+        lab.isp.name()
+    );
+    println!(
+        "  {:<16} IPv6 internet host 2001:db8:ffff::2",
+        lab.inet6.name()
+    );
+    for c in &lab.clients {
+        println!(
+            "  {:<16} client {} at {}: tunnel {} {} -> {}",
+            c.ns.name(),
+            c.index,
+            c.v4,
+            c.tunnel_id(),
+            c.address(),
+            c.routed_prefix()
+        );
+    }
+    println!("config: {}", lab.config_path().display());
+    println!("logs:   {}", lab.dir.display());
+}
+
+/// Removes the lab's state directory once its guards have cleaned up.
+pub fn cleanup_state() -> Result<()> {
+    let dir = state_dir();
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    Ok(())
+}

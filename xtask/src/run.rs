@@ -1,0 +1,71 @@
+//! `cargo xtask run`: the main job. Without a config it brings up the lab, shows a ping
+//! through each tunnel and the counters, and forwards until Ctrl-C; with `--config FILE` it
+//! runs `broker run` on the host's real interfaces.
+use std::{
+    path::PathBuf,
+    process::Command,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
+use anyhow::Result;
+use broker_tests::lab::INET6_HOST;
+use clap::Args;
+
+use crate::{
+    lab,
+    util::{build_broker, exec},
+};
+
+#[derive(Args)]
+pub struct Options {
+    /// Run on real interfaces with this config instead of the lab.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Clients (and tunnels) in the lab.
+    #[arg(long, default_value_t = 2)]
+    clients: u32,
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+pub fn run(o: Options) -> Result<()> {
+    if let Some(config) = o.config {
+        let broker = build_broker()?;
+        return exec(Command::new(broker).arg("run").arg("--config").arg(config));
+    }
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    let lab = lab::up(o.clients)?;
+    lab::print_summary(&lab);
+    for c in &lab.clients {
+        println!(
+            "\n== client {} pings {} through tunnel {} ==",
+            c.index,
+            INET6_HOST,
+            c.tunnel_id()
+        );
+        lab.wait_reachable(c.index, INET6_HOST)?;
+        print!("{}", lab.ping(c.index, INET6_HOST, 3, "0.2")?);
+    }
+    println!("\n== broker stats --instance {} ==", lab::INSTANCE);
+    print!("{}", lab.stats(false)?);
+    println!(
+        "\nForwarding. Try: ip netns exec {} ping -6 {INET6_HOST}",
+        lab.clients[0].ns.name()
+    );
+    println!("Ctrl-C stops the lab.");
+    while !STOP.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("\nstopping the lab");
+    drop(lab);
+    lab::cleanup_state()
+}

@@ -1,0 +1,61 @@
+//! `cargo xtask test`: everything, in the order that fails fastest.
+use std::process::Command;
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use crate::util::{build_broker, exec, is_root};
+
+#[derive(Args)]
+pub struct Options {
+    /// Only run tests whose name contains this (formatting and clippy still run).
+    filter: Option<String>,
+}
+
+pub fn run(o: Options) -> Result<()> {
+    exec(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))?;
+    exec(Command::new("cargo").args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The kernel crate only builds for the BPF target, with nightly.
+    exec(
+        Command::new("rustup")
+            .args([
+                "run",
+                "nightly",
+                "cargo",
+                "clippy",
+                "--package",
+                "broker-ebpf",
+                "--bins",
+            ])
+            .args([
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+            ])
+            .args(["--", "-D", "warnings"]),
+    )?;
+    let broker = build_broker()?;
+    if !is_root() {
+        bail!(
+            "the kernel-program and end-to-end tests need root (namespaces, veth, BPF); run `sudo -E cargo xtask test`"
+        );
+    }
+    let mut cmd = Command::new("cargo");
+    cmd.args(["test", "--workspace", "--locked"])
+        .env("BROKER_BIN", &broker)
+        .env("RUST_BACKTRACE", "1");
+    if let Some(f) = o.filter {
+        cmd.arg("--").arg(f);
+    }
+    exec(&mut cmd)
+}
