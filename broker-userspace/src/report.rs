@@ -1,5 +1,5 @@
 //! `broker stats`: the counters as a table or JSON. Pure formatting.
-use std::fmt::Write;
+use std::{collections::BTreeMap, fmt::Write};
 
 use broker_common::{
     maps::StatPair,
@@ -37,13 +37,14 @@ pub struct TunnelRow {
     pub drop_bytes: u64,
 }
 
-/// Everything `broker stats` shows; label names as in the metrics.
+/// Everything `broker stats` shows, keyed by the label values the metrics use (so
+/// `jq .drops.spoofed_source.packets` works).
 #[derive(Debug, Serialize)]
 pub struct Report {
-    pub actions: Vec<(String, Pair)>,
-    pub events: Vec<(String, Pair)>,
-    pub drops: Vec<(String, Pair)>,
-    pub passes: Vec<(String, Pair)>,
+    pub actions: BTreeMap<String, Pair>,
+    pub events: BTreeMap<String, Pair>,
+    pub drops: BTreeMap<String, Pair>,
+    pub passes: BTreeMap<String, Pair>,
     pub tunnels: Vec<TunnelRow>,
 }
 
@@ -87,23 +88,13 @@ impl Report {
     /// A plain-text table; zero rows of drops and passes are left out.
     pub fn table(&self) -> String {
         let mut s = String::new();
-        let section = |s: &mut String, title: &str, rows: &[(String, Pair)], skip_zero: bool| {
-            let _ = writeln!(s, "{title}");
-            for (name, p) in rows {
-                if skip_zero && p.packets == 0 {
-                    continue;
-                }
-                let _ = writeln!(
-                    s,
-                    "  {name:<22} {:>14} pkts {:>16} bytes",
-                    p.packets, p.bytes
-                );
-            }
-        };
-        section(&mut s, "actions", &self.actions, false);
-        section(&mut s, "events", &self.events, false);
-        section(&mut s, "drops (non-zero)", &self.drops, true);
-        section(&mut s, "passes (non-zero)", &self.passes, true);
+        let drops: Vec<&str> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
+        let passes: Vec<&str> = PassReason::ALL.iter().map(|r| r.as_str()).collect();
+        let events: Vec<&str> = Event::ALL.iter().map(|e| e.as_str()).collect();
+        section(&mut s, "actions", &ACTIONS, &self.actions, false);
+        section(&mut s, "events", &events, &self.events, false);
+        section(&mut s, "drops (non-zero)", &drops, &self.drops, true);
+        section(&mut s, "passes (non-zero)", &passes, &self.passes, true);
         let _ = writeln!(
             s,
             "tunnels\n  {:>6} {:<8} {:<8} {:>12} {:>14} {:>12} {:>14} {:>10}",
@@ -124,5 +115,27 @@ impl Report {
             );
         }
         s
+    }
+}
+
+/// One block of the table, rows in `order`.
+fn section(
+    s: &mut String,
+    title: &str,
+    order: &[&str],
+    rows: &BTreeMap<String, Pair>,
+    skip_zero: bool,
+) {
+    let _ = writeln!(s, "{title}");
+    for name in order {
+        let Some(p) = rows.get(*name) else { continue };
+        if skip_zero && p.packets == 0 {
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "  {name:<22} {:>14} pkts {:>16} bytes",
+            p.packets, p.bytes
+        );
     }
 }

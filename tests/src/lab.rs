@@ -145,6 +145,11 @@ impl Lab {
             "via",
             &POP_NATIVE_V6.to_string(),
         ])?;
+        // A veth hands locally generated TCP/UDP over with the checksum still to be filled
+        // in (CHECKSUM_PARTIAL); XDP cannot see that state, so an encapsulated segment would
+        // leave with a wrong checksum. Real NICs deliver finished checksums: make this
+        // "internet host" compute its own, as a remote machine would.
+        inet6.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
 
         for i in 1..=clients {
             let ns = NetNs::create(&name(&format!("c{i}")))?;
@@ -413,6 +418,17 @@ impl Lab {
             std::fs::remove_dir_all(dir)?;
         }
         Ok(removed)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // A failing test shows what the processes said.
+        if std::thread::panicking() {
+            for p in &self.procs {
+                eprintln!("---- log of {} ----\n{}", p.name(), p.log());
+            }
+        }
     }
 }
 

@@ -80,6 +80,19 @@ impl NetNs {
         Ok(())
     }
 
+    /// Starts `f` on a new thread that has entered this namespace.
+    pub fn spawn_within<F, R>(&self, f: F) -> std::thread::JoinHandle<R>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let path = self.path();
+        std::thread::spawn(move || {
+            enter(&path).expect("entering the network namespace");
+            f()
+        })
+    }
+
     /// Runs `f` on a new thread that has entered this namespace, and returns its result
     /// (a panic in `f` is re-raised here).
     pub fn within<F, R>(&self, f: F) -> R

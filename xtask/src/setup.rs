@@ -13,6 +13,7 @@ const BPF_LINKER_VERSION: &str = "0.10.0";
 /// Debian packages the lab and the tests run.
 const PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip: namespaces, veths, addresses, routes"),
+    ("ethtool", "checksum offload off on the lab's internet host"),
     ("iputils-ping", "ping -6 through the tunnels"),
     ("util-linux", "nsenter: processes in lab namespaces"),
     ("procps", "sysctl in lab namespaces"),
