@@ -224,7 +224,7 @@ async fn load_only(iface: String, mode: Mode, instance: String) -> anyhow::Resul
 async fn pass_only(ifaces: Vec<String>) -> anyhow::Result<()> {
     let mut aux = Aux::load()?;
     for iface in &ifaces {
-        aux.attach_by_name(broker_common::consts::program_names::PASS, iface)?;
+        let _link = aux.attach_by_name(broker_common::consts::program_names::PASS, iface)?;
     }
     tracing::info!(?ifaces, "xdp_pass attached");
     wait_for_stop().await

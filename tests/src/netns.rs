@@ -132,6 +132,22 @@ pub fn enter(path: &str) -> Result<()> {
     Ok(())
 }
 
+/// Runs `f` with the calling thread inside the namespace at `path`, then moves the thread
+/// back to where it was (also when `f` panics). For values that cannot cross threads.
+pub fn in_ns<R>(path: &str, f: impl FnOnce() -> R) -> Result<R> {
+    let home = File::open("/proc/thread-self/ns/net").context("opening this thread's netns")?;
+    enter(path)?;
+    struct Back(File);
+    impl Drop for Back {
+        fn drop(&mut self) {
+            // SAFETY: setns back to the namespace fd we opened.
+            unsafe { libc::setns(self.0.as_raw_fd(), libc::CLONE_NEWNET) };
+        }
+    }
+    let _back = Back(home);
+    Ok(f())
+}
+
 /// Moves the calling thread into a new, anonymous network namespace that disappears with
 /// the thread. For tests that need interfaces but no processes.
 pub fn unshare_thread() -> Result<()> {

@@ -2,7 +2,7 @@
 //! for veth peers, a no-op redirect, a counting sink and a live-frames generator.
 use aya::{
     maps::{Array, PerCpuArray},
-    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    programs::{xdp::XdpLinkId, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
     Ebpf,
 };
 use broker_common::{
@@ -36,16 +36,29 @@ impl Aux {
     }
 
     /// Attaches `program` (one of the aux program names) to the interface with this index
-    /// in the calling thread's namespace, in driver mode.
-    pub fn attach(&mut self, program: &'static str, ifindex: u32) -> Result<(), DataplaneError> {
+    /// in the calling thread's namespace, in driver mode. It stays attached until
+    /// [`Aux::detach`] or until this value drops.
+    pub fn attach(
+        &mut self,
+        program: &'static str,
+        ifindex: u32,
+    ) -> Result<XdpLinkId, DataplaneError> {
         let p = prog(&mut self.ebpf, program)?;
         p.attach_to_if_index(ifindex, XdpMode::Driver)
             .map_err(|source| DataplaneError::Attach {
                 iface: format!("ifindex {ifindex}"),
                 mode: crate::config::AttachMode::Driver,
                 source,
-            })?;
-        Ok(())
+            })
+    }
+
+    pub fn detach(&mut self, program: &'static str, link: XdpLinkId) -> Result<(), DataplaneError> {
+        prog(&mut self.ebpf, program)?
+            .detach(link)
+            .map_err(|source| DataplaneError::Program {
+                name: program,
+                source,
+            })
     }
 
     /// Attaches `program` to the interface named `iface` in this process's namespace.
@@ -53,7 +66,7 @@ impl Aux {
         &mut self,
         program: &'static str,
         iface: &str,
-    ) -> Result<(), DataplaneError> {
+    ) -> Result<XdpLinkId, DataplaneError> {
         let c = std::ffi::CString::new(iface).map_err(|_| DataplaneError::Io {
             what: format!("interface name {iface:?}"),
             source: std::io::ErrorKind::InvalidInput.into(),

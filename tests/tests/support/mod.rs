@@ -92,8 +92,18 @@ fn sh(args: &[&str]) {
 }
 
 impl Fixture {
-    /// Must run on a thread of its own: it moves that thread into a new namespace.
+    /// The fixture network and the data plane with the four tunnels of [`TUNNELS`]. Must
+    /// run on a thread of its own: it moves that thread into a new namespace.
     pub fn new() -> Self {
+        let mut fx = Self::network(64, 256);
+        for (id, ..) in TUNNELS {
+            fx.dp.upsert(&spec(id), POP_V4).unwrap();
+        }
+        fx
+    }
+
+    /// The fixture network and an empty data plane with the given capacities.
+    pub fn network(max_tunnels: u32, max_prefixes: u32) -> Self {
         broker_tests::require_root();
         netns::unshare_thread().expect("a private network namespace");
         let mac = |m: [u8; 6]| {
@@ -184,15 +194,12 @@ impl Fixture {
 
         let mut dp = Dataplane::load(&dataplane::Options {
             instance: "test".into(),
-            max_tunnels: 64,
-            max_prefixes: 256,
+            max_tunnels,
+            max_prefixes,
             pin: false,
         })
         .expect("loading the data plane (needs root and BPF)");
         dp.set_pop(POP_V4).unwrap();
-        for (id, ..) in TUNNELS {
-            dp.upsert(&spec(id), POP_V4).unwrap();
-        }
         Self {
             dp,
             eth4: ifindex("eth4"),
