@@ -45,8 +45,12 @@ pub const MTU_MAX: u16 = 1480;
 /// Default capacity of the tunnel maps; `dataplane.max_tunnels` in the config overrides it
 /// at load time.
 pub const DEFAULT_MAX_TUNNELS: u32 = 65_536;
-/// Default capacity of the prefix trie (link /64 and routed prefixes of every tunnel).
+/// Default capacity of the prefix map (link /64 and routed prefixes of every tunnel).
 pub const DEFAULT_MAX_PREFIXES: u32 = 4 * DEFAULT_MAX_TUNNELS;
+/// Destinations of decapsulated traffic whose next hop is cached, per CPU (LRU).
+pub const NEXTHOP6_ENTRIES: u32 = 65_536;
+/// How long a cached next hop is trusted without the controller confirming it.
+pub const DEFAULT_NEXTHOP_MAX_AGE_MS: u32 = 1_000;
 
 /// Length of the frames the benchmark generator sends.
 pub const GEN_FRAME_LEN: usize = 128;
@@ -56,7 +60,9 @@ pub mod map_names {
     pub const SETTINGS: &str = "SETTINGS";
     pub const TUNNELS: &str = "TUNNELS";
     pub const P41_ENDPOINTS: &str = "P41_ENDPOINTS";
-    pub const PREFIXES6: &str = "PREFIXES6";
+    pub const PREFIXES: &str = "PREFIXES";
+    pub const NEXTHOP4: &str = "NEXTHOP4";
+    pub const NEXTHOP6: &str = "NEXTHOP6";
     pub const TUNNEL_STATS: &str = "TUNNEL_STATS";
     pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
     pub const BENCH_REDIRECT: &str = "BENCH_REDIRECT";
@@ -64,11 +70,13 @@ pub mod map_names {
     pub const GEN_TEMPLATE: &str = "GEN_TEMPLATE";
 
     /// Every map the controller owns, in the order `broker stats` lists them.
-    pub const ALL: [&str; 6] = [
+    pub const ALL: [&str; 8] = [
         SETTINGS,
         TUNNELS,
         P41_ENDPOINTS,
-        PREFIXES6,
+        PREFIXES,
+        NEXTHOP4,
+        NEXTHOP6,
         TUNNEL_STATS,
         GLOBAL_STATS,
     ];

@@ -5,10 +5,18 @@
 //! - `SETTINGS`: `Array<Settings>` of one entry, the PoP-wide parameters.
 //! - `TUNNELS`: `Array<Tunnel>` indexed by a dense slot the controller assigns.
 //! - `P41_ENDPOINTS`: `HashMap<Endpoint4, u32>`: proto-41 (client IPv4, PoP IPv4) to slot.
-//! - `PREFIXES6`: `LpmTrie<[u8; 16], u32>`: every tunnel's link /64 and routed prefixes to
-//!   slot; the encapsulation lookup and the inner-source anti-spoofing check.
+//! - `PREFIXES`: `HashMap<PrefixKey, u32>`: every tunnel prefix (link /64 and routed) to
+//!   slot, probed once per prefix length in use, longest first: a handful of O(1) lookups
+//!   instead of an LPM trie walk that grows with the table.
+//! - `NEXTHOP4`: `PerCpuArray<Nexthop>` by slot: the cached next hop towards each client.
+//! - `NEXTHOP6`: `LruPerCpuHashMap<[u8; 16], Nexthop>`: cached next hops of decapsulated
+//!   packets, by destination.
 //! - `TUNNEL_STATS`: `PerCpuArray<TunnelStats>` indexed by slot.
 //! - `GLOBAL_STATS`: `PerCpuArray<StatPair>` indexed as [`crate::stats`] lays out.
+//!
+//! The upper 64 bits of IPv6 addresses are compared as `u64` read in memory order
+//! (`u64::from_ne_bytes` of the network-order bytes), so nets and masks below are stored in
+//! that form: a bitwise AND and compare need no byte swapping on any host.
 
 /// Encapsulation of a tunnel. Discriminants are append-only.
 #[repr(u8)]
@@ -68,7 +76,7 @@ impl TunnelState {
     }
 }
 
-/// One tunnel as the data plane sees it (value of `TUNNELS`). 112 bytes.
+/// One tunnel as the data plane sees it (value of `TUNNELS`).
 ///
 /// Fields for encapsulations that a kind does not use stay zero; they are here so that the
 /// map layout does not change when kinds are added.
@@ -100,7 +108,13 @@ pub struct Tunnel {
     pub remote_v6: [u8; 16],
     /// SHA-1 of the tunnel password, for signed encapsulations.
     pub key: [u8; 20],
-    pub _pad1: [u8; 4],
+    /// Number of valid entries in `routed`.
+    pub n_routed: u32,
+    /// Upper 64 bits of the link /64 (memory-order u64): inner sources must be in it or in
+    /// a routed prefix.
+    pub link64: u64,
+    /// Routed prefixes (all at most /64), checked inline for anti-spoofing.
+    pub routed: [Prefix64; MAX_ROUTED],
 }
 
 impl Tunnel {
@@ -119,8 +133,116 @@ impl Tunnel {
         local_v6: [0; 16],
         remote_v6: [0; 16],
         key: [0; 20],
-        _pad1: [0; 4],
+        n_routed: 0,
+        link64: 0,
+        routed: [Prefix64::NONE; MAX_ROUTED],
     };
+
+    /// True when `addr` lies in the link /64 or one of the routed prefixes.
+    #[inline(always)]
+    pub fn owns(&self, addr: &[u8; 16]) -> bool {
+        let hi = upper64(addr);
+        if hi == self.link64 {
+            return true;
+        }
+        let mut i = 0;
+        while i < MAX_ROUTED {
+            if (i as u32) < self.n_routed && self.routed[i].contains(hi) {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
+/// Routed prefixes a tunnel can have (HE gives a /64 and a /48; sixxsd subnets likewise).
+pub const MAX_ROUTED: usize = 4;
+/// Distinct prefix lengths among all tunnel prefixes (each costs one hash probe).
+pub const MAX_PREFIX_LENS: usize = 8;
+/// Aggregates covering every tunnel prefix ("tunnel space"), checked before any probe.
+pub const MAX_SPACE: usize = 4;
+
+/// The upper 64 bits of an IPv6 address as a memory-order `u64`.
+#[inline(always)]
+pub fn upper64(addr: &[u8; 16]) -> u64 {
+    u64::from_ne_bytes([
+        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+    ])
+}
+
+/// A prefix of at most 64 bits: `net` and `mask` in memory order (see the module docs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prefix64 {
+    pub net: u64,
+    pub mask: u64,
+}
+
+impl Prefix64 {
+    /// Matches nothing (mask 0 would match everything, so `net` is set to a value no
+    /// masked address has).
+    pub const NONE: Self = Self { net: 1, mask: 0 };
+
+    /// The prefix `len` bits long (0-64) of the address whose upper 64 bits are `addr`.
+    pub const fn new(addr: [u8; 8], len: u32) -> Self {
+        let mask = mask64(len);
+        Self {
+            net: u64::from_ne_bytes(addr) & mask,
+            mask,
+        }
+    }
+
+    #[inline(always)]
+    pub const fn contains(&self, upper: u64) -> bool {
+        upper & self.mask == self.net
+    }
+}
+
+/// The memory-order mask of the first `len` bits (0-64).
+pub const fn mask64(len: u32) -> u64 {
+    let be: u64 = if len == 0 {
+        0
+    } else if len >= 64 {
+        u64::MAX
+    } else {
+        u64::MAX << (64 - len)
+    };
+    u64::from_ne_bytes(be.to_be_bytes())
+}
+
+/// Key of `PREFIXES`: a tunnel prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PrefixKey {
+    /// The masked upper 64 bits (memory order).
+    pub net: u64,
+    /// Prefix length, 1-64.
+    pub len: u32,
+    pub _pad: u32,
+}
+
+/// A prefix length in use and its mask, for the probes of `PREFIXES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LenMask {
+    pub mask: u64,
+    pub len: u32,
+    pub _pad: u32,
+}
+
+/// A cached `bpf_fib_lookup` result: where to send a packet and with which MACs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Nexthop {
+    /// `bpf_ktime_get_coarse_ns` when it was looked up.
+    pub stamp_ns: u64,
+    /// `Settings::nexthop_gen` it was looked up under; a different value means stale.
+    pub gen: u32,
+    pub ifindex: u32,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    pub _pad: u32,
 }
 
 /// Key of `P41_ENDPOINTS`: a proto-41 packet's outer (source, destination).
@@ -142,6 +264,51 @@ pub struct Settings {
     pub pop_v4: [u8; 4],
     /// Reserved for feature switches.
     pub flags: u32,
+    /// Generation of the next-hop caches: entries of another generation are stale. The
+    /// controller bumps it when routes or neighbours change. 0 turns the caches off.
+    pub nexthop_gen: u32,
+    /// Cached next hops older than this are looked up again, even if the controller never
+    /// bumps the generation (for instance while it is restarting).
+    pub nexthop_max_age_ms: u32,
+    /// Valid entries in `lens` and `space`.
+    pub n_lens: u32,
+    pub n_space: u32,
+    /// Prefix lengths present in `PREFIXES`, longest first.
+    pub lens: [LenMask; MAX_PREFIX_LENS],
+    /// Aggregates covering every tunnel prefix: an IPv6 destination outside all of them
+    /// is not tunnel traffic, without a single hash probe.
+    pub space: [Prefix64; MAX_SPACE],
+}
+
+impl Settings {
+    pub const EMPTY: Self = Self {
+        pop_v4: [0; 4],
+        flags: 0,
+        nexthop_gen: 0,
+        nexthop_max_age_ms: 0,
+        n_lens: 0,
+        n_space: 0,
+        lens: [LenMask {
+            mask: 0,
+            len: 0,
+            _pad: 0,
+        }; MAX_PREFIX_LENS],
+        space: [Prefix64::NONE; MAX_SPACE],
+    };
+
+    /// True when `addr` is inside the tunnel space.
+    #[inline(always)]
+    pub fn in_space(&self, addr: &[u8; 16]) -> bool {
+        let hi = upper64(addr);
+        let mut i = 0;
+        while i < MAX_SPACE {
+            if (i as u32) < self.n_space && self.space[i].contains(hi) {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
 }
 
 /// Per-tunnel counters (value of `TUNNEL_STATS`, one per CPU; userspace sums them).
@@ -189,10 +356,57 @@ mod tests {
     #[test]
     fn layouts_are_fixed() {
         // These sizes are part of the pinned-map contract between program versions.
-        assert_eq!(size_of::<Tunnel>(), 112);
+        assert_eq!(size_of::<Tunnel>(), 184);
         assert_eq!(size_of::<Endpoint4>(), 8);
-        assert_eq!(size_of::<Settings>(), 8);
+        assert_eq!(
+            size_of::<Settings>(),
+            24 + 16 * MAX_PREFIX_LENS + 16 * MAX_SPACE
+        );
+        assert_eq!(size_of::<PrefixKey>(), 16);
+        assert_eq!(size_of::<Nexthop>(), 32);
         assert_eq!(size_of::<TunnelStats>(), 48);
         assert_eq!(size_of::<StatPair>(), 16);
+    }
+}
+
+#[cfg(test)]
+mod prefix_tests {
+    use super::*;
+
+    fn addr(s: [u16; 8]) -> [u8; 16] {
+        let mut a = [0u8; 16];
+        for (i, w) in s.iter().enumerate() {
+            a[2 * i..2 * i + 2].copy_from_slice(&w.to_be_bytes());
+        }
+        a
+    }
+
+    #[test]
+    fn prefix64_matches_by_mask() {
+        let p = Prefix64::new([0x20, 0x01, 0x0d, 0xb8, 0x11, 0x00, 0, 0], 48);
+        assert!(p.contains(upper64(&addr([0x2001, 0xdb8, 0x1100, 5, 0, 0, 0, 1]))));
+        assert!(!p.contains(upper64(&addr([0x2001, 0xdb8, 0x1101, 0, 0, 0, 0, 1]))));
+        let all = Prefix64::new([0; 8], 0);
+        assert!(all.contains(upper64(&addr([0xffff, 0, 0, 0, 0, 0, 0, 0]))));
+        assert!(!Prefix64::NONE.contains(0));
+        assert!(!Prefix64::NONE.contains(u64::MAX));
+        let odd = Prefix64::new([0x20, 0x01, 0x0d, 0xb8, 0x11, 0x80, 0, 0], 41);
+        assert!(odd.contains(upper64(&addr([0x2001, 0xdb8, 0x11ff, 0, 0, 0, 0, 0]))));
+        assert!(!odd.contains(upper64(&addr([0x2001, 0xdb8, 0x1100, 0, 0, 0, 0, 0]))));
+    }
+
+    #[test]
+    fn tunnel_owns_link_and_routed_only() {
+        let mut t = Tunnel::EMPTY;
+        t.link64 = upper64(&addr([0x2001, 0xdb8, 0x10, 1, 0, 0, 0, 0]));
+        t.routed[0] = Prefix64::new([0x20, 0x01, 0x0d, 0xb8, 0x11, 0x00, 0, 0], 48);
+        t.n_routed = 1;
+        assert!(t.owns(&addr([0x2001, 0xdb8, 0x10, 1, 0, 0, 0, 2])));
+        assert!(t.owns(&addr([0x2001, 0xdb8, 0x1100, 0xffff, 1, 2, 3, 4])));
+        assert!(!t.owns(&addr([0x2001, 0xdb8, 0x10, 2, 0, 0, 0, 2])));
+        assert!(!t.owns(&addr([0xfe80, 0, 0, 0, 0, 0, 0, 2])));
+        // Entries past n_routed are ignored.
+        t.routed[1] = Prefix64::new([0; 8], 0);
+        assert!(!t.owns(&addr([0x3000, 0, 0, 0, 0, 0, 0, 1])));
     }
 }

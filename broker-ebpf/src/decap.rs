@@ -4,7 +4,7 @@ use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use broker_common::{
     consts::{ETH_HDR_LEN, ETH_P_IPV6_BE, IPV4_HDR_LEN},
     csum,
-    maps::{Endpoint4, TunnelKind},
+    maps::{Endpoint4, Settings, TunnelKind},
     stats::{DropReason, Event},
 };
 
@@ -22,7 +22,7 @@ use crate::{
 const INNER: usize = ETH_HDR_LEN + IPV4_HDR_LEN;
 
 #[inline(always)]
-pub fn proto41(ctx: &XdpContext) -> Verdict {
+pub fn proto41(ctx: &XdpContext, s: &Settings) -> Verdict {
     let ip = ptr::at::<Ipv4Hdr>(ctx, ETH_HDR_LEN).ok_or(DropReason::Truncated)?;
     // SAFETY: bounds checked; a copy, so later head adjustments cannot invalidate it.
     let ip = unsafe { *ip };
@@ -66,7 +66,7 @@ pub fn proto41(ctx: &XdpContext) -> Verdict {
     if inner.version() != 6 || inner.packet_len() != inner_len {
         return Err(tunnel::drop(slot, inner_len, DropReason::BadInnerHeader));
     }
-    if maps::prefix_slot(&inner.src) != Some(slot) {
+    if !t.owns(&inner.src) {
         return Err(tunnel::drop(slot, inner_len, DropReason::SpoofedSource));
     }
     if inner.dst == t.pop_v6 {
@@ -79,7 +79,7 @@ pub fn proto41(ctx: &XdpContext) -> Verdict {
     stats::tunnel(slot, Dir::FromClient, inner_len as u64);
     stats::event(Event::Decap, inner_len as u64);
     strip_ipv4(ctx)?;
-    forward::native6(ctx, inner_len)
+    forward::native6(ctx, s, inner_len)
 }
 
 /// Removes the outer IPv4 header; the Ethernet header moves forward and says IPv6.

@@ -4,7 +4,7 @@ use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use broker_common::{
     consts::{ENCAP_TTL, ETH_HDR_LEN, ETH_P_IPV4_BE, IPPROTO_IPV6, IPV4_HDR_LEN},
     csum,
-    maps::{Tunnel, TunnelKind},
+    maps::{Settings, Tunnel, TunnelKind},
     stats::{DropReason, Event},
 };
 
@@ -28,7 +28,7 @@ pub enum Origin {
 }
 
 #[inline(always)]
-pub fn into_tunnel(ctx: &XdpContext, slot: u32, origin: Origin) -> Verdict {
+pub fn into_tunnel(ctx: &XdpContext, s: &Settings, slot: u32, origin: Origin) -> Verdict {
     let t = tunnel::get(slot)?;
     let ip = ptr::at::<Ipv6Hdr>(ctx, ETH_HDR_LEN).ok_or(DropReason::Truncated)?;
     // SAFETY: bounds checked.
@@ -60,7 +60,7 @@ pub fn into_tunnel(ctx: &XdpContext, slot: u32, origin: Origin) -> Verdict {
     push_ipv4(ctx, t, len, tos)?;
     stats::tunnel(slot, Dir::ToClient, len as u64);
     stats::event(Event::Encap, len as u64);
-    forward::ipv4(ctx, t, len + IPV4_HDR_LEN, tos)
+    forward::ipv4(ctx, s, t, slot, len + IPV4_HDR_LEN, tos)
 }
 
 /// Prepends the outer IPv4 header (RFC 4213 section 3.5): protocol 41, DF, TTL 64, the

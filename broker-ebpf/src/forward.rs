@@ -1,8 +1,15 @@
-//! Forwarding after de/encapsulation: ask the kernel's FIB for the next hop and redirect,
-//! or hand the packet to the kernel when the fast path cannot finish.
+//! Forwarding after de/encapsulation: find the next hop and redirect, or hand the packet to
+//! the kernel when the fast path cannot finish.
 //!
-//! Rules (documented in docs/ARCHITECTURE.md):
-//! - success: rewrite the MACs, decrement the IPv6 hop limit (decap), `bpf_redirect`;
+//! The next hop comes from the kernel's FIB (`bpf_fib_lookup`), cached because a lookup
+//! costs more than the rest of the fast path together (measured in docs/BENCHMARKS.md):
+//! per tunnel slot for encapsulated packets (`NEXTHOP4`), per destination for decapsulated
+//! ones (`NEXTHOP6`). An entry is used while its generation is the controller's current one
+//! (bumped on every route, neighbour or link change) and it is younger than
+//! `nexthop_max_age_ms`. Only lookups that would succeed for the largest packet the tunnel
+//! carries are cached, so a cached hop never skips an MTU check that could fail.
+//!
+//! Rules when there is no usable next hop (documented in docs/ARCHITECTURE.md):
 //! - no neighbour yet, egress MTU too small, local or not forwarded: `XDP_PASS` of the
 //!   rewritten packet, which the kernel can route (it decrements the hop limit itself);
 //! - blackhole, unreachable, prohibit: drop (`no_route`).
@@ -12,13 +19,13 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_PROHIBIT,
         BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE,
     },
-    helpers::{bpf_fib_lookup, bpf_redirect},
+    helpers::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
     programs::XdpContext,
     EbpfContext,
 };
 use broker_common::{
-    consts::ETH_HDR_LEN,
-    maps::Tunnel,
+    consts::{ETH_HDR_LEN, IPV4_HDR_LEN, MTU_MAX},
+    maps::{Nexthop, Settings, Tunnel},
     stats::{DropReason, PassReason},
 };
 use core::mem::{size_of, zeroed};
@@ -26,76 +33,177 @@ use core::mem::{size_of, zeroed};
 use crate::{
     encap::{self, Origin},
     headers::{EthHdr, Ipv6Hdr},
-    maps,
+    maps::{self, NEXTHOP4, NEXTHOP6},
     outcome::{Outcome, Verdict},
     ptr,
 };
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
+const SUCCESS: i64 = BPF_FIB_LKUP_RET_SUCCESS as i64;
+const FRAG_NEEDED: i64 = BPF_FIB_LKUP_RET_FRAG_NEEDED as i64;
 
 /// Forwards the native IPv6 packet at the start of the frame: into another tunnel when its
-/// destination is one (client to client), else by the FIB.
+/// destination is one (client to client), else to its next hop.
 #[inline(always)]
-pub fn native6(ctx: &XdpContext, len: usize) -> Verdict {
+pub fn native6(ctx: &XdpContext, s: &Settings, len: usize) -> Verdict {
     let ip = ptr::at::<Ipv6Hdr>(ctx, ETH_HDR_LEN).ok_or(DropReason::Truncated)?;
     // SAFETY: bounds checked.
     let ipr = unsafe { &*ip };
-    if let Some(slot) = maps::prefix_slot(&ipr.dst) {
-        return encap::into_tunnel(ctx, slot, Origin::Tunnel);
+    if let Some(slot) = maps::prefix_slot(s, &ipr.dst) {
+        return encap::into_tunnel(ctx, s, slot, Origin::Tunnel);
     }
 
-    // SAFETY: plain C struct, all-zero is valid.
-    let mut p: FibParams = unsafe { zeroed() };
-    p.family = AF_INET6;
-    p.ifindex = ctx.ingress_ifindex() as u32;
-    p.__bindgen_anon_1.tot_len = len as u16;
-    p.__bindgen_anon_2.flowinfo = u32::from_ne_bytes(ipr.vtc_flow) & 0x0fff_ffffu32.to_be();
-    p.__bindgen_anon_3.ipv6_src = words(&ipr.src);
-    p.__bindgen_anon_4.ipv6_dst = words(&ipr.dst);
-    let rc = lookup(ctx, &mut p);
-    if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        // SAFETY: the hop limit was checked to be > 1 before decapsulation.
-        unsafe { (*ip).hop_limit -= 1 };
-        return redirect(ctx, &p);
-    }
-    Ok(not_forwarded(rc))
+    let now = clock(s);
+    let nh = match NEXTHOP6.get_ptr(ipr.dst) {
+        // SAFETY: a per-CPU value only this CPU writes.
+        Some(c) if fresh(unsafe { &*c }, s, now) => unsafe { *c },
+        _ => {
+            // SAFETY: plain C struct, all-zero is valid.
+            let mut p: FibParams = unsafe { zeroed() };
+            p.family = AF_INET6;
+            p.ifindex = ctx.ingress_ifindex() as u32;
+            p.__bindgen_anon_2.flowinfo = u32::from_ne_bytes(ipr.vtc_flow) & 0x0fff_ffffu32.to_be();
+            p.__bindgen_anon_3.ipv6_src = words(&ipr.src);
+            p.__bindgen_anon_4.ipv6_dst = words(&ipr.dst);
+            // Decapsulated packets are at most MTU_MAX: a hop good for that is good for all.
+            match lookup(ctx, &mut p, MTU_MAX as usize, len) {
+                Ok((hop, cacheable)) => {
+                    if cacheable && s.nexthop_gen != 0 {
+                        let entry = hop.stamped(s, now);
+                        let _ = NEXTHOP6.insert(ipr.dst, entry, 0);
+                    }
+                    hop
+                }
+                Err(outcome) => return Ok(outcome),
+            }
+        }
+    };
+    // SAFETY: the hop limit was checked to be > 1 before decapsulation.
+    unsafe { (*ip).hop_limit -= 1 };
+    redirect(ctx, &nh)
 }
 
-/// Forwards the encapsulated packet at the start of the frame to the tunnel's client.
+/// Forwards the packet just encapsulated for tunnel `t` (in `slot`) to its client.
 #[inline(always)]
-pub fn ipv4(ctx: &XdpContext, t: &Tunnel, outer_len: usize, tos: u8) -> Verdict {
+pub fn ipv4(
+    ctx: &XdpContext,
+    s: &Settings,
+    t: &Tunnel,
+    slot: u32,
+    outer_len: usize,
+    tos: u8,
+) -> Verdict {
+    let now = clock(s);
+    let cache = NEXTHOP4.get_ptr_mut(slot);
+    if let Some(c) = cache {
+        // SAFETY: a per-CPU value only this CPU writes.
+        let c = unsafe { &*c };
+        if fresh(c, s, now) {
+            return redirect(ctx, c);
+        }
+    }
     // SAFETY: plain C struct, all-zero is valid.
     let mut p: FibParams = unsafe { zeroed() };
     p.family = AF_INET;
     p.ifindex = ctx.ingress_ifindex() as u32;
-    p.__bindgen_anon_1.tot_len = outer_len as u16;
     p.__bindgen_anon_2.tos = tos;
     p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(t.local_v4);
     p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(t.remote_v4);
-    let rc = lookup(ctx, &mut p);
-    if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        return redirect(ctx, &p);
+    match lookup(ctx, &mut p, t.mtu as usize + IPV4_HDR_LEN, outer_len) {
+        Ok((hop, cacheable)) => {
+            if let (Some(c), true) = (cache, cacheable && s.nexthop_gen != 0) {
+                // SAFETY: a per-CPU value only this CPU writes.
+                unsafe { *c = hop.stamped(s, now) };
+            }
+            redirect(ctx, &hop)
+        }
+        Err(outcome) => Ok(outcome),
     }
-    Ok(not_forwarded(rc))
+}
+
+/// The coarse clock, read only when caching is on.
+#[inline(always)]
+fn clock(s: &Settings) -> u64 {
+    if s.nexthop_gen == 0 {
+        return 0;
+    }
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 #[inline(always)]
-fn lookup(ctx: &XdpContext, p: &mut FibParams) -> i64 {
+fn fresh(c: &Nexthop, s: &Settings, now: u64) -> bool {
+    s.nexthop_gen != 0
+        && c.gen == s.nexthop_gen
+        && now.wrapping_sub(c.stamp_ns) < s.nexthop_max_age_ms as u64 * 1_000_000
+}
+
+trait Stamp {
+    fn stamped(self, s: &Settings, now: u64) -> Nexthop;
+}
+
+impl Stamp for Nexthop {
+    #[inline(always)]
+    fn stamped(mut self, s: &Settings, now: u64) -> Nexthop {
+        self.gen = s.nexthop_gen;
+        self.stamp_ns = now;
+        self
+    }
+}
+
+/// Looks up the next hop, first for `max_len` bytes (then the result may be cached), and
+/// when that is too big for the egress MTU, again for the packet's own `len`.
+#[inline(always)]
+fn lookup(
+    ctx: &XdpContext,
+    p: &mut FibParams,
+    max_len: usize,
+    len: usize,
+) -> Result<(Nexthop, bool), Outcome> {
+    let template = *p;
+    p.__bindgen_anon_1.tot_len = max_len as u16;
+    let mut rc = fib(ctx, p);
+    let mut cacheable = true;
+    if rc == FRAG_NEEDED && len < max_len {
+        *p = template;
+        p.__bindgen_anon_1.tot_len = len as u16;
+        rc = fib(ctx, p);
+        cacheable = false;
+    }
+    if rc == SUCCESS {
+        Ok((
+            Nexthop {
+                stamp_ns: 0,
+                gen: 0,
+                ifindex: p.ifindex,
+                dmac: p.dmac,
+                smac: p.smac,
+                _pad: 0,
+            },
+            cacheable,
+        ))
+    } else {
+        Err(not_forwarded(rc))
+    }
+}
+
+#[inline(always)]
+fn fib(ctx: &XdpContext, p: &mut FibParams) -> i64 {
     // SAFETY: helper call with a params struct of the size we pass.
     unsafe { bpf_fib_lookup(ctx.as_ptr(), p, size_of::<FibParams>() as i32, 0) }
 }
 
 #[inline(always)]
-fn redirect(ctx: &XdpContext, p: &FibParams) -> Verdict {
+fn redirect(ctx: &XdpContext, nh: &Nexthop) -> Verdict {
     let eth = ptr::at::<EthHdr>(ctx, 0).ok_or(DropReason::Truncated)?;
     // SAFETY: bounds checked.
     unsafe {
-        (*eth).dst = p.dmac;
-        (*eth).src = p.smac;
+        (*eth).dst = nh.dmac;
+        (*eth).src = nh.smac;
     }
     // SAFETY: helper call; returns XDP_REDIRECT, or XDP_ABORTED on bad flags.
-    let action = unsafe { bpf_redirect(p.ifindex, 0) } as u32;
+    let action = unsafe { bpf_redirect(nh.ifindex, 0) } as u32;
     Ok(Outcome::Redirect(action))
 }
 
@@ -103,7 +211,6 @@ fn redirect(ctx: &XdpContext, p: &FibParams) -> Verdict {
 #[inline(always)]
 fn not_forwarded(rc: i64) -> Outcome {
     const NO_NEIGH: i64 = BPF_FIB_LKUP_RET_NO_NEIGH as i64;
-    const FRAG_NEEDED: i64 = BPF_FIB_LKUP_RET_FRAG_NEEDED as i64;
     const NOT_FWDED: i64 = BPF_FIB_LKUP_RET_NOT_FWDED as i64;
     const BLACKHOLE: i64 = BPF_FIB_LKUP_RET_BLACKHOLE as i64;
     const UNREACHABLE: i64 = BPF_FIB_LKUP_RET_UNREACHABLE as i64;

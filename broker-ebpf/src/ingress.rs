@@ -19,10 +19,13 @@ use crate::{
     ptr,
 };
 
+const NOT_TUNNEL: Verdict = Ok(Outcome::Pass(PassReason::NotTunnel));
+const UNPARSED: Verdict = Ok(Outcome::Pass(PassReason::Unparsed));
+
 #[inline(always)]
 pub fn handle(ctx: &XdpContext) -> Verdict {
     let Some(eth) = ptr::at::<EthHdr>(ctx, 0) else {
-        return Ok(Outcome::Pass(PassReason::Unparsed));
+        return UNPARSED;
     };
     // SAFETY: bounds checked by `ptr::at`.
     let proto = u16::from_ne_bytes(unsafe { (*eth).proto });
@@ -31,38 +34,41 @@ pub fn handle(ctx: &XdpContext) -> Verdict {
     } else if proto == ETH_P_IPV6_BE {
         ipv6(ctx)
     } else {
-        Ok(Outcome::Pass(PassReason::NotTunnel))
+        NOT_TUNNEL
     }
 }
 
 #[inline(always)]
 fn ipv4(ctx: &XdpContext) -> Verdict {
     let Some(ip) = ptr::at::<Ipv4Hdr>(ctx, ETH_HDR_LEN) else {
-        return Ok(Outcome::Pass(PassReason::Unparsed));
+        return UNPARSED;
     };
     // SAFETY: bounds checked by `ptr::at`.
     let (protocol, dst) = unsafe { ((*ip).protocol, (*ip).dst) };
     if protocol != IPPROTO_IPV6 {
-        return Ok(Outcome::Pass(PassReason::NotTunnel));
+        return NOT_TUNNEL;
     }
-    match maps::SETTINGS.get(0) {
-        Some(s) if s.pop_v4 == dst && s.pop_v4 != [0; 4] => decap::proto41(ctx),
-        _ => Ok(Outcome::Pass(PassReason::NotTunnel)),
+    match maps::settings() {
+        Some(s) if s.pop_v4 == dst && s.pop_v4 != [0; 4] => decap::proto41(ctx, s),
+        _ => NOT_TUNNEL,
     }
 }
 
 #[inline(always)]
 fn ipv6(ctx: &XdpContext) -> Verdict {
     let Some(ip) = ptr::at::<Ipv6Hdr>(ctx, ETH_HDR_LEN) else {
-        return Ok(Outcome::Pass(PassReason::Unparsed));
+        return UNPARSED;
     };
     // SAFETY: bounds checked by `ptr::at`.
     let ip = unsafe { &*ip };
     if ip.version() != 6 {
-        return Ok(Outcome::Pass(PassReason::Unparsed));
+        return UNPARSED;
     }
-    match maps::prefix_slot(&ip.dst) {
-        Some(slot) => encap::into_tunnel(ctx, slot, Origin::Native),
-        None => Ok(Outcome::Pass(PassReason::NotTunnel)),
+    let Some(s) = maps::settings() else {
+        return NOT_TUNNEL;
+    };
+    match maps::prefix_slot(s, &ip.dst) {
+        Some(slot) => encap::into_tunnel(ctx, s, slot, Origin::Native),
+        None => NOT_TUNNEL,
     }
 }

@@ -1,12 +1,15 @@
 //! The data plane's maps. Layouts and meaning are documented in `broker_common::maps`;
-//! sizes here are defaults the controller overrides at load time (`set_max_entries`).
+//! sizes here are defaults the controller overrides at load time (`map_max_entries`).
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray},
 };
 use broker_common::{
-    consts::{DEFAULT_MAX_PREFIXES, DEFAULT_MAX_TUNNELS},
-    maps::{Endpoint4, Settings, StatPair, Tunnel, TunnelStats},
+    consts::{DEFAULT_MAX_PREFIXES, DEFAULT_MAX_TUNNELS, NEXTHOP6_ENTRIES},
+    maps::{
+        upper64, Endpoint4, Nexthop, PrefixKey, Settings, StatPair, Tunnel, TunnelStats,
+        MAX_PREFIX_LENS,
+    },
     stats::GLOBAL_STATS_LEN,
 };
 
@@ -23,9 +26,18 @@ pub static TUNNELS: Array<Tunnel> = Array::with_max_entries(DEFAULT_MAX_TUNNELS,
 pub static P41_ENDPOINTS: HashMap<Endpoint4, u32> =
     HashMap::with_max_entries(DEFAULT_MAX_TUNNELS, 0);
 
-/// Tunnel prefixes (link /64 and routed) to slot.
+/// Tunnel prefixes (link /64 and routed) to slot, one entry per prefix.
 #[map]
-pub static PREFIXES6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(DEFAULT_MAX_PREFIXES, 0);
+pub static PREFIXES: HashMap<PrefixKey, u32> = HashMap::with_max_entries(DEFAULT_MAX_PREFIXES, 0);
+
+/// Cached next hop towards each tunnel's client, by slot.
+#[map]
+pub static NEXTHOP4: PerCpuArray<Nexthop> = PerCpuArray::with_max_entries(DEFAULT_MAX_TUNNELS, 0);
+
+/// Cached next hops of decapsulated packets, by destination.
+#[map]
+pub static NEXTHOP6: LruPerCpuHashMap<[u8; 16], Nexthop> =
+    LruPerCpuHashMap::with_max_entries(NEXTHOP6_ENTRIES, 0);
 
 /// Per-tunnel counters by slot.
 #[map]
@@ -36,9 +48,36 @@ pub static TUNNEL_STATS: PerCpuArray<TunnelStats> =
 #[map]
 pub static GLOBAL_STATS: PerCpuArray<StatPair> = PerCpuArray::with_max_entries(GLOBAL_STATS_LEN, 0);
 
-/// The slot of the tunnel whose prefix holds `addr` (longest match).
+/// The PoP-wide settings (the controller writes them before attaching).
 #[inline(always)]
-pub fn prefix_slot(addr: &[u8; 16]) -> Option<u32> {
-    let key = aya_ebpf::maps::lpm_trie::Key::new(128, *addr);
-    PREFIXES6.get(&key).copied()
+pub fn settings() -> Option<&'static Settings> {
+    SETTINGS.get(0)
+}
+
+/// The slot of the tunnel whose prefix holds `addr`: outside the tunnel space nothing is
+/// probed; inside, one hash probe per prefix length in use, longest first.
+#[inline(always)]
+pub fn prefix_slot(s: &Settings, addr: &[u8; 16]) -> Option<u32> {
+    if !s.in_space(addr) {
+        return None;
+    }
+    let hi = upper64(addr);
+    let mut i = 0;
+    while i < MAX_PREFIX_LENS {
+        if i as u32 >= s.n_lens {
+            break;
+        }
+        let l = s.lens[i];
+        let key = PrefixKey {
+            net: hi & l.mask,
+            len: l.len,
+            _pad: 0,
+        };
+        if let Some(slot) = PREFIXES.get_ptr(key) {
+            // SAFETY: a u32 value in a map the program only reads.
+            return Some(unsafe { *slot });
+        }
+        i += 1;
+    }
+    None
 }

@@ -10,17 +10,19 @@ use crate::{
     config::Config,
     dataplane::{self, Dataplane},
     model::TunnelSpec,
-    sysctl,
+    netlink, sysctl,
 };
 
 /// Runs until SIGINT or SIGTERM; SIGHUP re-reads the config and applies tunnel changes.
 pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let mut config = Config::load(&config_path)?;
     let opts = dataplane::Options {
-        instance: config.instance.clone(),
         max_tunnels: config.dataplane.max_tunnels,
         max_prefixes: config.dataplane.max_prefixes,
         pin: true,
+        nexthop_cache: config.dataplane.nexthop_cache,
+        nexthop_max_age_ms: config.dataplane.nexthop_max_age_ms,
+        ..dataplane::Options::new(&config.instance)
     };
     let mut dp = Dataplane::load(&opts).context("loading the data plane")?;
     apply(&mut dp, None, &config)?;
@@ -37,10 +39,18 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         "broker running"
     );
 
+    // The data plane caches FIB results; any route, neighbour or link change invalidates
+    // them (the cache's maximum age covers the time this process is not running).
+    let (changed_tx, mut changed) = tokio::sync::mpsc::channel(1);
+    let _watch = netlink::watch_changes(std::time::Duration::from_millis(20), changed_tx)?;
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
+            Some(()) = changed.recv() => {
+                dp.invalidate_nexthops()?;
+                tracing::debug!("network changed: cached next hops invalidated");
+            }
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             _ = hup.recv() => match Config::load(&config_path) {

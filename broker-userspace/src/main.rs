@@ -198,10 +198,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 async fn load_only(iface: String, mode: Mode, instance: String) -> anyhow::Result<()> {
     let mut dp = Dataplane::load(&dataplane::Options {
-        instance,
-        max_tunnels: broker_common::consts::DEFAULT_MAX_TUNNELS,
-        max_prefixes: broker_common::consts::DEFAULT_MAX_PREFIXES,
         pin: true,
+        ..dataplane::Options::new(&instance)
     })?;
     let mode = match mode {
         Mode::Driver => AttachMode::Driver,

@@ -1,13 +1,14 @@
 //! rtnetlink: interface indexes, link state, addresses and routes.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use futures::StreamExt;
 use futures::TryStreamExt;
 use ipnet::{IpNet, Ipv6Net};
 use netlink_packet_route::{
     address::{AddressAttribute, AddressFlags},
     link::LinkAttribute,
 };
-use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkUnspec, MulticastGroup, RouteMessageBuilder};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
@@ -145,4 +146,32 @@ impl Netlink {
                 source,
             })
     }
+}
+
+/// Calls `changed` (at most every `debounce`) after routes, neighbours or links change
+/// in this namespace, until the returned task is dropped or aborted.
+pub fn watch_changes(
+    debounce: std::time::Duration,
+    changed: tokio::sync::mpsc::Sender<()>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let (conn, _handle, mut messages) = rtnetlink::new_multicast_connection(&[
+        MulticastGroup::Link,
+        MulticastGroup::Neigh,
+        MulticastGroup::Ipv4Route,
+        MulticastGroup::Ipv6Route,
+    ])
+    .map_err(NetlinkError::Connect)?;
+    tokio::spawn(conn);
+    Ok(tokio::spawn(async move {
+        while messages.next().await.is_some() {
+            // Coalesce a burst (a route flap brings many messages) into one signal.
+            tokio::time::sleep(debounce).await;
+            while let Ok(Some(_)) =
+                tokio::time::timeout(std::time::Duration::ZERO, messages.next()).await
+            {}
+            if changed.send(()).await.is_err() {
+                break;
+            }
+        }
+    }))
 }

@@ -263,10 +263,9 @@ fn forwarding() -> Forwarding {
 
     let mut dp = netns::in_ns(&pop.path(), || {
         let mut dp = Dataplane::load(&dataplane::Options {
-            instance: "bench".into(),
             max_tunnels: 1024,
             max_prefixes: 1024,
-            pin: false,
+            ..dataplane::Options::new("bench")
         })
         .unwrap();
         dp.set_pop(POP_V4).unwrap();

@@ -43,14 +43,22 @@ pub struct Pop {
     pub ipv4: Ipv4Field,
 }
 
-/// Capacities of the data plane maps (memory is reserved up front for the arrays).
+/// Data plane sizing and tuning.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataplaneLimits {
+    /// Capacity of the tunnel maps (memory is reserved up front for the arrays).
     #[serde(default = "default_max_tunnels")]
     pub max_tunnels: u32,
+    /// Capacity of the prefix map (link and routed prefixes of all tunnels).
     #[serde(default = "default_max_prefixes")]
     pub max_prefixes: u32,
+    /// Cache FIB lookups in XDP; invalidated on route, neighbour and link changes.
+    #[serde(default = "default_true")]
+    pub nexthop_cache: bool,
+    /// A cached next hop is looked up again after this long at the latest.
+    #[serde(default = "default_nexthop_max_age_ms")]
+    pub nexthop_max_age_ms: u32,
 }
 
 impl Default for DataplaneLimits {
@@ -58,8 +66,18 @@ impl Default for DataplaneLimits {
         Self {
             max_tunnels: default_max_tunnels(),
             max_prefixes: default_max_prefixes(),
+            nexthop_cache: true,
+            nexthop_max_age_ms: default_nexthop_max_age_ms(),
         }
     }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_nexthop_max_age_ms() -> u32 {
+    broker_common::consts::DEFAULT_NEXTHOP_MAX_AGE_MS
 }
 
 fn default_max_tunnels() -> u32 {
@@ -141,8 +159,10 @@ impl std::error::Error for ConfigError {}
 impl Config {
     /// Parses and validates YAML text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = serde_yaml::from_str(text).map_err(from_serde)?;
         let spans = spans::SpanIndex::new(text);
+        let config: Config =
+            serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
+                .map_err(|e| from_serde(e, &spans))?;
         validate::validate(&config).map_err(|(key, message)| ConfigError {
             line: spans.line_of(&key),
             key,
@@ -162,18 +182,27 @@ impl Config {
     }
 }
 
-/// serde_yaml's messages read "tunnels[0].mtu: invalid value ... at line 9 column 10";
-/// split them into key, line and message.
-fn from_serde(e: serde_yaml::Error) -> ConfigError {
-    let line = e.location().map(|l| l.line());
-    let mut text = e.to_string();
-    if let Some(i) = text.rfind(" at line ") {
-        text.truncate(i);
+/// A deserialisation error: serde_path_to_error knows the key, the span index its line;
+/// syntax errors have no key and keep serde_yaml's position.
+fn from_serde(
+    e: serde_path_to_error::Error<serde_yaml::Error>,
+    spans: &spans::SpanIndex,
+) -> ConfigError {
+    let key = e.path().to_string();
+    let key = if key == "." { String::new() } else { key };
+    let inner = e.into_inner();
+    let mut message = inner.to_string();
+    // serde_yaml appends its own position and sometimes the path; keep the message only.
+    if let Some(i) = message.rfind(" at line ") {
+        message.truncate(i);
     }
-    let (key, message) = match text.split_once(": ") {
-        Some((k, m)) if !k.contains(' ') => (k.to_string(), m.to_string()),
-        _ => (String::new(), text),
-    };
+    if let Some(rest) = message.strip_prefix(&format!("{key}: ")) {
+        message = rest.to_string();
+    }
+    let line = spans
+        .line_of(&key)
+        .filter(|_| !key.is_empty())
+        .or_else(|| inner.location().map(|l| l.line()));
     ConfigError { key, line, message }
 }
 

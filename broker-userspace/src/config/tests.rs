@@ -67,7 +67,7 @@ fn syntax_error_has_a_line() {
 #[test]
 fn unknown_key_is_named_with_its_line() {
     let e = err(&with_line(14, "    mtuu: 1480"));
-    assert_eq!(e.key, "tunnels[0]");
+    assert_eq!(e.key, "tunnels[0].mtuu");
     assert!(e.message.contains("unknown field `mtuu`"), "{e}");
     assert_eq!(e.line, Some(14), "{e}");
 }
@@ -216,7 +216,7 @@ fn limits_are_checked() {
     let text = format!("{GOOD}dataplane:\n  max_tunnels: 10\n  max_prefixes: 5\n");
     let e = err(&text);
     assert_eq!(e.key, "dataplane.max_prefixes");
-    assert_eq!(e.line, Some(22));
+    assert_eq!(e.line, Some(21));
 }
 
 #[test]
@@ -226,4 +226,34 @@ fn display_names_line_and_key() {
         e.to_string().starts_with("line 14: tunnels[0].mtu: "),
         "{e}"
     );
+}
+
+#[test]
+fn routed_prefixes_are_limited_in_length_and_number() {
+    let e = err(&with_line(13, "    routed_prefixes: [2001:db8:1100::/80]"));
+    assert_eq!(e.key, "tunnels[0].routed_prefixes[0]");
+    assert_eq!(e.line, Some(13));
+    assert!(e.message.contains("longer than /64"), "{e}");
+
+    let five = "    routed_prefixes: [2001:db8:1100::/48, 2001:db8:1101::/48, 2001:db8:1102::/48, 2001:db8:1103::/48, 2001:db8:1104::/48]";
+    let e = err(&with_line(13, five));
+    assert_eq!(e.key, "tunnels[0].routed_prefixes");
+    assert!(e.message.contains("at most 4"), "{e}");
+
+    // Nine distinct lengths across the config.
+    let nine = "    routed_prefixes: [2001:db8:1100::/40, 2001:db8:2000::/41, 2001:db8:3000::/42, 2001:db8:4000::/43]";
+    let text = with_line(13, nine).replace(
+        "    link_prefix: 2001:db8:10:2::/64",
+        "    link_prefix: 2001:db8:10:2::/64\n    routed_prefixes: [2001:db8:5000::/44, 2001:db8:6000::/45, 2001:db8:7000::/46, 2001:db8:8000::/47]",
+    );
+    let e = err(&text);
+    assert!(e.message.contains("distinct prefix length"), "{e}");
+    assert_eq!(e.key, "tunnels[1].routed_prefixes[3]");
+}
+
+#[test]
+fn nexthop_age_is_checked() {
+    let e = err(&format!("{GOOD}dataplane:\n  nexthop_max_age_ms: 0\n"));
+    assert_eq!(e.key, "dataplane.nexthop_max_age_ms");
+    assert_eq!(e.line, Some(20));
 }

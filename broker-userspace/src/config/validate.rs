@@ -1,6 +1,7 @@
 //! Rules across entries, checked after deserialisation. Errors are (key path, message).
 use std::collections::HashMap;
 
+use broker_common::maps::{MAX_PREFIX_LENS, MAX_ROUTED};
 use ipnet::Ipv6Net;
 
 use super::Config;
@@ -73,6 +74,12 @@ fn limits(c: &Config) -> Result<(), Invalid> {
             ),
         ));
     }
+    if !(1..=60_000).contains(&l.nexthop_max_age_ms) {
+        return Err((
+            "dataplane.nexthop_max_age_ms".into(),
+            format!("{} is outside 1-60000", l.nexthop_max_age_ms),
+        ));
+    }
     if c.tunnels.len() > l.max_tunnels as usize {
         return Err((
             "tunnels".into(),
@@ -134,12 +141,50 @@ fn tunnels(c: &Config) -> Result<(), Invalid> {
                 ),
             ));
         }
+        if t.routed_prefixes.len() > MAX_ROUTED {
+            return Err((
+                at("routed_prefixes"),
+                format!(
+                    "{} routed prefixes; a tunnel has at most {MAX_ROUTED}",
+                    t.routed_prefixes.len()
+                ),
+            ));
+        }
         prefixes.push((t.link_prefix.0, at("link_prefix"), t.id));
         for (j, p) in t.routed_prefixes.iter().enumerate() {
-            prefixes.push((p.0, format!("tunnels[{i}].routed_prefixes[{j}]"), t.id));
+            let key = format!("tunnels[{i}].routed_prefixes[{j}]");
+            if p.0.prefix_len() > 64 {
+                return Err((
+                    key,
+                    format!("{p} is longer than /64; routed prefixes are /64 or shorter"),
+                ));
+            }
+            prefixes.push((p.0, key, t.id));
         }
     }
+    lengths(&prefixes)?;
     overlaps(prefixes)
+}
+
+/// Every distinct prefix length costs the data plane one hash probe per packet.
+fn lengths(prefixes: &[(Ipv6Net, String, u32)]) -> Result<(), Invalid> {
+    let mut seen: Vec<u8> = Vec::new();
+    for (p, key, _) in prefixes {
+        if !seen.contains(&p.prefix_len()) {
+            seen.push(p.prefix_len());
+            if seen.len() > MAX_PREFIX_LENS {
+                return Err((
+                    key.clone(),
+                    format!(
+                        "/{} would be the {}th distinct prefix length; at most {MAX_PREFIX_LENS} are supported",
+                        p.prefix_len(),
+                        seen.len()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Sorted by start address (shorter first on ties), a prefix overlaps an earlier one

@@ -6,6 +6,7 @@
 
 mod bpffs;
 mod counters;
+mod prefixes;
 mod slots;
 mod testing;
 
@@ -17,14 +18,17 @@ use std::{
 };
 
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, PerCpuArray, PerCpuValues},
     programs::{xdp::XdpLinkId, ProgramError, Xdp, XdpMode},
     util::nr_cpus,
-    Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader, Pod,
 };
 use broker_common::{
     consts::{map_names as names, program_names},
-    maps::{Endpoint4, Settings, Tunnel, TunnelKind, TunnelState, TunnelStats},
+    maps::{
+        Endpoint4, Nexthop, Prefix64, PrefixKey, Settings, Tunnel, TunnelKind, TunnelState,
+        TunnelStats, MAX_PREFIX_LENS, MAX_ROUTED,
+    },
 };
 use ipnet::Ipv6Net;
 use tracing::{debug, info};
@@ -77,6 +81,12 @@ pub enum DataplaneError {
     },
     #[error("all {max} tunnel slots are in use (dataplane.max_tunnels)")]
     Full { max: u32 },
+    #[error("tunnel {id} has {count} routed prefixes; at most {MAX_ROUTED} are supported")]
+    TooManyRouted { id: u32, count: usize },
+    #[error("routed prefix {prefix} of tunnel {id} is longer than /64")]
+    PrefixTooLong { id: u32, prefix: Ipv6Net },
+    #[error("tunnel {id} would bring the distinct prefix lengths in use above {MAX_PREFIX_LENS}")]
+    TooManyLengths { id: u32 },
     #[error("{what} failed")]
     Io {
         what: String,
@@ -97,6 +107,24 @@ pub struct Options {
     /// Pin the maps so `broker stats` can read them from another process. Tests that only
     /// use `BPF_PROG_TEST_RUN` leave this off.
     pub pin: bool,
+    /// Cache FIB results in the data plane (see `broker-ebpf/src/forward.rs`).
+    pub nexthop_cache: bool,
+    /// Longest a cached next hop is used without a lookup.
+    pub nexthop_max_age_ms: u32,
+}
+
+impl Options {
+    /// Defaults for everything but the instance name.
+    pub fn new(instance: &str) -> Self {
+        Self {
+            instance: instance.to_string(),
+            max_tunnels: broker_common::consts::DEFAULT_MAX_TUNNELS,
+            max_prefixes: broker_common::consts::DEFAULT_MAX_PREFIXES,
+            pin: false,
+            nexthop_cache: true,
+            nexthop_max_age_ms: broker_common::consts::DEFAULT_NEXTHOP_MAX_AGE_MS,
+        }
+    }
 }
 
 /// A loaded data plane.
@@ -105,6 +133,10 @@ pub struct Dataplane {
     pins: Option<PathBuf>,
     links: Vec<(String, XdpLinkId)>,
     slots: SlotTable,
+    /// What `SETTINGS[0]` holds; written whole on every change.
+    settings: Settings,
+    lengths: prefixes::Lengths,
+    space: prefixes::Space,
 }
 
 impl Dataplane {
@@ -133,7 +165,8 @@ impl Dataplane {
             .map_max_entries(names::TUNNELS, opts.max_tunnels)
             .map_max_entries(names::P41_ENDPOINTS, opts.max_tunnels)
             .map_max_entries(names::TUNNEL_STATS, opts.max_tunnels)
-            .map_max_entries(names::PREFIXES6, opts.max_prefixes);
+            .map_max_entries(names::NEXTHOP4, opts.max_tunnels)
+            .map_max_entries(names::PREFIXES, opts.max_prefixes);
         let paths: Vec<(&str, PathBuf)> = match &pins {
             Some(dir) => names::ALL.iter().map(|n| (*n, dir.join(n))).collect(),
             None => Vec::new(),
@@ -154,12 +187,21 @@ impl Dataplane {
             max_prefixes = opts.max_prefixes,
             "data plane loaded"
         );
-        Ok(Self {
+        let mut dp = Self {
             ebpf,
             pins,
             links: Vec::new(),
             slots: SlotTable::new(opts.max_tunnels),
-        })
+            settings: Settings {
+                nexthop_gen: u32::from(opts.nexthop_cache),
+                nexthop_max_age_ms: opts.nexthop_max_age_ms,
+                ..Settings::EMPTY
+            },
+            lengths: prefixes::Lengths::default(),
+            space: prefixes::Space::default(),
+        };
+        dp.write_settings()?;
+        Ok(dp)
     }
 
     /// Attaches the program to `iface`.
@@ -216,13 +258,30 @@ impl Dataplane {
         self.pins.as_deref()
     }
 
-    /// Sets the PoP-wide parameters.
+    /// Sets the PoP's IPv4 address (the local endpoint of every tunnel).
     pub fn set_pop(&mut self, pop_v4: Ipv4Addr) -> Result<()> {
+        self.settings.pop_v4 = pop_v4.octets();
+        self.write_settings()
+    }
+
+    /// Marks every cached next hop stale: the next packet of each flow asks the FIB again.
+    /// Called when routes, neighbours or links change. A no-op when caching is off.
+    pub fn invalidate_nexthops(&mut self) -> Result<()> {
+        if self.settings.nexthop_gen == 0 {
+            return Ok(());
+        }
+        self.settings.nexthop_gen = self.settings.nexthop_gen.wrapping_add(1).max(1);
+        self.write_settings()
+    }
+
+    /// The covering aggregates of all tunnel prefixes, as the data plane checks them.
+    pub fn tunnel_space(&self) -> Vec<Ipv6Net> {
+        self.space.aggregates().to_vec()
+    }
+
+    fn write_settings(&mut self) -> Result<()> {
+        let value = self.settings;
         let mut settings: Array<_, Settings> = self.map_mut(names::SETTINGS)?;
-        let value = Settings {
-            pop_v4: pop_v4.octets(),
-            flags: 0,
-        };
         settings
             .set(0, value, 0)
             .map_err(|source| DataplaneError::Map {
@@ -235,6 +294,8 @@ impl Dataplane {
     /// the tunnel entry first, then prefixes and endpoint that point at it, then what the
     /// previous version had and this one does not.
     pub fn upsert(&mut self, spec: &TunnelSpec, pop_v4: Ipv4Addr) -> Result<()> {
+        let prefixes: Vec<Ipv6Net> = spec.prefixes().map(|p| p.trunc()).collect();
+        self.check(spec, &prefixes)?;
         let (slot, previous) = match self.slots.get(spec.id) {
             Some(i) => (i.slot, Some(i.clone())),
             None => (self.slots.allocate()?, None),
@@ -243,18 +304,31 @@ impl Dataplane {
             remote: spec.remote_v4.octets(),
             local: pop_v4.octets(),
         };
-        let prefixes: Vec<Ipv6Net> = spec.prefixes().collect();
 
         if previous.is_none() {
-            self.zero_stats(slot)?;
+            self.zero_per_cpu::<TunnelStats>(names::TUNNEL_STATS, slot)?;
         }
+        // The cached next hop was for the previous endpoint or tunnel of this slot.
+        self.zero_per_cpu::<Nexthop>(names::NEXTHOP4, slot)?;
         self.write_tunnel(slot, &to_map_value(spec, pop_v4))?;
+
+        let old: &[Ipv6Net] = previous.as_ref().map_or(&[], |p| &p.prefixes);
+        let mut space_changed = false;
+        for p in prefixes.iter().filter(|p| !old.contains(p)) {
+            space_changed |= self.space.cover(*p);
+            self.lengths.add(p.prefix_len());
+        }
+        for p in old.iter().filter(|p| !prefixes.contains(p)) {
+            self.lengths.remove(p.prefix_len());
+        }
+        // Lengths and space must cover the new prefixes before they can be found.
+        self.publish_prefix_tables(space_changed)?;
         {
-            let mut trie: LpmTrie<_, [u8; 16], u32> = self.map_mut(names::PREFIXES6)?;
+            let mut map: HashMap<_, PrefixKey, u32> = self.map_mut(names::PREFIXES)?;
             for p in &prefixes {
-                trie.insert(&lpm_key(p), slot, 0)
+                map.insert(prefixes::key(p), slot, 0)
                     .map_err(|source| DataplaneError::Map {
-                        name: names::PREFIXES6,
+                        name: names::PREFIXES,
                         source,
                     })?;
             }
@@ -280,6 +354,46 @@ impl Dataplane {
         Ok(())
     }
 
+    /// What the data plane cannot represent, refused before anything is written.
+    fn check(&self, spec: &TunnelSpec, prefixes: &[Ipv6Net]) -> Result<()> {
+        if spec.routed_prefixes.len() > MAX_ROUTED {
+            return Err(DataplaneError::TooManyRouted {
+                id: spec.id,
+                count: spec.routed_prefixes.len(),
+            });
+        }
+        if let Some(p) = prefixes.iter().find(|p| p.prefix_len() > 64) {
+            return Err(DataplaneError::PrefixTooLong {
+                id: spec.id,
+                prefix: *p,
+            });
+        }
+        if !self.lengths.fits(prefixes.iter().map(|p| p.prefix_len())) {
+            return Err(DataplaneError::TooManyLengths { id: spec.id });
+        }
+        Ok(())
+    }
+
+    /// Writes the probe lengths (and the space, when it changed) into the settings.
+    fn publish_prefix_tables(&mut self, space_changed: bool) -> Result<()> {
+        let (lens, n_lens) = self.lengths.table();
+        let mut changed = space_changed;
+        if lens != self.settings.lens || n_lens != self.settings.n_lens {
+            self.settings.lens = lens;
+            self.settings.n_lens = n_lens;
+            changed = true;
+        }
+        if space_changed {
+            let (space, n_space) = self.space.table();
+            self.settings.space = space;
+            self.settings.n_space = n_space;
+        }
+        if changed {
+            self.write_settings()?;
+        }
+        Ok(())
+    }
+
     /// Removes a tunnel: lookups first, the slot last. Unknown ids are a no-op.
     pub fn remove(&mut self, id: u32) -> Result<()> {
         let Some(installed) = self.slots.get(id).cloned() else {
@@ -288,7 +402,9 @@ impl Dataplane {
         self.remove_endpoint(&installed.endpoint)?;
         for p in &installed.prefixes {
             self.remove_prefix(p)?;
+            self.lengths.remove(p.prefix_len());
         }
+        self.publish_prefix_tables(false)?;
         self.write_tunnel(installed.slot, &Tunnel::EMPTY)?;
         self.slots.release(id);
         debug!(id, slot = installed.slot, "tunnel removed");
@@ -324,25 +440,22 @@ impl Dataplane {
             })
     }
 
-    fn zero_stats(&mut self, slot: u32) -> Result<()> {
-        let mut stats: PerCpuArray<_, TunnelStats> = self.map_mut(names::TUNNEL_STATS)?;
+    /// Zeroes `slot` of a per-CPU array on every CPU.
+    fn zero_per_cpu<T: Pod>(&mut self, name: &'static str, slot: u32) -> Result<()> {
         let cpus = nr_cpus().map_err(|(what, source)| DataplaneError::Io {
             what: what.to_string(),
             source,
         })?;
-        let zero =
-            PerCpuValues::try_from(vec![TunnelStats::default(); cpus]).map_err(|source| {
-                DataplaneError::Io {
-                    what: "per-CPU values".into(),
-                    source,
-                }
-            })?;
-        stats
-            .set(slot, zero, 0)
-            .map_err(|source| DataplaneError::Map {
-                name: names::TUNNEL_STATS,
+        // SAFETY: Pod types are plain data for which all-zero bytes are a valid value.
+        let zero: T = unsafe { std::mem::zeroed() };
+        let values =
+            PerCpuValues::try_from(vec![zero; cpus]).map_err(|source| DataplaneError::Io {
+                what: "per-CPU values".into(),
                 source,
-            })
+            })?;
+        let mut map: PerCpuArray<_, T> = self.map_mut(name)?;
+        map.set(slot, values, 0)
+            .map_err(|source| DataplaneError::Map { name, source })
     }
 
     fn remove_endpoint(&mut self, endpoint: &Endpoint4) -> Result<()> {
@@ -351,8 +464,8 @@ impl Dataplane {
     }
 
     fn remove_prefix(&mut self, prefix: &Ipv6Net) -> Result<()> {
-        let mut trie: LpmTrie<_, [u8; 16], u32> = self.map_mut(names::PREFIXES6)?;
-        ignore_missing(trie.remove(&lpm_key(prefix)), names::PREFIXES6)
+        let mut map: HashMap<_, PrefixKey, u32> = self.map_mut(names::PREFIXES)?;
+        ignore_missing(map.remove(&prefixes::key(prefix)), names::PREFIXES)
     }
 
     fn map<'a, T>(&'a self, name: &'static str) -> Result<T>
@@ -414,10 +527,6 @@ fn ignore_missing(r: Result<(), aya::maps::MapError>, name: &'static str) -> Res
     }
 }
 
-fn lpm_key(p: &Ipv6Net) -> Key<[u8; 16]> {
-    Key::new(p.prefix_len() as u32, p.network().octets())
-}
-
 /// The map value for a tunnel.
 fn to_map_value(spec: &TunnelSpec, pop_v4: Ipv4Addr) -> Tunnel {
     Tunnel {
@@ -435,6 +544,13 @@ fn to_map_value(spec: &TunnelSpec, pop_v4: Ipv4Addr) -> Tunnel {
         remote_v4: spec.remote_v4.octets(),
         pop_v6: spec.pop_v6().octets(),
         client_v6: spec.client_v6().octets(),
+        n_routed: spec.routed_prefixes.len() as u32,
+        link64: prefixes::prefix64(&spec.link_prefix).net,
+        routed: std::array::from_fn(|i| {
+            spec.routed_prefixes
+                .get(i)
+                .map_or(Prefix64::NONE, prefixes::prefix64)
+        }),
         ..Tunnel::EMPTY
     }
 }

@@ -104,6 +104,15 @@ impl Fixture {
 
     /// The fixture network and an empty data plane with the given capacities.
     pub fn network(max_tunnels: u32, max_prefixes: u32) -> Self {
+        Self::network_with(dataplane::Options {
+            max_tunnels,
+            max_prefixes,
+            ..dataplane::Options::new("test")
+        })
+    }
+
+    /// The fixture network and an empty data plane loaded with `opts`.
+    pub fn network_with(opts: dataplane::Options) -> Self {
         broker_tests::require_root();
         netns::unshare_thread().expect("a private network namespace");
         let mac = |m: [u8; 6]| {
@@ -192,13 +201,7 @@ impl Fixture {
             &INET_HOST.to_string(),
         ]);
 
-        let mut dp = Dataplane::load(&dataplane::Options {
-            instance: "test".into(),
-            max_tunnels,
-            max_prefixes,
-            pin: false,
-        })
-        .expect("loading the data plane (needs root and BPF)");
+        let mut dp = Dataplane::load(&opts).expect("loading the data plane (needs root and BPF)");
         dp.set_pop(POP_V4).unwrap();
         Self {
             dp,

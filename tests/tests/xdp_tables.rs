@@ -1,0 +1,281 @@
+//! How the data plane's tables behave as the controller changes them: prefixes of several
+//! lengths, endpoint and prefix updates, removal, and the next-hop cache (through
+//! BPF_PROG_TEST_RUN, as in xdp_proto41.rs).
+mod support;
+
+use std::{net::Ipv4Addr, process::Command};
+
+use broker_common::stats::{DropReason, Event, PassReason};
+use broker_tests::netns;
+use broker_userspace::{dataplane, model::TunnelSpec};
+use etherparse::EtherType;
+use support::*;
+
+fn with_fixture(f: impl FnOnce(&mut Fixture) + Send + 'static) {
+    std::thread::spawn(move || f(&mut Fixture::new()))
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p));
+}
+
+fn run(fx: &Fixture, frame: &[u8], ingress: u32) -> (u32, Vec<u8>) {
+    let out = fx.dp.test_run(frame, ingress, 1).expect("test run");
+    (out.action, out.data)
+}
+
+fn encap_frame(dst: std::net::Ipv6Addr) -> Vec<u8> {
+    from_internet(&udp6(INET_HOST, dst, 64, b"in"))
+}
+
+fn decap_frame(id: u32, src: std::net::Ipv6Addr) -> Vec<u8> {
+    from_client(client_v4(id), &udp6(src, INET_HOST, 64, b"out"))
+}
+
+fn set_neighbour(ip: &str, mac: &str, dev: &str) {
+    netns::run(Command::new("ip").args([
+        "neigh",
+        "replace",
+        ip,
+        "lladdr",
+        mac,
+        "dev",
+        dev,
+        "nud",
+        "permanent",
+    ]))
+    .unwrap();
+}
+
+#[test]
+fn prefixes_of_several_lengths_are_found_and_guard_the_source() {
+    with_fixture(|fx| {
+        let spec = TunnelSpec {
+            routed_prefixes: vec![
+                "2001:db8:2000:100::/56".parse().unwrap(),
+                "2001:db8:2000:210::/60".parse().unwrap(),
+                "2001:db8:3000::/36".parse().unwrap(),
+            ],
+            ..spec(1)
+        };
+        fx.dp.upsert(&spec, POP_V4).unwrap();
+        for dst in [
+            "2001:db8:2000:1ff::9",
+            "2001:db8:2000:21f::9",
+            "2001:db8:3fff:ffff::1",
+            "2001:db8:10:1::2",
+        ] {
+            let (action, out) = run(fx, &encap_frame(dst.parse().unwrap()), fx.eth6);
+            assert_eq!(action, XDP_REDIRECT, "encap to {dst}");
+            assert_eq!(
+                &out[30..34],
+                &client_v4(1).octets(),
+                "to tunnel 1's client: {dst}"
+            );
+            let (action, _) = run(fx, &decap_frame(1, dst.parse().unwrap()), fx.eth4);
+            assert_eq!(action, XDP_REDIRECT, "decap from {dst}");
+        }
+        // Just outside each: neither encapsulated nor accepted as a source.
+        for dst in [
+            "2001:db8:2000:200::9",
+            "2001:db8:2000:220::9",
+            "2001:db8:4000::1",
+            "2001:db8:1100::1",
+        ] {
+            let (action, _) = run(fx, &decap_frame(1, dst.parse().unwrap()), fx.eth4);
+            assert_eq!(action, XDP_DROP, "decap from {dst}");
+        }
+        for dst in [
+            "2001:db8:2000:200::9",
+            "2001:db8:2000:220::9",
+            "2001:db8:4000::1",
+        ] {
+            let before = fx.snapshot();
+            let (action, _) = run(fx, &encap_frame(dst.parse().unwrap()), fx.eth6);
+            assert_eq!(action, XDP_PASS, "encap to {dst}");
+            before.assert_one(
+                &fx.snapshot(),
+                XDP_PASS,
+                Reason::Pass(PassReason::NotTunnel),
+                dst,
+            );
+        }
+    });
+}
+
+#[test]
+fn endpoint_and_prefix_changes_take_effect_and_leave_nothing_behind() {
+    with_fixture(|fx| {
+        let moved = TunnelSpec {
+            remote_v4: Ipv4Addr::new(198, 51, 100, 11),
+            routed_prefixes: vec!["2001:db8:1111::/48".parse().unwrap()],
+            ..spec(1)
+        };
+        fx.dp.upsert(&moved, POP_V4).unwrap();
+        // The old endpoint is unknown now, the new one works.
+        let inner = udp6(link_addr(1, 2), INET_HOST, 64, b"x");
+        let before = fx.snapshot();
+        assert_eq!(
+            run(fx, &from_client(client_v4(1), &inner), fx.eth4).0,
+            XDP_DROP
+        );
+        before.assert_one(
+            &fx.snapshot(),
+            XDP_DROP,
+            Reason::Drop(DropReason::UnknownEndpoint),
+            "old endpoint",
+        );
+        assert_eq!(
+            run(fx, &from_client(moved.remote_v4, &inner), fx.eth4).0,
+            XDP_REDIRECT
+        );
+        // Encapsulation goes to the new endpoint.
+        let (action, out) = run(fx, &encap_frame(link_addr(1, 2)), fx.eth6);
+        assert_eq!(action, XDP_REDIRECT);
+        assert_eq!(&out[30..34], &moved.remote_v4.octets());
+        // The old routed prefix is gone, the new one is there.
+        assert_eq!(
+            run(fx, &encap_frame(routed_addr(1, 1)), fx.eth6).0,
+            XDP_PASS
+        );
+        assert_eq!(
+            run(
+                fx,
+                &encap_frame("2001:db8:1111::1".parse().unwrap()),
+                fx.eth6
+            )
+            .0,
+            XDP_REDIRECT
+        );
+
+        fx.dp.remove(1).unwrap();
+        for frame in [
+            encap_frame(link_addr(1, 2)),
+            encap_frame("2001:db8:1111::1".parse().unwrap()),
+        ] {
+            assert_eq!(
+                run(fx, &frame, fx.eth6).0,
+                XDP_PASS,
+                "removed tunnel's prefix"
+            );
+        }
+        assert_eq!(
+            run(fx, &from_client(moved.remote_v4, &inner), fx.eth4).0,
+            XDP_DROP
+        );
+        // The freed slot serves the next tunnel with fresh counters.
+        let five = TunnelSpec {
+            id: 5,
+            remote_v4: Ipv4Addr::new(198, 51, 100, 50),
+            link_prefix: "2001:db8:10:5::/64".parse().unwrap(),
+            routed_prefixes: vec![],
+            ..spec(1)
+        };
+        fx.dp.upsert(&five, POP_V4).unwrap();
+        assert_eq!(
+            fx.dp.tunnel_counters(5).unwrap().unwrap(),
+            Default::default()
+        );
+        assert_eq!(
+            run(
+                fx,
+                &encap_frame("2001:db8:10:5::2".parse().unwrap()),
+                fx.eth6
+            )
+            .0,
+            XDP_REDIRECT
+        );
+    });
+}
+
+#[test]
+fn cached_next_hops_follow_invalidation() {
+    with_fixture(|fx| {
+        let new_mac = [0x02, 0, 0, 0, 0xbe, 0xef];
+        // Fill both caches.
+        assert_eq!(
+            run(fx, &decap_frame(1, link_addr(1, 2)), fx.eth4).1[..6],
+            INET_MAC
+        );
+        assert_eq!(
+            run(fx, &encap_frame(link_addr(1, 2)), fx.eth6).1[..6],
+            ISP_MAC
+        );
+        set_neighbour(&INET_HOST.to_string(), "02:00:00:00:be:ef", "eth6");
+        set_neighbour(&GW_V4.to_string(), "02:00:00:00:be:ef", "eth4");
+        // Until the controller says the network changed, the cached hops are used...
+        assert_eq!(
+            run(fx, &decap_frame(1, link_addr(1, 2)), fx.eth4).1[..6],
+            INET_MAC
+        );
+        assert_eq!(
+            run(fx, &encap_frame(link_addr(1, 2)), fx.eth6).1[..6],
+            ISP_MAC
+        );
+        // ...and after it does, the new neighbour.
+        fx.dp.invalidate_nexthops().unwrap();
+        assert_eq!(
+            run(fx, &decap_frame(1, link_addr(1, 2)), fx.eth4).1[..6],
+            new_mac
+        );
+        assert_eq!(
+            run(fx, &encap_frame(link_addr(1, 2)), fx.eth6).1[..6],
+            new_mac
+        );
+    });
+}
+
+#[test]
+fn cached_next_hops_expire_and_the_cache_can_be_off() {
+    for (cache, age_ms) in [(true, 1), (false, 1_000)] {
+        std::thread::spawn(move || {
+            let mut fx = Fixture::network_with(dataplane::Options {
+                max_tunnels: 64,
+                max_prefixes: 256,
+                nexthop_cache: cache,
+                nexthop_max_age_ms: age_ms,
+                ..dataplane::Options::new("test")
+            });
+            fx.dp.upsert(&spec(1), POP_V4).unwrap();
+            assert_eq!(
+                run(&fx, &decap_frame(1, link_addr(1, 2)), fx.eth4).1[..6],
+                INET_MAC
+            );
+            set_neighbour(&INET_HOST.to_string(), "02:00:00:00:be:ef", "eth6");
+            // Older than the maximum age (the coarse clock ticks every few ms).
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let (action, out) = run(&fx, &decap_frame(1, link_addr(1, 2)), fx.eth4);
+            assert_eq!(action, XDP_REDIRECT);
+            assert_eq!(
+                out[..6],
+                [0x02, 0, 0, 0, 0xbe, 0xef],
+                "cache {cache}, max age {age_ms} ms"
+            );
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p));
+    }
+}
+
+#[test]
+fn decap_and_encap_count_once_with_the_cache_warm() {
+    with_fixture(|fx| {
+        for _ in 0..3 {
+            let inner = udp6(link_addr(1, 2), INET_HOST, 64, b"again");
+            let want = ether(
+                POP6_MAC,
+                INET_MAC,
+                EtherType::IPV6,
+                &hop_decremented(&inner),
+            );
+            let before = fx.snapshot();
+            let (action, out) = run(fx, &from_client(client_v4(1), &inner), fx.eth4);
+            assert_eq!(action, XDP_REDIRECT);
+            assert_bytes(&out, &want, "decap, cache warm");
+            before.assert_one(
+                &fx.snapshot(),
+                XDP_REDIRECT,
+                Reason::Did(Event::Decap),
+                "decap",
+            );
+        }
+    });
+}
