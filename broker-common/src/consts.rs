@@ -47,8 +47,10 @@ pub const MTU_MAX: u16 = 1480;
 pub const DEFAULT_MAX_TUNNELS: u32 = 65_536;
 /// Default capacity of the prefix map (link /64 and routed prefixes of every tunnel).
 pub const DEFAULT_MAX_PREFIXES: u32 = 4 * DEFAULT_MAX_TUNNELS;
-/// Destinations of decapsulated traffic whose next hop is cached, per CPU (LRU).
-pub const NEXTHOP6_ENTRIES: u32 = 65_536;
+/// Destinations of decapsulated traffic whose next hop is cached: 2^NEXTHOP6_BITS slots
+/// per CPU, direct-mapped.
+pub const NEXTHOP6_BITS: u32 = 12;
+pub const NEXTHOP6_ENTRIES: u32 = 1 << NEXTHOP6_BITS;
 /// How long a cached next hop is trusted without the controller confirming it.
 pub const DEFAULT_NEXTHOP_MAX_AGE_MS: u32 = 1_000;
 

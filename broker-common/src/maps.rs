@@ -9,8 +9,9 @@
 //!   slot, probed once per prefix length in use, longest first: a handful of O(1) lookups
 //!   instead of an LPM trie walk that grows with the table.
 //! - `NEXTHOP4`: `PerCpuArray<Nexthop>` by slot: the cached next hop towards each client.
-//! - `NEXTHOP6`: `LruPerCpuHashMap<[u8; 16], Nexthop>`: cached next hops of decapsulated
-//!   packets, by destination.
+//! - `NEXTHOP6`: `PerCpuArray<Nexthop6>`: cached next hops of decapsulated packets, a
+//!   direct-mapped cache indexed by a hash of the destination (an array slot costs a few
+//!   instructions, a hash map lookup a helper call and a jhash).
 //! - `TUNNEL_STATS`: `PerCpuArray<TunnelStats>` indexed by slot.
 //! - `GLOBAL_STATS`: `PerCpuArray<StatPair>` indexed as [`crate::stats`] lays out.
 //!
@@ -211,6 +212,22 @@ pub const fn mask64(len: u32) -> u64 {
     u64::from_ne_bytes(be.to_be_bytes())
 }
 
+/// An entry of the `NEXTHOP6` cache: the destination it is for and its next hop.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Nexthop6 {
+    pub dst: [u8; 16],
+    pub hop: Nexthop,
+}
+
+/// The `NEXTHOP6` slot of a destination: a multiplicative hash of its 32-bit words.
+#[inline(always)]
+pub fn nexthop6_slot(dst: &[u8; 16]) -> u32 {
+    let w = |i: usize| u32::from_ne_bytes([dst[i], dst[i + 1], dst[i + 2], dst[i + 3]]);
+    let x = w(0) ^ w(4) ^ w(8).rotate_left(7) ^ w(12).rotate_left(13);
+    x.wrapping_mul(0x9e37_79b1) >> (32 - crate::consts::NEXTHOP6_BITS)
+}
+
 /// Key of `PREFIXES`: a tunnel prefix.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -364,6 +381,7 @@ mod tests {
         );
         assert_eq!(size_of::<PrefixKey>(), 16);
         assert_eq!(size_of::<Nexthop>(), 32);
+        assert_eq!(size_of::<Nexthop6>(), 48);
         assert_eq!(size_of::<TunnelStats>(), 48);
         assert_eq!(size_of::<StatPair>(), 16);
     }

@@ -1,7 +1,8 @@
 //! `aya::Pod` for the map types: all are `#[repr(C)]`, padding is explicit, every bit
 //! pattern is valid.
 use crate::maps::{
-    Endpoint4, LenMask, Nexthop, Prefix64, PrefixKey, Settings, StatPair, Tunnel, TunnelStats,
+    Endpoint4, LenMask, Nexthop, Nexthop6, Prefix64, PrefixKey, Settings, StatPair, Tunnel,
+    TunnelStats,
 };
 
 unsafe impl aya::Pod for Tunnel {}
@@ -13,3 +14,4 @@ unsafe impl aya::Pod for PrefixKey {}
 unsafe impl aya::Pod for Nexthop {}
 unsafe impl aya::Pod for LenMask {}
 unsafe impl aya::Pod for Prefix64 {}
+unsafe impl aya::Pod for Nexthop6 {}

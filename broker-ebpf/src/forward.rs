@@ -25,10 +25,10 @@ use aya_ebpf::{
 };
 use broker_common::{
     consts::{ETH_HDR_LEN, IPV4_HDR_LEN, MTU_MAX},
-    maps::{Nexthop, Settings, Tunnel},
+    maps::{nexthop6_slot, Nexthop, Settings, Tunnel},
     stats::{DropReason, PassReason},
 };
-use core::mem::{size_of, zeroed};
+use core::mem::{size_of, MaybeUninit};
 
 use crate::{
     encap::{self, Origin},
@@ -55,23 +55,28 @@ pub fn native6(ctx: &XdpContext, s: &Settings, len: usize) -> Verdict {
     }
 
     let now = clock(s);
-    let nh = match NEXTHOP6.get_ptr(ipr.dst) {
-        // SAFETY: a per-CPU value only this CPU writes.
-        Some(c) if fresh(unsafe { &*c }, s, now) => unsafe { *c },
+    let cache = NEXTHOP6.get_ptr_mut(nexthop6_slot(&ipr.dst));
+    // SAFETY: a per-CPU value only this CPU writes.
+    let hit = cache.map(|c| unsafe { &*c });
+    let nh = match hit {
+        Some(c) if c.dst == ipr.dst && fresh(&c.hop, s, now) => c.hop,
         _ => {
-            // SAFETY: plain C struct, all-zero is valid.
-            let mut p: FibParams = unsafe { zeroed() };
+            let mut raw = MaybeUninit::uninit();
+            let p = fib_params(&mut raw);
             p.family = AF_INET6;
             p.ifindex = ctx.ingress_ifindex() as u32;
             p.__bindgen_anon_2.flowinfo = u32::from_ne_bytes(ipr.vtc_flow) & 0x0fff_ffffu32.to_be();
             p.__bindgen_anon_3.ipv6_src = words(&ipr.src);
             p.__bindgen_anon_4.ipv6_dst = words(&ipr.dst);
             // Decapsulated packets are at most MTU_MAX: a hop good for that is good for all.
-            match lookup(ctx, &mut p, MTU_MAX as usize, len) {
+            match lookup(ctx, p, MTU_MAX as usize, len) {
                 Ok((hop, cacheable)) => {
-                    if cacheable && s.nexthop_gen != 0 {
-                        let entry = hop.stamped(s, now);
-                        let _ = NEXTHOP6.insert(ipr.dst, entry, 0);
+                    if let (Some(c), true) = (cache, cacheable && s.nexthop_gen != 0) {
+                        // SAFETY: a per-CPU value only this CPU writes.
+                        unsafe {
+                            copy16(&mut (*c).dst, &ipr.dst);
+                            (*c).hop = hop.stamped(s, now);
+                        }
                     }
                     hop
                 }
@@ -103,14 +108,14 @@ pub fn ipv4(
             return redirect(ctx, c);
         }
     }
-    // SAFETY: plain C struct, all-zero is valid.
-    let mut p: FibParams = unsafe { zeroed() };
+    let mut raw = MaybeUninit::uninit();
+    let p = fib_params(&mut raw);
     p.family = AF_INET;
     p.ifindex = ctx.ingress_ifindex() as u32;
     p.__bindgen_anon_2.tos = tos;
     p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(t.local_v4);
     p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(t.remote_v4);
-    match lookup(ctx, &mut p, t.mtu as usize + IPV4_HDR_LEN, outer_len) {
+    match lookup(ctx, p, t.mtu as usize + IPV4_HDR_LEN, outer_len) {
         Ok((hop, cacheable)) => {
             if let (Some(c), true) = (cache, cacheable && s.nexthop_gen != 0) {
                 // SAFETY: a per-CPU value only this CPU writes.
@@ -161,12 +166,12 @@ fn lookup(
     max_len: usize,
     len: usize,
 ) -> Result<(Nexthop, bool), Outcome> {
-    let template = *p;
     p.__bindgen_anon_1.tot_len = max_len as u16;
     let mut rc = fib(ctx, p);
     let mut cacheable = true;
     if rc == FRAG_NEEDED && len < max_len {
-        *p = template;
+        // FRAG_NEEDED leaves the inputs as they were but for `mtu_result`, which shares
+        // its place with `tot_len`.
         p.__bindgen_anon_1.tot_len = len as u16;
         rc = fib(ctx, p);
         cacheable = false;
@@ -188,6 +193,24 @@ fn lookup(
     }
 }
 
+/// Zeroes lookup parameters in place, as eight words: `mem::zeroed` of the 64-byte struct
+/// (or moving one) becomes a call to the `memset`/`memcpy` builtins, byte loops.
+#[inline(always)]
+fn fib_params(raw: &mut MaybeUninit<FibParams>) -> &mut FibParams {
+    const WORDS: usize = size_of::<FibParams>() / 8;
+    let w = raw.as_mut_ptr() as *mut u64;
+    let mut i = 0;
+    while i < WORDS {
+        // SAFETY: within the struct; volatile keeps LLVM from turning it back into memset.
+        unsafe { w.add(i).write_volatile(0) };
+        i += 1;
+    }
+    // SAFETY: every byte was written; all-zero is a valid value of this C struct.
+    unsafe { raw.assume_init_mut() }
+}
+
+const _: () = assert!(size_of::<FibParams>().is_multiple_of(8));
+
 #[inline(always)]
 fn fib(ctx: &XdpContext, p: &mut FibParams) -> i64 {
     // SAFETY: helper call with a params struct of the size we pass.
@@ -198,10 +221,7 @@ fn fib(ctx: &XdpContext, p: &mut FibParams) -> i64 {
 fn redirect(ctx: &XdpContext, nh: &Nexthop) -> Verdict {
     let eth = ptr::at::<EthHdr>(ctx, 0).ok_or(DropReason::Truncated)?;
     // SAFETY: bounds checked.
-    unsafe {
-        (*eth).dst = nh.dmac;
-        (*eth).src = nh.smac;
-    }
+    unsafe { (*eth).set_macs(&nh.dmac, &nh.smac) };
     // SAFETY: helper call; returns XDP_REDIRECT, or XDP_ABORTED on bad flags.
     let action = unsafe { bpf_redirect(nh.ifindex, 0) } as u32;
     Ok(Outcome::Redirect(action))
@@ -221,6 +241,18 @@ fn not_forwarded(rc: i64) -> Outcome {
         NOT_FWDED => Outcome::Pass(PassReason::NotForwarded),
         BLACKHOLE | UNREACHABLE | PROHIBIT => Outcome::Drop(DropReason::NoRoute),
         _ => Outcome::Pass(PassReason::FibError),
+    }
+}
+
+/// Copies an address as two words: an array assignment from packet memory becomes a call
+/// to the `memmove` builtin.
+#[inline(always)]
+fn copy16(dst: &mut [u8; 16], src: &[u8; 16]) {
+    let (d, s) = (dst.as_mut_ptr() as *mut u64, src.as_ptr() as *const u64);
+    // SAFETY: both are 16 bytes; misaligned access is enabled for this target.
+    unsafe {
+        d.write_unaligned(s.read_unaligned());
+        d.add(1).write_unaligned(s.add(1).read_unaligned());
     }
 }
 

@@ -2,12 +2,12 @@
 //! sizes here are defaults the controller overrides at load time (`map_max_entries`).
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
 };
 use broker_common::{
     consts::{DEFAULT_MAX_PREFIXES, DEFAULT_MAX_TUNNELS, NEXTHOP6_ENTRIES},
     maps::{
-        upper64, Endpoint4, Nexthop, PrefixKey, Settings, StatPair, Tunnel, TunnelStats,
+        upper64, Endpoint4, Nexthop, Nexthop6, PrefixKey, Settings, StatPair, Tunnel, TunnelStats,
         MAX_PREFIX_LENS,
     },
     stats::GLOBAL_STATS_LEN,
@@ -34,10 +34,9 @@ pub static PREFIXES: HashMap<PrefixKey, u32> = HashMap::with_max_entries(DEFAULT
 #[map]
 pub static NEXTHOP4: PerCpuArray<Nexthop> = PerCpuArray::with_max_entries(DEFAULT_MAX_TUNNELS, 0);
 
-/// Cached next hops of decapsulated packets, by destination.
+/// Cached next hops of decapsulated packets, direct-mapped by destination hash.
 #[map]
-pub static NEXTHOP6: LruPerCpuHashMap<[u8; 16], Nexthop> =
-    LruPerCpuHashMap::with_max_entries(NEXTHOP6_ENTRIES, 0);
+pub static NEXTHOP6: PerCpuArray<Nexthop6> = PerCpuArray::with_max_entries(NEXTHOP6_ENTRIES, 0);
 
 /// Per-tunnel counters by slot.
 #[map]

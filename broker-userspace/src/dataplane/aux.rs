@@ -82,6 +82,21 @@ impl Aux {
         self.attach(program, index)
     }
 
+    /// Accumulated run time and count of `program` (see [`super::enable_run_stats`]).
+    pub fn run_stats(
+        &self,
+        program: &'static str,
+    ) -> Result<(std::time::Duration, u64), DataplaneError> {
+        let info =
+            prog_ref(&self.ebpf, program)?
+                .info()
+                .map_err(|source| DataplaneError::Program {
+                    name: program,
+                    source,
+                })?;
+        Ok((info.run_time(), info.run_count()))
+    }
+
     /// Where `bench_redirect` sends frames.
     pub fn set_redirect_target(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
         let name = names::BENCH_REDIRECT;

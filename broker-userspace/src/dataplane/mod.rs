@@ -246,6 +246,19 @@ impl Dataplane {
         Ok(info.id())
     }
 
+    /// Accumulated run time and run count of the data plane program (kept by the kernel
+    /// while [`enable_run_stats`] is held).
+    pub fn run_stats(&self) -> Result<(std::time::Duration, u64)> {
+        let info = self
+            .program()?
+            .info()
+            .map_err(|source| DataplaneError::Program {
+                name: program_names::BROKER,
+                source,
+            })?;
+        Ok((info.run_time(), info.run_count()))
+    }
+
     /// The maps and, when pinned, where.
     pub fn map_names(&self) -> Vec<(String, Option<PathBuf>)> {
         names::ALL
@@ -510,6 +523,15 @@ impl Drop for Dataplane {
             }
         }
     }
+}
+
+/// Makes the kernel keep per-program run time and count (`BPF_ENABLE_STATS`) for as long
+/// as the returned descriptor is open. For benchmarks: it costs every BPF program a little.
+pub fn enable_run_stats() -> Result<std::os::fd::OwnedFd> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| DataplaneError::Io {
+        what: "BPF_ENABLE_STATS".into(),
+        source: e.io_error,
+    })
 }
 
 fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp> {
