@@ -82,6 +82,8 @@ pub struct Lab {
     pub clients: Vec<LabClient>,
     /// The broker instance name, once started.
     pub instance: Option<String>,
+    /// Index of `broker run` in `procs`.
+    broker: Option<usize>,
 }
 
 impl Lab {
@@ -104,6 +106,7 @@ impl Lab {
             inet6,
             clients: Vec::new(),
             instance: None,
+            broker: None,
         };
         for ns in [&lab.pop, &lab.isp, &lab.inet6] {
             ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
@@ -235,6 +238,7 @@ impl Lab {
         self.procs.push(proc);
         self.instance = Some(instance.to_string());
         let idx = self.procs.len() - 1;
+        self.broker = Some(idx);
         self.wait_for(idx, "XDP on eth4 and eth6", |lab| {
             Ok(["eth4", "eth6"].iter().all(|i| {
                 lab.pop
@@ -274,15 +278,17 @@ impl Lab {
         })
     }
 
-    /// Stops process `idx` (index in start order) with SIGTERM and removes it.
-    pub fn stop_proc(&mut self, idx: usize) -> bool {
-        let mut p = self.procs.remove(idx);
-        p.stop(Duration::from_secs(5))
+    /// The `broker run` process.
+    pub fn broker(&mut self) -> &mut Proc {
+        let i = self.broker.expect("broker started");
+        &mut self.procs[i]
     }
 
-    /// The processes started so far, in start order.
-    pub fn procs(&mut self) -> &mut [Proc] {
-        &mut self.procs
+    /// Writes a new config and sends SIGHUP to `broker run`.
+    pub fn reload(&mut self, config: &str) -> Result<()> {
+        std::fs::write(self.config_path(), config)?;
+        self.broker().signal(libc::SIGHUP);
+        Ok(())
     }
 
     /// Polls `ready` every 100 ms for up to 10 s while process `idx` keeps running.

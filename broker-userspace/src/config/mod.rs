@@ -196,8 +196,11 @@ fn from_serde(
     if let Some(i) = message.rfind(" at line ") {
         message.truncate(i);
     }
-    if let Some(rest) = message.strip_prefix(&format!("{key}: ")) {
-        message = rest.to_string();
+    // It may also prefix the path of the enclosing value ("tunnels[1]: ...").
+    if let Some((path, rest)) = message.split_once(": ") {
+        if !path.is_empty() && !path.contains(' ') && key.starts_with(path) {
+            message = rest.to_string();
+        }
     }
     let line = spans
         .line_of(&key)

@@ -92,7 +92,7 @@ fn mtu_out_of_range_is_rejected_with_key_and_line() {
         let e = err(&with_line(14, &format!("    mtu: {bad}")));
         assert_eq!(e.key, "tunnels[0].mtu", "{e}");
         assert_eq!(e.line, Some(14), "{e}");
-        assert!(e.message.contains("outside 1280-1480"), "{e}");
+        assert_eq!(e.message, format!("MTU {bad} is outside 1280-1480"), "{e}");
     }
     for good in ["1280", "1480"] {
         Config::parse(&with_line(14, &format!("    mtu: {good}"))).unwrap();
