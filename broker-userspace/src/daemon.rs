@@ -1,13 +1,16 @@
 //! `broker run`: load the data plane, fill it from the config, attach, and keep it in step
 //! with the config until told to stop.
-use std::{collections::BTreeSet, path::PathBuf};
+use std::{
+    collections::{BTreeSet, HashMap},
+    path::PathBuf,
+};
 
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
 use crate::{
-    config::Config,
+    config::{self, Config},
     dataplane::{self, Dataplane},
     model::TunnelSpec,
     netlink, sysctl,
@@ -85,10 +88,13 @@ fn apply(dp: &mut Dataplane, old: Option<&Config>, new: &Config) -> anyhow::Resu
             info!(id, "tunnel removed");
         }
     }
+    // Tunnels as they were, if the PoP address (part of every endpoint key) is the same.
+    let before: HashMap<u32, &config::Tunnel> = old
+        .filter(|o| o.pop.ipv4 == new.pop.ipv4)
+        .map(|o| o.tunnels.iter().map(|t| (t.id, t)).collect())
+        .unwrap_or_default();
     for t in &new.tunnels {
-        let unchanged =
-            old.is_some_and(|o| o.pop.ipv4 == new.pop.ipv4 && o.tunnels.iter().any(|x| x == t));
-        if !unchanged {
+        if before.get(&t.id) != Some(&t) {
             dp.upsert(&TunnelSpec::from(t), pop)
                 .with_context(|| format!("installing tunnel {}", t.id))?;
         }

@@ -40,7 +40,7 @@ use crate::{
 
 pub use bpffs::{ensure_bpffs, pin_dir};
 pub use counters::{GlobalCounters, PinnedCounters, TunnelCounters};
-pub use slots::SlotTable;
+use slots::SlotTable;
 pub use testing::TestRunOutput;
 
 /// The data plane object, built by build.rs from `broker-ebpf`.
