@@ -681,3 +681,121 @@ fn every_truncation_gets_a_counted_verdict() {
         }
     });
 }
+
+#[test]
+fn client_to_client_over_the_second_tunnels_mtu_is_dropped_and_counted() {
+    with_fixture(|fx| {
+        // Tunnel 2 has MTU 1280; tunnel 1's client sends it 1300 bytes.
+        let inner = udp6(link_addr(1, 2), link_addr(2, 2), 64, &[7; 1300 - 48]);
+        let before = fx.snapshot();
+        check(
+            fx,
+            "hairpin over the MTU",
+            &from_client(client_v4(1), &inner),
+            fx.eth4,
+            XDP_DROP,
+            Reason::Drop(DropReason::TooBigHairpin),
+            None,
+        );
+        assert_eq!(before.tunnel_delta(&fx.snapshot(), 2).drop_packets, 1);
+    });
+}
+
+#[test]
+fn egress_mtu_and_disabled_forwarding_go_to_the_kernel() {
+    with_fixture(|fx| {
+        // A narrow link: 2001:db8:7777::/48 leaves through eth7, MTU 1280.
+        let sh = |args: &[&str]| {
+            broker_tests::netns::run(std::process::Command::new(args[0]).args(&args[1..])).unwrap()
+        };
+        sh(&[
+            "ip", "link", "add", "eth7", "mtu", "1280", "type", "veth", "peer", "name", "peer7",
+        ]);
+        sh(&["ip", "link", "set", "eth7", "up"]);
+        sh(&["ip", "link", "set", "peer7", "up"]);
+        sh(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:7770::1/64",
+            "dev",
+            "eth7",
+            "nodad",
+        ]);
+        sh(&[
+            "ip",
+            "-6",
+            "neigh",
+            "replace",
+            "2001:db8:7770::2",
+            "lladdr",
+            "02:00:00:00:07:02",
+            "dev",
+            "eth7",
+            "nud",
+            "permanent",
+        ]);
+        sh(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "2001:db8:7777::/48",
+            "via",
+            "2001:db8:7770::2",
+        ]);
+        let far: std::net::Ipv6Addr = "2001:db8:7777::9".parse().unwrap();
+
+        // Too big for eth7 (but within the tunnel MTU): the kernel sends the ICMP error.
+        let inner = udp6(link_addr(1, 2), far, 64, &[1; 1400 - 48]);
+        let want = ether(ISP_MAC, POP4_MAC, EtherType::IPV6, &inner);
+        check(
+            fx,
+            "egress MTU",
+            &from_client(client_v4(1), &inner),
+            fx.eth4,
+            XDP_PASS,
+            Reason::Pass(PassReason::FragNeeded),
+            Some(&want),
+        );
+        // Small enough: forwarded, looked up for its own size (and not cached, since a
+        // larger packet of the same flow would not fit).
+        for _ in 0..2 {
+            let inner = udp6(link_addr(1, 2), far, 64, &[1; 1000 - 48]);
+            let out = check(
+                fx,
+                "fits eth7",
+                &from_client(client_v4(1), &inner),
+                fx.eth4,
+                XDP_REDIRECT,
+                Reason::Did(Event::Decap),
+                None,
+            );
+            assert_eq!(out[..6], [0x02, 0, 0, 0, 0x07, 0x02]);
+        }
+        let inner = udp6(link_addr(1, 2), far, 64, &[1; 1400 - 48]);
+        check(
+            fx,
+            "still too big after a small one",
+            &from_client(client_v4(1), &inner),
+            fx.eth4,
+            XDP_PASS,
+            Reason::Pass(PassReason::FragNeeded),
+            None,
+        );
+
+        // IPv4 forwarding off on the interface an encapsulated packet arrived on.
+        sh(&["sysctl", "-qw", "net.ipv4.conf.eth6.forwarding=0"]);
+        let inner = udp6(INET_HOST, link_addr(1, 2), 64, b"x");
+        check(
+            fx,
+            "forwarding off",
+            &from_internet(&inner),
+            fx.eth6,
+            XDP_PASS,
+            Reason::Pass(PassReason::FibError),
+            None,
+        );
+    });
+}
