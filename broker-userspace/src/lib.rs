@@ -10,4 +10,6 @@ pub mod dataplane;
 pub mod model;
 pub mod netlink;
 pub mod report;
+pub mod routes;
+pub mod store;
 pub mod sysctl;

@@ -120,6 +120,124 @@ pub struct Tunnel {
     pub mtu: Mtu,
 }
 
+/// Where the durable state lives.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// SQLite file, created on first start. Default: /var/lib/broker/<instance>.db.
+    pub path: Option<std::path::PathBuf>,
+}
+
+/// The HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    #[serde(default = "default_listen")]
+    pub listen: std::net::SocketAddr,
+    /// Bearer token of the administrator; without one, only users' own requests, the
+    /// endpoint update, metrics and health are served.
+    #[serde(default)]
+    pub admin_token: Option<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            admin_token: None,
+        }
+    }
+}
+
+fn default_listen() -> std::net::SocketAddr {
+    ([127, 0, 0, 1], 8080).into()
+}
+
+/// Address pools tunnels created at run time draw from.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pools {
+    /// Link /64s are carved from these.
+    #[serde(default)]
+    pub link: Vec<Prefix6>,
+    /// Routed prefixes are carved from these.
+    #[serde(default)]
+    pub routed: Vec<Prefix6>,
+    /// Routed prefix lengths a request may ask for.
+    #[serde(default = "default_routed_lengths")]
+    pub routed_lengths: Vec<u8>,
+    /// A freed prefix is not handed out again before this many seconds.
+    #[serde(default = "default_quarantine")]
+    pub quarantine_secs: u64,
+}
+
+impl Default for Pools {
+    fn default() -> Self {
+        Self {
+            link: Vec::new(),
+            routed: Vec::new(),
+            routed_lengths: default_routed_lengths(),
+            quarantine_secs: default_quarantine(),
+        }
+    }
+}
+
+fn default_routed_lengths() -> Vec<u8> {
+    vec![48, 56, 64]
+}
+
+fn default_quarantine() -> u64 {
+    86_400
+}
+
+/// Routes for the tunnel prefixes, so the kernel and a routing daemon see them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutesConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Routing table (254 = main).
+    #[serde(default = "default_table")]
+    pub table: u32,
+    /// Route protocol number marking the broker's routes (`ip -6 route show proto N`).
+    #[serde(default = "default_protocol")]
+    pub protocol: u8,
+    /// Without a device the routes are blackholes: the XDP program forwards tunnel traffic
+    /// before the kernel looks, and a routing daemon only needs to see them. With one they
+    /// point at it (e.g. a veth whose other end runs the broker, so that traffic the host
+    /// itself sends reaches the tunnels).
+    #[serde(default)]
+    pub device: Option<String>,
+}
+
+impl Default for RoutesConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            table: default_table(),
+            protocol: default_protocol(),
+            device: None,
+        }
+    }
+}
+
+fn default_table() -> u32 {
+    254
+}
+
+fn default_protocol() -> u8 {
+    crate::routes::DEFAULT_PROTOCOL
+}
+
+/// Prometheus exposition.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Series per tunnel (one per tunnel and counter: mind the cardinality).
+    #[serde(default)]
+    pub per_tunnel: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -130,7 +248,26 @@ pub struct Config {
     #[serde(default)]
     pub dataplane: DataplaneLimits,
     #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub pools: Pools,
+    #[serde(default)]
+    pub routes: RoutesConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
     pub tunnels: Vec<Tunnel>,
+}
+
+impl Config {
+    /// The SQLite file.
+    pub fn store_path(&self) -> std::path::PathBuf {
+        self.store.path.clone().unwrap_or_else(|| {
+            std::path::Path::new("/var/lib/broker").join(format!("{}.db", self.instance))
+        })
+    }
 }
 
 /// A configuration error: what is wrong, at which key, on which line.

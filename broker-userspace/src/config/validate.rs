@@ -12,7 +12,58 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
     instance(&c.instance)?;
     interfaces(c)?;
     limits(c)?;
+    pools(c)?;
+    api(c)?;
     tunnels(c)
+}
+
+fn api(c: &Config) -> Result<(), Invalid> {
+    match &c.api.admin_token {
+        Some(t) if t.len() < 16 => Err((
+            "api.admin_token".into(),
+            "shorter than 16 characters; use a random token".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn pools(c: &Config) -> Result<(), Invalid> {
+    let p = &c.pools;
+    for (i, pool) in p.link.iter().enumerate() {
+        if pool.0.prefix_len() > 64 {
+            return Err((
+                format!("pools.link[{i}]"),
+                format!("{pool} is longer than /64; link /64s are carved from it"),
+            ));
+        }
+    }
+    let mut lens = p.routed_lengths.clone();
+    lens.sort_unstable();
+    lens.dedup();
+    if lens.len() != p.routed_lengths.len() {
+        return Err((
+            "pools.routed_lengths".into(),
+            "lengths are listed twice".into(),
+        ));
+    }
+    for (i, len) in p.routed_lengths.iter().enumerate() {
+        if !(1..=64).contains(len) {
+            return Err((
+                format!("pools.routed_lengths[{i}]"),
+                format!("/{len} is outside /1-/64"),
+            ));
+        }
+    }
+    let shortest = p.routed_lengths.iter().copied().min().unwrap_or(64);
+    for (i, pool) in p.routed.iter().enumerate() {
+        if pool.0.prefix_len() > shortest {
+            return Err((
+                format!("pools.routed[{i}]"),
+                format!("{pool} is longer than the shortest routed length /{shortest}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn instance(name: &str) -> Result<(), Invalid> {
@@ -163,6 +214,14 @@ fn tunnels(c: &Config) -> Result<(), Invalid> {
         }
     }
     lengths(&prefixes)?;
+    // Pools take part in the overlap check: a static prefix inside a pool could be
+    // allocated a second time.
+    for (i, pool) in c.pools.link.iter().enumerate() {
+        prefixes.push((pool.0, format!("pools.link[{i}]"), 0));
+    }
+    for (i, pool) in c.pools.routed.iter().enumerate() {
+        prefixes.push((pool.0, format!("pools.routed[{i}]"), 0));
+    }
     overlaps(prefixes)
 }
 
@@ -195,9 +254,14 @@ fn overlaps(mut prefixes: Vec<(Ipv6Net, String, u32)>) -> Result<(), Invalid> {
     for entry in &prefixes {
         if let Some(w) = widest {
             if w.0.contains(&entry.0.network()) {
+                let owner = if w.2 == 0 {
+                    "the pool".to_string()
+                } else {
+                    format!("tunnel {}", w.2)
+                };
                 return Err((
                     entry.1.clone(),
-                    format!("{} overlaps {} of tunnel {} ({})", entry.0, w.0, w.2, w.1),
+                    format!("{} overlaps {} of {owner} ({})", entry.0, w.0, w.1),
                 ));
             }
         }

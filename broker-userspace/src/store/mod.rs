@@ -1,0 +1,167 @@
+//! The durable state: users, tunnels and prefix allocations. The store is the truth; the
+//! data plane's maps and the kernel's routes are projections of it.
+//!
+//! [`Store`] is the narrow interface the rest of the controller uses; [`SqliteStore`] is
+//! the embedded default. A PostgreSQL backend for several PoPs sharing one database is to
+//! implement the same trait.
+
+mod alloc;
+mod schema;
+mod sqlite;
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv6Net;
+
+use crate::model::{Kind, State, TunnelSpec};
+
+pub use alloc::PoolSet;
+pub use sqlite::SqliteStore;
+
+/// How a tunnel came to be: declared in the config file (reconciled at every start) or
+/// created at run time (lives only in the store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Static,
+    Api,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Static => "static",
+            Origin::Api => "api",
+        }
+    }
+}
+
+/// A tunnel as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelRecord {
+    pub spec: TunnelSpec,
+    pub owner: Option<String>,
+    pub origin: Origin,
+    /// For the protocols that authenticate the tunnel itself (heartbeat, AYIYA, TIC).
+    pub password: String,
+    /// For endpoint updates (`/nic/update`).
+    pub update_key: String,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+/// A user account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub name: String,
+    pub password: String,
+    pub created_at: u64,
+}
+
+/// What a run-time tunnel request asks for; the store allocates the rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTunnel {
+    pub owner: Option<String>,
+    pub kind: Kind,
+    pub state: State,
+    pub remote_v4: Ipv4Addr,
+    pub mtu: u16,
+    /// Length of a routed prefix to allocate, if any.
+    pub routed_length: Option<u8>,
+}
+
+/// Changes to a tunnel; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TunnelChange {
+    pub remote_v4: Option<Ipv4Addr>,
+    pub state: Option<State>,
+    pub mtu: Option<u16>,
+}
+
+/// What reconciling the static tunnels changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StaticSync {
+    pub added: Vec<u32>,
+    pub changed: Vec<u32>,
+    pub removed: Vec<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no tunnel {id}")]
+    NoSuchTunnel { id: u32 },
+    #[error("no user {name:?}")]
+    NoSuchUser { name: String },
+    #[error("user {name:?} exists")]
+    UserExists { name: String },
+    #[error("user {name:?} still owns tunnels {tunnels:?}")]
+    UserHasTunnels { name: String, tunnels: Vec<u32> },
+    #[error("{remote} is already the endpoint of tunnel {id}")]
+    DuplicateEndpoint { remote: Ipv4Addr, id: u32 },
+    #[error("the {pool} pool has no free /{len}")]
+    PoolExhausted { pool: &'static str, len: u8 },
+    #[error("routed prefix length /{len} is not offered (pools.routed_lengths: {offered:?})")]
+    LengthNotOffered { len: u8, offered: Vec<u8> },
+    #[error("tunnel id {id} is taken by a tunnel created at run time")]
+    IdTaken { id: u32 },
+    #[error("{prefix} of static tunnel {id} is already used by tunnel {other}")]
+    PrefixTaken {
+        prefix: Ipv6Net,
+        id: u32,
+        other: u32,
+    },
+    #[error("the store's schema version {found} is newer than this build's {supported}")]
+    SchemaTooNew { found: i64, supported: i64 },
+    #[error("opening the store at {path}")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("store")]
+    Sql(#[from] rusqlite::Error),
+    #[error("corrupt store: {what}")]
+    Corrupt { what: String },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The store as the controller uses it. Every method is one transaction.
+pub trait Store: Send {
+    fn tunnels(&self) -> Result<Vec<TunnelRecord>>;
+    fn tunnel(&self, id: u32) -> Result<Option<TunnelRecord>>;
+    /// Allocates the link /64 (and a routed prefix when asked), an id, a password and an
+    /// update key.
+    fn create_tunnel(&mut self, req: &NewTunnel, now: u64) -> Result<TunnelRecord>;
+    fn update_tunnel(&mut self, id: u32, change: &TunnelChange, now: u64) -> Result<TunnelRecord>;
+    /// Deletes a tunnel; its allocated prefixes go into quarantine.
+    fn delete_tunnel(&mut self, id: u32, now: u64) -> Result<TunnelRecord>;
+    /// Makes the static tunnels exactly `wanted` (declarative: missing means removed).
+    fn sync_static(&mut self, wanted: &[TunnelSpec], now: u64) -> Result<StaticSync>;
+
+    fn users(&self) -> Result<Vec<UserRecord>>;
+    fn user(&self, name: &str) -> Result<Option<UserRecord>>;
+    fn create_user(&mut self, name: &str, password: &str, now: u64) -> Result<UserRecord>;
+    fn delete_user(&mut self, name: &str) -> Result<()>;
+
+    /// Adds one to a named counter kept across restarts and returns the new value.
+    fn bump(&mut self, counter: &str) -> Result<u64>;
+    fn counter(&self, counter: &str) -> Result<u64>;
+}
+
+/// A random token of `len` characters from an unambiguous alphabet (passwords, update
+/// keys).
+pub fn random_token(len: usize) -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

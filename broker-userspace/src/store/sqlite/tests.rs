@@ -1,0 +1,331 @@
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv6Net;
+use proptest::prelude::*;
+
+use super::*;
+
+fn net(s: &str) -> Ipv6Net {
+    s.parse().unwrap()
+}
+
+fn pools() -> PoolSet {
+    PoolSet {
+        link: vec![net("2001:db8:10::/48")],
+        routed: vec![net("2001:db8:1000::/40")],
+        routed_lengths: vec![48, 56, 64],
+        quarantine_secs: 100,
+    }
+}
+
+fn new(remote: u8, routed: Option<u8>) -> NewTunnel {
+    NewTunnel {
+        owner: None,
+        kind: Kind::Proto41,
+        state: State::Up,
+        remote_v4: Ipv4Addr::new(198, 51, 100, remote),
+        mtu: 1480,
+        routed_length: routed,
+    }
+}
+
+#[test]
+fn allocates_link_and_routed_prefixes_and_tokens() {
+    let mut s = SqliteStore::in_memory(pools()).unwrap();
+    let a = s.create_tunnel(&new(1, Some(48)), 10).unwrap();
+    let b = s.create_tunnel(&new(2, Some(56)), 10).unwrap();
+    assert_eq!(a.spec.id, 1);
+    assert_eq!(b.spec.id, 2);
+    assert_eq!(a.spec.link_prefix, net("2001:db8:10::/64"));
+    assert_eq!(b.spec.link_prefix, net("2001:db8:10:1::/64"));
+    assert_eq!(a.spec.routed_prefixes, vec![net("2001:db8:1000::/48")]);
+    assert_eq!(b.spec.routed_prefixes[0].prefix_len(), 56);
+    assert!(!a.spec.routed_prefixes[0].contains(&b.spec.routed_prefixes[0]));
+    assert_eq!(a.password.len(), 16);
+    assert_ne!(a.password, a.update_key);
+    assert_ne!(a.password, b.password);
+    assert_eq!(s.tunnels().unwrap(), vec![a.clone(), b]);
+    assert_eq!(s.tunnel(1).unwrap(), Some(a));
+}
+
+#[test]
+fn refuses_unknown_owner_duplicate_endpoint_and_unoffered_length() {
+    let mut s = SqliteStore::in_memory(pools()).unwrap();
+    let mut req = new(1, None);
+    req.owner = Some("nobody".into());
+    assert!(matches!(
+        s.create_tunnel(&req, 0),
+        Err(StoreError::NoSuchUser { .. })
+    ));
+    s.create_tunnel(&new(1, None), 0).unwrap();
+    assert!(matches!(
+        s.create_tunnel(&new(1, None), 0),
+        Err(StoreError::DuplicateEndpoint { id: 1, .. })
+    ));
+    assert!(matches!(
+        s.create_tunnel(&new(2, Some(60)), 0),
+        Err(StoreError::LengthNotOffered { len: 60, .. })
+    ));
+    // Nothing half made: the failed requests left no tunnel and no allocation behind.
+    assert_eq!(s.tunnels().unwrap().len(), 1);
+    let n: i64 = s
+        .conn
+        .query_row("SELECT COUNT(*) FROM allocations", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn an_exhausted_pool_is_a_clear_error() {
+    let mut p = pools();
+    p.link = vec![net("2001:db8:10::/63")];
+    let mut s = SqliteStore::in_memory(p).unwrap();
+    s.create_tunnel(&new(1, None), 0).unwrap();
+    s.create_tunnel(&new(2, None), 0).unwrap();
+    let e = s.create_tunnel(&new(3, None), 0).unwrap_err();
+    assert_eq!(e.to_string(), "the link pool has no free /64");
+}
+
+#[test]
+fn freed_prefixes_come_back_only_after_the_quarantine() {
+    let mut p = pools();
+    p.link = vec![net("2001:db8:10::/63")];
+    let mut s = SqliteStore::in_memory(p).unwrap();
+    let a = s.create_tunnel(&new(1, None), 0).unwrap();
+    s.create_tunnel(&new(2, None), 0).unwrap();
+    s.delete_tunnel(a.spec.id, 50).unwrap();
+    assert!(matches!(
+        s.create_tunnel(&new(3, None), 149),
+        Err(StoreError::PoolExhausted { .. })
+    ));
+    let c = s.create_tunnel(&new(3, None), 150).unwrap();
+    assert_eq!(c.spec.link_prefix, a.spec.link_prefix);
+    assert_ne!(c.spec.id, a.spec.id, "ids are never reused");
+}
+
+#[test]
+fn updates_change_endpoint_state_and_mtu() {
+    let mut s = SqliteStore::in_memory(pools()).unwrap();
+    s.create_tunnel(&new(1, None), 0).unwrap();
+    s.create_tunnel(&new(2, None), 0).unwrap();
+    let change = TunnelChange {
+        remote_v4: Some(Ipv4Addr::new(198, 51, 100, 9)),
+        state: Some(State::Disabled),
+        mtu: Some(1280),
+    };
+    let t = s.update_tunnel(1, &change, 5).unwrap();
+    assert_eq!(t.spec.remote_v4, Ipv4Addr::new(198, 51, 100, 9));
+    assert_eq!(t.spec.state, State::Disabled);
+    assert_eq!(t.spec.mtu, 1280);
+    assert_eq!(t.updated_at, 5);
+    assert_eq!(s.tunnel(1).unwrap().unwrap(), t);
+    let clash = TunnelChange {
+        remote_v4: Some(Ipv4Addr::new(198, 51, 100, 2)),
+        ..Default::default()
+    };
+    assert!(matches!(
+        s.update_tunnel(1, &clash, 6),
+        Err(StoreError::DuplicateEndpoint { id: 2, .. })
+    ));
+    assert!(matches!(
+        s.update_tunnel(9, &clash, 6),
+        Err(StoreError::NoSuchTunnel { id: 9 })
+    ));
+}
+
+#[test]
+fn users_own_tunnels() {
+    let mut s = SqliteStore::in_memory(pools()).unwrap();
+    s.create_user("alice", "pw", 1).unwrap();
+    assert!(matches!(
+        s.create_user("alice", "x", 1),
+        Err(StoreError::UserExists { .. })
+    ));
+    let mut req = new(1, None);
+    req.owner = Some("alice".into());
+    let t = s.create_tunnel(&req, 2).unwrap();
+    assert_eq!(t.owner.as_deref(), Some("alice"));
+    assert!(matches!(
+        s.delete_user("alice"),
+        Err(StoreError::UserHasTunnels { .. })
+    ));
+    s.delete_tunnel(t.spec.id, 3).unwrap();
+    s.delete_user("alice").unwrap();
+    assert!(s.users().unwrap().is_empty());
+    assert!(matches!(
+        s.delete_user("alice"),
+        Err(StoreError::NoSuchUser { .. })
+    ));
+}
+
+fn static_spec(id: u32, remote: u8, link: &str) -> TunnelSpec {
+    TunnelSpec {
+        id,
+        kind: Kind::Proto41,
+        state: State::Up,
+        remote_v4: Ipv4Addr::new(198, 51, 100, remote),
+        link_prefix: net(link),
+        routed_prefixes: vec![],
+        mtu: 1480,
+    }
+}
+
+#[test]
+fn static_tunnels_are_declarative() {
+    let mut s = SqliteStore::in_memory(pools()).unwrap();
+    let a = static_spec(10, 10, "2001:db8:f:1::/64");
+    let b = static_spec(11, 11, "2001:db8:f:2::/64");
+    let r = s.sync_static(&[a.clone(), b.clone()], 0).unwrap();
+    assert_eq!(
+        (r.added, r.changed, r.removed),
+        (vec![10, 11], vec![], vec![])
+    );
+    let pw = s.tunnel(10).unwrap().unwrap().password;
+    // Unchanged, changed, removed.
+    let a2 = TunnelSpec {
+        mtu: 1400,
+        ..a.clone()
+    };
+    let r = s.sync_static(&[a2.clone()], 1).unwrap();
+    assert_eq!(
+        (r.added, r.changed, r.removed),
+        (vec![], vec![10], vec![11])
+    );
+    let t = s.tunnel(10).unwrap().unwrap();
+    assert_eq!(t.spec, a2);
+    assert_eq!(t.password, pw, "credentials survive a config change");
+    assert!(s.tunnel(11).unwrap().is_none());
+    // Run-time tunnels are left alone, and get ids above the static ones.
+    let d = s.create_tunnel(&new(1, None), 2).unwrap();
+    assert_eq!(
+        d.spec.id, 12,
+        "ids only grow: 11 was the removed static tunnel's"
+    );
+    s.sync_static(&[], 3).unwrap();
+    assert_eq!(s.tunnels().unwrap(), vec![d.clone()]);
+    // A static tunnel cannot take a run-time tunnel's id or endpoint.
+    assert!(matches!(
+        s.sync_static(&[static_spec(d.spec.id, 99, "2001:db8:f:9::/64")], 4),
+        Err(StoreError::IdTaken { .. })
+    ));
+    assert!(matches!(
+        s.sync_static(&[static_spec(50, 1, "2001:db8:f:9::/64")], 4),
+        Err(StoreError::DuplicateEndpoint { .. })
+    ));
+}
+
+#[test]
+fn everything_is_there_after_a_restart() {
+    let dir = tempfile_dir();
+    let path = dir.join("broker.db");
+    let (tunnels, users) = {
+        let mut s = SqliteStore::open(&path, pools()).unwrap();
+        s.create_user("bob", "secret", 1).unwrap();
+        let mut req = new(1, Some(56));
+        req.owner = Some("bob".into());
+        s.create_tunnel(&req, 2).unwrap();
+        s.create_tunnel(&new(2, None), 2).unwrap();
+        s.sync_static(&[static_spec(100, 100, "2001:db8:f:1::/64")], 3)
+            .unwrap();
+        s.delete_tunnel(2, 4).unwrap();
+        s.bump("adoptions").unwrap();
+        (s.tunnels().unwrap(), s.users().unwrap())
+    };
+    let mut s = SqliteStore::open(&path, pools()).unwrap();
+    assert_eq!(s.tunnels().unwrap(), tunnels);
+    assert_eq!(s.users().unwrap(), users);
+    assert_eq!(s.counter("adoptions").unwrap(), 1);
+    // The freed /64 is still in quarantine after the restart; allocation continues.
+    let t = s.create_tunnel(&new(3, None), 5).unwrap();
+    assert_eq!(t.spec.link_prefix, net("2001:db8:10:2::/64"));
+    assert_eq!(t.spec.id, 101);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "broker-store-test-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Create { routed: Option<u8> },
+    Delete { pick: usize },
+    Wait { secs: u64 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => prop::option::of(prop::sample::select(vec![44u8, 46, 48])).prop_map(|routed| Op::Create { routed }),
+        2 => any::<usize>().prop_map(|pick| Op::Delete { pick }),
+        1 => (0u64..150).prop_map(|secs| Op::Wait { secs }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Under any sequence of creations, deletions and time passing, no two live prefixes
+    /// overlap, and a freed prefix is not handed out before its quarantine ends.
+    #[test]
+    fn allocation_never_overlaps(ops in prop::collection::vec(op(), 1..120)) {
+        // Small pools, so exhaustion and reuse happen.
+        let p = PoolSet {
+            link: vec![net("2001:db8:10::/60")],
+            routed: vec![net("2001:db8:1000::/42")],
+            routed_lengths: vec![44, 46, 48],
+            quarantine_secs: 100,
+        };
+        let mut s = SqliteStore::in_memory(p).unwrap();
+        let mut now = 0u64;
+        let mut remote = 0u32;
+        // prefix -> when it was freed
+        let mut freed: Vec<(Ipv6Net, u64)> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Create { routed } => {
+                    remote += 1;
+                    let req = NewTunnel {
+                        remote_v4: Ipv4Addr::from(0xc633_6400 + remote),
+                        ..new(0, routed)
+                    };
+                    match s.create_tunnel(&req, now) {
+                        Ok(t) => {
+                            for q in t.spec.prefixes() {
+                                for (f, at) in &freed {
+                                    prop_assert!(
+                                        !(f.contains(&q) || q.contains(f)) || now >= at + 100,
+                                        "{q} handed out {}s after {f} was freed", now - at
+                                    );
+                                }
+                            }
+                        }
+                        Err(StoreError::PoolExhausted { .. }) => {}
+                        Err(e) => prop_assert!(false, "unexpected error {e}"),
+                    }
+                }
+                Op::Delete { pick } => {
+                    let all = s.tunnels().unwrap();
+                    if !all.is_empty() {
+                        let t = &all[pick % all.len()];
+                        s.delete_tunnel(t.spec.id, now).unwrap();
+                        freed.extend(t.spec.prefixes().map(|p| (p, now)));
+                    }
+                }
+                Op::Wait { secs } => now += secs,
+            }
+            let live: Vec<Ipv6Net> = s.tunnels().unwrap().iter().flat_map(|t| t.spec.prefixes()).collect();
+            for (i, a) in live.iter().enumerate() {
+                for b in &live[i + 1..] {
+                    prop_assert!(!a.contains(b) && !b.contains(a), "{a} overlaps {b}");
+                }
+            }
+        }
+    }
+}
