@@ -57,6 +57,11 @@ pub const DEFAULT_NEXTHOP_MAX_AGE_MS: u32 = 1_000;
 /// Length of the frames the benchmark generator sends.
 pub const GEN_FRAME_LEN: usize = 128;
 
+/// Version of the map layouts (keys, values, sizes of `broker_common::maps`). Pins live
+/// under `maps-v<N>`: a build with another layout brings new maps, fills them, and swaps
+/// the program on the pinned links, so an upgrade never reads maps it does not understand.
+pub const MAP_LAYOUT_VERSION: u32 = 1;
+
 /// Names of the maps in the object file, which are also their pin names.
 pub mod map_names {
     pub const SETTINGS: &str = "SETTINGS";

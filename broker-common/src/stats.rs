@@ -6,14 +6,17 @@
 
 /// Slots 0..8: the XDP action returned (`XDP_ABORTED` = 0 ... `XDP_REDIRECT` = 4).
 pub const ACTION_BASE: u32 = 0;
-/// Slots 8..32: [`Event`]s, things the data plane did.
-pub const EVENT_BASE: u32 = 8;
-/// Slots 32..96: [`DropReason`]s.
-pub const DROP_BASE: u32 = 32;
-/// Slots 96..128: [`PassReason`]s.
-pub const PASS_BASE: u32 = 96;
+/// Slots 16..80: [`Event`]s, things the data plane did, per tunnel kind: event `e` of
+/// kind `k` is slot `EVENT_BASE + e * MAX_KINDS + k`.
+pub const EVENT_BASE: u32 = 16;
+/// Tunnel kinds the event section has room for (`TunnelKind` discriminants 0..8).
+pub const MAX_KINDS: u32 = 8;
+/// Slots 96..160: [`DropReason`]s.
+pub const DROP_BASE: u32 = 96;
+/// Slots 160..192: [`PassReason`]s.
+pub const PASS_BASE: u32 = 160;
 /// Entries in `GLOBAL_STATS`.
-pub const GLOBAL_STATS_LEN: u32 = 128;
+pub const GLOBAL_STATS_LEN: u32 = 256;
 
 /// XDP actions by slot, as exported (`broker_xdp_actions_total{action=...}`).
 pub const ACTIONS: [&str; 5] = ["aborted", "drop", "pass", "tx", "redirect"];
@@ -125,8 +128,9 @@ reasons! {
 }
 
 impl Event {
-    pub const fn slot(self) -> u32 {
-        EVENT_BASE + self as u32
+    /// The slot of this event for tunnels of kind `kind` (a `TunnelKind` discriminant).
+    pub const fn slot(self, kind: u8) -> u32 {
+        EVENT_BASE + self as u32 * MAX_KINDS + (kind as u32 & (MAX_KINDS - 1))
     }
 }
 
@@ -149,7 +153,7 @@ mod tests {
     #[test]
     fn sections_do_not_overlap() {
         assert!(ACTION_BASE + ACTIONS.len() as u32 <= EVENT_BASE);
-        assert!(Event::ALL.last().unwrap().slot() < DROP_BASE);
+        assert!(Event::ALL.last().unwrap().slot(MAX_KINDS as u8 - 1) < DROP_BASE);
         assert!(DropReason::ALL.last().unwrap().slot() < PASS_BASE);
         assert!(PassReason::ALL.last().unwrap().slot() < GLOBAL_STATS_LEN);
     }

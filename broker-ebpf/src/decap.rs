@@ -70,14 +70,14 @@ pub fn proto41(ctx: &XdpContext, s: &Settings) -> Verdict {
         return Err(tunnel::drop(slot, inner_len, DropReason::SpoofedSource));
     }
     if inner.dst == t.pop_v6 {
-        return icmp6::echo_reply_in_tunnel(ctx, slot, inner_len);
+        return icmp6::echo_reply_in_tunnel(ctx, t, slot, inner_len);
     }
     if inner.hop_limit <= 1 {
         return Err(tunnel::drop(slot, inner_len, DropReason::HopLimitExceeded));
     }
 
     stats::tunnel(slot, Dir::FromClient, inner_len as u64);
-    stats::event(Event::Decap, inner_len as u64);
+    stats::event(Event::Decap, t.kind, inner_len as u64);
     strip_ipv4(ctx)?;
     forward::native6(ctx, s, inner_len)
 }

@@ -39,7 +39,7 @@ pub fn into_tunnel(ctx: &XdpContext, s: &Settings, slot: u32, origin: Origin) ->
     }
     if ipr.dst == t.pop_v6 {
         return match origin {
-            Origin::Native => icmp6::echo_reply_native(ctx, len),
+            Origin::Native => icmp6::echo_reply_native(ctx, t, len),
             Origin::Tunnel => Err(DropReason::PopAddress),
         };
     }
@@ -59,7 +59,7 @@ pub fn into_tunnel(ctx: &XdpContext, s: &Settings, slot: u32, origin: Origin) ->
 
     push_ipv4(ctx, t, len, tos)?;
     stats::tunnel(slot, Dir::ToClient, len as u64);
-    stats::event(Event::Encap, len as u64);
+    stats::event(Event::Encap, t.kind, len as u64);
     forward::ipv4(ctx, s, t, slot, len + IPV4_HDR_LEN, tos)
 }
 

@@ -28,7 +28,7 @@ use crate::{
 /// back through the tunnel by swapping both headers in place. Anything else to that
 /// address is dropped (`pop_address`): the kernel does not own these addresses.
 #[inline(always)]
-pub fn echo_reply_in_tunnel(ctx: &XdpContext, slot: u32, inner_len: usize) -> Verdict {
+pub fn echo_reply_in_tunnel(ctx: &XdpContext, t: &Tunnel, slot: u32, inner_len: usize) -> Verdict {
     const INNER: usize = ETH_HDR_LEN + IPV4_HDR_LEN;
     if !turn_echo(ctx, INNER) {
         return Err(tunnel::drop(slot, inner_len, DropReason::PopAddress));
@@ -44,18 +44,18 @@ pub fn echo_reply_in_tunnel(ctx: &XdpContext, slot: u32, inner_len: usize) -> Ve
     swap_macs(ctx)?;
     stats::tunnel(slot, Dir::FromClient, inner_len as u64);
     stats::tunnel(slot, Dir::ToClient, inner_len as u64);
-    stats::event(Event::EchoReply, inner_len as u64);
+    stats::event(Event::EchoReply, t.kind, inner_len as u64);
     Ok(Outcome::Tx)
 }
 
 /// An echo request to a PoP tunnel address arriving natively: answered natively.
 #[inline(always)]
-pub fn echo_reply_native(ctx: &XdpContext, len: usize) -> Verdict {
+pub fn echo_reply_native(ctx: &XdpContext, t: &Tunnel, len: usize) -> Verdict {
     if !turn_echo(ctx, ETH_HDR_LEN) {
         return Err(DropReason::PopAddress);
     }
     swap_macs(ctx)?;
-    stats::event(Event::EchoReply, len as u64);
+    stats::event(Event::EchoReply, t.kind, len as u64);
     Ok(Outcome::Tx)
 }
 
@@ -177,6 +177,6 @@ pub fn packet_too_big(ctx: &XdpContext, t: &Tunnel, slot: u32, len: usize) -> Ve
         (*icmp).check = csum::finish(sum as u32);
     }
     stats::tunnel(slot, Dir::Drop, len as u64);
-    stats::event(Event::PacketTooBig, len as u64);
+    stats::event(Event::PacketTooBig, t.kind, len as u64);
     Ok(Outcome::Tx)
 }

@@ -18,9 +18,10 @@ pub fn action(action: u32, bytes: u64) {
     global(ACTION_BASE + action, bytes);
 }
 
+/// Counts `event` for a tunnel of kind `kind`.
 #[inline(always)]
-pub fn event(event: Event, bytes: u64) {
-    global(event.slot(), bytes);
+pub fn event(event: Event, kind: u8, bytes: u64) {
+    global(event.slot(kind), bytes);
 }
 
 /// Which per-tunnel counter pair to bump.

@@ -1,8 +1,19 @@
-//! The BPF filesystem: mounted if missing, and the instance's pin directory.
+//! The BPF filesystem and the instance's pins:
+//!
+//! ```text
+//! /sys/fs/bpf/broker/<instance>/maps-v<layout>/<MAP>   the maps (broker_common::consts)
+//! /sys/fs/bpf/broker/<instance>/links/<interface>     the XDP link on each interface
+//! ```
+//!
+//! While the pins exist the kernel keeps the program attached and the maps filled, whether
+//! or not a controller runs.
 use std::{
     ffi::CString,
     path::{Path, PathBuf},
 };
+
+use aya::programs::links::PinnedLink;
+use broker_common::consts::MAP_LAYOUT_VERSION;
 
 use super::DataplaneError;
 
@@ -12,6 +23,16 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// `/sys/fs/bpf/broker/<instance>`.
 pub fn pin_dir(instance: &str) -> PathBuf {
     Path::new(BPFFS).join("broker").join(instance)
+}
+
+/// Where this build's maps are pinned.
+pub fn maps_dir(instance: &str) -> PathBuf {
+    pin_dir(instance).join(format!("maps-v{MAP_LAYOUT_VERSION}"))
+}
+
+/// Where the XDP links are pinned, one file per interface.
+pub fn links_dir(instance: &str) -> PathBuf {
+    pin_dir(instance).join("links")
 }
 
 /// Mounts bpffs on /sys/fs/bpf unless it is there already (as Cilium's agent does): pins
@@ -55,6 +76,14 @@ fn is_bpffs(path: &Path) -> bool {
     }
 }
 
+/// Creates a pin directory.
+pub fn create_dir(dir: &Path) -> Result<(), DataplaneError> {
+    std::fs::create_dir_all(dir).map_err(|source| DataplaneError::Bpffs {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
 /// Unpins everything in `dir` and removes it. Maps stay alive while a program or process
 /// still holds them.
 pub fn remove_pins(dir: &Path) -> Result<(), DataplaneError> {
@@ -66,4 +95,48 @@ pub fn remove_pins(dir: &Path) -> Result<(), DataplaneError> {
             source,
         }),
     }
+}
+
+/// Map pin directories of other layouts (left by another build).
+pub fn other_map_dirs(instance: &str) -> Vec<PathBuf> {
+    let current = maps_dir(instance);
+    let Ok(entries) = std::fs::read_dir(pin_dir(instance)) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p != &current
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("maps-v"))
+        })
+        .collect()
+}
+
+/// Detaches every pinned link of `instance` and removes all its pins: the data plane is
+/// gone once the last process holding it exits. Returns what was removed.
+pub fn detach_instance(instance: &str) -> Result<Vec<String>, DataplaneError> {
+    let mut done = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(links_dir(instance)) {
+        for e in entries.flatten() {
+            let path = e.path();
+            let link = PinnedLink::from_pin(&path).map_err(|e| DataplaneError::Io {
+                what: format!("opening the pinned link {}", path.display()),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            // Unpinning drops the last reference to the link: XDP is detached.
+            link.unpin().map_err(|source| DataplaneError::Bpffs {
+                path: path.clone(),
+                source,
+            })?;
+            done.push(format!("link {}", path.display()));
+        }
+    }
+    let dir = pin_dir(instance);
+    if dir.exists() {
+        remove_pins(&dir)?;
+        done.push(format!("pins {}", dir.display()));
+    }
+    Ok(done)
 }

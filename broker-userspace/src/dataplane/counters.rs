@@ -4,10 +4,10 @@ use aya::maps::{Array, Map, MapData, PerCpuArray};
 use broker_common::{
     consts::map_names as names,
     maps::{StatPair, Tunnel, TunnelKind, TunnelState, TunnelStats},
-    stats::{DropReason, Event, PassReason, ACTION_BASE, GLOBAL_STATS_LEN},
+    stats::{DropReason, Event, PassReason, ACTION_BASE, GLOBAL_STATS_LEN, MAX_KINDS},
 };
 
-use super::{pin_dir, DataplaneError};
+use super::{maps_dir, DataplaneError};
 
 /// `GLOBAL_STATS` summed over CPUs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,8 +21,20 @@ impl GlobalCounters {
         self.slot(ACTION_BASE + action)
     }
 
+    /// Event `e` over all tunnel kinds.
     pub fn event(&self, e: Event) -> StatPair {
-        self.slot(e.slot())
+        (0..MAX_KINDS as u8).fold(StatPair::default(), |acc, k| {
+            let p = self.event_of(e, k);
+            StatPair {
+                packets: acc.packets + p.packets,
+                bytes: acc.bytes + p.bytes,
+            }
+        })
+    }
+
+    /// Event `e` for tunnels of kind `kind`.
+    pub fn event_of(&self, e: Event, kind: u8) -> StatPair {
+        self.slot(e.slot(kind))
     }
 
     pub fn dropped(&self, r: DropReason) -> StatPair {
@@ -104,7 +116,7 @@ pub struct PinnedCounters {
 
 impl PinnedCounters {
     pub fn open(instance: &str) -> Result<Self, DataplaneError> {
-        let dir = pin_dir(instance);
+        let dir = maps_dir(instance);
         let open = |name: &'static str| -> Result<Map, DataplaneError> {
             let data = MapData::from_pin(dir.join(name))
                 .map_err(|source| DataplaneError::Map { name, source })?;

@@ -4,6 +4,7 @@
 //! The maps are a projection of the tunnels the caller hands in ([`Dataplane::upsert`],
 //! [`Dataplane::remove`]); this module keeps only the slot each tunnel occupies.
 
+mod adopt;
 mod bpffs;
 mod counters;
 mod prefixes;
@@ -12,14 +13,15 @@ mod testing;
 
 pub mod aux;
 
-use std::{
-    net::Ipv4Addr,
-    path::{Path, PathBuf},
-};
+use std::{net::Ipv4Addr, path::PathBuf};
 
 use aya::{
     maps::{Array, HashMap, PerCpuArray, PerCpuValues},
-    programs::{xdp::XdpLinkId, ProgramError, Xdp, XdpMode},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+        ProgramError, Xdp, XdpMode,
+    },
     util::nr_cpus,
     Ebpf, EbpfLoader, Pod,
 };
@@ -38,7 +40,8 @@ use crate::{
     model::{Kind, State, TunnelSpec},
 };
 
-pub use bpffs::{ensure_bpffs, pin_dir};
+pub use adopt::Reconciled;
+pub use bpffs::{detach_instance, ensure_bpffs, links_dir, maps_dir, pin_dir};
 pub use counters::{GlobalCounters, PinnedCounters, TunnelCounters};
 use slots::SlotTable;
 pub use testing::TestRunOutput;
@@ -72,6 +75,12 @@ pub enum DataplaneError {
         mode: AttachMode,
         #[source]
         source: ProgramError,
+    },
+    #[error("the XDP link on {iface}")]
+    Link {
+        iface: String,
+        #[source]
+        source: aya::programs::links::LinkError,
     },
     #[error("bpffs at {path}")]
     Bpffs {
@@ -130,35 +139,36 @@ impl Options {
 /// A loaded data plane.
 pub struct Dataplane {
     ebpf: Ebpf,
-    pins: Option<PathBuf>,
+    /// The instance's pins, when pinned.
+    instance: Option<String>,
+    /// Links this process owns (unpinned data planes only: tests, benchmark).
     links: Vec<(String, XdpLinkId)>,
     slots: SlotTable,
     /// What `SETTINGS[0]` holds; written whole on every change.
     settings: Settings,
     lengths: prefixes::Lengths,
     space: prefixes::Space,
+    /// The maps were pinned by an earlier controller and taken over.
+    adopted: bool,
 }
 
 impl Dataplane {
-    /// Loads the program and creates (and optionally pins) its maps. Nothing is attached.
+    /// Loads the program. Pinned, it takes over the maps an earlier controller pinned
+    /// (their contents, counters included, stay) or creates and pins them. Nothing is
+    /// attached yet.
     pub fn load(opts: &Options) -> Result<Self> {
-        let pins = if opts.pin {
+        let maps = if opts.pin {
             ensure_bpffs()?;
-            let dir = pin_dir(&opts.instance);
-            // A previous controller that did not shut down cleanly left its pins; this
-            // version starts from an empty data plane and fills it from the config.
-            if dir.exists() {
-                info!(dir = %dir.display(), "removing stale pins");
-                bpffs::remove_pins(&dir)?;
-            }
-            std::fs::create_dir_all(&dir).map_err(|source| DataplaneError::Bpffs {
-                path: dir.clone(),
-                source,
-            })?;
+            let dir = maps_dir(&opts.instance);
+            bpffs::create_dir(&dir)?;
+            bpffs::create_dir(&links_dir(&opts.instance))?;
             Some(dir)
         } else {
             None
         };
+        let adopted = maps
+            .as_ref()
+            .is_some_and(|d| d.join(names::TUNNELS).exists());
 
         let mut loader = EbpfLoader::new();
         loader
@@ -167,7 +177,7 @@ impl Dataplane {
             .map_max_entries(names::TUNNEL_STATS, opts.max_tunnels)
             .map_max_entries(names::NEXTHOP4, opts.max_tunnels)
             .map_max_entries(names::PREFIXES, opts.max_prefixes);
-        let paths: Vec<(&str, PathBuf)> = match &pins {
+        let paths: Vec<(&str, PathBuf)> = match &maps {
             Some(dir) => names::ALL.iter().map(|n| (*n, dir.join(n))).collect(),
             None => Vec::new(),
         };
@@ -181,15 +191,9 @@ impl Dataplane {
             name: program_names::BROKER,
             source,
         })?;
-        info!(
-            program = program_names::BROKER,
-            max_tunnels = opts.max_tunnels,
-            max_prefixes = opts.max_prefixes,
-            "data plane loaded"
-        );
         let mut dp = Self {
             ebpf,
-            pins,
+            instance: opts.pin.then(|| opts.instance.clone()),
             links: Vec::new(),
             slots: SlotTable::new(opts.max_tunnels),
             settings: Settings {
@@ -199,31 +203,108 @@ impl Dataplane {
             },
             lengths: prefixes::Lengths::default(),
             space: prefixes::Space::default(),
+            adopted,
         };
+        if adopted {
+            dp.adopt(opts)?;
+        }
         dp.write_settings()?;
+        info!(
+            program = program_names::BROKER,
+            max_tunnels = opts.max_tunnels,
+            max_prefixes = opts.max_prefixes,
+            adopted,
+            tunnels = dp.slots.ids().len(),
+            "data plane loaded"
+        );
         Ok(dp)
     }
 
-    /// Attaches the program to `iface`.
+    /// Whether the maps were taken over from an earlier controller.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// Attaches the program to `iface`. Pinned, an existing link on the interface gets the
+    /// new program atomically (`BPF_LINK_UPDATE`: no packet sees no program); otherwise a
+    /// new link is made and pinned, and stays after this process exits.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<()> {
         let xdp_mode = match mode {
             AttachMode::Driver => XdpMode::Driver,
             AttachMode::Skb => XdpMode::Skb,
         };
+        let err = |source| DataplaneError::Attach {
+            iface: iface.to_string(),
+            mode,
+            source,
+        };
+        let pin = self
+            .instance
+            .as_ref()
+            .map(|i| links_dir(i).join(iface));
         let prog = xdp_program(&mut self.ebpf, program_names::BROKER)?;
-        let link = prog
-            .attach(iface, xdp_mode)
-            .map_err(|source| DataplaneError::Attach {
-                iface: iface.to_string(),
-                mode,
-                source,
+        if let Some(pin) = pin.as_ref().filter(|p| p.exists()) {
+            let pinned = PinnedLink::from_pin(pin).map_err(|e| DataplaneError::Io {
+                what: format!("opening the pinned link {}", pin.display()),
+                source: std::io::Error::other(e.to_string()),
             })?;
-        info!(iface, ?mode, "XDP attached");
-        self.links.push((iface.to_string(), link));
+            let link =
+                XdpLink::try_from(FdLink::from(pinned)).map_err(|source| DataplaneError::Link {
+                    iface: iface.to_string(),
+                    source,
+                })?;
+            prog.attach_to_link(link).map_err(err)?;
+            info!(iface, "XDP program replaced on the pinned link");
+            return Ok(());
+        }
+        let id = prog.attach(iface, xdp_mode).map_err(err)?;
+        match pin {
+            Some(pin) => {
+                let link = prog.take_link(id).map_err(err)?;
+                let fd = FdLink::try_from(link).map_err(|source| DataplaneError::Link {
+                    iface: iface.to_string(),
+                    source,
+                })?;
+                fd.pin(&pin).map_err(|e| DataplaneError::Io {
+                    what: format!("pinning the link at {}", pin.display()),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+                info!(iface, ?mode, pin = %pin.display(), "XDP attached and pinned");
+            }
+            None => {
+                info!(iface, ?mode, "XDP attached");
+                self.links.push((iface.to_string(), id));
+            }
+        }
         Ok(())
     }
 
-    /// Detaches from every interface (also done on drop).
+    /// Detaches the pinned links of interfaces not in `keep` (removed from the config) and
+    /// the map pins of other layouts (left by an older build, now unused).
+    pub fn prune(&mut self, keep: &[String]) -> Result<()> {
+        let Some(instance) = self.instance.clone() else {
+            return Ok(());
+        };
+        if let Ok(entries) = std::fs::read_dir(links_dir(&instance)) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if keep.contains(&name) {
+                    continue;
+                }
+                if let Ok(link) = PinnedLink::from_pin(e.path()) {
+                    let _ = link.unpin();
+                    info!(iface = name, "XDP detached from an interface no longer configured");
+                }
+            }
+        }
+        for dir in bpffs::other_map_dirs(&instance) {
+            info!(dir = %dir.display(), "removing the maps of another layout");
+            bpffs::remove_pins(&dir)?;
+        }
+        Ok(())
+    }
+
+    /// Detaches the links this process owns (unpinned data planes; also done on drop).
     pub fn detach_all(&mut self) {
         let links = std::mem::take(&mut self.links);
         if let Ok(prog) = xdp_program(&mut self.ebpf, program_names::BROKER) {
@@ -263,12 +344,16 @@ impl Dataplane {
     pub fn map_names(&self) -> Vec<(String, Option<PathBuf>)> {
         names::ALL
             .iter()
-            .map(|n| (n.to_string(), self.pins.as_ref().map(|d| d.join(n))))
+            .map(|n| {
+                let pin = self.instance.as_ref().map(|i| maps_dir(i).join(n));
+                (n.to_string(), pin)
+            })
             .collect()
     }
 
-    pub fn pin_path(&self) -> Option<&Path> {
-        self.pins.as_deref()
+    /// The instance's pin directory, when pinned.
+    pub fn pin_path(&self) -> Option<PathBuf> {
+        self.instance.as_deref().map(pin_dir)
     }
 
     /// Sets the PoP's IPv4 address (the local endpoint of every tunnel).
@@ -515,13 +600,9 @@ impl Dataplane {
 }
 
 impl Drop for Dataplane {
+    /// Unpinned links go with this value; pinned ones stay (that is what pins are for).
     fn drop(&mut self) {
         self.detach_all();
-        if let Some(dir) = self.pins.take() {
-            if let Err(e) = bpffs::remove_pins(&dir) {
-                tracing::warn!(dir = %dir.display(), error = %e, "removing pins failed");
-            }
-        }
     }
 }
 

@@ -33,6 +33,28 @@ impl SlotTable {
         }
     }
 
+    /// A table holding what an earlier controller left in the maps.
+    pub fn from_used(max: u32, used: Vec<(u32, Installed)>) -> Self {
+        let next = used.iter().map(|(_, i)| i.slot + 1).max().unwrap_or(0);
+        let taken: std::collections::HashSet<u32> = used.iter().map(|(_, i)| i.slot).collect();
+        // Lowest free slot last, so it is reused first.
+        let free = (0..next).rev().filter(|s| !taken.contains(s)).collect();
+        Self {
+            by_id: used.into_iter().collect(),
+            free,
+            next,
+            max,
+        }
+    }
+
+    /// The tunnel in `slot`, if any.
+    pub fn by_slot(&self, slot: u32) -> Option<(u32, &Installed)> {
+        self.by_id
+            .iter()
+            .find(|(_, i)| i.slot == slot)
+            .map(|(id, i)| (*id, i))
+    }
+
     pub fn get(&self, id: u32) -> Option<&Installed> {
         self.by_id.get(&id)
     }
@@ -103,6 +125,23 @@ mod tests {
         t.insert(9, s, EP, vec![]);
         assert_eq!(t.ids(), vec![1, 3, 9]);
         assert_eq!(t.get(9).unwrap().slot, 1);
+    }
+
+    #[test]
+    fn adopted_slots_are_kept_and_holes_reused_lowest_first() {
+        let i = |slot| Installed {
+            slot,
+            endpoint: EP,
+            prefixes: vec![],
+        };
+        let mut t = SlotTable::from_used(8, vec![(7, i(1)), (9, i(4))]);
+        assert_eq!(t.get(9).unwrap().slot, 4);
+        assert_eq!(t.by_slot(1).unwrap().0, 7);
+        for want in [0, 2, 3, 5] {
+            let s = t.allocate().unwrap();
+            assert_eq!(s, want);
+            t.insert(100 + s, s, EP, vec![]);
+        }
     }
 
     #[test]
