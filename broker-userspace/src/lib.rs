@@ -3,10 +3,14 @@
 //!
 //! One module per concern; only [`dataplane`] touches aya.
 
+pub mod api;
+pub mod broker;
 pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod failpoint;
+pub mod metrics;
 pub mod model;
 pub mod netlink;
 pub mod report;

@@ -83,7 +83,13 @@ impl Routes {
 
     /// Removes the route for `prefix`; a missing route is not an error.
     pub async fn del(&self, prefix: &Ipv6Net) -> Result<(), RouteError> {
-        match self.handle.route().del(self.message(prefix)).execute().await {
+        match self
+            .handle
+            .route()
+            .del(self.message(prefix))
+            .execute()
+            .await
+        {
             Ok(()) => Ok(()),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => Ok(()),
             Err(source) => Err(RouteError::Request {

@@ -14,8 +14,7 @@ use ipnet::Ipv6Net;
 use tracing::info;
 
 use super::{
-    prefixes, slots::Installed, to_map_value, DataplaneError, Dataplane, Options, Result,
-    SlotTable,
+    prefixes, slots::Installed, to_map_value, Dataplane, DataplaneError, Options, Result, SlotTable,
 };
 use crate::model::TunnelSpec;
 
@@ -48,12 +47,10 @@ impl Dataplane {
     /// an earlier controller left.
     pub(super) fn adopt(&mut self, opts: &Options) -> Result<()> {
         let settings: Array<_, Settings> = self.map(names::SETTINGS)?;
-        let old = settings
-            .get(&0, 0)
-            .map_err(|source| DataplaneError::Map {
-                name: names::SETTINGS,
-                source,
-            })?;
+        let old = settings.get(&0, 0).map_err(|source| DataplaneError::Map {
+            name: names::SETTINGS,
+            source,
+        })?;
         self.settings.pop_v4 = old.pop_v4;
         if opts.nexthop_cache {
             // Whatever the old process cached may predate changes nobody saw.
@@ -64,10 +61,12 @@ impl Dataplane {
         let mut used: Vec<(u32, Installed)> = Vec::new();
         let mut duplicates = Vec::new();
         for slot in 0..tunnels.len() {
-            let t = tunnels.get(&slot, 0).map_err(|source| DataplaneError::Map {
-                name: names::TUNNELS,
-                source,
-            })?;
+            let t = tunnels
+                .get(&slot, 0)
+                .map_err(|source| DataplaneError::Map {
+                    name: names::TUNNELS,
+                    source,
+                })?;
             if t.state == TunnelState::Empty as u8 {
                 continue;
             }
@@ -167,7 +166,11 @@ impl Dataplane {
                     name: names::P41_ENDPOINTS,
                     source,
                 })?;
-                if self.slots.by_slot(slot).is_none_or(|(_, i)| i.endpoint != key) {
+                if self
+                    .slots
+                    .by_slot(slot)
+                    .is_none_or(|(_, i)| i.endpoint != key)
+                {
                     stale_eps.push(key);
                 }
             }

@@ -10,7 +10,7 @@ use broker_common::{
 use super::{maps_dir, DataplaneError};
 
 /// `GLOBAL_STATS` summed over CPUs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GlobalCounters {
     slots: Vec<StatPair>,
 }
@@ -45,7 +45,8 @@ impl GlobalCounters {
         self.slot(r.slot())
     }
 
-    fn slot(&self, i: u32) -> StatPair {
+    /// Action, event, drop and pass counts, each with its label value, for exposition.
+    pub fn slot(&self, i: u32) -> StatPair {
         self.slots.get(i as usize).copied().unwrap_or_default()
     }
 

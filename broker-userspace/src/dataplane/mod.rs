@@ -43,6 +43,14 @@ use crate::{
 pub use adopt::Reconciled;
 pub use bpffs::{detach_instance, ensure_bpffs, links_dir, maps_dir, pin_dir};
 pub use counters::{GlobalCounters, PinnedCounters, TunnelCounters};
+
+/// How full a map is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapUsage {
+    pub map: &'static str,
+    pub used: u64,
+    pub capacity: u64,
+}
 use slots::SlotTable;
 pub use testing::TestRunOutput;
 
@@ -150,6 +158,8 @@ pub struct Dataplane {
     space: prefixes::Space,
     /// The maps were pinned by an earlier controller and taken over.
     adopted: bool,
+    max_tunnels: u32,
+    max_prefixes: u32,
 }
 
 impl Dataplane {
@@ -204,6 +214,8 @@ impl Dataplane {
             lengths: prefixes::Lengths::default(),
             space: prefixes::Space::default(),
             adopted,
+            max_tunnels: opts.max_tunnels,
+            max_prefixes: opts.max_prefixes,
         };
         if adopted {
             dp.adopt(opts)?;
@@ -238,10 +250,7 @@ impl Dataplane {
             mode,
             source,
         };
-        let pin = self
-            .instance
-            .as_ref()
-            .map(|i| links_dir(i).join(iface));
+        let pin = self.instance.as_ref().map(|i| links_dir(i).join(iface));
         let prog = xdp_program(&mut self.ebpf, program_names::BROKER)?;
         if let Some(pin) = pin.as_ref().filter(|p| p.exists()) {
             let pinned = PinnedLink::from_pin(pin).map_err(|e| DataplaneError::Io {
@@ -293,7 +302,10 @@ impl Dataplane {
                 }
                 if let Ok(link) = PinnedLink::from_pin(e.path()) {
                     let _ = link.unpin();
-                    info!(iface = name, "XDP detached from an interface no longer configured");
+                    info!(
+                        iface = name,
+                        "XDP detached from an interface no longer configured"
+                    );
                 }
             }
         }
@@ -507,6 +519,35 @@ impl Dataplane {
         self.slots.release(id);
         debug!(id, slot = installed.slot, "tunnel removed");
         Ok(())
+    }
+
+    /// How full the tunnel, endpoint and prefix maps are.
+    pub fn map_usage(&self) -> Vec<MapUsage> {
+        let tunnels = self.slots.ids().len() as u64;
+        let prefixes: u64 = self
+            .slots
+            .ids()
+            .iter()
+            .filter_map(|id| self.slots.get(*id))
+            .map(|i| i.prefixes.len() as u64)
+            .sum();
+        vec![
+            MapUsage {
+                map: names::TUNNELS,
+                used: tunnels,
+                capacity: u64::from(self.max_tunnels),
+            },
+            MapUsage {
+                map: names::P41_ENDPOINTS,
+                used: tunnels,
+                capacity: u64::from(self.max_tunnels),
+            },
+            MapUsage {
+                map: names::PREFIXES,
+                used: prefixes,
+                capacity: u64::from(self.max_prefixes),
+            },
+        ]
     }
 
     /// Ids of the installed tunnels.

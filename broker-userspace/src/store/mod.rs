@@ -67,6 +67,10 @@ pub struct NewTunnel {
     pub mtu: u16,
     /// Length of a routed prefix to allocate, if any.
     pub routed_length: Option<u8>,
+    /// A specific link /64 from the link pools instead of the next free one.
+    pub link_prefix: Option<Ipv6Net>,
+    /// A specific routed prefix from the routed pools (instead of `routed_length`).
+    pub routed_prefix: Option<Ipv6Net>,
 }
 
 /// Changes to a tunnel; `None` leaves a field as it is.
@@ -99,6 +103,10 @@ pub enum StoreError {
     DuplicateEndpoint { remote: Ipv4Addr, id: u32 },
     #[error("the {pool} pool has no free /{len}")]
     PoolExhausted { pool: &'static str, len: u8 },
+    #[error("{prefix} is not inside the {pool} pools")]
+    OutsidePool { pool: &'static str, prefix: Ipv6Net },
+    #[error("{prefix} overlaps a prefix in use or in quarantine")]
+    PrefixInUse { prefix: Ipv6Net },
     #[error("routed prefix length /{len} is not offered (pools.routed_lengths: {offered:?})")]
     LengthNotOffered { len: u8, offered: Vec<u8> },
     #[error("tunnel id {id} is taken by a tunnel created at run time")]
@@ -135,6 +143,9 @@ pub trait Store: Send {
     fn update_tunnel(&mut self, id: u32, change: &TunnelChange, now: u64) -> Result<TunnelRecord>;
     /// Deletes a tunnel; its allocated prefixes go into quarantine.
     fn delete_tunnel(&mut self, id: u32, now: u64) -> Result<TunnelRecord>;
+    /// Puts back a tunnel just deleted (undoing a deletion whose later steps failed),
+    /// prefixes, credentials and all.
+    fn restore_tunnel(&mut self, record: &TunnelRecord) -> Result<()>;
     /// Makes the static tunnels exactly `wanted` (declarative: missing means removed).
     fn sync_static(&mut self, wanted: &[TunnelSpec], now: u64) -> Result<StaticSync>;
 

@@ -284,6 +284,41 @@ fn allocate(
     Err(StoreError::PoolExhausted { pool: kind, len })
 }
 
+/// Records a prefix the request named: it must lie in one of `pools` and overlap nothing
+/// allocated or in quarantine.
+fn claim(
+    tx: &Transaction<'_>,
+    kind: &'static str,
+    pools: &[Ipv6Net],
+    prefix: Ipv6Net,
+) -> Result<Ipv6Net> {
+    let prefix = prefix.trunc();
+    if !pools.iter().any(|p| p.contains(&prefix)) {
+        return Err(StoreError::OutsidePool { pool: kind, prefix });
+    }
+    let (c, c_end) = (alloc::start(&prefix), alloc::end(&prefix));
+    let below: Option<i64> = tx
+        .query_row(
+            "SELECT end FROM allocations WHERE start <= ?1 ORDER BY start DESC LIMIT 1",
+            [alloc::to_sql(c_end)],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if below.is_some_and(|e| alloc::from_sql(e) >= c) {
+        return Err(StoreError::PrefixInUse { prefix });
+    }
+    tx.execute(
+        "INSERT INTO allocations (start, end, len, pool) VALUES (?1, ?2, ?3, ?4)",
+        params![
+            alloc::to_sql(c),
+            alloc::to_sql(c_end),
+            prefix.prefix_len(),
+            kind
+        ],
+    )?;
+    Ok(prefix)
+}
+
 fn assign(tx: &Transaction<'_>, prefix: &Ipv6Net, id: u32) -> Result<()> {
     tx.execute(
         "UPDATE allocations SET tunnel_id = ?1, freed_at = NULL WHERE start = ?2",
@@ -350,7 +385,11 @@ impl Store for SqliteStore {
                 id,
             });
         }
-        if let Some(len) = req.routed_length {
+        let asked_len = req
+            .routed_prefix
+            .map(|p| p.prefix_len())
+            .or(req.routed_length);
+        if let Some(len) = asked_len {
             if !pools.routed_lengths.contains(&len) {
                 return Err(StoreError::LengthNotOffered {
                     len,
@@ -366,10 +405,20 @@ impl Store for SqliteStore {
             )?;
         }
         let id = next_id(&tx)?;
-        let link = allocate(&tx, "link", &pools.link, 64)?;
-        let routed = match req.routed_length {
-            Some(len) => vec![allocate(&tx, "routed", &pools.routed, len)?],
-            None => Vec::new(),
+        let link = match req.link_prefix {
+            Some(p) if p.prefix_len() == 64 => claim(&tx, "link", &pools.link, p)?,
+            Some(p) => {
+                return Err(StoreError::OutsidePool {
+                    pool: "link",
+                    prefix: p,
+                })
+            }
+            None => allocate(&tx, "link", &pools.link, 64)?,
+        };
+        let routed = match (req.routed_prefix, req.routed_length) {
+            (Some(p), _) => vec![claim(&tx, "routed", &pools.routed, p)?],
+            (None, Some(len)) => vec![allocate(&tx, "routed", &pools.routed, len)?],
+            (None, None) => Vec::new(),
         };
         let record = TunnelRecord {
             spec: TunnelSpec {
@@ -441,6 +490,16 @@ impl Store for SqliteStore {
         )?;
         tx.commit()?;
         Ok(record)
+    }
+
+    fn restore_tunnel(&mut self, record: &TunnelRecord) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        insert_tunnel(&tx, record)?;
+        for p in record.spec.prefixes() {
+            assign(&tx, &p, record.spec.id)?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     fn sync_static(&mut self, wanted: &[TunnelSpec], now: u64) -> Result<StaticSync> {

@@ -26,6 +26,8 @@ fn new(remote: u8, routed: Option<u8>) -> NewTunnel {
         remote_v4: Ipv4Addr::new(198, 51, 100, remote),
         mtu: 1480,
         routed_length: routed,
+        link_prefix: None,
+        routed_prefix: None,
     }
 }
 
@@ -73,6 +75,61 @@ fn refuses_unknown_owner_duplicate_endpoint_and_unoffered_length() {
         .query_row("SELECT COUNT(*) FROM allocations", [], |r| r.get(0))
         .unwrap();
     assert_eq!(n, 1);
+}
+
+#[test]
+fn a_named_prefix_must_be_in_a_pool_and_free() {
+    let mut s = SqliteStore::in_memory(pools()).unwrap();
+    let req = NewTunnel {
+        link_prefix: Some(net("2001:db8:10:77::/64")),
+        routed_prefix: Some(net("2001:db8:1000:ab00::/56")),
+        ..new(1, None)
+    };
+    let t = s.create_tunnel(&req, 0).unwrap();
+    assert_eq!(t.spec.link_prefix, net("2001:db8:10:77::/64"));
+    assert_eq!(t.spec.routed_prefixes, vec![net("2001:db8:1000:ab00::/56")]);
+    let outside = NewTunnel {
+        link_prefix: Some(net("2001:db8:99::/64")),
+        ..new(2, None)
+    };
+    assert_eq!(
+        s.create_tunnel(&outside, 0).unwrap_err().to_string(),
+        "2001:db8:99::/64 is not inside the link pools"
+    );
+    let taken = NewTunnel {
+        routed_prefix: Some(net("2001:db8:1000:ab00::/48")),
+        ..new(2, None)
+    };
+    assert!(matches!(
+        s.create_tunnel(&taken, 0),
+        Err(StoreError::PrefixInUse { .. })
+    ));
+    // Allocation walks around a named prefix.
+    let named = net("2001:db8:1000:ab00::/56");
+    for remote in 3..40 {
+        let r = s
+            .create_tunnel(&new(remote, Some(48)), 0)
+            .unwrap()
+            .spec
+            .routed_prefixes[0];
+        assert!(
+            !r.contains(&named) && !named.contains(&r),
+            "{r} overlaps {named}"
+        );
+    }
+}
+
+#[test]
+fn a_deleted_tunnel_can_be_restored_exactly() {
+    let mut s = SqliteStore::in_memory(pools()).unwrap();
+    let t = s.create_tunnel(&new(1, Some(48)), 0).unwrap();
+    let gone = s.delete_tunnel(t.spec.id, 1).unwrap();
+    s.restore_tunnel(&gone).unwrap();
+    assert_eq!(s.tunnels().unwrap(), vec![t]);
+    // Its prefixes are allocated again, not in quarantine: the pool moves on.
+    let u = s.create_tunnel(&new(2, Some(48)), 500).unwrap();
+    assert_ne!(u.spec.link_prefix, gone.spec.link_prefix);
+    assert_ne!(u.spec.routed_prefixes, gone.spec.routed_prefixes);
 }
 
 #[test]
@@ -186,7 +243,7 @@ fn static_tunnels_are_declarative() {
         mtu: 1400,
         ..a.clone()
     };
-    let r = s.sync_static(&[a2.clone()], 1).unwrap();
+    let r = s.sync_static(std::slice::from_ref(&a2), 1).unwrap();
     assert_eq!(
         (r.added, r.changed, r.removed),
         (vec![], vec![10], vec![11])

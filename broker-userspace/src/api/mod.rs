@@ -1,0 +1,298 @@
+//! The HTTP interface (axum): REST for tunnels and users under `/api/v1`, the
+//! HE-compatible `/nic/update`, `/metrics`, `/healthz` and `/readyz`.
+//!
+//! Handlers are thin: authenticate, parse (errors name the field), call the broker core,
+//! render JSON. See docs/API.md for every route.
+
+mod auth;
+mod body;
+mod nic;
+pub mod tunnels;
+mod users;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
+
+use axum::{
+    extract::{MatchedPath, Request, State},
+    http::{header, HeaderMap, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+use serde_json::json;
+use tokio::sync::Mutex;
+
+use crate::{
+    broker::{Broker, BrokerError, Projection, RouteOps},
+    metrics::Metrics,
+    store::{Store, StoreError},
+};
+
+pub use auth::Caller;
+
+/// What every handler shares.
+pub struct AppState<S, P, R> {
+    pub broker: Arc<Mutex<Broker<S, P, R>>>,
+    /// The administrator's bearer token; `None` disables administration over HTTP.
+    pub admin_token: Option<Arc<str>>,
+    pub metrics: Arc<Metrics>,
+    /// Set once the data plane is reconciled and attached.
+    pub ready: Arc<AtomicBool>,
+}
+
+impl<S, P, R> Clone for AppState<S, P, R> {
+    fn clone(&self) -> Self {
+        Self {
+            broker: self.broker.clone(),
+            admin_token: self.admin_token.clone(),
+            metrics: self.metrics.clone(),
+            ready: self.ready.clone(),
+        }
+    }
+}
+
+/// The routes.
+pub fn router<S, P, R>(state: AppState<S, P, R>) -> Router
+where
+    S: Store + 'static,
+    P: Projection + 'static,
+    R: RouteOps + 'static,
+{
+    Router::new()
+        .route(
+            "/api/v1/tunnels",
+            get(tunnels::list::<S, P, R>).post(tunnels::create::<S, P, R>),
+        )
+        .route(
+            "/api/v1/tunnels/{id}",
+            get(tunnels::show::<S, P, R>)
+                .patch(tunnels::change::<S, P, R>)
+                .delete(tunnels::delete::<S, P, R>),
+        )
+        .route(
+            "/api/v1/users",
+            get(users::list::<S, P, R>).post(users::create::<S, P, R>),
+        )
+        .route(
+            "/api/v1/users/{name}",
+            get(users::show::<S, P, R>).delete(users::delete::<S, P, R>),
+        )
+        .route("/nic/update", get(tunnels::nic_update::<S, P, R>))
+        .route("/metrics", get(metrics::<S, P, R>))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz::<S, P, R>))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count::<S, P, R>,
+        ))
+        .with_state(state)
+}
+
+/// Serves `router` on `listen` until `shutdown` resolves.
+pub async fn serve(
+    listen: SocketAddr,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    tracing::info!(%listen, "API listening");
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// Counts every response by status code (`broker_api_requests_total`).
+async fn count<S, P, R>(
+    State(state): State<AppState<S, P, R>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string());
+    let res = next.run(req).await;
+    state.metrics.api_request(
+        route.as_deref().unwrap_or("unmatched"),
+        res.status().as_u16(),
+    );
+    res
+}
+
+async fn readyz<S, P, R>(State(state): State<AppState<S, P, R>>) -> Response {
+    if state.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+    }
+}
+
+async fn metrics<S, P, R>(State(state): State<AppState<S, P, R>>) -> Response
+where
+    S: Store + 'static,
+    P: Projection + 'static,
+    R: RouteOps + 'static,
+{
+    let snapshot = {
+        let b = state.broker.lock().await;
+        crate::metrics::Snapshot::take(&b, state.metrics.per_tunnel())
+    };
+    match snapshot.and_then(|s| state.metrics.encode(s)) {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => {
+            // A failed read exports nothing rather than partial counters.
+            tracing::warn!(error = %e, "metrics scrape failed");
+            ApiError::internal(e).into_response()
+        }
+    }
+}
+
+/// The caller, from the `Authorization` header.
+pub async fn authenticate<S: Store, P, R>(
+    state: &AppState<S, P, R>,
+    headers: &HeaderMap,
+) -> Result<Caller, ApiError> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(auth::parse)
+        .ok_or_else(|| ApiError::unauthorized("credentials required"))?;
+    match presented {
+        auth::Presented::Bearer(t) => match &state.admin_token {
+            Some(admin) if auth::same(&t, admin) => Ok(Caller::Admin),
+            _ => Err(ApiError::unauthorized("wrong token")),
+        },
+        auth::Presented::Basic { user, password } => {
+            let b = state.broker.lock().await;
+            match b.store.user(&user).map_err(ApiError::internal)? {
+                Some(u) if auth::same(&password, &u.password) => Ok(Caller::User(user)),
+                _ => Err(ApiError::unauthorized("wrong user or password")),
+            }
+        }
+    }
+}
+
+/// An error answer: status, message, and the field it is about.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, field: Option<String>, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            field,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(field: Option<String>, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, field, message)
+    }
+
+    pub fn unprocessable(field: Option<String>, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, field, message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, None, message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, None, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, None, message)
+    }
+
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, None, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.message });
+        if let Some(f) = &self.field {
+            body["field"] = json!(f);
+        }
+        let mut res = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Basic realm=\"broker\", Bearer"),
+            );
+        }
+        res
+    }
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(e: BrokerError) -> Self {
+        let msg = crate::broker::error_chain(&e);
+        match e {
+            BrokerError::Invalid { field, message } => {
+                Self::unprocessable(Some(field.into()), format!("{field}: {message}"))
+            }
+            BrokerError::Maps(_) | BrokerError::Routes(_) => Self::internal(msg),
+            BrokerError::Store(s) => {
+                let (status, field) = match &s {
+                    StoreError::NoSuchTunnel { .. } => (StatusCode::NOT_FOUND, None),
+                    StoreError::NoSuchUser { .. } => (StatusCode::NOT_FOUND, None),
+                    StoreError::UserExists { .. } => (StatusCode::CONFLICT, Some("name")),
+                    StoreError::UserHasTunnels { .. } => (StatusCode::CONFLICT, None),
+                    StoreError::DuplicateEndpoint { .. } => {
+                        (StatusCode::CONFLICT, Some("remote_ipv4"))
+                    }
+                    StoreError::PoolExhausted { .. } => (StatusCode::SERVICE_UNAVAILABLE, None),
+                    StoreError::LengthNotOffered { .. } => (
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        Some("routed_prefix_length"),
+                    ),
+                    StoreError::OutsidePool { pool, .. } => (
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        Some(if *pool == "link" {
+                            "link_prefix"
+                        } else {
+                            "routed_prefix"
+                        }),
+                    ),
+                    StoreError::PrefixInUse { .. } => (StatusCode::CONFLICT, None),
+                    _ => (StatusCode::INTERNAL_SERVER_ERROR, None),
+                };
+                Self::new(status, field.map(String::from), s.to_string())
+            }
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        BrokerError::Store(e).into()
+    }
+}
+
+#[cfg(test)]
+mod tests;

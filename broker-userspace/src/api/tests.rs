@@ -1,0 +1,553 @@
+//! The API in process, over a broker with an in-memory store and fake projections.
+use std::{
+    net::SocketAddr,
+    sync::{atomic::AtomicBool, Arc},
+};
+
+use axum::{
+    body::Body,
+    extract::connect_info::MockConnectInfo,
+    http::{header, Method, Request, StatusCode},
+    Router,
+};
+use base64::Engine as _;
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+use tower::ServiceExt;
+
+use super::*;
+use crate::{broker::tests::broker, metrics::Metrics};
+
+const ADMIN: &str = "admin-token-0123456789";
+
+fn app(peer: &str) -> Router {
+    let state = AppState {
+        broker: Arc::new(Mutex::new(broker())),
+        admin_token: Some(ADMIN.into()),
+        metrics: Arc::new(Metrics::new(false)),
+        ready: Arc::new(AtomicBool::new(true)),
+    };
+    router(state).layer(MockConnectInfo(peer.parse::<SocketAddr>().unwrap()))
+}
+
+enum Auth<'a> {
+    None,
+    Admin,
+    Basic(&'a str, &'a str),
+    Raw(&'a str),
+}
+
+struct Client {
+    app: Router,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Client {
+    fn new() -> Self {
+        Self::from_peer("198.51.100.77:40000")
+    }
+
+    fn from_peer(peer: &str) -> Self {
+        Self {
+            app: app(peer),
+            rt: tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap(),
+        }
+    }
+
+    fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        auth: Auth<'_>,
+        body: Option<&str>,
+    ) -> (StatusCode, String) {
+        let mut req = Request::builder().method(method).uri(uri);
+        match auth {
+            Auth::None => {}
+            Auth::Admin => req = req.header(header::AUTHORIZATION, format!("Bearer {ADMIN}")),
+            Auth::Basic(u, p) => {
+                let b = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+                req = req.header(header::AUTHORIZATION, format!("Basic {b}"));
+            }
+            Auth::Raw(v) => req = req.header(header::AUTHORIZATION, v),
+        }
+        let req = match body {
+            Some(b) => req
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(b.to_string())),
+            None => req.body(Body::empty()),
+        }
+        .unwrap();
+        self.rt.block_on(async {
+            let res = self.app.clone().oneshot(req).await.unwrap();
+            let status = res.status();
+            let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            (status, String::from_utf8_lossy(&bytes).into_owned())
+        })
+    }
+
+    fn json(
+        &self,
+        method: Method,
+        uri: &str,
+        auth: Auth<'_>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let b = body.map(|v| v.to_string());
+        let (s, text) = self.call(method, uri, auth, b.as_deref());
+        (
+            s,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Creates user `name` and returns its password.
+    fn user(&self, name: &str) -> String {
+        let (s, v) = self.json(
+            Method::POST,
+            "/api/v1/users",
+            Auth::Admin,
+            Some(json!({"name": name})),
+        );
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v["password"].as_str().unwrap().to_string()
+    }
+}
+
+fn field(v: &Value) -> Option<&str> {
+    v["field"].as_str()
+}
+
+#[test]
+fn health_and_unknown_routes() {
+    let c = Client::new();
+    assert_eq!(
+        c.call(Method::GET, "/healthz", Auth::None, None),
+        (StatusCode::OK, "ok\n".into())
+    );
+    assert_eq!(
+        c.call(Method::GET, "/readyz", Auth::None, None).0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        c.call(Method::GET, "/nope", Auth::None, None).0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[test]
+fn authentication_failures_are_401() {
+    let c = Client::new();
+    for auth in [
+        Auth::None,
+        Auth::Raw("Bearer wrong"),
+        Auth::Raw("Basic !!"),
+        Auth::Basic("nobody", "x"),
+    ] {
+        let (s, _) = c.call(Method::GET, "/api/v1/tunnels", auth, None);
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+    let pw = c.user("alice");
+    assert_eq!(
+        c.call(
+            Method::GET,
+            "/api/v1/tunnels",
+            Auth::Basic("alice", "wrong-password"),
+            None
+        )
+        .0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        c.call(
+            Method::GET,
+            "/api/v1/tunnels",
+            Auth::Basic("alice", &pw),
+            None
+        )
+        .0,
+        StatusCode::OK
+    );
+    // Users do not administer.
+    assert_eq!(
+        c.call(
+            Method::GET,
+            "/api/v1/users",
+            Auth::Basic("alice", &pw),
+            None
+        )
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        c.call(
+            Method::POST,
+            "/api/v1/users",
+            Auth::Basic("alice", &pw),
+            Some(r#"{"name":"eve"}"#)
+        )
+        .0,
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[test]
+fn users_are_created_listed_shown_and_deleted() {
+    let c = Client::new();
+    let (s, v) = c.json(
+        Method::POST,
+        "/api/v1/users",
+        Auth::Admin,
+        Some(json!({"name": "bob", "password": "correct horse"})),
+    );
+    assert_eq!(s, StatusCode::CREATED);
+    assert_eq!(v["password"], "correct horse");
+    let (s, v) = c.json(
+        Method::POST,
+        "/api/v1/users",
+        Auth::Admin,
+        Some(json!({"name": "bob"})),
+    );
+    assert_eq!((s, field(&v)), (StatusCode::CONFLICT, Some("name")));
+    let (s, v) = c.json(
+        Method::POST,
+        "/api/v1/users",
+        Auth::Admin,
+        Some(json!({"name": "b o b"})),
+    );
+    assert_eq!(
+        (s, field(&v)),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("name"))
+    );
+    let (s, v) = c.json(Method::GET, "/api/v1/users", Auth::Admin, None);
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v[0]["name"], "bob");
+    assert!(v[0].get("password").is_none(), "passwords are shown once");
+    let (s, v) = c.json(
+        Method::GET,
+        "/api/v1/users/bob",
+        Auth::Basic("bob", "correct horse"),
+        None,
+    );
+    assert_eq!((s, v["name"].as_str()), (StatusCode::OK, Some("bob")));
+    // Bob owns a tunnel: he cannot be deleted until it is gone.
+    let (s, t) = c.json(
+        Method::POST,
+        "/api/v1/tunnels",
+        Auth::Basic("bob", "correct horse"),
+        Some(json!({"remote_ipv4": "198.51.100.10"})),
+    );
+    assert_eq!(s, StatusCode::CREATED, "{t}");
+    assert_eq!(
+        c.call(Method::DELETE, "/api/v1/users/bob", Auth::Admin, None)
+            .0,
+        StatusCode::CONFLICT
+    );
+    let id = t["id"].as_u64().unwrap();
+    assert_eq!(
+        c.call(
+            Method::DELETE,
+            &format!("/api/v1/tunnels/{id}"),
+            Auth::Admin,
+            None
+        )
+        .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        c.call(Method::DELETE, "/api/v1/users/bob", Auth::Admin, None)
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        c.call(Method::GET, "/api/v1/users/bob", Auth::Admin, None)
+            .0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[test]
+fn tunnels_are_created_shown_changed_and_deleted() {
+    let c = Client::new();
+    let pw = c.user("alice");
+    let alice = || Auth::Basic("alice", &pw);
+    let (s, t) = c.json(
+        Method::POST,
+        "/api/v1/tunnels",
+        alice(),
+        Some(json!({"remote_ipv4": "198.51.100.10", "routed_prefix_length": 48, "mtu": 1400})),
+    );
+    assert_eq!(s, StatusCode::CREATED, "{t}");
+    assert_eq!(t["owner"], "alice");
+    assert_eq!(t["kind"], "proto41");
+    assert_eq!(t["state"], "up");
+    assert_eq!(t["pop_ipv4"], "192.0.2.1");
+    assert_eq!(t["link_prefix"], "2001:db8:10::/64");
+    assert_eq!(t["pop_ipv6"], "2001:db8:10::1");
+    assert_eq!(t["client_ipv6"], "2001:db8:10::2");
+    assert_eq!(t["routed_prefixes"][0], "2001:db8:1000::/48");
+    assert_eq!(t["mtu"], 1400);
+    assert_eq!(t["update_key"].as_str().unwrap().len(), 16);
+    let id = t["id"].as_u64().unwrap();
+    let uri = format!("/api/v1/tunnels/{id}");
+
+    let (s, v) = c.json(Method::GET, &uri, alice(), None);
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["counters"]["from_client_packets"], 0);
+    let (s, v) = c.json(Method::GET, "/api/v1/tunnels", alice(), None);
+    assert_eq!((s, v.as_array().unwrap().len()), (StatusCode::OK, 1));
+
+    // Another user sees nothing of it; the administrator sees it.
+    let pw2 = c.user("mallory");
+    let (_, v) = c.json(
+        Method::GET,
+        "/api/v1/tunnels",
+        Auth::Basic("mallory", &pw2),
+        None,
+    );
+    assert_eq!(v.as_array().unwrap().len(), 0);
+    assert_eq!(
+        c.call(Method::GET, &uri, Auth::Basic("mallory", &pw2), None)
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        c.call(Method::DELETE, &uri, Auth::Basic("mallory", &pw2), None)
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        c.call(Method::GET, &uri, Auth::Admin, None).0,
+        StatusCode::OK
+    );
+
+    let (s, v) = c.json(
+        Method::PATCH,
+        &uri,
+        alice(),
+        Some(json!({"remote_ipv4": "198.51.100.11", "state": "disabled", "mtu": 1280})),
+    );
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (
+            v["remote_ipv4"].as_str(),
+            v["state"].as_str(),
+            v["mtu"].as_u64()
+        ),
+        (Some("198.51.100.11"), Some("disabled"), Some(1280))
+    );
+    let (s, _) = c.json(Method::PATCH, &uri, alice(), Some(json!({})));
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+
+    assert_eq!(
+        c.call(Method::DELETE, &uri, alice(), None).0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        c.call(Method::GET, &uri, alice(), None).0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        c.call(Method::GET, "/api/v1/tunnels/x", alice(), None).0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[test]
+fn bad_input_names_the_field_and_creates_nothing() {
+    let c = Client::new();
+    let (s, _) = c.json(
+        Method::POST,
+        "/api/v1/tunnels",
+        Auth::Admin,
+        Some(json!({"remote_ipv4": "198.51.100.10"})),
+    );
+    assert_eq!(s, StatusCode::CREATED);
+    let cases: Vec<(&str, StatusCode, Option<&str>)> = vec![
+        (
+            r#"{"remote_ipv4": "198.51.100.20""#,
+            StatusCode::BAD_REQUEST,
+            None,
+        ),
+        (
+            r#"{"remote_ipv4": 42}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("remote_ipv4"),
+        ),
+        (
+            r#"{"remote_ipv4": "2001:db8::1"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("remote_ipv4"),
+        ),
+        (
+            r#"{"remote_ipv4": "198.51.100.20", "colour": "red"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("colour"),
+        ),
+        (
+            r#"{}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("remote_ipv4"),
+        ),
+        (
+            r#"{"remote_ipv4": "198.51.100.20", "mtu": 9000}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("mtu"),
+        ),
+        (
+            r#"{"remote_ipv4": "198.51.100.20", "state": "maybe"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("state"),
+        ),
+        (
+            r#"{"remote_ipv4": "198.51.100.20", "routed_prefix_length": 60}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("routed_prefix_length"),
+        ),
+        (
+            r#"{"remote_ipv4": "198.51.100.20", "link_prefix": "2001:db8:99::/64"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("link_prefix"),
+        ),
+        (
+            r#"{"remote_ipv4": "198.51.100.20", "routed_prefix": "2001:db8:99::/48"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("routed_prefix"),
+        ),
+        (
+            r#"{"remote_ipv4": "198.51.100.20", "link_prefix": "2001:db8:10::/48"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("link_prefix"),
+        ),
+        (
+            r#"{"remote_ipv4": "198.51.100.10"}"#,
+            StatusCode::CONFLICT,
+            Some("remote_ipv4"),
+        ),
+        (
+            r#"{"remote_ipv4": "192.0.2.1"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("remote_ipv4"),
+        ),
+        (
+            r#"{"remote_ipv4": "198.51.100.20", "owner": "ghost"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("owner"),
+        ),
+    ];
+    for (body, status, f) in cases {
+        let (s, text) = c.call(Method::POST, "/api/v1/tunnels", Auth::Admin, Some(body));
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!((s, field(&v)), (status, f), "{body} -> {v}");
+        assert!(!v["error"].as_str().unwrap().is_empty());
+    }
+    let (_, v) = c.json(Method::GET, "/api/v1/tunnels", Auth::Admin, None);
+    assert_eq!(v.as_array().unwrap().len(), 1, "nothing half-created: {v}");
+}
+
+#[test]
+fn nic_update_answers_like_tunnelbroker_net() {
+    let c = Client::from_peer("198.51.100.30:5555");
+    let pw = c.user("carol");
+    let (_, t) = c.json(
+        Method::POST,
+        "/api/v1/tunnels",
+        Auth::Basic("carol", &pw),
+        Some(json!({"remote_ipv4": "198.51.100.10"})),
+    );
+    let id = t["id"].as_u64().unwrap();
+    let key = t["update_key"].as_str().unwrap().to_string();
+    let nic =
+        |q: &str, auth: Auth<'_>| c.call(Method::GET, &format!("/nic/update?{q}"), auth, None);
+
+    assert_eq!(
+        nic(
+            &format!("hostname={id}&myip=198.51.100.11"),
+            Auth::Basic("carol", &key)
+        ),
+        (StatusCode::OK, "good 198.51.100.11\n".into())
+    );
+    assert_eq!(
+        nic(
+            &format!("hostname={id}&myip=198.51.100.11"),
+            Auth::Basic("carol", &key)
+        ),
+        (StatusCode::OK, "nochg 198.51.100.11\n".into())
+    );
+    // myip defaults to the address the request came from.
+    assert_eq!(
+        nic(&format!("hostname={id}"), Auth::Basic("carol", &key)),
+        (StatusCode::OK, "good 198.51.100.30\n".into())
+    );
+    // Credentials as query parameters.
+    assert_eq!(
+        nic(
+            &format!("hostname={id}&myip=198.51.100.12&username=carol&password={key}"),
+            Auth::None
+        ),
+        (StatusCode::OK, "good 198.51.100.12\n".into())
+    );
+    assert_eq!(
+        nic(&format!("hostname={id}"), Auth::Basic("carol", "wrong")),
+        (StatusCode::UNAUTHORIZED, "badauth\n".into())
+    );
+    assert_eq!(
+        nic(&format!("hostname={id}"), Auth::Basic("mallory", &key)),
+        (StatusCode::UNAUTHORIZED, "badauth\n".into())
+    );
+    assert_eq!(
+        nic(&format!("hostname={id}"), Auth::None),
+        (StatusCode::UNAUTHORIZED, "badauth\n".into())
+    );
+    assert_eq!(
+        nic("hostname=999", Auth::Basic("carol", &key)),
+        (StatusCode::OK, "nohost\n".into())
+    );
+    assert_eq!(
+        nic("myip=198.51.100.12", Auth::Basic("carol", &key)),
+        (StatusCode::OK, "notfqdn\n".into())
+    );
+    let (s, body) = nic(
+        &format!("hostname={id}&myip=2001:db8::1"),
+        Auth::Basic("carol", &key),
+    );
+    assert_eq!(s, StatusCode::OK);
+    assert!(body.starts_with("-ERROR: "), "{body}");
+    // The account password is not the update key.
+    assert_eq!(
+        nic(&format!("hostname={id}"), Auth::Basic("carol", &pw)).1,
+        "badauth\n"
+    );
+    let (_, v) = c.json(
+        Method::GET,
+        &format!("/api/v1/tunnels/{id}"),
+        Auth::Admin,
+        None,
+    );
+    assert_eq!(v["remote_ipv4"], "198.51.100.12");
+}
+
+#[test]
+fn metrics_are_exposed() {
+    let c = Client::new();
+    c.call(Method::GET, "/healthz", Auth::None, None);
+    let (s, text) = c.call(Method::GET, "/metrics", Auth::None, None);
+    assert_eq!(s, StatusCode::OK);
+    for name in [
+        "broker_traffic_packets_total{direction=\"from_client\",kind=\"proto41\"} 0",
+        "broker_drops_total{reason=\"spoofed_source\"} 0",
+        "broker_restarts_adopted_total 0",
+        "broker_api_requests_total{route=\"/healthz\",code=\"200\"} 1",
+    ] {
+        assert!(text.contains(name), "{name} missing in\n{text}");
+    }
+    assert!(!text.contains("# EOF"));
+    assert!(
+        !text.contains("broker_tunnel_packets_total"),
+        "no per-tunnel series unless asked"
+    );
+}

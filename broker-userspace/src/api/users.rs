@@ -1,0 +1,109 @@
+//! `/api/v1/users`: administered by the administrator; a user may read their own entry.
+use axum::{
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{authenticate, body::Body, ApiError, AppState, Caller};
+use crate::{
+    broker::{Projection, RouteOps},
+    store::{Store, UserRecord},
+};
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UserOut {
+    pub name: String,
+    pub created_at: u64,
+    /// Shown once, when the user is created.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    pub tunnels: Vec<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateIn {
+    name: String,
+    /// Generated when absent.
+    #[serde(default)]
+    password: Option<String>,
+}
+
+fn out(u: &UserRecord, tunnels: Vec<u32>, password: bool) -> UserOut {
+    UserOut {
+        name: u.name.clone(),
+        created_at: u.created_at,
+        password: password.then(|| u.password.clone()),
+        tunnels,
+    }
+}
+
+fn admin(caller: &Caller) -> Result<(), ApiError> {
+    match caller {
+        Caller::Admin => Ok(()),
+        Caller::User(_) => Err(ApiError::forbidden("administrator only")),
+    }
+}
+
+fn owned<S: Store>(store: &S, name: &str) -> Result<Vec<u32>, ApiError> {
+    Ok(store
+        .tunnels()?
+        .iter()
+        .filter(|t| t.owner.as_deref() == Some(name))
+        .map(|t| t.spec.id)
+        .collect())
+}
+
+pub async fn list<S: Store, P: Projection, R: RouteOps>(
+    State(state): State<AppState<S, P, R>>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<UserOut>>, ApiError> {
+    admin(&authenticate(&state, &headers).await?)?;
+    let b = state.broker.lock().await;
+    let mut all = Vec::new();
+    for u in b.store.users()? {
+        all.push(out(&u, owned(&b.store, &u.name)?, false));
+    }
+    Ok(Json(all))
+}
+
+pub async fn show<S: Store, P: Projection, R: RouteOps>(
+    State(state): State<AppState<S, P, R>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<UserOut>, ApiError> {
+    let caller = authenticate(&state, &headers).await?;
+    if caller != Caller::Admin && caller != Caller::User(name.clone()) {
+        return Err(ApiError::not_found(format!("no user {name:?}")));
+    }
+    let b = state.broker.lock().await;
+    let u = b
+        .store
+        .user(&name)?
+        .ok_or_else(|| ApiError::not_found(format!("no user {name:?}")))?;
+    Ok(Json(out(&u, owned(&b.store, &name)?, false)))
+}
+
+pub async fn create<S: Store, P: Projection, R: RouteOps>(
+    State(state): State<AppState<S, P, R>>,
+    headers: HeaderMap,
+    Body(req): Body<CreateIn>,
+) -> Result<Response, ApiError> {
+    admin(&authenticate(&state, &headers).await?)?;
+    let mut b = state.broker.lock().await;
+    let u = b.create_user(&req.name, req.password.as_deref())?;
+    Ok((StatusCode::CREATED, Json(out(&u, Vec::new(), true))).into_response())
+}
+
+pub async fn delete<S: Store, P: Projection, R: RouteOps>(
+    State(state): State<AppState<S, P, R>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    admin(&authenticate(&state, &headers).await?)?;
+    state.broker.lock().await.delete_user(&name)?;
+    Ok(StatusCode::NO_CONTENT)
+}

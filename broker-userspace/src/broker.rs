@@ -1,0 +1,328 @@
+//! The one place that changes a tunnel. Every change goes store, then maps, then routes,
+//! and is undone when a later step fails; a controller killed between steps leaves a
+//! store that [`Broker::reconcile`] makes the maps and routes match at the next start.
+use std::{collections::BTreeSet, net::Ipv4Addr};
+
+use ipnet::Ipv6Net;
+use tracing::{error, info};
+
+use broker_common::maps::TunnelStats;
+
+use crate::{
+    dataplane::{Dataplane, GlobalCounters, MapUsage, Reconciled},
+    failpoint::failpoint,
+    model::TunnelSpec,
+    routes::Routes,
+    store::{
+        self, NewTunnel, StaticSync, Store, StoreError, TunnelChange, TunnelRecord, UserRecord,
+    },
+};
+
+/// The data plane as the broker core drives it.
+pub trait Projection: Send {
+    fn install(&mut self, spec: &TunnelSpec, pop: Ipv4Addr) -> Result<(), String>;
+    fn uninstall(&mut self, id: u32) -> Result<(), String>;
+    fn reconcile(&mut self, specs: &[TunnelSpec], pop: Ipv4Addr) -> Result<Reconciled, String>;
+    /// One tunnel's counters, if it is installed.
+    fn counters(&self, id: u32) -> Option<TunnelStats>;
+    /// Every installed tunnel's counters (one map read each).
+    fn all_counters(&self) -> Result<Vec<(u32, TunnelStats)>, String>;
+    fn global_counters(&self) -> Result<GlobalCounters, String>;
+    /// Entries used and capacity per map.
+    fn map_usage(&self) -> Vec<MapUsage>;
+}
+
+impl Projection for Dataplane {
+    fn install(&mut self, spec: &TunnelSpec, pop: Ipv4Addr) -> Result<(), String> {
+        self.upsert(spec, pop).map_err(|e| error_chain(&e))
+    }
+
+    fn uninstall(&mut self, id: u32) -> Result<(), String> {
+        self.remove(id).map_err(|e| error_chain(&e))
+    }
+
+    fn reconcile(&mut self, specs: &[TunnelSpec], pop: Ipv4Addr) -> Result<Reconciled, String> {
+        Dataplane::reconcile(self, specs, pop).map_err(|e| error_chain(&e))
+    }
+
+    fn counters(&self, id: u32) -> Option<TunnelStats> {
+        self.tunnel_counters(id).ok().flatten()
+    }
+
+    fn all_counters(&self) -> Result<Vec<(u32, TunnelStats)>, String> {
+        self.tunnel_ids()
+            .into_iter()
+            .map(|id| {
+                self.tunnel_counters(id)
+                    .map(|c| (id, c.unwrap_or_default()))
+                    .map_err(|e| error_chain(&e))
+            })
+            .collect()
+    }
+
+    fn global_counters(&self) -> Result<GlobalCounters, String> {
+        Dataplane::global_counters(self).map_err(|e| error_chain(&e))
+    }
+
+    fn map_usage(&self) -> Vec<MapUsage> {
+        Dataplane::map_usage(self)
+    }
+}
+
+/// The kernel's routes as the broker core drives them.
+pub trait RouteOps: Send + Sync {
+    fn add(&self, p: &Ipv6Net) -> impl std::future::Future<Output = Result<(), String>> + Send;
+    fn del(&self, p: &Ipv6Net) -> impl std::future::Future<Output = Result<(), String>> + Send;
+    fn reconcile(
+        &self,
+        wanted: &BTreeSet<Ipv6Net>,
+    ) -> impl std::future::Future<Output = Result<(usize, usize), String>> + Send;
+}
+
+impl RouteOps for Routes {
+    async fn add(&self, p: &Ipv6Net) -> Result<(), String> {
+        Routes::add(self, p).await.map_err(|e| error_chain(&e))
+    }
+
+    async fn del(&self, p: &Ipv6Net) -> Result<(), String> {
+        Routes::del(self, p).await.map_err(|e| error_chain(&e))
+    }
+
+    async fn reconcile(&self, wanted: &BTreeSet<Ipv6Net>) -> Result<(usize, usize), String> {
+        Routes::reconcile(self, wanted)
+            .await
+            .map_err(|e| error_chain(&e))
+    }
+}
+
+/// `routes.enabled: false`.
+pub struct NoRoutes;
+
+impl RouteOps for NoRoutes {
+    async fn add(&self, _: &Ipv6Net) -> Result<(), String> {
+        Ok(())
+    }
+
+    async fn del(&self, _: &Ipv6Net) -> Result<(), String> {
+        Ok(())
+    }
+
+    async fn reconcile(&self, _: &BTreeSet<Ipv6Net>) -> Result<(usize, usize), String> {
+        Ok((0, 0))
+    }
+}
+
+/// An error with its causes, for messages that cross a process boundary.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A request field fails a rule the store does not know (addresses, ranges).
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    #[error("writing the data plane failed (the change was undone): {0}")]
+    Maps(String),
+    #[error("writing the routes failed (the change was undone): {0}")]
+    Routes(String),
+}
+
+pub type Result<T, E = BrokerError> = std::result::Result<T, E>;
+
+/// The broker core: store, data plane projection and routes, changed together.
+pub struct Broker<S, P, R> {
+    pub store: S,
+    pub maps: P,
+    pub routes: R,
+    pub pop: Ipv4Addr,
+}
+
+impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
+    /// Makes maps and routes match the store (at start, after a reload).
+    pub async fn reconcile(&mut self) -> Result<Reconciled> {
+        let tunnels = self.store.tunnels()?;
+        let specs: Vec<TunnelSpec> = tunnels.iter().map(|t| t.spec.clone()).collect();
+        let r = self
+            .maps
+            .reconcile(&specs, self.pop)
+            .map_err(BrokerError::Maps)?;
+        let wanted: BTreeSet<Ipv6Net> = specs.iter().flat_map(|s| s.prefixes()).collect();
+        let (added, removed) = self
+            .routes
+            .reconcile(&wanted)
+            .await
+            .map_err(BrokerError::Routes)?;
+        if added + removed > 0 {
+            info!(added, removed, "routes reconciled with the store");
+        }
+        Ok(r)
+    }
+
+    /// Reconciles the static tunnels of the config into the store, then the projections.
+    pub async fn sync_static(&mut self, wanted: &[TunnelSpec]) -> Result<StaticSync> {
+        let report = self.store.sync_static(wanted, store::now())?;
+        self.reconcile().await?;
+        Ok(report)
+    }
+
+    pub async fn create_tunnel(&mut self, req: &NewTunnel) -> Result<TunnelRecord> {
+        if req.remote_v4 == self.pop {
+            return Err(BrokerError::Invalid {
+                field: "remote_ipv4",
+                message: format!("{} is the PoP's own address", req.remote_v4),
+            });
+        }
+        let record = self.store.create_tunnel(req, store::now())?;
+        let id = record.spec.id;
+        failpoint("create:after_store");
+        if let Err(e) = self.maps.install(&record.spec, self.pop) {
+            self.undo_create(id, false, &[]).await;
+            return Err(BrokerError::Maps(e));
+        }
+        failpoint("create:after_maps");
+        let mut added = Vec::new();
+        for p in record.spec.prefixes() {
+            if let Err(e) = self.routes.add(&p).await {
+                self.undo_create(id, true, &added).await;
+                return Err(BrokerError::Routes(e));
+            }
+            added.push(p);
+        }
+        failpoint("create:after_routes");
+        info!(id, remote = %record.spec.remote_v4, link = %record.spec.link_prefix, "tunnel created");
+        Ok(record)
+    }
+
+    async fn undo_create(&mut self, id: u32, installed: bool, routes: &[Ipv6Net]) {
+        for p in routes {
+            if let Err(e) = self.routes.del(p).await {
+                error!(id, prefix = %p, error = e, "undo: removing the route failed");
+            }
+        }
+        if installed {
+            if let Err(e) = self.maps.uninstall(id) {
+                error!(
+                    id,
+                    error = e,
+                    "undo: removing the tunnel from the maps failed"
+                );
+            }
+        }
+        if let Err(e) = self.store.delete_tunnel(id, store::now()) {
+            error!(id, error = %e, "undo: removing the tunnel from the store failed");
+        }
+    }
+
+    /// Changes endpoint, state or MTU. Prefixes never change, so routes stay as they are.
+    pub async fn update_tunnel(&mut self, id: u32, change: &TunnelChange) -> Result<TunnelRecord> {
+        if change.remote_v4 == Some(self.pop) {
+            return Err(BrokerError::Invalid {
+                field: "remote_ipv4",
+                message: format!("{} is the PoP's own address", self.pop),
+            });
+        }
+        let before = self
+            .store
+            .tunnel(id)?
+            .ok_or(StoreError::NoSuchTunnel { id })?;
+        let record = self.store.update_tunnel(id, change, store::now())?;
+        failpoint("update:after_store");
+        if let Err(e) = self.maps.install(&record.spec, self.pop) {
+            let undo = TunnelChange {
+                remote_v4: Some(before.spec.remote_v4),
+                state: Some(before.spec.state),
+                mtu: Some(before.spec.mtu),
+            };
+            if let Err(u) = self.store.update_tunnel(id, &undo, before.updated_at) {
+                error!(id, error = %u, "undo: restoring the tunnel in the store failed");
+            }
+            return Err(BrokerError::Maps(e));
+        }
+        info!(id, remote = %record.spec.remote_v4, state = ?record.spec.state, mtu = record.spec.mtu, "tunnel changed");
+        Ok(record)
+    }
+
+    pub async fn delete_tunnel(&mut self, id: u32) -> Result<TunnelRecord> {
+        let record = self.store.delete_tunnel(id, store::now())?;
+        failpoint("delete:after_store");
+        if let Err(e) = self.maps.uninstall(id) {
+            self.undo_delete(&record, false).await;
+            return Err(BrokerError::Maps(e));
+        }
+        failpoint("delete:after_maps");
+        for p in record.spec.prefixes() {
+            if let Err(e) = self.routes.del(&p).await {
+                self.undo_delete(&record, true).await;
+                return Err(BrokerError::Routes(e));
+            }
+        }
+        failpoint("delete:after_routes");
+        info!(id, "tunnel deleted");
+        Ok(record)
+    }
+
+    async fn undo_delete(&mut self, record: &TunnelRecord, uninstalled: bool) {
+        let id = record.spec.id;
+        if let Err(e) = self.store.restore_tunnel(record) {
+            error!(id, error = %e, "undo: restoring the tunnel in the store failed");
+            return;
+        }
+        if uninstalled {
+            if let Err(e) = self.maps.install(&record.spec, self.pop) {
+                error!(id, error = e, "undo: reinstalling the tunnel failed");
+            }
+        }
+        for p in record.spec.prefixes() {
+            if let Err(e) = self.routes.add(&p).await {
+                error!(id, prefix = %p, error = e, "undo: restoring the route failed");
+            }
+        }
+    }
+
+    pub fn create_user(&mut self, name: &str, password: Option<&str>) -> Result<UserRecord> {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b));
+        if !valid {
+            return Err(BrokerError::Invalid {
+                field: "name",
+                message: format!(
+                    "{name:?} must be 1-64 characters of a-z, A-Z, 0-9, '-', '_', '.', '@'"
+                ),
+            });
+        }
+        let password = match password {
+            Some(p) if p.len() < 8 => {
+                return Err(BrokerError::Invalid {
+                    field: "password",
+                    message: "shorter than 8 characters".into(),
+                })
+            }
+            Some(p) => p.to_string(),
+            None => store::random_token(16),
+        };
+        Ok(self.store.create_user(name, &password, store::now())?)
+    }
+
+    pub fn delete_user(&mut self, name: &str) -> Result<()> {
+        Ok(self.store.delete_user(name)?)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,214 @@
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Mutex,
+};
+
+use super::*;
+use crate::{
+    model::{Kind, State},
+    store::{PoolSet, SqliteStore},
+};
+
+#[derive(Default)]
+pub(crate) struct FakeMaps {
+    installed: BTreeMap<u32, TunnelSpec>,
+    fail: bool,
+}
+
+impl Projection for FakeMaps {
+    fn install(&mut self, spec: &TunnelSpec, _: Ipv4Addr) -> Result<(), String> {
+        if self.fail {
+            return Err("maps broken".into());
+        }
+        self.installed.insert(spec.id, spec.clone());
+        Ok(())
+    }
+
+    fn uninstall(&mut self, id: u32) -> Result<(), String> {
+        if self.fail {
+            return Err("maps broken".into());
+        }
+        self.installed.remove(&id);
+        Ok(())
+    }
+
+    fn reconcile(&mut self, specs: &[TunnelSpec], _: Ipv4Addr) -> Result<Reconciled, String> {
+        self.installed = specs.iter().map(|s| (s.id, s.clone())).collect();
+        Ok(Reconciled::default())
+    }
+
+    fn counters(&self, id: u32) -> Option<TunnelStats> {
+        self.installed.contains_key(&id).then(TunnelStats::default)
+    }
+
+    fn all_counters(&self) -> Result<Vec<(u32, TunnelStats)>, String> {
+        Ok(self
+            .installed
+            .keys()
+            .map(|id| (*id, TunnelStats::default()))
+            .collect())
+    }
+
+    fn global_counters(&self) -> Result<crate::dataplane::GlobalCounters, String> {
+        Ok(crate::dataplane::GlobalCounters::default())
+    }
+
+    fn map_usage(&self) -> Vec<crate::dataplane::MapUsage> {
+        Vec::new()
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct FakeRoutes {
+    routes: Mutex<BTreeSet<Ipv6Net>>,
+    fail_add: bool,
+    fail_del: bool,
+}
+
+impl RouteOps for FakeRoutes {
+    async fn add(&self, p: &Ipv6Net) -> Result<(), String> {
+        if self.fail_add {
+            return Err("routes broken".into());
+        }
+        self.routes.lock().unwrap().insert(*p);
+        Ok(())
+    }
+
+    async fn del(&self, p: &Ipv6Net) -> Result<(), String> {
+        if self.fail_del {
+            return Err("routes broken".into());
+        }
+        self.routes.lock().unwrap().remove(p);
+        Ok(())
+    }
+
+    async fn reconcile(&self, wanted: &BTreeSet<Ipv6Net>) -> Result<(usize, usize), String> {
+        *self.routes.lock().unwrap() = wanted.clone();
+        Ok((0, 0))
+    }
+}
+
+pub(crate) fn broker() -> Broker<SqliteStore, FakeMaps, FakeRoutes> {
+    let pools = PoolSet {
+        link: vec!["2001:db8:10::/48".parse().unwrap()],
+        routed: vec!["2001:db8:1000::/40".parse().unwrap()],
+        routed_lengths: vec![48, 56],
+        quarantine_secs: 0,
+    };
+    Broker {
+        store: SqliteStore::in_memory(pools).unwrap(),
+        maps: FakeMaps::default(),
+        routes: FakeRoutes::default(),
+        pop: Ipv4Addr::new(192, 0, 2, 1),
+    }
+}
+
+fn req(remote: u8) -> NewTunnel {
+    NewTunnel {
+        owner: None,
+        kind: Kind::Proto41,
+        state: State::Up,
+        remote_v4: Ipv4Addr::new(198, 51, 100, remote),
+        mtu: 1480,
+        routed_length: Some(48),
+        link_prefix: None,
+        routed_prefix: None,
+    }
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+#[test]
+fn a_created_tunnel_is_in_store_maps_and_routes() {
+    let mut b = broker();
+    let t = block_on(b.create_tunnel(&req(1))).unwrap();
+    assert_eq!(b.store.tunnels().unwrap(), vec![t.clone()]);
+    assert_eq!(b.maps.installed[&t.spec.id], t.spec);
+    let routes = b.routes.routes.lock().unwrap().clone();
+    assert_eq!(routes, t.spec.prefixes().collect());
+}
+
+#[test]
+fn a_failing_later_step_undoes_the_creation() {
+    let mut b = broker();
+    b.maps.fail = true;
+    assert!(matches!(
+        block_on(b.create_tunnel(&req(1))),
+        Err(BrokerError::Maps(_))
+    ));
+    assert!(b.store.tunnels().unwrap().is_empty());
+
+    let mut b = broker();
+    b.routes.fail_add = true;
+    assert!(matches!(
+        block_on(b.create_tunnel(&req(1))),
+        Err(BrokerError::Routes(_))
+    ));
+    assert!(b.store.tunnels().unwrap().is_empty());
+    assert!(b.maps.installed.is_empty());
+}
+
+#[test]
+fn a_failing_later_step_undoes_the_deletion() {
+    let mut b = broker();
+    let t = block_on(b.create_tunnel(&req(1))).unwrap();
+    b.routes.fail_del = true;
+    assert!(matches!(
+        block_on(b.delete_tunnel(t.spec.id)),
+        Err(BrokerError::Routes(_))
+    ));
+    assert_eq!(b.store.tunnels().unwrap(), vec![t.clone()]);
+    assert_eq!(b.maps.installed[&t.spec.id], t.spec);
+    b.routes.fail_del = false;
+    block_on(b.delete_tunnel(t.spec.id)).unwrap();
+    assert!(b.store.tunnels().unwrap().is_empty());
+    assert!(b.maps.installed.is_empty());
+    assert!(b.routes.routes.lock().unwrap().is_empty());
+}
+
+#[test]
+fn a_failing_update_leaves_the_store_as_it_was() {
+    let mut b = broker();
+    let t = block_on(b.create_tunnel(&req(1))).unwrap();
+    b.maps.fail = true;
+    let change = TunnelChange {
+        mtu: Some(1280),
+        ..Default::default()
+    };
+    assert!(block_on(b.update_tunnel(t.spec.id, &change)).is_err());
+    assert_eq!(b.store.tunnel(t.spec.id).unwrap().unwrap().spec, t.spec);
+}
+
+#[test]
+fn the_pop_address_is_not_an_endpoint() {
+    let mut b = broker();
+    let mut r = req(1);
+    r.remote_v4 = b.pop;
+    let e = block_on(b.create_tunnel(&r)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "remote_ipv4: 192.0.2.1 is the PoP's own address"
+    );
+}
+
+#[test]
+fn user_names_and_passwords_are_checked() {
+    let mut b = broker();
+    assert!(b.create_user("alice", None).unwrap().password.len() >= 16);
+    assert!(matches!(
+        b.create_user("bad name", None),
+        Err(BrokerError::Invalid { field: "name", .. })
+    ));
+    assert!(matches!(
+        b.create_user("bob", Some("short")),
+        Err(BrokerError::Invalid {
+            field: "password",
+            ..
+        })
+    ));
+}

@@ -1,0 +1,403 @@
+//! `/metrics` in the Prometheus text format (prometheus-client), built at scrape time from
+//! the data plane's per-CPU counters (summed), as Cilium's metricsmap collector does: no
+//! poller, no cached state, and a failed read exports nothing rather than half.
+//!
+//! Names start with `broker_`, counters end in `_total` (the encoder appends it), units
+//! are in the names. Per-tunnel series only when `metrics.per_tunnel` is set: 100 000
+//! tunnels would otherwise make 500 000 series. Per-tunnel counters are always in the API.
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use broker_common::{
+    maps::{TunnelKind, TunnelStats},
+    stats::{DropReason, Event, PassReason, ACTIONS, MAX_KINDS},
+};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, counter::Counter, family::Family, gauge::ConstGauge},
+    registry::{Registry, Unit},
+};
+
+use crate::{
+    api::tunnels::{kind_name, state_name},
+    broker::{Broker, Projection, RouteOps},
+    dataplane::{GlobalCounters, MapUsage},
+    store::Store,
+};
+
+type Labels = Vec<(&'static str, String)>;
+
+/// The metrics the process keeps itself (API requests); everything else is read at scrape.
+#[derive(Debug)]
+pub struct Metrics {
+    per_tunnel: bool,
+    api: Family<Labels, Counter>,
+}
+
+impl Metrics {
+    pub fn new(per_tunnel: bool) -> Self {
+        Self {
+            per_tunnel,
+            api: Family::default(),
+        }
+    }
+
+    pub fn per_tunnel(&self) -> bool {
+        self.per_tunnel
+    }
+
+    /// Counts one API response.
+    pub fn api_request(&self, route: &str, code: u16) {
+        self.api
+            .get_or_create(&vec![
+                ("route", route.to_string()),
+                ("code", code.to_string()),
+            ])
+            .inc();
+    }
+
+    /// The exposition of `snapshot` and the API counters.
+    pub fn encode(&self, snapshot: Snapshot) -> Result<String, String> {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(snapshot));
+        registry.register(
+            "broker_api_requests",
+            "HTTP API responses by route and status code",
+            self.api.clone(),
+        );
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .map_err(|e| e.to_string())?;
+        Ok(to_prometheus_text(&out))
+    }
+}
+
+/// Everything a scrape reports, read in one go.
+#[derive(Debug)]
+pub struct Snapshot {
+    global: GlobalCounters,
+    tunnels: BTreeMap<(&'static str, &'static str), u64>,
+    maps: Vec<MapUsage>,
+    adoptions: u64,
+    per_tunnel: Vec<(u32, TunnelStats)>,
+}
+
+impl Snapshot {
+    pub fn take<S: Store, P: Projection, R: RouteOps>(
+        b: &Broker<S, P, R>,
+        per_tunnel: bool,
+    ) -> Result<Self, String> {
+        let mut tunnels = BTreeMap::new();
+        for t in b.store.tunnels().map_err(|e| e.to_string())? {
+            *tunnels
+                .entry((kind_name(t.spec.kind), state_name(t.spec.state)))
+                .or_insert(0) += 1;
+        }
+        Ok(Self {
+            global: b.maps.global_counters()?,
+            tunnels,
+            maps: b.maps.map_usage(),
+            adoptions: b.store.counter("adoptions").map_err(|e| e.to_string())?,
+            per_tunnel: if per_tunnel {
+                b.maps.all_counters()?
+            } else {
+                Vec::new()
+            },
+        })
+    }
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    series: &[(Labels, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        name,
+        help,
+        unit,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    for (labels, v) in series {
+        if labels.is_empty() {
+            ConstCounter::new(*v).encode(family)?;
+            break;
+        }
+        ConstCounter::new(*v).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(Labels, i64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Gauge,
+    )?;
+    for (labels, v) in series {
+        ConstGauge::new(*v).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+/// The tunnel kinds that exist, with their label value.
+fn kinds() -> impl Iterator<Item = (u8, &'static str)> {
+    (0..MAX_KINDS as u8).filter_map(|k| TunnelKind::from_u8(k).map(|t| (k, t.as_str())))
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let g = &self.global;
+        let mut packets = Vec::new();
+        let mut bytes = Vec::new();
+        for (k, kind) in kinds() {
+            for (event, direction) in [(Event::Decap, "from_client"), (Event::Encap, "to_client")] {
+                let p = g.event_of(event, k);
+                let labels = vec![
+                    ("direction", direction.to_string()),
+                    ("kind", kind.to_string()),
+                ];
+                packets.push((labels.clone(), p.packets));
+                bytes.push((labels, p.bytes));
+            }
+        }
+        counter(
+            &mut e,
+            "broker_traffic_packets",
+            "Packets forwarded through tunnels, by direction and tunnel kind",
+            None,
+            &packets,
+        )?;
+        counter(
+            &mut e,
+            "broker_traffic",
+            "Inner IPv6 bytes forwarded through tunnels, by direction and tunnel kind",
+            Some(&Unit::Bytes),
+            &bytes,
+        )?;
+
+        let mut events = Vec::new();
+        for (k, kind) in kinds() {
+            for ev in Event::ALL {
+                events.push((
+                    vec![
+                        ("event", ev.as_str().to_string()),
+                        ("kind", kind.to_string()),
+                    ],
+                    g.event_of(*ev, k).packets,
+                ));
+            }
+        }
+        counter(&mut e, "broker_events", "Things the data plane did: decapsulations, encapsulations, echo replies, Packet Too Big", None, &events)?;
+
+        let actions: Vec<(Labels, u64)> = ACTIONS
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (vec![("action", a.to_string())], g.action(i as u32).packets))
+            .collect();
+        counter(
+            &mut e,
+            "broker_xdp_actions",
+            "Packets by the XDP action the program returned",
+            None,
+            &actions,
+        )?;
+
+        let drops: Vec<(Labels, u64)> = DropReason::ALL
+            .iter()
+            .map(|r| {
+                (
+                    vec![("reason", r.as_str().to_string())],
+                    g.dropped(*r).packets,
+                )
+            })
+            .collect();
+        let drop_bytes: Vec<(Labels, u64)> = DropReason::ALL
+            .iter()
+            .map(|r| {
+                (
+                    vec![("reason", r.as_str().to_string())],
+                    g.dropped(*r).bytes,
+                )
+            })
+            .collect();
+        counter(
+            &mut e,
+            "broker_drops",
+            "Packets dropped, by reason (docs/ARCHITECTURE.md)",
+            None,
+            &drops,
+        )?;
+        counter(
+            &mut e,
+            "broker_drop",
+            "Bytes of dropped frames, by reason",
+            Some(&Unit::Bytes),
+            &drop_bytes,
+        )?;
+
+        let passes: Vec<(Labels, u64)> = PassReason::ALL
+            .iter()
+            .map(|r| {
+                (
+                    vec![("reason", r.as_str().to_string())],
+                    g.passed(*r).packets,
+                )
+            })
+            .collect();
+        counter(
+            &mut e,
+            "broker_passes",
+            "Packets handed to the kernel, by reason",
+            None,
+            &passes,
+        )?;
+
+        let tunnels: Vec<(Labels, i64)> = self
+            .tunnels
+            .iter()
+            .map(|((k, s), n)| {
+                (
+                    vec![("kind", k.to_string()), ("state", s.to_string())],
+                    *n as i64,
+                )
+            })
+            .collect();
+        gauge(
+            &mut e,
+            "broker_tunnels",
+            "Tunnels in the store, by kind and state",
+            &tunnels,
+        )?;
+
+        let used: Vec<(Labels, i64)> = self
+            .maps
+            .iter()
+            .map(|m| (vec![("map", m.map.to_string())], m.used as i64))
+            .collect();
+        let capacity: Vec<(Labels, i64)> = self
+            .maps
+            .iter()
+            .map(|m| (vec![("map", m.map.to_string())], m.capacity as i64))
+            .collect();
+        gauge(
+            &mut e,
+            "broker_map_entries",
+            "Entries used in the data plane's maps",
+            &used,
+        )?;
+        gauge(
+            &mut e,
+            "broker_map_capacity_entries",
+            "Capacity of the data plane's maps",
+            &capacity,
+        )?;
+
+        counter(
+            &mut e,
+            "broker_restarts_adopted",
+            "Controller starts that took over a running data plane",
+            None,
+            &[(Vec::new(), self.adoptions)],
+        )?;
+
+        if !self.per_tunnel.is_empty() {
+            let mut p = Vec::new();
+            let mut b = Vec::new();
+            let mut d = Vec::new();
+            for (id, s) in &self.per_tunnel {
+                let t = id.to_string();
+                for (dir, pk, by) in [
+                    ("from_client", s.from_client_packets, s.from_client_bytes),
+                    ("to_client", s.to_client_packets, s.to_client_bytes),
+                ] {
+                    let labels = vec![("tunnel", t.clone()), ("direction", dir.to_string())];
+                    p.push((labels.clone(), pk));
+                    b.push((labels, by));
+                }
+                d.push((vec![("tunnel", t)], s.drop_packets));
+            }
+            counter(
+                &mut e,
+                "broker_tunnel_packets",
+                "Packets through one tunnel",
+                None,
+                &p,
+            )?;
+            counter(
+                &mut e,
+                "broker_tunnel",
+                "Inner IPv6 bytes through one tunnel",
+                Some(&Unit::Bytes),
+                &b,
+            )?;
+            counter(
+                &mut e,
+                "broker_tunnel_drops",
+                "Packets dropped on one tunnel",
+                None,
+                &d,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The exposition as Prometheus' text format 0.0.4, which every Prometheus version and
+/// `promtool check metrics` read. The encoder writes OpenMetrics: there, a counter's
+/// `# HELP`/`# TYPE` name lacks the `_total` its samples carry, and `# UNIT` and `# EOF`
+/// lines exist that 0.0.4 does not know.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let meta = line
+            .strip_prefix("# HELP ")
+            .map(|r| ("HELP", r))
+            .or_else(|| line.strip_prefix("# TYPE ").map(|r| ("TYPE", r)));
+        match meta {
+            Some((what, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let name = if counters.contains(name) {
+                    format!("{name}_total")
+                } else {
+                    name.to_string()
+                };
+                let _ = writeln!(out, "# {what} {name} {tail}");
+            }
+            None => {
+                let _ = writeln!(out, "{line}");
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openmetrics_becomes_prometheus_text() {
+        let om = "# HELP a_bytes Bytes.\n# TYPE a_bytes counter\n# UNIT a_bytes bytes\na_bytes_total 3\n# HELP g Gauge.\n# TYPE g gauge\ng 1\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(om),
+            "# HELP a_bytes_total Bytes.\n# TYPE a_bytes_total counter\na_bytes_total 3\n# HELP g Gauge.\n# TYPE g gauge\ng 1\n"
+        );
+    }
+}
