@@ -1,24 +1,108 @@
-//! `broker run`: load the data plane, fill it from the config, attach, and keep it in step
-//! with the config until told to stop.
+//! `broker run`: open the store, take over (or load) the data plane, make maps and routes
+//! match the store, attach, serve the API, and keep everything in step until told to stop.
+//!
+//! Stopping (SIGTERM, SIGINT) or dying (SIGKILL, panic) leaves the data plane forwarding:
+//! program, links and maps are pinned. The next start adopts them and reconciles; only
+//! `broker dataplane detach` takes the data plane down.
 use std::{
-    collections::{BTreeSet, HashMap},
     path::PathBuf,
+    sync::{atomic::AtomicBool, Arc},
 };
 
 use anyhow::Context;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::Mutex,
+};
 use tracing::{info, warn};
 
 use crate::{
-    config::{self, Config},
+    api,
+    broker::{Broker, NoRoutes, RouteOps},
+    config::Config,
     dataplane::{self, Dataplane},
+    metrics::Metrics,
     model::TunnelSpec,
-    netlink, sysctl,
+    netlink::{self, Netlink},
+    routes::{RouteSettings, Routes},
+    store::{PoolSet, SqliteStore, Store},
+    sysctl,
 };
+
+/// The routes the broker writes: the kernel's, or none (`routes.enabled: false`).
+pub enum RouteBackend {
+    Kernel(Routes),
+    Disabled(NoRoutes),
+}
+
+impl RouteOps for RouteBackend {
+    async fn add(&self, p: &ipnet::Ipv6Net) -> Result<(), String> {
+        match self {
+            RouteBackend::Kernel(r) => RouteOps::add(r, p).await,
+            RouteBackend::Disabled(r) => r.add(p).await,
+        }
+    }
+
+    async fn del(&self, p: &ipnet::Ipv6Net) -> Result<(), String> {
+        match self {
+            RouteBackend::Kernel(r) => RouteOps::del(r, p).await,
+            RouteBackend::Disabled(r) => r.del(p).await,
+        }
+    }
+
+    async fn reconcile(
+        &self,
+        wanted: &std::collections::BTreeSet<ipnet::Ipv6Net>,
+    ) -> Result<(usize, usize), String> {
+        match self {
+            RouteBackend::Kernel(r) => RouteOps::reconcile(r, wanted).await,
+            RouteBackend::Disabled(r) => r.reconcile(wanted).await,
+        }
+    }
+}
+
+/// The broker core as `broker run` assembles it.
+pub type Running = Broker<SqliteStore, Dataplane, RouteBackend>;
+
+fn pools(config: &Config) -> PoolSet {
+    PoolSet {
+        link: config.pools.link.iter().map(|p| p.0).collect(),
+        routed: config.pools.routed.iter().map(|p| p.0).collect(),
+        routed_lengths: config.pools.routed_lengths.clone(),
+        quarantine_secs: config.pools.quarantine_secs,
+    }
+}
+
+fn static_specs(config: &Config) -> Vec<TunnelSpec> {
+    config.tunnels.iter().map(TunnelSpec::from).collect()
+}
+
+async fn route_backend(config: &Config) -> anyhow::Result<RouteBackend> {
+    if !config.routes.enabled {
+        return Ok(RouteBackend::Disabled(NoRoutes));
+    }
+    let device = match &config.routes.device {
+        Some(name) => Some(
+            Netlink::connect()?
+                .ifindex(name)
+                .await
+                .with_context(|| format!("routes.device {name}"))?,
+        ),
+        None => None,
+    };
+    Ok(RouteBackend::Kernel(Routes::connect(RouteSettings {
+        table: config.routes.table,
+        protocol: config.routes.protocol,
+        device,
+    })?))
+}
 
 /// Runs until SIGINT or SIGTERM; SIGHUP re-reads the config and applies tunnel changes.
 pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
-    let mut config = Config::load(&config_path)?;
+    let config = Config::load(&config_path)?;
+    let store_path = config.store_path();
+    let store = SqliteStore::open(&store_path, pools(&config))
+        .with_context(|| format!("opening the store {}", store_path.display()))?;
     let opts = dataplane::Options {
         max_tunnels: config.dataplane.max_tunnels,
         max_prefixes: config.dataplane.max_prefixes,
@@ -27,20 +111,52 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         nexthop_max_age_ms: config.dataplane.nexthop_max_age_ms,
         ..dataplane::Options::new(&config.instance)
     };
-    let mut dp = Dataplane::load(&opts).context("loading the data plane")?;
-    apply(&mut dp, None, &config)?;
+    let dp = Dataplane::load(&opts).context("loading the data plane")?;
+    let adopted = dp.adopted();
+    let mut broker = Broker {
+        store,
+        maps: dp,
+        routes: route_backend(&config).await?,
+        pop: config.pop.ipv4.0,
+    };
+    if adopted {
+        let n = broker.store.bump("adoptions")?;
+        info!(adoptions = n, "took over the running data plane");
+    }
+    let sync = broker
+        .sync_static(&static_specs(&config))
+        .await
+        .context("reconciling the store, maps and routes")?;
+    if sync != Default::default() {
+        info!(?sync, "static tunnels reconciled into the store");
+    }
+    let ifaces: Vec<String> = config.interfaces.iter().map(|i| i.name.clone()).collect();
     for iface in &config.interfaces {
         prepare_interface(&iface.name);
-        dp.attach(&iface.name, iface.mode)?;
+        broker.maps.attach(&iface.name, iface.mode)?;
     }
-    let id = dp.program_id()?;
+    broker.maps.prune(&ifaces)?;
+    let tunnels = broker.store.tunnels()?.len();
     info!(
         instance = %config.instance,
-        program_id = id,
-        tunnels = config.tunnels.len(),
-        pins = %dp.pin_path().map(|p| p.display().to_string()).unwrap_or_default(),
+        program_id = broker.maps.program_id()?,
+        tunnels,
+        store = %store_path.display(),
+        pins = %broker.maps.pin_path().map(|p| p.display().to_string()).unwrap_or_default(),
         "broker running"
     );
+
+    let broker = Arc::new(Mutex::new(broker));
+    let state = api::AppState {
+        broker: broker.clone(),
+        admin_token: config.api.admin_token.as_deref().map(Arc::from),
+        metrics: Arc::new(Metrics::new(config.metrics.per_tunnel)),
+        ready: Arc::new(AtomicBool::new(true)),
+    };
+    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut api_task = tokio::spawn(api::serve(config.api.listen, api::router(state), async {
+        let _ = api_stopped.await;
+    }));
 
     // The data plane caches FIB results; any route, neighbour or link change invalidates
     // them (the cache's maximum age covers the time this process is not running).
@@ -48,57 +164,48 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let _watch = netlink::watch_changes(std::time::Duration::from_millis(20), changed_tx)?;
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut config = config;
     loop {
         tokio::select! {
             Some(()) = changed.recv() => {
-                dp.invalidate_nexthops()?;
+                broker.lock().await.maps.invalidate_nexthops()?;
                 tracing::debug!("network changed: cached next hops invalidated");
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             _ = hup.recv() => match Config::load(&config_path) {
                 Ok(new) => {
-                    if new.interfaces != config.interfaces || new.instance != config.instance {
-                        warn!("interface or instance changes need a restart; applying tunnels only");
+                    if new.interfaces != config.interfaces
+                        || new.instance != config.instance
+                        || new.store != config.store
+                        || new.api != config.api
+                        || new.pools != config.pools
+                        || new.routes != config.routes
+                    {
+                        warn!("only tunnels and the PoP address are reloaded; other changes need a restart");
                     }
-                    apply(&mut dp, Some(&config), &new)?;
+                    let mut b = broker.lock().await;
+                    b.pop = new.pop.ipv4.0;
+                    match b.sync_static(&static_specs(&new)).await {
+                        Ok(sync) => info!(?sync, "config reloaded"),
+                        Err(e) => warn!(error = %crate::broker::error_chain(&e), "config reload failed"),
+                    }
                     config = new;
-                    info!(tunnels = config.tunnels.len(), "config reloaded");
                 }
                 Err(e) => warn!(error = %e, "config reload rejected; keeping the running config"),
             },
+            r = &mut api_task => {
+                let why = match r {
+                    Ok(Ok(())) => "stopped".to_string(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                anyhow::bail!("the API server on {}: {why}", config.api.listen);
+            }
         }
     }
-    info!("stopping: detaching and removing pins");
-    dp.detach_all();
-    drop(dp);
-    Ok(())
-}
-
-/// Makes the data plane hold exactly `new`'s tunnels.
-fn apply(dp: &mut Dataplane, old: Option<&Config>, new: &Config) -> anyhow::Result<()> {
-    let pop = new.pop.ipv4.0;
-    if old.map(|o| o.pop.ipv4.0) != Some(pop) {
-        dp.set_pop(pop)?;
-    }
-    let wanted: BTreeSet<u32> = new.tunnels.iter().map(|t| t.id).collect();
-    for id in dp.tunnel_ids() {
-        if !wanted.contains(&id) {
-            dp.remove(id)?;
-            info!(id, "tunnel removed");
-        }
-    }
-    // Tunnels as they were, if the PoP address (part of every endpoint key) is the same.
-    let before: HashMap<u32, &config::Tunnel> = old
-        .filter(|o| o.pop.ipv4 == new.pop.ipv4)
-        .map(|o| o.tunnels.iter().map(|t| (t.id, t)).collect())
-        .unwrap_or_default();
-    for t in &new.tunnels {
-        if before.get(&t.id) != Some(&t) {
-            dp.upsert(&TunnelSpec::from(t), pop)
-                .with_context(|| format!("installing tunnel {}", t.id))?;
-        }
-    }
+    let _ = stop_api.send(());
+    info!("stopping; the data plane keeps forwarding (`broker dataplane detach` removes it)");
     Ok(())
 }
 
@@ -115,7 +222,10 @@ fn prepare_interface(name: &str) {
         format!("net.ipv6.conf.{name}.forwarding"),
     ] {
         if sysctl::get(&key).ok().as_deref() != Some("1") {
-            warn!(key, "forwarding is off: tunnel packets will be passed to the kernel, not forwarded in XDP");
+            warn!(
+                key,
+                "forwarding is off: tunnel packets will be passed to the kernel, not forwarded in XDP"
+            );
         }
     }
 }

@@ -5,7 +5,9 @@
 
 pub mod api;
 pub mod broker;
+pub mod cli;
 pub mod client;
+pub mod clientconf;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;

@@ -3,14 +3,18 @@ use std::{net::Ipv4Addr, path::PathBuf};
 
 use anyhow::Context;
 use broker_userspace::{
+    api::tunnels::TunnelOut,
+    cli::{self, ApiClient},
     client::proto41,
+    clientconf,
     config::{AttachMode, Config},
     daemon,
     dataplane::{self, aux::Aux, Dataplane, PinnedCounters},
     report::Report,
 };
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::Ipv6Net;
+use serde_json::{json, Value};
 
 #[derive(Parser)]
 #[command(
@@ -25,7 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the PoP: load and attach the data plane, serve the configured tunnels.
+    /// Run the PoP: take over or load the data plane, reconcile it with the store, serve
+    /// the API. Stopping leaves the data plane forwarding.
     Run {
         #[arg(long)]
         config: PathBuf,
@@ -35,7 +40,21 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Counters of a running instance, read from its pinned maps.
+    /// Tunnels, through the HTTP API.
+    Tunnel {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: TunnelCommand,
+    },
+    /// Users, through the HTTP API (administrator).
+    User {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Counters of a running data plane, read from its pinned maps.
     Stats {
         #[arg(long, default_value = "pop1")]
         instance: String,
@@ -55,6 +74,118 @@ enum Command {
     },
 }
 
+/// Where the API is and who is asking.
+#[derive(Args)]
+struct ApiArgs {
+    /// Base URL of `broker run`'s API.
+    #[arg(
+        long,
+        env = "BROKER_API",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    api: String,
+    /// The administrator's bearer token (`api.admin_token`).
+    #[arg(long, env = "BROKER_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// A user name, with --password, instead of the token.
+    #[arg(long, env = "BROKER_USER", global = true)]
+    user: Option<String>,
+    #[arg(long, env = "BROKER_PASSWORD", global = true, hide_env_values = true)]
+    password: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+impl ApiArgs {
+    fn client(&self) -> ApiClient {
+        let user = self
+            .user
+            .as_deref()
+            .map(|u| (u, self.password.as_deref().unwrap_or("")));
+        ApiClient::new(&self.api, self.token.as_deref(), user)
+    }
+}
+
+#[derive(Subcommand)]
+enum TunnelCommand {
+    /// Create a tunnel; prefixes are allocated from the pools unless named.
+    Add {
+        /// The client's IPv4 endpoint.
+        #[arg(long)]
+        remote: Ipv4Addr,
+        /// Owner (administrator only; a user creates for themselves).
+        #[arg(long)]
+        owner: Option<String>,
+        /// Allocate a routed prefix of this length.
+        #[arg(long)]
+        routed_length: Option<u8>,
+        #[arg(long)]
+        mtu: Option<u16>,
+        #[arg(long, value_enum)]
+        state: Option<StateArg>,
+        /// A specific link /64 from the link pools.
+        #[arg(long)]
+        link_prefix: Option<Ipv6Net>,
+        /// A specific routed prefix from the routed pools.
+        #[arg(long)]
+        routed_prefix: Option<Ipv6Net>,
+    },
+    /// List tunnels.
+    List,
+    /// Show one tunnel with its counters, or the commands for its client.
+    Show {
+        id: u32,
+        #[arg(long, value_enum)]
+        client_config: Option<clientconf::System>,
+    },
+    /// Change a tunnel's endpoint, state or MTU.
+    Set {
+        id: u32,
+        #[arg(long)]
+        remote: Option<Ipv4Addr>,
+        #[arg(long, value_enum)]
+        state: Option<StateArg>,
+        #[arg(long)]
+        mtu: Option<u16>,
+    },
+    /// Delete a tunnel; its prefixes go into quarantine.
+    Del { id: u32 },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StateArg {
+    Up,
+    Down,
+    Disabled,
+}
+
+impl StateArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            StateArg::Up => "up",
+            StateArg::Down => "down",
+            StateArg::Disabled => "disabled",
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user; prints the password (generated unless given).
+    Add {
+        name: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    List,
+    /// Delete a user without tunnels.
+    Del {
+        name: String,
+    },
+}
+
 #[derive(Subcommand)]
 enum ConfigCommand {
     /// Validate a config file without touching the kernel.
@@ -63,15 +194,17 @@ enum ConfigCommand {
 
 #[derive(Subcommand)]
 enum DataplaneCommand {
-    /// Load the XDP program and attach it to one interface with empty maps, print the
-    /// program id and the maps, and keep it attached until Ctrl-C.
+    /// Load the XDP program with empty maps, attach it to one interface (not pinned), print
+    /// the program id and the maps, and detach on Ctrl-C/SIGTERM.
     Load {
         #[arg(long)]
         iface: String,
         #[arg(long, value_enum, default_value_t = Mode::Driver)]
         mode: Mode,
-        /// Pins go to /sys/fs/bpf/broker/<instance>/.
-        #[arg(long, default_value = "adhoc")]
+    },
+    /// Detach a running data plane from every interface and remove its pins.
+    Detach {
+        #[arg(long)]
         instance: String,
     },
     /// Keep an XDP_PASS program on interfaces until SIGINT/SIGTERM. A veth only receives
@@ -125,27 +258,13 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
-    match cli.command {
+    match Cli::parse().command {
         Command::Config {
             command: ConfigCommand::Check { file },
-        } => match Config::load(&file) {
-            Ok(c) => {
-                println!(
-                    "{}: ok (instance {}, {} interfaces, {} tunnels)",
-                    file.display(),
-                    c.instance,
-                    c.interfaces.len(),
-                    c.tunnels.len()
-                );
-                Ok(())
-            }
-            Err(e) => {
-                eprintln!("{}: {e}", file.display());
-                std::process::exit(1);
-            }
-        },
+        } => config_check(&file),
         Command::Run { config } => runtime()?.block_on(daemon::run(config)),
+        Command::Tunnel { api, command } => tunnel(&api, command),
+        Command::User { api, command } => user(&api, command),
         Command::Stats { instance, json } => {
             let pinned = PinnedCounters::open(&instance)
                 .with_context(|| format!("is instance {instance} running?"))?;
@@ -157,17 +276,20 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Dataplane {
-            command:
-                DataplaneCommand::Load {
-                    iface,
-                    mode,
-                    instance,
-                },
-        } => runtime()?.block_on(load_only(iface, mode, instance)),
-        Command::Dataplane {
-            command: DataplaneCommand::Pass { ifaces },
-        } => runtime()?.block_on(pass_only(ifaces)),
+        Command::Dataplane { command } => match command {
+            DataplaneCommand::Load { iface, mode } => runtime()?.block_on(load_only(iface, mode)),
+            DataplaneCommand::Detach { instance } => {
+                let removed = dataplane::detach_instance(&instance)?;
+                if removed.is_empty() {
+                    println!("nothing pinned for instance {instance}");
+                }
+                for r in removed {
+                    println!("removed {r}");
+                }
+                Ok(())
+            }
+            DataplaneCommand::Pass { ifaces } => runtime()?.block_on(pass_only(ifaces)),
+        },
         Command::Client {
             command:
                 ClientCommand::Proto41 {
@@ -197,11 +319,161 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-async fn load_only(iface: String, mode: Mode, instance: String) -> anyhow::Result<()> {
-    let mut dp = Dataplane::load(&dataplane::Options {
-        pin: true,
-        ..dataplane::Options::new(&instance)
-    })?;
+fn config_check(file: &std::path::Path) -> anyhow::Result<()> {
+    match Config::load(file) {
+        Ok(c) => {
+            println!(
+                "{}: ok (instance {}, {} interfaces, {} tunnels)",
+                file.display(),
+                c.instance,
+                c.interfaces.len(),
+                c.tunnels.len()
+            );
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", file.display());
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Prints `v` as JSON, or `table(v)`.
+fn show<T: serde::Serialize>(
+    json: bool,
+    v: &T,
+    table: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+    } else {
+        print!("{}", table(v));
+    }
+    Ok(())
+}
+
+fn tunnel(api: &ApiArgs, command: TunnelCommand) -> anyhow::Result<()> {
+    let c = api.client();
+    match command {
+        TunnelCommand::Add {
+            remote,
+            owner,
+            routed_length,
+            mtu,
+            state,
+            link_prefix,
+            routed_prefix,
+        } => {
+            let mut body = json!({ "remote_ipv4": remote.to_string() });
+            let fields: [(&str, Option<Value>); 6] = [
+                ("owner", owner.map(Value::from)),
+                ("routed_prefix_length", routed_length.map(Value::from)),
+                ("mtu", mtu.map(Value::from)),
+                ("state", state.map(|s| Value::from(s.as_str()))),
+                (
+                    "link_prefix",
+                    link_prefix.map(|p| Value::from(p.to_string())),
+                ),
+                (
+                    "routed_prefix",
+                    routed_prefix.map(|p| Value::from(p.to_string())),
+                ),
+            ];
+            for (k, v) in fields {
+                if let Some(v) = v {
+                    body[k] = v;
+                }
+            }
+            let t: TunnelOut = c.call("POST", "/api/v1/tunnels", Some(&body))?;
+            show(api.json, &t, cli::tunnel_detail)
+        }
+        TunnelCommand::List => {
+            let ts: Vec<TunnelOut> = c.call("GET", "/api/v1/tunnels", None)?;
+            show(api.json, &ts, |ts| cli::tunnels_table(ts))
+        }
+        TunnelCommand::Show { id, client_config } => {
+            let t: TunnelOut = c.call("GET", &format!("/api/v1/tunnels/{id}"), None)?;
+            match client_config {
+                Some(system) => {
+                    print!("{}", clientconf::render(&t, system));
+                    Ok(())
+                }
+                None => show(api.json, &t, cli::tunnel_detail),
+            }
+        }
+        TunnelCommand::Set {
+            id,
+            remote,
+            state,
+            mtu,
+        } => {
+            let mut body = json!({});
+            if let Some(r) = remote {
+                body["remote_ipv4"] = r.to_string().into();
+            }
+            if let Some(s) = state {
+                body["state"] = s.as_str().into();
+            }
+            if let Some(m) = mtu {
+                body["mtu"] = m.into();
+            }
+            let t: TunnelOut = c.call("PATCH", &format!("/api/v1/tunnels/{id}"), Some(&body))?;
+            show(api.json, &t, cli::tunnel_detail)
+        }
+        TunnelCommand::Del { id } => {
+            c.call::<Value>("DELETE", &format!("/api/v1/tunnels/{id}"), None)?;
+            if !api.json {
+                println!("tunnel {id} deleted");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn user(api: &ApiArgs, command: UserCommand) -> anyhow::Result<()> {
+    let c = api.client();
+    match command {
+        UserCommand::Add { name, password } => {
+            let mut body = json!({ "name": name });
+            if let Some(p) = password {
+                body["password"] = p.into();
+            }
+            let u: Value = c.call("POST", "/api/v1/users", Some(&body))?;
+            show(api.json, &u, |u| {
+                format!(
+                    "user {} created, password {}\n",
+                    u["name"].as_str().unwrap_or(""),
+                    u["password"].as_str().unwrap_or("")
+                )
+            })
+        }
+        UserCommand::List => {
+            let us: Vec<Value> = c.call("GET", "/api/v1/users", None)?;
+            show(api.json, &us, |us| {
+                let mut s = format!("{:<20} {:<12} tunnels\n", "name", "created");
+                for u in us {
+                    s.push_str(&format!(
+                        "{:<20} {:<12} {}\n",
+                        u["name"].as_str().unwrap_or(""),
+                        u["created_at"],
+                        u["tunnels"]
+                    ));
+                }
+                s
+            })
+        }
+        UserCommand::Del { name } => {
+            c.call::<Value>("DELETE", &format!("/api/v1/users/{name}"), None)?;
+            if !api.json {
+                println!("user {name} deleted");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn load_only(iface: String, mode: Mode) -> anyhow::Result<()> {
+    let mut dp = Dataplane::load(&dataplane::Options::new("adhoc"))?;
     let mode = match mode {
         Mode::Driver => AttachMode::Driver,
         Mode::Skb => AttachMode::Skb,
@@ -210,13 +482,10 @@ async fn load_only(iface: String, mode: Mode, instance: String) -> anyhow::Resul
     println!("program id: {}", dp.program_id()?);
     println!("attached to: {iface} ({mode:?} mode)");
     println!("maps:");
-    for (name, pin) in dp.map_names() {
-        match pin {
-            Some(p) => println!("  {name:<14} pinned at {}", p.display()),
-            None => println!("  {name}"),
-        }
+    for (name, _) in dp.map_names() {
+        println!("  {name}");
     }
-    println!("Ctrl-C or SIGTERM detaches and unpins.");
+    println!("Ctrl-C or SIGTERM detaches.");
     wait_for_stop().await
 }
 

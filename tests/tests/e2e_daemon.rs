@@ -38,16 +38,27 @@ fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 #[test]
-fn sigterm_detaches_and_removes_the_pins() {
+fn sigterm_leaves_forwarding_and_detach_takes_it_down() {
     let dir = tempfile::tempdir().unwrap();
     let mut lab = lab("term", 1, &dir, "");
-    let pins = std::path::Path::new("/sys/fs/bpf/broker").join(lab.instance.clone().unwrap());
-    assert!(pins.join("TUNNELS").exists(), "pinned while running");
+    let instance = lab.instance.clone().unwrap();
+    let pins = std::path::Path::new("/sys/fs/bpf/broker").join(&instance);
     assert!(
         lab.broker().stop(Duration::from_secs(10)),
         "broker run exits 0 on SIGTERM:\n{}",
         lab.broker_log()
     );
+    // No controller, and the data plane forwards on.
+    lab.ping(1, INET6_HOST, 3, "0.1")
+        .expect("forwarding without the controller");
+    for iface in ["eth4", "eth6"] {
+        let link = lab.pop.ip(&["link", "show", iface]).unwrap();
+        assert!(link.contains("xdp"), "{iface} lost its XDP program: {link}");
+    }
+    assert!(pins.join("links/eth4").exists());
+    // Taken down explicitly.
+    let out = broker_tests::lab::detach(&instance).unwrap();
+    assert!(out.contains("removed link"), "{out}");
     for iface in ["eth4", "eth6"] {
         let link = lab.pop.ip(&["link", "show", iface]).unwrap();
         assert!(!link.contains("xdp"), "{iface} still has XDP: {link}");
@@ -55,7 +66,7 @@ fn sigterm_detaches_and_removes_the_pins() {
     assert!(!pins.exists(), "pins left behind at {}", pins.display());
     assert!(
         lab.ping(1, INET6_HOST, 1, "0.2").is_err(),
-        "forwarding without the broker?"
+        "forwarding without a data plane?"
     );
 }
 

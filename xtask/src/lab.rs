@@ -40,7 +40,7 @@ pub fn run(cmd: LabCommand) -> Result<()> {
             Ok(())
         }
         LabCommand::Down => {
-            for what in Lab::destroy(PREFIX, &state_dir())? {
+            for what in Lab::destroy(PREFIX, INSTANCE, &state_dir())? {
                 println!("removed {what}");
             }
             Ok(())
@@ -51,7 +51,7 @@ pub fn run(cmd: LabCommand) -> Result<()> {
 /// Builds the broker, replaces any previous lab, and starts a new one.
 pub fn up(clients: u32) -> Result<Lab> {
     build_broker()?;
-    Lab::destroy(PREFIX, &state_dir())?;
+    Lab::destroy(PREFIX, INSTANCE, &state_dir())?;
     let mut lab = Lab::create(PREFIX, clients, &state_dir())?;
     let config = lab.config_yaml(INSTANCE);
     lab.start_broker(INSTANCE, &config)?;

@@ -1,0 +1,163 @@
+//! The command-line client of the HTTP API (`broker tunnel ...`, `broker user ...`):
+//! requests, and tables for people.
+use std::fmt::Write as _;
+
+use base64::Engine as _;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::api::tunnels::TunnelOut;
+
+/// Where the API is and who is asking.
+pub struct ApiClient {
+    base: String,
+    authorization: Option<String>,
+    agent: ureq::Agent,
+}
+
+/// An answer other than success, as the API gave it.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{status}: {message}")]
+    Api { status: u16, message: String },
+    #[error("cannot reach the API at {url}: {source}")]
+    Transport {
+        url: String,
+        #[source]
+        source: ureq::Error,
+    },
+    #[error("unexpected answer from the API: {0}")]
+    Decode(String),
+}
+
+impl ApiClient {
+    /// `token` for the administrator, or `user` and `password`.
+    pub fn new(base: &str, token: Option<&str>, user: Option<(&str, &str)>) -> Self {
+        let authorization = match (token, user) {
+            (Some(t), _) => Some(format!("Bearer {t}")),
+            (None, Some((u, p))) => Some(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+            )),
+            (None, None) => None,
+        };
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(std::time::Duration::from_secs(30)))
+            .build()
+            .new_agent();
+        Self {
+            base: base.trim_end_matches('/').to_string(),
+            authorization,
+            agent,
+        }
+    }
+
+    /// Sends a request; a body is JSON. Returns the decoded answer.
+    pub fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<T, CliError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = ureq::http::Request::builder().method(method).uri(&url);
+        if let Some(a) = &self.authorization {
+            req = req.header("Authorization", a);
+        }
+        let result = match body {
+            Some(b) => self.agent.run(
+                req.header("Content-Type", "application/json")
+                    .body(b.to_string())
+                    .map_err(|e| CliError::Decode(e.to_string()))?,
+            ),
+            None => self
+                .agent
+                .run(req.body(()).map_err(|e| CliError::Decode(e.to_string()))?),
+        };
+        let mut res = result.map_err(|source| CliError::Transport {
+            url: url.clone(),
+            source,
+        })?;
+        let status = res.status().as_u16();
+        let text = res
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| CliError::Decode(e.to_string()))?;
+        if !(200..300).contains(&status) {
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(String::from))
+                .unwrap_or(text);
+            return Err(CliError::Api { status, message });
+        }
+        let text = if text.is_empty() { "null" } else { &text };
+        serde_json::from_str(text).map_err(|e| CliError::Decode(format!("{e}: {text}")))
+    }
+}
+
+/// Tunnels as a table.
+pub fn tunnels_table(ts: &[TunnelOut]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:>6}  {:<10} {:<8} {:<9} {:<15} {:<22} {:<22} {:>5}",
+        "id", "owner", "kind", "state", "remote", "link", "routed", "mtu"
+    );
+    for t in ts {
+        let _ = writeln!(
+            s,
+            "{:>6}  {:<10} {:<8} {:<9} {:<15} {:<22} {:<22} {:>5}",
+            t.id,
+            t.owner.as_deref().unwrap_or("-"),
+            t.kind,
+            t.state,
+            t.remote_ipv4,
+            t.link_prefix,
+            if t.routed_prefixes.is_empty() {
+                "-".to_string()
+            } else {
+                t.routed_prefixes.join(",")
+            },
+            t.mtu
+        );
+    }
+    s
+}
+
+/// One tunnel, every field on a line.
+pub fn tunnel_detail(t: &TunnelOut) -> String {
+    let mut s = String::new();
+    let rows: Vec<(&str, String)> = vec![
+        ("id", t.id.to_string()),
+        ("owner", t.owner.clone().unwrap_or_else(|| "-".into())),
+        ("origin", t.origin.clone()),
+        ("kind", t.kind.clone()),
+        ("state", t.state.clone()),
+        ("client IPv4", t.remote_ipv4.clone()),
+        ("PoP IPv4", t.pop_ipv4.clone()),
+        ("link prefix", t.link_prefix.clone()),
+        ("PoP IPv6", t.pop_ipv6.clone()),
+        ("client IPv6", t.client_ipv6.clone()),
+        ("routed", t.routed_prefixes.join(", ")),
+        ("MTU", t.mtu.to_string()),
+        ("password", t.password.clone()),
+        ("update key", t.update_key.clone()),
+    ];
+    for (k, v) in rows {
+        let _ = writeln!(s, "{k:<12} {v}");
+    }
+    if let Some(c) = &t.counters {
+        let _ = writeln!(
+            s,
+            "{:<12} {} packets, {} bytes from the client; {} packets, {} bytes to it; {} dropped",
+            "traffic",
+            c.from_client_packets,
+            c.from_client_bytes,
+            c.to_client_packets,
+            c.to_client_bytes,
+            c.drop_packets
+        );
+    }
+    s
+}
