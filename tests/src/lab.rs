@@ -285,6 +285,16 @@ impl Lab {
         }
     }
 
+    /// Stops client `i`'s tunnel endpoint and starts it again from address `local` (an
+    /// endpoint that moved).
+    pub fn start_client_replacing(&mut self, i: u32, local: Ipv4Addr) -> Result<()> {
+        let name = format!("client {i}");
+        if let Some(p) = self.procs.iter_mut().find(|p| p.name() == name) {
+            p.stop(Duration::from_secs(5));
+        }
+        self.start_client(i, local)
+    }
+
     /// Starts the tunnel client of client `i` (1-based) with its endpoint `local`; returns
     /// once its TUN device has its address.
     pub fn start_client(&mut self, i: u32, local: Ipv4Addr) -> Result<()> {

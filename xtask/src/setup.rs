@@ -18,6 +18,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "nsenter: processes in lab namespaces"),
     ("procps", "sysctl in lab namespaces"),
     ("bpftool", "inspecting programs and maps"),
+    ("prometheus", "promtool check metrics in the metrics test"),
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,468 @@
+//! The durable control plane in the lab: restarts and crashes of the controller never stop
+//! forwarding, a crash at any step of a change leaves store, maps and routes agreeing,
+//! `/nic/update` moves a tunnel, metrics pass promtool and count what was sent, the CLI
+//! drives the API.
+use std::{
+    collections::BTreeSet,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use base64::Engine as _;
+
+use broker_tests::{
+    lab::{Lab, API_PORT, INET6_HOST, LAB_TOKEN, POP_V4},
+    netns::NetNs,
+};
+use serde_json::{json, Value};
+
+fn lab(tag: &str, clients: u32, dir: &tempfile::TempDir) -> Lab {
+    broker_tests::require_root();
+    let prefix = format!("bc{}{tag}", std::process::id());
+    let mut lab = Lab::create(&prefix, clients, dir.path()).expect("creating the lab");
+    let config = lab.config_yaml(&prefix);
+    lab.start_broker(&prefix, &config)
+        .expect("starting broker run");
+    for i in 1..=clients {
+        let v4 = lab.clients[(i - 1) as usize].v4;
+        lab.start_client(i, v4).expect("starting the tunnel client");
+        lab.wait_reachable(i, INET6_HOST)
+            .expect("tunnel forwarding");
+    }
+    lab
+}
+
+/// An HTTP request from inside namespace `ns` (`base` like `http://127.0.0.1:8080`);
+/// returns the status and the body.
+fn http(
+    ns: &NetNs,
+    method: &str,
+    url: String,
+    auth: Option<String>,
+    body: Option<Value>,
+) -> (u16, String) {
+    let method = method.to_string();
+    ns.within(move || {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .new_agent();
+        let mut req = ureq::http::Request::builder()
+            .method(method.as_str())
+            .uri(&url);
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        let res = match body {
+            Some(b) => agent.run(
+                req.header("Content-Type", "application/json")
+                    .body(b.to_string())
+                    .unwrap(),
+            ),
+            None => agent.run(req.body(()).unwrap()),
+        };
+        match res {
+            Ok(mut r) => (
+                r.status().as_u16(),
+                r.body_mut().read_to_string().unwrap_or_default(),
+            ),
+            Err(e) => (0, e.to_string()),
+        }
+    })
+}
+
+fn admin() -> Option<String> {
+    Some(format!("Bearer {LAB_TOKEN}"))
+}
+
+fn api(lab: &Lab, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let (s, text) = http(
+        &lab.pop,
+        method,
+        format!("http://127.0.0.1:{API_PORT}{path}"),
+        admin(),
+        body,
+    );
+    (
+        s,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// The XDP program id on a PoP interface.
+fn xdp_prog(lab: &Lab, iface: &str) -> String {
+    let out = lab.pop.ip(&["link", "show", iface]).unwrap();
+    out.split("prog/xdp id ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn pings_continue_while_the_controller_is_killed_and_restarted_three_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lab = lab("kill", 1, &dir);
+    // 20 pings a second for as long as the restarts take.
+    let count = 200;
+    let ping = lab.clients[0]
+        .ns
+        .cmd("ping")
+        .args([
+            "-6",
+            "-n",
+            "-i",
+            "0.05",
+            "-W",
+            "1",
+            "-c",
+            &count.to_string(),
+        ])
+        .arg(INET6_HOST.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut programs = BTreeSet::new();
+    programs.insert(xdp_prog(&lab, "eth4"));
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(700));
+        lab.kill_broker();
+        std::thread::sleep(Duration::from_millis(500));
+        lab.spawn_broker(&[]).expect("restarting broker run");
+        programs.insert(xdp_prog(&lab, "eth4"));
+    }
+    let out = ping.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("{count} packets transmitted, {count} received")),
+        "pings were lost:\n{text}"
+    );
+    // Each start put its own program on the pinned link.
+    assert_eq!(programs.len(), 4, "program ids {programs:?}");
+    let (_, metrics) = http(
+        &lab.pop,
+        "GET",
+        format!("http://127.0.0.1:{API_PORT}/metrics"),
+        None,
+        None,
+    );
+    assert!(
+        metrics.contains("broker_restarts_adopted_total 3"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn nic_update_moves_the_tunnel_to_the_new_address_within_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lab = lab("nic", 1, &dir);
+    let (s, t) = api(&lab, "GET", "/api/v1/tunnels/1", None);
+    assert_eq!(s, 200, "{t}");
+    let key = t["update_key"].as_str().unwrap().to_string();
+    let new = lab.clients[0].v4_extra;
+    // The client moves to its second address (as after a new DHCP lease).
+    lab.start_client_replacing(1, new)
+        .expect("client on the new address");
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("1:{key}"))
+    );
+    // The router calls the update URL over IPv4, as it would on the internet.
+    let url = format!("http://{POP_V4}:{API_PORT}/nic/update?hostname=1&myip={new}");
+    let (s, body) = http(
+        &lab.clients[0].ns,
+        "GET",
+        url.clone(),
+        Some(auth.clone()),
+        None,
+    );
+    let answered = Instant::now();
+    assert_eq!((s, body.trim()), (200, format!("good {new}").as_str()));
+    // Within a second: one echo, answered within what is left of it.
+    let out = lab.clients[0]
+        .ns
+        .cmd("ping")
+        .args(["-6", "-n", "-c", "1", "-W", "1"])
+        .arg(INET6_HOST.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "no reply through the moved tunnel: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(answered.elapsed() < Duration::from_secs(2));
+    let (s, body) = http(&lab.clients[0].ns, "GET", url, Some(auth), None);
+    assert_eq!((s, body.trim()), (200, format!("nochg {new}").as_str()));
+    let (_, t) = api(&lab, "GET", "/api/v1/tunnels/1", None);
+    assert_eq!(t["remote_ipv4"], new.to_string());
+}
+
+fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("{series} not in\n{text}"))
+}
+
+#[test]
+fn metrics_pass_promtool_and_count_what_was_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = lab("metrics", 1, &dir);
+    let scrape = || {
+        http(
+            &lab.pop,
+            "GET",
+            format!("http://127.0.0.1:{API_PORT}/metrics"),
+            None,
+            None,
+        )
+        .1
+    };
+    let from = "broker_traffic_packets_total{direction=\"from_client\",kind=\"proto41\"}";
+    let to = "broker_traffic_packets_total{direction=\"to_client\",kind=\"proto41\"}";
+    let before = scrape();
+    let out = lab.ping(1, INET6_HOST, 25, "0.05").unwrap();
+    assert!(out.contains("25 received"), "{out}");
+    let after = scrape();
+    assert_eq!(metric(&after, from) - metric(&before, from), 25);
+    assert_eq!(metric(&after, to) - metric(&before, to), 25);
+    assert_eq!(
+        metric(&after, "broker_tunnels{kind=\"proto41\",state=\"up\"}"),
+        1
+    );
+
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus, installed by cargo xtask setup)");
+    use std::io::Write as _;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(after.as_bytes())
+        .unwrap();
+    let res = promtool.wait_with_output().unwrap();
+    assert!(
+        res.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&res.stdout),
+        String::from_utf8_lossy(&res.stderr)
+    );
+}
+
+/// What the three projections hold: (store ids, data plane ids, routed prefixes).
+fn state(lab: &Lab) -> (BTreeSet<u64>, BTreeSet<u64>, BTreeSet<String>) {
+    let (s, v) = api(lab, "GET", "/api/v1/tunnels", None);
+    assert_eq!(s, 200, "{v}");
+    let store: BTreeSet<u64> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_u64().unwrap())
+        .collect();
+    let stats: Value = serde_json::from_str(&lab.stats(true).unwrap()).unwrap();
+    let maps: BTreeSet<u64> = stats["tunnels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_u64().unwrap())
+        .collect();
+    let routes: BTreeSet<String> = lab
+        .pop
+        .ip(&["-6", "route", "show", "proto", "200"])
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1).map(String::from))
+        .collect();
+    (store, maps, routes)
+}
+
+/// The prefixes the store says exist, as `ip route` prints them.
+fn store_prefixes(lab: &Lab) -> BTreeSet<String> {
+    let (_, v) = api(lab, "GET", "/api/v1/tunnels", None);
+    v.as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|t| {
+            let mut p = vec![t["link_prefix"].as_str().unwrap().to_string()];
+            p.extend(
+                t["routed_prefixes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.as_str().unwrap().to_string()),
+            );
+            p
+        })
+        .collect()
+}
+
+#[test]
+fn a_crash_at_any_step_of_a_change_leaves_store_maps_and_routes_agreeing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lab = lab("crash", 1, &dir);
+    let mut remote = 100u8;
+    for point in [
+        "create:after_store",
+        "create:after_maps",
+        "create:after_routes",
+    ] {
+        lab.kill_broker();
+        lab.spawn_broker(&[("BROKER_FAILPOINT", point)]).unwrap();
+        remote += 1;
+        let body =
+            json!({"remote_ipv4": format!("198.51.100.{remote}"), "routed_prefix_length": 48});
+        let (s, _) = api(&lab, "POST", "/api/v1/tunnels", Some(body));
+        assert_eq!(s, 0, "{point}: the broker should have died mid-request");
+        lab.spawn_broker(&[]).unwrap();
+        let (store, maps, routes) = state(&lab);
+        assert_eq!(store, maps, "{point}: store and maps differ");
+        assert_eq!(
+            routes,
+            store_prefixes(&lab),
+            "{point}: routes differ from the store"
+        );
+        assert_eq!(
+            store.len(),
+            1 + (remote - 100) as usize,
+            "{point}: the store commits before the first step"
+        );
+    }
+    let ids: Vec<u64> = state(&lab).0.into_iter().filter(|id| *id != 1).collect();
+    for (point, id) in [
+        "delete:after_store",
+        "delete:after_maps",
+        "delete:after_routes",
+    ]
+    .iter()
+    .zip(ids)
+    {
+        lab.kill_broker();
+        lab.spawn_broker(&[("BROKER_FAILPOINT", point)]).unwrap();
+        let (s, _) = api(&lab, "DELETE", &format!("/api/v1/tunnels/{id}"), None);
+        assert_eq!(s, 0, "{point}: the broker should have died mid-request");
+        lab.spawn_broker(&[]).unwrap();
+        let (store, maps, routes) = state(&lab);
+        assert!(!store.contains(&id), "{point}: deleted in the store");
+        assert_eq!(store, maps, "{point}: store and maps differ");
+        assert_eq!(
+            routes,
+            store_prefixes(&lab),
+            "{point}: routes differ from the store"
+        );
+    }
+    // A route someone else's hand left with the broker's protocol goes at the next start.
+    lab.pop
+        .ip(&[
+            "-6",
+            "route",
+            "add",
+            "blackhole",
+            "2001:db8:dead:beef::/64",
+            "proto",
+            "200",
+        ])
+        .unwrap();
+    lab.kill_broker();
+    lab.spawn_broker(&[]).unwrap();
+    assert_eq!(state(&lab).2, store_prefixes(&lab));
+    lab.ping(1, INET6_HOST, 3, "0.1")
+        .expect("tunnel 1 forwarded throughout");
+}
+
+#[test]
+fn the_cli_drives_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = lab("cli", 1, &dir);
+    let out = lab
+        .cli(&["user", "add", "alice", "--password", "alice-password"])
+        .unwrap();
+    assert!(
+        out.contains("user alice created, password alice-password"),
+        "{out}"
+    );
+    let out = lab
+        .cli(&[
+            "tunnel",
+            "add",
+            "--remote",
+            "198.51.100.99",
+            "--owner",
+            "alice",
+            "--routed-length",
+            "56",
+            "--json",
+        ])
+        .unwrap();
+    let t: Value = serde_json::from_str(&out).unwrap();
+    let id = t["id"].as_u64().unwrap();
+    assert!(
+        t["link_prefix"]
+            .as_str()
+            .unwrap()
+            .starts_with("2001:db8:20:"),
+        "{t}"
+    );
+    let table = lab.cli(&["tunnel", "list"]).unwrap();
+    assert!(
+        table.contains("198.51.100.99") && table.contains("alice"),
+        "{table}"
+    );
+    let conf = lab
+        .cli(&[
+            "tunnel",
+            "show",
+            &id.to_string(),
+            "--client-config",
+            "linux",
+        ])
+        .unwrap();
+    assert!(
+        conf.contains(&format!(
+            "ip tunnel add broker{id} mode sit remote {POP_V4} local 198.51.100.99"
+        )),
+        "{conf}"
+    );
+    let out = lab
+        .cli(&[
+            "tunnel",
+            "set",
+            &id.to_string(),
+            "--state",
+            "disabled",
+            "--json",
+        ])
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["state"],
+        "disabled"
+    );
+    // The user sees the tunnel with their own password.
+    let mut cmd = lab
+        .pop
+        .cmd(broker_tests::broker_bin().unwrap().to_str().unwrap());
+    cmd.args(["tunnel", "list", "--json"])
+        .env("BROKER_API", format!("http://127.0.0.1:{API_PORT}"))
+        .env("BROKER_USER", "alice")
+        .env("BROKER_PASSWORD", "alice-password");
+    let mine: Value = serde_json::from_str(&broker_tests::netns::run(&mut cmd).unwrap()).unwrap();
+    assert_eq!(mine.as_array().unwrap().len(), 1);
+    // Errors come back with their message.
+    let e = lab
+        .cli(&["tunnel", "add", "--remote", "198.51.100.99"])
+        .unwrap_err();
+    assert!(
+        format!("{e:#}").contains("198.51.100.99 is already the endpoint of tunnel"),
+        "{e:#}"
+    );
+    lab.cli(&["tunnel", "del", &id.to_string()]).unwrap();
+    lab.cli(&["user", "del", "alice"]).unwrap();
+    let users: Value =
+        serde_json::from_str(&lab.cli(&["user", "list", "--json"]).unwrap()).unwrap();
+    assert_eq!(users, json!([]));
+}
