@@ -58,9 +58,21 @@ pub fn run(o: Options) -> Result<()> {
     println!("\n== broker stats --instance {} ==", lab::INSTANCE);
     print!("{}", lab.stats(false)?);
     println!(
-        "\nForwarding. Try: ip netns exec {} ping -6 {INET6_HOST}",
+        "\n== broker tunnel list (through the API in {}) ==",
+        lab.pop.name()
+    );
+    print!("{}", lab.cli(&["tunnel", "list"])?);
+    println!("\nForwarding. Try:");
+    println!(
+        "  ip netns exec {} ping -6 {INET6_HOST}",
         lab.clients[0].ns.name()
     );
+    println!(
+        "  ip netns exec {} env BROKER_TOKEN={} target/debug/broker tunnel add --remote 198.51.100.99 --routed-length 56",
+        lab.pop.name(),
+        broker_tests::lab::LAB_TOKEN
+    );
+    println!("  target/debug/broker stats --instance {}", lab::INSTANCE);
     println!("Ctrl-C stops the lab.");
     while !STOP.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(200));

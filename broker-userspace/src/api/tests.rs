@@ -20,11 +20,11 @@ use crate::{broker::tests::broker, metrics::Metrics};
 
 const ADMIN: &str = "admin-token-0123456789";
 
-fn app(peer: &str) -> Router {
+fn app(peer: &str, per_tunnel: bool) -> Router {
     let state = AppState {
         broker: Arc::new(Mutex::new(broker())),
         admin_token: Some(ADMIN.into()),
-        metrics: Arc::new(Metrics::new(false)),
+        metrics: Arc::new(Metrics::new(per_tunnel)),
         ready: Arc::new(AtomicBool::new(true)),
     };
     router(state).layer(MockConnectInfo(peer.parse::<SocketAddr>().unwrap()))
@@ -48,8 +48,12 @@ impl Client {
     }
 
     fn from_peer(peer: &str) -> Self {
+        Self::with(peer, false)
+    }
+
+    fn with(peer: &str, per_tunnel: bool) -> Self {
         Self {
-            app: app(peer),
+            app: app(peer, per_tunnel),
             rt: tokio::runtime::Builder::new_current_thread()
                 .build()
                 .unwrap(),
@@ -550,4 +554,62 @@ fn metrics_are_exposed() {
         !text.contains("broker_tunnel_packets_total"),
         "no per-tunnel series unless asked"
     );
+}
+
+#[test]
+fn per_tunnel_series_only_when_configured() {
+    let c = Client::with("198.51.100.77:1", true);
+    let (s, t) = c.json(
+        Method::POST,
+        "/api/v1/tunnels",
+        Auth::Admin,
+        Some(json!({"remote_ipv4": "198.51.100.10"})),
+    );
+    assert_eq!(s, StatusCode::CREATED);
+    let id = t["id"].as_u64().unwrap();
+    let (_, text) = c.call(Method::GET, "/metrics", Auth::None, None);
+    for series in [
+        format!("broker_tunnel_packets_total{{tunnel=\"{id}\",direction=\"from_client\"}} 0"),
+        format!("broker_tunnel_bytes_total{{tunnel=\"{id}\",direction=\"to_client\"}} 0"),
+        format!("broker_tunnel_drops_total{{tunnel=\"{id}\"}} 0"),
+        "broker_tunnels{kind=\"proto41\",state=\"up\"} 1".to_string(),
+    ] {
+        assert!(text.contains(&series), "{series} missing in\n{text}");
+    }
+}
+
+#[test]
+fn the_grafana_dashboard_uses_only_exported_names() {
+    let c = Client::with("198.51.100.77:1", true);
+    c.json(
+        Method::POST,
+        "/api/v1/tunnels",
+        Auth::Admin,
+        Some(json!({"remote_ipv4": "198.51.100.10"})),
+    );
+    c.call(Method::GET, "/healthz", Auth::None, None);
+    let (_, text) = c.call(Method::GET, "/metrics", Auth::None, None);
+    // Every family has its TYPE line, with or without samples.
+    let exported: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let dashboard = include_str!("../../../docs/grafana/broker-pop.json");
+    let mut used = 0;
+    for (i, _) in dashboard.match_indices("broker_") {
+        let name: String = dashboard[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if name == "broker_" || name.starts_with("broker_pop") {
+            continue;
+        }
+        used += 1;
+        assert!(
+            exported.contains(name.as_str()),
+            "the dashboard uses {name}, which is not exported"
+        );
+    }
+    assert!(used > 10);
 }

@@ -58,6 +58,8 @@ impl Dataplane {
         }
 
         let tunnels: Array<_, Tunnel> = self.map(names::TUNNELS)?;
+        // A pinned map keeps the size it was created with.
+        let capacity = tunnels.len();
         let mut used: Vec<(u32, Installed)> = Vec::new();
         let mut duplicates = Vec::new();
         for slot in 0..tunnels.len() {
@@ -98,7 +100,16 @@ impl Dataplane {
         self.settings.n_lens = n_lens;
         self.settings.space = space;
         self.settings.n_space = n_space;
-        self.slots = SlotTable::from_used(opts.max_tunnels, used);
+        if capacity != opts.max_tunnels {
+            tracing::warn!(
+                pinned = capacity,
+                configured = opts.max_tunnels,
+                "dataplane.max_tunnels changed, but the pinned maps keep their size; \
+                 `broker dataplane detach` and a restart resize them (not hitless)"
+            );
+        }
+        self.max_tunnels = capacity;
+        self.slots = SlotTable::from_used(capacity, used);
         for slot in duplicates {
             // A second slot for the same id: only a killed update leaves that.
             self.write_tunnel(slot, &Tunnel::EMPTY)?;
