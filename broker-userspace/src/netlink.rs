@@ -1,13 +1,10 @@
 //! rtnetlink: interface indexes, link state, addresses and routes.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 
 use futures::StreamExt;
 use futures::TryStreamExt;
 use ipnet::{IpNet, Ipv6Net};
-use netlink_packet_route::{
-    address::{AddressAttribute, AddressFlags},
-    link::LinkAttribute,
-};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::{Handle, LinkUnspec, MulticastGroup, RouteMessageBuilder};
 
 #[derive(Debug, thiserror::Error)]
@@ -60,24 +57,6 @@ impl Netlink {
         }
     }
 
-    /// The MTU of an interface.
-    pub async fn mtu(&self, index: u32) -> Result<Option<u32>> {
-        let mut links = self.handle.link().get().match_index(index).execute();
-        let msg = links
-            .try_next()
-            .await
-            .map_err(|source| NetlinkError::Request {
-                what: format!("reading link {index}"),
-                source,
-            })?;
-        Ok(msg.and_then(|m| {
-            m.attributes.iter().find_map(|a| match a {
-                LinkAttribute::Mtu(mtu) => Some(*mtu),
-                _ => None,
-            })
-        }))
-    }
-
     /// Sets the MTU and brings the link up.
     pub async fn up(&self, index: u32, mtu: u32) -> Result<()> {
         let msg = LinkUnspec::new_with_index(index).mtu(mtu).up().build();
@@ -125,24 +104,6 @@ impl Netlink {
             .await
             .map_err(|source| NetlinkError::Request {
                 what: format!("adding route {prefix} dev {index}"),
-                source,
-            })
-    }
-
-    /// Routes an IPv4 prefix out of an interface.
-    pub async fn add_route4_dev(&self, dst: Ipv4Addr, len: u8, index: u32) -> Result<()> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst, len)
-            .output_interface(index)
-            .build();
-        self.handle
-            .route()
-            .add(msg)
-            .replace()
-            .execute()
-            .await
-            .map_err(|source| NetlinkError::Request {
-                what: format!("adding route {dst}/{len} dev {index}"),
                 source,
             })
     }

@@ -187,6 +187,22 @@ impl Lab {
         Ok(lab)
     }
 
+    /// A whole lab: namespaces, `broker run` with the default config plus `extra` YAML (as
+    /// instance `prefix`), every client's tunnel endpoint, each tunnel forwarding.
+    pub fn start(prefix: &str, clients: u32, dir: &Path, extra: &str) -> Result<Self> {
+        let mut lab = Self::create(prefix, clients, dir)?;
+        let config = format!("{}{extra}", lab.config_yaml(prefix));
+        lab.start_broker(prefix, &config)?;
+        for i in 1..=clients {
+            let v4 = lab.clients[(i - 1) as usize].v4;
+            lab.start_client(i, v4)?;
+        }
+        for i in 1..=clients {
+            lab.wait_reachable(i, INET6_HOST)?;
+        }
+        Ok(lab)
+    }
+
     /// The default config: one static proto-41 tunnel per client, a store in the lab's
     /// directory, the API on port 8080 of the PoP, pools for tunnels created at run time.
     pub fn config_yaml(&self, instance: &str) -> String {

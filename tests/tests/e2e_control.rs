@@ -19,17 +19,7 @@ use serde_json::{json, Value};
 fn lab(tag: &str, clients: u32, dir: &tempfile::TempDir) -> Lab {
     broker_tests::require_root();
     let prefix = format!("bc{}{tag}", std::process::id());
-    let mut lab = Lab::create(&prefix, clients, dir.path()).expect("creating the lab");
-    let config = lab.config_yaml(&prefix);
-    lab.start_broker(&prefix, &config)
-        .expect("starting broker run");
-    for i in 1..=clients {
-        let v4 = lab.clients[(i - 1) as usize].v4;
-        lab.start_client(i, v4).expect("starting the tunnel client");
-        lab.wait_reachable(i, INET6_HOST)
-            .expect("tunnel forwarding");
-    }
-    lab
+    Lab::start(&prefix, clients, dir.path(), "").expect("starting the lab")
 }
 
 /// An HTTP request from inside namespace `ns` (`base` like `http://127.0.0.1:8080`);

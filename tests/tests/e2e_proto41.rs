@@ -16,19 +16,7 @@ use sha2::{Digest, Sha256};
 fn lab(tag: &str, clients: u32, dir: &tempfile::TempDir) -> Lab {
     broker_tests::require_root();
     let prefix = format!("bt{}{tag}", std::process::id());
-    let mut lab = Lab::create(&prefix, clients, dir.path()).expect("creating the lab");
-    let config = lab.config_yaml(&prefix);
-    lab.start_broker(&prefix, &config)
-        .expect("starting broker run");
-    for i in 1..=clients {
-        let v4 = lab.clients[(i - 1) as usize].v4;
-        lab.start_client(i, v4).expect("starting the tunnel client");
-    }
-    for i in 1..=clients {
-        lab.wait_reachable(i, INET6_HOST)
-            .expect("tunnel forwarding");
-    }
-    lab
+    Lab::start(&prefix, clients, dir.path(), "").expect("starting the lab")
 }
 
 fn stats(lab: &Lab) -> Value {

@@ -4,33 +4,19 @@ use std::process::Command;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 
-use crate::util::{build_broker, exec, root};
+use crate::util::{build_broker, ebpf_cargo, exec, root};
 
 /// Builds the XDP objects exactly as broker-userspace's build.rs does.
 pub fn ebpf() -> Result<()> {
-    exec(
-        Command::new("rustup")
-            .args([
-                "run",
-                "nightly",
-                "cargo",
-                "build",
-                "--package",
-                "broker-ebpf",
-                "--bins",
-            ])
-            .args([
-                "--release",
-                "--target",
-                "bpfel-unknown-none",
-                "-Z",
-                "build-std=core",
-            ])
-            .env(
-                "CARGO_ENCODED_RUSTFLAGS",
-                "-Cdebuginfo=2\x1f-Clink-arg=--btf",
-            ),
-    )?;
+    // Same flags as broker-userspace/build.rs, so this object is the one the daemon embeds.
+    let flags = [
+        format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
+        "-Cdebuginfo=2".into(),
+        "-Clink-arg=--btf".into(),
+        "-Ctarget-cpu=v3".into(),
+        "-Ctarget-feature=+allows-misaligned-mem-access".into(),
+    ];
+    exec(ebpf_cargo("build").env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f")))?;
     let dir = root().join("target/bpfel-unknown-none/release");
     for obj in ["broker", "broker-aux"] {
         println!("{}", dir.join(obj).display());

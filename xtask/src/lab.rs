@@ -10,8 +10,8 @@ use crate::util::build_broker;
 
 /// Prefix of the lab's namespace names.
 pub const PREFIX: &str = "brk-lab";
-/// Broker instance of the lab.
-pub const INSTANCE: &str = "lab";
+/// Broker instance of the lab (the same name as its namespaces' prefix).
+pub const INSTANCE: &str = PREFIX;
 
 /// Where the lab keeps its config, logs and the PIDs it started.
 pub fn state_dir() -> PathBuf {
@@ -52,13 +52,7 @@ pub fn run(cmd: LabCommand) -> Result<()> {
 pub fn up(clients: u32) -> Result<Lab> {
     build_broker()?;
     Lab::destroy(PREFIX, INSTANCE, &state_dir())?;
-    let mut lab = Lab::create(PREFIX, clients, &state_dir())?;
-    let config = lab.config_yaml(INSTANCE);
-    lab.start_broker(INSTANCE, &config)?;
-    for i in 1..=clients {
-        let v4 = lab.clients[(i - 1) as usize].v4;
-        lab.start_client(i, v4)?;
-    }
+    let lab = Lab::start(PREFIX, clients, &state_dir(), "")?;
     lab.record_pids()?;
     Ok(lab)
 }

@@ -4,7 +4,7 @@ use std::process::Command;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use crate::util::{build_broker, exec, is_root};
+use crate::util::{build_broker, ebpf_cargo, exec, is_root};
 
 #[derive(Args)]
 pub struct Options {
@@ -24,26 +24,7 @@ pub fn run(o: Options) -> Result<()> {
         "warnings",
     ]))?;
     // The kernel crate only builds for the BPF target, with nightly.
-    exec(
-        Command::new("rustup")
-            .args([
-                "run",
-                "nightly",
-                "cargo",
-                "clippy",
-                "--package",
-                "broker-ebpf",
-                "--bins",
-            ])
-            .args([
-                "--release",
-                "--target",
-                "bpfel-unknown-none",
-                "-Z",
-                "build-std=core",
-            ])
-            .args(["--", "-D", "warnings"]),
-    )?;
+    exec(ebpf_cargo("clippy").args(["--", "-D", "warnings"]))?;
     let broker = build_broker()?;
     if !is_root() {
         bail!(

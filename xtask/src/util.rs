@@ -77,3 +77,25 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// `cargo <subcommand>` for the eBPF crate: nightly, the BPF target, `build-std=core`.
+pub fn ebpf_cargo(subcommand: &str) -> Command {
+    let mut cmd = Command::new("rustup");
+    cmd.args([
+        "run",
+        "nightly",
+        "cargo",
+        subcommand,
+        "--package",
+        "broker-ebpf",
+        "--bins",
+    ])
+    .args([
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+    ]);
+    cmd
+}
