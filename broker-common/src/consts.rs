@@ -7,6 +7,7 @@ pub const ETH_P_IPV4_BE: u16 = 0x0800u16.to_be();
 pub const ETH_P_IPV6_BE: u16 = 0x86DDu16.to_be();
 
 /// IP protocol / next-header numbers.
+pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_IPV4: u8 = 4;
 pub const IPPROTO_IPV6: u8 = 41;
 pub const IPPROTO_UDP: u8 = 17;
@@ -16,6 +17,8 @@ pub const ETH_HDR_LEN: usize = 14;
 pub const IPV4_HDR_LEN: usize = 20;
 pub const IPV6_HDR_LEN: usize = 40;
 pub const ICMPV6_HDR_LEN: usize = 8;
+pub const ICMPV4_HDR_LEN: usize = 8;
+pub const UDP_HDR_LEN: usize = 8;
 
 /// Outer TTL of every packet the PoP encapsulates (RFC 4213 leaves it to the implementation;
 /// sixxsd uses 64 too).
@@ -31,6 +34,21 @@ pub const ICMPV6_ECHO_REPLY: u8 = 129;
 /// in answer to one (section 2.4 (e)).
 pub const ICMPV6_INFO_MIN: u8 = 128;
 
+/// ICMPv4 types and codes the data plane answers or generates.
+pub const ICMPV4_ECHO_REPLY: u8 = 0;
+pub const ICMPV4_DEST_UNREACH: u8 = 3;
+pub const ICMPV4_FRAG_NEEDED: u8 = 4;
+pub const ICMPV4_ECHO_REQUEST: u8 = 8;
+
+/// Bytes of an IPv4 packet over a v4v6 tunnel's MTU quoted in the ICMPv4 "fragmentation
+/// needed" the PoP answers with: the header and 44 bytes of what follows (RFC 792 asks
+/// for 8, RFC 1812 for as much as fits in 576; this is enough for any transport header
+/// and keeps the checksum a fixed-size `bpf_csum_diff`). A multiple of 4.
+pub const FRAG_NEEDED_QUOTE_LEN: usize = 64;
+
+/// The TSP port (RFC 5572): TSP control over TCP and UDP, and v6udpv4 data on UDP.
+pub const TSP_PORT: u16 = 3653;
+
 /// Bytes of the offending packet quoted in a Packet Too Big message generated in XDP: its
 /// IPv6 header and 88 bytes of what follows, enough for the sender's kernel to find the
 /// socket (RFC 4443 asks for "as much as fits"; Katran quotes less). A multiple of 4, as
@@ -38,7 +56,8 @@ pub const ICMPV6_INFO_MIN: u8 = 128;
 pub const PTB_QUOTE_LEN: usize = 128;
 
 /// Tunnel MTU bounds (sixxsd and the SixXS clients accept 1280-1480; 1480 is a 1500-byte
-/// path minus the 20-byte proto-41 header).
+/// path minus the 20-byte proto-41 header). Each kind's own maximum is
+/// [`crate::maps::TunnelKind::mtu_max`], a 1500-byte path minus its overhead.
 pub const MTU_MIN: u16 = 1280;
 pub const MTU_MAX: u16 = 1480;
 
@@ -47,10 +66,10 @@ pub const MTU_MAX: u16 = 1480;
 pub const DEFAULT_MAX_TUNNELS: u32 = 65_536;
 /// Default capacity of the prefix map (link /64 and routed prefixes of every tunnel).
 pub const DEFAULT_MAX_PREFIXES: u32 = 4 * DEFAULT_MAX_TUNNELS;
-/// Destinations of decapsulated traffic whose next hop is cached: 2^NEXTHOP6_BITS slots
-/// per CPU, direct-mapped.
-pub const NEXTHOP6_BITS: u32 = 12;
-pub const NEXTHOP6_ENTRIES: u32 = 1 << NEXTHOP6_BITS;
+/// Destinations of decapsulated traffic whose next hop is cached: 2^NEXTHOP_NATIVE_BITS
+/// slots per CPU, direct-mapped.
+pub const NEXTHOP_NATIVE_BITS: u32 = 12;
+pub const NEXTHOP_NATIVE_ENTRIES: u32 = 1 << NEXTHOP_NATIVE_BITS;
 /// How long a cached next hop is trusted without the controller confirming it.
 pub const DEFAULT_NEXTHOP_MAX_AGE_MS: u32 = 1_000;
 
@@ -60,16 +79,19 @@ pub const GEN_FRAME_LEN: usize = 128;
 /// Version of the map layouts (keys, values, sizes of `broker_common::maps`). Pins live
 /// under `maps-v<N>`: a build with another layout brings new maps, fills them, and swaps
 /// the program on the pinned links, so an upgrade never reads maps it does not understand.
-pub const MAP_LAYOUT_VERSION: u32 = 1;
+pub const MAP_LAYOUT_VERSION: u32 = 2;
 
 /// Names of the maps in the object file, which are also their pin names.
 pub mod map_names {
     pub const SETTINGS: &str = "SETTINGS";
     pub const TUNNELS: &str = "TUNNELS";
     pub const P41_ENDPOINTS: &str = "P41_ENDPOINTS";
+    pub const UDP_ENDPOINTS: &str = "UDP_ENDPOINTS";
+    pub const V6_ENDPOINTS: &str = "V6_ENDPOINTS";
+    pub const V4_ROUTES: &str = "V4_ROUTES";
     pub const PREFIXES: &str = "PREFIXES";
-    pub const NEXTHOP4: &str = "NEXTHOP4";
-    pub const NEXTHOP6: &str = "NEXTHOP6";
+    pub const NEXTHOP_CLIENT: &str = "NEXTHOP_CLIENT";
+    pub const NEXTHOP_NATIVE: &str = "NEXTHOP_NATIVE";
     pub const TUNNEL_STATS: &str = "TUNNEL_STATS";
     pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
     pub const BENCH_REDIRECT: &str = "BENCH_REDIRECT";
@@ -77,13 +99,16 @@ pub mod map_names {
     pub const GEN_TEMPLATE: &str = "GEN_TEMPLATE";
 
     /// Every map the controller owns, in the order `broker stats` lists them.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 11] = [
         SETTINGS,
         TUNNELS,
         P41_ENDPOINTS,
+        UDP_ENDPOINTS,
+        V6_ENDPOINTS,
+        V4_ROUTES,
         PREFIXES,
-        NEXTHOP4,
-        NEXTHOP6,
+        NEXTHOP_CLIENT,
+        NEXTHOP_NATIVE,
         TUNNEL_STATS,
         GLOBAL_STATS,
     ];

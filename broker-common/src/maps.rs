@@ -5,13 +5,19 @@
 //! - `SETTINGS`: `Array<Settings>` of one entry, the PoP-wide parameters.
 //! - `TUNNELS`: `Array<Tunnel>` indexed by a dense slot the controller assigns.
 //! - `P41_ENDPOINTS`: `HashMap<Endpoint4, u32>`: proto-41 (client IPv4, PoP IPv4) to slot.
+//! - `UDP_ENDPOINTS`: `HashMap<UdpEndpoint4, u32>`: v6udpv4 (client IPv4 and port, PoP IPv4
+//!   and port) to slot.
+//! - `V6_ENDPOINTS`: `HashMap<Endpoint6, u32>`: v4v6 (client IPv6, PoP IPv6) to slot.
+//! - `V4_ROUTES`: `HashMap<[u8; 4], u32>`: the inner IPv4 of each v4v6 client to slot.
 //! - `PREFIXES`: `HashMap<PrefixKey, u32>`: every tunnel prefix (link /64 and routed) to
 //!   slot, probed once per prefix length in use, longest first: a handful of O(1) lookups
 //!   instead of an LPM trie walk that grows with the table.
-//! - `NEXTHOP4`: `PerCpuArray<Nexthop>` by slot: the cached next hop towards each client.
-//! - `NEXTHOP6`: `PerCpuArray<Nexthop6>`: cached next hops of decapsulated packets, a
-//!   direct-mapped cache indexed by a hash of the destination (an array slot costs a few
-//!   instructions, a hash map lookup a helper call and a jhash).
+//! - `NEXTHOP_CLIENT`: `PerCpuArray<Nexthop>` by slot: the cached next hop towards each
+//!   tunnel's client (its outer IPv4 or IPv6 endpoint).
+//! - `NEXTHOP_NATIVE`: `PerCpuArray<NexthopNative>`: cached next hops of decapsulated
+//!   packets, a direct-mapped cache indexed by a hash of the destination (an array slot
+//!   costs a few instructions, a hash map lookup a helper call and a jhash). IPv4
+//!   destinations (v4v6) are kept as IPv4-mapped IPv6 addresses.
 //! - `TUNNEL_STATS`: `PerCpuArray<TunnelStats>` indexed by slot.
 //! - `GLOBAL_STATS`: `PerCpuArray<StatPair>` indexed as [`crate::stats`] lays out.
 //!
@@ -25,19 +31,43 @@
 pub enum TunnelKind {
     /// IPv6 in IPv4, protocol 41 (RFC 4213); TSP `v6v4`, SixXS `6in4`.
     Proto41 = 1,
+    /// IPv6 directly in UDP over IPv4 (TSP `v6udpv4`, RFC 5572): crosses NATs.
+    V6Udp4 = 2,
+    /// IPv4 in IPv6, next header 4 (TSP `v4v6`, RFC 2473): IPv4 for IPv6-only clients.
+    V4In6 = 3,
 }
 
 impl TunnelKind {
+    pub const ALL: [Self; 3] = [Self::Proto41, Self::V6Udp4, Self::V4In6];
+
     pub const fn from_u8(v: u8) -> Option<Self> {
         match v {
             1 => Some(Self::Proto41),
+            2 => Some(Self::V6Udp4),
+            3 => Some(Self::V4In6),
             _ => None,
         }
+    }
+
+    /// Bytes the encapsulation adds in front of the inner packet.
+    pub const fn overhead(self) -> u16 {
+        match self {
+            Self::Proto41 => 20,
+            Self::V6Udp4 => 28,
+            Self::V4In6 => 40,
+        }
+    }
+
+    /// The largest tunnel MTU on a 1500-byte path.
+    pub const fn mtu_max(self) -> u16 {
+        1500 - self.overhead()
     }
 
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Proto41 => "proto41",
+            Self::V6Udp4 => "v6udpv4",
+            Self::V4In6 => "v4v6",
         }
     }
 }
@@ -50,7 +80,9 @@ pub enum TunnelState {
     Empty = 0,
     /// Forwarding in both directions.
     Up = 1,
-    /// Configured but not forwarding (no client seen, or its liveness expired).
+    /// Configured but not forwarding: set so by the operator, or its client fell silent.
+    /// A silent tunnel with [`Tunnel::WAKE`] still accepts packets from its client, and the
+    /// controller brings it back up when it sees them.
     Down = 2,
     /// Switched off by the operator.
     Disabled = 3,
@@ -99,7 +131,8 @@ pub struct Tunnel {
     /// UDP ports for UDP encapsulations (network order).
     pub local_port: [u8; 2],
     pub remote_port: [u8; 2],
-    pub _pad0: [u8; 4],
+    /// v4v6: the client's inner IPv4, the only source it may send from.
+    pub client_v4: [u8; 4],
     /// The PoP's address on the link /64 (`::1`): answers echo, sources ICMPv6 errors.
     pub pop_v6: [u8; 16],
     /// The client's address on the link /64 (`::2`).
@@ -110,7 +143,10 @@ pub struct Tunnel {
     /// SHA-1 of the tunnel password, for signed encapsulations.
     pub key: [u8; 20],
     /// Number of valid entries in `routed`.
-    pub n_routed: u32,
+    pub n_routed: u8,
+    /// `Tunnel::WAKE`, ...
+    pub flags: u8,
+    pub _pad0: [u8; 2],
     /// Upper 64 bits of the link /64 (memory-order u64): inner sources must be in it or in
     /// a routed prefix.
     pub link64: u64,
@@ -128,16 +164,22 @@ impl Tunnel {
         remote_v4: [0; 4],
         local_port: [0; 2],
         remote_port: [0; 2],
-        _pad0: [0; 4],
+        client_v4: [0; 4],
         pop_v6: [0; 16],
         client_v6: [0; 16],
         local_v6: [0; 16],
         remote_v6: [0; 16],
         key: [0; 20],
         n_routed: 0,
+        flags: 0,
+        _pad0: [0; 2],
         link64: 0,
         routed: [Prefix64::NONE; MAX_ROUTED],
     };
+
+    /// The controller tracks the client's liveness: while `Down`, packets from the client
+    /// are still accepted (and wake the tunnel up); only packets towards it are dropped.
+    pub const WAKE: u8 = 1;
 
     /// True when `addr` lies in the link /64 or one of the routed prefixes.
     #[inline(always)]
@@ -148,7 +190,7 @@ impl Tunnel {
         }
         let mut i = 0;
         while i < MAX_ROUTED {
-            if (i as u32) < self.n_routed && self.routed[i].contains(hi) {
+            if i < self.n_routed as usize && self.routed[i].contains(hi) {
                 return true;
             }
             i += 1;
@@ -212,20 +254,21 @@ pub const fn mask64(len: u32) -> u64 {
     u64::from_ne_bytes(be.to_be_bytes())
 }
 
-/// An entry of the `NEXTHOP6` cache: the destination it is for and its next hop.
+/// An entry of the `NEXTHOP_NATIVE` cache: the destination it is for (IPv4 ones mapped,
+/// `::ffff:a.b.c.d`) and its next hop.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Nexthop6 {
+pub struct NexthopNative {
     pub dst: [u8; 16],
     pub hop: Nexthop,
 }
 
-/// The `NEXTHOP6` slot of a destination: a multiplicative hash of its 32-bit words.
+/// The `NEXTHOP_NATIVE` slot of a destination: a multiplicative hash of its 32-bit words.
 #[inline(always)]
-pub fn nexthop6_slot(dst: &[u8; 16]) -> u32 {
+pub fn nexthop_native_slot(dst: &[u8; 16]) -> u32 {
     let w = |i: usize| u32::from_ne_bytes([dst[i], dst[i + 1], dst[i + 2], dst[i + 3]]);
     let x = w(0) ^ w(4) ^ w(8).rotate_left(7) ^ w(12).rotate_left(13);
-    x.wrapping_mul(0x9e37_79b1) >> (32 - crate::consts::NEXTHOP6_BITS)
+    x.wrapping_mul(0x9e37_79b1) >> (32 - crate::consts::NEXTHOP_NATIVE_BITS)
 }
 
 /// Key of `PREFIXES`: a tunnel prefix.
@@ -272,6 +315,24 @@ pub struct Endpoint4 {
     pub local: [u8; 4],
 }
 
+/// Key of `UDP_ENDPOINTS`: a v6udpv4 packet's outer addresses and ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UdpEndpoint4 {
+    pub remote: [u8; 4],
+    pub local: [u8; 4],
+    pub remote_port: [u8; 2],
+    pub local_port: [u8; 2],
+}
+
+/// Key of `V6_ENDPOINTS`: a v4v6 packet's outer (source, destination).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoint6 {
+    pub remote: [u8; 16],
+    pub local: [u8; 16],
+}
+
 /// Value of `SETTINGS[0]`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -295,6 +356,19 @@ pub struct Settings {
     /// Aggregates covering every tunnel prefix: an IPv6 destination outside all of them
     /// is not tunnel traffic, without a single hash probe.
     pub space: [Prefix64; MAX_SPACE],
+    /// The PoP's IPv6: the outer destination of v4v6 packets. All zero = no v4v6.
+    pub pop_v6: [u8; 16],
+    /// The PoP's own address inside v4v6 tunnels (answers echo requests in XDP).
+    pub v4_gateway: [u8; 4],
+    /// The pool of v4v6 inner addresses, `net`/`mask` as memory-order u32: IPv4
+    /// destinations outside it are not looked up in `V4_ROUTES`. Mask 0 = no v4v6.
+    pub v4_net: u32,
+    pub v4_mask: u32,
+    /// UDP port of TSP on the PoP (network order): v6udpv4 data and control arrive there.
+    /// Zero = no v6udpv4.
+    pub tsp_port: [u8; 2],
+    /// Reserved for AYIYA's port.
+    pub _reserved_port: [u8; 2],
 }
 
 impl Settings {
@@ -311,7 +385,19 @@ impl Settings {
             _pad: 0,
         }; MAX_PREFIX_LENS],
         space: [Prefix64::NONE; MAX_SPACE],
+        pop_v6: [0; 16],
+        v4_gateway: [0; 4],
+        v4_net: 0,
+        v4_mask: 0,
+        tsp_port: [0; 2],
+        _reserved_port: [0; 2],
     };
+
+    /// True when `addr` is inside the v4v6 pool.
+    #[inline(always)]
+    pub fn in_v4_space(&self, addr: &[u8; 4]) -> bool {
+        self.v4_mask != 0 && u32::from_ne_bytes(*addr) & self.v4_mask == self.v4_net
+    }
 
     /// True when `addr` is inside the tunnel space.
     #[inline(always)]
@@ -375,13 +461,15 @@ mod tests {
         // These sizes are part of the pinned-map contract between program versions.
         assert_eq!(size_of::<Tunnel>(), 184);
         assert_eq!(size_of::<Endpoint4>(), 8);
+        assert_eq!(size_of::<UdpEndpoint4>(), 12);
+        assert_eq!(size_of::<Endpoint6>(), 32);
         assert_eq!(
             size_of::<Settings>(),
-            24 + 16 * MAX_PREFIX_LENS + 16 * MAX_SPACE
+            24 + 16 * MAX_PREFIX_LENS + 16 * MAX_SPACE + 32
         );
         assert_eq!(size_of::<PrefixKey>(), 16);
         assert_eq!(size_of::<Nexthop>(), 32);
-        assert_eq!(size_of::<Nexthop6>(), 48);
+        assert_eq!(size_of::<NexthopNative>(), 48);
         assert_eq!(size_of::<TunnelStats>(), 48);
         assert_eq!(size_of::<StatPair>(), 16);
     }

@@ -1,8 +1,8 @@
 //! `aya::Pod` for the map types: all are `#[repr(C)]`, padding is explicit, every bit
 //! pattern is valid.
 use crate::maps::{
-    Endpoint4, LenMask, Nexthop, Nexthop6, Prefix64, PrefixKey, Settings, StatPair, Tunnel,
-    TunnelStats,
+    Endpoint4, Endpoint6, LenMask, Nexthop, NexthopNative, Prefix64, PrefixKey, Settings, StatPair,
+    Tunnel, TunnelStats, UdpEndpoint4,
 };
 
 unsafe impl aya::Pod for Tunnel {}
@@ -14,4 +14,6 @@ unsafe impl aya::Pod for PrefixKey {}
 unsafe impl aya::Pod for Nexthop {}
 unsafe impl aya::Pod for LenMask {}
 unsafe impl aya::Pod for Prefix64 {}
-unsafe impl aya::Pod for Nexthop6 {}
+unsafe impl aya::Pod for NexthopNative {}
+unsafe impl aya::Pod for UdpEndpoint4 {}
+unsafe impl aya::Pod for Endpoint6 {}

@@ -54,13 +54,14 @@ macro_rules! reasons {
 reasons! {
     /// Something the data plane did to a packet (besides passing or dropping it).
     Event {
-        /// A tunnel packet was decapsulated (proto-41 to native IPv6).
+        /// A tunnel packet was decapsulated (to native IPv6, or IPv4 for v4v6).
         Decap = 0 => "decap",
         /// A native packet was encapsulated into a tunnel.
         Encap = 1 => "encap",
-        /// An ICMPv6 echo request to the PoP's tunnel address was answered in XDP.
+        /// An echo request to the PoP's tunnel address was answered in XDP.
         EchoReply = 2 => "echo_reply",
-        /// A packet over the tunnel MTU was answered with ICMPv6 Packet Too Big.
+        /// A packet over the tunnel MTU was answered with ICMPv6 Packet Too Big (ICMPv4
+        /// fragmentation needed for v4v6).
         PacketTooBig = 3 => "packet_too_big",
     }
 }
@@ -86,17 +87,20 @@ reasons! {
         TunnelDown = 7 => "tunnel_down",
         /// The tunnel is disabled by the operator.
         TunnelDisabled = 8 => "tunnel_disabled",
-        /// Inner packet is not IPv6 or its length disagrees with the outer header.
+        /// Inner packet is not of the tunnel's family, malformed, or its length disagrees
+        /// with the outer header.
         BadInnerHeader = 9 => "bad_inner_header",
-        /// Inner IPv6 source is outside the tunnel's link /64 and routed prefixes.
+        /// Inner source is outside the tunnel's link /64 and routed prefixes (v4v6: is not
+        /// the client's IPv4).
         SpoofedSource = 10 => "spoofed_source",
-        /// Hop limit would reach zero.
+        /// Hop limit (TTL) would reach zero.
         HopLimitExceeded = 11 => "hop_limit_exceeded",
         /// Traffic other than echo requests addressed to the PoP's tunnel address.
         PopAddress = 12 => "pop_address",
         /// The kernel's routing table says blackhole, unreachable or prohibit.
         NoRoute = 13 => "no_route",
-        /// Over the tunnel MTU and itself an ICMPv6 error, so no Packet Too Big is sent.
+        /// Over the tunnel MTU and itself an ICMP error, so no Packet Too Big (or
+        /// fragmentation needed) is sent.
         TooBigIcmpError = 14 => "too_big_icmp_error",
         /// The kernel refused to grow or shrink the packet.
         AdjustFailed = 15 => "adjust_failed",
@@ -105,13 +109,18 @@ reasons! {
         /// Over the MTU of a tunnel it is forwarded into from another tunnel; no Packet Too
         /// Big goes back through the first one.
         TooBigHairpin = 17 => "too_big_hairpin",
+        /// The UDP header of a v6udpv4 packet is inconsistent (length field).
+        BadUdpHeader = 18 => "bad_udp_header",
+        /// An IPv4 packet over a v4v6 tunnel's MTU without Don't Fragment: the PoP does not
+        /// fragment.
+        TooBigNoDf = 19 => "too_big_no_df",
     }
 }
 
 reasons! {
     /// Why a packet was passed to the kernel. Each is a `broker_passes_total{reason=...}`.
     PassReason {
-        /// Not tunnel traffic: not to the PoP's IPv4, not to a tunnel prefix. Untouched.
+        /// Not tunnel traffic: not to the PoP, not to a tunnel prefix. Untouched.
         NotTunnel = 0 => "not_tunnel",
         /// Too short or malformed to classify (Ethernet, IPv4 or IPv6 header). Untouched.
         Unparsed = 1 => "unparsed",
@@ -124,6 +133,9 @@ reasons! {
         NotForwarded = 4 => "not_forwarded",
         /// The FIB lookup failed otherwise (forwarding disabled, no device, LWT).
         FibError = 5 => "fib_error",
+        /// A TSP control message (first nibble 0xF after the UDP header) on the TSP port:
+        /// for the TSP server. Untouched.
+        TspControl = 6 => "tsp_control",
     }
 }
 

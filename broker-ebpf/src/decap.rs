@@ -1,31 +1,122 @@
-//! From a proto-41 tunnel to native IPv6 (`from_6in4`): validate the outer IPv4 header,
-//! find the tunnel by its endpoints, check the inner packet, strip, forward.
+//! From an IPv4-outer tunnel to native IPv6: proto-41 (`from_6in4`) and TSP's v6udpv4
+//! (IPv6 right after a UDP header). Validate the outer headers, find the tunnel by its
+//! endpoints, check the inner packet, strip, forward.
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use broker_common::{
-    consts::{ETH_HDR_LEN, ETH_P_IPV6_BE, IPV4_HDR_LEN},
+    consts::{ETH_HDR_LEN, ETH_P_IPV6_BE, IPV4_HDR_LEN, UDP_HDR_LEN},
     csum,
-    maps::{Endpoint4, Settings, TunnelKind},
-    stats::{DropReason, Event},
+    maps::{Endpoint4, Settings, Tunnel, TunnelKind, UdpEndpoint4},
+    stats::{DropReason, Event, PassReason},
 };
 
 use crate::{
     forward,
-    headers::{EthHdr, Ipv4Hdr, Ipv6Hdr},
+    headers::{Aligned, EthHdr, Ipv4Hdr, Ipv6Hdr, UdpHdr},
     icmp6, maps,
-    outcome::Verdict,
+    outcome::{Outcome, Verdict},
     ptr,
     stats::{self, Dir},
-    tunnel,
+    tunnel::{self, Way},
 };
 
-/// Offset of the inner IPv6 header.
-const INNER: usize = ETH_HDR_LEN + IPV4_HDR_LEN;
+/// Offset of the outer UDP header of v6udpv4 packets (the outer IPv4 has no options).
+const UDP: usize = ETH_HDR_LEN + IPV4_HDR_LEN;
+/// The first nibble of a TSP control message: the signature of its sequence number. Old
+/// senders that write it little-endian put the signature in the fourth byte; their first
+/// byte is the sequence number's low byte, which is not 6x in any session that does not
+/// send hundreds of messages, so they reach the kernel as `unparsed`.
+const TSP_SIGNATURE: u8 = 0xf0;
 
 #[inline(always)]
 pub fn proto41(ctx: &XdpContext, s: &Settings) -> Verdict {
+    let ip = outer_ipv4(ctx)?;
+    if ip.is_fragment() {
+        return Err(DropReason::OuterFragment);
+    }
+    let key = Endpoint4 {
+        remote: ip.src,
+        local: ip.dst,
+    };
+    let slot = maps::P41_ENDPOINTS
+        .get_ptr(key)
+        // SAFETY: a u32 value in a map the program only reads.
+        .map(|p| unsafe { *p })
+        .ok_or(DropReason::UnknownEndpoint)?;
+    let t = tunnel::get(slot)?;
+    let inner_len = ip.tot_len() - IPV4_HDR_LEN;
+    tunnel::check_usable(t, slot, TunnelKind::Proto41, Way::FromClient, inner_len)?;
+    inner_ipv6(ctx, s, t, slot, IPV4_HDR_LEN, inner_len)
+}
+
+/// A UDP datagram to the PoP's IPv4. On the TSP port, a first payload nibble of 6 is
+/// v6udpv4 data; TSP control messages (0xF) and anything unclassifiable go to the kernel,
+/// where the TSP server listens.
+#[inline(always)]
+pub fn v6udpv4(ctx: &XdpContext, s: &Settings) -> Verdict {
+    const NOT_TUNNEL: Verdict = Ok(Outcome::Pass(PassReason::NotTunnel));
+    const UNPARSED: Verdict = Ok(Outcome::Pass(PassReason::Unparsed));
+    let Some(ip) = ptr::at::<Ipv4Hdr>(ctx, ETH_HDR_LEN) else {
+        return UNPARSED;
+    };
+    // SAFETY: bounds checked; a copy.
+    let ip = unsafe { Aligned(*ip) };
+    // Options move the UDP header, and later fragments have none: the kernel's.
+    if ip.version_ihl != 0x45 || ip.is_later_fragment() {
+        return NOT_TUNNEL;
+    }
+    let Some(udp) = ptr::at::<UdpHdr>(ctx, UDP) else {
+        return UNPARSED;
+    };
+    // SAFETY: bounds checked; a copy.
+    let udp = unsafe { Aligned(*udp) };
+    if udp.dst != s.tsp_port {
+        return NOT_TUNNEL;
+    }
+    let Some(first) = ptr::at::<u8>(ctx, UDP + UDP_HDR_LEN) else {
+        return UNPARSED;
+    };
+    // SAFETY: bounds checked.
+    let first = unsafe { *first };
+    if first & 0xf0 == TSP_SIGNATURE {
+        return Ok(Outcome::Pass(PassReason::TspControl));
+    }
+    if first >> 4 != 6 {
+        return UNPARSED;
+    }
+
+    // From here on it is tunnel data: every defect is a counted drop.
+    let ip = outer_ipv4(ctx)?;
+    if ip.is_fragment() {
+        return Err(DropReason::OuterFragment);
+    }
+    let udp_len = u16::from_be_bytes(udp.len) as usize;
+    if udp_len != ip.tot_len() - IPV4_HDR_LEN || udp_len < UDP_HDR_LEN {
+        return Err(DropReason::BadUdpHeader);
+    }
+    let key = UdpEndpoint4 {
+        remote: ip.src,
+        local: ip.dst,
+        remote_port: udp.src,
+        local_port: udp.dst,
+    };
+    let slot = maps::UDP_ENDPOINTS
+        .get_ptr(key)
+        // SAFETY: a u32 value in a map the program only reads.
+        .map(|p| unsafe { *p })
+        .ok_or(DropReason::UnknownEndpoint)?;
+    let t = tunnel::get(slot)?;
+    let inner_len = udp_len - UDP_HDR_LEN;
+    tunnel::check_usable(t, slot, TunnelKind::V6Udp4, Way::FromClient, inner_len)?;
+    inner_ipv6(ctx, s, t, slot, IPV4_HDR_LEN + UDP_HDR_LEN, inner_len)
+}
+
+/// The outer IPv4 header of a packet identified as tunnel traffic, checked: version, no
+/// options, checksum, total length within the frame. Returns a copy.
+#[inline(always)]
+fn outer_ipv4(ctx: &XdpContext) -> Result<Aligned<Ipv4Hdr>, DropReason> {
     let ip = ptr::at::<Ipv4Hdr>(ctx, ETH_HDR_LEN).ok_or(DropReason::Truncated)?;
     // SAFETY: bounds checked; a copy, so later head adjustments cannot invalidate it.
-    let ip = unsafe { *ip };
+    let ip = unsafe { Aligned(*ip) };
     if ip.version_ihl >> 4 != 4 || ip.version_ihl & 0xf < 5 {
         return Err(DropReason::BadIpv4Header);
     }
@@ -42,24 +133,22 @@ pub fn proto41(ctx: &XdpContext, s: &Settings) -> Verdict {
     if ETH_HDR_LEN + tot_len > ptr::frame_len(ctx) {
         return Err(DropReason::Truncated);
     }
-    if ip.is_fragment() {
-        return Err(DropReason::OuterFragment);
-    }
+    Ok(ip)
+}
 
-    let key = Endpoint4 {
-        remote: ip.src,
-        local: ip.dst,
-    };
-    let slot = maps::P41_ENDPOINTS
-        .get_ptr(key)
-        // SAFETY: a u32 value in a map the program only reads.
-        .map(|p| unsafe { *p })
-        .ok_or(DropReason::UnknownEndpoint)?;
-    let t = tunnel::get(slot)?;
-    let inner_len = tot_len - IPV4_HDR_LEN;
-    tunnel::check_usable(t, slot, TunnelKind::Proto41, inner_len)?;
-
-    let inner = ptr::at::<Ipv6Hdr>(ctx, INNER)
+/// The inner IPv6 packet `outer` bytes after the Ethernet header, of `inner_len` bytes,
+/// from tunnel `t`: check it, answer echo to the PoP, or strip the outer headers and
+/// forward.
+#[inline(always)]
+fn inner_ipv6(
+    ctx: &XdpContext,
+    s: &Settings,
+    t: &Tunnel,
+    slot: u32,
+    outer: usize,
+    inner_len: usize,
+) -> Verdict {
+    let inner = ptr::at::<Ipv6Hdr>(ctx, ETH_HDR_LEN + outer)
         .ok_or_else(|| tunnel::drop(slot, inner_len, DropReason::Truncated))?;
     // SAFETY: bounds checked.
     let inner = unsafe { &*inner };
@@ -70,7 +159,7 @@ pub fn proto41(ctx: &XdpContext, s: &Settings) -> Verdict {
         return Err(tunnel::drop(slot, inner_len, DropReason::SpoofedSource));
     }
     if inner.dst == t.pop_v6 {
-        return icmp6::echo_reply_in_tunnel(ctx, t, slot, inner_len);
+        return icmp6::echo_reply_in_tunnel(ctx, t, slot, outer, inner_len);
     }
     if inner.hop_limit <= 1 {
         return Err(tunnel::drop(slot, inner_len, DropReason::HopLimitExceeded));
@@ -78,18 +167,19 @@ pub fn proto41(ctx: &XdpContext, s: &Settings) -> Verdict {
 
     stats::tunnel(slot, Dir::FromClient, inner_len as u64);
     stats::event(Event::Decap, t.kind, inner_len as u64);
-    strip_ipv4(ctx)?;
+    strip(ctx, outer)?;
     forward::native6(ctx, s, inner_len)
 }
 
-/// Removes the outer IPv4 header; the Ethernet header moves forward and says IPv6.
+/// Removes `outer` bytes of headers after the Ethernet header, which moves forward and
+/// says IPv6.
 #[inline(always)]
-fn strip_ipv4(ctx: &XdpContext) -> Result<(), DropReason> {
+fn strip(ctx: &XdpContext, outer: usize) -> Result<(), DropReason> {
     let eth = ptr::at::<EthHdr>(ctx, 0).ok_or(DropReason::Truncated)?;
     // SAFETY: bounds checked; copied before the head moves.
-    let eth = unsafe { *eth };
+    let eth = unsafe { Aligned(*eth) };
     // SAFETY: helper call on our own context.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, IPV4_HDR_LEN as i32) } != 0 {
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, outer as i32) } != 0 {
         return Err(DropReason::AdjustFailed);
     }
     let new = ptr::at::<EthHdr>(ctx, 0).ok_or(DropReason::AdjustFailed)?;

@@ -1,8 +1,11 @@
-//! From native IPv6 into a proto-41 tunnel (`to_6in4`): the destination is inside a
-//! tunnel's prefix. Check state, hop limit and MTU, push the IPv4 header, forward.
+//! From native IPv6 into an IPv4-outer tunnel: proto-41 (`to_6in4`) or v6udpv4. The
+//! destination is inside a tunnel's prefix. Check state, hop limit and MTU, push the
+//! outer headers, forward.
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use broker_common::{
-    consts::{ENCAP_TTL, ETH_HDR_LEN, ETH_P_IPV4_BE, IPPROTO_IPV6, IPV4_HDR_LEN},
+    consts::{
+        ENCAP_TTL, ETH_HDR_LEN, ETH_P_IPV4_BE, IPPROTO_IPV6, IPPROTO_UDP, IPV4_HDR_LEN, UDP_HDR_LEN,
+    },
     csum,
     maps::{Settings, Tunnel, TunnelKind},
     stats::{DropReason, Event},
@@ -10,12 +13,12 @@ use broker_common::{
 
 use crate::{
     forward,
-    headers::{EthHdr, Ipv4Hdr, Ipv6Hdr},
+    headers::{Aligned, EthHdr, Ipv4Hdr, Ipv6Hdr, UdpHdr},
     icmp6,
     outcome::Verdict,
     ptr,
     stats::{self, Dir},
-    tunnel,
+    tunnel::{self, Way},
 };
 
 /// Where the packet came from, which decides how errors and echo replies can go back.
@@ -43,7 +46,14 @@ pub fn into_tunnel(ctx: &XdpContext, s: &Settings, slot: u32, origin: Origin) ->
             Origin::Tunnel => Err(DropReason::PopAddress),
         };
     }
-    tunnel::check_usable(t, slot, TunnelKind::Proto41, len)?;
+    // Only the IPv4-outer kinds have IPv6 prefixes; the check keeps a stale entry honest.
+    let udp = t.kind == TunnelKind::V6Udp4 as u8;
+    let kind = if udp {
+        TunnelKind::V6Udp4
+    } else {
+        TunnelKind::Proto41
+    };
+    tunnel::check_usable(t, slot, kind, Way::ToClient, len)?;
     if ipr.hop_limit <= 1 {
         return Err(tunnel::drop(slot, len, DropReason::HopLimitExceeded));
     }
@@ -57,33 +67,52 @@ pub fn into_tunnel(ctx: &XdpContext, s: &Settings, slot: u32, origin: Origin) ->
     // SAFETY: bounds checked above; a router decrements once.
     unsafe { (*ip).hop_limit -= 1 };
 
-    push_ipv4(ctx, t, len, tos)?;
+    let outer = if udp {
+        IPV4_HDR_LEN + UDP_HDR_LEN
+    } else {
+        IPV4_HDR_LEN
+    };
+    push_ipv4(ctx, t, outer, len, tos)?;
+    if udp {
+        push_udp(ctx, t, len)?;
+    }
     stats::tunnel(slot, Dir::ToClient, len as u64);
     stats::event(Event::Encap, t.kind, len as u64);
-    forward::ipv4(ctx, s, t, slot, len + IPV4_HDR_LEN, tos)
+    forward::to_client(ctx, s, t, slot, outer, len + outer, tos)
 }
 
-/// Prepends the outer IPv4 header (RFC 4213 section 3.5): protocol 41, DF, TTL 64, the
-/// inner traffic class copied to TOS.
+/// Prepends `outer` bytes and fills in the IPv4 header (RFC 4213 section 3.5): protocol
+/// 41 (or UDP when `outer` has room for it), DF, TTL 64, the inner traffic class copied
+/// to TOS.
 #[inline(always)]
-fn push_ipv4(ctx: &XdpContext, t: &Tunnel, inner_len: usize, tos: u8) -> Result<(), DropReason> {
+fn push_ipv4(
+    ctx: &XdpContext,
+    t: &Tunnel,
+    outer: usize,
+    inner_len: usize,
+    tos: u8,
+) -> Result<(), DropReason> {
     let eth = ptr::at::<EthHdr>(ctx, 0).ok_or(DropReason::Truncated)?;
     // SAFETY: bounds checked; copied before the head moves.
-    let eth = unsafe { *eth };
+    let eth = unsafe { Aligned(*eth) };
     // SAFETY: helper call on our own context.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPV4_HDR_LEN as i32)) } != 0 {
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(outer as i32)) } != 0 {
         return Err(DropReason::AdjustFailed);
     }
     let new_eth = ptr::at::<EthHdr>(ctx, 0).ok_or(DropReason::AdjustFailed)?;
-    let outer = ptr::at::<Ipv4Hdr>(ctx, ETH_HDR_LEN).ok_or(DropReason::AdjustFailed)?;
+    let ip = ptr::at::<Ipv4Hdr>(ctx, ETH_HDR_LEN).ok_or(DropReason::AdjustFailed)?;
     let mut hdr = Ipv4Hdr {
         version_ihl: 0x45,
         tos,
-        tot_len: ((inner_len + IPV4_HDR_LEN) as u16).to_be_bytes(),
+        tot_len: ((inner_len + outer) as u16).to_be_bytes(),
         id: [0, 0],
         frag_off: Ipv4Hdr::DF.to_be_bytes(),
         ttl: ENCAP_TTL,
-        protocol: IPPROTO_IPV6,
+        protocol: if outer == IPV4_HDR_LEN {
+            IPPROTO_IPV6
+        } else {
+            IPPROTO_UDP
+        },
         check: [0, 0],
         src: t.local_v4,
         dst: t.remote_v4,
@@ -96,7 +125,25 @@ fn push_ipv4(ctx: &XdpContext, t: &Tunnel, inner_len: usize, tos: u8) -> Result<
             src: eth.src,
             proto: ETH_P_IPV4_BE.to_ne_bytes(),
         };
-        *outer = hdr;
+        *ip = hdr;
+    }
+    Ok(())
+}
+
+/// Fills in the UDP header after the outer IPv4 one: from the PoP's TSP port to the
+/// client's registered port, checksum 0 (none, which IPv4 allows; the inner packet's own
+/// transport checksum covers the payload, as sixxsd does for AYIYA).
+#[inline(always)]
+fn push_udp(ctx: &XdpContext, t: &Tunnel, inner_len: usize) -> Result<(), DropReason> {
+    let udp = ptr::at::<UdpHdr>(ctx, ETH_HDR_LEN + IPV4_HDR_LEN).ok_or(DropReason::AdjustFailed)?;
+    // SAFETY: bounds checked after the adjustment.
+    unsafe {
+        *udp = UdpHdr {
+            src: t.local_port,
+            dst: t.remote_port,
+            len: ((inner_len + UDP_HDR_LEN) as u16).to_be_bytes(),
+            check: [0, 0],
+        };
     }
     Ok(())
 }

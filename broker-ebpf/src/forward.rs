@@ -3,8 +3,8 @@
 //!
 //! The next hop comes from the kernel's FIB (`bpf_fib_lookup`), cached because a lookup
 //! costs more than the rest of the fast path together (measured in docs/BENCHMARKS.md):
-//! per tunnel slot for encapsulated packets (`NEXTHOP4`), per destination for decapsulated
-//! ones (`NEXTHOP6`). An entry is used while its generation is the controller's current one
+//! per tunnel slot for encapsulated packets (`NEXTHOP_CLIENT`), per destination for
+//! decapsulated ones (`NEXTHOP_NATIVE`). An entry is used while its generation is the controller's current one
 //! (bumped on every route, neighbour or link change) and it is younger than
 //! `nexthop_max_age_ms`. Only lookups that would succeed for the largest packet the tunnel
 //! carries are cached, so a cached hop never skips an MTU check that could fail.
@@ -24,18 +24,19 @@ use aya_ebpf::{
     EbpfContext,
 };
 use broker_common::{
-    consts::{ETH_HDR_LEN, IPV4_HDR_LEN, MTU_MAX},
-    maps::{nexthop6_slot, Nexthop, Settings, Tunnel},
+    consts::{ETH_HDR_LEN, MTU_MAX},
+    csum,
+    maps::{nexthop_native_slot, Nexthop, Settings, Tunnel, TunnelKind},
     stats::{DropReason, PassReason},
 };
 use core::mem::{size_of, MaybeUninit};
 
 use crate::{
     encap::{self, Origin},
-    headers::{EthHdr, Ipv6Hdr},
-    maps::{self, NEXTHOP4, NEXTHOP6},
+    headers::{EthHdr, Ipv4Hdr, Ipv6Hdr},
+    maps::{self, NEXTHOP_CLIENT, NEXTHOP_NATIVE},
     outcome::{Outcome, Verdict},
-    ptr,
+    ptr, v4v6,
 };
 
 const AF_INET: u8 = 2;
@@ -55,7 +56,7 @@ pub fn native6(ctx: &XdpContext, s: &Settings, len: usize) -> Verdict {
     }
 
     let now = clock(s);
-    let cache = NEXTHOP6.get_ptr_mut(nexthop6_slot(&ipr.dst));
+    let cache = NEXTHOP_NATIVE.get_ptr_mut(nexthop_native_slot(&ipr.dst));
     // SAFETY: a per-CPU value only this CPU writes.
     let hit = cache.map(|c| unsafe { &*c });
     let nh = match hit {
@@ -66,8 +67,11 @@ pub fn native6(ctx: &XdpContext, s: &Settings, len: usize) -> Verdict {
             p.family = AF_INET6;
             p.ifindex = ctx.ingress_ifindex() as u32;
             p.__bindgen_anon_2.flowinfo = u32::from_ne_bytes(ipr.vtc_flow) & 0x0fff_ffffu32.to_be();
-            p.__bindgen_anon_3.ipv6_src = words(&ipr.src);
-            p.__bindgen_anon_4.ipv6_dst = words(&ipr.dst);
+            // SAFETY: plain integer arrays; any bits are valid, nothing is read.
+            unsafe {
+                set_words(&mut p.__bindgen_anon_3.ipv6_src, &ipr.src);
+                set_words(&mut p.__bindgen_anon_4.ipv6_dst, &ipr.dst);
+            }
             // Decapsulated packets are at most MTU_MAX: a hop good for that is good for all.
             match lookup(ctx, p, MTU_MAX as usize, len) {
                 Ok((hop, cacheable)) => {
@@ -89,18 +93,78 @@ pub fn native6(ctx: &XdpContext, s: &Settings, len: usize) -> Verdict {
     redirect(ctx, &nh)
 }
 
-/// Forwards the packet just encapsulated for tunnel `t` (in `slot`) to its client.
+/// Forwards the native IPv4 packet at the start of the frame (decapsulated from a v4v6
+/// tunnel): into another v4v6 tunnel when its destination is one, else to its next hop.
+/// The next-hop cache keys IPv4 destinations as IPv4-mapped IPv6 addresses.
 #[inline(always)]
-pub fn ipv4(
+pub fn native4(ctx: &XdpContext, s: &Settings, len: usize) -> Verdict {
+    let ip = ptr::at::<Ipv4Hdr>(ctx, ETH_HDR_LEN).ok_or(DropReason::Truncated)?;
+    // SAFETY: bounds checked.
+    let ipr = unsafe { &*ip };
+    if let Some(slot) = maps::v4_route_slot(s, &ipr.dst) {
+        return v4v6::encap(ctx, s, slot, Origin::Tunnel);
+    }
+    let d = ipr.dst;
+    let mapped = [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, d[0], d[1], d[2], d[3],
+    ];
+
+    let now = clock(s);
+    let cache = NEXTHOP_NATIVE.get_ptr_mut(nexthop_native_slot(&mapped));
+    // SAFETY: a per-CPU value only this CPU writes.
+    let hit = cache.map(|c| unsafe { &*c });
+    let nh = match hit {
+        Some(c) if c.dst == mapped && fresh(&c.hop, s, now) => c.hop,
+        _ => {
+            let mut raw = MaybeUninit::uninit();
+            let p = fib_params(&mut raw);
+            p.family = AF_INET;
+            p.ifindex = ctx.ingress_ifindex() as u32;
+            p.__bindgen_anon_2.tos = ipr.tos;
+            p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ipr.src);
+            p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ipr.dst);
+            match lookup(ctx, p, MTU_MAX as usize, len) {
+                Ok((hop, cacheable)) => {
+                    if let (Some(c), true) = (cache, cacheable && s.nexthop_gen != 0) {
+                        // SAFETY: a per-CPU value only this CPU writes.
+                        unsafe {
+                            copy16(&mut (*c).dst, &mapped);
+                            (*c).hop = hop.stamped(s, now);
+                        }
+                    }
+                    hop
+                }
+                Err(outcome) => return Ok(outcome),
+            }
+        }
+    };
+    // SAFETY: the TTL was checked to be > 1 before decapsulation.
+    unsafe { decrement_ttl(&mut *ip) };
+    redirect(ctx, &nh)
+}
+
+/// A router's TTL decrement, with the header checksum updated incrementally (RFC 1624).
+#[inline(always)]
+pub fn decrement_ttl(ip: &mut Ipv4Hdr) {
+    let old = [ip.ttl, ip.protocol];
+    ip.ttl -= 1;
+    ip.check = csum::replace2(ip.check, old, [ip.ttl, ip.protocol]);
+}
+
+/// Forwards the packet just encapsulated for tunnel `t` (in `slot`) to its client:
+/// `outer_len` bytes after the Ethernet header, `overhead` of them the tunnel's headers.
+#[inline(always)]
+pub fn to_client(
     ctx: &XdpContext,
     s: &Settings,
     t: &Tunnel,
     slot: u32,
+    overhead: usize,
     outer_len: usize,
     tos: u8,
 ) -> Verdict {
     let now = clock(s);
-    let cache = NEXTHOP4.get_ptr_mut(slot);
+    let cache = NEXTHOP_CLIENT.get_ptr_mut(slot);
     if let Some(c) = cache {
         // SAFETY: a per-CPU value only this CPU writes.
         let c = unsafe { &*c };
@@ -110,12 +174,22 @@ pub fn ipv4(
     }
     let mut raw = MaybeUninit::uninit();
     let p = fib_params(&mut raw);
-    p.family = AF_INET;
     p.ifindex = ctx.ingress_ifindex() as u32;
-    p.__bindgen_anon_2.tos = tos;
-    p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(t.local_v4);
-    p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(t.remote_v4);
-    match lookup(ctx, p, t.mtu as usize + IPV4_HDR_LEN, outer_len) {
+    if t.kind == TunnelKind::V4In6 as u8 {
+        p.family = AF_INET6;
+        p.__bindgen_anon_2.flowinfo = ((tos as u32) << 20).to_be();
+        // SAFETY: plain integer arrays; any bits are valid, nothing is read.
+        unsafe {
+            set_words(&mut p.__bindgen_anon_3.ipv6_src, &t.local_v6);
+            set_words(&mut p.__bindgen_anon_4.ipv6_dst, &t.remote_v6);
+        }
+    } else {
+        p.family = AF_INET;
+        p.__bindgen_anon_2.tos = tos;
+        p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(t.local_v4);
+        p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(t.remote_v4);
+    }
+    match lookup(ctx, p, t.mtu as usize + overhead, outer_len) {
         Ok((hop, cacheable)) => {
             if let (Some(c), true) = (cache, cacheable && s.nexthop_gen != 0) {
                 // SAFETY: a per-CPU value only this CPU writes.
@@ -247,7 +321,7 @@ fn not_forwarded(rc: i64) -> Outcome {
 /// Copies an address as two words: an array assignment from packet memory becomes a call
 /// to the `memmove` builtin.
 #[inline(always)]
-fn copy16(dst: &mut [u8; 16], src: &[u8; 16]) {
+pub fn copy16(dst: &mut [u8; 16], src: &[u8; 16]) {
     let (d, s) = (dst.as_mut_ptr() as *mut u64, src.as_ptr() as *const u64);
     // SAFETY: both are 16 bytes; misaligned access is enabled for this target.
     unsafe {
@@ -256,12 +330,16 @@ fn copy16(dst: &mut [u8; 16], src: &[u8; 16]) {
     }
 }
 
+/// Stores an address into the lookup parameters as four words. Volatile, one by one: the
+/// stack slot is only 4-aligned, and with misaligned access enabled LLVM would otherwise
+/// merge two words into one 8-byte store, which the verifier refuses on the stack.
 #[inline(always)]
-fn words(a: &[u8; 16]) -> [u32; 4] {
-    [
-        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
-        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-    ]
+fn set_words(dst: &mut [u32; 4], a: &[u8; 16]) {
+    let mut i = 0;
+    while i < 4 {
+        let w = u32::from_ne_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]]);
+        // SAFETY: within the array.
+        unsafe { dst.as_mut_ptr().add(i).write_volatile(w) };
+        i += 1;
+    }
 }

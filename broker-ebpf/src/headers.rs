@@ -1,7 +1,23 @@
 //! Wire headers. Multi-byte fields are byte arrays in network order: no alignment is
 //! assumed (the IP header follows a 14-byte Ethernet header) and no byte swapping happens by
 //! accident.
-use broker_common::consts::{ETH_HDR_LEN, ICMPV6_HDR_LEN, IPV4_HDR_LEN, IPV6_HDR_LEN};
+use broker_common::consts::{ETH_HDR_LEN, ICMPV6_HDR_LEN, IPV4_HDR_LEN, IPV6_HDR_LEN, UDP_HDR_LEN};
+
+/// A header copied out of the packet onto the stack, 8-aligned. Headers are 1-aligned
+/// (they sit at any offset in the frame), and with misaligned access enabled LLVM reads
+/// their fields with wide loads; the verifier accepts those from packet memory but not
+/// from a misaligned stack slot, which a plain 1-aligned copy may get.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+pub struct Aligned<T>(pub T);
+
+impl<T> core::ops::Deref for Aligned<T> {
+    type Target = T;
+    #[inline(always)]
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -57,6 +73,23 @@ impl Ipv4Hdr {
         u16::from_be_bytes(self.frag_off) & Self::FRAG_MASK != 0
     }
 
+    /// A fragment other than the first: what follows the header is not a transport header.
+    #[inline(always)]
+    pub fn is_later_fragment(&self) -> bool {
+        u16::from_be_bytes(self.frag_off) & 0x1fff != 0
+    }
+
+    #[inline(always)]
+    pub fn dont_fragment(&self) -> bool {
+        u16::from_be_bytes(self.frag_off) & Self::DF != 0
+    }
+
+    /// Header length in bytes (IHL).
+    #[inline(always)]
+    pub fn header_len(&self) -> usize {
+        (self.version_ihl & 0xf) as usize * 4
+    }
+
     #[inline(always)]
     pub fn as_bytes(&self) -> &[u8; IPV4_HDR_LEN] {
         // SAFETY: repr(C), 20 bytes of u8 and byte arrays, no padding.
@@ -96,15 +129,28 @@ impl Ipv6Hdr {
 
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct Icmp6Hdr {
+pub struct UdpHdr {
+    pub src: [u8; 2],
+    pub dst: [u8; 2],
+    /// Header and payload.
+    pub len: [u8; 2],
+    pub check: [u8; 2],
+}
+
+/// The first 8 bytes of ICMPv4 and ICMPv6 messages, which share this layout.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct IcmpHdr {
     pub ty: u8,
     pub code: u8,
     pub check: [u8; 2],
-    /// Identifier and sequence (echo), MTU (Packet Too Big).
+    /// Identifier and sequence (echo), MTU (ICMPv6 Packet Too Big; the low two bytes in
+    /// ICMPv4 fragmentation needed).
     pub data: [u8; 4],
 }
 
 const _: () = assert!(core::mem::size_of::<EthHdr>() == ETH_HDR_LEN);
 const _: () = assert!(core::mem::size_of::<Ipv4Hdr>() == IPV4_HDR_LEN);
 const _: () = assert!(core::mem::size_of::<Ipv6Hdr>() == IPV6_HDR_LEN);
-const _: () = assert!(core::mem::size_of::<Icmp6Hdr>() == ICMPV6_HDR_LEN);
+const _: () = assert!(core::mem::size_of::<IcmpHdr>() == ICMPV6_HDR_LEN);
+const _: () = assert!(core::mem::size_of::<UdpHdr>() == UDP_HDR_LEN);

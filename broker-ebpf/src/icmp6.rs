@@ -9,7 +9,7 @@ use broker_common::{
     consts::{
         ETH_HDR_LEN, ETH_P_IPV6_BE, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, ICMPV6_HDR_LEN,
         ICMPV6_INFO_MIN, ICMPV6_PACKET_TOO_BIG, ICMP_HOP_LIMIT, IPPROTO_ICMPV6, IPV4_HDR_LEN,
-        IPV6_HDR_LEN, PTB_QUOTE_LEN,
+        IPV6_HDR_LEN, PTB_QUOTE_LEN, UDP_HDR_LEN,
     },
     csum,
     maps::Tunnel,
@@ -17,29 +17,45 @@ use broker_common::{
 };
 
 use crate::{
-    headers::{EthHdr, Icmp6Hdr, Ipv4Hdr, Ipv6Hdr},
+    headers::{Aligned, EthHdr, IcmpHdr, Ipv4Hdr, Ipv6Hdr, UdpHdr},
     outcome::{Outcome, Verdict},
     ptr,
     stats::{self, Dir},
     tunnel,
 };
 
-/// An echo request to the tunnel's PoP address, still inside its proto-41 header: answered
-/// back through the tunnel by swapping both headers in place. Anything else to that
-/// address is dropped (`pop_address`): the kernel does not own these addresses.
+/// An echo request to the tunnel's PoP address, still inside its outer headers (`outer`
+/// bytes of IPv4, and UDP for v6udpv4): answered back through the tunnel by swapping
+/// addresses (and ports) in place. Anything else to that address is dropped
+/// (`pop_address`): the kernel does not own these addresses.
 #[inline(always)]
-pub fn echo_reply_in_tunnel(ctx: &XdpContext, t: &Tunnel, slot: u32, inner_len: usize) -> Verdict {
-    const INNER: usize = ETH_HDR_LEN + IPV4_HDR_LEN;
-    if !turn_echo(ctx, INNER) {
+pub fn echo_reply_in_tunnel(
+    ctx: &XdpContext,
+    t: &Tunnel,
+    slot: u32,
+    outer: usize,
+    inner_len: usize,
+) -> Verdict {
+    if !turn_echo(ctx, ETH_HDR_LEN + outer) {
         return Err(tunnel::drop(slot, inner_len, DropReason::PopAddress));
     }
-    let outer = ptr::at::<Ipv4Hdr>(ctx, ETH_HDR_LEN).ok_or(DropReason::Truncated)?;
+    let ip = ptr::at::<Ipv4Hdr>(ctx, ETH_HDR_LEN).ok_or(DropReason::Truncated)?;
     // SAFETY: bounds checked.
     unsafe {
-        let o = &mut *outer;
+        let o = &mut *ip;
         core::mem::swap(&mut o.src, &mut o.dst);
         o.ttl = broker_common::consts::ENCAP_TTL;
         o.check = csum::ipv4_header(o.as_bytes());
+    }
+    if outer == IPV4_HDR_LEN + UDP_HDR_LEN {
+        let udp =
+            ptr::at::<UdpHdr>(ctx, ETH_HDR_LEN + IPV4_HDR_LEN).ok_or(DropReason::Truncated)?;
+        // SAFETY: bounds checked. Checksum 0: none, as for every v6udpv4 packet sent.
+        unsafe {
+            let u = &mut *udp;
+            core::mem::swap(&mut u.src, &mut u.dst);
+            u.check = [0, 0];
+        }
     }
     swap_macs(ctx)?;
     stats::tunnel(slot, Dir::FromClient, inner_len as u64);
@@ -66,7 +82,7 @@ fn turn_echo(ctx: &XdpContext, off: usize) -> bool {
     let Some(ip) = ptr::at::<Ipv6Hdr>(ctx, off) else {
         return false;
     };
-    let Some(icmp) = ptr::at::<Icmp6Hdr>(ctx, off + IPV6_HDR_LEN) else {
+    let Some(icmp) = ptr::at::<IcmpHdr>(ctx, off + IPV6_HDR_LEN) else {
         return false;
     };
     // SAFETY: both bounds checked, distinct headers.
@@ -86,7 +102,7 @@ fn turn_echo(ctx: &XdpContext, off: usize) -> bool {
 }
 
 #[inline(always)]
-fn swap_macs(ctx: &XdpContext) -> Result<(), DropReason> {
+pub fn swap_macs(ctx: &XdpContext) -> Result<(), DropReason> {
     let eth = ptr::at::<EthHdr>(ctx, 0).ok_or(DropReason::Truncated)?;
     // SAFETY: bounds checked.
     unsafe { core::mem::swap(&mut (*eth).src, &mut (*eth).dst) };
@@ -110,10 +126,10 @@ pub fn packet_too_big(ctx: &XdpContext, t: &Tunnel, slot: u32, len: usize) -> Ve
     let eth = ptr::at::<EthHdr>(ctx, 0).ok_or(DropReason::Truncated)?;
     let ip = ptr::at::<Ipv6Hdr>(ctx, ETH_HDR_LEN).ok_or(DropReason::Truncated)?;
     // SAFETY: bounds checked; copies, taken before the head moves.
-    let (eth, ip) = unsafe { (*eth, *ip) };
+    let (eth, ip) = unsafe { (Aligned(*eth), Aligned(*ip)) };
     if ip.next_header == IPPROTO_ICMPV6 {
         let icmp =
-            ptr::at::<Icmp6Hdr>(ctx, ETH_HDR_LEN + IPV6_HDR_LEN).ok_or(DropReason::Truncated)?;
+            ptr::at::<IcmpHdr>(ctx, ETH_HDR_LEN + IPV6_HDR_LEN).ok_or(DropReason::Truncated)?;
         // SAFETY: bounds checked.
         if unsafe { (*icmp).ty } < ICMPV6_INFO_MIN {
             return Err(tunnel::drop(slot, len, DropReason::TooBigIcmpError));
@@ -139,7 +155,7 @@ pub fn packet_too_big(ctx: &XdpContext, t: &Tunnel, slot: u32, len: usize) -> Ve
     let new_eth = ptr::at::<EthHdr>(ctx, 0).ok_or(DropReason::AdjustFailed)?;
     let new_ip = ptr::at::<Ipv6Hdr>(ctx, PTB_IP).ok_or(DropReason::AdjustFailed)?;
     let body = ptr::at::<[u8; PTB_BODY]>(ctx, PTB_ICMP).ok_or(DropReason::AdjustFailed)?;
-    let icmp = body as *mut Icmp6Hdr;
+    let icmp = body as *mut IcmpHdr;
     let hdr = Ipv6Hdr {
         vtc_flow: [0x60, 0, 0, 0],
         payload_len: (PTB_BODY as u16).to_be_bytes(),
@@ -158,7 +174,7 @@ pub fn packet_too_big(ctx: &XdpContext, t: &Tunnel, slot: u32, len: usize) -> Ve
             proto: ETH_P_IPV6_BE.to_ne_bytes(),
         };
         *new_ip = hdr;
-        *icmp = Icmp6Hdr {
+        *icmp = IcmpHdr {
             ty: ICMPV6_PACKET_TOO_BIG,
             code: 0,
             check: [0, 0],

@@ -1,12 +1,13 @@
-//! First look at a frame: is it tunnel traffic (to decapsulate), native traffic into a
-//! tunnel prefix (to encapsulate), or not ours (passed untouched)?
+//! First look at a frame: is it tunnel traffic (to decapsulate: proto-41 or v6udpv4 to the
+//! PoP's IPv4, v4v6 to its IPv6), native traffic into a tunnel (to encapsulate: an IPv6
+//! tunnel prefix, a v4v6 client's IPv4), or not ours (passed untouched)?
 //!
 //! The rule for malformed input: until a frame is positively identified as tunnel
 //! traffic it is passed to the kernel unchanged (`unparsed` or `not_tunnel`), because it may
 //! be anything the host itself handles. Once identified, every defect is a counted drop.
 use aya_ebpf::programs::XdpContext;
 use broker_common::{
-    consts::{ETH_HDR_LEN, ETH_P_IPV4_BE, ETH_P_IPV6_BE, IPPROTO_IPV6},
+    consts::{ETH_HDR_LEN, ETH_P_IPV4_BE, ETH_P_IPV6_BE, IPPROTO_IPV4, IPPROTO_IPV6, IPPROTO_UDP},
     stats::PassReason,
 };
 
@@ -16,7 +17,7 @@ use crate::{
     headers::{EthHdr, Ipv4Hdr, Ipv6Hdr},
     maps,
     outcome::{Outcome, Verdict},
-    ptr,
+    ptr, v4v6,
 };
 
 const NOT_TUNNEL: Verdict = Ok(Outcome::Pass(PassReason::NotTunnel));
@@ -45,12 +46,19 @@ fn ipv4(ctx: &XdpContext) -> Verdict {
     };
     // SAFETY: bounds checked by `ptr::at`.
     let (protocol, dst) = unsafe { ((*ip).protocol, (*ip).dst) };
-    if protocol != IPPROTO_IPV6 {
+    let Some(s) = maps::settings() else {
         return NOT_TUNNEL;
+    };
+    if dst == s.pop_v4 && s.pop_v4 != [0; 4] {
+        return match protocol {
+            IPPROTO_IPV6 => decap::proto41(ctx, s),
+            IPPROTO_UDP if s.tsp_port != [0; 2] => decap::v6udpv4(ctx, s),
+            _ => NOT_TUNNEL,
+        };
     }
-    match maps::settings() {
-        Some(s) if s.pop_v4 == dst && s.pop_v4 != [0; 4] => decap::proto41(ctx, s),
-        _ => NOT_TUNNEL,
+    match maps::v4_route_slot(s, &dst) {
+        Some(slot) => v4v6::encap(ctx, s, slot, Origin::Native),
+        None => NOT_TUNNEL,
     }
 }
 
@@ -67,6 +75,9 @@ fn ipv6(ctx: &XdpContext) -> Verdict {
     let Some(s) = maps::settings() else {
         return NOT_TUNNEL;
     };
+    if ip.next_header == IPPROTO_IPV4 && ip.dst == s.pop_v6 && s.pop_v6 != [0; 16] {
+        return v4v6::decap(ctx, s);
+    }
     match maps::prefix_slot(s, &ip.dst) {
         Some(slot) => encap::into_tunnel(ctx, s, slot, Origin::Native),
         None => NOT_TUNNEL,

@@ -6,9 +6,11 @@
 //! - [`stats`] — counting;
 //! - [`ingress`] — classify a frame: tunnel packet to decapsulate, native packet to
 //!   encapsulate, or not ours;
-//! - [`decap`] — proto-41 to native IPv6 (`from_6in4`);
-//! - [`encap`] — native IPv6 into proto-41 (`to_6in4`);
-//! - [`icmp6`] — echo replies and Packet Too Big, generated in XDP;
+//! - [`decap`] — proto-41 and v6udpv4 to native IPv6 (`from_6in4`);
+//! - [`encap`] — native IPv6 into proto-41 or v6udpv4 (`to_6in4`);
+//! - [`v4v6`] — IPv4 in IPv6, both directions;
+//! - [`icmp6`], [`icmp4`] — echo replies and Packet Too Big (fragmentation needed),
+//!   generated in XDP;
 //! - [`forward`] — `bpf_fib_lookup` and redirect, or hand over to the kernel.
 #![no_std]
 
@@ -16,6 +18,7 @@ pub mod decap;
 pub mod encap;
 pub mod forward;
 pub mod headers;
+pub mod icmp4;
 pub mod icmp6;
 pub mod ingress;
 pub mod maps;
@@ -23,3 +26,4 @@ pub mod outcome;
 pub mod ptr;
 pub mod stats;
 pub mod tunnel;
+pub mod v4v6;

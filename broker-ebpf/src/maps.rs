@@ -5,10 +5,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
 };
 use broker_common::{
-    consts::{DEFAULT_MAX_PREFIXES, DEFAULT_MAX_TUNNELS, NEXTHOP6_ENTRIES},
+    consts::{DEFAULT_MAX_PREFIXES, DEFAULT_MAX_TUNNELS, NEXTHOP_NATIVE_ENTRIES},
     maps::{
-        upper64, Endpoint4, Nexthop, Nexthop6, PrefixKey, Settings, StatPair, Tunnel, TunnelStats,
-        MAX_PREFIX_LENS,
+        upper64, Endpoint4, Endpoint6, Nexthop, NexthopNative, PrefixKey, Settings, StatPair,
+        Tunnel, TunnelStats, UdpEndpoint4, MAX_PREFIX_LENS,
     },
     stats::GLOBAL_STATS_LEN,
 };
@@ -26,17 +26,33 @@ pub static TUNNELS: Array<Tunnel> = Array::with_max_entries(DEFAULT_MAX_TUNNELS,
 pub static P41_ENDPOINTS: HashMap<Endpoint4, u32> =
     HashMap::with_max_entries(DEFAULT_MAX_TUNNELS, 0);
 
+/// v6udpv4 outer (client, PoP) addresses and ports to slot.
+#[map]
+pub static UDP_ENDPOINTS: HashMap<UdpEndpoint4, u32> =
+    HashMap::with_max_entries(DEFAULT_MAX_TUNNELS, 0);
+
+/// v4v6 outer (client, PoP) IPv6 pair to slot.
+#[map]
+pub static V6_ENDPOINTS: HashMap<Endpoint6, u32> =
+    HashMap::with_max_entries(DEFAULT_MAX_TUNNELS, 0);
+
+/// Inner IPv4 of each v4v6 client to slot.
+#[map]
+pub static V4_ROUTES: HashMap<[u8; 4], u32> = HashMap::with_max_entries(DEFAULT_MAX_TUNNELS, 0);
+
 /// Tunnel prefixes (link /64 and routed) to slot, one entry per prefix.
 #[map]
 pub static PREFIXES: HashMap<PrefixKey, u32> = HashMap::with_max_entries(DEFAULT_MAX_PREFIXES, 0);
 
 /// Cached next hop towards each tunnel's client, by slot.
 #[map]
-pub static NEXTHOP4: PerCpuArray<Nexthop> = PerCpuArray::with_max_entries(DEFAULT_MAX_TUNNELS, 0);
+pub static NEXTHOP_CLIENT: PerCpuArray<Nexthop> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_TUNNELS, 0);
 
 /// Cached next hops of decapsulated packets, direct-mapped by destination hash.
 #[map]
-pub static NEXTHOP6: PerCpuArray<Nexthop6> = PerCpuArray::with_max_entries(NEXTHOP6_ENTRIES, 0);
+pub static NEXTHOP_NATIVE: PerCpuArray<NexthopNative> =
+    PerCpuArray::with_max_entries(NEXTHOP_NATIVE_ENTRIES, 0);
 
 /// Per-tunnel counters by slot.
 #[map]
@@ -79,4 +95,14 @@ pub fn prefix_slot(s: &Settings, addr: &[u8; 16]) -> Option<u32> {
         i += 1;
     }
     None
+}
+
+/// The slot of the v4v6 tunnel whose client has the inner address `addr`.
+#[inline(always)]
+pub fn v4_route_slot(s: &Settings, addr: &[u8; 4]) -> Option<u32> {
+    if !s.in_v4_space(addr) {
+        return None;
+    }
+    // SAFETY: a u32 value in a map the program only reads.
+    V4_ROUTES.get_ptr(*addr).map(|p| unsafe { *p })
 }

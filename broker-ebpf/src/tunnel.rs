@@ -25,18 +25,29 @@ pub fn drop(slot: u32, bytes: usize, reason: DropReason) -> DropReason {
     reason
 }
 
-/// The tunnel is up and of the kind the packet arrived by.
+/// Which way a packet crosses the tunnel.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    FromClient,
+    ToClient,
+}
+
+/// The tunnel is of the kind the packet arrived by (or is routed into) and forwards in
+/// that direction: up, or down but woken by its client's packets ([`Tunnel::WAKE`]).
 #[inline(always)]
 pub fn check_usable(
     t: &Tunnel,
     slot: u32,
     kind: TunnelKind,
+    way: Way,
     bytes: usize,
 ) -> Result<(), DropReason> {
     if t.kind != kind as u8 {
         return Err(drop(slot, bytes, DropReason::KindMismatch));
     }
-    if t.state == TunnelState::Up as u8 {
+    let woken =
+        t.state == TunnelState::Down as u8 && way == Way::FromClient && t.flags & Tunnel::WAKE != 0;
+    if t.state == TunnelState::Up as u8 || woken {
         Ok(())
     } else if t.state == TunnelState::Disabled as u8 {
         Err(drop(slot, bytes, DropReason::TunnelDisabled))

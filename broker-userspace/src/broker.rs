@@ -1,7 +1,7 @@
 //! The one place that changes a tunnel. Every change goes store, then maps, then routes,
 //! and is undone when a later step fails; a controller killed between steps leaves a
 //! store that [`Broker::reconcile`] makes the maps and routes match at the next start.
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::collections::BTreeSet;
 
 use ipnet::Ipv6Net;
 use tracing::{error, info};
@@ -11,7 +11,7 @@ use broker_common::maps::TunnelStats;
 use crate::{
     dataplane::{Dataplane, GlobalCounters, MapUsage, Reconciled},
     failpoint::failpoint,
-    model::TunnelSpec,
+    model::{Endpoint, Pop, TunnelSpec},
     routes::Routes,
     store::{
         self, NewTunnel, StaticSync, Store, StoreError, TunnelChange, TunnelRecord, UserRecord,
@@ -20,9 +20,10 @@ use crate::{
 
 /// The data plane as the broker core drives it.
 pub trait Projection: Send {
-    fn install(&mut self, spec: &TunnelSpec, pop: Ipv4Addr) -> Result<(), String>;
+    /// Installs or updates a tunnel (the PoP's side is what the last reconcile set).
+    fn install(&mut self, spec: &TunnelSpec) -> Result<(), String>;
     fn uninstall(&mut self, id: u32) -> Result<(), String>;
-    fn reconcile(&mut self, specs: &[TunnelSpec], pop: Ipv4Addr) -> Result<Reconciled, String>;
+    fn reconcile(&mut self, specs: &[TunnelSpec], pop: &Pop) -> Result<Reconciled, String>;
     /// One tunnel's counters, if it is installed.
     fn counters(&self, id: u32) -> Option<TunnelStats>;
     /// Every installed tunnel's counters (one map read each).
@@ -33,15 +34,15 @@ pub trait Projection: Send {
 }
 
 impl Projection for Dataplane {
-    fn install(&mut self, spec: &TunnelSpec, pop: Ipv4Addr) -> Result<(), String> {
-        self.upsert(spec, pop).map_err(|e| error_chain(&e))
+    fn install(&mut self, spec: &TunnelSpec) -> Result<(), String> {
+        self.upsert(spec).map_err(|e| error_chain(&e))
     }
 
     fn uninstall(&mut self, id: u32) -> Result<(), String> {
         self.remove(id).map_err(|e| error_chain(&e))
     }
 
-    fn reconcile(&mut self, specs: &[TunnelSpec], pop: Ipv4Addr) -> Result<Reconciled, String> {
+    fn reconcile(&mut self, specs: &[TunnelSpec], pop: &Pop) -> Result<Reconciled, String> {
         Dataplane::reconcile(self, specs, pop).map_err(|e| error_chain(&e))
     }
 
@@ -147,7 +148,7 @@ pub struct Broker<S, P, R> {
     pub store: S,
     pub maps: P,
     pub routes: R,
-    pub pop: Ipv4Addr,
+    pub pop: Pop,
 }
 
 impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
@@ -157,7 +158,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
         let specs: Vec<TunnelSpec> = tunnels.iter().map(|t| t.spec.clone()).collect();
         let r = self
             .maps
-            .reconcile(&specs, self.pop)
+            .reconcile(&specs, &self.pop)
             .map_err(BrokerError::Maps)?;
         let wanted: BTreeSet<Ipv6Net> = specs.iter().flat_map(|s| s.prefixes()).collect();
         let (added, removed) = self
@@ -178,17 +179,33 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
         Ok(report)
     }
 
-    pub async fn create_tunnel(&mut self, req: &NewTunnel) -> Result<TunnelRecord> {
-        if req.remote_v4 == self.pop {
+    /// Refuses an endpoint that is the PoP itself.
+    fn check_endpoint(&self, endpoint: &Endpoint) -> Result<()> {
+        let own = match endpoint {
+            Endpoint::Ipv4(a) => *a == self.pop.ipv4,
+            Endpoint::Udp4(a) => *a.ip() == self.pop.ipv4,
+            Endpoint::Ipv6(a) => Some(*a) == self.pop.ipv6,
+        };
+        if own {
+            let (field, addr) = match endpoint {
+                Endpoint::Ipv6(a) => ("remote_ipv6", a.to_string()),
+                Endpoint::Ipv4(a) => ("remote_ipv4", a.to_string()),
+                Endpoint::Udp4(a) => ("remote_ipv4", a.ip().to_string()),
+            };
             return Err(BrokerError::Invalid {
-                field: "remote_ipv4",
-                message: format!("{} is the PoP's own address", req.remote_v4),
+                field,
+                message: format!("{addr} is the PoP's own address"),
             });
         }
+        Ok(())
+    }
+
+    pub async fn create_tunnel(&mut self, req: &NewTunnel) -> Result<TunnelRecord> {
+        self.check_endpoint(&req.endpoint)?;
         let record = self.store.create_tunnel(req, store::now())?;
         let id = record.spec.id;
         failpoint("create:after_store");
-        if let Err(e) = self.maps.install(&record.spec, self.pop) {
+        if let Err(e) = self.maps.install(&record.spec) {
             self.undo_create(id, false, &[]).await;
             return Err(BrokerError::Maps(e));
         }
@@ -202,7 +219,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
             added.push(p);
         }
         failpoint("create:after_routes");
-        info!(id, remote = %record.spec.remote_v4, link = %record.spec.link_prefix, "tunnel created");
+        info!(id, kind = record.spec.kind.as_str(), remote = %record.spec.endpoint, link = ?record.spec.link_prefix, "tunnel created");
         Ok(record)
     }
 
@@ -226,13 +243,11 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
         }
     }
 
-    /// Changes endpoint, state or MTU. Prefixes never change, so routes stay as they are.
+    /// Changes kind (within a family), endpoint, state, MTU, keepalive or expiry, and can
+    /// add a routed prefix; a new prefix gets its route after the maps.
     pub async fn update_tunnel(&mut self, id: u32, change: &TunnelChange) -> Result<TunnelRecord> {
-        if change.remote_v4 == Some(self.pop) {
-            return Err(BrokerError::Invalid {
-                field: "remote_ipv4",
-                message: format!("{} is the PoP's own address", self.pop),
-            });
+        if let Some(e) = &change.endpoint {
+            self.check_endpoint(e)?;
         }
         let before = self
             .store
@@ -240,18 +255,35 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
             .ok_or(StoreError::NoSuchTunnel { id })?;
         let record = self.store.update_tunnel(id, change, store::now())?;
         failpoint("update:after_store");
-        if let Err(e) = self.maps.install(&record.spec, self.pop) {
-            let undo = TunnelChange {
-                remote_v4: Some(before.spec.remote_v4),
+        let undo = |store: &mut S| {
+            // Only a routed prefix can have been added; a new one cannot be taken away by
+            // an update, so it stays with the tunnel (and in the store) either way.
+            let back = TunnelChange {
+                kind: Some(before.spec.kind),
+                endpoint: Some(before.spec.endpoint),
                 state: Some(before.spec.state),
                 mtu: Some(before.spec.mtu),
+                keepalive: Some(before.spec.keepalive),
+                expires_at: Some(before.expires_at),
+                add_routed_length: None,
             };
-            if let Err(u) = self.store.update_tunnel(id, &undo, before.updated_at) {
+            if let Err(u) = store.update_tunnel(id, &back, before.updated_at) {
                 error!(id, error = %u, "undo: restoring the tunnel in the store failed");
             }
+        };
+        if let Err(e) = self.maps.install(&record.spec) {
+            undo(&mut self.store);
             return Err(BrokerError::Maps(e));
         }
-        info!(id, remote = %record.spec.remote_v4, state = ?record.spec.state, mtu = record.spec.mtu, "tunnel changed");
+        let old: Vec<Ipv6Net> = before.spec.prefixes().collect();
+        for p in record.spec.prefixes().filter(|p| !old.contains(p)) {
+            if let Err(e) = self.routes.add(&p).await {
+                // The prefix is the tunnel's now; the next reconcile adds the route.
+                error!(id, prefix = %p, error = e, "adding the route failed");
+                return Err(BrokerError::Routes(e));
+            }
+        }
+        info!(id, kind = record.spec.kind.as_str(), remote = %record.spec.endpoint, state = ?record.spec.state, mtu = record.spec.mtu, "tunnel changed");
         Ok(record)
     }
 
@@ -281,7 +313,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
             return;
         }
         if uninstalled {
-            if let Err(e) = self.maps.install(&record.spec, self.pop) {
+            if let Err(e) = self.maps.install(&record.spec) {
                 error!(id, error = e, "undo: reinstalling the tunnel failed");
             }
         }

@@ -112,8 +112,11 @@ pub fn tunnels_table(ts: &[TunnelOut]) -> String {
             t.owner.as_deref().unwrap_or("-"),
             t.kind,
             t.state,
-            t.remote_ipv4,
-            t.link_prefix,
+            remote(t),
+            t.link_prefix
+                .clone()
+                .or_else(|| t.client_ipv4.clone())
+                .unwrap_or_else(|| "-".into()),
             if t.routed_prefixes.is_empty() {
                 "-".to_string()
             } else {
@@ -125,6 +128,20 @@ pub fn tunnels_table(ts: &[TunnelOut]) -> String {
     s
 }
 
+fn dash(v: Option<String>) -> String {
+    v.unwrap_or_else(|| "-".into())
+}
+
+/// The client's endpoint as one word: `198.51.100.10`, `198.51.100.10:40000` or an IPv6.
+fn remote(t: &TunnelOut) -> String {
+    match (&t.remote_ipv4, t.remote_port, &t.remote_ipv6) {
+        (Some(a), Some(p), _) => format!("{a}:{p}"),
+        (Some(a), None, _) => a.clone(),
+        (None, _, Some(a)) => a.clone(),
+        _ => "-".into(),
+    }
+}
+
 /// One tunnel, every field on a line.
 pub fn tunnel_detail(t: &TunnelOut) -> String {
     let mut s = String::new();
@@ -134,13 +151,19 @@ pub fn tunnel_detail(t: &TunnelOut) -> String {
         ("origin", t.origin.clone()),
         ("kind", t.kind.clone()),
         ("state", t.state.clone()),
-        ("client IPv4", t.remote_ipv4.clone()),
-        ("PoP IPv4", t.pop_ipv4.clone()),
-        ("link prefix", t.link_prefix.clone()),
-        ("PoP IPv6", t.pop_ipv6.clone()),
-        ("client IPv6", t.client_ipv6.clone()),
+        ("client", remote(t)),
+        (
+            "PoP",
+            dash(t.pop_ipv4.clone().or_else(|| t.pop_ipv6_endpoint.clone())),
+        ),
+        ("link prefix", dash(t.link_prefix.clone())),
+        ("PoP IPv6", dash(t.pop_ipv6.clone())),
+        ("client IPv6", dash(t.client_ipv6.clone())),
         ("routed", t.routed_prefixes.join(", ")),
+        ("PoP IPv4", dash(t.pop_ipv4_inner.clone())),
+        ("client IPv4", dash(t.client_ipv4.clone())),
         ("MTU", t.mtu.to_string()),
+        ("keepalive", dash(t.keepalive.map(|k| format!("{k} s")))),
         ("password", t.password.clone()),
         ("update key", t.update_key.clone()),
     ];

@@ -22,28 +22,48 @@ fn ifname(t: &TunnelOut) -> String {
 
 pub fn render(t: &TunnelOut, system: System) -> String {
     let mut s = String::new();
+    if t.kind != "proto41" {
+        let _ = writeln!(
+            s,
+            "# Tunnel {} is {}: its client sets it up itself with TSP:",
+            t.id, t.kind
+        );
+        let _ = writeln!(
+            s,
+            "# broker client tsp --server {} --user {} --password ...",
+            t.pop_ipv4
+                .clone()
+                .or_else(|| t.pop_ipv6_endpoint.clone())
+                .unwrap_or_default(),
+            t.owner.as_deref().unwrap_or("<user>")
+        );
+        return s;
+    }
     let name = ifname(t);
     let routed = t.routed_prefixes.join(", ");
+    let field = |v: &Option<String>| v.clone().unwrap_or_default();
+    let (remote, pop, client6, pop6) = (
+        field(&t.remote_ipv4),
+        field(&t.pop_ipv4),
+        field(&t.client_ipv6),
+        field(&t.pop_ipv6),
+    );
     match system {
         System::Linux => {
-            let _ = writeln!(
-                s,
-                "# Tunnel {}: {} <-> {} (proto-41)",
-                t.id, t.remote_ipv4, t.pop_ipv4
-            );
+            let _ = writeln!(s, "# Tunnel {}: {} <-> {} (proto-41)", t.id, remote, pop);
             let _ = writeln!(
                 s,
                 "ip tunnel add {name} mode sit remote {} local {} ttl 255",
-                t.pop_ipv4, t.remote_ipv4
+                pop, remote
             );
             let _ = writeln!(s, "ip link set {name} up mtu {}", t.mtu);
-            let _ = writeln!(s, "ip -6 addr add {}/64 dev {name}", t.client_ipv6);
+            let _ = writeln!(s, "ip -6 addr add {}/64 dev {name}", client6);
             let _ = writeln!(s, "ip -6 route add ::/0 dev {name}");
             let _ = writeln!(s, "# Without the sit module (containers, some kernels), the broker's client does the same:");
             let _ = writeln!(
                 s,
                 "# broker client proto41 --server {} --local {} --address {}/64 --mtu {} --name {name}",
-                t.pop_ipv4, t.remote_ipv4, t.client_ipv6, t.mtu
+                pop, remote, client6, t.mtu
             );
         }
         System::Openwrt => {
@@ -54,9 +74,9 @@ pub fn render(t: &TunnelOut, system: System) -> String {
             );
             let _ = writeln!(s, "uci set network.{name}=interface");
             let _ = writeln!(s, "uci set network.{name}.proto='6in4'");
-            let _ = writeln!(s, "uci set network.{name}.peeraddr='{}'", t.pop_ipv4);
-            let _ = writeln!(s, "uci set network.{name}.ipaddr='{}'", t.remote_ipv4);
-            let _ = writeln!(s, "uci set network.{name}.ip6addr='{}/64'", t.client_ipv6);
+            let _ = writeln!(s, "uci set network.{name}.peeraddr='{}'", pop);
+            let _ = writeln!(s, "uci set network.{name}.ipaddr='{}'", remote);
+            let _ = writeln!(s, "uci set network.{name}.ip6addr='{}/64'", client6);
             if let Some(p) = t.routed_prefixes.first() {
                 let _ = writeln!(s, "uci set network.{name}.ip6prefix='{p}'");
             }
@@ -70,14 +90,14 @@ pub fn render(t: &TunnelOut, system: System) -> String {
             let _ = writeln!(
                 s,
                 "/interface 6to4 add name={name} remote-address={} local-address={} mtu={} disabled=no",
-                t.pop_ipv4, t.remote_ipv4, t.mtu
+                pop, remote, t.mtu
             );
             let _ = writeln!(
                 s,
                 "/ipv6 address add address={}/64 interface={name} advertise=no",
-                t.client_ipv6
+                client6
             );
-            let _ = writeln!(s, "/ipv6 route add dst-address=::/0 gateway={}", t.pop_ipv6);
+            let _ = writeln!(s, "/ipv6 route add dst-address=::/0 gateway={}", pop6);
         }
     }
     if !routed.is_empty() {
@@ -97,13 +117,20 @@ mod tests {
             origin: "api".into(),
             kind: "proto41".into(),
             state: "up".into(),
-            remote_ipv4: "198.51.100.10".into(),
-            pop_ipv4: "192.0.2.1".into(),
-            link_prefix: "2001:db8:10:7::/64".into(),
-            pop_ipv6: "2001:db8:10:7::1".into(),
-            client_ipv6: "2001:db8:10:7::2".into(),
+            remote_ipv4: Some("198.51.100.10".into()),
+            remote_port: None,
+            remote_ipv6: None,
+            pop_ipv4: Some("192.0.2.1".into()),
+            pop_ipv6_endpoint: None,
+            link_prefix: Some("2001:db8:10:7::/64".into()),
+            pop_ipv6: Some("2001:db8:10:7::1".into()),
+            client_ipv6: Some("2001:db8:10:7::2".into()),
             routed_prefixes: vec!["2001:db8:1100::/48".into()],
+            client_ipv4: None,
+            pop_ipv4_inner: None,
             mtu: 1480,
+            keepalive: None,
+            expires_at: None,
             password: "p".into(),
             update_key: "k".into(),
             created_at: 0,
@@ -123,6 +150,18 @@ mod tests {
         assert!(s.contains("ip -6 route add ::/0 dev broker7\n"));
         assert!(s.contains("broker client proto41 --server 192.0.2.1 --local 198.51.100.10 --address 2001:db8:10:7::2/64"));
         assert!(s.contains("Routed to you: 2001:db8:1100::/48"));
+    }
+
+    #[test]
+    fn tsp_kinds_point_at_the_tsp_client() {
+        let t = TunnelOut {
+            kind: "v6udpv4".into(),
+            remote_port: Some(40000),
+            ..tunnel()
+        };
+        let s = render(&t, System::Linux);
+        assert!(s.contains("broker client tsp --server 192.0.2.1 --user alice"));
+        assert!(!s.contains("ip tunnel add"));
     }
 
     #[test]

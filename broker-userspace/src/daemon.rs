@@ -70,6 +70,7 @@ fn pools(config: &Config) -> PoolSet {
         routed: config.pools.routed.iter().map(|p| p.0).collect(),
         routed_lengths: config.pools.routed_lengths.clone(),
         quarantine_secs: config.pools.quarantine_secs,
+        v4v6: config.pools.v4v6.map(|p| p.0),
     }
 }
 
@@ -117,7 +118,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         store,
         maps: dp,
         routes: route_backend(&config).await?,
-        pop: config.pop.ipv4.0,
+        pop: config.pop(),
     };
     if adopted {
         let n = broker.store.bump("adoptions")?;
@@ -185,7 +186,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                         warn!("only tunnels and the PoP address are reloaded; other changes need a restart");
                     }
                     let mut b = broker.lock().await;
-                    b.pop = new.pop.ipv4.0;
+                    b.pop = new.pop();
                     match b.sync_static(&static_specs(&new)).await {
                         Ok(sync) => info!(?sync, "config reloaded"),
                         Err(e) => warn!(error = %crate::broker::error_chain(&e), "config reload failed"),

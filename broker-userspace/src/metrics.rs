@@ -19,7 +19,6 @@ use prometheus_client::{
 };
 
 use crate::{
-    api::tunnels::{kind_name, state_name},
     broker::{Broker, Projection, RouteOps},
     dataplane::{GlobalCounters, MapUsage},
     store::Store,
@@ -90,7 +89,7 @@ impl Snapshot {
         let mut tunnels = BTreeMap::new();
         for t in b.store.tunnels().map_err(|e| e.to_string())? {
             *tunnels
-                .entry((kind_name(t.spec.kind), state_name(t.spec.state)))
+                .entry((t.spec.kind.as_str(), t.spec.state.as_str()))
                 .or_insert(0) += 1;
         }
         Ok(Self {

@@ -31,7 +31,7 @@ use broker_tests::netns::{self, NetNs};
 use broker_userspace::{
     config::AttachMode,
     dataplane::{self, aux::Aux, Dataplane},
-    model::{Kind, State, TunnelSpec},
+    model::{Endpoint, Kind, Pop, State, TunnelSpec},
 };
 use etherparse::EtherType;
 use support::{from_client, from_internet, udp6, INET_HOST, POP_V4, XDP_REDIRECT};
@@ -102,12 +102,16 @@ fn bench_spec(k: u32) -> TunnelSpec {
         id: k,
         kind: Kind::Proto41,
         state: State::Up,
-        remote_v4: bench_v4(k),
-        link_prefix: format!("2001:db8:{:x}:{:x}::/64", k >> 16, k & 0xffff)
-            .parse()
-            .unwrap(),
+        endpoint: Endpoint::Ipv4(bench_v4(k)),
+        link_prefix: Some(
+            format!("2001:db8:{:x}:{:x}::/64", k >> 16, k & 0xffff)
+                .parse()
+                .unwrap(),
+        ),
         routed_prefixes: vec![],
+        client_v4: None,
         mtu: 1480,
+        keepalive: None,
     }
 }
 
@@ -305,7 +309,7 @@ impl Bench {
             ..dataplane::Options::new("bench")
         })
         .expect("loading the data plane");
-        dp.set_pop(POP_V4).unwrap();
+        dp.set_pop(&Pop::ipv4_only(POP_V4)).unwrap();
 
         // 128-byte frames for tunnel 1: decap carries 128 - 14 - 20 - 48 payload bytes,
         // encap 128 - 14 - 48.
@@ -334,7 +338,7 @@ impl Bench {
     fn install(&mut self, n: u32) {
         while self.installed < n {
             self.installed += 1;
-            self.dp.upsert(&bench_spec(self.installed), POP_V4).unwrap();
+            self.dp.upsert(&bench_spec(self.installed)).unwrap();
         }
     }
 

@@ -12,35 +12,7 @@ use support::*;
 
 /// Runs `f` with a fresh fixture on its own thread.
 fn with_fixture(f: impl FnOnce(&Fixture) + Send + 'static) {
-    std::thread::spawn(move || f(&Fixture::new()))
-        .join()
-        .unwrap_or_else(|p| std::panic::resume_unwind(p));
-}
-
-/// One packet through the program: asserts the action, the counter, and (when given) the
-/// exact output frame.
-fn check(
-    fx: &Fixture,
-    what: &str,
-    frame: &[u8],
-    ingress: u32,
-    action: u32,
-    reason: Reason,
-    want: Option<&[u8]>,
-) -> Vec<u8> {
-    let before = fx.snapshot();
-    let out = fx.dp.test_run(frame, ingress, 1).expect("test run");
-    assert_eq!(
-        out.action,
-        action,
-        "{what}: action (output {})",
-        hex(&out.data)
-    );
-    before.assert_one(&fx.snapshot(), action, reason, what);
-    if let Some(w) = want {
-        assert_bytes(&out.data, w, what);
-    }
-    out.data
+    on_thread(Fixture::new, f)
 }
 
 #[test]
@@ -639,45 +611,7 @@ fn every_truncation_gets_a_counted_verdict() {
             ),
         ];
         for (what, frame, ingress) in valid {
-            // The kernel refuses test frames shorter than an Ethernet header (no driver
-            // delivers one to XDP either).
-            for len in 0..14 {
-                assert!(
-                    fx.dp.test_run(&frame[..len], ingress, 1).is_err(),
-                    "{what} cut to {len}"
-                );
-            }
-            for len in 14..frame.len() {
-                let before = fx.snapshot();
-                let out = fx.dp.test_run(&frame[..len], ingress, 1).expect("test run");
-                assert!(
-                    out.action == XDP_DROP || out.action == XDP_PASS,
-                    "{what} cut to {len}: action {}",
-                    out.action
-                );
-                let d = fx.snapshot().global.since(&before.global);
-                let reasons: u64 = DropReason::ALL
-                    .iter()
-                    .map(|r| d.dropped(*r).packets)
-                    .sum::<u64>()
-                    + PassReason::ALL
-                        .iter()
-                        .map(|r| d.passed(*r).packets)
-                        .sum::<u64>();
-                assert_eq!(reasons, 1, "{what} cut to {len}: exactly one reason");
-                assert_eq!(
-                    d.action(out.action).packets,
-                    1,
-                    "{what} cut to {len}: action counted"
-                );
-                if out.action == XDP_PASS {
-                    assert_bytes(
-                        &out.data,
-                        &frame[..len],
-                        &format!("{what} cut to {len} passes untouched"),
-                    );
-                }
-            }
+            assert_every_truncation_counted(fx, what, &frame, ingress);
         }
     });
 }

@@ -7,7 +7,10 @@ use std::{net::Ipv4Addr, process::Command};
 
 use broker_common::stats::{DropReason, Event, PassReason};
 use broker_tests::netns;
-use broker_userspace::{dataplane, model::TunnelSpec};
+use broker_userspace::{
+    dataplane,
+    model::{Endpoint, TunnelSpec},
+};
 use etherparse::EtherType;
 use support::*;
 
@@ -56,7 +59,7 @@ fn prefixes_of_several_lengths_are_found_and_guard_the_source() {
             ],
             ..spec(1)
         };
-        fx.dp.upsert(&spec, POP_V4).unwrap();
+        fx.dp.upsert(&spec).unwrap();
         for dst in [
             "2001:db8:2000:1ff::9",
             "2001:db8:2000:21f::9",
@@ -105,11 +108,11 @@ fn prefixes_of_several_lengths_are_found_and_guard_the_source() {
 fn endpoint_and_prefix_changes_take_effect_and_leave_nothing_behind() {
     with_fixture(|fx| {
         let moved = TunnelSpec {
-            remote_v4: Ipv4Addr::new(198, 51, 100, 11),
+            endpoint: Endpoint::Ipv4(Ipv4Addr::new(198, 51, 100, 11)),
             routed_prefixes: vec!["2001:db8:1111::/48".parse().unwrap()],
             ..spec(1)
         };
-        fx.dp.upsert(&moved, POP_V4).unwrap();
+        fx.dp.upsert(&moved).unwrap();
         // The old endpoint is unknown now, the new one works.
         let inner = udp6(link_addr(1, 2), INET_HOST, 64, b"x");
         let before = fx.snapshot();
@@ -124,13 +127,18 @@ fn endpoint_and_prefix_changes_take_effect_and_leave_nothing_behind() {
             "old endpoint",
         );
         assert_eq!(
-            run(fx, &from_client(moved.remote_v4, &inner), fx.eth4).0,
+            run(
+                fx,
+                &from_client(moved.endpoint.ipv4().unwrap(), &inner),
+                fx.eth4
+            )
+            .0,
             XDP_REDIRECT
         );
         // Encapsulation goes to the new endpoint.
         let (action, out) = run(fx, &encap_frame(link_addr(1, 2)), fx.eth6);
         assert_eq!(action, XDP_REDIRECT);
-        assert_eq!(&out[30..34], &moved.remote_v4.octets());
+        assert_eq!(&out[30..34], &moved.endpoint.ipv4().unwrap().octets());
         // The old routed prefix is gone, the new one is there.
         assert_eq!(
             run(fx, &encap_frame(routed_addr(1, 1)), fx.eth6).0,
@@ -158,18 +166,23 @@ fn endpoint_and_prefix_changes_take_effect_and_leave_nothing_behind() {
             );
         }
         assert_eq!(
-            run(fx, &from_client(moved.remote_v4, &inner), fx.eth4).0,
+            run(
+                fx,
+                &from_client(moved.endpoint.ipv4().unwrap(), &inner),
+                fx.eth4
+            )
+            .0,
             XDP_DROP
         );
         // The freed slot serves the next tunnel with fresh counters.
         let five = TunnelSpec {
             id: 5,
-            remote_v4: Ipv4Addr::new(198, 51, 100, 50),
-            link_prefix: "2001:db8:10:5::/64".parse().unwrap(),
+            endpoint: Endpoint::Ipv4(Ipv4Addr::new(198, 51, 100, 50)),
+            link_prefix: Some("2001:db8:10:5::/64".parse().unwrap()),
             routed_prefixes: vec![],
             ..spec(1)
         };
-        fx.dp.upsert(&five, POP_V4).unwrap();
+        fx.dp.upsert(&five).unwrap();
         assert_eq!(
             fx.dp.tunnel_counters(5).unwrap().unwrap(),
             Default::default()
@@ -234,7 +247,7 @@ fn cached_next_hops_expire_and_the_cache_can_be_off() {
                 nexthop_max_age_ms: age_ms,
                 ..dataplane::Options::new("test")
             });
-            fx.dp.upsert(&spec(1), POP_V4).unwrap();
+            fx.dp.upsert(&spec(1)).unwrap();
             assert_eq!(
                 run(&fx, &decap_frame(1, link_addr(1, 2)), fx.eth4).1[..6],
                 INET_MAC

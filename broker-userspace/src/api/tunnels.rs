@@ -1,5 +1,5 @@
 //! `/api/v1/tunnels` and `/nic/update`.
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 
 use axum::{
     extract::{ConnectInfo, Path, Query, State},
@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 use super::{auth, authenticate, body::Body, nic, ApiError, AppState, Caller};
 use crate::{
     broker::{Projection, RouteOps},
-    config::{Ipv4Field, LinkPrefix, Mtu, Prefix6, TunnelKind, TunnelState},
-    model::{Kind, State as TState},
-    store::{NewTunnel, Store, StoreError, TunnelChange, TunnelRecord},
+    config::{Ipv4Field, Ipv6Field, LinkPrefix, Mtu, Prefix6, TunnelKind, TunnelState},
+    model::{Endpoint, Kind, Pop, State as TState},
+    store::{NewTunnel, Origin, Store, StoreError, TunnelChange, TunnelRecord},
 };
 
 /// A tunnel as the API shows it.
@@ -26,13 +26,24 @@ pub struct TunnelOut {
     pub origin: String,
     pub kind: String,
     pub state: String,
-    pub remote_ipv4: String,
-    pub pop_ipv4: String,
-    pub link_prefix: String,
-    pub pop_ipv6: String,
-    pub client_ipv6: String,
+    /// The client's endpoint: IPv4 (proto41, v6udpv4) and port (v6udpv4), or IPv6 (v4v6).
+    pub remote_ipv4: Option<String>,
+    pub remote_port: Option<u16>,
+    pub remote_ipv6: Option<String>,
+    /// The PoP's endpoint.
+    pub pop_ipv4: Option<String>,
+    pub pop_ipv6_endpoint: Option<String>,
+    /// Inside tunnels that carry IPv6.
+    pub link_prefix: Option<String>,
+    pub pop_ipv6: Option<String>,
+    pub client_ipv6: Option<String>,
     pub routed_prefixes: Vec<String>,
+    /// Inside v4v6 tunnels.
+    pub client_ipv4: Option<String>,
+    pub pop_ipv4_inner: Option<String>,
     pub mtu: u16,
+    pub keepalive: Option<u32>,
+    pub expires_at: Option<u64>,
     pub password: String,
     pub update_key: String,
     pub created_at: u64,
@@ -65,35 +76,34 @@ impl From<TunnelStats> for Counters {
     }
 }
 
-pub fn kind_name(k: Kind) -> &'static str {
-    match k {
-        Kind::Proto41 => "proto41",
-    }
-}
-
-pub fn state_name(s: TState) -> &'static str {
-    match s {
-        TState::Up => "up",
-        TState::Down => "down",
-        TState::Disabled => "disabled",
-    }
-}
-
-fn out(r: &TunnelRecord, pop: std::net::Ipv4Addr, counters: Option<TunnelStats>) -> TunnelOut {
+fn out(r: &TunnelRecord, pop: &Pop, counters: Option<TunnelStats>) -> TunnelOut {
     let s = &r.spec;
+    let (remote_ipv4, remote_port, remote_ipv6) = match s.endpoint {
+        Endpoint::Ipv4(a) => (Some(a.to_string()), None, None),
+        Endpoint::Udp4(a) => (Some(a.ip().to_string()), Some(a.port()), None),
+        Endpoint::Ipv6(a) => (None, None, Some(a.to_string())),
+    };
+    let v4v6 = s.kind == Kind::V4In6;
     TunnelOut {
         id: s.id,
         owner: r.owner.clone(),
         origin: r.origin.as_str().into(),
-        kind: kind_name(s.kind).into(),
-        state: state_name(s.state).into(),
-        remote_ipv4: s.remote_v4.to_string(),
-        pop_ipv4: pop.to_string(),
-        link_prefix: s.link_prefix.to_string(),
-        pop_ipv6: s.pop_v6().to_string(),
-        client_ipv6: s.client_v6().to_string(),
+        kind: s.kind.as_str().into(),
+        state: s.state.as_str().into(),
+        remote_ipv4,
+        remote_port,
+        remote_ipv6,
+        pop_ipv4: (!v4v6).then(|| pop.ipv4.to_string()),
+        pop_ipv6_endpoint: pop.ipv6.filter(|_| v4v6).map(|a| a.to_string()),
+        link_prefix: s.link_prefix.map(|p| p.to_string()),
+        pop_ipv6: s.pop_v6().map(|a| a.to_string()),
+        client_ipv6: s.client_v6().map(|a| a.to_string()),
         routed_prefixes: s.routed_prefixes.iter().map(|p| p.to_string()).collect(),
+        client_ipv4: s.client_v4.map(|a| a.to_string()),
+        pop_ipv4_inner: pop.v4v6_gateway().filter(|_| v4v6).map(|a| a.to_string()),
         mtu: s.mtu,
+        keepalive: s.keepalive,
+        expires_at: r.expires_at,
         password: r.password.clone(),
         update_key: r.update_key.clone(),
         created_at: r.created_at,
@@ -113,7 +123,15 @@ pub struct CreateIn {
     kind: Option<TunnelKind>,
     #[serde(default)]
     state: Option<TunnelState>,
-    remote_ipv4: Ipv4Field,
+    /// proto41 and v6udpv4.
+    #[serde(default)]
+    remote_ipv4: Option<Ipv4Field>,
+    /// v6udpv4.
+    #[serde(default)]
+    remote_port: Option<u16>,
+    /// v4v6.
+    #[serde(default)]
+    remote_ipv6: Option<Ipv6Field>,
     #[serde(default)]
     mtu: Option<Mtu>,
     /// Allocate a routed prefix of this length.
@@ -134,9 +152,51 @@ pub struct ChangeIn {
     #[serde(default)]
     remote_ipv4: Option<Ipv4Field>,
     #[serde(default)]
+    remote_port: Option<u16>,
+    #[serde(default)]
+    remote_ipv6: Option<Ipv6Field>,
+    #[serde(default)]
     state: Option<TunnelState>,
     #[serde(default)]
     mtu: Option<Mtu>,
+}
+
+pub fn model_kind(k: TunnelKind) -> Kind {
+    match k {
+        TunnelKind::Proto41 => Kind::Proto41,
+        TunnelKind::V6Udp4 => Kind::V6Udp4,
+        TunnelKind::V4In6 => Kind::V4In6,
+    }
+}
+
+/// The endpoint a request's fields give for a tunnel of `kind`, naming the missing or
+/// superfluous field otherwise.
+fn endpoint_of(
+    kind: Kind,
+    v4: Option<std::net::Ipv4Addr>,
+    port: Option<u16>,
+    v6: Option<std::net::Ipv6Addr>,
+) -> Result<Endpoint, ApiError> {
+    let bad = |field: &str, msg: &str| {
+        Err(ApiError::unprocessable(
+            Some(field.into()),
+            format!("{field}: {msg}"),
+        ))
+    };
+    match (kind, v4, port, v6) {
+        (Kind::Proto41, Some(a), None, None) => Ok(Endpoint::Ipv4(a)),
+        (Kind::V6Udp4, Some(a), Some(p), None) if p != 0 => {
+            Ok(Endpoint::Udp4(SocketAddrV4::new(a, p)))
+        }
+        (Kind::V4In6, None, None, Some(a)) => Ok(Endpoint::Ipv6(a)),
+        (Kind::V4In6, _, _, None) => bad("remote_ipv6", "required for v4v6 tunnels"),
+        (Kind::V4In6, Some(_), _, _) => bad("remote_ipv4", "not for v4v6 tunnels"),
+        (_, None, _, _) => bad("remote_ipv4", "required"),
+        (Kind::V6Udp4, _, _, _) if v6.is_some() => bad("remote_ipv6", "only for v4v6 tunnels"),
+        (Kind::V6Udp4, _, _, _) => bad("remote_port", "required for v6udpv4 tunnels (1-65535)"),
+        (_, _, Some(_), _) => bad("remote_port", "only for v6udpv4 tunnels"),
+        (_, _, _, Some(_)) => bad("remote_ipv6", "only for v4v6 tunnels"),
+    }
 }
 
 fn model_state(s: TunnelState) -> TState {
@@ -169,7 +229,7 @@ pub async fn list<S: Store, P: Projection, R: RouteOps>(
             .map(|t| {
                 out(
                     t,
-                    b.pop,
+                    &b.pop,
                     q.counters.then(|| b.maps.counters(t.spec.id)).flatten(),
                 )
             })
@@ -204,7 +264,7 @@ pub async fn show<S: Store, P: Projection, R: RouteOps>(
     let caller = authenticate(&state, &headers).await?;
     let t = visible(&state, &caller, tunnel_id(&id)?).await?;
     let b = state.broker.lock().await;
-    Ok(Json(out(&t, b.pop, b.maps.counters(t.spec.id))))
+    Ok(Json(out(&t, &b.pop, b.maps.counters(t.spec.id))))
 }
 
 pub async fn create<S: Store, P: Projection, R: RouteOps>(
@@ -223,14 +283,36 @@ pub async fn create<S: Store, P: Projection, R: RouteOps>(
             ))
         }
     };
+    let kind = model_kind(req.kind.unwrap_or(TunnelKind::Proto41));
+    let endpoint = endpoint_of(
+        kind,
+        req.remote_ipv4.map(|a| a.0),
+        req.remote_port,
+        req.remote_ipv6.map(|a| a.0),
+    )?;
+    let mtu = match req.mtu {
+        Some(m) if m.0 > kind.mtu_max() => {
+            return Err(ApiError::unprocessable(
+                Some("mtu".into()),
+                format!(
+                    "mtu: at most {} for {} tunnels",
+                    kind.mtu_max(),
+                    kind.as_str()
+                ),
+            ))
+        }
+        Some(m) => m.0,
+        None => kind.mtu_max(),
+    };
     let new = NewTunnel {
         owner,
-        kind: match req.kind.unwrap_or(TunnelKind::Proto41) {
-            TunnelKind::Proto41 => Kind::Proto41,
-        },
+        origin: Origin::Api,
+        kind,
         state: model_state(req.state.unwrap_or_default()),
-        remote_v4: req.remote_ipv4.0,
-        mtu: req.mtu.unwrap_or_default().0,
+        endpoint,
+        mtu,
+        keepalive: None,
+        expires_at: None,
         routed_length: req.routed_prefix_length,
         link_prefix: req.link_prefix.map(|p| p.0),
         routed_prefix: req.routed_prefix.map(|p| p.0),
@@ -246,7 +328,7 @@ pub async fn create<S: Store, P: Projection, R: RouteOps>(
     }
     let mut b = state.broker.lock().await;
     let t = b.create_tunnel(&new).await?;
-    Ok((StatusCode::CREATED, Json(out(&t, b.pop, None))).into_response())
+    Ok((StatusCode::CREATED, Json(out(&t, &b.pop, None))).into_response())
 }
 
 pub async fn change<S: Store, P: Projection, R: RouteOps>(
@@ -257,21 +339,51 @@ pub async fn change<S: Store, P: Projection, R: RouteOps>(
 ) -> Result<Json<TunnelOut>, ApiError> {
     let caller = authenticate(&state, &headers).await?;
     let id = tunnel_id(&id)?;
-    visible(&state, &caller, id).await?;
+    let current = visible(&state, &caller, id).await?;
+    let kind = current.spec.kind;
+    let endpoint =
+        if req.remote_ipv4.is_some() || req.remote_port.is_some() || req.remote_ipv6.is_some() {
+            // Fields not given keep their value.
+            let (v4, port, v6) = match current.spec.endpoint {
+                Endpoint::Ipv4(a) => (Some(a), None, None),
+                Endpoint::Udp4(a) => (Some(*a.ip()), Some(a.port()), None),
+                Endpoint::Ipv6(a) => (None, None, Some(a)),
+            };
+            Some(endpoint_of(
+                kind,
+                req.remote_ipv4.map(|a| a.0).or(v4),
+                req.remote_port.or(port),
+                req.remote_ipv6.map(|a| a.0).or(v6),
+            )?)
+        } else {
+            None
+        };
+    if let Some(m) = req.mtu.filter(|m| m.0 > kind.mtu_max()) {
+        return Err(ApiError::unprocessable(
+            Some("mtu".into()),
+            format!(
+                "mtu: {} is above {}, the most for {} tunnels",
+                m.0,
+                kind.mtu_max(),
+                kind.as_str()
+            ),
+        ));
+    }
     let change = TunnelChange {
-        remote_v4: req.remote_ipv4.map(|a| a.0),
+        endpoint,
         state: req.state.map(model_state),
         mtu: req.mtu.map(|m| m.0),
+        ..Default::default()
     };
     if change == TunnelChange::default() {
         return Err(ApiError::unprocessable(
             None,
-            "nothing to change: give remote_ipv4, state or mtu",
+            "nothing to change: give remote_ipv4, remote_port, remote_ipv6, state or mtu",
         ));
     }
     let mut b = state.broker.lock().await;
     let t = b.update_tunnel(id, &change).await?;
-    Ok(Json(out(&t, b.pop, None)))
+    Ok(Json(out(&t, &b.pop, None)))
 }
 
 pub async fn delete<S: Store, P: Projection, R: RouteOps>(
@@ -352,11 +464,18 @@ async fn nic_answer<S: Store, P: Projection, R: RouteOps>(
         Ok(ip) => ip,
         Err(a) => return a,
     };
-    if ip == t.spec.remote_v4 {
+    let endpoint = match t.spec.endpoint {
+        Endpoint::Ipv4(_) => Endpoint::Ipv4(ip),
+        Endpoint::Udp4(a) => Endpoint::Udp4(SocketAddrV4::new(ip, a.port())),
+        Endpoint::Ipv6(_) => {
+            return nic::Answer::BadIp("the tunnel's endpoint is IPv6 (v4v6)".into())
+        }
+    };
+    if endpoint == t.spec.endpoint {
         return nic::Answer::NoChange(ip);
     }
     let change = TunnelChange {
-        remote_v4: Some(ip),
+        endpoint: Some(endpoint),
         ..Default::default()
     };
     match b.update_tunnel(id, &change).await {

@@ -3,10 +3,12 @@ use std::{
     sync::Mutex,
 };
 
+use std::net::Ipv4Addr;
+
 use super::*;
 use crate::{
     model::{Kind, State},
-    store::{PoolSet, SqliteStore},
+    store::{Origin, PoolSet, SqliteStore},
 };
 
 #[derive(Default)]
@@ -16,7 +18,7 @@ pub(crate) struct FakeMaps {
 }
 
 impl Projection for FakeMaps {
-    fn install(&mut self, spec: &TunnelSpec, _: Ipv4Addr) -> Result<(), String> {
+    fn install(&mut self, spec: &TunnelSpec) -> Result<(), String> {
         if self.fail {
             return Err("maps broken".into());
         }
@@ -32,7 +34,7 @@ impl Projection for FakeMaps {
         Ok(())
     }
 
-    fn reconcile(&mut self, specs: &[TunnelSpec], _: Ipv4Addr) -> Result<Reconciled, String> {
+    fn reconcile(&mut self, specs: &[TunnelSpec], _: &Pop) -> Result<Reconciled, String> {
         self.installed = specs.iter().map(|s| (s.id, s.clone())).collect();
         Ok(Reconciled::default())
     }
@@ -94,22 +96,26 @@ pub(crate) fn broker() -> Broker<SqliteStore, FakeMaps, FakeRoutes> {
         routed: vec!["2001:db8:1000::/40".parse().unwrap()],
         routed_lengths: vec![48, 56],
         quarantine_secs: 0,
+        v4v6: None,
     };
     Broker {
         store: SqliteStore::in_memory(pools).unwrap(),
         maps: FakeMaps::default(),
         routes: FakeRoutes::default(),
-        pop: Ipv4Addr::new(192, 0, 2, 1),
+        pop: Pop::ipv4_only(Ipv4Addr::new(192, 0, 2, 1)),
     }
 }
 
 fn req(remote: u8) -> NewTunnel {
     NewTunnel {
         owner: None,
+        origin: Origin::Api,
         kind: Kind::Proto41,
         state: State::Up,
-        remote_v4: Ipv4Addr::new(198, 51, 100, remote),
+        endpoint: Endpoint::Ipv4(Ipv4Addr::new(198, 51, 100, remote)),
         mtu: 1480,
+        keepalive: None,
+        expires_at: None,
         routed_length: Some(48),
         link_prefix: None,
         routed_prefix: None,
@@ -185,10 +191,29 @@ fn a_failing_update_leaves_the_store_as_it_was() {
 }
 
 #[test]
+fn an_added_routed_prefix_gets_its_route() {
+    let mut b = broker();
+    let r = NewTunnel {
+        routed_length: None,
+        ..req(1)
+    };
+    let t = block_on(b.create_tunnel(&r)).unwrap();
+    let change = TunnelChange {
+        add_routed_length: Some(56),
+        ..Default::default()
+    };
+    let u = block_on(b.update_tunnel(t.spec.id, &change)).unwrap();
+    assert_eq!(u.spec.routed_prefixes.len(), 1);
+    assert_eq!(b.maps.installed[&t.spec.id], u.spec);
+    let routes = b.routes.routes.lock().unwrap().clone();
+    assert_eq!(routes, u.spec.prefixes().collect());
+}
+
+#[test]
 fn the_pop_address_is_not_an_endpoint() {
     let mut b = broker();
     let mut r = req(1);
-    r.remote_v4 = b.pop;
+    r.endpoint = Endpoint::Ipv4(b.pop.ipv4);
     let e = block_on(b.create_tunnel(&r)).unwrap_err();
     assert_eq!(
         e.to_string(),

@@ -16,7 +16,7 @@ use std::{fmt, path::Path};
 
 use serde::Deserialize;
 
-pub use types::{Ipv4Field, LinkPrefix, Mtu, Prefix6};
+pub use types::{Ipv4Field, Ipv6Field, LinkPrefix, Mtu, Prefix4, Prefix6};
 
 /// Where XDP attaches.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -39,8 +39,11 @@ pub enum AttachMode {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pop {
-    /// Local endpoint of every tunnel.
+    /// Local endpoint of proto-41 and v6udpv4 tunnels, and where TSP listens.
     pub ipv4: Ipv4Field,
+    /// Local endpoint of v4v6 tunnels (and where TSP listens for IPv6-only clients).
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Field>,
 }
 
 /// Data plane sizing and tuning.
@@ -89,9 +92,13 @@ fn default_max_prefixes() -> u32 {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
 pub enum TunnelKind {
+    #[serde(rename = "proto41")]
     Proto41,
+    #[serde(rename = "v6udpv4")]
+    V6Udp4,
+    #[serde(rename = "v4v6")]
+    V4In6,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -169,6 +176,9 @@ pub struct Pools {
     /// A freed prefix is not handed out again before this many seconds.
     #[serde(default = "default_quarantine")]
     pub quarantine_secs: u64,
+    /// Inner IPv4 addresses of v4v6 clients; the first host is the PoP's own.
+    #[serde(default)]
+    pub v4v6: Option<Prefix4>,
 }
 
 impl Default for Pools {
@@ -178,6 +188,7 @@ impl Default for Pools {
             routed: Vec::new(),
             routed_lengths: default_routed_lengths(),
             quarantine_secs: default_quarantine(),
+            v4v6: None,
         }
     }
 }
@@ -229,6 +240,108 @@ fn default_protocol() -> u8 {
     crate::routes::DEFAULT_PROTOCOL
 }
 
+/// SASL mechanisms the TSP server offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+pub enum TspAuth {
+    #[serde(rename = "anonymous")]
+    Anonymous,
+    #[serde(rename = "plain")]
+    Plain,
+    #[serde(rename = "digest-md5")]
+    DigestMd5,
+}
+
+/// Tunnel types the TSP server offers (`v6anyv4` requests resolve to one of the first two).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+pub enum TspTunnelType {
+    #[serde(rename = "v6v4")]
+    V6V4,
+    #[serde(rename = "v6udpv4")]
+    V6UdpV4,
+    #[serde(rename = "v4v6")]
+    V4V6,
+}
+
+/// The TSP server (RFC 5572), on TCP and UDP.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TspConfig {
+    /// Port on `pop.ipv4` (and `pop.ipv6`), TCP and UDP; v6udpv4 data arrives there too.
+    #[serde(default = "default_tsp_port")]
+    pub port: u16,
+    /// The SASL realm of DIGEST-MD5.
+    #[serde(default = "default_realm")]
+    pub realm: String,
+    #[serde(default = "default_tsp_auth")]
+    pub auth: Vec<TspAuth>,
+    #[serde(default = "default_tsp_types")]
+    pub tunnel_types: Vec<TspTunnelType>,
+    /// Keepalive interval offered to clients, seconds (at least 5). A tunnel silent for
+    /// five intervals goes down until its client is heard again.
+    #[serde(default = "default_keepalive")]
+    pub keepalive_secs: u32,
+    /// Lifetime offered to authenticated users' tunnels, seconds: without a session for
+    /// that long, the tunnel goes down (its addresses stay the user's).
+    #[serde(default = "default_lifetime")]
+    pub lifetime_secs: u64,
+    /// Lifetime of anonymous tunnels, seconds: then they are deleted.
+    #[serde(default = "default_anonymous_lifetime")]
+    pub anonymous_lifetime_secs: u64,
+    /// MTU of TSP tunnels (clients default to 1280).
+    #[serde(default = "default_tsp_mtu")]
+    pub mtu: Mtu,
+    /// Longest control message accepted, bytes.
+    #[serde(default = "default_max_message")]
+    pub max_message: usize,
+    /// A session must reach its tunnel offer within this many seconds.
+    #[serde(default = "default_negotiation_timeout")]
+    pub negotiation_timeout_secs: u64,
+    /// Concurrent sessions from one source address.
+    #[serde(default = "default_sessions_per_source")]
+    pub sessions_per_source: usize,
+    /// Authentication failures from one source before its answers are delayed (doubling
+    /// up to 30 s, forgotten after a quiet minute).
+    #[serde(default = "default_auth_failures")]
+    pub auth_failures_before_delay: u32,
+}
+
+fn default_tsp_port() -> u16 {
+    broker_common::consts::TSP_PORT
+}
+fn default_realm() -> String {
+    "broker".into()
+}
+fn default_tsp_auth() -> Vec<TspAuth> {
+    vec![TspAuth::DigestMd5, TspAuth::Plain]
+}
+fn default_tsp_types() -> Vec<TspTunnelType> {
+    vec![TspTunnelType::V6V4, TspTunnelType::V6UdpV4]
+}
+fn default_keepalive() -> u32 {
+    30
+}
+fn default_lifetime() -> u64 {
+    604_800
+}
+fn default_anonymous_lifetime() -> u64 {
+    86_400
+}
+fn default_tsp_mtu() -> Mtu {
+    Mtu(broker_common::consts::MTU_MIN)
+}
+fn default_max_message() -> usize {
+    4096
+}
+fn default_negotiation_timeout() -> u64 {
+    30
+}
+fn default_sessions_per_source() -> usize {
+    8
+}
+fn default_auth_failures() -> u32 {
+    3
+}
+
 /// Prometheus exposition.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -257,11 +370,24 @@ pub struct Config {
     pub routes: RoutesConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The TSP server; absent = off.
+    #[serde(default)]
+    pub tsp: Option<TspConfig>,
     #[serde(default)]
     pub tunnels: Vec<Tunnel>,
 }
 
 impl Config {
+    /// The PoP's side of the tunnels, as the data plane needs it.
+    pub fn pop(&self) -> crate::model::Pop {
+        crate::model::Pop {
+            ipv4: self.pop.ipv4.0,
+            ipv6: self.pop.ipv6.map(|a| a.0),
+            tsp_port: self.tsp.as_ref().map(|t| t.port),
+            v4v6_pool: self.pools.v4v6.map(|p| p.0),
+        }
+    }
+
     /// The SQLite file.
     pub fn store_path(&self) -> std::path::PathBuf {
         self.store.path.clone().unwrap_or_else(|| {

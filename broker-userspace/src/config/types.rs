@@ -2,12 +2,12 @@
 //! line of a bad value.
 use std::{
     fmt,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     str::FromStr,
 };
 
 use broker_common::consts::{MTU_MAX, MTU_MIN};
-use ipnet::{IpNet, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{de, Deserialize, Deserializer};
 
 /// An IPv4 address; an IPv6 one is rejected as the wrong family.
@@ -23,6 +23,46 @@ impl FromStr for Ipv4Field {
                 "expected an IPv4 address, found the IPv6 address {a}"
             )),
             Err(_) => Err(format!("expected an IPv4 address, found {s:?}")),
+        }
+    }
+}
+
+/// An IPv6 address; an IPv4 one is rejected as the wrong family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ipv6Field(pub Ipv6Addr);
+
+impl FromStr for Ipv6Field {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.parse::<IpAddr>() {
+            Ok(IpAddr::V6(a)) => Ok(Self(a)),
+            Ok(IpAddr::V4(a)) => Err(format!(
+                "expected an IPv6 address, found the IPv4 address {a}"
+            )),
+            Err(_) => Err(format!("expected an IPv6 address, found {s:?}")),
+        }
+    }
+}
+
+/// An IPv4 prefix; host bits must be zero, an IPv6 prefix is the wrong family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Prefix4(pub Ipv4Net);
+
+impl FromStr for Prefix4 {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.parse::<IpNet>() {
+            Ok(IpNet::V4(n)) if n.trunc() == n => Ok(Self(n)),
+            Ok(IpNet::V4(n)) => Err(format!(
+                "{n} has host bits set; the prefix is {}",
+                n.trunc()
+            )),
+            Ok(IpNet::V6(n)) => Err(format!(
+                "expected an IPv4 prefix, found the IPv6 prefix {n}"
+            )),
+            Err(_) => Err(format!(
+                "expected an IPv4 prefix like 203.0.113.0/24, found {s:?}"
+            )),
         }
     }
 }
@@ -99,7 +139,7 @@ macro_rules! deserialize_from_str {
     )*};
 }
 
-deserialize_from_str!(Ipv4Field, Prefix6, LinkPrefix);
+deserialize_from_str!(Ipv4Field, Ipv6Field, Prefix4, Prefix6, LinkPrefix);
 
 impl fmt::Display for Ipv4Field {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

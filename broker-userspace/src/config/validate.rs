@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use broker_common::maps::{MAX_PREFIX_LENS, MAX_ROUTED};
 use ipnet::Ipv6Net;
 
-use super::Config;
+use super::{Config, TspTunnelType, TunnelKind};
 
 type Invalid = (String, String);
 
@@ -14,7 +14,83 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
     limits(c)?;
     pools(c)?;
     api(c)?;
+    tsp(c)?;
     tunnels(c)
+}
+
+fn tsp(c: &Config) -> Result<(), Invalid> {
+    if let Some(pool) = c.pools.v4v6 {
+        if pool.0.prefix_len() > 30 {
+            return Err((
+                "pools.v4v6".into(),
+                format!(
+                    "{pool:?} leaves no room: at most /30 (the first host is the PoP's)",
+                    pool = pool.0
+                ),
+            ));
+        }
+        if c.pop.ipv6.is_none() {
+            return Err((
+                "pools.v4v6".into(),
+                "v4v6 tunnels end on pop.ipv6, which is not set".into(),
+            ));
+        }
+    }
+    let Some(t) = &c.tsp else {
+        return Ok(());
+    };
+    if t.port == 0 {
+        return Err(("tsp.port".into(), "0 is not a port".into()));
+    }
+    if t.auth.is_empty() {
+        return Err(("tsp.auth".into(), "at least one mechanism is needed".into()));
+    }
+    if t.tunnel_types.is_empty() {
+        return Err((
+            "tsp.tunnel_types".into(),
+            "at least one type is needed".into(),
+        ));
+    }
+    if t.tunnel_types.contains(&TspTunnelType::V4V6) && c.pools.v4v6.is_none() {
+        return Err((
+            "tsp.tunnel_types".into(),
+            "v4v6 needs pools.v4v6 (and pop.ipv6)".into(),
+        ));
+    }
+    let carries_ipv6 = t.tunnel_types.iter().any(|k| *k != TspTunnelType::V4V6);
+    if carries_ipv6 && c.pools.link.is_empty() {
+        return Err((
+            "tsp.tunnel_types".into(),
+            "v6v4 and v6udpv4 need pools.link to give clients their /64".into(),
+        ));
+    }
+    if t.keepalive_secs < 5 || t.keepalive_secs > 3600 {
+        return Err((
+            "tsp.keepalive_secs".into(),
+            format!("{} is outside 5-3600", t.keepalive_secs),
+        ));
+    }
+    if t.realm.is_empty() || t.realm.contains(['"', ',', '\\']) {
+        return Err((
+            "tsp.realm".into(),
+            "must be non-empty, without quotes, commas or backslashes".into(),
+        ));
+    }
+    if !(512..=65_536).contains(&t.max_message) {
+        return Err((
+            "tsp.max_message".into(),
+            format!("{} is outside 512-65536", t.max_message),
+        ));
+    }
+    if t.negotiation_timeout_secs == 0 || t.sessions_per_source == 0 {
+        let key = if t.negotiation_timeout_secs == 0 {
+            "tsp.negotiation_timeout_secs"
+        } else {
+            "tsp.sessions_per_source"
+        };
+        return Err((key.into(), "must be at least 1".into()));
+    }
+    Ok(())
 }
 
 fn api(c: &Config) -> Result<(), Invalid> {
@@ -169,6 +245,12 @@ fn tunnels(c: &Config) -> Result<(), Invalid> {
             return Err((
                 at("id"),
                 format!("id {} is already used by tunnels[{first}]", t.id),
+            ));
+        }
+        if t.kind != TunnelKind::Proto41 {
+            return Err((
+                at("kind"),
+                "static tunnels are proto41; v6udpv4 and v4v6 endpoints come from TSP sessions or the API".into(),
             ));
         }
         let remote = t.remote_ipv4.0;

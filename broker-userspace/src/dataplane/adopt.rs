@@ -3,20 +3,27 @@
 //! The maps are a projection of the store, so after a restart (clean or not) the
 //! controller reads back what the maps hold, then writes only the differences: tunnels
 //! that keep their slot keep forwarding and keep their counters throughout.
-use std::{collections::HashMap as StdHashMap, net::Ipv4Addr};
+use std::collections::HashMap as StdHashMap;
 
-use aya::maps::{Array, HashMap};
+use aya::{
+    maps::{Array, HashMap},
+    Pod,
+};
 use broker_common::{
     consts::map_names as names,
-    maps::{Endpoint4, PrefixKey, Settings, Tunnel, TunnelState},
+    maps::{
+        Endpoint4, Endpoint6, PrefixKey, Settings, Tunnel, TunnelKind, TunnelState, UdpEndpoint4,
+    },
 };
 use ipnet::Ipv6Net;
 use tracing::info;
 
 use super::{
-    prefixes, slots::Installed, to_map_value, Dataplane, DataplaneError, Options, Result, SlotTable,
+    prefixes,
+    slots::{EndpointKey, Installed},
+    to_map_value, Dataplane, DataplaneError, Options, Result, SlotTable,
 };
-use crate::model::TunnelSpec;
+use crate::model::{Pop, TunnelSpec};
 
 /// What [`Dataplane::reconcile`] changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -35,7 +42,10 @@ fn prefixes_of(t: &Tunnel) -> Vec<Ipv6Net> {
         o[..8].copy_from_slice(&upper.to_ne_bytes());
         Ipv6Net::new(o.into(), len).expect("at most 64")
     };
-    let mut out = vec![net(t.link64, 64)];
+    let mut out = Vec::new();
+    if t.kind != TunnelKind::V4In6 as u8 {
+        out.push(net(t.link64, 64));
+    }
     for r in t.routed.iter().take(t.n_routed as usize) {
         out.push(net(r.net, r.mask.count_ones() as u8));
     }
@@ -52,6 +62,11 @@ impl Dataplane {
             source,
         })?;
         self.settings.pop_v4 = old.pop_v4;
+        self.settings.pop_v6 = old.pop_v6;
+        self.settings.tsp_port = old.tsp_port;
+        self.settings.v4_gateway = old.v4_gateway;
+        self.settings.v4_net = old.v4_net;
+        self.settings.v4_mask = old.v4_mask;
         if opts.nexthop_cache {
             // Whatever the old process cached may predate changes nobody saw.
             self.settings.nexthop_gen = old.nexthop_gen.wrapping_add(1).max(1);
@@ -80,11 +95,9 @@ impl Dataplane {
                 t.id,
                 Installed {
                     slot,
-                    endpoint: Endpoint4 {
-                        remote: t.remote_v4,
-                        local: t.local_v4,
-                    },
+                    endpoint: endpoint_of(&t),
                     prefixes: prefixes_of(&t),
+                    v4: (t.kind == TunnelKind::V4In6 as u8).then_some(t.client_v4),
                 },
             ));
         }
@@ -117,13 +130,13 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Makes the maps hold exactly `specs` with `pop_v4` as the local endpoint, writing
-    /// only what differs, then removes lookup entries that point at no tunnel or at a
-    /// tunnel that does not own them.
-    pub fn reconcile(&mut self, specs: &[TunnelSpec], pop_v4: Ipv4Addr) -> Result<Reconciled> {
+    /// Makes the maps hold exactly `specs` with `pop` as the PoP's side, writing only what
+    /// differs, then removes lookup entries that point at no tunnel or at a tunnel that
+    /// does not own them.
+    pub fn reconcile(&mut self, specs: &[TunnelSpec], pop: &Pop) -> Result<Reconciled> {
         let mut r = Reconciled::default();
-        if self.settings.pop_v4 != pop_v4.octets() {
-            self.set_pop(pop_v4)?;
+        if self.pop() != *pop {
+            self.set_pop(pop)?;
         }
         let wanted: StdHashMap<u32, &TunnelSpec> = specs.iter().map(|s| (s.id, s)).collect();
         for id in self.slots.ids() {
@@ -133,10 +146,10 @@ impl Dataplane {
             }
         }
         for spec in specs {
-            if self.matches(spec, pop_v4)? {
+            if self.matches(spec, pop)? {
                 r.unchanged += 1;
             } else {
-                self.upsert(spec, pop_v4)?;
+                self.upsert(spec)?;
                 r.installed += 1;
             }
         }
@@ -149,7 +162,7 @@ impl Dataplane {
     }
 
     /// Whether the maps already hold `spec` exactly.
-    fn matches(&self, spec: &TunnelSpec, pop_v4: Ipv4Addr) -> Result<bool> {
+    fn matches(&self, spec: &TunnelSpec, pop: &Pop) -> Result<bool> {
         let Some(installed) = self.slots.get(spec.id) else {
             return Ok(false);
         };
@@ -160,7 +173,7 @@ impl Dataplane {
                 name: names::TUNNELS,
                 source,
             })?;
-        let mut want = to_map_value(spec, pop_v4);
+        let mut want = to_map_value(spec, pop);
         // The key is not written by this build yet: compare what is.
         want.key = current.key;
         let prefixes: Vec<Ipv6Net> = spec.prefixes().map(|p| p.trunc()).collect();
@@ -169,51 +182,79 @@ impl Dataplane {
 
     /// Removes lookup entries that do not belong to the tunnel they point at.
     fn sweep(&mut self) -> Result<usize> {
-        let mut stale_eps = Vec::new();
+        // A snapshot, as the sweeps below need the maps mutably.
+        let by_slot: StdHashMap<u32, Installed> = self
+            .slots
+            .ids()
+            .iter()
+            .filter_map(|id| self.slots.get(*id))
+            .map(|i| (i.slot, i.clone()))
+            .collect();
+        let slots = &by_slot;
+        let endpoint_owned =
+            |key: EndpointKey, slot: u32| slots.get(&slot).is_some_and(|i| i.endpoint == key);
+        let mut n = 0;
+        n += self.sweep_map::<Endpoint4>(names::P41_ENDPOINTS, &|k, slot| {
+            endpoint_owned(EndpointKey::P41(*k), slot)
+        })?;
+        n += self.sweep_map::<UdpEndpoint4>(names::UDP_ENDPOINTS, &|k, slot| {
+            endpoint_owned(EndpointKey::Udp(*k), slot)
+        })?;
+        n += self.sweep_map::<Endpoint6>(names::V6_ENDPOINTS, &|k, slot| {
+            endpoint_owned(EndpointKey::V6(*k), slot)
+        })?;
+        n += self.sweep_map::<[u8; 4]>(names::V4_ROUTES, &|k, slot| {
+            slots.get(&slot).is_some_and(|i| i.v4 == Some(*k))
+        })?;
+        n += self.sweep_map::<PrefixKey>(names::PREFIXES, &|k, slot| {
+            slots
+                .get(&slot)
+                .is_some_and(|i| i.prefixes.iter().any(|p| prefixes::key(p) == *k))
+        })?;
+        Ok(n)
+    }
+
+    /// Removes the entries of one lookup map that `owned` does not vouch for.
+    fn sweep_map<K: Pod>(
+        &mut self,
+        name: &'static str,
+        owned: &dyn Fn(&K, u32) -> bool,
+    ) -> Result<usize> {
+        let mut stale = Vec::new();
         {
-            let eps: HashMap<_, Endpoint4, u32> = self.map(names::P41_ENDPOINTS)?;
-            for kv in eps.iter() {
-                let (key, slot) = kv.map_err(|source| DataplaneError::Map {
-                    name: names::P41_ENDPOINTS,
-                    source,
-                })?;
-                if self
-                    .slots
-                    .by_slot(slot)
-                    .is_none_or(|(_, i)| i.endpoint != key)
-                {
-                    stale_eps.push(key);
-                }
-            }
-        }
-        let mut stale_prefixes = Vec::new();
-        {
-            let map: HashMap<_, PrefixKey, u32> = self.map(names::PREFIXES)?;
+            let map: HashMap<_, K, u32> = self.map(name)?;
             for kv in map.iter() {
-                let (key, slot) = kv.map_err(|source| DataplaneError::Map {
-                    name: names::PREFIXES,
-                    source,
-                })?;
-                let owned = self
-                    .slots
-                    .by_slot(slot)
-                    .is_some_and(|(_, i)| i.prefixes.iter().any(|p| prefixes::key(p) == key));
-                if !owned {
-                    stale_prefixes.push(key);
+                let (key, slot) = kv.map_err(|source| DataplaneError::Map { name, source })?;
+                if !owned(&key, slot) {
+                    stale.push(key);
                 }
             }
         }
-        let n = stale_eps.len() + stale_prefixes.len();
-        {
-            let mut eps: HashMap<_, Endpoint4, u32> = self.map_mut(names::P41_ENDPOINTS)?;
-            for k in stale_eps {
-                let _ = eps.remove(&k);
-            }
-        }
-        let mut map: HashMap<_, PrefixKey, u32> = self.map_mut(names::PREFIXES)?;
-        for k in stale_prefixes {
+        let n = stale.len();
+        let mut map: HashMap<_, K, u32> = self.map_mut(name)?;
+        for k in stale {
             let _ = map.remove(&k);
         }
         Ok(n)
+    }
+}
+
+/// The endpoint key a tunnel map value implies.
+fn endpoint_of(t: &Tunnel) -> EndpointKey {
+    match TunnelKind::from_u8(t.kind) {
+        Some(TunnelKind::V6Udp4) => EndpointKey::Udp(UdpEndpoint4 {
+            remote: t.remote_v4,
+            local: t.local_v4,
+            remote_port: t.remote_port,
+            local_port: t.local_port,
+        }),
+        Some(TunnelKind::V4In6) => EndpointKey::V6(Endpoint6 {
+            remote: t.remote_v6,
+            local: t.local_v6,
+        }),
+        _ => EndpointKey::P41(Endpoint4 {
+            remote: t.remote_v4,
+            local: t.local_v4,
+        }),
     }
 }

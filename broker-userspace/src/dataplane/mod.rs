@@ -13,7 +13,7 @@ mod testing;
 
 pub mod aux;
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::path::PathBuf;
 
 use aya::{
     maps::{Array, HashMap, PerCpuArray, PerCpuValues},
@@ -28,8 +28,8 @@ use aya::{
 use broker_common::{
     consts::{map_names as names, program_names},
     maps::{
-        Endpoint4, Nexthop, Prefix64, PrefixKey, Settings, Tunnel, TunnelKind, TunnelState,
-        TunnelStats, MAX_PREFIX_LENS, MAX_ROUTED,
+        Endpoint4, Endpoint6, Nexthop, Prefix64, PrefixKey, Settings, Tunnel, TunnelState,
+        TunnelStats, UdpEndpoint4, MAX_PREFIX_LENS, MAX_ROUTED,
     },
 };
 use ipnet::Ipv6Net;
@@ -37,7 +37,7 @@ use tracing::{debug, info};
 
 use crate::{
     config::AttachMode,
-    model::{Kind, State, TunnelSpec},
+    model::{Endpoint, Kind, Pop, State, TunnelSpec},
 };
 
 pub use adopt::Reconciled;
@@ -51,7 +51,7 @@ pub struct MapUsage {
     pub used: u64,
     pub capacity: u64,
 }
-use slots::SlotTable;
+use slots::{EndpointKey, Installed, SlotTable};
 pub use testing::TestRunOutput;
 
 /// The data plane object, built by build.rs from `broker-ebpf`.
@@ -104,6 +104,8 @@ pub enum DataplaneError {
     PrefixTooLong { id: u32, prefix: Ipv6Net },
     #[error("tunnel {id} would bring the distinct prefix lengths in use above {MAX_PREFIX_LENS}")]
     TooManyLengths { id: u32 },
+    #[error("tunnel {id}: {what}")]
+    Unsupported { id: u32, what: String },
     #[error("{what} failed")]
     Io {
         what: String,
@@ -184,8 +186,11 @@ impl Dataplane {
         loader
             .map_max_entries(names::TUNNELS, opts.max_tunnels)
             .map_max_entries(names::P41_ENDPOINTS, opts.max_tunnels)
+            .map_max_entries(names::UDP_ENDPOINTS, opts.max_tunnels)
+            .map_max_entries(names::V6_ENDPOINTS, opts.max_tunnels)
+            .map_max_entries(names::V4_ROUTES, opts.max_tunnels)
             .map_max_entries(names::TUNNEL_STATS, opts.max_tunnels)
-            .map_max_entries(names::NEXTHOP4, opts.max_tunnels)
+            .map_max_entries(names::NEXTHOP_CLIENT, opts.max_tunnels)
             .map_max_entries(names::PREFIXES, opts.max_prefixes);
         let paths: Vec<(&str, PathBuf)> = match &maps {
             Some(dir) => names::ALL.iter().map(|n| (*n, dir.join(n))).collect(),
@@ -368,10 +373,40 @@ impl Dataplane {
         self.instance.as_deref().map(pin_dir)
     }
 
-    /// Sets the PoP's IPv4 address (the local endpoint of every tunnel).
-    pub fn set_pop(&mut self, pop_v4: Ipv4Addr) -> Result<()> {
-        self.settings.pop_v4 = pop_v4.octets();
+    /// Sets the PoP's side of the tunnels: its addresses, the TSP port, the v4v6 pool.
+    pub fn set_pop(&mut self, pop: &Pop) -> Result<()> {
+        let s = &mut self.settings;
+        s.pop_v4 = pop.ipv4.octets();
+        s.pop_v6 = pop.ipv6.map_or([0; 16], |a| a.octets());
+        s.tsp_port = pop.tsp_port.unwrap_or(0).to_be_bytes();
+        let (gateway, net, mask) = match pop.v4v6_pool {
+            Some(p) => (
+                pop.v4v6_gateway().map_or([0; 4], |g| g.octets()),
+                u32::from_ne_bytes(p.network().octets()),
+                u32::from_ne_bytes(p.netmask().octets()),
+            ),
+            None => ([0; 4], 0, 0),
+        };
+        s.v4_gateway = gateway;
+        s.v4_net = net;
+        s.v4_mask = mask;
         self.write_settings()
+    }
+
+    /// The PoP as the settings hold it (what [`Dataplane::set_pop`] wrote).
+    fn pop(&self) -> Pop {
+        let s = &self.settings;
+        let v4v6_pool = (s.v4_mask != 0).then(|| {
+            let mask = std::net::Ipv4Addr::from(s.v4_mask.to_ne_bytes());
+            let len = u32::from(mask).leading_ones() as u8;
+            ipnet::Ipv4Net::new(s.v4_net.to_ne_bytes().into(), len).expect("a prefix length")
+        });
+        Pop {
+            ipv4: s.pop_v4.into(),
+            ipv6: (s.pop_v6 != [0; 16]).then(|| s.pop_v6.into()),
+            tsp_port: (s.tsp_port != [0; 2]).then(|| u16::from_be_bytes(s.tsp_port)),
+            v4v6_pool,
+        }
     }
 
     /// Marks every cached next hop stale: the next packet of each flow asks the FIB again.
@@ -402,25 +437,25 @@ impl Dataplane {
 
     /// Installs or updates a tunnel. The order keeps every lookup valid while it runs:
     /// the tunnel entry first, then prefixes and endpoint that point at it, then what the
-    /// previous version had and this one does not.
-    pub fn upsert(&mut self, spec: &TunnelSpec, pop_v4: Ipv4Addr) -> Result<()> {
+    /// previous version had and this one does not. The PoP's side comes from
+    /// [`Dataplane::set_pop`].
+    pub fn upsert(&mut self, spec: &TunnelSpec) -> Result<()> {
+        let pop = self.pop();
         let prefixes: Vec<Ipv6Net> = spec.prefixes().map(|p| p.trunc()).collect();
-        self.check(spec, &prefixes)?;
+        self.check(spec, &prefixes, &pop)?;
         let (slot, previous) = match self.slots.get(spec.id) {
             Some(i) => (i.slot, Some(i.clone())),
             None => (self.slots.allocate()?, None),
         };
-        let endpoint = Endpoint4 {
-            remote: spec.remote_v4.octets(),
-            local: pop_v4.octets(),
-        };
+        let endpoint = endpoint_key(spec, &pop);
+        let v4 = spec.client_v4.map(|a| a.octets());
 
         if previous.is_none() {
             self.zero_per_cpu::<TunnelStats>(names::TUNNEL_STATS, slot)?;
         }
         // The cached next hop was for the previous endpoint or tunnel of this slot.
-        self.zero_per_cpu::<Nexthop>(names::NEXTHOP4, slot)?;
-        self.write_tunnel(slot, &to_map_value(spec, pop_v4))?;
+        self.zero_per_cpu::<Nexthop>(names::NEXTHOP_CLIENT, slot)?;
+        self.write_tunnel(slot, &to_map_value(spec, &pop))?;
 
         let old: &[Ipv6Net] = previous.as_ref().map_or(&[], |p| &p.prefixes);
         let mut space_changed = false;
@@ -443,29 +478,68 @@ impl Dataplane {
                     })?;
             }
         }
-        {
-            let mut eps: HashMap<_, Endpoint4, u32> = self.map_mut(names::P41_ENDPOINTS)?;
-            eps.insert(endpoint, slot, 0)
-                .map_err(|source| DataplaneError::Map {
-                    name: names::P41_ENDPOINTS,
-                    source,
-                })?;
+        if let Some(v4) = v4 {
+            self.insert_lookup(names::V4_ROUTES, v4, slot)?;
+        }
+        match endpoint {
+            EndpointKey::P41(k) => self.insert_lookup(names::P41_ENDPOINTS, k, slot)?,
+            EndpointKey::Udp(k) => self.insert_lookup(names::UDP_ENDPOINTS, k, slot)?,
+            EndpointKey::V6(k) => self.insert_lookup(names::V6_ENDPOINTS, k, slot)?,
         }
         if let Some(prev) = previous {
             if prev.endpoint != endpoint {
                 self.remove_endpoint(&prev.endpoint)?;
             }
+            if let Some(old) = prev.v4.filter(|o| Some(*o) != v4) {
+                self.remove_v4_route(old)?;
+            }
             for p in prev.prefixes.iter().filter(|p| !prefixes.contains(p)) {
                 self.remove_prefix(p)?;
             }
         }
-        self.slots.insert(spec.id, slot, endpoint, prefixes);
+        self.slots.insert(
+            spec.id,
+            Installed {
+                slot,
+                endpoint,
+                prefixes,
+                v4,
+            },
+        );
         debug!(id = spec.id, slot, "tunnel installed");
         Ok(())
     }
 
+    fn insert_lookup<K: Pod>(&mut self, name: &'static str, key: K, slot: u32) -> Result<()> {
+        let mut map: HashMap<_, K, u32> = self.map_mut(name)?;
+        map.insert(key, slot, 0)
+            .map_err(|source| DataplaneError::Map { name, source })
+    }
+
     /// What the data plane cannot represent, refused before anything is written.
-    fn check(&self, spec: &TunnelSpec, prefixes: &[Ipv6Net]) -> Result<()> {
+    fn check(&self, spec: &TunnelSpec, prefixes: &[Ipv6Net], pop: &Pop) -> Result<()> {
+        let unsupported = |what: &str| DataplaneError::Unsupported {
+            id: spec.id,
+            what: what.to_string(),
+        };
+        if !spec.endpoint.fits(spec.kind) {
+            return Err(unsupported("its endpoint does not suit its kind"));
+        }
+        match spec.kind {
+            Kind::V6Udp4 if pop.tsp_port.is_none() => {
+                return Err(unsupported("v6udpv4 needs the TSP port (tsp.port)"))
+            }
+            Kind::V4In6 if pop.ipv6.is_none() || pop.v4v6_pool.is_none() => {
+                return Err(unsupported("v4v6 needs pop.ipv6 and pools.v4v6"))
+            }
+            Kind::V4In6 if spec.client_v4.is_none() => {
+                return Err(unsupported("v4v6 needs the client's inner IPv4"))
+            }
+            _ => {}
+        }
+        if spec.kind.carries_ipv6() && spec.link_prefix.is_none() {
+            return Err(unsupported("no link prefix"));
+        }
         if spec.routed_prefixes.len() > MAX_ROUTED {
             return Err(DataplaneError::TooManyRouted {
                 id: spec.id,
@@ -510,6 +584,9 @@ impl Dataplane {
             return Ok(());
         };
         self.remove_endpoint(&installed.endpoint)?;
+        if let Some(v4) = installed.v4 {
+            self.remove_v4_route(v4)?;
+        }
         for p in &installed.prefixes {
             self.remove_prefix(p)?;
             self.lengths.remove(p.prefix_len());
@@ -523,30 +600,42 @@ impl Dataplane {
 
     /// How full the tunnel, endpoint and prefix maps are.
     pub fn map_usage(&self) -> Vec<MapUsage> {
-        let tunnels = self.slots.ids().len() as u64;
-        let prefixes: u64 = self
+        let installed: Vec<&Installed> = self
             .slots
             .ids()
             .iter()
             .filter_map(|id| self.slots.get(*id))
-            .map(|i| i.prefixes.len() as u64)
-            .sum();
+            .collect();
+        let count = |f: &dyn Fn(&Installed) -> bool| installed.iter().filter(|i| f(i)).count();
+        let tunnels_cap = u64::from(self.max_tunnels);
+        let usage = |map, used: usize, capacity| MapUsage {
+            map,
+            used: used as u64,
+            capacity,
+        };
         vec![
-            MapUsage {
-                map: names::TUNNELS,
-                used: tunnels,
-                capacity: u64::from(self.max_tunnels),
-            },
-            MapUsage {
-                map: names::P41_ENDPOINTS,
-                used: tunnels,
-                capacity: u64::from(self.max_tunnels),
-            },
-            MapUsage {
-                map: names::PREFIXES,
-                used: prefixes,
-                capacity: u64::from(self.max_prefixes),
-            },
+            usage(names::TUNNELS, installed.len(), tunnels_cap),
+            usage(
+                names::P41_ENDPOINTS,
+                count(&|i| matches!(i.endpoint, EndpointKey::P41(_))),
+                tunnels_cap,
+            ),
+            usage(
+                names::UDP_ENDPOINTS,
+                count(&|i| matches!(i.endpoint, EndpointKey::Udp(_))),
+                tunnels_cap,
+            ),
+            usage(
+                names::V6_ENDPOINTS,
+                count(&|i| matches!(i.endpoint, EndpointKey::V6(_))),
+                tunnels_cap,
+            ),
+            usage(names::V4_ROUTES, count(&|i| i.v4.is_some()), tunnels_cap),
+            usage(
+                names::PREFIXES,
+                installed.iter().map(|i| i.prefixes.len()).sum(),
+                u64::from(self.max_prefixes),
+            ),
         ]
     }
 
@@ -597,9 +686,21 @@ impl Dataplane {
             .map_err(|source| DataplaneError::Map { name, source })
     }
 
-    fn remove_endpoint(&mut self, endpoint: &Endpoint4) -> Result<()> {
-        let mut eps: HashMap<_, Endpoint4, u32> = self.map_mut(names::P41_ENDPOINTS)?;
-        ignore_missing(eps.remove(endpoint), names::P41_ENDPOINTS)
+    fn remove_endpoint(&mut self, endpoint: &EndpointKey) -> Result<()> {
+        match endpoint {
+            EndpointKey::P41(k) => self.remove_lookup(names::P41_ENDPOINTS, k),
+            EndpointKey::Udp(k) => self.remove_lookup(names::UDP_ENDPOINTS, k),
+            EndpointKey::V6(k) => self.remove_lookup(names::V6_ENDPOINTS, k),
+        }
+    }
+
+    fn remove_v4_route(&mut self, addr: [u8; 4]) -> Result<()> {
+        self.remove_lookup(names::V4_ROUTES, &addr)
+    }
+
+    fn remove_lookup<K: Pod>(&mut self, name: &'static str, key: &K) -> Result<()> {
+        let mut map: HashMap<_, K, u32> = self.map_mut(name)?;
+        ignore_missing(map.remove(key), name)
     }
 
     fn remove_prefix(&mut self, prefix: &Ipv6Net) -> Result<()> {
@@ -671,30 +772,69 @@ fn ignore_missing(r: Result<(), aya::maps::MapError>, name: &'static str) -> Res
     }
 }
 
+/// A tunnel's key in the endpoint map of its kind.
+fn endpoint_key(spec: &TunnelSpec, pop: &Pop) -> EndpointKey {
+    match spec.endpoint {
+        Endpoint::Ipv4(a) => EndpointKey::P41(Endpoint4 {
+            remote: a.octets(),
+            local: pop.ipv4.octets(),
+        }),
+        Endpoint::Udp4(a) => EndpointKey::Udp(UdpEndpoint4 {
+            remote: a.ip().octets(),
+            local: pop.ipv4.octets(),
+            remote_port: a.port().to_be_bytes(),
+            local_port: pop.tsp_port.unwrap_or(0).to_be_bytes(),
+        }),
+        Endpoint::Ipv6(a) => EndpointKey::V6(Endpoint6 {
+            remote: a.octets(),
+            local: pop.ipv6.map_or([0; 16], |p| p.octets()),
+        }),
+    }
+}
+
 /// The map value for a tunnel.
-fn to_map_value(spec: &TunnelSpec, pop_v4: Ipv4Addr) -> Tunnel {
-    Tunnel {
+fn to_map_value(spec: &TunnelSpec, pop: &Pop) -> Tunnel {
+    let mut t = Tunnel {
         id: spec.id,
-        kind: match spec.kind {
-            Kind::Proto41 => TunnelKind::Proto41 as u8,
-        },
+        kind: spec.kind.dataplane() as u8,
         state: match spec.state {
             State::Up => TunnelState::Up,
             State::Down => TunnelState::Down,
             State::Disabled => TunnelState::Disabled,
         } as u8,
         mtu: spec.mtu,
-        local_v4: pop_v4.octets(),
-        remote_v4: spec.remote_v4.octets(),
-        pop_v6: spec.pop_v6().octets(),
-        client_v6: spec.client_v6().octets(),
-        n_routed: spec.routed_prefixes.len() as u32,
-        link64: prefixes::prefix64(&spec.link_prefix).net,
+        client_v4: spec.client_v4.map_or([0; 4], |a| a.octets()),
+        pop_v6: spec.pop_v6().map_or([0; 16], |a| a.octets()),
+        client_v6: spec.client_v6().map_or([0; 16], |a| a.octets()),
+        n_routed: spec.routed_prefixes.len() as u8,
+        flags: if spec.keepalive.is_some() {
+            Tunnel::WAKE
+        } else {
+            0
+        },
+        link64: spec.link_prefix.map_or(0, |p| prefixes::prefix64(&p).net),
         routed: std::array::from_fn(|i| {
             spec.routed_prefixes
                 .get(i)
                 .map_or(Prefix64::NONE, prefixes::prefix64)
         }),
         ..Tunnel::EMPTY
+    };
+    match spec.endpoint {
+        Endpoint::Ipv4(a) => {
+            t.local_v4 = pop.ipv4.octets();
+            t.remote_v4 = a.octets();
+        }
+        Endpoint::Udp4(a) => {
+            t.local_v4 = pop.ipv4.octets();
+            t.remote_v4 = a.ip().octets();
+            t.local_port = pop.tsp_port.unwrap_or(0).to_be_bytes();
+            t.remote_port = a.port().to_be_bytes();
+        }
+        Endpoint::Ipv6(a) => {
+            t.local_v6 = pop.ipv6.map_or([0; 16], |p| p.octets());
+            t.remote_v6 = a.octets();
+        }
     }
+    t
 }

@@ -1,17 +1,30 @@
 //! Which map slot each tunnel occupies. Pure bookkeeping, no aya.
 use std::collections::HashMap;
 
-use broker_common::maps::Endpoint4;
+use broker_common::maps::{Endpoint4, Endpoint6, UdpEndpoint4};
 use ipnet::Ipv6Net;
 
 use super::DataplaneError;
+
+/// A tunnel's key in the endpoint map of its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointKey {
+    /// `P41_ENDPOINTS`.
+    P41(Endpoint4),
+    /// `UDP_ENDPOINTS`.
+    Udp(UdpEndpoint4),
+    /// `V6_ENDPOINTS`.
+    V6(Endpoint6),
+}
 
 /// What is installed for one tunnel, so an update can remove what it no longer has.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Installed {
     pub slot: u32,
-    pub endpoint: Endpoint4,
+    pub endpoint: EndpointKey,
     pub prefixes: Vec<Ipv6Net>,
+    /// The `V4_ROUTES` key (v4v6 client address).
+    pub v4: Option<[u8; 4]>,
 }
 
 /// Dense slot allocation: freed slots are reused before new ones are taken.
@@ -47,14 +60,6 @@ impl SlotTable {
         }
     }
 
-    /// The tunnel in `slot`, if any.
-    pub fn by_slot(&self, slot: u32) -> Option<(u32, &Installed)> {
-        self.by_id
-            .iter()
-            .find(|(_, i)| i.slot == slot)
-            .map(|(id, i)| (*id, i))
-    }
-
     pub fn get(&self, id: u32) -> Option<&Installed> {
         self.by_id.get(&id)
     }
@@ -72,20 +77,14 @@ impl SlotTable {
         }
     }
 
-    pub fn insert(&mut self, id: u32, slot: u32, endpoint: Endpoint4, prefixes: Vec<Ipv6Net>) {
+    pub fn insert(&mut self, id: u32, installed: Installed) {
+        let slot = installed.slot;
         if self.free.last() == Some(&slot) {
             self.free.pop();
         } else if slot == self.next {
             self.next += 1;
         }
-        self.by_id.insert(
-            id,
-            Installed {
-                slot,
-                endpoint,
-                prefixes,
-            },
-        );
+        self.by_id.insert(id, installed);
     }
 
     pub fn release(&mut self, id: u32) {
@@ -105,10 +104,19 @@ impl SlotTable {
 mod tests {
     use super::*;
 
-    const EP: Endpoint4 = Endpoint4 {
+    const EP: EndpointKey = EndpointKey::P41(Endpoint4 {
         remote: [198, 51, 100, 10],
         local: [192, 0, 2, 1],
-    };
+    });
+
+    fn at(slot: u32) -> Installed {
+        Installed {
+            slot,
+            endpoint: EP,
+            prefixes: vec![],
+            v4: None,
+        }
+    }
 
     #[test]
     fn slots_are_dense_and_reused() {
@@ -116,31 +124,26 @@ mod tests {
         for id in 1..=3 {
             let s = t.allocate().unwrap();
             assert_eq!(s, id - 1);
-            t.insert(id, s, EP, vec![]);
+            t.insert(id, at(s));
         }
         assert!(matches!(t.allocate(), Err(DataplaneError::Full { max: 3 })));
         t.release(2);
         let s = t.allocate().unwrap();
         assert_eq!(s, 1);
-        t.insert(9, s, EP, vec![]);
+        t.insert(9, at(s));
         assert_eq!(t.ids(), vec![1, 3, 9]);
         assert_eq!(t.get(9).unwrap().slot, 1);
     }
 
     #[test]
     fn adopted_slots_are_kept_and_holes_reused_lowest_first() {
-        let i = |slot| Installed {
-            slot,
-            endpoint: EP,
-            prefixes: vec![],
-        };
-        let mut t = SlotTable::from_used(8, vec![(7, i(1)), (9, i(4))]);
+        let mut t = SlotTable::from_used(8, vec![(7, at(1)), (9, at(4))]);
         assert_eq!(t.get(9).unwrap().slot, 4);
-        assert_eq!(t.by_slot(1).unwrap().0, 7);
+        assert_eq!(t.get(7).unwrap().slot, 1);
         for want in [0, 2, 3, 5] {
             let s = t.allocate().unwrap();
             assert_eq!(s, want);
-            t.insert(100 + s, s, EP, vec![]);
+            t.insert(100 + s, at(s));
         }
     }
 

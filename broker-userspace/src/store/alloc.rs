@@ -1,14 +1,29 @@
 //! Prefix arithmetic for allocation, pure. All allocated prefixes are /64 or shorter, so a
 //! prefix is its upper 64 bits: a range `[start, end]` of u64.
-use ipnet::Ipv6Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
-/// The pools of one kind, in the order they are tried.
+/// The pools tunnels draw from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PoolSet {
     pub link: Vec<Ipv6Net>,
     pub routed: Vec<Ipv6Net>,
     pub routed_lengths: Vec<u8>,
     pub quarantine_secs: u64,
+    /// Inner IPv4 of v4v6 clients; the first host is the PoP's.
+    pub v4v6: Option<Ipv4Net>,
+}
+
+/// The addresses of a v4v6 pool clients can get: every host but the PoP's (the first)
+/// and, in pools of /30 or larger, the network and broadcast addresses.
+pub fn v4_hosts(pool: &Ipv4Net) -> impl Iterator<Item = u32> {
+    let net = u32::from(pool.network());
+    let last = u32::from(pool.broadcast());
+    let (first, last) = if pool.prefix_len() <= 30 {
+        (net + 2, last - 1)
+    } else {
+        (net + 1, last)
+    };
+    first..=last
 }
 
 /// Upper 64 bits of a prefix's first address.
@@ -75,6 +90,15 @@ mod tests {
         assert_eq!(align_up(u64::MAX, 48), None);
         let l: Ipv6Net = "2001:db8:10:1::/64".parse().unwrap();
         assert_eq!(start(&l), end(&l));
+    }
+
+    #[test]
+    fn v4_hosts_skip_network_gateway_and_broadcast() {
+        let p: Ipv4Net = "203.0.113.0/29".parse().unwrap();
+        let hosts: Vec<std::net::Ipv4Addr> = v4_hosts(&p).map(Into::into).collect();
+        assert_eq!(hosts.first(), Some(&"203.0.113.2".parse().unwrap()));
+        assert_eq!(hosts.last(), Some(&"203.0.113.6".parse().unwrap()));
+        assert_eq!(hosts.len(), 5);
     }
 
     #[test]

@@ -9,21 +9,21 @@ mod alloc;
 mod schema;
 mod sqlite;
 
-use std::net::Ipv4Addr;
-
 use ipnet::Ipv6Net;
 
-use crate::model::{Kind, State, TunnelSpec};
+use crate::model::{Endpoint, Kind, State, TunnelSpec};
 
 pub use alloc::PoolSet;
 pub use sqlite::SqliteStore;
 
-/// How a tunnel came to be: declared in the config file (reconciled at every start) or
-/// created at run time (lives only in the store).
+/// How a tunnel came to be: declared in the config file (reconciled at every start),
+/// created at run time through the API, or negotiated by a TSP client (both live only in
+/// the store).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
     Static,
     Api,
+    Tsp,
 }
 
 impl Origin {
@@ -31,7 +31,14 @@ impl Origin {
         match self {
             Origin::Static => "static",
             Origin::Api => "api",
+            Origin::Tsp => "tsp",
         }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Origin::Static, Origin::Api, Origin::Tsp]
+            .into_iter()
+            .find(|o| o.as_str() == s)
     }
 }
 
@@ -47,6 +54,9 @@ pub struct TunnelRecord {
     pub update_key: String,
     pub created_at: u64,
     pub updated_at: u64,
+    /// When the tunnel lapses unless renewed (TSP lifetimes): an anonymous one is deleted,
+    /// a user's goes down until the user's next session.
+    pub expires_at: Option<u64>,
 }
 
 /// A user account.
@@ -57,14 +67,19 @@ pub struct UserRecord {
     pub created_at: u64,
 }
 
-/// What a run-time tunnel request asks for; the store allocates the rest.
+/// What a run-time tunnel request asks for; the store allocates the rest: the link /64
+/// (or, for v4v6, the client's inner IPv4), an id and credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewTunnel {
     pub owner: Option<String>,
+    /// `Api` or `Tsp`.
+    pub origin: Origin,
     pub kind: Kind,
     pub state: State,
-    pub remote_v4: Ipv4Addr,
+    pub endpoint: Endpoint,
     pub mtu: u16,
+    pub keepalive: Option<u32>,
+    pub expires_at: Option<u64>,
     /// Length of a routed prefix to allocate, if any.
     pub routed_length: Option<u8>,
     /// A specific link /64 from the link pools instead of the next free one.
@@ -76,9 +91,16 @@ pub struct NewTunnel {
 /// Changes to a tunnel; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TunnelChange {
-    pub remote_v4: Option<Ipv4Addr>,
+    /// Only between kinds that carry the same family (proto-41 and v6udpv4: a TSP client
+    /// that moved behind a NAT, or out from behind one).
+    pub kind: Option<Kind>,
+    pub endpoint: Option<Endpoint>,
     pub state: Option<State>,
     pub mtu: Option<u16>,
+    pub keepalive: Option<Option<u32>>,
+    pub expires_at: Option<Option<u64>>,
+    /// Allocates a routed prefix of this length if the tunnel has none yet.
+    pub add_routed_length: Option<u8>,
 }
 
 /// What reconciling the static tunnels changed.
@@ -100,9 +122,13 @@ pub enum StoreError {
     #[error("user {name:?} still owns tunnels {tunnels:?}")]
     UserHasTunnels { name: String, tunnels: Vec<u32> },
     #[error("{remote} is already the endpoint of tunnel {id}")]
-    DuplicateEndpoint { remote: Ipv4Addr, id: u32 },
+    DuplicateEndpoint { remote: Endpoint, id: u32 },
     #[error("the {pool} pool has no free /{len}")]
     PoolExhausted { pool: &'static str, len: u8 },
+    #[error("no {pool} pool is configured (pools.{pool})")]
+    NoPool { pool: &'static str },
+    #[error("{what}")]
+    Invalid { what: String },
     #[error("{prefix} is not inside the {pool} pools")]
     OutsidePool { pool: &'static str, prefix: Ipv6Net },
     #[error("{prefix} overlaps a prefix in use or in quarantine")]
@@ -153,6 +179,10 @@ pub trait Store: Send {
     fn user(&self, name: &str) -> Result<Option<UserRecord>>;
     fn create_user(&mut self, name: &str, password: &str, now: u64) -> Result<UserRecord>;
     fn delete_user(&mut self, name: &str) -> Result<()>;
+
+    /// The tunnel a user's TSP sessions use: the one carrying IPv6 (proto-41 or v6udpv4)
+    /// or the v4v6 one.
+    fn tsp_tunnel(&self, owner: &str, v4v6: bool) -> Result<Option<TunnelRecord>>;
 
     /// Adds one to a named counter kept across restarts and returns the new value.
     fn bump(&mut self, counter: &str) -> Result<u64>;

@@ -1,10 +1,10 @@
 //! Versioned schema migrations (`PRAGMA user_version`): each entry brings the schema from
 //! its index to the next version. Append only.
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 use super::{Result, StoreError};
 
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // 1: users, tunnels, routed prefixes, allocations, counters.
     "
     CREATE TABLE users (
@@ -52,9 +52,50 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
     ",
+    // 2: TSP: tunnel kinds with other endpoints (v6udpv4: address and port; v4v6: IPv6
+    // outside, IPv4 inside, no link /64), keepalive and expiry; v4v6 address allocations.
+    "
+    CREATE TABLE tunnels_v2 (
+        id INTEGER PRIMARY KEY,
+        owner TEXT REFERENCES users(name),
+        origin TEXT NOT NULL CHECK (origin IN ('static', 'api', 'tsp')),
+        kind TEXT NOT NULL,
+        state TEXT NOT NULL,
+        remote_v4 TEXT,
+        remote_port INTEGER,
+        remote_v6 TEXT,
+        link_prefix TEXT UNIQUE,
+        client_v4 TEXT UNIQUE,
+        mtu INTEGER NOT NULL,
+        keepalive INTEGER,
+        expires_at INTEGER,
+        password TEXT NOT NULL,
+        update_key TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    INSERT INTO tunnels_v2 (id, owner, origin, kind, state, remote_v4, link_prefix, mtu,
+                            password, update_key, created_at, updated_at)
+        SELECT id, owner, origin, kind, state, remote_v4, link_prefix, mtu,
+               password, update_key, created_at, updated_at FROM tunnels;
+    DROP TABLE tunnels;
+    ALTER TABLE tunnels_v2 RENAME TO tunnels;
+    CREATE UNIQUE INDEX tunnels_p41_endpoint ON tunnels(remote_v4) WHERE kind = 'proto41';
+    CREATE UNIQUE INDEX tunnels_udp_endpoint ON tunnels(remote_v4, remote_port)
+        WHERE kind = 'v6udpv4';
+    CREATE UNIQUE INDEX tunnels_v4v6_endpoint ON tunnels(remote_v6) WHERE kind = 'v4v6';
+    CREATE INDEX tunnels_owner ON tunnels(owner);
+    -- v4v6 inner addresses (u32) held by a tunnel or, freed, in quarantine.
+    CREATE TABLE v4_allocations (
+        addr INTEGER PRIMARY KEY,
+        tunnel_id INTEGER,
+        freed_at INTEGER
+    );
+    ",
 ];
 
-/// Brings a database to the current schema.
+/// Brings a database to the current schema. Foreign keys must be off (SQLite's procedure
+/// for rebuilding a table): the caller turns them on afterwards.
 pub fn migrate(conn: &mut Connection) -> Result<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let supported = MIGRATIONS.len() as i64;
@@ -67,6 +108,14 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
+        let broken: Option<String> = tx
+            .query_row("PRAGMA foreign_key_check", [], |r| r.get(0))
+            .optional()?;
+        if let Some(table) = broken {
+            return Err(StoreError::Corrupt {
+                what: format!("migration {} left dangling references in {table}", i + 1),
+            });
+        }
         tx.pragma_update(None, "user_version", i as i64 + 1)?;
         tx.commit()?;
         tracing::info!(version = i + 1, "store schema migrated");

@@ -1,6 +1,10 @@
 //! The embedded store: one SQLite file (WAL journal, so a killed process loses nothing it
 //! committed). Every trait method is one transaction.
-use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::{Ipv4Addr, SocketAddrV4},
+    path::Path,
+};
 
 use ipnet::Ipv6Net;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
@@ -10,7 +14,7 @@ use super::{
     random_token, schema, NewTunnel, Origin, Result, StaticSync, Store, StoreError, TunnelChange,
     TunnelRecord, UserRecord,
 };
-use crate::model::{Kind, State, TunnelSpec};
+use crate::model::{Endpoint, Kind, State, TunnelSpec};
 
 /// Length of generated passwords and update keys.
 const TOKEN_LEN: usize = 16;
@@ -40,46 +44,25 @@ impl SqliteStore {
     }
 
     fn init(mut conn: Connection, pools: PoolSet) -> Result<Self> {
-        conn.pragma_update(None, "foreign_keys", true)?;
+        conn.pragma_update(None, "foreign_keys", false)?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         schema::migrate(&mut conn)?;
+        conn.pragma_update(None, "foreign_keys", true)?;
         Ok(Self { conn, pools })
     }
 }
 
-fn kind_str(k: Kind) -> &'static str {
-    match k {
-        Kind::Proto41 => "proto41",
-    }
-}
-
 fn parse_kind(s: &str) -> Result<Kind> {
-    match s {
-        "proto41" => Ok(Kind::Proto41),
-        other => Err(StoreError::Corrupt {
-            what: format!("unknown tunnel kind {other:?}"),
-        }),
-    }
-}
-
-fn state_str(s: State) -> &'static str {
-    match s {
-        State::Up => "up",
-        State::Down => "down",
-        State::Disabled => "disabled",
-    }
+    Kind::parse(s).ok_or_else(|| StoreError::Corrupt {
+        what: format!("unknown tunnel kind {s:?}"),
+    })
 }
 
 fn parse_state(s: &str) -> Result<State> {
-    match s {
-        "up" => Ok(State::Up),
-        "down" => Ok(State::Down),
-        "disabled" => Ok(State::Disabled),
-        other => Err(StoreError::Corrupt {
-            what: format!("unknown tunnel state {other:?}"),
-        }),
-    }
+    State::parse(s).ok_or_else(|| StoreError::Corrupt {
+        what: format!("unknown tunnel state {s:?}"),
+    })
 }
 
 fn parse<T: std::str::FromStr>(s: &str, what: &str) -> Result<T> {
@@ -88,8 +71,9 @@ fn parse<T: std::str::FromStr>(s: &str, what: &str) -> Result<T> {
     })
 }
 
-const TUNNEL_COLUMNS: &str = "id, owner, origin, kind, state, remote_v4, link_prefix, mtu, \
-                              password, update_key, created_at, updated_at";
+const TUNNEL_COLUMNS: &str = "id, owner, origin, kind, state, remote_v4, remote_port, remote_v6, \
+                              link_prefix, client_v4, mtu, keepalive, expires_at, password, \
+                              update_key, created_at, updated_at";
 
 /// The columns of `tunnels` as read, before the routed prefixes are joined in.
 struct Row {
@@ -98,9 +82,14 @@ struct Row {
     origin: String,
     kind: String,
     state: String,
-    remote_v4: String,
-    link_prefix: String,
+    remote_v4: Option<String>,
+    remote_port: Option<u16>,
+    remote_v6: Option<String>,
+    link_prefix: Option<String>,
+    client_v4: Option<String>,
     mtu: u16,
+    keepalive: Option<u32>,
+    expires_at: Option<u64>,
     password: String,
     update_key: String,
     created_at: u64,
@@ -115,37 +104,83 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         kind: r.get(3)?,
         state: r.get(4)?,
         remote_v4: r.get(5)?,
-        link_prefix: r.get(6)?,
-        mtu: r.get(7)?,
-        password: r.get(8)?,
-        update_key: r.get(9)?,
-        created_at: r.get(10)?,
-        updated_at: r.get(11)?,
+        remote_port: r.get(6)?,
+        remote_v6: r.get(7)?,
+        link_prefix: r.get(8)?,
+        client_v4: r.get(9)?,
+        mtu: r.get(10)?,
+        keepalive: r.get(11)?,
+        expires_at: r.get(12)?,
+        password: r.get(13)?,
+        update_key: r.get(14)?,
+        created_at: r.get(15)?,
+        updated_at: r.get(16)?,
+    })
+}
+
+fn required<'a>(v: &'a Option<String>, what: &str, id: u32) -> Result<&'a str> {
+    v.as_deref().ok_or_else(|| StoreError::Corrupt {
+        what: format!("tunnel {id} has no {what}"),
     })
 }
 
 fn record(r: Row, routed: Vec<Ipv6Net>) -> Result<TunnelRecord> {
+    let kind = parse_kind(&r.kind)?;
+    let endpoint = match kind {
+        Kind::Proto41 => Endpoint::Ipv4(parse(
+            required(&r.remote_v4, "remote_v4", r.id)?,
+            "IPv4 address",
+        )?),
+        Kind::V6Udp4 => Endpoint::Udp4(SocketAddrV4::new(
+            parse(required(&r.remote_v4, "remote_v4", r.id)?, "IPv4 address")?,
+            r.remote_port.ok_or_else(|| StoreError::Corrupt {
+                what: format!("tunnel {} has no remote_port", r.id),
+            })?,
+        )),
+        Kind::V4In6 => Endpoint::Ipv6(parse(
+            required(&r.remote_v6, "remote_v6", r.id)?,
+            "IPv6 address",
+        )?),
+    };
     Ok(TunnelRecord {
         spec: TunnelSpec {
             id: r.id,
-            kind: parse_kind(&r.kind)?,
+            kind,
             state: parse_state(&r.state)?,
-            remote_v4: parse(&r.remote_v4, "IPv4 address")?,
-            link_prefix: parse(&r.link_prefix, "prefix")?,
+            endpoint,
+            link_prefix: r
+                .link_prefix
+                .as_deref()
+                .map(|p| parse(p, "prefix"))
+                .transpose()?,
             routed_prefixes: routed,
+            client_v4: r
+                .client_v4
+                .as_deref()
+                .map(|a| parse(a, "IPv4 address"))
+                .transpose()?,
             mtu: r.mtu,
+            keepalive: r.keepalive,
         },
         owner: r.owner,
-        origin: if r.origin == "static" {
-            Origin::Static
-        } else {
-            Origin::Api
-        },
+        origin: Origin::parse(&r.origin).ok_or_else(|| StoreError::Corrupt {
+            what: format!("unknown origin {:?}", r.origin),
+        })?,
         password: r.password,
         update_key: r.update_key,
         created_at: r.created_at,
         updated_at: r.updated_at,
+        expires_at: r.expires_at,
     })
+}
+
+/// The endpoint columns (`remote_v4`, `remote_port`, `remote_v6`) of an endpoint.
+fn endpoint_columns(e: &Endpoint) -> (Option<String>, Option<u16>, Option<String>) {
+    match e {
+        Endpoint::Ipv4(a) => (Some(a.to_string()), None, None),
+        Endpoint::Udp4(a) => (Some(a.ip().to_string()), Some(a.port()), None),
+        Endpoint::Ipv6(a) => (None, None, Some(a.to_string())),
+    }
 }
 
 fn load_tunnels(conn: &Connection, id: Option<u32>) -> Result<Vec<TunnelRecord>> {
@@ -173,18 +208,48 @@ fn load_tunnels(conn: &Connection, id: Option<u32>) -> Result<Vec<TunnelRecord>>
     Ok(out)
 }
 
+/// The tunnel (other than `except`) that already has `endpoint`.
 fn endpoint_owner(
     tx: &Transaction<'_>,
-    remote: Ipv4Addr,
+    endpoint: &Endpoint,
     except: Option<u32>,
 ) -> Result<Option<u32>> {
+    let (v4, port, v6) = endpoint_columns(endpoint);
+    let (sql, kind) = match endpoint {
+        Endpoint::Ipv4(_) => ("remote_v4 = ?1", "proto41"),
+        Endpoint::Udp4(_) => ("remote_v4 = ?1 AND remote_port = ?2", "v6udpv4"),
+        Endpoint::Ipv6(_) => ("remote_v6 = ?3", "v4v6"),
+    };
     Ok(tx
         .query_row(
-            "SELECT id FROM tunnels WHERE kind = 'proto41' AND remote_v4 = ?1 AND id IS NOT ?2",
-            params![remote.to_string(), except],
+            &format!("SELECT id FROM tunnels WHERE kind = ?4 AND {sql} AND id IS NOT ?5"),
+            params![v4, port, v6, kind, except],
             |r| r.get(0),
         )
         .optional()?)
+}
+
+/// Hands out a free v4v6 inner address for tunnel `id`: the lowest one neither held nor
+/// in quarantine.
+fn allocate_v4(tx: &Transaction<'_>, pools: &PoolSet, id: u32) -> Result<Ipv4Addr> {
+    let pool = pools.v4v6.ok_or(StoreError::NoPool { pool: "v4v6" })?;
+    let taken: HashSet<u32> = {
+        let mut q = tx.prepare("SELECT addr FROM v4_allocations")?;
+        let rows = q.query_map([], |r| r.get::<_, u32>(0))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let addr =
+        alloc::v4_hosts(&pool)
+            .find(|a| !taken.contains(a))
+            .ok_or(StoreError::PoolExhausted {
+                pool: "v4v6",
+                len: 32,
+            })?;
+    tx.execute(
+        "INSERT INTO v4_allocations (addr, tunnel_id) VALUES (?1, ?2)",
+        params![addr, id],
+    )?;
+    Ok(addr.into())
 }
 
 /// The next tunnel id: ids only grow, so a deleted tunnel's id is never handed out again.
@@ -329,17 +394,26 @@ fn assign(tx: &Transaction<'_>, prefix: &Ipv6Net, id: u32) -> Result<()> {
 
 fn insert_tunnel(tx: &Transaction<'_>, r: &TunnelRecord) -> Result<()> {
     let s = &r.spec;
+    let (v4, port, v6) = endpoint_columns(&s.endpoint);
     tx.execute(
-        &format!("INSERT INTO tunnels ({TUNNEL_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+        &format!(
+            "INSERT INTO tunnels ({TUNNEL_COLUMNS}) VALUES \
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+        ),
         params![
             s.id,
             r.owner,
             r.origin.as_str(),
-            kind_str(s.kind),
-            state_str(s.state),
-            s.remote_v4.to_string(),
-            s.link_prefix.to_string(),
+            s.kind.as_str(),
+            s.state.as_str(),
+            v4,
+            port,
+            v6,
+            s.link_prefix.map(|p| p.to_string()),
+            s.client_v4.map(|a| a.to_string()),
             s.mtu,
+            s.keepalive,
+            r.expires_at,
             r.password,
             r.update_key,
             r.created_at,
@@ -350,6 +424,36 @@ fn insert_tunnel(tx: &Transaction<'_>, r: &TunnelRecord) -> Result<()> {
         tx.execute(
             "INSERT INTO routed (tunnel_id, prefix) VALUES (?1, ?2)",
             params![s.id, p.to_string()],
+        )?;
+    }
+    Ok(())
+}
+
+/// Removes a tunnel's rows; its prefixes and inner address go into quarantine.
+fn remove_tunnel(tx: &Transaction<'_>, id: u32, now: u64) -> Result<()> {
+    tx.execute("DELETE FROM routed WHERE tunnel_id = ?1", [id])?;
+    tx.execute("DELETE FROM tunnels WHERE id = ?1", [id])?;
+    tx.execute(
+        "UPDATE allocations SET tunnel_id = NULL, freed_at = ?1 WHERE tunnel_id = ?2",
+        params![now as i64, id],
+    )?;
+    tx.execute(
+        "UPDATE v4_allocations SET tunnel_id = NULL, freed_at = ?1 WHERE tunnel_id = ?2",
+        params![now as i64, id],
+    )?;
+    Ok(())
+}
+
+/// Forgets freed allocations whose quarantine is over.
+fn end_quarantine(tx: &Transaction<'_>, pools: &PoolSet, now: u64) -> Result<()> {
+    if let Some(expired) = now.checked_sub(pools.quarantine_secs) {
+        tx.execute(
+            "DELETE FROM allocations WHERE tunnel_id IS NULL AND freed_at <= ?1",
+            [expired as i64],
+        )?;
+        tx.execute(
+            "DELETE FROM v4_allocations WHERE tunnel_id IS NULL AND freed_at <= ?1",
+            [expired as i64],
         )?;
     }
     Ok(())
@@ -379,16 +483,31 @@ impl Store for SqliteStore {
                 });
             }
         }
-        if let Some(id) = endpoint_owner(&tx, req.remote_v4, None)? {
+        if !req.endpoint.fits(req.kind) {
+            return Err(StoreError::Invalid {
+                what: format!(
+                    "a {} tunnel cannot have the endpoint {}",
+                    req.kind.as_str(),
+                    req.endpoint
+                ),
+            });
+        }
+        if let Some(id) = endpoint_owner(&tx, &req.endpoint, None)? {
             return Err(StoreError::DuplicateEndpoint {
-                remote: req.remote_v4,
+                remote: req.endpoint,
                 id,
             });
         }
+        let ipv6 = req.kind.carries_ipv6();
         let asked_len = req
             .routed_prefix
             .map(|p| p.prefix_len())
             .or(req.routed_length);
+        if !ipv6 && (asked_len.is_some() || req.link_prefix.is_some()) {
+            return Err(StoreError::Invalid {
+                what: "v4v6 tunnels have no IPv6 prefixes".into(),
+            });
+        }
         if let Some(len) = asked_len {
             if !pools.routed_lengths.contains(&len) {
                 return Err(StoreError::LengthNotOffered {
@@ -397,45 +516,48 @@ impl Store for SqliteStore {
                 });
             }
         }
-        // Quarantine over: the prefixes can be found again.
-        if let Some(expired) = now.checked_sub(pools.quarantine_secs) {
-            tx.execute(
-                "DELETE FROM allocations WHERE tunnel_id IS NULL AND freed_at <= ?1",
-                [expired as i64],
-            )?;
-        }
+        end_quarantine(&tx, &pools, now)?;
         let id = next_id(&tx)?;
         let link = match req.link_prefix {
-            Some(p) if p.prefix_len() == 64 => claim(&tx, "link", &pools.link, p)?,
+            _ if !ipv6 => None,
+            Some(p) if p.prefix_len() == 64 => Some(claim(&tx, "link", &pools.link, p)?),
             Some(p) => {
                 return Err(StoreError::OutsidePool {
                     pool: "link",
                     prefix: p,
                 })
             }
-            None => allocate(&tx, "link", &pools.link, 64)?,
+            None => Some(allocate(&tx, "link", &pools.link, 64)?),
         };
         let routed = match (req.routed_prefix, req.routed_length) {
             (Some(p), _) => vec![claim(&tx, "routed", &pools.routed, p)?],
             (None, Some(len)) => vec![allocate(&tx, "routed", &pools.routed, len)?],
             (None, None) => Vec::new(),
         };
+        let client_v4 = if ipv6 {
+            None
+        } else {
+            Some(allocate_v4(&tx, &pools, id)?)
+        };
         let record = TunnelRecord {
             spec: TunnelSpec {
                 id,
                 kind: req.kind,
                 state: req.state,
-                remote_v4: req.remote_v4,
+                endpoint: req.endpoint,
                 link_prefix: link,
                 routed_prefixes: routed,
+                client_v4,
                 mtu: req.mtu,
+                keepalive: req.keepalive,
             },
             owner: req.owner.clone(),
-            origin: Origin::Api,
+            origin: req.origin,
             password: random_token(TOKEN_LEN),
             update_key: random_token(TOKEN_LEN),
             created_at: now,
             updated_at: now,
+            expires_at: req.expires_at,
         };
         insert_tunnel(&tx, &record)?;
         for p in record.spec.prefixes() {
@@ -446,29 +568,92 @@ impl Store for SqliteStore {
     }
 
     fn update_tunnel(&mut self, id: u32, change: &TunnelChange, now: u64) -> Result<TunnelRecord> {
+        let pools = self.pools.clone();
         let tx = self.conn.transaction()?;
         let Some(mut record) = load_tunnels(&tx, Some(id))?.pop() else {
             return Err(StoreError::NoSuchTunnel { id });
         };
-        if let Some(remote) = change.remote_v4 {
-            if let Some(other) = endpoint_owner(&tx, remote, Some(id))? {
-                return Err(StoreError::DuplicateEndpoint { remote, id: other });
+        let spec = &mut record.spec;
+        if let Some(kind) = change.kind {
+            if kind.carries_ipv6() != spec.kind.carries_ipv6() {
+                return Err(StoreError::Invalid {
+                    what: format!(
+                        "tunnel {id} cannot change from {} to {}",
+                        spec.kind.as_str(),
+                        kind.as_str()
+                    ),
+                });
             }
-            record.spec.remote_v4 = remote;
+            spec.kind = kind;
+        }
+        if let Some(endpoint) = change.endpoint {
+            spec.endpoint = endpoint;
+        }
+        if !spec.endpoint.fits(spec.kind) {
+            return Err(StoreError::Invalid {
+                what: format!(
+                    "a {} tunnel cannot have the endpoint {}",
+                    spec.kind.as_str(),
+                    spec.endpoint
+                ),
+            });
+        }
+        if let Some(other) = endpoint_owner(&tx, &spec.endpoint, Some(id))? {
+            return Err(StoreError::DuplicateEndpoint {
+                remote: spec.endpoint,
+                id: other,
+            });
         }
         if let Some(state) = change.state {
-            record.spec.state = state;
+            spec.state = state;
         }
         if let Some(mtu) = change.mtu {
-            record.spec.mtu = mtu;
+            spec.mtu = mtu;
+        }
+        if let Some(k) = change.keepalive {
+            spec.keepalive = k;
+        }
+        if let Some(e) = change.expires_at {
+            record.expires_at = e;
+        }
+        if let Some(len) = change.add_routed_length {
+            if spec.routed_prefixes.is_empty() {
+                if !spec.kind.carries_ipv6() {
+                    return Err(StoreError::Invalid {
+                        what: "v4v6 tunnels have no IPv6 prefixes".into(),
+                    });
+                }
+                if !pools.routed_lengths.contains(&len) {
+                    return Err(StoreError::LengthNotOffered {
+                        len,
+                        offered: pools.routed_lengths.clone(),
+                    });
+                }
+                end_quarantine(&tx, &pools, now)?;
+                let p = allocate(&tx, "routed", &pools.routed, len)?;
+                assign(&tx, &p, id)?;
+                tx.execute(
+                    "INSERT INTO routed (tunnel_id, prefix) VALUES (?1, ?2)",
+                    params![id, p.to_string()],
+                )?;
+                spec.routed_prefixes.push(p);
+            }
         }
         record.updated_at = now;
+        let spec = &record.spec;
+        let (v4, port, v6) = endpoint_columns(&spec.endpoint);
         tx.execute(
-            "UPDATE tunnels SET remote_v4 = ?1, state = ?2, mtu = ?3, updated_at = ?4 WHERE id = ?5",
+            "UPDATE tunnels SET kind = ?1, remote_v4 = ?2, remote_port = ?3, remote_v6 = ?4, \
+             state = ?5, mtu = ?6, keepalive = ?7, expires_at = ?8, updated_at = ?9 WHERE id = ?10",
             params![
-                record.spec.remote_v4.to_string(),
-                state_str(record.spec.state),
-                record.spec.mtu,
+                spec.kind.as_str(),
+                v4,
+                port,
+                v6,
+                spec.state.as_str(),
+                spec.mtu,
+                spec.keepalive,
+                record.expires_at,
                 now,
                 id
             ],
@@ -482,12 +667,7 @@ impl Store for SqliteStore {
         let Some(record) = load_tunnels(&tx, Some(id))?.pop() else {
             return Err(StoreError::NoSuchTunnel { id });
         };
-        tx.execute("DELETE FROM routed WHERE tunnel_id = ?1", [id])?;
-        tx.execute("DELETE FROM tunnels WHERE id = ?1", [id])?;
-        tx.execute(
-            "UPDATE allocations SET tunnel_id = NULL, freed_at = ?1 WHERE tunnel_id = ?2",
-            params![now as i64, id],
-        )?;
+        remove_tunnel(&tx, id, now)?;
         tx.commit()?;
         Ok(record)
     }
@@ -497,6 +677,13 @@ impl Store for SqliteStore {
         insert_tunnel(&tx, record)?;
         for p in record.spec.prefixes() {
             assign(&tx, &p, record.spec.id)?;
+        }
+        if let Some(a) = record.spec.client_v4 {
+            tx.execute(
+                "INSERT INTO v4_allocations (addr, tunnel_id) VALUES (?1, ?2) \
+                 ON CONFLICT(addr) DO UPDATE SET tunnel_id = excluded.tunnel_id, freed_at = NULL",
+                params![u32::from(a), record.spec.id],
+            )?;
         }
         tx.commit()?;
         Ok(())
@@ -508,14 +695,14 @@ impl Store for SqliteStore {
         let mut report = StaticSync::default();
         for w in wanted {
             let current = existing.iter().find(|r| r.spec.id == w.id);
-            if let Some(c) = current.filter(|c| c.origin == Origin::Api) {
+            if let Some(c) = current.filter(|c| c.origin != Origin::Static) {
                 return Err(StoreError::IdTaken { id: c.spec.id });
             }
             // Run-time tunnels keep what they have; a static one may not take it.
-            for other in existing.iter().filter(|r| r.origin == Origin::Api) {
-                if w.kind == Kind::Proto41 && other.spec.remote_v4 == w.remote_v4 {
+            for other in existing.iter().filter(|r| r.origin != Origin::Static) {
+                if other.spec.kind == w.kind && other.spec.endpoint == w.endpoint {
                     return Err(StoreError::DuplicateEndpoint {
-                        remote: w.remote_v4,
+                        remote: w.endpoint,
                         id: other.spec.id,
                     });
                 }
@@ -557,6 +744,7 @@ impl Store for SqliteStore {
                             update_key: random_token(TOKEN_LEN),
                             created_at: now,
                             updated_at: now,
+                            expires_at: None,
                         },
                     )?;
                     report.added.push(w.id);
@@ -650,6 +838,22 @@ impl Store for SqliteStore {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    fn tsp_tunnel(&self, owner: &str, v4v6: bool) -> Result<Option<TunnelRecord>> {
+        let id: Option<u32> = self
+            .conn
+            .query_row(
+                "SELECT id FROM tunnels WHERE owner = ?1 AND origin = 'tsp' \
+                 AND (kind = 'v4v6') = ?2 ORDER BY id LIMIT 1",
+                params![owner, v4v6],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match id {
+            Some(id) => self.tunnel(id),
+            None => Ok(None),
+        }
     }
 
     fn bump(&mut self, counter: &str) -> Result<u64> {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::{
+    collections::BTreeMap,
     net::{Ipv4Addr, Ipv6Addr},
     process::Command,
 };
@@ -14,7 +15,7 @@ use broker_common::{
 use broker_tests::netns;
 use broker_userspace::{
     dataplane::{self, Dataplane, GlobalCounters},
-    model::{Kind, State, TunnelSpec},
+    model::{Endpoint, Kind, Pop, State, TunnelSpec},
 };
 use etherparse::{
     EtherType, Ethernet2Header, IpNumber, Ipv4Dscp, Ipv4Ecn, Ipv4Header, PacketBuilder,
@@ -26,6 +27,22 @@ pub const POP6_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x06, 0x01];
 pub const INET_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x00, 0x02];
 
 pub const POP_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+/// The PoP's address on eth6: the outer end of v4v6 tunnels.
+pub const POP_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1);
+pub const TSP_PORT: u16 = 3653;
+/// The v4v6 pool; `.1` is the PoP's inner address.
+pub const V4V6_POOL: &str = "203.0.113.0/24";
+pub const V4V6_GATEWAY: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+
+/// The PoP of every fixture: proto-41, TSP's v6udpv4 and v4v6 all on.
+pub fn pop() -> Pop {
+    Pop {
+        ipv4: POP_V4,
+        ipv6: Some(POP_V6),
+        tsp_port: Some(TSP_PORT),
+        v4v6_pool: Some(V4V6_POOL.parse().unwrap()),
+    }
+}
 pub const GW_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
 pub const INET_HOST: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 2);
 /// On eth6's subnet but with no neighbour entry.
@@ -70,13 +87,62 @@ pub fn spec(id: u32) -> TunnelSpec {
         id,
         kind: Kind::Proto41,
         state,
-        remote_v4: Ipv4Addr::from(v4),
-        link_prefix: format!("2001:db8:10:{id:x}::/64").parse().unwrap(),
+        endpoint: Endpoint::Ipv4(Ipv4Addr::from(v4)),
+        link_prefix: Some(format!("2001:db8:10:{id:x}::/64").parse().unwrap()),
         routed_prefixes: vec![format!("2001:db8:{:x}::/48", 0x1000 + 0x100 * id)
             .parse()
             .unwrap()],
+        client_v4: None,
         mtu,
+        keepalive: None,
     }
+}
+
+/// v6udpv4 tunnel 5: client 198.51.100.50:40000 (after its NAT), up, liveness tracked.
+pub const UDP_CLIENT: (Ipv4Addr, u16) = (Ipv4Addr::new(198, 51, 100, 50), 40000);
+/// v6udpv4 tunnel 7: down for silence, woken by its client's packets.
+pub const SLEEPY_CLIENT: (Ipv4Addr, u16) = (Ipv4Addr::new(198, 51, 100, 70), 40070);
+/// v4v6 tunnel 6: the client's IPv6 (on eth6's side) and its inner IPv4.
+pub const V4V6_CLIENT: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 6);
+pub const V4V6_INNER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+/// A native IPv4 host out of eth4 (through the default route).
+pub const INET4_HOST: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 99);
+
+/// The TSP tunnels added by [`Fixture::with_tsp`].
+pub fn tsp_specs() -> Vec<TunnelSpec> {
+    let udp = |id: u32, (a, p): (Ipv4Addr, u16), state| TunnelSpec {
+        kind: Kind::V6Udp4,
+        state,
+        endpoint: Endpoint::Udp4(std::net::SocketAddrV4::new(a, p)),
+        link_prefix: Some(format!("2001:db8:10:{id:x}::/64").parse().unwrap()),
+        routed_prefixes: vec![format!("2001:db8:{:x}::/48", 0x1000 + 0x100 * id)
+            .parse()
+            .unwrap()],
+        mtu: 1472,
+        keepalive: Some(30),
+        ..spec(1)
+    };
+    vec![
+        TunnelSpec {
+            id: 5,
+            ..udp(5, UDP_CLIENT, State::Up)
+        },
+        TunnelSpec {
+            id: 6,
+            kind: Kind::V4In6,
+            state: State::Up,
+            endpoint: Endpoint::Ipv6(V4V6_CLIENT),
+            link_prefix: None,
+            routed_prefixes: vec![],
+            client_v4: Some(V4V6_INNER),
+            mtu: 1460,
+            keepalive: Some(30),
+        },
+        TunnelSpec {
+            id: 7,
+            ..udp(7, SLEEPY_CLIENT, State::Down)
+        },
+    ]
 }
 
 /// The data plane loaded (not attached) in a private network namespace of the calling
@@ -97,8 +163,31 @@ impl Fixture {
     pub fn new() -> Self {
         let mut fx = Self::network(64, 256);
         for (id, ..) in TUNNELS {
-            fx.dp.upsert(&spec(id), POP_V4).unwrap();
+            fx.dp.upsert(&spec(id)).unwrap();
         }
+        fx
+    }
+
+    /// [`Fixture::new`] and the TSP tunnels of [`tsp_specs`]; the v4v6 client is a
+    /// neighbour on eth6.
+    pub fn with_tsp() -> Self {
+        let mut fx = Self::new();
+        for spec in tsp_specs() {
+            fx.dp.upsert(&spec).unwrap();
+        }
+        sh(&[
+            "ip",
+            "-6",
+            "neigh",
+            "replace",
+            &V4V6_CLIENT.to_string(),
+            "lladdr",
+            "02:00:00:00:00:06",
+            "dev",
+            "eth6",
+            "nud",
+            "permanent",
+        ]);
         fx
     }
 
@@ -202,7 +291,7 @@ impl Fixture {
         ]);
 
         let mut dp = Dataplane::load(&opts).expect("loading the data plane (needs root and BPF)");
-        dp.set_pop(POP_V4).unwrap();
+        dp.set_pop(&pop()).unwrap();
         Self {
             dp,
             eth4: ifindex("eth4"),
@@ -213,10 +302,90 @@ impl Fixture {
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             global: self.dp.global_counters().unwrap(),
-            tunnels: TUNNELS
-                .iter()
-                .map(|(id, ..)| self.dp.tunnel_counters(*id).unwrap().unwrap())
+            tunnels: self
+                .dp
+                .tunnel_ids()
+                .into_iter()
+                .map(|id| (id, self.dp.tunnel_counters(id).unwrap().unwrap()))
                 .collect(),
+        }
+    }
+}
+
+/// Runs `f` with a fixture made by `make` on a thread of its own (the fixture moves its
+/// thread into a private namespace).
+pub fn on_thread(make: fn() -> Fixture, f: impl FnOnce(&Fixture) + Send + 'static) {
+    std::thread::spawn(move || f(&make()))
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p));
+}
+
+/// One packet through the program: asserts the action, the counter, and (when given) the
+/// exact output frame.
+pub fn check(
+    fx: &Fixture,
+    what: &str,
+    frame: &[u8],
+    ingress: u32,
+    action: u32,
+    reason: Reason,
+    want: Option<&[u8]>,
+) -> Vec<u8> {
+    let before = fx.snapshot();
+    let out = fx.dp.test_run(frame, ingress, 1).expect("test run");
+    assert_eq!(
+        out.action,
+        action,
+        "{what}: action (output {})",
+        hex(&out.data)
+    );
+    before.assert_one(&fx.snapshot(), action, reason, what);
+    if let Some(w) = want {
+        assert_bytes(&out.data, w, what);
+    }
+    out.data
+}
+
+/// Cuts `frame` at every length and asserts each piece gets exactly one counted verdict,
+/// drop or pass, and passes untouched.
+pub fn assert_every_truncation_counted(fx: &Fixture, what: &str, frame: &[u8], ingress: u32) {
+    // The kernel refuses test frames shorter than an Ethernet header (no driver delivers
+    // one to XDP either).
+    for len in 0..14 {
+        assert!(
+            fx.dp.test_run(&frame[..len], ingress, 1).is_err(),
+            "{what} cut to {len}"
+        );
+    }
+    for len in 14..frame.len() {
+        let before = fx.snapshot();
+        let out = fx.dp.test_run(&frame[..len], ingress, 1).expect("test run");
+        assert!(
+            out.action == XDP_DROP || out.action == XDP_PASS,
+            "{what} cut to {len}: action {}",
+            out.action
+        );
+        let d = fx.snapshot().global.since(&before.global);
+        let reasons: u64 = DropReason::ALL
+            .iter()
+            .map(|r| d.dropped(*r).packets)
+            .sum::<u64>()
+            + PassReason::ALL
+                .iter()
+                .map(|r| d.passed(*r).packets)
+                .sum::<u64>();
+        assert_eq!(reasons, 1, "{what} cut to {len}: exactly one reason");
+        assert_eq!(
+            d.action(out.action).packets,
+            1,
+            "{what} cut to {len}: action counted"
+        );
+        if out.action == XDP_PASS {
+            assert_bytes(
+                &out.data,
+                &frame[..len],
+                &format!("{what} cut to {len} passes untouched"),
+            );
         }
     }
 }
@@ -234,7 +403,7 @@ pub fn ifindex(name: &str) -> u32 {
 /// Counters at one moment.
 pub struct Snapshot {
     pub global: GlobalCounters,
-    pub tunnels: Vec<TunnelStats>,
+    pub tunnels: BTreeMap<u32, TunnelStats>,
 }
 
 /// What a packet is expected to be counted as.
@@ -289,10 +458,7 @@ impl Snapshot {
 
     /// Per-tunnel counter difference for tunnel `id`.
     pub fn tunnel_delta(&self, after: &Snapshot, id: u32) -> TunnelStats {
-        let (a, b) = (
-            &after.tunnels[(id - 1) as usize],
-            &self.tunnels[(id - 1) as usize],
-        );
+        let (a, b) = (&after.tunnels[&id], &self.tunnels[&id]);
         TunnelStats {
             from_client_packets: a.from_client_packets - b.from_client_packets,
             from_client_bytes: a.from_client_bytes - b.from_client_bytes,

@@ -1,4 +1,4 @@
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 
 use ipnet::Ipv6Net;
 use proptest::prelude::*;
@@ -15,19 +15,36 @@ fn pools() -> PoolSet {
         routed: vec![net("2001:db8:1000::/40")],
         routed_lengths: vec![48, 56, 64],
         quarantine_secs: 100,
+        v4v6: Some("203.0.113.0/29".parse().unwrap()),
     }
+}
+
+fn p41(remote: u8) -> Endpoint {
+    Endpoint::Ipv4(Ipv4Addr::new(198, 51, 100, remote))
 }
 
 fn new(remote: u8, routed: Option<u8>) -> NewTunnel {
     NewTunnel {
         owner: None,
+        origin: Origin::Api,
         kind: Kind::Proto41,
         state: State::Up,
-        remote_v4: Ipv4Addr::new(198, 51, 100, remote),
+        endpoint: p41(remote),
         mtu: 1480,
+        keepalive: None,
+        expires_at: None,
         routed_length: routed,
         link_prefix: None,
         routed_prefix: None,
+    }
+}
+
+fn v4v6(last: u16) -> NewTunnel {
+    NewTunnel {
+        kind: Kind::V4In6,
+        endpoint: Endpoint::Ipv6(Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, last)),
+        mtu: 1460,
+        ..new(0, None)
     }
 }
 
@@ -38,8 +55,8 @@ fn allocates_link_and_routed_prefixes_and_tokens() {
     let b = s.create_tunnel(&new(2, Some(56)), 10).unwrap();
     assert_eq!(a.spec.id, 1);
     assert_eq!(b.spec.id, 2);
-    assert_eq!(a.spec.link_prefix, net("2001:db8:10::/64"));
-    assert_eq!(b.spec.link_prefix, net("2001:db8:10:1::/64"));
+    assert_eq!(a.spec.link_prefix, Some(net("2001:db8:10::/64")));
+    assert_eq!(b.spec.link_prefix, Some(net("2001:db8:10:1::/64")));
     assert_eq!(a.spec.routed_prefixes, vec![net("2001:db8:1000::/48")]);
     assert_eq!(b.spec.routed_prefixes[0].prefix_len(), 56);
     assert!(!a.spec.routed_prefixes[0].contains(&b.spec.routed_prefixes[0]));
@@ -86,7 +103,7 @@ fn a_named_prefix_must_be_in_a_pool_and_free() {
         ..new(1, None)
     };
     let t = s.create_tunnel(&req, 0).unwrap();
-    assert_eq!(t.spec.link_prefix, net("2001:db8:10:77::/64"));
+    assert_eq!(t.spec.link_prefix, Some(net("2001:db8:10:77::/64")));
     assert_eq!(t.spec.routed_prefixes, vec![net("2001:db8:1000:ab00::/56")]);
     let outside = NewTunnel {
         link_prefix: Some(net("2001:db8:99::/64")),
@@ -166,18 +183,19 @@ fn updates_change_endpoint_state_and_mtu() {
     s.create_tunnel(&new(1, None), 0).unwrap();
     s.create_tunnel(&new(2, None), 0).unwrap();
     let change = TunnelChange {
-        remote_v4: Some(Ipv4Addr::new(198, 51, 100, 9)),
+        endpoint: Some(p41(9)),
         state: Some(State::Disabled),
         mtu: Some(1280),
+        ..Default::default()
     };
     let t = s.update_tunnel(1, &change, 5).unwrap();
-    assert_eq!(t.spec.remote_v4, Ipv4Addr::new(198, 51, 100, 9));
+    assert_eq!(t.spec.endpoint, p41(9));
     assert_eq!(t.spec.state, State::Disabled);
     assert_eq!(t.spec.mtu, 1280);
     assert_eq!(t.updated_at, 5);
     assert_eq!(s.tunnel(1).unwrap().unwrap(), t);
     let clash = TunnelChange {
-        remote_v4: Some(Ipv4Addr::new(198, 51, 100, 2)),
+        endpoint: Some(p41(2)),
         ..Default::default()
     };
     assert!(matches!(
@@ -188,6 +206,177 @@ fn updates_change_endpoint_state_and_mtu() {
         s.update_tunnel(9, &clash, 6),
         Err(StoreError::NoSuchTunnel { id: 9 })
     ));
+}
+
+#[test]
+fn v4v6_tunnels_get_an_inner_ipv4_and_no_ipv6_prefixes() {
+    let mut s = SqliteStore::in_memory(pools()).unwrap();
+    let a = s.create_tunnel(&v4v6(10), 0).unwrap();
+    assert_eq!(a.spec.link_prefix, None);
+    assert_eq!(a.spec.prefixes().count(), 0);
+    // .0 is the network, .1 the PoP.
+    assert_eq!(a.spec.client_v4, Some(Ipv4Addr::new(203, 0, 113, 2)));
+    assert_eq!(s.tunnel(a.spec.id).unwrap().unwrap(), a);
+    assert!(matches!(
+        s.create_tunnel(&v4v6(10), 0),
+        Err(StoreError::DuplicateEndpoint { .. })
+    ));
+    let routed = NewTunnel {
+        routed_length: Some(48),
+        ..v4v6(11)
+    };
+    assert!(matches!(
+        s.create_tunnel(&routed, 0),
+        Err(StoreError::Invalid { .. })
+    ));
+    // A /29 has .2 to .6 for clients.
+    for last in 11..15 {
+        s.create_tunnel(&v4v6(last), 0).unwrap();
+    }
+    assert_eq!(
+        s.create_tunnel(&v4v6(20), 0).unwrap_err().to_string(),
+        "the v4v6 pool has no free /32"
+    );
+    // A freed address waits out the quarantine, then comes back.
+    s.delete_tunnel(a.spec.id, 10).unwrap();
+    assert!(s.create_tunnel(&v4v6(20), 109).is_err());
+    let b = s.create_tunnel(&v4v6(20), 110).unwrap();
+    assert_eq!(b.spec.client_v4, a.spec.client_v4);
+    // Restoring a deleted one takes its address back.
+    let gone = s.delete_tunnel(b.spec.id, 111).unwrap();
+    s.restore_tunnel(&gone).unwrap();
+    assert_eq!(s.tunnel(b.spec.id).unwrap().unwrap(), b);
+    let mut p = pools();
+    p.v4v6 = None;
+    let mut s = SqliteStore::in_memory(p).unwrap();
+    assert_eq!(
+        s.create_tunnel(&v4v6(1), 0).unwrap_err().to_string(),
+        "no v4v6 pool is configured (pools.v4v6)"
+    );
+}
+
+#[test]
+fn udp_endpoints_are_address_and_port_and_kinds_switch_within_a_family() {
+    let mut s = SqliteStore::in_memory(pools()).unwrap();
+    let udp = |port| Endpoint::Udp4(SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), port));
+    let req = NewTunnel {
+        kind: Kind::V6Udp4,
+        endpoint: udp(40000),
+        origin: Origin::Tsp,
+        keepalive: Some(30),
+        expires_at: Some(1000),
+        ..new(0, None)
+    };
+    let a = s.create_tunnel(&req, 0).unwrap();
+    assert_eq!(s.tunnel(a.spec.id).unwrap().unwrap(), a);
+    assert_eq!(a.origin, Origin::Tsp);
+    // Same address, other port: another NATed client.
+    s.create_tunnel(
+        &NewTunnel {
+            endpoint: udp(40001),
+            ..req.clone()
+        },
+        0,
+    )
+    .unwrap();
+    assert!(matches!(
+        s.create_tunnel(&req, 0),
+        Err(StoreError::DuplicateEndpoint { .. })
+    ));
+    // proto-41 from the same address is a different endpoint.
+    s.create_tunnel(&new(1, None), 0).unwrap();
+    // Out from behind the NAT: v6udpv4 becomes proto-41 (not onto a taken endpoint).
+    let to_p41 = TunnelChange {
+        kind: Some(Kind::Proto41),
+        endpoint: Some(p41(7)),
+        expires_at: Some(Some(2000)),
+        add_routed_length: Some(56),
+        ..Default::default()
+    };
+    let t = s.update_tunnel(a.spec.id, &to_p41, 1).unwrap();
+    assert_eq!((t.spec.kind, t.spec.endpoint), (Kind::Proto41, p41(7)));
+    assert_eq!(t.expires_at, Some(2000));
+    assert_eq!(t.spec.routed_prefixes.len(), 1);
+    assert_eq!(t.spec.routed_prefixes[0].prefix_len(), 56);
+    assert_eq!(s.tunnel(a.spec.id).unwrap().unwrap(), t);
+    // A second request for a routed prefix keeps the one it has.
+    let again = s.update_tunnel(a.spec.id, &to_p41, 2).unwrap();
+    assert_eq!(again.spec.routed_prefixes, t.spec.routed_prefixes);
+    let to_v4v6 = TunnelChange {
+        kind: Some(Kind::V4In6),
+        ..Default::default()
+    };
+    assert!(matches!(
+        s.update_tunnel(a.spec.id, &to_v4v6, 3),
+        Err(StoreError::Invalid { .. })
+    ));
+    let mismatch = TunnelChange {
+        endpoint: Some(udp(5)),
+        ..Default::default()
+    };
+    assert!(matches!(
+        s.update_tunnel(a.spec.id, &mismatch, 3),
+        Err(StoreError::Invalid { .. })
+    ));
+}
+
+#[test]
+fn tsp_tunnels_are_found_by_owner_and_family() {
+    let mut s = SqliteStore::in_memory(pools()).unwrap();
+    s.create_user("carol", "secret-pw", 0).unwrap();
+    let mine = |r: NewTunnel| NewTunnel {
+        owner: Some("carol".into()),
+        origin: Origin::Tsp,
+        ..r
+    };
+    assert!(s.tsp_tunnel("carol", false).unwrap().is_none());
+    // An API tunnel of the same user is not a TSP one.
+    s.create_tunnel(
+        &NewTunnel {
+            owner: Some("carol".into()),
+            ..new(1, None)
+        },
+        0,
+    )
+    .unwrap();
+    assert!(s.tsp_tunnel("carol", false).unwrap().is_none());
+    let v6 = s.create_tunnel(&mine(new(2, None)), 0).unwrap();
+    let v4 = s.create_tunnel(&mine(v4v6(3)), 0).unwrap();
+    assert_eq!(s.tsp_tunnel("carol", false).unwrap(), Some(v6));
+    assert_eq!(s.tsp_tunnel("carol", true).unwrap(), Some(v4));
+}
+
+#[test]
+fn a_version_1_store_migrates_keeping_everything() {
+    let dir = tempfile_dir();
+    let path = dir.join("v1.db");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(super::schema::MIGRATIONS[0]).unwrap();
+        conn.execute_batch(
+            "PRAGMA user_version = 1;
+             INSERT INTO users VALUES ('dave', 'pw', 1);
+             INSERT INTO tunnels VALUES (5, 'dave', 'api', 'proto41', 'up', '198.51.100.5',
+                 '2001:db8:10:5::/64', 1480, 'p', 'k', 1, 2);
+             INSERT INTO routed VALUES (5, '2001:db8:1000::/48');",
+        )
+        .unwrap();
+    }
+    let s = SqliteStore::open(&path, pools()).unwrap();
+    let t = s.tunnel(5).unwrap().unwrap();
+    assert_eq!(t.spec.endpoint, p41(5));
+    assert_eq!(t.spec.link_prefix, Some(net("2001:db8:10:5::/64")));
+    assert_eq!(t.spec.routed_prefixes, vec![net("2001:db8:1000::/48")]);
+    assert_eq!(
+        (t.owner.as_deref(), t.created_at, t.updated_at),
+        (Some("dave"), 1, 2)
+    );
+    let fk: bool = s
+        .conn
+        .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+        .unwrap();
+    assert!(fk, "foreign keys are back on after the migration");
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -220,10 +409,12 @@ fn static_spec(id: u32, remote: u8, link: &str) -> TunnelSpec {
         id,
         kind: Kind::Proto41,
         state: State::Up,
-        remote_v4: Ipv4Addr::new(198, 51, 100, remote),
-        link_prefix: net(link),
+        endpoint: p41(remote),
+        link_prefix: Some(net(link)),
         routed_prefixes: vec![],
+        client_v4: None,
         mtu: 1480,
+        keepalive: None,
     }
 }
 
@@ -294,7 +485,7 @@ fn everything_is_there_after_a_restart() {
     assert_eq!(s.counter("adoptions").unwrap(), 1);
     // The freed /64 is still in quarantine after the restart; allocation continues.
     let t = s.create_tunnel(&new(3, None), 5).unwrap();
-    assert_eq!(t.spec.link_prefix, net("2001:db8:10:2::/64"));
+    assert_eq!(t.spec.link_prefix, Some(net("2001:db8:10:2::/64")));
     assert_eq!(t.spec.id, 101);
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -338,6 +529,7 @@ proptest! {
             routed: vec![net("2001:db8:1000::/42")],
             routed_lengths: vec![44, 46, 48],
             quarantine_secs: 100,
+            v4v6: None,
         };
         let mut s = SqliteStore::in_memory(p).unwrap();
         let mut now = 0u64;
@@ -349,7 +541,7 @@ proptest! {
                 Op::Create { routed } => {
                     remote += 1;
                     let req = NewTunnel {
-                        remote_v4: Ipv4Addr::from(0xc633_6400 + remote),
+                        endpoint: Endpoint::Ipv4(Ipv4Addr::from(0xc633_6400 + remote)),
                         ..new(0, routed)
                     };
                     match s.create_tunnel(&req, now) {

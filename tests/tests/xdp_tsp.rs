@@ -1,0 +1,617 @@
+//! TSP's data paths through BPF_PROG_TEST_RUN: v6udpv4 (IPv6 right after a UDP header, on
+//! the TSP port) and v4v6 (IPv4 in IPv6), both directions, with exact output bytes built
+//! independently with etherparse, and the counter each packet lands in.
+mod support;
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use broker_common::stats::{DropReason, Event, PassReason};
+use etherparse::{
+    icmpv4::DestUnreachableHeader, EtherType, IcmpEchoHeader, Icmpv4Header, Icmpv4Type, IpNumber,
+    Ipv4Header, Ipv6FlowLabel, Ipv6Header, PacketBuilder, UdpHeader,
+};
+use support::*;
+
+const V4V6_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x06];
+
+fn with_fixture(f: impl FnOnce(&Fixture) + Send + 'static) {
+    on_thread(Fixture::with_tsp, f)
+}
+
+/// A v6udpv4 frame from `(addr, port)` to the PoP's TSP port, carrying `payload`.
+fn from_udp_client((addr, port): (Ipv4Addr, u16), payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(ISP_MAC, POP4_MAC)
+        .ipv4(addr.octets(), POP_V4.octets(), 63)
+        .udp(port, TSP_PORT)
+        .write(&mut v, payload)
+        .unwrap();
+    v
+}
+
+/// What the PoP sends to a v6udpv4 client: DF, TTL 64, UDP checksum 0.
+fn to_udp_client((addr, port): (Ipv4Addr, u16), inner: &[u8]) -> Vec<u8> {
+    let udp_len = (8 + inner.len()) as u16;
+    // etherparse's defaults: DF, identification 0.
+    let mut ip =
+        Ipv4Header::new(udp_len, 64, IpNumber::UDP, POP_V4.octets(), addr.octets()).unwrap();
+    ip.header_checksum = ip.calc_header_checksum();
+    let mut v = ip.to_bytes().to_vec();
+    v.extend_from_slice(
+        &UdpHeader {
+            source_port: TSP_PORT,
+            destination_port: port,
+            length: udp_len,
+            checksum: 0,
+        }
+        .to_bytes(),
+    );
+    v.extend_from_slice(inner);
+    ether(POP4_MAC, ISP_MAC, EtherType::IPV4, &v)
+}
+
+/// An IPv4 UDP packet.
+fn udp4(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ipv4(src.octets(), dst.octets(), ttl)
+        .udp(40000, 5001)
+        .write(&mut v, payload)
+        .unwrap();
+    v
+}
+
+/// The IPv6 header of a v4v6 packet carrying `inner_len` bytes.
+fn v6_outer(src: Ipv6Addr, dst: Ipv6Addr, tc: u8, inner_len: usize) -> Vec<u8> {
+    Ipv6Header {
+        traffic_class: tc,
+        flow_label: Ipv6FlowLabel::ZERO,
+        payload_length: inner_len as u16,
+        next_header: IpNumber::IPV4,
+        hop_limit: 64,
+        source: src.octets(),
+        destination: dst.octets(),
+    }
+    .to_bytes()
+    .to_vec()
+}
+
+/// A v4v6 frame from the client to the PoP.
+fn from_v4v6_client(src: Ipv6Addr, inner: &[u8]) -> Vec<u8> {
+    let mut v = v6_outer(src, POP_V6, 0, inner.len());
+    v.extend_from_slice(inner);
+    ether(V4V6_MAC, POP6_MAC, EtherType::IPV6, &v)
+}
+
+/// The same IPv4 packet with its TTL decremented and the checksum recomputed.
+fn ttl_decremented(p: &[u8]) -> Vec<u8> {
+    let (mut ip, rest) = Ipv4Header::from_slice(p).unwrap();
+    ip.time_to_live -= 1;
+    ip.header_checksum = ip.calc_header_checksum();
+    let mut v = ip.to_bytes().to_vec();
+    v.extend_from_slice(rest);
+    v
+}
+
+#[test]
+fn v6udpv4_decap_forwards_the_inner_ipv6() {
+    with_fixture(|fx| {
+        let inner = udp6(link_addr(5, 2), INET_HOST, 64, b"through the NAT");
+        let want = ether(
+            POP6_MAC,
+            INET_MAC,
+            EtherType::IPV6,
+            &hop_decremented(&inner),
+        );
+        let before = fx.snapshot();
+        check(
+            fx,
+            "v6udpv4 decap",
+            &from_udp_client(UDP_CLIENT, &inner),
+            fx.eth4,
+            XDP_REDIRECT,
+            Reason::Did(Event::Decap),
+            Some(&want),
+        );
+        let t = before.tunnel_delta(&fx.snapshot(), 5);
+        assert_eq!(
+            (t.from_client_packets, t.from_client_bytes),
+            (1, inner.len() as u64)
+        );
+    });
+}
+
+#[test]
+fn v6udpv4_encap_sends_to_the_registered_address_and_port() {
+    with_fixture(|fx| {
+        for dst in [link_addr(5, 2), routed_addr(5, 3)] {
+            let inner = udp6(INET_HOST, dst, 50, b"to the NATed client");
+            let want = to_udp_client(UDP_CLIENT, &hop_decremented(&inner));
+            let before = fx.snapshot();
+            let out = check(
+                fx,
+                "v6udpv4 encap",
+                &from_internet(&inner),
+                fx.eth6,
+                XDP_REDIRECT,
+                Reason::Did(Event::Encap),
+                Some(&want),
+            );
+            let (ip, _) = Ipv4Header::from_slice(&out[14..]).unwrap();
+            assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+            let t = before.tunnel_delta(&fx.snapshot(), 5);
+            assert_eq!(
+                (t.to_client_packets, t.to_client_bytes),
+                (1, inner.len() as u64)
+            );
+        }
+    });
+}
+
+#[test]
+fn tsp_control_goes_to_the_kernel_and_strangers_are_dropped() {
+    with_fixture(|fx| {
+        let data = udp6(link_addr(5, 2), INET_HOST, 64, b"x");
+        let mut control = vec![0xf0, 0, 0, 0xf0, 0, 0, 0, 1];
+        control.extend_from_slice(b"VERSION=2.0.2\r\n");
+        let mut little_endian = control.clone();
+        little_endian[..4].copy_from_slice(&[0x01, 0x01, 0, 0xf0]);
+        let passes = [
+            ("TSP control", control.clone(), PassReason::TspControl),
+            (
+                "TSP control, old byte order",
+                little_endian,
+                PassReason::Unparsed,
+            ),
+            ("empty datagram", Vec::new(), PassReason::Unparsed),
+        ];
+        for (what, payload, reason) in passes {
+            // From the tunnel's own client and from anyone else alike.
+            for client in [UDP_CLIENT, (Ipv4Addr::new(198, 51, 100, 51), 1234)] {
+                let frame = from_udp_client(client, &payload);
+                check(
+                    fx,
+                    what,
+                    &frame,
+                    fx.eth4,
+                    XDP_PASS,
+                    Reason::Pass(reason),
+                    Some(&frame),
+                );
+            }
+        }
+        for (what, client) in [
+            ("another address", (Ipv4Addr::new(198, 51, 100, 51), 40000)),
+            ("another port (a new NAT mapping)", (UDP_CLIENT.0, 40001)),
+        ] {
+            check(
+                fx,
+                what,
+                &from_udp_client(client, &data),
+                fx.eth4,
+                XDP_DROP,
+                Reason::Drop(DropReason::UnknownEndpoint),
+                None,
+            );
+        }
+        // Another UDP port on the PoP is not ours at all.
+        let mut other = Vec::new();
+        PacketBuilder::ethernet2(ISP_MAC, POP4_MAC)
+            .ipv4(UDP_CLIENT.0.octets(), POP_V4.octets(), 63)
+            .udp(UDP_CLIENT.1, 3654)
+            .write(&mut other, &data)
+            .unwrap();
+        check(
+            fx,
+            "another port",
+            &other,
+            fx.eth4,
+            XDP_PASS,
+            Reason::Pass(PassReason::NotTunnel),
+            Some(&other),
+        );
+    });
+}
+
+#[test]
+fn v6udpv4_defects_are_counted_drops() {
+    with_fixture(|fx| {
+        let good = from_udp_client(UDP_CLIENT, &udp6(link_addr(5, 2), INET_HOST, 64, b"x"));
+        let mut bad_len = good.clone();
+        bad_len[38..40].copy_from_slice(&9u16.to_be_bytes());
+        let spoofed = from_udp_client(UDP_CLIENT, &udp6(link_addr(1, 2), INET_HOST, 64, b"x"));
+        let mut short_inner = udp6(link_addr(5, 2), INET_HOST, 64, b"x");
+        short_inner[5] += 1; // payload length one more than carried
+        let bad_inner = from_udp_client(UDP_CLIENT, &short_inner);
+        let expired = from_udp_client(UDP_CLIENT, &udp6(link_addr(5, 2), INET_HOST, 1, b"x"));
+        let to_pop = from_udp_client(
+            UDP_CLIENT,
+            &udp6(link_addr(5, 2), link_addr(5, 1), 64, b"x"),
+        );
+        for (what, frame, reason) in [
+            ("UDP length", bad_len, DropReason::BadUdpHeader),
+            (
+                "inner source of tunnel 1",
+                spoofed,
+                DropReason::SpoofedSource,
+            ),
+            ("inner length", bad_inner, DropReason::BadInnerHeader),
+            ("hop limit", expired, DropReason::HopLimitExceeded),
+            ("UDP to the PoP's ::1", to_pop, DropReason::PopAddress),
+        ] {
+            let before = fx.snapshot();
+            check(
+                fx,
+                what,
+                &frame,
+                fx.eth4,
+                XDP_DROP,
+                Reason::Drop(reason),
+                None,
+            );
+            if reason != DropReason::BadUdpHeader {
+                assert_eq!(
+                    before.tunnel_delta(&fx.snapshot(), 5).drop_packets,
+                    1,
+                    "{what}"
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn v6udpv4_keepalive_echo_is_answered_through_the_tunnel() {
+    with_fixture(|fx| {
+        let req = echo6(link_addr(5, 2), link_addr(5, 1), 64, false, b"keepalive");
+        let frame = from_udp_client(UDP_CLIENT, &req);
+        let reply = echo6(link_addr(5, 1), link_addr(5, 2), 64, true, b"keepalive");
+        // The request's IPv4 header, addresses swapped, TTL 64, checksum redone; UDP
+        // ports swapped, checksum 0.
+        let (mut ip, _) = Ipv4Header::from_slice(&frame[14..]).unwrap();
+        std::mem::swap(&mut ip.source, &mut ip.destination);
+        ip.time_to_live = 64;
+        ip.header_checksum = ip.calc_header_checksum();
+        let mut want = ip.to_bytes().to_vec();
+        want.extend_from_slice(
+            &UdpHeader {
+                source_port: TSP_PORT,
+                destination_port: UDP_CLIENT.1,
+                length: (8 + reply.len()) as u16,
+                checksum: 0,
+            }
+            .to_bytes(),
+        );
+        want.extend_from_slice(&reply);
+        let want = ether(POP4_MAC, ISP_MAC, EtherType::IPV4, &want);
+        check(
+            fx,
+            "keepalive",
+            &frame,
+            fx.eth4,
+            XDP_TX,
+            Reason::Did(Event::EchoReply),
+            Some(&want),
+        );
+    });
+}
+
+#[test]
+fn v6udpv4_over_the_mtu_gets_packet_too_big() {
+    with_fixture(|fx| {
+        let inner = udp6(INET_HOST, link_addr(5, 2), 64, &[1; 1473 - 48]);
+        let out = check(
+            fx,
+            "1473 bytes into MTU 1472",
+            &from_internet(&inner),
+            fx.eth6,
+            XDP_TX,
+            Reason::Did(Event::PacketTooBig),
+            None,
+        );
+        // ICMPv6 type 2, MTU 1472, from the tunnel's ::1.
+        assert_eq!(&out[22..38], &link_addr(5, 1).octets());
+        assert_eq!(out[54], 2);
+        assert_eq!(&out[58..62], &1472u32.to_be_bytes());
+    });
+}
+
+#[test]
+fn a_silent_tunnel_is_woken_by_its_client_but_sends_nothing() {
+    with_fixture(|fx| {
+        // Tunnel 7 is down for silence: its client's packets still get through...
+        let inner = udp6(link_addr(7, 2), INET_HOST, 64, b"I'm back");
+        let before = fx.snapshot();
+        check(
+            fx,
+            "from the silent client",
+            &from_udp_client(SLEEPY_CLIENT, &inner),
+            fx.eth4,
+            XDP_REDIRECT,
+            Reason::Did(Event::Decap),
+            None,
+        );
+        assert_eq!(
+            before.tunnel_delta(&fx.snapshot(), 7).from_client_packets,
+            1
+        );
+        // ...but nothing goes towards it until the controller marks it up.
+        check(
+            fx,
+            "to the silent client",
+            &from_internet(&udp6(INET_HOST, link_addr(7, 2), 64, b"x")),
+            fx.eth6,
+            XDP_DROP,
+            Reason::Drop(DropReason::TunnelDown),
+            None,
+        );
+        // A tunnel the operator set down (no liveness) wakes for nobody.
+        check(
+            fx,
+            "from tunnel 3, down",
+            &from_client(client_v4(3), &udp6(link_addr(3, 2), INET_HOST, 64, b"x")),
+            fx.eth4,
+            XDP_DROP,
+            Reason::Drop(DropReason::TunnelDown),
+            None,
+        );
+    });
+}
+
+#[test]
+fn v4v6_decap_forwards_the_inner_ipv4() {
+    with_fixture(|fx| {
+        let inner = udp4(V4V6_INNER, INET4_HOST, 64, b"IPv4 over IPv6");
+        let want = ether(POP4_MAC, ISP_MAC, EtherType::IPV4, &ttl_decremented(&inner));
+        let before = fx.snapshot();
+        let out = check(
+            fx,
+            "v4v6 decap",
+            &from_v4v6_client(V4V6_CLIENT, &inner),
+            fx.eth6,
+            XDP_REDIRECT,
+            Reason::Did(Event::Decap),
+            Some(&want),
+        );
+        let (ip, _) = Ipv4Header::from_slice(&out[14..]).unwrap();
+        assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+        let t = before.tunnel_delta(&fx.snapshot(), 6);
+        assert_eq!(
+            (t.from_client_packets, t.from_client_bytes),
+            (1, inner.len() as u64)
+        );
+    });
+}
+
+#[test]
+fn v4v6_encap_wraps_ipv4_for_the_client() {
+    with_fixture(|fx| {
+        let mut inner = udp4(INET4_HOST, V4V6_INNER, 60, b"to the IPv6-only client");
+        // TOS 0xb8 (EF), carried over as the traffic class.
+        inner[1] = 0xb8;
+        let (mut h, _) = Ipv4Header::from_slice(&inner).unwrap();
+        h.header_checksum = h.calc_header_checksum();
+        inner[..20].copy_from_slice(&h.to_bytes());
+        let fwd = ttl_decremented(&inner);
+        let mut want = v6_outer(POP_V6, V4V6_CLIENT, 0xb8, fwd.len());
+        want.extend_from_slice(&fwd);
+        let want = ether(POP6_MAC, V4V6_MAC, EtherType::IPV6, &want);
+        let before = fx.snapshot();
+        check(
+            fx,
+            "v4v6 encap",
+            &ether(ISP_MAC, POP4_MAC, EtherType::IPV4, &inner),
+            fx.eth4,
+            XDP_REDIRECT,
+            Reason::Did(Event::Encap),
+            Some(&want),
+        );
+        let t = before.tunnel_delta(&fx.snapshot(), 6);
+        assert_eq!(
+            (t.to_client_packets, t.to_client_bytes),
+            (1, inner.len() as u64)
+        );
+    });
+}
+
+#[test]
+fn v4v6_keepalive_echo_to_the_pop_is_answered() {
+    with_fixture(|fx| {
+        let mut req = Vec::new();
+        PacketBuilder::ipv4(V4V6_INNER.octets(), V4V6_GATEWAY.octets(), 64)
+            .icmpv4_echo_request(0x77, 3)
+            .write(&mut req, b"alive?")
+            .unwrap();
+        let frame = from_v4v6_client(V4V6_CLIENT, &req);
+        let (mut ip, _) = Ipv4Header::from_slice(&req).unwrap();
+        std::mem::swap(&mut ip.source, &mut ip.destination);
+        ip.time_to_live = 64;
+        ip.header_checksum = ip.calc_header_checksum();
+        let icmp = Icmpv4Header::with_checksum(
+            Icmpv4Type::EchoReply(IcmpEchoHeader { id: 0x77, seq: 3 }),
+            b"alive?",
+        );
+        let mut reply = ip.to_bytes().to_vec();
+        reply.extend_from_slice(&icmp.to_bytes());
+        reply.extend_from_slice(b"alive?");
+        let mut want = v6_outer(POP_V6, V4V6_CLIENT, 0, reply.len());
+        want.extend_from_slice(&reply);
+        // Back where it came from.
+        let want = ether(POP6_MAC, V4V6_MAC, EtherType::IPV6, &want);
+        check(
+            fx,
+            "v4v6 keepalive",
+            &frame,
+            fx.eth6,
+            XDP_TX,
+            Reason::Did(Event::EchoReply),
+            Some(&want),
+        );
+    });
+}
+
+#[test]
+fn v4v6_over_the_mtu_gets_fragmentation_needed_or_a_counted_drop() {
+    with_fixture(|fx| {
+        let big = udp4(INET4_HOST, V4V6_INNER, 60, &[3; 1461 - 28]);
+        assert_eq!(big.len(), 1461);
+        let icmp = Icmpv4Header::with_checksum(
+            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+                next_hop_mtu: 1460,
+            }),
+            &big[..64],
+        );
+        let mut ip = Ipv4Header::new(
+            (8 + 64) as u16,
+            64,
+            IpNumber::ICMP,
+            POP_V4.octets(),
+            INET4_HOST.octets(),
+        )
+        .unwrap();
+        ip.dont_fragment = false;
+        ip.header_checksum = ip.calc_header_checksum();
+        let mut want = ip.to_bytes().to_vec();
+        want.extend_from_slice(&icmp.to_bytes());
+        want.extend_from_slice(&big[..64]);
+        let want = ether(POP4_MAC, ISP_MAC, EtherType::IPV4, &want);
+        check(
+            fx,
+            "1461 bytes with DF into MTU 1460",
+            &ether(ISP_MAC, POP4_MAC, EtherType::IPV4, &big),
+            fx.eth4,
+            XDP_TX,
+            Reason::Did(Event::PacketTooBig),
+            Some(&want),
+        );
+        // Without DF it would have to be fragmented, which the PoP does not do.
+        let mut no_df = big.clone();
+        let (mut h, _) = Ipv4Header::from_slice(&no_df).unwrap();
+        h.dont_fragment = false;
+        h.header_checksum = h.calc_header_checksum();
+        no_df[..20].copy_from_slice(&h.to_bytes());
+        check(
+            fx,
+            "without DF",
+            &ether(ISP_MAC, POP4_MAC, EtherType::IPV4, &no_df),
+            fx.eth4,
+            XDP_DROP,
+            Reason::Drop(DropReason::TooBigNoDf),
+            None,
+        );
+        // At the MTU it goes through.
+        check(
+            fx,
+            "at the MTU",
+            &ether(
+                ISP_MAC,
+                POP4_MAC,
+                EtherType::IPV4,
+                &udp4(INET4_HOST, V4V6_INNER, 60, &[3; 1460 - 28]),
+            ),
+            fx.eth4,
+            XDP_REDIRECT,
+            Reason::Did(Event::Encap),
+            None,
+        );
+    });
+}
+
+#[test]
+fn v4v6_defects_are_counted_drops() {
+    with_fixture(|fx| {
+        let good = udp4(V4V6_INNER, INET4_HOST, 64, b"x");
+        let mut bad_sum = good.clone();
+        bad_sum[10] ^= 0xff;
+        let stranger: Ipv6Addr = "2001:db8:ffff::7".parse().unwrap();
+        for (what, frame, reason) in [
+            (
+                "inner source not the client's",
+                from_v4v6_client(
+                    V4V6_CLIENT,
+                    &udp4("203.0.113.3".parse().unwrap(), INET4_HOST, 64, b"x"),
+                ),
+                DropReason::SpoofedSource,
+            ),
+            (
+                "inner checksum",
+                from_v4v6_client(V4V6_CLIENT, &bad_sum),
+                DropReason::BadInnerHeader,
+            ),
+            (
+                "TTL",
+                from_v4v6_client(V4V6_CLIENT, &udp4(V4V6_INNER, INET4_HOST, 1, b"x")),
+                DropReason::HopLimitExceeded,
+            ),
+            (
+                "unknown client",
+                from_v4v6_client(stranger, &good),
+                DropReason::UnknownEndpoint,
+            ),
+        ] {
+            check(
+                fx,
+                what,
+                &frame,
+                fx.eth6,
+                XDP_DROP,
+                Reason::Drop(reason),
+                None,
+            );
+        }
+        // Not ours: a pool address without a tunnel, next header 4 to another address.
+        let unassigned = ether(
+            ISP_MAC,
+            POP4_MAC,
+            EtherType::IPV4,
+            &udp4(INET4_HOST, "203.0.113.77".parse().unwrap(), 64, b"x"),
+        );
+        let mut elsewhere = v6_outer(V4V6_CLIENT, INET_HOST, 0, good.len());
+        elsewhere.extend_from_slice(&good);
+        let elsewhere = ether(V4V6_MAC, POP6_MAC, EtherType::IPV6, &elsewhere);
+        for (what, frame, ingress) in [
+            ("unassigned pool address", unassigned, fx.eth4),
+            ("IPv4-in-IPv6 to another host", elsewhere, fx.eth6),
+        ] {
+            check(
+                fx,
+                what,
+                &frame,
+                ingress,
+                XDP_PASS,
+                Reason::Pass(PassReason::NotTunnel),
+                Some(&frame),
+            );
+        }
+    });
+}
+
+#[test]
+fn every_truncation_of_the_tsp_paths_gets_a_counted_verdict() {
+    with_fixture(|fx| {
+        let cases = [
+            (
+                "v6udpv4 decap",
+                from_udp_client(UDP_CLIENT, &udp6(link_addr(5, 2), INET_HOST, 64, b"cut")),
+                fx.eth4,
+            ),
+            (
+                "v4v6 decap",
+                from_v4v6_client(V4V6_CLIENT, &udp4(V4V6_INNER, INET4_HOST, 64, b"cut")),
+                fx.eth6,
+            ),
+            (
+                "v4v6 encap",
+                ether(
+                    ISP_MAC,
+                    POP4_MAC,
+                    EtherType::IPV4,
+                    &udp4(INET4_HOST, V4V6_INNER, 64, b"cut"),
+                ),
+                fx.eth4,
+            ),
+        ];
+        for (what, frame, ingress) in cases {
+            assert_every_truncation_counted(fx, what, &frame, ingress);
+        }
+    });
+}
