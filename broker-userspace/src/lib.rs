@@ -17,5 +17,7 @@ pub mod model;
 pub mod netlink;
 pub mod report;
 pub mod routes;
+pub mod secret;
 pub mod store;
 pub mod sysctl;
+pub mod tsp;

@@ -30,11 +30,7 @@ pub fn parse(header: &str) -> Option<Presented> {
     None
 }
 
-/// Compares secrets in time independent of where they differ.
-pub fn same(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+pub use crate::secret::same;
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,14 @@
+//! TSP (RFC 5572), the Tunnel Setup Protocol of gogoc/gw6c clients: pure protocol code
+//! (framing, SASL, XML, the session state machine) with unit tests on the exact bytes of
+//! the deployed clients, and the thin I/O around it.
+//!
+//! - [`frame`] — UDP headers and the TCP message stream;
+//! - [`sasl`] — PLAIN and DIGEST-MD5;
+//! - [`xml`] — requests, offers, accept;
+//! - [`status`] — the status codes;
+//! - [`session`] — one session, messages in and replies out.
+pub mod frame;
+pub mod sasl;
+pub mod session;
+pub mod status;
+pub mod xml;
