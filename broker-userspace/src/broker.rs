@@ -11,7 +11,7 @@ use broker_common::maps::TunnelStats;
 use crate::{
     dataplane::{Dataplane, GlobalCounters, MapUsage, Reconciled},
     failpoint::failpoint,
-    model::{Endpoint, Pop, TunnelSpec},
+    model::{Endpoint, Pop, State, TunnelSpec},
     routes::Routes,
     store::{
         self, NewTunnel, StaticSync, Store, StoreError, TunnelChange, TunnelRecord, UserRecord,
@@ -149,13 +149,101 @@ pub struct Broker<S, P, R> {
     pub maps: P,
     pub routes: R,
     pub pop: Pop,
+    /// Tunnels whose client fell silent (liveness, not the operator's state): installed
+    /// as down, woken by their client's traffic or next session. Not durable: after a
+    /// restart every tunnel starts awake and is watched again.
+    asleep: BTreeSet<u32>,
 }
 
 impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
+    pub fn new(store: S, maps: P, routes: R, pop: Pop) -> Self {
+        Self {
+            store,
+            maps,
+            routes,
+            pop,
+            asleep: BTreeSet::new(),
+        }
+    }
+
+    /// What the data plane gets for a stored tunnel: down while it sleeps, and woken
+    /// by its client's packets only then (a tunnel down in the store, by the operator or
+    /// because its lifetime ended, stays down both ways).
+    fn projected(&self, spec: &TunnelSpec) -> TunnelSpec {
+        let mut p = spec.clone();
+        if p.state == State::Up && self.asleep.contains(&p.id) {
+            p.state = State::Down;
+        } else if p.state != State::Up {
+            p.keepalive = None;
+        }
+        p
+    }
+
+    pub fn is_asleep(&self, id: u32) -> bool {
+        self.asleep.contains(&id)
+    }
+
+    /// Puts a tunnel to sleep or wakes it (liveness); reinstalls it when that changes
+    /// what the data plane holds. Returns whether anything changed.
+    pub fn set_asleep(&mut self, id: u32, asleep: bool) -> Result<bool> {
+        let changed = if asleep {
+            self.asleep.insert(id)
+        } else {
+            self.asleep.remove(&id)
+        };
+        if !changed {
+            return Ok(false);
+        }
+        match self.store.tunnel(id)? {
+            Some(t) if t.spec.state == State::Up => {
+                let spec = self.projected(&t.spec);
+                self.maps.install(&spec).map_err(BrokerError::Maps)?;
+                info!(id, asleep, "tunnel liveness changed");
+                Ok(true)
+            }
+            Some(_) => Ok(false),
+            None => {
+                self.asleep.remove(&id);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Ends what lapsed by `now` (TSP lifetimes): anonymous tunnels are deleted, users'
+    /// tunnels go down (keeping their addresses) until the user's next session.
+    pub async fn expire(&mut self, now: u64) -> Result<(Vec<u32>, Vec<u32>)> {
+        let lapsed: Vec<TunnelRecord> = self
+            .store
+            .tunnels()?
+            .into_iter()
+            .filter(|t| t.expires_at.is_some_and(|e| e <= now))
+            .collect();
+        let (mut deleted, mut downed) = (Vec::new(), Vec::new());
+        for t in lapsed {
+            let id = t.spec.id;
+            if t.owner.is_none() {
+                self.delete_tunnel(id).await?;
+                deleted.push(id);
+            } else {
+                let change = TunnelChange {
+                    state: Some(State::Down),
+                    expires_at: Some(None),
+                    ..Default::default()
+                };
+                self.update_tunnel(id, &change).await?;
+                downed.push(id);
+            }
+        }
+        if !(deleted.is_empty() && downed.is_empty()) {
+            info!(?deleted, ?downed, "tunnel lifetimes ended");
+        }
+        Ok((deleted, downed))
+    }
+
     /// Makes maps and routes match the store (at start, after a reload).
     pub async fn reconcile(&mut self) -> Result<Reconciled> {
         let tunnels = self.store.tunnels()?;
-        let specs: Vec<TunnelSpec> = tunnels.iter().map(|t| t.spec.clone()).collect();
+        let specs: Vec<TunnelSpec> = tunnels.iter().map(|t| self.projected(&t.spec)).collect();
         let r = self
             .maps
             .reconcile(&specs, &self.pop)
@@ -205,7 +293,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
         let record = self.store.create_tunnel(req, store::now())?;
         let id = record.spec.id;
         failpoint("create:after_store");
-        if let Err(e) = self.maps.install(&record.spec) {
+        if let Err(e) = self.maps.install(&self.projected(&record.spec)) {
             self.undo_create(id, false, &[]).await;
             return Err(BrokerError::Maps(e));
         }
@@ -271,7 +359,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
                 error!(id, error = %u, "undo: restoring the tunnel in the store failed");
             }
         };
-        if let Err(e) = self.maps.install(&record.spec) {
+        if let Err(e) = self.maps.install(&self.projected(&record.spec)) {
             undo(&mut self.store);
             return Err(BrokerError::Maps(e));
         }
@@ -302,6 +390,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
             }
         }
         failpoint("delete:after_routes");
+        self.asleep.remove(&id);
         info!(id, "tunnel deleted");
         Ok(record)
     }
@@ -313,7 +402,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
             return;
         }
         if uninstalled {
-            if let Err(e) = self.maps.install(&record.spec) {
+            if let Err(e) = self.maps.install(&self.projected(&record.spec)) {
                 error!(id, error = e, "undo: reinstalling the tunnel failed");
             }
         }

@@ -114,12 +114,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     };
     let dp = Dataplane::load(&opts).context("loading the data plane")?;
     let adopted = dp.adopted();
-    let mut broker = Broker {
-        store,
-        maps: dp,
-        routes: route_backend(&config).await?,
-        pop: config.pop(),
-    };
+    let mut broker = Broker::new(store, dp, route_backend(&config).await?, config.pop());
     if adopted {
         let n = broker.store.bump("adoptions")?;
         info!(adoptions = n, "took over the running data plane");

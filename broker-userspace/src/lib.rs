@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod failpoint;
+pub mod liveness;
 pub mod metrics;
 pub mod model;
 pub mod netlink;

@@ -17,6 +17,13 @@ pub(crate) struct FakeMaps {
     fail: bool,
 }
 
+impl<S> Broker<S, FakeMaps, FakeRoutes> {
+    /// What the fake data plane holds for `id`.
+    pub(crate) fn maps_installed(&self, id: u32) -> Option<TunnelSpec> {
+        self.maps.installed.get(&id).cloned()
+    }
+}
+
 impl Projection for FakeMaps {
     fn install(&mut self, spec: &TunnelSpec) -> Result<(), String> {
         if self.fail {
@@ -98,12 +105,12 @@ pub(crate) fn broker() -> Broker<SqliteStore, FakeMaps, FakeRoutes> {
         quarantine_secs: 0,
         v4v6: None,
     };
-    Broker {
-        store: SqliteStore::in_memory(pools).unwrap(),
-        maps: FakeMaps::default(),
-        routes: FakeRoutes::default(),
-        pop: Pop::ipv4_only(Ipv4Addr::new(192, 0, 2, 1)),
-    }
+    Broker::new(
+        SqliteStore::in_memory(pools).unwrap(),
+        FakeMaps::default(),
+        FakeRoutes::default(),
+        Pop::ipv4_only(Ipv4Addr::new(192, 0, 2, 1)),
+    )
 }
 
 fn req(remote: u8) -> NewTunnel {
@@ -207,6 +214,76 @@ fn an_added_routed_prefix_gets_its_route() {
     assert_eq!(b.maps.installed[&t.spec.id], u.spec);
     let routes = b.routes.routes.lock().unwrap().clone();
     assert_eq!(routes, u.spec.prefixes().collect());
+}
+
+#[test]
+fn a_sleeping_tunnel_is_installed_down_and_stays_up_in_the_store() {
+    let mut b = broker();
+    let t = block_on(b.create_tunnel(&NewTunnel {
+        keepalive: Some(30),
+        ..req(1)
+    }))
+    .unwrap();
+    assert!(b.set_asleep(t.spec.id, true).unwrap());
+    assert!(
+        !b.set_asleep(t.spec.id, true).unwrap(),
+        "no change the second time"
+    );
+    assert_eq!(b.maps.installed[&t.spec.id].state, State::Down);
+    assert_eq!(
+        b.maps.installed[&t.spec.id].keepalive,
+        Some(30),
+        "woken by traffic"
+    );
+    assert_eq!(
+        b.store.tunnel(t.spec.id).unwrap().unwrap().spec.state,
+        State::Up
+    );
+    // Other changes keep it asleep, a reconcile too.
+    let change = TunnelChange {
+        mtu: Some(1400),
+        ..Default::default()
+    };
+    block_on(b.update_tunnel(t.spec.id, &change)).unwrap();
+    assert_eq!(b.maps.installed[&t.spec.id].state, State::Down);
+    block_on(b.reconcile()).unwrap();
+    assert_eq!(b.maps.installed[&t.spec.id].state, State::Down);
+    assert!(b.set_asleep(t.spec.id, false).unwrap());
+    assert_eq!(b.maps.installed[&t.spec.id].state, State::Up);
+}
+
+#[test]
+fn lapsed_tunnels_are_deleted_when_anonymous_and_downed_when_owned() {
+    let mut b = broker();
+    b.create_user("alice", None).unwrap();
+    let anon = block_on(b.create_tunnel(&NewTunnel {
+        expires_at: Some(100),
+        ..req(1)
+    }))
+    .unwrap();
+    let owned = block_on(b.create_tunnel(&NewTunnel {
+        owner: Some("alice".into()),
+        expires_at: Some(100),
+        keepalive: Some(30),
+        ..req(2)
+    }))
+    .unwrap();
+    let forever = block_on(b.create_tunnel(&req(3))).unwrap();
+    assert_eq!(block_on(b.expire(99)).unwrap(), (vec![], vec![]));
+    assert_eq!(
+        block_on(b.expire(100)).unwrap(),
+        (vec![anon.spec.id], vec![owned.spec.id])
+    );
+    assert!(b.store.tunnel(anon.spec.id).unwrap().is_none());
+    let o = b.store.tunnel(owned.spec.id).unwrap().unwrap();
+    assert_eq!((o.spec.state, o.expires_at), (State::Down, None));
+    assert_eq!(o.spec.link_prefix, owned.spec.link_prefix, "addresses kept");
+    assert_eq!(b.maps.installed[&owned.spec.id].state, State::Down);
+    assert_eq!(
+        b.maps.installed[&owned.spec.id].keepalive, None,
+        "not woken by traffic: down both ways"
+    );
+    assert!(b.store.tunnel(forever.spec.id).unwrap().is_some());
 }
 
 #[test]

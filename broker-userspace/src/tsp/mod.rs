@@ -6,8 +6,10 @@
 //! - [`sasl`] — PLAIN and DIGEST-MD5;
 //! - [`xml`] — requests, offers, accept;
 //! - [`status`] — the status codes;
-//! - [`session`] — one session, messages in and replies out.
+//! - [`session`] — one session, messages in and replies out;
+//! - [`provider`] — a session's request made into a tunnel through the broker core.
 pub mod frame;
+pub mod provider;
 pub mod sasl;
 pub mod session;
 pub mod status;

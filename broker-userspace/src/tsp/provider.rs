@@ -1,0 +1,184 @@
+//! Turns a session's [`TunnelAsk`] into a tunnel, through the broker core, and the tunnel
+//! into the offer.
+//!
+//! An authenticated user has one TSP tunnel per family (IPv6: proto-41 or v6udpv4; IPv4:
+//! v4v6) and gets it back on every session: same link /64, same routed prefix, the
+//! endpoint and kind following the client (a new NAT mapping moves it). Anonymous clients
+//! get fresh addresses every time, and the tunnel is deleted when its lifetime ends.
+use std::net::IpAddr;
+
+use super::{
+    session::TunnelAsk,
+    status::Status,
+    xml::{Offer, RequestedType},
+};
+use crate::{
+    broker::{Broker, BrokerError, Projection, RouteOps},
+    config::TspConfig,
+    model::{Endpoint, Kind, State},
+    store::{self, NewTunnel, Origin, Store, StoreError, TunnelChange, TunnelRecord},
+};
+
+/// Makes (or finds and moves) the tunnel `ask` is for; returns its id and offer.
+pub async fn provide<S: Store, P: Projection, R: RouteOps>(
+    b: &mut Broker<S, P, R>,
+    ask: &TunnelAsk,
+    cfg: &TspConfig,
+) -> Result<(u32, Offer), Status> {
+    let now = store::now();
+    let lifetime = if ask.user.is_some() {
+        cfg.lifetime_secs
+    } else {
+        cfg.anonymous_lifetime_secs
+    };
+    let record = match &ask.user {
+        Some(user) => {
+            let existing = b
+                .store
+                .tsp_tunnel(user, ask.kind == Kind::V4In6)
+                .map_err(|e| status_of(&e.into()))?;
+            match existing {
+                Some(t) => {
+                    let change = TunnelChange {
+                        kind: Some(ask.kind),
+                        endpoint: Some(ask.endpoint),
+                        state: Some(State::Up),
+                        keepalive: Some(Some(ask.keepalive)),
+                        expires_at: Some(Some(now + lifetime)),
+                        add_routed_length: ask.router,
+                        mtu: None,
+                    };
+                    let r = b
+                        .update_tunnel(t.spec.id, &change)
+                        .await
+                        .map_err(|e| status_of(&e))?;
+                    // A new session is a sign of life.
+                    b.set_asleep(r.spec.id, false).map_err(|e| status_of(&e))?;
+                    r
+                }
+                None => create(b, ask, cfg, Some(user.clone()), now + lifetime).await?,
+            }
+        }
+        None => {
+            // A returning anonymous client from the same endpoint: its old tunnel goes,
+            // the new one has fresh addresses.
+            let stale: Vec<u32> = b
+                .store
+                .tunnels()
+                .map_err(|e| status_of(&e.into()))?
+                .into_iter()
+                .filter(|t| {
+                    t.origin == Origin::Tsp && t.owner.is_none() && t.spec.endpoint == ask.endpoint
+                })
+                .map(|t| t.spec.id)
+                .collect();
+            for id in stale {
+                b.delete_tunnel(id).await.map_err(|e| status_of(&e))?;
+            }
+            create(b, ask, cfg, None, now + lifetime).await?
+        }
+    };
+    let offer = offer_for(&record, ask, b, lifetime).ok_or(Status::ServerError)?;
+    Ok((record.spec.id, offer))
+}
+
+async fn create<S: Store, P: Projection, R: RouteOps>(
+    b: &mut Broker<S, P, R>,
+    ask: &TunnelAsk,
+    cfg: &TspConfig,
+    owner: Option<String>,
+    expires_at: u64,
+) -> Result<TunnelRecord, Status> {
+    let req = NewTunnel {
+        owner,
+        origin: Origin::Tsp,
+        kind: ask.kind,
+        state: State::Up,
+        endpoint: ask.endpoint,
+        mtu: cfg.mtu.0.min(ask.kind.mtu_max()),
+        keepalive: Some(ask.keepalive),
+        expires_at: Some(expires_at),
+        routed_length: ask.router,
+        link_prefix: None,
+        routed_prefix: None,
+    };
+    b.create_tunnel(&req).await.map_err(|e| status_of(&e))
+}
+
+/// The status a client can act on for a failure.
+fn status_of(e: &BrokerError) -> Status {
+    match e {
+        BrokerError::Store(StoreError::DuplicateEndpoint { .. }) => Status::Ipv4AlreadyUsed,
+        BrokerError::Store(StoreError::LengthNotOffered { .. }) => Status::UnsupportedPrefixLength,
+        BrokerError::Store(StoreError::PoolExhausted { pool: "routed", .. }) => {
+            Status::PrefixLengthUnavailable
+        }
+        BrokerError::Store(StoreError::PoolExhausted { .. } | StoreError::NoPool { .. }) => {
+            Status::NoTunnels
+        }
+        BrokerError::Invalid { field, .. } if field.contains("ipv6") => Status::InvalidIpv6,
+        BrokerError::Invalid { .. } => Status::InvalidIpv4,
+        other => {
+            tracing::warn!(error = %crate::broker::error_chain(other), "TSP: making the tunnel failed");
+            Status::ServerError
+        }
+    }
+}
+
+/// The offer for a tunnel as RFC 5572 lays it out: for tunnels carrying IPv6 the PoP's
+/// IPv4 and `::1`, the client's IPv4 and `::2`; for v4v6 the PoP's inner IPv4 and outer
+/// IPv6, the client's inner IPv4 and outer IPv6. Keepalives go to the PoP's inner address,
+/// which the data plane answers.
+fn offer_for<S, P, R>(
+    t: &TunnelRecord,
+    ask: &TunnelAsk,
+    b: &Broker<S, P, R>,
+    lifetime: u64,
+) -> Option<Offer> {
+    let s = &t.spec;
+    let pop = &b.pop;
+    let (tunnel_type, server_ipv4, server_ipv6, client_ipv4, client_ipv6, keepalive_to) =
+        match (s.kind, s.endpoint) {
+            (Kind::V4In6, Endpoint::Ipv6(client6)) => {
+                let gw = pop.v4v6_gateway()?;
+                (
+                    RequestedType::V4V6,
+                    gw,
+                    pop.ipv6?,
+                    s.client_v4?,
+                    client6,
+                    IpAddr::V4(gw),
+                )
+            }
+            (kind, endpoint) => {
+                let ty = if kind == Kind::V6Udp4 {
+                    RequestedType::V6UdpV4
+                } else {
+                    RequestedType::V6V4
+                };
+                let client4 = ask.claimed_ipv4.or(endpoint.ipv4())?;
+                (
+                    ty,
+                    pop.ipv4,
+                    s.pop_v6()?,
+                    client4,
+                    s.client_v6()?,
+                    IpAddr::V6(s.pop_v6()?),
+                )
+            }
+        };
+    Some(Offer {
+        tunnel_type,
+        lifetime,
+        mtu: s.mtu,
+        server_ipv4,
+        server_ipv6,
+        client_ipv4,
+        client_ipv6,
+        keepalive: s.keepalive.map(|k| (k, keepalive_to)),
+        router_prefix: ask.router.and(s.routed_prefixes.first().copied()),
+    })
+}
+
+#[cfg(test)]
+mod tests;

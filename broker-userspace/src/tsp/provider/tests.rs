@@ -1,0 +1,233 @@
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use super::*;
+use crate::{
+    broker::tests::{FakeMaps, FakeRoutes},
+    model::Pop,
+    store::{PoolSet, SqliteStore},
+};
+
+type TestBroker = Broker<SqliteStore, FakeMaps, FakeRoutes>;
+
+fn broker() -> TestBroker {
+    let pools = PoolSet {
+        link: vec!["2001:db8:20::/48".parse().unwrap()],
+        routed: vec!["2001:db8:3000::/47".parse().unwrap()],
+        routed_lengths: vec![48, 56],
+        quarantine_secs: 0,
+        v4v6: Some("203.0.113.0/24".parse().unwrap()),
+    };
+    let mut b = Broker::new(
+        SqliteStore::in_memory(pools).unwrap(),
+        FakeMaps::default(),
+        FakeRoutes::default(),
+        Pop {
+            ipv4: Ipv4Addr::new(192, 0, 2, 1),
+            ipv6: Some("2001:db8:ffff::1".parse().unwrap()),
+            tsp_port: Some(3653),
+            v4v6_pool: Some("203.0.113.0/24".parse().unwrap()),
+        },
+    );
+    b.create_user("alice", Some("alice-password")).unwrap();
+    b
+}
+
+fn cfg() -> TspConfig {
+    serde_yaml::from_str("{}").unwrap()
+}
+
+fn ask(user: Option<&str>, kind: Kind, endpoint: Endpoint, router: Option<u8>) -> TunnelAsk {
+    TunnelAsk {
+        user: user.map(Into::into),
+        kind,
+        endpoint,
+        claimed_ipv4: endpoint.ipv4(),
+        router,
+        keepalive: 30,
+    }
+}
+
+fn p41(last: u8) -> Endpoint {
+    Endpoint::Ipv4(Ipv4Addr::new(198, 51, 100, last))
+}
+
+fn udp(last: u8, port: u16) -> Endpoint {
+    Endpoint::Udp4(SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, last), port))
+}
+
+fn run<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+#[test]
+fn a_user_gets_the_same_tunnel_back_wherever_it_connects_from() {
+    let mut b = broker();
+    let (id, first) = run(provide(
+        &mut b,
+        &ask(Some("alice"), Kind::Proto41, p41(10), None),
+        &cfg(),
+    ))
+    .unwrap();
+    assert_eq!(first.tunnel_type, RequestedType::V6V4);
+    assert_eq!(first.server_ipv4, Ipv4Addr::new(192, 0, 2, 1));
+    assert_eq!(
+        first.server_ipv6,
+        "2001:db8:20::1".parse::<std::net::Ipv6Addr>().unwrap()
+    );
+    assert_eq!(
+        first.client_ipv6,
+        "2001:db8:20::2".parse::<std::net::Ipv6Addr>().unwrap()
+    );
+    assert_eq!(first.keepalive, Some((30, first.server_ipv6.into())));
+    assert_eq!(first.lifetime, cfg().lifetime_secs);
+    assert_eq!(first.router_prefix, None);
+    // Behind a NAT now, and in router mode: same tunnel, moved, with a prefix.
+    let (id2, second) = run(provide(
+        &mut b,
+        &ask(Some("alice"), Kind::V6Udp4, udp(77, 40000), Some(56)),
+        &cfg(),
+    ))
+    .unwrap();
+    assert_eq!(id2, id);
+    assert_eq!(second.tunnel_type, RequestedType::V6UdpV4);
+    assert_eq!(second.client_ipv6, first.client_ipv6);
+    let prefix = second.router_prefix.expect("a routed /56");
+    assert_eq!(prefix.prefix_len(), 56);
+    let t = b.store.tunnel(id).unwrap().unwrap();
+    assert_eq!(
+        (t.spec.kind, t.spec.endpoint),
+        (Kind::V6Udp4, udp(77, 40000))
+    );
+    assert_eq!(t.origin, Origin::Tsp);
+    assert!(t.expires_at.is_some());
+    assert_eq!(b.maps_installed(id), Some(t.spec.clone()));
+    // And again: the same prefix, never a second one.
+    let (_, third) = run(provide(
+        &mut b,
+        &ask(Some("alice"), Kind::V6Udp4, udp(77, 40001), Some(48)),
+        &cfg(),
+    ))
+    .unwrap();
+    assert_eq!(third.router_prefix, Some(prefix));
+}
+
+#[test]
+fn anonymous_clients_get_fresh_addresses_each_time() {
+    let mut b = broker();
+    let a = ask(None, Kind::V6Udp4, udp(5, 1000), None);
+    let (id1, o1) = run(provide(&mut b, &a, &cfg())).unwrap();
+    let (id2, o2) = run(provide(&mut b, &a, &cfg())).unwrap();
+    assert_ne!(id1, id2);
+    assert_ne!(o1.client_ipv6, o2.client_ipv6);
+    assert!(
+        b.store.tunnel(id1).unwrap().is_none(),
+        "the old one is gone"
+    );
+    assert_eq!(o2.lifetime, cfg().anonymous_lifetime_secs);
+    let t = b.store.tunnel(id2).unwrap().unwrap();
+    assert_eq!(t.owner, None);
+    assert!(t.expires_at.unwrap() >= store::now() + cfg().anonymous_lifetime_secs - 5);
+}
+
+#[test]
+fn conflicts_and_exhaustion_have_their_codes() {
+    let mut b = broker();
+    run(provide(
+        &mut b,
+        &ask(Some("alice"), Kind::Proto41, p41(10), None),
+        &cfg(),
+    ))
+    .unwrap();
+    // Someone else asks for proto-41 from the same address.
+    assert_eq!(
+        run(provide(
+            &mut b,
+            &ask(None, Kind::Proto41, p41(10), None),
+            &cfg()
+        ))
+        .unwrap_err(),
+        Status::Ipv4AlreadyUsed
+    );
+    b.create_user("bob", Some("bob-password")).unwrap();
+    assert_eq!(
+        run(provide(
+            &mut b,
+            &ask(Some("bob"), Kind::Proto41, p41(11), Some(64)),
+            &cfg()
+        ))
+        .unwrap_err(),
+        Status::UnsupportedPrefixLength
+    );
+    // The routed pool holds two /48s.
+    for (i, u) in ["bob", "carol", "dave"].iter().enumerate() {
+        if *u != "bob" {
+            b.create_user(u, Some("long-password")).unwrap();
+        }
+        let r = run(provide(
+            &mut b,
+            &ask(Some(u), Kind::Proto41, p41(20 + i as u8), Some(48)),
+            &cfg(),
+        ));
+        if i < 2 {
+            assert!(r.is_ok(), "{u}");
+        } else {
+            assert_eq!(r.unwrap_err(), Status::PrefixLengthUnavailable);
+        }
+    }
+}
+
+#[test]
+fn v4v6_offers_inner_ipv4_and_outer_ipv6() {
+    let mut b = broker();
+    let client6: std::net::Ipv6Addr = "2001:db8:ffff::6".parse().unwrap();
+    let (_, o) = run(provide(
+        &mut b,
+        &ask(Some("alice"), Kind::V4In6, Endpoint::Ipv6(client6), None),
+        &cfg(),
+    ))
+    .unwrap();
+    assert_eq!(o.tunnel_type, RequestedType::V4V6);
+    assert_eq!(o.server_ipv4, Ipv4Addr::new(203, 0, 113, 1));
+    assert_eq!(
+        o.server_ipv6,
+        "2001:db8:ffff::1".parse::<std::net::Ipv6Addr>().unwrap()
+    );
+    assert_eq!(o.client_ipv4, Ipv4Addr::new(203, 0, 113, 2));
+    assert_eq!(o.client_ipv6, client6);
+    assert_eq!(
+        o.keepalive,
+        Some((30, Ipv4Addr::new(203, 0, 113, 1).into()))
+    );
+    assert_eq!(o.mtu, 1280);
+    // Her IPv6 tunnel is another one.
+    let (id6, _) = run(provide(
+        &mut b,
+        &ask(Some("alice"), Kind::Proto41, p41(10), None),
+        &cfg(),
+    ))
+    .unwrap();
+    assert_eq!(b.store.tunnels().unwrap().len(), 2);
+    assert!(b
+        .store
+        .tunnel(id6)
+        .unwrap()
+        .unwrap()
+        .spec
+        .link_prefix
+        .is_some());
+}
+
+#[test]
+fn a_new_session_wakes_a_sleeping_tunnel() {
+    let mut b = broker();
+    let a = ask(Some("alice"), Kind::Proto41, p41(10), None);
+    let (id, _) = run(provide(&mut b, &a, &cfg())).unwrap();
+    b.set_asleep(id, true).unwrap();
+    assert_eq!(b.maps_installed(id).unwrap().state, State::Down);
+    run(provide(&mut b, &a, &cfg())).unwrap();
+    assert!(!b.is_asleep(id));
+    assert_eq!(b.maps_installed(id).unwrap().state, State::Up);
+}
