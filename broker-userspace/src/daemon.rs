@@ -18,15 +18,16 @@ use tracing::{info, warn};
 
 use crate::{
     api,
-    broker::{Broker, NoRoutes, RouteOps},
+    broker::{Broker, NoRoutes, Projection, RouteOps},
     config::Config,
     dataplane::{self, Dataplane},
+    liveness::{Liveness, Observed},
     metrics::Metrics,
-    model::TunnelSpec,
+    model::{State, TunnelSpec},
     netlink::{self, Netlink},
     routes::{RouteSettings, Routes},
-    store::{PoolSet, SqliteStore, Store},
-    sysctl,
+    store::{self, PoolSet, SqliteStore, Store},
+    sysctl, tsp,
 };
 
 /// The routes the broker writes: the kernel's, or none (`routes.enabled: false`).
@@ -143,12 +144,26 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     );
 
     let broker = Arc::new(Mutex::new(broker));
+    let metrics = Arc::new(Metrics::new(config.metrics.per_tunnel));
     let state = api::AppState {
         broker: broker.clone(),
         admin_token: config.api.admin_token.as_deref().map(Arc::from),
-        metrics: Arc::new(Metrics::new(config.metrics.per_tunnel)),
+        metrics: metrics.clone(),
         ready: Arc::new(AtomicBool::new(true)),
     };
+    if let Some(tsp_config) = &config.tsp {
+        let mut addrs = vec![std::net::IpAddr::V4(config.pop.ipv4.0)];
+        addrs.extend(config.pop.ipv6.map(|a| std::net::IpAddr::V6(a.0)));
+        let shared = Arc::new(tsp::server::Shared::new(
+            broker.clone(),
+            tsp_config.clone(),
+            metrics.clone(),
+        ));
+        tsp::server::serve(shared, &addrs)
+            .await
+            .context("starting the TSP server")?;
+    }
+    let watcher = tokio::spawn(watch_tunnels(broker.clone()));
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut api_task = tokio::spawn(api::serve(config.api.listen, api::router(state), async {
         let _ = api_stopped.await;
@@ -201,8 +216,61 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         }
     }
     let _ = stop_api.send(());
+    watcher.abort();
     info!("stopping; the data plane keeps forwarding (`broker dataplane detach` removes it)");
     Ok(())
+}
+
+/// How often tunnels with a keepalive are checked for silence.
+const LIVENESS_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+/// Lifetimes are checked every this many ticks.
+const EXPIRY_TICKS: u32 = 10;
+
+/// Puts silent tunnels to sleep and wakes them when their clients are heard (from the
+/// data plane's counters), and ends lapsed lifetimes.
+async fn watch_tunnels(broker: Arc<Mutex<Running>>) {
+    let mut liveness = Liveness::default();
+    let mut tick = tokio::time::interval(LIVENESS_TICK);
+    let mut n = 0u32;
+    loop {
+        tick.tick().await;
+        n = n.wrapping_add(1);
+        let mut b = broker.lock().await;
+        let tunnels = match b.store.tunnels() {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(error = %e, "liveness: reading the store failed");
+                continue;
+            }
+        };
+        let observed: Vec<Observed> = tunnels
+            .iter()
+            .filter(|t| t.spec.state == State::Up)
+            .filter_map(|t| {
+                let keepalive_secs = t.spec.keepalive?;
+                let c = b.maps.counters(t.spec.id)?;
+                Some(Observed {
+                    id: t.spec.id,
+                    from_client_packets: c.from_client_packets,
+                    keepalive_secs,
+                    asleep: b.is_asleep(t.spec.id),
+                })
+            })
+            .collect();
+        let changes = liveness.observe(std::time::Instant::now(), &observed);
+        for (ids, asleep) in [(changes.sleep, true), (changes.wake, false)] {
+            for id in ids {
+                if let Err(e) = b.set_asleep(id, asleep) {
+                    warn!(id, error = %crate::broker::error_chain(&e), "liveness change failed");
+                }
+            }
+        }
+        if n.is_multiple_of(EXPIRY_TICKS) {
+            if let Err(e) = b.expire(store::now()).await {
+                warn!(error = %crate::broker::error_chain(&e), "ending lifetimes failed");
+            }
+        }
+    }
 }
 
 /// Kernel settings the fast path relies on for an interface.

@@ -5,7 +5,7 @@ use anyhow::Context;
 use broker_userspace::{
     api::tunnels::TunnelOut,
     cli::{self, ApiClient},
-    client::proto41,
+    client::{self, proto41},
     clientconf,
     config::{AttachMode, Config},
     daemon,
@@ -242,6 +242,54 @@ enum ClientCommand {
         #[arg(long)]
         no_default_route: bool,
     },
+    /// A TSP client (RFC 5572, as gogoc): negotiates its tunnel with the broker (UDP,
+    /// then TCP), runs it on a TUN device, keeps it alive and negotiates again when it dies.
+    Tsp {
+        /// The broker: host, host:port or [IPv6]:port (default port 3653). DIGEST-MD5
+        /// names it in its digest-uri as given here.
+        #[arg(long)]
+        server: String,
+        /// Authenticate as this user (without one: anonymous).
+        #[arg(long, requires = "password")]
+        user: Option<String>,
+        /// The user's password (or BROKER_TSP_PASSWORD).
+        #[arg(long, env = "BROKER_TSP_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        /// Tunnel type: v6anyv4 lets the broker pick v6udpv4 behind a NAT, else v6v4.
+        #[arg(long = "type", value_enum, default_value_t = TspType::V6anyv4)]
+        tunnel_type: TspType,
+        /// host: an address; router: also a routed prefix.
+        #[arg(long, value_enum, default_value_t = TspMode::Host)]
+        mode: TspMode,
+        /// Length of the routed prefix asked for in router mode.
+        #[arg(long, default_value_t = 48)]
+        prefix_length: u8,
+        #[arg(long, value_enum, default_value_t = client::tsp::TransportChoice::Auto)]
+        transport: client::tsp::TransportChoice,
+        /// TUN device name.
+        #[arg(long, default_value = "tsp0")]
+        name: String,
+        /// Send keepalives at least this often (seconds), even if the broker offers less.
+        #[arg(long)]
+        keepalive: Option<u32>,
+        /// Do not route the default route (::/0, or 0.0.0.0/0 for v4v6) into the tunnel.
+        #[arg(long)]
+        no_default_route: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TspType {
+    V6anyv4,
+    V6v4,
+    V6udpv4,
+    V4v6,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TspMode {
+    Host,
+    Router,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -310,6 +358,39 @@ fn main() -> anyhow::Result<()> {
             default_route: !no_default_route,
             routes,
         })),
+        Command::Client {
+            command:
+                ClientCommand::Tsp {
+                    server,
+                    user,
+                    password,
+                    tunnel_type,
+                    mode,
+                    prefix_length,
+                    transport,
+                    name,
+                    keepalive,
+                    no_default_route,
+                },
+        } => {
+            use broker_userspace::tsp::xml::RequestedType;
+            runtime()?.block_on(client::tsp::run(client::tsp::Options {
+                server,
+                user,
+                password,
+                tunnel_type: match tunnel_type {
+                    TspType::V6anyv4 => RequestedType::V6AnyV4,
+                    TspType::V6v4 => RequestedType::V6V4,
+                    TspType::V6udpv4 => RequestedType::V6UdpV4,
+                    TspType::V4v6 => RequestedType::V4V6,
+                },
+                router: (mode == TspMode::Router).then_some(prefix_length),
+                transport,
+                name,
+                keepalive,
+                default_route: !no_default_route,
+            }))
+        }
     }
 }
 

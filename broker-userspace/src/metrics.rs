@@ -26,11 +26,13 @@ use crate::{
 
 type Labels = Vec<(&'static str, String)>;
 
-/// The metrics the process keeps itself (API requests); everything else is read at scrape.
+/// The metrics the process keeps itself (API requests, TSP sessions); everything else is
+/// read at scrape.
 #[derive(Debug)]
 pub struct Metrics {
     per_tunnel: bool,
     api: Family<Labels, Counter>,
+    tsp: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -38,7 +40,18 @@ impl Metrics {
         Self {
             per_tunnel,
             api: Family::default(),
+            tsp: Family::default(),
         }
+    }
+
+    /// Counts one ended (or established) TSP session by transport and outcome.
+    pub fn tsp_session(&self, transport: &str, outcome: &str) {
+        self.tsp
+            .get_or_create(&vec![
+                ("transport", transport.to_string()),
+                ("outcome", outcome.to_string()),
+            ])
+            .inc();
     }
 
     pub fn per_tunnel(&self) -> bool {
@@ -63,6 +76,12 @@ impl Metrics {
             "broker_api_requests",
             "HTTP API responses by route and status code",
             self.api.clone(),
+        );
+        registry.register(
+            "broker_tsp_sessions",
+            "TSP sessions by transport and outcome (established, auth_failed, refused, \
+             timeout, invalid, busy)",
+            self.tsp.clone(),
         );
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry)

@@ -3,7 +3,7 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use futures::StreamExt;
 use futures::TryStreamExt;
-use ipnet::{IpNet, Ipv6Net};
+use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::{Handle, LinkUnspec, MulticastGroup, RouteMessageBuilder};
 
@@ -90,12 +90,18 @@ impl Netlink {
         })
     }
 
-    /// Routes an IPv6 prefix out of a (point-to-point) interface.
-    pub async fn add_route6_dev(&self, prefix: Ipv6Net, index: u32) -> Result<()> {
-        let msg = RouteMessageBuilder::<Ipv6Addr>::new()
-            .destination_prefix(prefix.network(), prefix.prefix_len())
-            .output_interface(index)
-            .build();
+    /// Routes a prefix (either family) out of a (point-to-point) interface.
+    pub async fn add_route_dev(&self, prefix: IpNet, index: u32) -> Result<()> {
+        let msg = match prefix {
+            IpNet::V6(p) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(p.network(), p.prefix_len())
+                .output_interface(index)
+                .build(),
+            IpNet::V4(p) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                .destination_prefix(p.network(), p.prefix_len())
+                .output_interface(index)
+                .build(),
+        };
         self.handle
             .route()
             .add(msg)

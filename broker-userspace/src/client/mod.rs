@@ -1,5 +1,8 @@
 //! User-space tunnel clients: the client side of a tunnel for hosts whose kernel lacks it
-//! (no `sit` module) and for the lab. `proto41` is the RFC 4213 endpoint.
+//! (no `sit` module) and for the lab. `proto41` is the RFC 4213 endpoint, `tsp` a TSP
+//! client that negotiates its tunnel and runs it (with `keepalive`).
 
+pub mod keepalive;
 pub mod proto41;
+pub mod tsp;
 pub mod tun;

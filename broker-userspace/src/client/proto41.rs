@@ -116,11 +116,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     nl.up(index, u32::from(opts.mtu)).await?;
     nl.add_address(index, IpNet::V6(opts.address)).await?;
     if opts.default_route {
-        nl.add_route6_dev("::/0".parse().expect("valid"), index)
+        nl.add_route_dev("::/0".parse().expect("valid"), index)
             .await?;
     }
     for r in &opts.routes {
-        nl.add_route6_dev(*r, index).await?;
+        nl.add_route_dev(IpNet::V6(*r), index).await?;
     }
 
     let sock = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(41)))?;

@@ -7,10 +7,14 @@
 //! - [`xml`] — requests, offers, accept;
 //! - [`status`] — the status codes;
 //! - [`session`] — one session, messages in and replies out;
-//! - [`provider`] — a session's request made into a tunnel through the broker core.
+//! - [`provider`] — a session's request made into a tunnel through the broker core;
+//! - [`limits`] — per-source limits;
+//! - [`server`] — the sockets.
 pub mod frame;
+pub mod limits;
 pub mod provider;
 pub mod sasl;
+pub mod server;
 pub mod session;
 pub mod status;
 pub mod xml;

@@ -133,6 +133,10 @@ impl Session {
         }
     }
 
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+
     /// Whether the offer has been accepted.
     pub fn established(&self) -> bool {
         self.state == State::Established
@@ -184,6 +188,11 @@ impl Session {
             }
             State::Ready { user } => self.request(user, msg),
             State::Offered { tunnel } => self.accept(tunnel, msg),
+            State::Established if msg.starts_with(b"VERSION=") => {
+                // The client starts over on the same socket (restarted, same port).
+                self.pending = None;
+                self.version(msg)
+            }
             State::Established => {
                 // gogoc sends nothing framed once established; tsps echoes keepalives.
                 self.state = State::Established;

@@ -150,6 +150,10 @@ fn offer_accept_establish() {
     assert!(s.established());
     // Framed keepalives afterwards are echoed with an empty payload.
     assert_eq!(s.input(b"\r\n"), Step::Reply(Vec::new()));
+    assert_eq!(s.input(b"ping"), Step::Reply(Vec::new()));
+    // A client starting over on the same socket.
+    assert!(text(s.input(b"VERSION=2.0.2\r\n")).starts_with("CAPABILITY "));
+    assert!(!s.established());
 }
 
 #[test]

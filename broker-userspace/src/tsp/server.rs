@@ -1,0 +1,447 @@
+//! The TSP server's I/O: TCP connections and UDP datagrams in, [`Session`] steps out. All
+//! protocol decisions are the session's; this adds sockets, timeouts, per-source limits,
+//! the UDP retransmission cache and the broker calls.
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream, UdpSocket},
+    sync::Mutex,
+};
+use tracing::{debug, info, warn};
+
+use super::{
+    frame::{self, TcpFramer},
+    limits::Limits,
+    provider,
+    session::{Policy, Session, Step, Transport},
+    status::Status,
+};
+use crate::{
+    broker::{Broker, Projection, RouteOps},
+    config::TspConfig,
+    metrics::Metrics,
+    store::Store,
+};
+
+/// Pause between the `rspauth` line and `200 Success` on TCP: gogoc reads them with two
+/// `recv` calls and would hang if both arrived in the first.
+const DIGEST_GAP: Duration = Duration::from_millis(200);
+
+/// What every connection and datagram shares.
+pub struct Shared<S, P, R> {
+    pub broker: Arc<Mutex<Broker<S, P, R>>>,
+    pub config: TspConfig,
+    pub metrics: Arc<Metrics>,
+    limits: std::sync::Mutex<Limits>,
+}
+
+impl<S, P, R> Shared<S, P, R> {
+    pub fn new(
+        broker: Arc<Mutex<Broker<S, P, R>>>,
+        config: TspConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let limits = Limits::new(
+            config.sessions_per_source,
+            config.auth_failures_before_delay,
+        );
+        Self {
+            broker,
+            config,
+            metrics,
+            limits: std::sync::Mutex::new(limits),
+        }
+    }
+
+    fn policy(&self) -> Policy {
+        Policy {
+            auth: self.config.auth.clone(),
+            tunnel_types: self.config.tunnel_types.clone(),
+            realm: self.config.realm.clone(),
+            keepalive_secs: self.config.keepalive_secs,
+        }
+    }
+
+    fn limits(&self) -> std::sync::MutexGuard<'_, Limits> {
+        self.limits.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Binds TCP and UDP on each address; the tasks run until the process ends.
+pub async fn serve<S, P, R>(shared: Arc<Shared<S, P, R>>, addrs: &[IpAddr]) -> std::io::Result<()>
+where
+    S: Store + 'static,
+    P: Projection + 'static,
+    R: RouteOps + 'static,
+{
+    for ip in addrs {
+        let at = SocketAddr::new(*ip, shared.config.port);
+        let tcp = TcpListener::bind(at).await?;
+        let udp = Arc::new(UdpSocket::bind(at).await?);
+        info!(%at, "TSP listening on TCP and UDP");
+        tokio::spawn(accept(shared.clone(), tcp));
+        tokio::spawn(datagrams(shared.clone(), udp));
+    }
+    Ok(())
+}
+
+async fn accept<S, P, R>(shared: Arc<Shared<S, P, R>>, listener: TcpListener)
+where
+    S: Store + 'static,
+    P: Projection + 'static,
+    R: RouteOps + 'static,
+{
+    loop {
+        let (mut stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "TSP accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if !shared.limits().open(peer.ip()) {
+            shared.metrics.tsp_session("tcp", "busy");
+            let _ = stream
+                .write_all(Status::ServerTooBusy.line().as_bytes())
+                .await;
+            continue;
+        }
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let outcome = tcp_session(&shared, &mut stream, peer).await;
+            shared.limits().close(peer.ip());
+            debug!(%peer, outcome, "TSP session over TCP ended");
+        });
+    }
+}
+
+/// Runs one TCP session; returns its outcome label.
+async fn tcp_session<S, P, R>(
+    shared: &Shared<S, P, R>,
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+) -> &'static str
+where
+    S: Store,
+    P: Projection,
+    R: RouteOps,
+{
+    let mut session = Session::new(Transport::Tcp, peer, shared.policy());
+    let mut framer = TcpFramer::default();
+    let deadline = Instant::now() + Duration::from_secs(shared.config.negotiation_timeout_secs);
+    let mut buf = vec![0u8; 4096];
+    let outcome = loop {
+        let msg = match framer.next(shared.config.max_message) {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                let read = if session.established() {
+                    // The client keeps the connection open while its tunnel runs.
+                    stream.read(&mut buf).await
+                } else {
+                    match tokio::time::timeout_at(deadline.into(), stream.read(&mut buf)).await {
+                        Ok(r) => r,
+                        Err(_) => break "timeout",
+                    }
+                };
+                match read {
+                    Ok(0) | Err(_) => {
+                        break if session.established() {
+                            "ended"
+                        } else {
+                            "closed"
+                        };
+                    }
+                    Ok(n) => {
+                        framer.push(&buf[..n]);
+                        continue;
+                    }
+                }
+            }
+            Err(frame::TooLong) => {
+                let _ = stream
+                    .write_all(Status::InvalidRequest.line().as_bytes())
+                    .await;
+                break "invalid";
+            }
+        };
+        let step = session.input(&msg);
+        match drive(shared, &mut session, step, peer).await {
+            Driven::Send(bytes) => {
+                if stream.write_all(&bytes).await.is_err() {
+                    break "closed";
+                }
+                if let Some(p) = session.take_pending() {
+                    tokio::time::sleep(DIGEST_GAP).await;
+                    if stream.write_all(&p).await.is_err() {
+                        break "closed";
+                    }
+                }
+            }
+            Driven::Established(bytes) => {
+                let _ = stream.write_all(&bytes).await;
+                shared.metrics.tsp_session("tcp", "established");
+            }
+            Driven::Close(bytes, outcome, delay) => {
+                tokio::time::sleep(delay).await;
+                let _ = stream.write_all(&bytes).await;
+                break outcome;
+            }
+        }
+    };
+    if outcome != "ended" {
+        shared.metrics.tsp_session("tcp", outcome);
+    }
+    outcome
+}
+
+/// A session step carried through to something to send.
+enum Driven {
+    Send(Vec<u8>),
+    Established(Vec<u8>),
+    /// Send after the delay (failed authentications are answered late, the later the
+    /// more a source fails), then end the session.
+    Close(Vec<u8>, &'static str, Duration),
+}
+
+/// Answers the session's questions (passwords, tunnels) until it has something to send.
+async fn drive<S, P, R>(
+    shared: &Shared<S, P, R>,
+    session: &mut Session,
+    mut step: Step,
+    peer: SocketAddr,
+) -> Driven
+where
+    S: Store,
+    P: Projection,
+    R: RouteOps,
+{
+    loop {
+        step = match step {
+            Step::Reply(b) => return Driven::Send(b),
+            Step::Silent => return Driven::Send(Vec::new()),
+            Step::NeedPassword { user } => {
+                let password = shared
+                    .broker
+                    .lock()
+                    .await
+                    .store
+                    .user(&user)
+                    .ok()
+                    .flatten()
+                    .map(|u| u.password);
+                let next = session.password(password.as_deref());
+                if matches!(next, Step::Reply(_)) {
+                    shared.limits().succeeded(peer.ip());
+                    info!(%peer, user, "TSP user authenticated");
+                }
+                next
+            }
+            Step::NeedTunnel(ask) => {
+                let result = {
+                    let mut b = shared.broker.lock().await;
+                    provider::provide(&mut b, &ask, &shared.config).await
+                };
+                match &result {
+                    Ok((id, offer)) => info!(
+                        %peer,
+                        user = ask.user.as_deref().unwrap_or("(anonymous)"),
+                        tunnel = id,
+                        kind = offer.tunnel_type.as_str(),
+                        "TSP tunnel offered"
+                    ),
+                    Err(status) => {
+                        info!(%peer, code = status.code(), "TSP tunnel refused");
+                        shared
+                            .metrics
+                            .tsp_session(label(session.transport()), "refused");
+                    }
+                }
+                session.offered(result)
+            }
+            Step::Established { tunnel, reply } => {
+                info!(%peer, tunnel, "TSP tunnel established");
+                return Driven::Established(reply);
+            }
+            Step::Close(b) => {
+                if session.failure().is_some() {
+                    let delay = shared.limits().failed(peer.ip(), Instant::now());
+                    warn!(%peer, delay_ms = delay.as_millis() as u64, "TSP authentication failed");
+                    return Driven::Close(b, "auth_failed", delay);
+                }
+                return Driven::Close(b, "invalid", Duration::ZERO);
+            }
+        };
+    }
+}
+
+fn label(t: Transport) -> &'static str {
+    match t {
+        Transport::Tcp => "tcp",
+        Transport::Udp => "udp",
+    }
+}
+
+/// A UDP client's session and the last reply, resent when a request is retransmitted.
+struct UdpPeer {
+    session: Session,
+    last: Option<([u8; 4], Vec<u8>)>,
+    started: Instant,
+    seen: Instant,
+    /// Ended: the last reply is due at this time (a failed authentication's is delayed;
+    /// until then retransmissions get nothing), and the entry goes a little later.
+    closed: Option<Instant>,
+}
+
+/// How long an ended UDP session's last reply stays available for retransmissions.
+const LINGER: Duration = Duration::from_secs(10);
+
+async fn datagrams<S, P, R>(shared: Arc<Shared<S, P, R>>, socket: Arc<UdpSocket>)
+where
+    S: Store + 'static,
+    P: Projection + 'static,
+    R: RouteOps + 'static,
+{
+    let mut peers: HashMap<SocketAddr, UdpPeer> = HashMap::new();
+    let mut buf = vec![0u8; 65_536];
+    let mut tidy = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let (n, peer) = tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    debug!(error = %e, "TSP UDP receive failed");
+                    continue;
+                }
+            },
+            _ = tidy.tick() => {
+                expire_udp(&shared, &mut peers);
+                continue;
+            }
+        };
+        let Ok((header, payload)) = frame::parse_datagram(&buf[..n]) else {
+            // Not TSP (v6udpv4 data the data plane did not take, or noise).
+            continue;
+        };
+        let now = Instant::now();
+        if let Some(p) = peers.get_mut(&peer) {
+            p.seen = now;
+            let retransmitted = p.last.as_ref().filter(|(seq, _)| *seq == header.seq());
+            if let Some((_, reply)) = retransmitted {
+                // The same answer, the state does not move (and a delayed one stays so).
+                if p.closed.is_none_or(|due| now >= due) {
+                    let _ = socket.send_to(reply, peer).await;
+                }
+                continue;
+            }
+            if p.closed.is_some() {
+                if !payload.starts_with(b"VERSION=") {
+                    continue;
+                }
+                // The same client starting over from the same address and port.
+                *p = UdpPeer {
+                    session: Session::new(Transport::Udp, peer, shared.policy()),
+                    last: None,
+                    started: now,
+                    seen: now,
+                    closed: None,
+                };
+            }
+        } else {
+            if !shared.limits().open(peer.ip()) {
+                shared.metrics.tsp_session("udp", "busy");
+                let d = frame::datagram(&header, Status::ServerTooBusy.line().as_bytes());
+                let _ = socket.send_to(&d, peer).await;
+                continue;
+            }
+            peers.insert(
+                peer,
+                UdpPeer {
+                    session: Session::new(Transport::Udp, peer, shared.policy()),
+                    last: None,
+                    started: now,
+                    seen: now,
+                    closed: None,
+                },
+            );
+        }
+        let p = peers.get_mut(&peer).expect("inserted above");
+        if payload.len() > shared.config.max_message {
+            let d = frame::datagram(&header, Status::InvalidRequest.line().as_bytes());
+            let _ = socket.send_to(&d, peer).await;
+            close(&shared, p, header.seq(), d, now, "invalid");
+            continue;
+        }
+        let step = p.session.input(payload);
+        match drive(&shared, &mut p.session, step, peer).await {
+            Driven::Send(bytes) => {
+                let d = frame::datagram(&header, &bytes);
+                let _ = socket.send_to(&d, peer).await;
+                p.last = Some((header.seq(), d));
+            }
+            Driven::Established(bytes) => {
+                let d = frame::datagram(&header, &bytes);
+                let _ = socket.send_to(&d, peer).await;
+                p.last = Some((header.seq(), d));
+                shared.metrics.tsp_session("udp", "established");
+            }
+            Driven::Close(bytes, outcome, delay) => {
+                let d = frame::datagram(&header, &bytes);
+                // Not inline: one slowed-down source must not hold up the others.
+                let (socket, late) = (socket.clone(), d.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = socket.send_to(&late, peer).await;
+                });
+                close(&shared, p, header.seq(), d, now + delay, outcome);
+            }
+        }
+    }
+}
+
+/// Ends a UDP session: its last reply is kept for retransmissions until it lingers out.
+fn close<S, P, R>(
+    shared: &Shared<S, P, R>,
+    p: &mut UdpPeer,
+    seq: [u8; 4],
+    reply: Vec<u8>,
+    due: Instant,
+    outcome: &'static str,
+) {
+    p.last = Some((seq, reply));
+    p.closed = Some(due);
+    shared.metrics.tsp_session("udp", outcome);
+}
+
+/// Sessions that did not get their tunnel in time, and established ones silent for five
+/// keepalive intervals (the client went away; the data plane's liveness watches the
+/// tunnel itself).
+fn expire_udp<S, P, R>(shared: &Shared<S, P, R>, peers: &mut HashMap<SocketAddr, UdpPeer>) {
+    let now = Instant::now();
+    let negotiation = Duration::from_secs(shared.config.negotiation_timeout_secs);
+    let idle = Duration::from_secs(5 * u64::from(shared.config.keepalive_secs));
+    let gone: Vec<(SocketAddr, Option<&'static str>)> = peers
+        .iter()
+        .filter_map(|(a, p)| match p.closed {
+            Some(due) => (now > due + LINGER).then_some((*a, None)),
+            None if p.session.established() => {
+                (now.duration_since(p.seen) > idle).then_some((*a, None))
+            }
+            None => (now.duration_since(p.started) > negotiation).then_some((*a, Some("timeout"))),
+        })
+        .collect();
+    for (a, outcome) in gone {
+        peers.remove(&a);
+        shared.limits().close(a.ip());
+        if let Some(o) = outcome {
+            shared.metrics.tsp_session("udp", o);
+        }
+    }
+    shared.limits().tidy(now);
+}
