@@ -19,6 +19,14 @@ const PACKAGES: &[(&str, &str)] = &[
     ("procps", "sysctl in lab namespaces"),
     ("bpftool", "inspecting programs and maps"),
     ("prometheus", "promtool check metrics in the metrics test"),
+    (
+        "nftables",
+        "nft: the lab's NAT (masquerade) in front of TSP clients",
+    ),
+    (
+        "conntrack",
+        "conntrack -F: a new NAT mapping in the TSP test",
+    ),
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
