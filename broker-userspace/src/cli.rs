@@ -111,7 +111,7 @@ pub fn tunnels_table(ts: &[TunnelOut]) -> String {
             t.id,
             t.owner.as_deref().unwrap_or("-"),
             t.kind,
-            t.state,
+            if t.asleep { "asleep" } else { t.state.as_str() },
             remote(t),
             t.link_prefix
                 .clone()
@@ -150,7 +150,14 @@ pub fn tunnel_detail(t: &TunnelOut) -> String {
         ("owner", t.owner.clone().unwrap_or_else(|| "-".into())),
         ("origin", t.origin.clone()),
         ("kind", t.kind.clone()),
-        ("state", t.state.clone()),
+        (
+            "state",
+            if t.asleep {
+                format!("{} (asleep: its client is silent)", t.state)
+            } else {
+                t.state.clone()
+            },
+        ),
         ("client", remote(t)),
         (
             "PoP",

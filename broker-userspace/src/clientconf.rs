@@ -117,6 +117,7 @@ mod tests {
             origin: "api".into(),
             kind: "proto41".into(),
             state: "up".into(),
+            asleep: false,
             remote_ipv4: Some("198.51.100.10".into()),
             remote_port: None,
             remote_ipv6: None,

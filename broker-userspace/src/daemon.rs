@@ -192,8 +192,10 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                         || new.api != config.api
                         || new.pools != config.pools
                         || new.routes != config.routes
+                        || new.tsp != config.tsp
+                        || new.pop.ipv6 != config.pop.ipv6
                     {
-                        warn!("only tunnels and the PoP address are reloaded; other changes need a restart");
+                        warn!("only static tunnels and the PoP's IPv4 are reloaded; other changes need a restart");
                     }
                     let mut b = broker.lock().await;
                     b.pop = new.pop();

@@ -402,6 +402,11 @@ impl Lab {
             .ip(&[&family, "addr", "show", "dev", TSP_TUN])
     }
 
+    /// Sends `signal` to process `idx`.
+    pub fn signal_proc(&self, idx: usize, signal: i32) {
+        self.procs[idx].signal(signal);
+    }
+
     /// Stops process `idx` (SIGTERM, then SIGKILL).
     pub fn stop_proc(&mut self, idx: usize) {
         self.procs[idx].stop(Duration::from_secs(5));

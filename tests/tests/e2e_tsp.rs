@@ -194,6 +194,35 @@ fn direct_ipv6_only_and_router_clients() {
     assert!(addrs.contains(&first), "{first} not on {TSP_TUN}: {addrs}");
     wait_ping(&lab.inet6, &first, Duration::from_secs(10)).unwrap();
 
+    // The anonymous client falls silent (stopped): after five keepalive intervals its
+    // tunnel sleeps; its next packet wakes it.
+    let anon_id = a["id"].clone();
+    let asleep = |lab: &Lab| {
+        tunnels(lab)
+            .iter()
+            .find(|t| t["id"] == anon_id)
+            .map(|t| t["asleep"] == true)
+    };
+    lab.signal_proc(anon, libc::SIGSTOP);
+    let start = Instant::now();
+    while asleep(&lab) != Some(true) {
+        assert!(
+            start.elapsed() < Duration::from_secs(45),
+            "never went to sleep"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let slept_after = start.elapsed();
+    lab.signal_proc(anon, libc::SIGCONT);
+    wait_ping(
+        lab.host("t3"),
+        &INET6_HOST.to_string(),
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    assert_eq!(asleep(&lab), Some(false), "woken by its traffic");
+    eprintln!("silent tunnel asleep after {slept_after:?} (5 x 5 s keepalive)");
+
     // Bob reconnects (from scratch): the same prefix, the same tunnel.
     lab.stop_proc(router);
     let again = lab.start_tsp_client("t2", &server(), &router_args).unwrap();

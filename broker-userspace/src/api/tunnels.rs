@@ -26,6 +26,10 @@ pub struct TunnelOut {
     pub origin: String,
     pub kind: String,
     pub state: String,
+    /// The client fell silent (liveness of TSP tunnels): down in the data plane until it
+    /// is heard again, while `state` (the stored one) stays `up`.
+    #[serde(default)]
+    pub asleep: bool,
     /// The client's endpoint: IPv4 (proto41, v6udpv4) and port (v6udpv4), or IPv6 (v4v6).
     pub remote_ipv4: Option<String>,
     pub remote_port: Option<u16>,
@@ -76,7 +80,7 @@ impl From<TunnelStats> for Counters {
     }
 }
 
-fn out(r: &TunnelRecord, pop: &Pop, counters: Option<TunnelStats>) -> TunnelOut {
+fn out(r: &TunnelRecord, pop: &Pop, asleep: bool, counters: Option<TunnelStats>) -> TunnelOut {
     let s = &r.spec;
     let (remote_ipv4, remote_port, remote_ipv6) = match s.endpoint {
         Endpoint::Ipv4(a) => (Some(a.to_string()), None, None),
@@ -90,6 +94,7 @@ fn out(r: &TunnelRecord, pop: &Pop, counters: Option<TunnelStats>) -> TunnelOut 
         origin: r.origin.as_str().into(),
         kind: s.kind.as_str().into(),
         state: s.state.as_str().into(),
+        asleep,
         remote_ipv4,
         remote_port,
         remote_ipv6,
@@ -230,6 +235,7 @@ pub async fn list<S: Store, P: Projection, R: RouteOps>(
                 out(
                     t,
                     &b.pop,
+                    b.is_asleep(t.spec.id),
                     q.counters.then(|| b.maps.counters(t.spec.id)).flatten(),
                 )
             })
@@ -264,7 +270,12 @@ pub async fn show<S: Store, P: Projection, R: RouteOps>(
     let caller = authenticate(&state, &headers).await?;
     let t = visible(&state, &caller, tunnel_id(&id)?).await?;
     let b = state.broker.lock().await;
-    Ok(Json(out(&t, &b.pop, b.maps.counters(t.spec.id))))
+    Ok(Json(out(
+        &t,
+        &b.pop,
+        b.is_asleep(t.spec.id),
+        b.maps.counters(t.spec.id),
+    )))
 }
 
 pub async fn create<S: Store, P: Projection, R: RouteOps>(
@@ -328,7 +339,7 @@ pub async fn create<S: Store, P: Projection, R: RouteOps>(
     }
     let mut b = state.broker.lock().await;
     let t = b.create_tunnel(&new).await?;
-    Ok((StatusCode::CREATED, Json(out(&t, &b.pop, None))).into_response())
+    Ok((StatusCode::CREATED, Json(out(&t, &b.pop, false, None))).into_response())
 }
 
 pub async fn change<S: Store, P: Projection, R: RouteOps>(
@@ -383,7 +394,7 @@ pub async fn change<S: Store, P: Projection, R: RouteOps>(
     }
     let mut b = state.broker.lock().await;
     let t = b.update_tunnel(id, &change).await?;
-    Ok(Json(out(&t, &b.pop, None)))
+    Ok(Json(out(&t, &b.pop, b.is_asleep(id), None)))
 }
 
 pub async fn delete<S: Store, P: Projection, R: RouteOps>(

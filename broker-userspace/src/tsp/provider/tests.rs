@@ -10,8 +10,12 @@ use crate::{
 type TestBroker = Broker<SqliteStore, FakeMaps, FakeRoutes>;
 
 fn broker() -> TestBroker {
+    broker_with("2001:db8:20::/48")
+}
+
+fn broker_with(link_pool: &str) -> TestBroker {
     let pools = PoolSet {
-        link: vec!["2001:db8:20::/48".parse().unwrap()],
+        link: vec![link_pool.parse().unwrap()],
         routed: vec!["2001:db8:3000::/47".parse().unwrap()],
         routed_lengths: vec![48, 56],
         quarantine_secs: 0,
@@ -177,6 +181,33 @@ fn conflicts_and_exhaustion_have_their_codes() {
             assert_eq!(r.unwrap_err(), Status::PrefixLengthUnavailable);
         }
     }
+}
+
+#[test]
+fn an_exhausted_link_pool_is_no_more_tunnels() {
+    let mut b = broker_with("2001:db8:20::/63");
+    b.create_user("bob", Some("bob-password")).unwrap();
+    run(provide(
+        &mut b,
+        &ask(None, Kind::Proto41, p41(1), None),
+        &cfg(),
+    ))
+    .unwrap();
+    run(provide(
+        &mut b,
+        &ask(Some("bob"), Kind::Proto41, p41(2), None),
+        &cfg(),
+    ))
+    .unwrap();
+    assert_eq!(
+        run(provide(
+            &mut b,
+            &ask(None, Kind::Proto41, p41(3), None),
+            &cfg()
+        ))
+        .unwrap_err(),
+        Status::NoTunnels
+    );
 }
 
 #[test]
