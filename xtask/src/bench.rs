@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: the data plane benchmark (tests/benches/dataplane.rs), which
-//! writes docs/BENCHMARKS.md.
+//! writes docs/BENCHMARKS.md, then the TSP one (tests/benches/tsp.rs), which adds to it.
 use std::process::Command;
 
 use anyhow::{bail, Result};
@@ -32,5 +32,11 @@ pub fn run(o: Options) -> Result<()> {
             .env("BROKER_BIN", &broker)
             .env("BENCH_MAX_TUNNELS", o.max_tunnels.to_string())
             .env("BENCH_OUT", root().join("docs/BENCHMARKS.md")),
+    )?;
+    exec(
+        Command::new("cargo")
+            .args(["bench", "--locked", "-p", "broker-tests", "--bench", "tsp"])
+            .env("BROKER_BIN", &broker)
+            .env("BENCH_APPEND", root().join("docs/BENCHMARKS.md")),
     )
 }

@@ -68,7 +68,7 @@ pub enum NegotiateError {
     Io(#[from] io::Error),
     #[error("no answer from the server")]
     NoAnswer,
-    #[error("the server does not speak TSP 2.0.2 (status {0})")]
+    #[error("the server answered VERSION=2.0.2 with status {0} (302: another TSP version; 530: too busy)")]
     Version(u16),
     #[error("authentication failed")]
     AuthFailed,

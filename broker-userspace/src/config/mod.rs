@@ -296,7 +296,8 @@ pub struct TspConfig {
     /// A session must reach its tunnel offer within this many seconds.
     #[serde(default = "default_negotiation_timeout")]
     pub negotiation_timeout_secs: u64,
-    /// Concurrent sessions from one source address.
+    /// Concurrent negotiations from one source address (a session that got its tunnel no
+    /// longer counts: many clients may share one NAT's address).
     #[serde(default = "default_sessions_per_source")]
     pub sessions_per_source: usize,
     /// Authentication failures from one source before its answers are delayed (doubling

@@ -31,6 +31,20 @@ pub async fn provide<S: Store, P: Projection, R: RouteOps>(
     } else {
         cfg.anonymous_lifetime_secs
     };
+    // An anonymous tunnel from the same endpoint is this client's earlier anonymous
+    // session (or was left by another client at that address): anonymous tunnels are
+    // ephemeral, so it goes, and the new one (or the user's) takes the endpoint.
+    let stale: Vec<u32> = b
+        .store
+        .tunnels()
+        .map_err(|e| status_of(&e.into()))?
+        .into_iter()
+        .filter(|t| t.origin == Origin::Tsp && t.owner.is_none() && t.spec.endpoint == ask.endpoint)
+        .map(|t| t.spec.id)
+        .collect();
+    for id in stale {
+        b.delete_tunnel(id).await.map_err(|e| status_of(&e))?;
+    }
     let record = match &ask.user {
         Some(user) => {
             let existing = b
@@ -59,24 +73,7 @@ pub async fn provide<S: Store, P: Projection, R: RouteOps>(
                 None => create(b, ask, cfg, Some(user.clone()), now + lifetime).await?,
             }
         }
-        None => {
-            // A returning anonymous client from the same endpoint: its old tunnel goes,
-            // the new one has fresh addresses.
-            let stale: Vec<u32> = b
-                .store
-                .tunnels()
-                .map_err(|e| status_of(&e.into()))?
-                .into_iter()
-                .filter(|t| {
-                    t.origin == Origin::Tsp && t.owner.is_none() && t.spec.endpoint == ask.endpoint
-                })
-                .map(|t| t.spec.id)
-                .collect();
-            for id in stale {
-                b.delete_tunnel(id).await.map_err(|e| status_of(&e))?;
-            }
-            create(b, ask, cfg, None, now + lifetime).await?
-        }
+        None => create(b, ask, cfg, None, now + lifetime).await?,
     };
     let offer = offer_for(&record, ask, b, lifetime).ok_or(Status::ServerError)?;
     Ok((record.spec.id, offer))

@@ -116,7 +116,10 @@ where
         let shared = shared.clone();
         tokio::spawn(async move {
             let outcome = tcp_session(&shared, &mut stream, peer).await;
-            shared.limits().close(peer.ip());
+            if outcome != "ended" {
+                // An established session released its place when it got its tunnel.
+                shared.limits().close(peer.ip());
+            }
             debug!(%peer, outcome, "TSP session over TCP ended");
         });
     }
@@ -187,6 +190,9 @@ where
             Driven::Established(bytes) => {
                 let _ = stream.write_all(&bytes).await;
                 shared.metrics.tsp_session("tcp", "established");
+                // The limit is on negotiations; a client keeps its connection while its
+                // tunnel runs (gogoc), several clients may share a NAT's address.
+                shared.limits().close(peer.ip());
             }
             Driven::Close(bytes, outcome, delay) => {
                 tokio::time::sleep(delay).await;
@@ -297,6 +303,8 @@ struct UdpPeer {
     /// Ended: the last reply is due at this time (a failed authentication's is delayed;
     /// until then retransmissions get nothing), and the entry goes a little later.
     closed: Option<Instant>,
+    /// Holds a place in the per-source limit (until established or gone).
+    counted: bool,
 }
 
 /// How long an ended UDP session's last reply stays available for retransmissions.
@@ -345,12 +353,16 @@ where
                     continue;
                 }
                 // The same client starting over from the same address and port.
+                if !p.counted && !shared.limits().open(peer.ip()) {
+                    continue;
+                }
                 *p = UdpPeer {
                     session: Session::new(Transport::Udp, peer, shared.policy()),
                     last: None,
                     started: now,
                     seen: now,
                     closed: None,
+                    counted: true,
                 };
             }
         } else {
@@ -368,6 +380,7 @@ where
                     started: now,
                     seen: now,
                     closed: None,
+                    counted: true,
                 },
             );
         }
@@ -390,6 +403,10 @@ where
                 let _ = socket.send_to(&d, peer).await;
                 p.last = Some((header.seq(), d));
                 shared.metrics.tsp_session("udp", "established");
+                // The limit is on negotiations (see the TCP side).
+                if std::mem::take(&mut p.counted) {
+                    shared.limits().close(peer.ip());
+                }
             }
             Driven::Close(bytes, outcome, delay) => {
                 let d = frame::datagram(&header, &bytes);
@@ -437,8 +454,9 @@ fn expire_udp<S, P, R>(shared: &Shared<S, P, R>, peers: &mut HashMap<SocketAddr,
         })
         .collect();
     for (a, outcome) in gone {
-        peers.remove(&a);
-        shared.limits().close(a.ip());
+        if peers.remove(&a).is_some_and(|p| p.counted) {
+            shared.limits().close(a.ip());
+        }
         if let Some(o) = outcome {
             shared.metrics.tsp_session("udp", o);
         }

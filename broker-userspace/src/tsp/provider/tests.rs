@@ -134,6 +134,18 @@ fn anonymous_clients_get_fresh_addresses_each_time() {
     let t = b.store.tunnel(id2).unwrap().unwrap();
     assert_eq!(t.owner, None);
     assert!(t.expires_at.unwrap() >= store::now() + cfg().anonymous_lifetime_secs - 5);
+    // A user logging in from that endpoint takes it over.
+    let (id3, _) = run(provide(
+        &mut b,
+        &ask(Some("alice"), Kind::V6Udp4, udp(5, 1000), None),
+        &cfg(),
+    ))
+    .unwrap();
+    assert!(b.store.tunnel(id2).unwrap().is_none());
+    assert_eq!(
+        b.store.tunnel(id3).unwrap().unwrap().owner.as_deref(),
+        Some("alice")
+    );
 }
 
 #[test]
