@@ -5,7 +5,7 @@ use std::process::Command;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use crate::util::{build_broker, exec, is_root, root};
+use crate::util::{build_broker_release, exec, is_root, root};
 
 #[derive(Args)]
 pub struct Options {
@@ -18,7 +18,7 @@ pub fn run(o: Options) -> Result<()> {
     if !is_root() {
         bail!("the benchmark loads XDP programs and builds a lab: run it as root");
     }
-    let broker = build_broker()?;
+    let broker = build_broker_release()?;
     exec(
         Command::new("cargo")
             .args([

@@ -72,6 +72,20 @@ pub fn build_broker() -> Result<PathBuf> {
     Ok(root().join("target/debug/broker"))
 }
 
+/// Builds the optimised `broker` (for measurements) and returns its path.
+pub fn build_broker_release() -> Result<PathBuf> {
+    exec(Command::new("cargo").args([
+        "build",
+        "--locked",
+        "--release",
+        "-p",
+        "broker-userspace",
+        "--bin",
+        "broker",
+    ]))?;
+    Ok(root().join("target/release/broker"))
+}
+
 /// True when running as root.
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
