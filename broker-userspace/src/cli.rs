@@ -191,3 +191,66 @@ pub fn tunnel_detail(t: &TunnelOut) -> String {
     }
     s
 }
+
+/// A tunnel endpoint on the command line: `198.51.100.10`, `198.51.100.10:40000` or an
+/// IPv6 address, as the API's `remote_ipv4`, `remote_port` and `remote_ipv6` fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remote {
+    Ipv4(std::net::Ipv4Addr),
+    Udp4(std::net::SocketAddrV4),
+    Ipv6(std::net::Ipv6Addr),
+}
+
+impl std::str::FromStr for Remote {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(a) = s.parse() {
+            return Ok(Remote::Ipv4(a));
+        }
+        if let Ok(a) = s.parse() {
+            return Ok(Remote::Udp4(a));
+        }
+        if let Ok(a) = s.parse() {
+            return Ok(Remote::Ipv6(a));
+        }
+        Err(format!(
+            "{s:?} is not an IPv4 address, IPv4:port or IPv6 address"
+        ))
+    }
+}
+
+impl Remote {
+    /// The request fields.
+    pub fn json(&self) -> serde_json::Value {
+        match self {
+            Remote::Ipv4(a) => serde_json::json!({ "remote_ipv4": a.to_string() }),
+            Remote::Udp4(a) => serde_json::json!({
+                "remote_ipv4": a.ip().to_string(),
+                "remote_port": a.port(),
+            }),
+            Remote::Ipv6(a) => serde_json::json!({ "remote_ipv6": a.to_string() }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod remote_tests {
+    use super::Remote;
+
+    #[test]
+    fn endpoints_parse_into_the_api_fields() {
+        let r: Remote = "198.51.100.10:40000".parse().unwrap();
+        assert_eq!(
+            r.json(),
+            serde_json::json!({"remote_ipv4": "198.51.100.10", "remote_port": 40000})
+        );
+        let r: Remote = "2001:db8::6".parse().unwrap();
+        assert_eq!(r.json(), serde_json::json!({"remote_ipv6": "2001:db8::6"}));
+        let r: Remote = "198.51.100.10".parse().unwrap();
+        assert_eq!(
+            r.json(),
+            serde_json::json!({"remote_ipv4": "198.51.100.10"})
+        );
+        assert!("host.example".parse::<Remote>().is_err());
+    }
+}

@@ -112,9 +112,12 @@ impl ApiArgs {
 enum TunnelCommand {
     /// Create a tunnel; prefixes are allocated from the pools unless named.
     Add {
-        /// The client's IPv4 endpoint.
+        /// The client's endpoint: IPv4 (proto41), IPv4:port (v6udpv4) or IPv6 (v4v6).
         #[arg(long)]
-        remote: Ipv4Addr,
+        remote: cli::Remote,
+        /// proto41 (default), v6udpv4 or v4v6.
+        #[arg(long, value_enum)]
+        kind: Option<KindArg>,
         /// Owner (administrator only; a user creates for themselves).
         #[arg(long)]
         owner: Option<String>,
@@ -143,8 +146,9 @@ enum TunnelCommand {
     /// Change a tunnel's endpoint, state or MTU.
     Set {
         id: u32,
+        /// New endpoint: IPv4, IPv4:port or IPv6, as the tunnel's kind has.
         #[arg(long)]
-        remote: Option<Ipv4Addr>,
+        remote: Option<cli::Remote>,
         #[arg(long, value_enum)]
         state: Option<StateArg>,
         #[arg(long)]
@@ -152,6 +156,13 @@ enum TunnelCommand {
     },
     /// Delete a tunnel; its prefixes go into quarantine.
     Del { id: u32 },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KindArg {
+    Proto41,
+    V6udpv4,
+    V4v6,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -438,6 +449,7 @@ fn tunnel(api: &ApiArgs, command: TunnelCommand) -> anyhow::Result<()> {
     match command {
         TunnelCommand::Add {
             remote,
+            kind,
             owner,
             routed_length,
             mtu,
@@ -445,7 +457,15 @@ fn tunnel(api: &ApiArgs, command: TunnelCommand) -> anyhow::Result<()> {
             link_prefix,
             routed_prefix,
         } => {
-            let mut body = json!({ "remote_ipv4": remote.to_string() });
+            let mut body = remote.json();
+            if let Some(k) = kind {
+                body["kind"] = match k {
+                    KindArg::Proto41 => "proto41",
+                    KindArg::V6udpv4 => "v6udpv4",
+                    KindArg::V4v6 => "v4v6",
+                }
+                .into();
+            }
             let fields: [(&str, Option<Value>); 6] = [
                 ("owner", owner.map(Value::from)),
                 ("routed_prefix_length", routed_length.map(Value::from)),
@@ -488,10 +508,7 @@ fn tunnel(api: &ApiArgs, command: TunnelCommand) -> anyhow::Result<()> {
             state,
             mtu,
         } => {
-            let mut body = json!({});
-            if let Some(r) = remote {
-                body["remote_ipv4"] = r.to_string().into();
-            }
+            let mut body = remote.map_or_else(|| json!({}), |r| r.json());
             if let Some(s) = state {
                 body["state"] = s.as_str().into();
             }

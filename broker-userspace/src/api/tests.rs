@@ -454,6 +454,93 @@ fn bad_input_names_the_field_and_creates_nothing() {
 }
 
 #[test]
+fn tunnels_of_every_kind_take_their_own_endpoint_fields() {
+    let c = Client::new();
+    let (s, udp) = c.json(
+        Method::POST,
+        "/api/v1/tunnels",
+        Auth::Admin,
+        Some(json!({"kind": "v6udpv4", "remote_ipv4": "198.51.100.30", "remote_port": 40000})),
+    );
+    assert_eq!(s, StatusCode::CREATED, "{udp}");
+    assert_eq!(
+        (&udp["kind"], &udp["remote_port"], &udp["mtu"]),
+        (&json!("v6udpv4"), &json!(40000), &json!(1472))
+    );
+    let (s, v4v6) = c.json(
+        Method::POST,
+        "/api/v1/tunnels",
+        Auth::Admin,
+        Some(json!({"kind": "v4v6", "remote_ipv6": "2001:db8:fffe::6"})),
+    );
+    assert_eq!(s, StatusCode::CREATED, "{v4v6}");
+    assert_eq!(v4v6["client_ipv4"], "203.0.113.2");
+    assert_eq!(v4v6["pop_ipv4_inner"], "203.0.113.1");
+    assert_eq!(v4v6["pop_ipv6_endpoint"], "2001:db8:ffff::1");
+    assert!(v4v6["link_prefix"].is_null() && v4v6["remote_ipv4"].is_null());
+    // The port of a v6udpv4 tunnel alone can change.
+    let id = udp["id"].as_u64().unwrap();
+    let (s, moved) = c.json(
+        Method::PATCH,
+        &format!("/api/v1/tunnels/{id}"),
+        Auth::Admin,
+        Some(json!({"remote_port": 40001})),
+    );
+    assert_eq!(s, StatusCode::OK, "{moved}");
+    assert_eq!(
+        (&moved["remote_ipv4"], &moved["remote_port"]),
+        (&json!("198.51.100.30"), &json!(40001))
+    );
+    let bad: Vec<(Value, &str)> = vec![
+        (
+            json!({"kind": "v6udpv4", "remote_ipv4": "198.51.100.31"}),
+            "remote_port",
+        ),
+        (
+            json!({"kind": "v6udpv4", "remote_ipv4": "198.51.100.31", "remote_port": 0}),
+            "remote_port",
+        ),
+        (
+            json!({"kind": "v4v6", "remote_ipv4": "198.51.100.31"}),
+            "remote_ipv6",
+        ),
+        (json!({"kind": "v4v6"}), "remote_ipv6"),
+        (
+            json!({"remote_ipv4": "198.51.100.31", "remote_port": 1}),
+            "remote_port",
+        ),
+        (
+            json!({"remote_ipv4": "198.51.100.31", "remote_ipv6": "2001:db8::1"}),
+            "remote_ipv6",
+        ),
+        (
+            json!({"kind": "v6udpv4", "remote_ipv4": "198.51.100.31", "remote_port": 1, "mtu": 1480}),
+            "mtu",
+        ),
+        (
+            json!({"kind": "v4v6", "remote_ipv6": "2001:db8:ffff::1"}),
+            "remote_ipv6",
+        ),
+        (
+            json!({"kind": "gre", "remote_ipv4": "198.51.100.31"}),
+            "kind",
+        ),
+    ];
+    for (body, want) in bad {
+        let (s, v) = c.json(
+            Method::POST,
+            "/api/v1/tunnels",
+            Auth::Admin,
+            Some(body.clone()),
+        );
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {v}");
+        assert_eq!(field(&v), Some(want), "{body}: {v}");
+    }
+    let (_, all) = c.json(Method::GET, "/api/v1/tunnels", Auth::Admin, None);
+    assert_eq!(all.as_array().unwrap().len(), 2, "nothing half made");
+}
+
+#[test]
 fn nic_update_answers_like_tunnelbroker_net() {
     let c = Client::from_peer("198.51.100.30:5555");
     let pw = c.user("carol");

@@ -103,13 +103,18 @@ pub(crate) fn broker() -> Broker<SqliteStore, FakeMaps, FakeRoutes> {
         routed: vec!["2001:db8:1000::/40".parse().unwrap()],
         routed_lengths: vec![48, 56],
         quarantine_secs: 0,
-        v4v6: None,
+        v4v6: Some("203.0.113.0/24".parse().unwrap()),
     };
     Broker::new(
         SqliteStore::in_memory(pools).unwrap(),
         FakeMaps::default(),
         FakeRoutes::default(),
-        Pop::ipv4_only(Ipv4Addr::new(192, 0, 2, 1)),
+        Pop {
+            ipv4: Ipv4Addr::new(192, 0, 2, 1),
+            ipv6: Some("2001:db8:ffff::1".parse().unwrap()),
+            tsp_port: Some(3653),
+            v4v6_pool: Some("203.0.113.0/24".parse().unwrap()),
+        },
     )
 }
 

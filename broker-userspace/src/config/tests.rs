@@ -257,3 +257,82 @@ fn nexthop_age_is_checked() {
     assert_eq!(e.key, "dataplane.nexthop_max_age_ms");
     assert_eq!(e.line, Some(20));
 }
+
+const TSP: &str = "\
+instance: pop1
+interfaces: [{ name: eth0 }]
+pop:
+  ipv4: 192.0.2.1
+  ipv6: 2001:db8:ffff::1
+pools:
+  link: [2001:db8:20::/48]
+  v4v6: 203.0.113.128/25
+tsp:
+  auth: [digest-md5, anonymous]
+  tunnel_types: [v6v4, v6udpv4, v4v6]
+";
+
+#[test]
+fn tsp_defaults_and_what_the_data_plane_gets() {
+    let c = Config::parse(TSP).unwrap();
+    let t = c.tsp.as_ref().unwrap();
+    assert_eq!(t.port, 3653);
+    assert_eq!(t.keepalive_secs, 30);
+    assert_eq!(t.mtu, Mtu(1280));
+    let pop = c.pop();
+    assert_eq!(pop.tsp_port, Some(3653));
+    assert_eq!(pop.v4v6_gateway(), Some("203.0.113.129".parse().unwrap()));
+    // Off without the section.
+    assert_eq!(Config::parse(GOOD).unwrap().pop().tsp_port, None);
+    assert!(Config::parse(&format!(
+        "{GOOD}tsp: {{}}\npools:\n  link: [2001:db8:20::/48]\n"
+    ))
+    .is_ok());
+}
+
+#[test]
+fn tsp_rejections_name_the_key() {
+    let cases = [
+        (TSP.replace("  ipv6: 2001:db8:ffff::1\n", ""), "pools.v4v6"),
+        (
+            TSP.replace("  v4v6: 203.0.113.128/25\n", ""),
+            "tsp.tunnel_types",
+        ),
+        (
+            TSP.replace("  link: [2001:db8:20::/48]\n", ""),
+            "tsp.tunnel_types",
+        ),
+        (
+            TSP.replace("v4v6: 203.0.113.128/25", "v4v6: 203.0.113.128/31"),
+            "pools.v4v6",
+        ),
+        (
+            TSP.replace("v4v6: 203.0.113.128/25", "v4v6: 2001:db8::/64"),
+            "pools.v4v6",
+        ),
+        (format!("{TSP}  keepalive_secs: 2\n"), "tsp.keepalive_secs"),
+        (format!("{TSP}  realm: 'a,b'\n"), "tsp.realm"),
+        (format!("{TSP}  port: 0\n"), "tsp.port"),
+        (format!("{TSP}  max_message: 10\n"), "tsp.max_message"),
+        (
+            TSP.replace("auth: [digest-md5, anonymous]", "auth: []"),
+            "tsp.auth",
+        ),
+        (
+            TSP.replace("auth: [digest-md5, anonymous]", "auth: [kerberos]"),
+            "tsp.auth[0]",
+        ),
+        (
+            GOOD.replace(
+                "kind: proto41\n    state: up",
+                "kind: v6udpv4\n    state: up",
+            ),
+            "tunnels[0].kind",
+        ),
+    ];
+    for (text, key) in cases {
+        let e = err(&text);
+        assert_eq!(e.key, key, "{e}");
+        assert!(e.line.is_some(), "{e}: no line");
+    }
+}
