@@ -1,9 +1,10 @@
 //! `cargo xtask lab up|down`: the lab of network namespaces, left running in the
-//! background with the broker and one tunnel client per client namespace.
+//! background with the broker, one proto-41 client per client namespace, and two TSP
+//! clients: one behind a NAT (v6udpv4), one IPv6-only (v4v6).
 use std::path::PathBuf;
 
 use anyhow::Result;
-use broker_tests::lab::Lab;
+use broker_tests::lab::{Lab, POP_NATIVE_V6, POP_V4};
 use clap::Subcommand;
 
 use crate::util::build_broker;
@@ -48,11 +49,24 @@ pub fn run(cmd: LabCommand) -> Result<()> {
     }
 }
 
+/// The TSP user of the lab's NATed client.
+pub const TSP_USER: (&str, &str) = ("demo", "demo-password");
+
 /// Builds the broker, replaces any previous lab, and starts a new one.
 pub fn up(clients: u32) -> Result<Lab> {
     build_broker()?;
     Lab::destroy(PREFIX, INSTANCE, &state_dir())?;
-    let lab = Lab::start(PREFIX, clients, &state_dir(), "")?;
+    let mut lab = Lab::start(PREFIX, clients, &state_dir(), "")?;
+    lab.add_tsp_hosts()?;
+    lab.cli(&["user", "add", TSP_USER.0, "--password", TSP_USER.1])?;
+    let natted = lab.start_tsp_client(
+        "t1",
+        &POP_V4.to_string(),
+        &["--user", TSP_USER.0, "--password", TSP_USER.1],
+    )?;
+    let v6_only = lab.start_tsp_client("t6", &POP_NATIVE_V6.to_string(), &["--type", "v4v6"])?;
+    lab.wait_tsp_up("t1", natted, "-6")?;
+    lab.wait_tsp_up("t6", v6_only, "-4")?;
     lab.record_pids()?;
     Ok(lab)
 }
@@ -82,6 +96,19 @@ pub fn print_summary(lab: &Lab) {
             c.routed_prefix()
         );
     }
+    println!(
+        "  {:<16} NAT (198.51.100.200) in front of t1",
+        lab.host("nat").name()
+    );
+    println!(
+        "  {:<16} TSP client 203.0.113.10 behind the NAT, user {}: v6udpv4",
+        lab.host("t1").name(),
+        TSP_USER.0
+    );
+    println!(
+        "  {:<16} IPv6-only TSP client 2001:db8:fffe::6, anonymous: v4v6",
+        lab.host("t6").name()
+    );
     println!("config: {}", lab.config_path().display());
     println!("logs:   {}", lab.dir.display());
 }

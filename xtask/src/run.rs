@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::Result;
-use broker_tests::lab::INET6_HOST;
+use broker_tests::lab::{INET6_HOST, ISP_LAN_V4, TSP_TUN};
 use clap::Args;
 
 use crate::{
@@ -55,6 +55,34 @@ pub fn run(o: Options) -> Result<()> {
         lab.wait_reachable(c.index, INET6_HOST)?;
         print!("{}", lab.ping(c.index, INET6_HOST, 3, "0.2")?);
     }
+    for (role, what, dst, family) in [
+        (
+            "t1",
+            "behind the NAT, over v6udpv4",
+            INET6_HOST.to_string(),
+            "-6",
+        ),
+        (
+            "t6",
+            "IPv6-only, IPv4 over v4v6",
+            ISP_LAN_V4.to_string(),
+            "-4",
+        ),
+    ] {
+        let ns = lab.host(role);
+        println!("\n== TSP client in {} ({what}) pings {dst} ==", ns.name());
+        print!(
+            "{}",
+            ns.ip(&[family, "-br", "addr", "show", "dev", TSP_TUN])?
+        );
+        print!(
+            "{}",
+            ns.exec(
+                "ping",
+                &[family, "-n", "-c", "3", "-i", "0.2", "-W", "2", &dst]
+            )?
+        );
+    }
     println!("\n== broker stats --instance {} ==", lab::INSTANCE);
     print!("{}", lab.stats(false)?);
     println!(
@@ -66,6 +94,10 @@ pub fn run(o: Options) -> Result<()> {
     println!(
         "  ip netns exec {} ping -6 {INET6_HOST}",
         lab.clients[0].ns.name()
+    );
+    println!(
+        "  ip netns exec {} ping -6 {INET6_HOST}     # through the NAT, v6udpv4",
+        lab.host("t1").name()
     );
     println!(
         "  ip netns exec {} env BROKER_TOKEN={} target/debug/broker tunnel add --remote 198.51.100.99 --routed-length 56",
