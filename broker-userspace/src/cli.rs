@@ -101,13 +101,13 @@ pub fn tunnels_table(ts: &[TunnelOut]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:>6}  {:<10} {:<8} {:<9} {:<15} {:<22} {:<22} {:>5}",
+        "{:>6}  {:<10} {:<8} {:<9} {:<21} {:<22} {:<22} {:>5}",
         "id", "owner", "kind", "state", "remote", "link", "routed", "mtu"
     );
     for t in ts {
         let _ = writeln!(
             s,
-            "{:>6}  {:<10} {:<8} {:<9} {:<15} {:<22} {:<22} {:>5}",
+            "{:>6}  {:<10} {:<8} {:<9} {:<21} {:<22} {:<22} {:>5}",
             t.id,
             t.owner.as_deref().unwrap_or("-"),
             t.kind,

@@ -154,7 +154,18 @@ impl Lab {
         // isp: a bridge for the client LAN, routing to the PoP.
         let isp = &lab.isp;
         isp.sysctl("net.ipv4.ip_forward", "1")?;
-        isp.ip(&["link", "add", "br0", "type", "bridge"])?;
+        // A fixed MAC: a bridge otherwise takes the lowest of its ports', which changes
+        // when ports are added later (the TSP hosts) and leaves every client's neighbour
+        // entry for its gateway pointing nowhere until it expires.
+        isp.ip(&[
+            "link",
+            "add",
+            "br0",
+            "address",
+            "02:00:00:00:01:01",
+            "type",
+            "bridge",
+        ])?;
         isp.ip(&["addr", "add", &format!("{ISP_LAN_V4}/24"), "dev", "br0"])?;
         isp.ip(&["link", "set", "br0", "up"])?;
         veth(isp, "eth0", &lab.pop, "eth4")?;
