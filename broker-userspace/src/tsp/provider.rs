@@ -52,6 +52,11 @@ pub async fn provide<S: Store, P: Projection, R: RouteOps>(
                 .tsp_tunnel(user, ask.kind == Kind::V4In6)
                 .map_err(|e| status_of(&e.into()))?;
             match existing {
+                // The operator switched it off: a session does not switch it back on.
+                Some(t) if t.spec.state == State::Disabled => {
+                    tracing::info!(user, id = t.spec.id, "TSP: the user's tunnel is disabled");
+                    return Err(Status::ServerError);
+                }
                 Some(t) => {
                     let change = TunnelChange {
                         kind: Some(ask.kind),

@@ -264,6 +264,26 @@ fn v4v6_offers_inner_ipv4_and_outer_ipv6() {
 }
 
 #[test]
+fn a_tunnel_the_operator_disabled_stays_disabled() {
+    let mut b = broker();
+    let a = ask(Some("alice"), Kind::Proto41, p41(10), None);
+    let (id, _) = run(provide(&mut b, &a, &cfg())).unwrap();
+    let off = TunnelChange {
+        state: Some(State::Disabled),
+        ..Default::default()
+    };
+    run(b.update_tunnel(id, &off)).unwrap();
+    assert_eq!(
+        run(provide(&mut b, &a, &cfg())).unwrap_err(),
+        Status::ServerError
+    );
+    assert_eq!(
+        b.store.tunnel(id).unwrap().unwrap().spec.state,
+        State::Disabled
+    );
+}
+
+#[test]
 fn a_new_session_wakes_a_sleeping_tunnel() {
     let mut b = broker();
     let a = ask(Some("alice"), Kind::Proto41, p41(10), None);
