@@ -1,7 +1,7 @@
 //! From an IPv4-outer tunnel to native IPv6: proto-41 (`from_6in4`) and TSP's v6udpv4
 //! (IPv6 right after a UDP header). Validate the outer headers, find the tunnel by its
 //! endpoints, check the inner packet, strip, forward.
-use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use broker_common::{
     consts::{ETH_HDR_LEN, ETH_P_IPV6_BE, IPV4_HDR_LEN, UDP_HDR_LEN},
     csum,
@@ -10,8 +10,8 @@ use broker_common::{
 };
 
 use crate::{
-    forward,
-    headers::{Aligned, EthHdr, Ipv4Hdr, Ipv6Hdr, UdpHdr},
+    forward, head,
+    headers::{Aligned, Ipv4Hdr, Ipv6Hdr, UdpHdr},
     icmp6, maps,
     outcome::{Outcome, Verdict},
     ptr,
@@ -167,29 +167,6 @@ fn inner_ipv6(
 
     stats::tunnel(slot, Dir::FromClient, inner_len as u64);
     stats::event(Event::Decap, t.kind, inner_len as u64);
-    strip(ctx, outer)?;
+    head::shift(ctx, outer as i32, ETH_P_IPV6_BE)?;
     forward::native6(ctx, s, inner_len)
-}
-
-/// Removes `outer` bytes of headers after the Ethernet header, which moves forward and
-/// says IPv6.
-#[inline(always)]
-fn strip(ctx: &XdpContext, outer: usize) -> Result<(), DropReason> {
-    let eth = ptr::at::<EthHdr>(ctx, 0).ok_or(DropReason::Truncated)?;
-    // SAFETY: bounds checked; copied before the head moves.
-    let eth = unsafe { Aligned(*eth) };
-    // SAFETY: helper call on our own context.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, outer as i32) } != 0 {
-        return Err(DropReason::AdjustFailed);
-    }
-    let new = ptr::at::<EthHdr>(ctx, 0).ok_or(DropReason::AdjustFailed)?;
-    // SAFETY: bounds checked after the adjustment.
-    unsafe {
-        *new = EthHdr {
-            dst: eth.dst,
-            src: eth.src,
-            proto: ETH_P_IPV6_BE.to_ne_bytes(),
-        };
-    }
-    Ok(())
 }

@@ -1,7 +1,7 @@
 //! From native IPv6 into an IPv4-outer tunnel: proto-41 (`to_6in4`) or v6udpv4. The
 //! destination is inside a tunnel's prefix. Check state, hop limit and MTU, push the
 //! outer headers, forward.
-use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use broker_common::{
     consts::{
         ENCAP_TTL, ETH_HDR_LEN, ETH_P_IPV4_BE, IPPROTO_IPV6, IPPROTO_UDP, IPV4_HDR_LEN, UDP_HDR_LEN,
@@ -12,8 +12,8 @@ use broker_common::{
 };
 
 use crate::{
-    forward,
-    headers::{Aligned, EthHdr, Ipv4Hdr, Ipv6Hdr, UdpHdr},
+    forward, head,
+    headers::{Ipv4Hdr, Ipv6Hdr, UdpHdr},
     icmp6,
     outcome::Verdict,
     ptr,
@@ -92,14 +92,7 @@ fn push_ipv4(
     inner_len: usize,
     tos: u8,
 ) -> Result<(), DropReason> {
-    let eth = ptr::at::<EthHdr>(ctx, 0).ok_or(DropReason::Truncated)?;
-    // SAFETY: bounds checked; copied before the head moves.
-    let eth = unsafe { Aligned(*eth) };
-    // SAFETY: helper call on our own context.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(outer as i32)) } != 0 {
-        return Err(DropReason::AdjustFailed);
-    }
-    let new_eth = ptr::at::<EthHdr>(ctx, 0).ok_or(DropReason::AdjustFailed)?;
+    head::shift(ctx, -(outer as i32), ETH_P_IPV4_BE)?;
     let ip = ptr::at::<Ipv4Hdr>(ctx, ETH_HDR_LEN).ok_or(DropReason::AdjustFailed)?;
     let mut hdr = Ipv4Hdr {
         version_ihl: 0x45,
@@ -118,15 +111,8 @@ fn push_ipv4(
         dst: t.remote_v4,
     };
     hdr.check = csum::ipv4_header(hdr.as_bytes());
-    // SAFETY: both bounds checked after the adjustment; they do not overlap.
-    unsafe {
-        *new_eth = EthHdr {
-            dst: eth.dst,
-            src: eth.src,
-            proto: ETH_P_IPV4_BE.to_ne_bytes(),
-        };
-        *ip = hdr;
-    }
+    // SAFETY: bounds checked after the adjustment.
+    unsafe { *ip = hdr };
     Ok(())
 }
 

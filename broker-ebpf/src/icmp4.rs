@@ -1,10 +1,7 @@
 //! ICMPv4 generated in XDP for v4v6 tunnels: echo replies from the PoP's inner address
 //! (clients use them as keepalives) and "fragmentation needed" for packets with Don't
 //! Fragment over a tunnel's MTU (the IPv4 counterpart of Packet Too Big).
-use aya_ebpf::{
-    helpers::{bpf_csum_diff, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
-    programs::XdpContext,
-};
+use aya_ebpf::{helpers::bpf_csum_diff, programs::XdpContext};
 use broker_common::{
     consts::{
         ENCAP_TTL, ETH_HDR_LEN, ETH_P_IPV4_BE, FRAG_NEEDED_QUOTE_LEN, ICMPV4_DEST_UNREACH,
@@ -17,6 +14,7 @@ use broker_common::{
 };
 
 use crate::{
+    head,
     headers::{Aligned, EthHdr, IcmpHdr, Ipv4Hdr, Ipv6Hdr},
     icmp6::swap_macs,
     outcome::{Outcome, Verdict},
@@ -89,20 +87,7 @@ pub fn frag_needed(ctx: &XdpContext, s: &Settings, t: &Tunnel, slot: u32, len: u
         }
     }
 
-    // SAFETY: helper calls on our own context.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(FN_GROW as i32)) } != 0 {
-        return Err(DropReason::AdjustFailed);
-    }
-    let want = FN_QUOTE + FRAG_NEEDED_QUOTE_LEN;
-    let have = ptr::frame_len(ctx);
-    if have < want {
-        return Err(DropReason::AdjustFailed);
-    }
-    // SAFETY: helper call on our own context.
-    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, want as i32 - have as i32) } != 0 {
-        return Err(DropReason::AdjustFailed);
-    }
-
+    head::grow_and_cut(ctx, FN_GROW, FN_QUOTE + FRAG_NEEDED_QUOTE_LEN)?;
     let new_eth = ptr::at::<EthHdr>(ctx, 0).ok_or(DropReason::AdjustFailed)?;
     let new_ip = ptr::at::<Ipv4Hdr>(ctx, FN_IP).ok_or(DropReason::AdjustFailed)?;
     let body = ptr::at::<[u8; FN_BODY]>(ctx, FN_ICMP).ok_or(DropReason::AdjustFailed)?;

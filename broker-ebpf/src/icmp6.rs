@@ -1,10 +1,7 @@
 //! ICMPv6 generated in XDP: echo replies from the PoP's tunnel address (clients use them as
 //! keepalives) and Packet Too Big for packets over a tunnel's MTU (Katran's
 //! `send_icmp6_too_big`).
-use aya_ebpf::{
-    helpers::{bpf_csum_diff, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
-    programs::XdpContext,
-};
+use aya_ebpf::{helpers::bpf_csum_diff, programs::XdpContext};
 use broker_common::{
     consts::{
         ETH_HDR_LEN, ETH_P_IPV6_BE, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, ICMPV6_HDR_LEN,
@@ -17,6 +14,7 @@ use broker_common::{
 };
 
 use crate::{
+    head,
     headers::{Aligned, EthHdr, IcmpHdr, Ipv4Hdr, Ipv6Hdr, UdpHdr},
     outcome::{Outcome, Verdict},
     ptr,
@@ -138,19 +136,7 @@ pub fn packet_too_big(ctx: &XdpContext, t: &Tunnel, slot: u32, len: usize) -> Ve
 
     // Grow the head by the new IPv6 + ICMPv6 headers; the offending packet's IPv6 header
     // then starts exactly where the quote belongs. Then cut the tail after the quote.
-    // SAFETY: helper calls on our own context.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(PTB_GROW as i32)) } != 0 {
-        return Err(DropReason::AdjustFailed);
-    }
-    let want = PTB_QUOTE + PTB_QUOTE_LEN;
-    let have = ptr::frame_len(ctx);
-    if have < want {
-        return Err(DropReason::AdjustFailed);
-    }
-    // SAFETY: helper call on our own context.
-    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, want as i32 - have as i32) } != 0 {
-        return Err(DropReason::AdjustFailed);
-    }
+    head::grow_and_cut(ctx, PTB_GROW, PTB_QUOTE + PTB_QUOTE_LEN)?;
 
     let new_eth = ptr::at::<EthHdr>(ctx, 0).ok_or(DropReason::AdjustFailed)?;
     let new_ip = ptr::at::<Ipv6Hdr>(ctx, PTB_IP).ok_or(DropReason::AdjustFailed)?;

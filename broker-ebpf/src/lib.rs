@@ -2,6 +2,7 @@
 //!
 //! - [`ptr`] — every packet access, bounds-checked;
 //! - [`headers`] — the wire headers;
+//! - [`head`] — stripping and pushing outer headers, reshaping into ICMP errors;
 //! - [`maps`] — the maps, written by the controller, read here (counters written here);
 //! - [`stats`] — counting;
 //! - [`ingress`] — classify a frame: tunnel packet to decapsulate, native packet to
@@ -17,6 +18,7 @@
 pub mod decap;
 pub mod encap;
 pub mod forward;
+pub mod head;
 pub mod headers;
 pub mod icmp4;
 pub mod icmp6;

@@ -1,7 +1,7 @@
 //! IPv4 in IPv6 (TSP `v4v6`, RFC 2473): IPv4 service for IPv6-only clients. Both
 //! directions: an IPv6 packet with next header 4 from the client's IPv6 to the PoP's is
 //! decapsulated to native IPv4; native IPv4 to a client's inner address is encapsulated.
-use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use broker_common::{
     consts::{ENCAP_TTL, ETH_HDR_LEN, ETH_P_IPV4_BE, ETH_P_IPV6_BE, IPPROTO_IPV4, IPV6_HDR_LEN},
     csum,
@@ -11,8 +11,8 @@ use broker_common::{
 
 use crate::{
     encap::Origin,
-    forward,
-    headers::{Aligned, EthHdr, Ipv4Hdr, Ipv6Hdr},
+    forward, head,
+    headers::{Aligned, Ipv4Hdr, Ipv6Hdr},
     icmp4, maps,
     outcome::Verdict,
     ptr,
@@ -66,7 +66,7 @@ pub fn decap(ctx: &XdpContext, s: &Settings) -> Verdict {
 
     stats::tunnel(slot, Dir::FromClient, inner_len as u64);
     stats::event(Event::Decap, t.kind, inner_len as u64);
-    strip(ctx)?;
+    head::shift(ctx, IPV6_HDR_LEN as i32, ETH_P_IPV4_BE)?;
     forward::native4(ctx, s, inner_len)
 }
 
@@ -104,48 +104,14 @@ pub fn encap(ctx: &XdpContext, s: &Settings, slot: u32, origin: Origin) -> Verdi
     forward::to_client(ctx, s, t, slot, IPV6_HDR_LEN, len + IPV6_HDR_LEN, tos)
 }
 
-/// Removes the outer IPv6 header; the Ethernet header moves forward and says IPv4.
-#[inline(always)]
-fn strip(ctx: &XdpContext) -> Result<(), DropReason> {
-    let eth = ptr::at::<EthHdr>(ctx, 0).ok_or(DropReason::Truncated)?;
-    // SAFETY: bounds checked; copied before the head moves.
-    let eth = unsafe { Aligned(*eth) };
-    // SAFETY: helper call on our own context.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, IPV6_HDR_LEN as i32) } != 0 {
-        return Err(DropReason::AdjustFailed);
-    }
-    let new = ptr::at::<EthHdr>(ctx, 0).ok_or(DropReason::AdjustFailed)?;
-    // SAFETY: bounds checked after the adjustment.
-    unsafe {
-        *new = EthHdr {
-            dst: eth.dst,
-            src: eth.src,
-            proto: ETH_P_IPV4_BE.to_ne_bytes(),
-        };
-    }
-    Ok(())
-}
-
 /// Prepends the outer IPv6 header (RFC 2473): next header 4, hop limit 64, the inner TOS
 /// as traffic class, from the PoP's IPv6 to the client's.
 #[inline(always)]
 fn push_ipv6(ctx: &XdpContext, t: &Tunnel, inner_len: usize, tos: u8) -> Result<(), DropReason> {
-    let eth = ptr::at::<EthHdr>(ctx, 0).ok_or(DropReason::Truncated)?;
-    // SAFETY: bounds checked; copied before the head moves.
-    let eth = unsafe { Aligned(*eth) };
-    // SAFETY: helper call on our own context.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPV6_HDR_LEN as i32)) } != 0 {
-        return Err(DropReason::AdjustFailed);
-    }
-    let new_eth = ptr::at::<EthHdr>(ctx, 0).ok_or(DropReason::AdjustFailed)?;
+    head::shift(ctx, -(IPV6_HDR_LEN as i32), ETH_P_IPV6_BE)?;
     let outer = ptr::at::<Ipv6Hdr>(ctx, ETH_HDR_LEN).ok_or(DropReason::AdjustFailed)?;
-    // SAFETY: both bounds checked after the adjustment; they do not overlap.
+    // SAFETY: bounds checked after the adjustment.
     unsafe {
-        *new_eth = EthHdr {
-            dst: eth.dst,
-            src: eth.src,
-            proto: ETH_P_IPV6_BE.to_ne_bytes(),
-        };
         let o = &mut *outer;
         o.vtc_flow = [0x60 | (tos >> 4), tos << 4, 0, 0];
         o.payload_len = (inner_len as u16).to_be_bytes();

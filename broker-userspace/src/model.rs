@@ -92,6 +92,15 @@ impl Endpoint {
         }
     }
 
+    /// The endpoint as the API's and the store's fields: client IPv4, UDP port, IPv6.
+    pub fn parts(&self) -> (Option<Ipv4Addr>, Option<u16>, Option<Ipv6Addr>) {
+        match self {
+            Endpoint::Ipv4(a) => (Some(*a), None, None),
+            Endpoint::Udp4(a) => (Some(*a.ip()), Some(a.port()), None),
+            Endpoint::Ipv6(a) => (None, None, Some(*a)),
+        }
+    }
+
     /// Whether this endpoint suits a tunnel of `kind`.
     pub fn fits(&self, kind: Kind) -> bool {
         matches!(

@@ -82,11 +82,7 @@ impl From<TunnelStats> for Counters {
 
 fn out(r: &TunnelRecord, pop: &Pop, asleep: bool, counters: Option<TunnelStats>) -> TunnelOut {
     let s = &r.spec;
-    let (remote_ipv4, remote_port, remote_ipv6) = match s.endpoint {
-        Endpoint::Ipv4(a) => (Some(a.to_string()), None, None),
-        Endpoint::Udp4(a) => (Some(a.ip().to_string()), Some(a.port()), None),
-        Endpoint::Ipv6(a) => (None, None, Some(a.to_string())),
-    };
+    let (v4, remote_port, v6) = s.endpoint.parts();
     let v4v6 = s.kind == Kind::V4In6;
     TunnelOut {
         id: s.id,
@@ -95,9 +91,9 @@ fn out(r: &TunnelRecord, pop: &Pop, asleep: bool, counters: Option<TunnelStats>)
         kind: s.kind.as_str().into(),
         state: s.state.as_str().into(),
         asleep,
-        remote_ipv4,
+        remote_ipv4: v4.map(|a| a.to_string()),
         remote_port,
-        remote_ipv6,
+        remote_ipv6: v6.map(|a| a.to_string()),
         pop_ipv4: (!v4v6).then(|| pop.ipv4.to_string()),
         pop_ipv6_endpoint: pop.ipv6.filter(|_| v4v6).map(|a| a.to_string()),
         link_prefix: s.link_prefix.map(|p| p.to_string()),
@@ -204,6 +200,22 @@ fn endpoint_of(
     }
 }
 
+/// An MTU within the kind's largest (the field's type already holds 1280-1480).
+fn mtu_for(kind: Kind, m: Mtu) -> Result<u16, ApiError> {
+    if m.0 > kind.mtu_max() {
+        return Err(ApiError::unprocessable(
+            Some("mtu".into()),
+            format!(
+                "mtu: {} is above {}, the most for {} tunnels",
+                m.0,
+                kind.mtu_max(),
+                kind.as_str()
+            ),
+        ));
+    }
+    Ok(m.0)
+}
+
 fn model_state(s: TunnelState) -> TState {
     match s {
         TunnelState::Up => TState::Up,
@@ -302,17 +314,7 @@ pub async fn create<S: Store, P: Projection, R: RouteOps>(
         req.remote_ipv6.map(|a| a.0),
     )?;
     let mtu = match req.mtu {
-        Some(m) if m.0 > kind.mtu_max() => {
-            return Err(ApiError::unprocessable(
-                Some("mtu".into()),
-                format!(
-                    "mtu: at most {} for {} tunnels",
-                    kind.mtu_max(),
-                    kind.as_str()
-                ),
-            ))
-        }
-        Some(m) => m.0,
+        Some(m) => mtu_for(kind, m)?,
         None => kind.mtu_max(),
     };
     let new = NewTunnel {
@@ -355,11 +357,7 @@ pub async fn change<S: Store, P: Projection, R: RouteOps>(
     let endpoint =
         if req.remote_ipv4.is_some() || req.remote_port.is_some() || req.remote_ipv6.is_some() {
             // Fields not given keep their value.
-            let (v4, port, v6) = match current.spec.endpoint {
-                Endpoint::Ipv4(a) => (Some(a), None, None),
-                Endpoint::Udp4(a) => (Some(*a.ip()), Some(a.port()), None),
-                Endpoint::Ipv6(a) => (None, None, Some(a)),
-            };
+            let (v4, port, v6) = current.spec.endpoint.parts();
             Some(endpoint_of(
                 kind,
                 req.remote_ipv4.map(|a| a.0).or(v4),
@@ -369,21 +367,10 @@ pub async fn change<S: Store, P: Projection, R: RouteOps>(
         } else {
             None
         };
-    if let Some(m) = req.mtu.filter(|m| m.0 > kind.mtu_max()) {
-        return Err(ApiError::unprocessable(
-            Some("mtu".into()),
-            format!(
-                "mtu: {} is above {}, the most for {} tunnels",
-                m.0,
-                kind.mtu_max(),
-                kind.as_str()
-            ),
-        ));
-    }
     let change = TunnelChange {
         endpoint,
         state: req.state.map(model_state),
-        mtu: req.mtu.map(|m| m.0),
+        mtu: req.mtu.map(|m| mtu_for(kind, m)).transpose()?,
         ..Default::default()
     };
     if change == TunnelChange::default() {

@@ -98,9 +98,15 @@ impl RouteOps for FakeRoutes {
 }
 
 pub(crate) fn broker() -> Broker<SqliteStore, FakeMaps, FakeRoutes> {
+    broker_with("2001:db8:10::/48", "2001:db8:1000::/40")
+}
+
+/// A broker over an in-memory store with these link and routed pools (lengths 48 and 56,
+/// no quarantine, v4v6 from 203.0.113.0/24), fake projections and a PoP with every kind.
+pub(crate) fn broker_with(link: &str, routed: &str) -> Broker<SqliteStore, FakeMaps, FakeRoutes> {
     let pools = PoolSet {
-        link: vec!["2001:db8:10::/48".parse().unwrap()],
-        routed: vec!["2001:db8:1000::/40".parse().unwrap()],
+        link: vec![link.parse().unwrap()],
+        routed: vec![routed.parse().unwrap()],
         routed_lengths: vec![48, 56],
         quarantine_secs: 0,
         v4v6: Some("203.0.113.0/24".parse().unwrap()),

@@ -176,11 +176,8 @@ fn record(r: Row, routed: Vec<Ipv6Net>) -> Result<TunnelRecord> {
 
 /// The endpoint columns (`remote_v4`, `remote_port`, `remote_v6`) of an endpoint.
 fn endpoint_columns(e: &Endpoint) -> (Option<String>, Option<u16>, Option<String>) {
-    match e {
-        Endpoint::Ipv4(a) => (Some(a.to_string()), None, None),
-        Endpoint::Udp4(a) => (Some(a.ip().to_string()), Some(a.port()), None),
-        Endpoint::Ipv6(a) => (None, None, Some(a.to_string())),
-    }
+    let (v4, port, v6) = e.parts();
+    (v4.map(|a| a.to_string()), port, v6.map(|a| a.to_string()))
 }
 
 fn load_tunnels(conn: &Connection, id: Option<u32>) -> Result<Vec<TunnelRecord>> {

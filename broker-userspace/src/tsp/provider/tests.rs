@@ -3,8 +3,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use super::*;
 use crate::{
     broker::tests::{FakeMaps, FakeRoutes},
-    model::Pop,
-    store::{PoolSet, SqliteStore},
+    store::SqliteStore,
 };
 
 type TestBroker = Broker<SqliteStore, FakeMaps, FakeRoutes>;
@@ -13,25 +12,9 @@ fn broker() -> TestBroker {
     broker_with("2001:db8:20::/48")
 }
 
+/// Routed pool: two /48s.
 fn broker_with(link_pool: &str) -> TestBroker {
-    let pools = PoolSet {
-        link: vec![link_pool.parse().unwrap()],
-        routed: vec!["2001:db8:3000::/47".parse().unwrap()],
-        routed_lengths: vec![48, 56],
-        quarantine_secs: 0,
-        v4v6: Some("203.0.113.0/24".parse().unwrap()),
-    };
-    let mut b = Broker::new(
-        SqliteStore::in_memory(pools).unwrap(),
-        FakeMaps::default(),
-        FakeRoutes::default(),
-        Pop {
-            ipv4: Ipv4Addr::new(192, 0, 2, 1),
-            ipv6: Some("2001:db8:ffff::1".parse().unwrap()),
-            tsp_port: Some(3653),
-            v4v6_pool: Some("203.0.113.0/24".parse().unwrap()),
-        },
-    );
+    let mut b = crate::broker::tests::broker_with(link_pool, "2001:db8:3000::/47");
     b.create_user("alice", Some("alice-password")).unwrap();
     b
 }
