@@ -37,11 +37,7 @@ pub fn proto41(ctx: &XdpContext, s: &Settings) -> Verdict {
         remote: ip.src,
         local: ip.dst,
     };
-    let slot = maps::P41_ENDPOINTS
-        .get_ptr(key)
-        // SAFETY: a u32 value in a map the program only reads.
-        .map(|p| unsafe { *p })
-        .ok_or(DropReason::UnknownEndpoint)?;
+    let slot = maps::endpoint_slot(&maps::P41_ENDPOINTS, key)?;
     let t = tunnel::get(slot)?;
     let inner_len = ip.tot_len() - IPV4_HDR_LEN;
     tunnel::check_usable(t, slot, TunnelKind::Proto41, Way::FromClient, inner_len)?;
@@ -99,11 +95,7 @@ pub fn v6udpv4(ctx: &XdpContext, s: &Settings) -> Verdict {
         remote_port: udp.src,
         local_port: udp.dst,
     };
-    let slot = maps::UDP_ENDPOINTS
-        .get_ptr(key)
-        // SAFETY: a u32 value in a map the program only reads.
-        .map(|p| unsafe { *p })
-        .ok_or(DropReason::UnknownEndpoint)?;
+    let slot = maps::endpoint_slot(&maps::UDP_ENDPOINTS, key)?;
     let t = tunnel::get(slot)?;
     let inner_len = udp_len - UDP_HDR_LEN;
     tunnel::check_usable(t, slot, TunnelKind::V6Udp4, Way::FromClient, inner_len)?;

@@ -10,7 +10,7 @@ use broker_common::{
         upper64, Endpoint4, Endpoint6, Nexthop, NexthopNative, PrefixKey, Settings, StatPair,
         Tunnel, TunnelStats, UdpEndpoint4, MAX_PREFIX_LENS,
     },
-    stats::GLOBAL_STATS_LEN,
+    stats::{DropReason, GLOBAL_STATS_LEN},
 };
 
 /// PoP-wide settings, one entry.
@@ -95,6 +95,16 @@ pub fn prefix_slot(s: &Settings, addr: &[u8; 16]) -> Option<u32> {
         i += 1;
     }
     None
+}
+
+/// The slot an endpoint map gives for `key`: tunnel traffic from an endpoint no tunnel has
+/// is `unknown_endpoint`.
+#[inline(always)]
+pub fn endpoint_slot<K>(map: &HashMap<K, u32>, key: K) -> Result<u32, DropReason> {
+    map.get_ptr(key)
+        // SAFETY: a u32 value in a map the program only reads.
+        .map(|p| unsafe { *p })
+        .ok_or(DropReason::UnknownEndpoint)
 }
 
 /// The slot of the v4v6 tunnel whose client has the inner address `addr`.

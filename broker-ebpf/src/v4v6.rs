@@ -37,11 +37,7 @@ pub fn decap(ctx: &XdpContext, s: &Settings) -> Verdict {
         remote: outer.src,
         local: outer.dst,
     };
-    let slot = maps::V6_ENDPOINTS
-        .get_ptr(key)
-        // SAFETY: a u32 value in a map the program only reads.
-        .map(|p| unsafe { *p })
-        .ok_or(DropReason::UnknownEndpoint)?;
+    let slot = maps::endpoint_slot(&maps::V6_ENDPOINTS, key)?;
     let t = tunnel::get(slot)?;
     let inner_len = len - IPV6_HDR_LEN;
     tunnel::check_usable(t, slot, TunnelKind::V4In6, Way::FromClient, inner_len)?;

@@ -307,6 +307,20 @@ struct UdpPeer {
     counted: bool,
 }
 
+impl UdpPeer {
+    /// A new session, holding a place in the per-source limit.
+    fn new<S, P, R>(shared: &Shared<S, P, R>, peer: SocketAddr, now: Instant) -> Self {
+        Self {
+            session: Session::new(Transport::Udp, peer, shared.policy()),
+            last: None,
+            started: now,
+            seen: now,
+            closed: None,
+            counted: true,
+        }
+    }
+}
+
 /// How long an ended UDP session's last reply stays available for retransmissions.
 const LINGER: Duration = Duration::from_secs(10);
 
@@ -356,14 +370,7 @@ where
                 if !p.counted && !shared.limits().open(peer.ip()) {
                     continue;
                 }
-                *p = UdpPeer {
-                    session: Session::new(Transport::Udp, peer, shared.policy()),
-                    last: None,
-                    started: now,
-                    seen: now,
-                    closed: None,
-                    counted: true,
-                };
+                *p = UdpPeer::new(&shared, peer, now);
             }
         } else {
             if !shared.limits().open(peer.ip()) {
@@ -372,17 +379,7 @@ where
                 let _ = socket.send_to(&d, peer).await;
                 continue;
             }
-            peers.insert(
-                peer,
-                UdpPeer {
-                    session: Session::new(Transport::Udp, peer, shared.policy()),
-                    last: None,
-                    started: now,
-                    seen: now,
-                    closed: None,
-                    counted: true,
-                },
-            );
+            peers.insert(peer, UdpPeer::new(&shared, peer, now));
         }
         let p = peers.get_mut(&peer).expect("inserted above");
         if payload.len() > shared.config.max_message {
