@@ -20,11 +20,11 @@ use crate::{broker::tests::broker, metrics::Metrics};
 
 const ADMIN: &str = "admin-token-0123456789";
 
-fn app(peer: &str, per_tunnel: bool) -> Router {
+fn app(peer: &str, metrics: Arc<Metrics>) -> Router {
     let state = AppState {
         broker: Arc::new(Mutex::new(broker())),
         admin_token: Some(ADMIN.into()),
-        metrics: Arc::new(Metrics::new(per_tunnel)),
+        metrics,
         ready: Arc::new(AtomicBool::new(true)),
     };
     router(state).layer(MockConnectInfo(peer.parse::<SocketAddr>().unwrap()))
@@ -39,6 +39,8 @@ enum Auth<'a> {
 
 struct Client {
     app: Router,
+    /// The process's own metrics (API requests, TSP sessions).
+    metrics: Arc<Metrics>,
     rt: tokio::runtime::Runtime,
 }
 
@@ -52,8 +54,10 @@ impl Client {
     }
 
     fn with(peer: &str, per_tunnel: bool) -> Self {
+        let metrics = Arc::new(Metrics::new(per_tunnel));
         Self {
-            app: app(peer, per_tunnel),
+            app: app(peer, metrics.clone()),
+            metrics,
             rt: tokio::runtime::Builder::new_current_thread()
                 .build()
                 .unwrap(),
@@ -675,6 +679,7 @@ fn the_grafana_dashboard_uses_only_exported_names() {
         Some(json!({"remote_ipv4": "198.51.100.10"})),
     );
     c.call(Method::GET, "/healthz", Auth::None, None);
+    c.metrics.tsp_session("udp", "established");
     let (_, text) = c.call(Method::GET, "/metrics", Auth::None, None);
     // Every family has its TYPE line, with or without samples.
     let exported: std::collections::BTreeSet<&str> = text
