@@ -80,8 +80,9 @@ pub fn v6udpv4(ctx: &XdpContext, s: &Settings) -> Verdict {
         return UNPARSED;
     }
 
-    // From here on it is tunnel data: every defect is a counted drop.
-    let ip = outer_ipv4(ctx)?;
+    // From here on it is tunnel data: every defect is a counted drop. The copy taken
+    // above serves the checks (no second read of the header).
+    check_outer_ipv4(ctx, &ip)?;
     if ip.is_fragment() {
         return Err(DropReason::OuterFragment);
     }
@@ -102,13 +103,21 @@ pub fn v6udpv4(ctx: &XdpContext, s: &Settings) -> Verdict {
     inner_ipv6(ctx, s, t, slot, IPV4_HDR_LEN + UDP_HDR_LEN, inner_len)
 }
 
-/// The outer IPv4 header of a packet identified as tunnel traffic, checked: version, no
-/// options, checksum, total length within the frame. Returns a copy.
+/// The outer IPv4 header of a packet identified as tunnel traffic, checked (see
+/// [`check_outer_ipv4`]). Returns a copy.
 #[inline(always)]
 fn outer_ipv4(ctx: &XdpContext) -> Result<Aligned<Ipv4Hdr>, DropReason> {
     let ip = ptr::at::<Ipv4Hdr>(ctx, ETH_HDR_LEN).ok_or(DropReason::Truncated)?;
     // SAFETY: bounds checked; a copy, so later head adjustments cannot invalidate it.
     let ip = unsafe { Aligned(*ip) };
+    check_outer_ipv4(ctx, &ip)?;
+    Ok(ip)
+}
+
+/// Checks a tunnel packet's outer IPv4 header: version, no options, checksum, total length
+/// within the frame.
+#[inline(always)]
+fn check_outer_ipv4(ctx: &XdpContext, ip: &Ipv4Hdr) -> Result<(), DropReason> {
     if ip.version_ihl >> 4 != 4 || ip.version_ihl & 0xf < 5 {
         return Err(DropReason::BadIpv4Header);
     }
@@ -125,7 +134,7 @@ fn outer_ipv4(ctx: &XdpContext) -> Result<Aligned<Ipv4Hdr>, DropReason> {
     if ETH_HDR_LEN + tot_len > ptr::frame_len(ctx) {
         return Err(DropReason::Truncated);
     }
-    Ok(ip)
+    Ok(())
 }
 
 /// The inner IPv6 packet `outer` bytes after the Ethernet header, of `inner_len` bytes,
