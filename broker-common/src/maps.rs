@@ -35,16 +35,20 @@ pub enum TunnelKind {
     V6Udp4 = 2,
     /// IPv4 in IPv6, next header 4 (TSP `v4v6`, RFC 2473): IPv4 for IPv6-only clients.
     V4In6 = 3,
+    /// IPv6 in AYIYA in UDP over IPv4 (SixXS): every packet signed with SHA-1, crosses
+    /// NATs, and the tunnel follows its client's address and port.
+    Ayiya = 4,
 }
 
 impl TunnelKind {
-    pub const ALL: [Self; 3] = [Self::Proto41, Self::V6Udp4, Self::V4In6];
+    pub const ALL: [Self; 4] = [Self::Proto41, Self::V6Udp4, Self::V4In6, Self::Ayiya];
 
     pub const fn from_u8(v: u8) -> Option<Self> {
         match v {
             1 => Some(Self::Proto41),
             2 => Some(Self::V6Udp4),
             3 => Some(Self::V4In6),
+            4 => Some(Self::Ayiya),
             _ => None,
         }
     }
@@ -55,6 +59,8 @@ impl TunnelKind {
             Self::Proto41 => 20,
             Self::V6Udp4 => 28,
             Self::V4In6 => 40,
+            // IPv4, UDP and the 44-byte AYIYA header.
+            Self::Ayiya => 72,
         }
     }
 
@@ -68,6 +74,7 @@ impl TunnelKind {
             Self::Proto41 => "proto41",
             Self::V6Udp4 => "v6udpv4",
             Self::V4In6 => "v4v6",
+            Self::Ayiya => "ayiya",
         }
     }
 }

@@ -15,13 +15,27 @@ pub enum Kind {
     V6Udp4,
     /// IPv4 in IPv6 (TSP `v4v6`): IPv4 for IPv6-only clients.
     V4In6,
+    /// IPv6 in signed AYIYA over UDP (SixXS `ayiya`): crosses NATs; the data plane follows
+    /// the client's address and port.
+    Ayiya,
+    /// proto-41 whose endpoint the client's heartbeats set (SixXS `6in4-heartbeat`).
+    Heartbeat,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Proto41, Kind::V6Udp4, Kind::V4In6];
+    pub const ALL: [Kind; 5] = [
+        Kind::Proto41,
+        Kind::V6Udp4,
+        Kind::V4In6,
+        Kind::Ayiya,
+        Kind::Heartbeat,
+    ];
 
     pub fn as_str(self) -> &'static str {
-        self.dataplane().as_str()
+        match self {
+            Kind::Heartbeat => "heartbeat",
+            k => k.dataplane().as_str(),
+        }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -34,7 +48,15 @@ impl Kind {
             Kind::Proto41 => K::Proto41,
             Kind::V6Udp4 => K::V6Udp4,
             Kind::V4In6 => K::V4In6,
+            Kind::Ayiya => K::Ayiya,
+            Kind::Heartbeat => K::Proto41,
         }
+    }
+
+    /// The client's endpoint is learnt from its packets (AYIYA) or beats (heartbeat)
+    /// rather than configured: it starts unspecified (`0.0.0.0`).
+    pub fn dynamic_endpoint(self) -> bool {
+        matches!(self, Kind::Ayiya | Kind::Heartbeat)
     }
 
     /// IPv6 inside (a link /64 and routed prefixes), rather than IPv4.
@@ -105,10 +127,30 @@ impl Endpoint {
     pub fn fits(&self, kind: Kind) -> bool {
         matches!(
             (self, kind),
-            (Endpoint::Ipv4(_), Kind::Proto41)
-                | (Endpoint::Udp4(_), Kind::V6Udp4)
+            (Endpoint::Ipv4(_), Kind::Proto41 | Kind::Heartbeat)
+                | (Endpoint::Udp4(_), Kind::V6Udp4 | Kind::Ayiya)
                 | (Endpoint::Ipv6(_), Kind::V4In6)
         )
+    }
+
+    /// Not heard from yet (a dynamic tunnel's endpoint before its first beat or packet).
+    pub fn is_unspecified(&self) -> bool {
+        match self {
+            Endpoint::Ipv4(a) => a.is_unspecified(),
+            Endpoint::Udp4(a) => a.ip().is_unspecified(),
+            Endpoint::Ipv6(a) => a.is_unspecified(),
+        }
+    }
+
+    /// The unspecified endpoint of a tunnel of `kind`.
+    pub fn unspecified(kind: Kind) -> Self {
+        match kind {
+            Kind::Proto41 | Kind::Heartbeat => Endpoint::Ipv4(Ipv4Addr::UNSPECIFIED),
+            Kind::V6Udp4 | Kind::Ayiya => {
+                Endpoint::Udp4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
+            }
+            Kind::V4In6 => Endpoint::Ipv6(Ipv6Addr::UNSPECIFIED),
+        }
     }
 }
 

@@ -167,6 +167,8 @@ pub fn model_kind(k: TunnelKind) -> Kind {
         TunnelKind::Proto41 => Kind::Proto41,
         TunnelKind::V6Udp4 => Kind::V6Udp4,
         TunnelKind::V4In6 => Kind::V4In6,
+        TunnelKind::Ayiya => Kind::Ayiya,
+        TunnelKind::Heartbeat => Kind::Heartbeat,
     }
 }
 
@@ -185,6 +187,18 @@ fn endpoint_of(
         ))
     };
     match (kind, v4, port, v6) {
+        (Kind::Ayiya | Kind::Heartbeat, None, None, None) => Ok(Endpoint::unspecified(kind)),
+        (Kind::Ayiya | Kind::Heartbeat, ..) => {
+            let field = match (v4, port) {
+                (Some(_), _) => "remote_ipv4",
+                (_, Some(_)) => "remote_port",
+                _ => "remote_ipv6",
+            };
+            bad(
+                field,
+                "ayiya and heartbeat tunnels learn their endpoint from the client",
+            )
+        }
         (Kind::Proto41, Some(a), None, None) => Ok(Endpoint::Ipv4(a)),
         (Kind::V6Udp4, Some(a), Some(p), None) if p != 0 => {
             Ok(Endpoint::Udp4(SocketAddrV4::new(a, p)))

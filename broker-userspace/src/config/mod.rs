@@ -99,6 +99,10 @@ pub enum TunnelKind {
     V6Udp4,
     #[serde(rename = "v4v6")]
     V4In6,
+    #[serde(rename = "ayiya")]
+    Ayiya,
+    #[serde(rename = "heartbeat")]
+    Heartbeat,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -250,7 +250,7 @@ fn tunnels(c: &Config) -> Result<(), Invalid> {
         if t.kind != TunnelKind::Proto41 {
             return Err((
                 at("kind"),
-                "static tunnels are proto41; v6udpv4 and v4v6 endpoints come from TSP sessions or the API".into(),
+                "static tunnels are proto41; the other kinds come from TSP sessions or the API".into(),
             ));
         }
         let remote = t.remote_ipv4.0;

@@ -127,11 +127,11 @@ fn required<'a>(v: &'a Option<String>, what: &str, id: u32) -> Result<&'a str> {
 fn record(r: Row, routed: Vec<Ipv6Net>) -> Result<TunnelRecord> {
     let kind = parse_kind(&r.kind)?;
     let endpoint = match kind {
-        Kind::Proto41 => Endpoint::Ipv4(parse(
+        Kind::Proto41 | Kind::Heartbeat => Endpoint::Ipv4(parse(
             required(&r.remote_v4, "remote_v4", r.id)?,
             "IPv4 address",
         )?),
-        Kind::V6Udp4 => Endpoint::Udp4(SocketAddrV4::new(
+        Kind::V6Udp4 | Kind::Ayiya => Endpoint::Udp4(SocketAddrV4::new(
             parse(required(&r.remote_v4, "remote_v4", r.id)?, "IPv4 address")?,
             r.remote_port.ok_or_else(|| StoreError::Corrupt {
                 what: format!("tunnel {} has no remote_port", r.id),
@@ -212,15 +212,21 @@ fn endpoint_owner(
     except: Option<u32>,
 ) -> Result<Option<u32>> {
     let (v4, port, v6) = endpoint_columns(endpoint);
-    let (sql, kind) = match endpoint {
-        Endpoint::Ipv4(_) => ("remote_v4 = ?1", "proto41"),
-        Endpoint::Udp4(_) => ("remote_v4 = ?1 AND remote_port = ?2", "v6udpv4"),
-        Endpoint::Ipv6(_) => ("remote_v6 = ?3", "v4v6"),
+    // Dynamic endpoints not heard from yet are shared by every such tunnel; AYIYA tunnels
+    // are told apart by identity, never by endpoint. proto-41 and heartbeat tunnels share
+    // one endpoint map.
+    if endpoint.is_unspecified() {
+        return Ok(None);
+    }
+    let (sql, kinds) = match endpoint {
+        Endpoint::Ipv4(_) => ("remote_v4 = ?1", "('proto41', 'heartbeat')"),
+        Endpoint::Udp4(_) => ("remote_v4 = ?1 AND remote_port = ?2", "('v6udpv4')"),
+        Endpoint::Ipv6(_) => ("remote_v6 = ?3", "('v4v6')"),
     };
     Ok(tx
         .query_row(
-            &format!("SELECT id FROM tunnels WHERE kind = ?4 AND {sql} AND id IS NOT ?5"),
-            params![v4, port, v6, kind, except],
+            &format!("SELECT id FROM tunnels WHERE kind IN {kinds} AND {sql} AND id IS NOT ?4"),
+            params![v4, port, v6, except],
             |r| r.get(0),
         )
         .optional()?)
