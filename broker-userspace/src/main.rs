@@ -112,10 +112,11 @@ impl ApiArgs {
 enum TunnelCommand {
     /// Create a tunnel; prefixes are allocated from the pools unless named.
     Add {
-        /// The client's endpoint: IPv4 (proto41), IPv4:port (v6udpv4) or IPv6 (v4v6).
+        /// The client's endpoint: IPv4 (proto41), IPv4:port (v6udpv4) or IPv6 (v4v6);
+        /// none for ayiya and heartbeat, which learn it from the client.
         #[arg(long)]
-        remote: cli::Remote,
-        /// proto41 (default), v6udpv4 or v4v6.
+        remote: Option<cli::Remote>,
+        /// proto41 (default), v6udpv4, v4v6, ayiya or heartbeat.
         #[arg(long, value_enum)]
         kind: Option<KindArg>,
         /// Owner (administrator only; a user creates for themselves).
@@ -163,6 +164,8 @@ enum KindArg {
     Proto41,
     V6udpv4,
     V4v6,
+    Ayiya,
+    Heartbeat,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -457,12 +460,14 @@ fn tunnel(api: &ApiArgs, command: TunnelCommand) -> anyhow::Result<()> {
             link_prefix,
             routed_prefix,
         } => {
-            let mut body = remote.json();
+            let mut body = remote.map_or_else(|| serde_json::json!({}), |r| r.json());
             if let Some(k) = kind {
                 body["kind"] = match k {
                     KindArg::Proto41 => "proto41",
                     KindArg::V6udpv4 => "v6udpv4",
                     KindArg::V4v6 => "v4v6",
+                    KindArg::Ayiya => "ayiya",
+                    KindArg::Heartbeat => "heartbeat",
                 }
                 .into();
             }
