@@ -49,6 +49,28 @@ pub const FRAG_NEEDED_QUOTE_LEN: usize = 64;
 /// The TSP port (RFC 5572): TSP control over TCP and UDP, and v6udpv4 data on UDP.
 pub const TSP_PORT: u16 = 3653;
 
+/// The AYIYA port (draft-massar-v6ops-ayiya): signed IPv6 in UDP, handled in XDP.
+pub const AYIYA_PORT: u16 = 5072;
+/// The AYIYA header: 8 fixed bytes, a 16-byte identity, a 20-byte SHA-1 signature.
+pub const AYIYA_HDR_LEN: usize = 44;
+/// Where the signature sits in the AYIYA header.
+pub const AYIYA_SIG_OFF: usize = 24;
+/// The first three header bytes every SixXS client and PoP sends: a 16-byte integer
+/// identity (0x41), a 20-byte SHA-1 signature (0x52), shared-secret authentication in the
+/// high nibble of the third byte (its low nibble is the opcode).
+pub const AYIYA_ID_BYTE: u8 = 0x41;
+pub const AYIYA_SIG_BYTE: u8 = 0x52;
+pub const AYIYA_AUTH_SHARED: u8 = 0x10;
+/// AYIYA opcodes the PoP handles (others are counted and dropped).
+pub const AYIYA_OP_NOOP: u8 = 0;
+pub const AYIYA_OP_FORWARD: u8 = 1;
+pub const AYIYA_OP_ECHO_REQUEST: u8 = 2;
+pub const AYIYA_OP_ECHO_RESPONSE: u8 = 4;
+/// Next header of an AYIYA packet without payload (a beat).
+pub const IPPROTO_NONE: u8 = 59;
+/// Largest clock difference accepted on AYIYA packets, seconds (sixxsd `MAX_CLOCK_OFF`).
+pub const AYIYA_MAX_CLOCK_OFF: u32 = 120;
+
 /// Bytes of the offending packet quoted in a Packet Too Big message generated in XDP: its
 /// IPv6 header and 88 bytes of what follows, enough for the sender's kernel to find the
 /// socket (RFC 4443 asks for "as much as fits"; Katran quotes less). A multiple of 4, as
@@ -79,7 +101,7 @@ pub const GEN_FRAME_LEN: usize = 128;
 /// Version of the map layouts (keys, values, sizes of `broker_common::maps`). Pins live
 /// under `maps-v<N>`: a build with another layout brings new maps, fills them, and swaps
 /// the program on the pinned links, so an upgrade never reads maps it does not understand.
-pub const MAP_LAYOUT_VERSION: u32 = 2;
+pub const MAP_LAYOUT_VERSION: u32 = 3;
 
 /// Names of the maps in the object file, which are also their pin names.
 pub mod map_names {
@@ -89,6 +111,7 @@ pub mod map_names {
     pub const UDP_ENDPOINTS: &str = "UDP_ENDPOINTS";
     pub const V6_ENDPOINTS: &str = "V6_ENDPOINTS";
     pub const V4_ROUTES: &str = "V4_ROUTES";
+    pub const AYIYA_IDS: &str = "AYIYA_IDS";
     pub const PREFIXES: &str = "PREFIXES";
     pub const NEXTHOP_CLIENT: &str = "NEXTHOP_CLIENT";
     pub const NEXTHOP_NATIVE: &str = "NEXTHOP_NATIVE";
@@ -99,13 +122,14 @@ pub mod map_names {
     pub const GEN_TEMPLATE: &str = "GEN_TEMPLATE";
 
     /// Every map the controller owns, in the order `broker stats` lists them.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 12] = [
         SETTINGS,
         TUNNELS,
         P41_ENDPOINTS,
         UDP_ENDPOINTS,
         V6_ENDPOINTS,
         V4_ROUTES,
+        AYIYA_IDS,
         PREFIXES,
         NEXTHOP_CLIENT,
         NEXTHOP_NATIVE,

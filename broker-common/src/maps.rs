@@ -374,8 +374,13 @@ pub struct Settings {
     /// UDP port of TSP on the PoP (network order): v6udpv4 data and control arrive there.
     /// Zero = no v6udpv4.
     pub tsp_port: [u8; 2],
-    /// Reserved for AYIYA's port.
-    pub _reserved_port: [u8; 2],
+    /// UDP port of AYIYA on the PoP (network order). Zero = no AYIYA.
+    pub ayiya_port: [u8; 2],
+    pub _pad1: [u8; 2],
+    /// UTC minus TAI, seconds: the data plane's wall clock (AYIYA epochs) is
+    /// `bpf_ktime_get_tai_ns` plus this. TAI follows clock steps like UTC does, so the
+    /// difference only changes with leap seconds; the controller keeps it current.
+    pub utc_minus_tai_s: i32,
 }
 
 impl Settings {
@@ -397,7 +402,9 @@ impl Settings {
         v4_net: 0,
         v4_mask: 0,
         tsp_port: [0; 2],
-        _reserved_port: [0; 2],
+        ayiya_port: [0; 2],
+        _pad1: [0; 2],
+        utc_minus_tai_s: 0,
     };
 
     /// True when `addr` is inside the v4v6 pool.

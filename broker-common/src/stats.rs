@@ -63,6 +63,9 @@ reasons! {
         /// A packet over the tunnel MTU was answered with ICMPv6 Packet Too Big (ICMPv4
         /// fragmentation needed for v4v6).
         PacketTooBig = 3 => "packet_too_big",
+        /// An AYIYA beat (noop) was verified: the tunnel's client is alive (and may have
+        /// moved); nothing to forward.
+        Beat = 4 => "beat",
     }
 }
 
@@ -79,7 +82,7 @@ reasons! {
         Ipv4Options = 3 => "ipv4_options",
         /// Outer IPv4 packet is a fragment; the PoP does not reassemble tunnel packets.
         OuterFragment = 4 => "outer_fragment",
-        /// Tunnel packet from an endpoint no tunnel has.
+        /// Tunnel packet from an endpoint (AYIYA: an identity) no tunnel has.
         UnknownEndpoint = 5 => "unknown_endpoint",
         /// Packet arrived by an encapsulation other than its tunnel's kind.
         KindMismatch = 6 => "kind_mismatch",
@@ -114,6 +117,20 @@ reasons! {
         /// An IPv4 packet over a v4v6 tunnel's MTU without Don't Fragment: the PoP does not
         /// fragment.
         TooBigNoDf = 19 => "too_big_no_df",
+        /// An AYIYA header with an identity, signature or authentication other than the
+        /// SixXS clients send (16-byte identity, SHA-1, shared secret).
+        BadAyiyaHeader = 20 => "bad_ayiya_header",
+        /// An AYIYA packet whose epoch is more than 120 s away from the PoP's clock.
+        StaleEpoch = 21 => "stale_epoch",
+        /// An AYIYA packet whose SHA-1 signature does not verify with its tunnel's key.
+        BadSignature = 22 => "bad_signature",
+        /// An AYIYA packet whose next header does not match its payload (or its opcode).
+        WrongNextHeader = 23 => "wrong_next_header",
+        /// An AYIYA opcode the PoP does not handle (only forward, noop and echo request).
+        AyiyaOpcode = 24 => "ayiya_opcode",
+        /// Into a tunnel whose client has not been heard from yet (AYIYA, heartbeat): no
+        /// address to send to.
+        NoEndpoint = 25 => "no_endpoint",
     }
 }
 

@@ -1,5 +1,5 @@
-//! From an IPv4-outer tunnel to native IPv6: proto-41 (`from_6in4`) and TSP's v6udpv4
-//! (IPv6 right after a UDP header). Validate the outer headers, find the tunnel by its
+//! From an IPv4-outer tunnel to native IPv6: proto-41 (`from_6in4`), TSP's v6udpv4
+//! (IPv6 right after a UDP header) and, through [`crate::ayiya`], AYIYA. Validate the outer headers, find the tunnel by its
 //! endpoints, check the inner packet, strip, forward.
 use aya_ebpf::programs::XdpContext;
 use broker_common::{
@@ -10,7 +10,7 @@ use broker_common::{
 };
 
 use crate::{
-    forward, head,
+    ayiya, forward, head,
     headers::{Aligned, Ipv4Hdr, Ipv6Hdr, UdpHdr},
     icmp6, maps,
     outcome::{Outcome, Verdict},
@@ -26,6 +26,8 @@ const UDP: usize = ETH_HDR_LEN + IPV4_HDR_LEN;
 /// byte is the sequence number's low byte, which is not 6x in any session that does not
 /// send hundreds of messages, so they reach the kernel as `unparsed`.
 const TSP_SIGNATURE: u8 = 0xf0;
+const NOT_TUNNEL: Verdict = Ok(Outcome::Pass(PassReason::NotTunnel));
+const UNPARSED: Verdict = Ok(Outcome::Pass(PassReason::Unparsed));
 
 #[inline(always)]
 pub fn proto41(ctx: &XdpContext, s: &Settings) -> Verdict {
@@ -44,13 +46,10 @@ pub fn proto41(ctx: &XdpContext, s: &Settings) -> Verdict {
     inner_ipv6(ctx, s, t, slot, IPV4_HDR_LEN, inner_len)
 }
 
-/// A UDP datagram to the PoP's IPv4. On the TSP port, a first payload nibble of 6 is
-/// v6udpv4 data; TSP control messages (0xF) and anything unclassifiable go to the kernel,
-/// where the TSP server listens.
+/// A UDP datagram to the PoP's IPv4: TSP's port (v6udpv4 data, TSP control) or AYIYA's;
+/// anything else is the kernel's.
 #[inline(always)]
-pub fn v6udpv4(ctx: &XdpContext, s: &Settings) -> Verdict {
-    const NOT_TUNNEL: Verdict = Ok(Outcome::Pass(PassReason::NotTunnel));
-    const UNPARSED: Verdict = Ok(Outcome::Pass(PassReason::Unparsed));
+pub fn udp(ctx: &XdpContext, s: &Settings) -> Verdict {
     let Some(ip) = ptr::at::<Ipv4Hdr>(ctx, ETH_HDR_LEN) else {
         return UNPARSED;
     };
@@ -65,9 +64,19 @@ pub fn v6udpv4(ctx: &XdpContext, s: &Settings) -> Verdict {
     };
     // SAFETY: bounds checked; a copy.
     let udp = unsafe { Aligned(*udp) };
-    if udp.dst != s.tsp_port {
-        return NOT_TUNNEL;
+    if udp.dst == s.tsp_port && s.tsp_port != [0; 2] {
+        v6udpv4(ctx, s, &ip, &udp)
+    } else if udp.dst == s.ayiya_port && s.ayiya_port != [0; 2] {
+        ayiya::decap(ctx, s, &ip, &udp)
+    } else {
+        NOT_TUNNEL
     }
+}
+
+/// On the TSP port, a first payload nibble of 6 is v6udpv4 data; TSP control messages
+/// (0xF) and anything unclassifiable go to the kernel, where the TSP server listens.
+#[inline(always)]
+fn v6udpv4(ctx: &XdpContext, s: &Settings, ip: &Ipv4Hdr, udp: &UdpHdr) -> Verdict {
     let Some(first) = ptr::at::<u8>(ctx, UDP + UDP_HDR_LEN) else {
         return UNPARSED;
     };
@@ -82,7 +91,7 @@ pub fn v6udpv4(ctx: &XdpContext, s: &Settings) -> Verdict {
 
     // From here on it is tunnel data: every defect is a counted drop. The copy taken
     // above serves the checks (no second read of the header).
-    check_outer_ipv4(ctx, &ip)?;
+    check_outer_ipv4(ctx, ip)?;
     if ip.is_fragment() {
         return Err(DropReason::OuterFragment);
     }
@@ -117,7 +126,7 @@ fn outer_ipv4(ctx: &XdpContext) -> Result<Aligned<Ipv4Hdr>, DropReason> {
 /// Checks a tunnel packet's outer IPv4 header: version, no options, checksum, total length
 /// within the frame.
 #[inline(always)]
-fn check_outer_ipv4(ctx: &XdpContext, ip: &Ipv4Hdr) -> Result<(), DropReason> {
+pub(crate) fn check_outer_ipv4(ctx: &XdpContext, ip: &Ipv4Hdr) -> Result<(), DropReason> {
     if ip.version_ihl >> 4 != 4 || ip.version_ihl & 0xf < 5 {
         return Err(DropReason::BadIpv4Header);
     }
@@ -141,7 +150,7 @@ fn check_outer_ipv4(ctx: &XdpContext, ip: &Ipv4Hdr) -> Result<(), DropReason> {
 /// from tunnel `t`: check it, answer echo to the PoP, or strip the outer headers and
 /// forward.
 #[inline(always)]
-fn inner_ipv6(
+pub(crate) fn inner_ipv6(
     ctx: &XdpContext,
     s: &Settings,
     t: &Tunnel,
@@ -160,7 +169,7 @@ fn inner_ipv6(
         return Err(tunnel::drop(slot, inner_len, DropReason::SpoofedSource));
     }
     if inner.dst == t.pop_v6 {
-        return icmp6::echo_reply_in_tunnel(ctx, t, slot, outer, inner_len);
+        return icmp6::echo_reply_in_tunnel(ctx, s, t, slot, outer, inner_len);
     }
     if inner.hop_limit <= 1 {
         return Err(tunnel::drop(slot, inner_len, DropReason::HopLimitExceeded));

@@ -1,10 +1,11 @@
-//! From native IPv6 into an IPv4-outer tunnel: proto-41 (`to_6in4`) or v6udpv4. The
+//! From native IPv6 into an IPv4-outer tunnel: proto-41 (`to_6in4`), v6udpv4 or AYIYA. The
 //! destination is inside a tunnel's prefix. Check state, hop limit and MTU, push the
 //! outer headers, forward.
 use aya_ebpf::programs::XdpContext;
 use broker_common::{
     consts::{
-        ENCAP_TTL, ETH_HDR_LEN, ETH_P_IPV4_BE, IPPROTO_IPV6, IPPROTO_UDP, IPV4_HDR_LEN, UDP_HDR_LEN,
+        AYIYA_HDR_LEN, AYIYA_OP_FORWARD, ENCAP_TTL, ETH_HDR_LEN, ETH_P_IPV4_BE, IPPROTO_IPV6,
+        IPPROTO_UDP, IPV4_HDR_LEN, UDP_HDR_LEN,
     },
     csum,
     maps::{Settings, Tunnel, TunnelKind},
@@ -12,10 +13,10 @@ use broker_common::{
 };
 
 use crate::{
-    forward, head,
+    ayiya, forward, head,
     headers::{Ipv4Hdr, Ipv6Hdr, UdpHdr},
     icmp6,
-    outcome::Verdict,
+    outcome::{Resume, Step, Verdict},
     ptr,
     stats::{self, Dir},
     tunnel::{self, Way},
@@ -47,13 +48,18 @@ pub fn into_tunnel(ctx: &XdpContext, s: &Settings, slot: u32, origin: Origin) ->
         };
     }
     // Only the IPv4-outer kinds have IPv6 prefixes; the check keeps a stale entry honest.
-    let udp = t.kind == TunnelKind::V6Udp4 as u8;
-    let kind = if udp {
-        TunnelKind::V6Udp4
+    let (kind, outer) = if t.kind == TunnelKind::V6Udp4 as u8 {
+        (TunnelKind::V6Udp4, IPV4_HDR_LEN + UDP_HDR_LEN)
+    } else if ayiya::is_ayiya(t) {
+        (TunnelKind::Ayiya, ayiya::OUTER)
     } else {
-        TunnelKind::Proto41
+        (TunnelKind::Proto41, IPV4_HDR_LEN)
     };
     tunnel::check_usable(t, slot, kind, Way::ToClient, len)?;
+    // AYIYA and heartbeat clients not heard from yet have no address.
+    if t.remote_v4 == [0; 4] {
+        return Err(tunnel::drop(slot, len, DropReason::NoEndpoint));
+    }
     if ipr.hop_limit <= 1 {
         return Err(tunnel::drop(slot, len, DropReason::HopLimitExceeded));
     }
@@ -67,17 +73,18 @@ pub fn into_tunnel(ctx: &XdpContext, s: &Settings, slot: u32, origin: Origin) ->
     // SAFETY: bounds checked above; a router decrements once.
     unsafe { (*ip).hop_limit -= 1 };
 
-    let outer = if udp {
-        IPV4_HDR_LEN + UDP_HDR_LEN
-    } else {
-        IPV4_HDR_LEN
-    };
     push_ipv4(ctx, t, outer, len, tos)?;
-    if udp {
-        push_udp(ctx, t, len)?;
+    if outer > IPV4_HDR_LEN {
+        push_udp(ctx, t, outer - IPV4_HDR_LEN + len)?;
     }
     stats::tunnel(slot, Dir::ToClient, len as u64);
     stats::event(Event::Encap, t.kind, len as u64);
+    if kind == TunnelKind::Ayiya {
+        // Signed once the entry point has hashed it, then forwarded like the others.
+        let then = Resume::at(Step::Forward, slot);
+        let payload = len + AYIYA_HDR_LEN;
+        return ayiya::seal(ctx, s, t, payload, AYIYA_OP_FORWARD, IPPROTO_IPV6, then);
+    }
     forward::to_client(ctx, s, t, slot, outer, len + outer, tos)
 }
 
@@ -116,18 +123,18 @@ fn push_ipv4(
     Ok(())
 }
 
-/// Fills in the UDP header after the outer IPv4 one: from the PoP's TSP port to the
-/// client's registered port, checksum 0 (none, which IPv4 allows; the inner packet's own
-/// transport checksum covers the payload, as sixxsd does for AYIYA).
+/// Fills in the UDP header (of `udp_len` bytes with its payload) after the outer IPv4
+/// one: from the PoP's port to the client's, checksum 0 (none, which IPv4 allows; the
+/// inner packet's own transport checksum covers the payload, as sixxsd does for AYIYA).
 #[inline(always)]
-fn push_udp(ctx: &XdpContext, t: &Tunnel, inner_len: usize) -> Result<(), DropReason> {
+fn push_udp(ctx: &XdpContext, t: &Tunnel, udp_len: usize) -> Result<(), DropReason> {
     let udp = ptr::at::<UdpHdr>(ctx, ETH_HDR_LEN + IPV4_HDR_LEN).ok_or(DropReason::AdjustFailed)?;
     // SAFETY: bounds checked after the adjustment.
     unsafe {
         *udp = UdpHdr {
             src: t.local_port,
             dst: t.remote_port,
-            len: ((inner_len + UDP_HDR_LEN) as u16).to_be_bytes(),
+            len: (udp_len as u16).to_be_bytes(),
             check: [0, 0],
         };
     }

@@ -1,7 +1,9 @@
 //! Wire headers. Multi-byte fields are byte arrays in network order: no alignment is
 //! assumed (the IP header follows a 14-byte Ethernet header) and no byte swapping happens by
 //! accident.
-use broker_common::consts::{ETH_HDR_LEN, ICMPV6_HDR_LEN, IPV4_HDR_LEN, IPV6_HDR_LEN, UDP_HDR_LEN};
+use broker_common::consts::{
+    AYIYA_HDR_LEN, ETH_HDR_LEN, ICMPV6_HDR_LEN, IPV4_HDR_LEN, IPV6_HDR_LEN, UDP_HDR_LEN,
+};
 
 /// A header copied out of the packet onto the stack, 8-aligned. Headers are 1-aligned
 /// (they sit at any offset in the frame), and with misaligned access enabled LLVM reads
@@ -137,6 +139,24 @@ pub struct UdpHdr {
     pub check: [u8; 2],
 }
 
+/// The AYIYA header as SixXS sends it: 16-byte identity, 20-byte SHA-1 signature.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct AyiyaHdr {
+    /// Identity length (log2, high nibble) and type (low nibble): 0x41.
+    pub id: u8,
+    /// Signature length (in words, high nibble) and hash: 0x52.
+    pub sig: u8,
+    /// Authentication method (high nibble) and opcode (low nibble).
+    pub auth_op: u8,
+    pub next_header: u8,
+    /// Seconds since 1970 (UTC) when sent.
+    pub epoch: [u8; 4],
+    /// The sender's inner IPv6: the client's `::2`, the PoP's `::1`.
+    pub identity: [u8; 16],
+    pub signature: [u8; 20],
+}
+
 /// The first 8 bytes of ICMPv4 and ICMPv6 messages, which share this layout.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -154,3 +174,4 @@ const _: () = assert!(core::mem::size_of::<Ipv4Hdr>() == IPV4_HDR_LEN);
 const _: () = assert!(core::mem::size_of::<Ipv6Hdr>() == IPV6_HDR_LEN);
 const _: () = assert!(core::mem::size_of::<IcmpHdr>() == ICMPV6_HDR_LEN);
 const _: () = assert!(core::mem::size_of::<UdpHdr>() == UDP_HDR_LEN);
+const _: () = assert!(core::mem::size_of::<AyiyaHdr>() == AYIYA_HDR_LEN);

@@ -4,31 +4,32 @@
 use aya_ebpf::{helpers::bpf_csum_diff, programs::XdpContext};
 use broker_common::{
     consts::{
-        ETH_HDR_LEN, ETH_P_IPV6_BE, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, ICMPV6_HDR_LEN,
-        ICMPV6_INFO_MIN, ICMPV6_PACKET_TOO_BIG, ICMP_HOP_LIMIT, IPPROTO_ICMPV6, IPV4_HDR_LEN,
-        IPV6_HDR_LEN, PTB_QUOTE_LEN, UDP_HDR_LEN,
+        AYIYA_OP_FORWARD, ETH_HDR_LEN, ETH_P_IPV6_BE, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST,
+        ICMPV6_HDR_LEN, ICMPV6_INFO_MIN, ICMPV6_PACKET_TOO_BIG, ICMP_HOP_LIMIT, IPPROTO_ICMPV6,
+        IPPROTO_IPV6, IPV4_HDR_LEN, IPV6_HDR_LEN, PTB_QUOTE_LEN, UDP_HDR_LEN,
     },
     csum,
-    maps::Tunnel,
+    maps::{Settings, Tunnel},
     stats::{DropReason, Event},
 };
 
 use crate::{
-    head,
-    headers::{Aligned, EthHdr, IcmpHdr, Ipv4Hdr, Ipv6Hdr, UdpHdr},
-    outcome::{Outcome, Verdict},
+    ayiya, head,
+    headers::{Aligned, EthHdr, IcmpHdr, Ipv4Hdr, Ipv6Hdr},
+    outcome::{Outcome, Resume, Step, Verdict},
     ptr,
     stats::{self, Dir},
     tunnel,
 };
 
 /// An echo request to the tunnel's PoP address, still inside its outer headers (`outer`
-/// bytes of IPv4, and UDP for v6udpv4): answered back through the tunnel by swapping
-/// addresses (and ports) in place. Anything else to that address is dropped
+/// bytes of IPv4, and UDP for v6udpv4 and AYIYA): answered back through the tunnel by
+/// swapping addresses (and ports) in place, AYIYA signed anew. Anything else to that address is dropped
 /// (`pop_address`): the kernel does not own these addresses.
 #[inline(always)]
 pub fn echo_reply_in_tunnel(
     ctx: &XdpContext,
+    s: &Settings,
     t: &Tunnel,
     slot: u32,
     outer: usize,
@@ -37,28 +38,28 @@ pub fn echo_reply_in_tunnel(
     if !turn_echo(ctx, ETH_HDR_LEN + outer) {
         return Err(tunnel::drop(slot, inner_len, DropReason::PopAddress));
     }
-    let ip = ptr::at::<Ipv4Hdr>(ctx, ETH_HDR_LEN).ok_or(DropReason::Truncated)?;
-    // SAFETY: bounds checked.
-    unsafe {
-        let o = &mut *ip;
-        core::mem::swap(&mut o.src, &mut o.dst);
-        o.ttl = broker_common::consts::ENCAP_TTL;
-        o.check = csum::ipv4_header(o.as_bytes());
-    }
-    if outer == IPV4_HDR_LEN + UDP_HDR_LEN {
-        let udp =
-            ptr::at::<UdpHdr>(ctx, ETH_HDR_LEN + IPV4_HDR_LEN).ok_or(DropReason::Truncated)?;
-        // SAFETY: bounds checked. Checksum 0: none, as for every v6udpv4 packet sent.
+    if outer == IPV4_HDR_LEN {
+        let ip = ptr::at::<Ipv4Hdr>(ctx, ETH_HDR_LEN).ok_or(DropReason::Truncated)?;
+        // SAFETY: bounds checked.
         unsafe {
-            let u = &mut *udp;
-            core::mem::swap(&mut u.src, &mut u.dst);
-            u.check = [0, 0];
+            let o = &mut *ip;
+            core::mem::swap(&mut o.src, &mut o.dst);
+            o.ttl = broker_common::consts::ENCAP_TTL;
+            o.check = csum::ipv4_header(o.as_bytes());
         }
+    } else {
+        // v6udpv4 and AYIYA: UDP ports swapped too, checksum 0 as for every packet sent.
+        ayiya::turn_around(ctx)?;
     }
     swap_macs(ctx)?;
     stats::tunnel(slot, Dir::FromClient, inner_len as u64);
     stats::tunnel(slot, Dir::ToClient, inner_len as u64);
     stats::event(Event::EchoReply, t.kind, inner_len as u64);
+    if ayiya::is_ayiya(t) {
+        let payload = outer - IPV4_HDR_LEN - UDP_HDR_LEN + inner_len;
+        let then = Resume::at(Step::Tx, slot);
+        return ayiya::seal(ctx, s, t, payload, AYIYA_OP_FORWARD, IPPROTO_IPV6, then);
+    }
     Ok(Outcome::Tx)
 }
 
@@ -123,9 +124,11 @@ const PTB_BODY: usize = ICMPV6_HDR_LEN + PTB_QUOTE_LEN;
 pub fn packet_too_big(ctx: &XdpContext, t: &Tunnel, slot: u32, len: usize) -> Verdict {
     let eth = ptr::at::<EthHdr>(ctx, 0).ok_or(DropReason::Truncated)?;
     let ip = ptr::at::<Ipv6Hdr>(ctx, ETH_HDR_LEN).ok_or(DropReason::Truncated)?;
-    // SAFETY: bounds checked; copies, taken before the head moves.
-    let (eth, ip) = unsafe { (Aligned(*eth), Aligned(*ip)) };
-    if ip.next_header == IPPROTO_ICMPV6 {
+    // SAFETY: bounds checked; copies of only what is needed after the head moves (this
+    // frame is shared with every other path's, and AYIYA's SHA-1 callback stacks on it).
+    let (eth, sender, next_header) =
+        unsafe { (Aligned(*eth), Aligned((*ip).src), (*ip).next_header) };
+    if next_header == IPPROTO_ICMPV6 {
         let icmp =
             ptr::at::<IcmpHdr>(ctx, ETH_HDR_LEN + IPV6_HDR_LEN).ok_or(DropReason::Truncated)?;
         // SAFETY: bounds checked.
@@ -142,24 +145,23 @@ pub fn packet_too_big(ctx: &XdpContext, t: &Tunnel, slot: u32, len: usize) -> Ve
     let new_ip = ptr::at::<Ipv6Hdr>(ctx, PTB_IP).ok_or(DropReason::AdjustFailed)?;
     let body = ptr::at::<[u8; PTB_BODY]>(ctx, PTB_ICMP).ok_or(DropReason::AdjustFailed)?;
     let icmp = body as *mut IcmpHdr;
-    let hdr = Ipv6Hdr {
-        vtc_flow: [0x60, 0, 0, 0],
-        payload_len: (PTB_BODY as u16).to_be_bytes(),
-        next_header: IPPROTO_ICMPV6,
-        hop_limit: ICMP_HOP_LIMIT,
-        src: t.pop_v6,
-        dst: ip.src,
-    };
-    let seed = csum::ipv6_pseudo_header(&hdr.src, &hdr.dst, PTB_BODY as u32, IPPROTO_ICMPV6);
+    let seed = csum::ipv6_pseudo_header(&t.pop_v6, &sender, PTB_BODY as u32, IPPROTO_ICMPV6);
     // SAFETY: all three bounds checked after the last adjustment; the headers are written
-    // before the checksum reads the body.
+    // in place (no stack copy) before the checksum reads the body.
     unsafe {
-        *new_eth = EthHdr {
-            dst: eth.src,
-            src: eth.dst,
-            proto: ETH_P_IPV6_BE.to_ne_bytes(),
-        };
-        *new_ip = hdr;
+        (*new_eth).set_macs(&eth.src, &eth.dst);
+        (*new_eth).proto = ETH_P_IPV6_BE.to_ne_bytes();
+        let h = &mut *new_ip;
+        h.vtc_flow = [0x60, 0, 0, 0];
+        h.payload_len = (PTB_BODY as u16).to_be_bytes();
+        h.next_header = IPPROTO_ICMPV6;
+        h.hop_limit = ICMP_HOP_LIMIT;
+        let mut i = 0;
+        while i < 16 {
+            h.src[i] = t.pop_v6[i];
+            h.dst[i] = sender.0[i];
+            i += 1;
+        }
         *icmp = IcmpHdr {
             ty: ICMPV6_PACKET_TOO_BIG,
             code: 0,

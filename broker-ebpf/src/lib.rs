@@ -10,11 +10,14 @@
 //! - [`decap`] — proto-41 and v6udpv4 to native IPv6 (`from_6in4`);
 //! - [`encap`] — native IPv6 into proto-41 or v6udpv4 (`to_6in4`);
 //! - [`v4v6`] — IPv4 in IPv6, both directions;
+//! - [`ayiya`] — AYIYA (SixXS): verify and decapsulate, sign, answer echo and beats;
+//! - [`sha1`] — SHA-1 over part of the frame, for AYIYA's signatures;
 //! - [`icmp6`], [`icmp4`] — echo replies and Packet Too Big (fragmentation needed),
 //!   generated in XDP;
 //! - [`forward`] — `bpf_fib_lookup` and redirect, or hand over to the kernel.
 #![no_std]
 
+pub mod ayiya;
 pub mod decap;
 pub mod encap;
 pub mod forward;
@@ -26,6 +29,7 @@ pub mod ingress;
 pub mod maps;
 pub mod outcome;
 pub mod ptr;
+pub mod sha1;
 pub mod stats;
 pub mod tunnel;
 pub mod v4v6;

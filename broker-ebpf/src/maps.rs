@@ -36,6 +36,10 @@ pub static UDP_ENDPOINTS: HashMap<UdpEndpoint4, u32> =
 pub static V6_ENDPOINTS: HashMap<Endpoint6, u32> =
     HashMap::with_max_entries(DEFAULT_MAX_TUNNELS, 0);
 
+/// AYIYA identity (the client's `::2`) to slot.
+#[map]
+pub static AYIYA_IDS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(DEFAULT_MAX_TUNNELS, 0);
+
 /// Inner IPv4 of each v4v6 client to slot.
 #[map]
 pub static V4_ROUTES: HashMap<[u8; 4], u32> = HashMap::with_max_entries(DEFAULT_MAX_TUNNELS, 0);

@@ -180,6 +180,9 @@ pub struct TunnelSpec {
     /// Seconds between the client's keepalives, for tunnels whose liveness the PoP tracks
     /// (TSP): silent for five intervals, the tunnel goes down until its client is heard.
     pub keepalive: Option<u32>,
+    /// AYIYA: SHA-1 of the tunnel's password, which signs every packet. Derived from the
+    /// stored password when the tunnel is projected; never stored itself.
+    pub ayiya_key: Option<[u8; 20]>,
 }
 
 impl TunnelSpec {
@@ -214,6 +217,8 @@ pub struct Pop {
     pub ipv6: Option<Ipv6Addr>,
     /// The UDP port of TSP, where v6udpv4 data arrives.
     pub tsp_port: Option<u16>,
+    /// The UDP port of AYIYA (5072).
+    pub ayiya_port: Option<u16>,
     /// The pool of v4v6 inner addresses; its first host is the PoP's own.
     pub v4v6_pool: Option<Ipv4Net>,
 }
@@ -225,6 +230,7 @@ impl Pop {
             ipv4,
             ipv6: None,
             tsp_port: None,
+            ayiya_port: None,
             v4v6_pool: None,
         }
     }
@@ -252,6 +258,7 @@ impl From<&config::Tunnel> for TunnelSpec {
             client_v4: None,
             mtu: t.mtu.0,
             keepalive: None,
+            ayiya_key: None,
         }
     }
 }
@@ -272,6 +279,7 @@ mod tests {
             client_v4: None,
             mtu: 1480,
             keepalive: None,
+            ayiya_key: None,
         };
         assert_eq!(t.pop_v6(), Some("2001:db8:10:1::1".parse().unwrap()));
         assert_eq!(t.client_v6(), Some("2001:db8:10:1::2".parse().unwrap()));

@@ -143,6 +143,7 @@ fn bench_spec(k: u32, kind: Kind) -> TunnelSpec {
         client_v4,
         mtu: kind.mtu_max(),
         keepalive: None,
+        ayiya_key: None,
     }
 }
 
@@ -435,6 +436,7 @@ impl Bench {
             ipv4: POP_V4,
             ipv6: Some(POP_V6),
             tsp_port: Some(TSP_PORT),
+            ayiya_port: None,
             v4v6_pool: Some(V4V6_POOL.parse().unwrap()),
         })
         .unwrap();

@@ -119,6 +119,7 @@ pub(crate) fn broker_with(link: &str, routed: &str) -> Broker<SqliteStore, FakeM
             ipv4: Ipv4Addr::new(192, 0, 2, 1),
             ipv6: Some("2001:db8:ffff::1".parse().unwrap()),
             tsp_port: Some(3653),
+            ayiya_port: None,
             v4v6_pool: Some("203.0.113.0/24".parse().unwrap()),
         },
     )

@@ -266,6 +266,19 @@ pub enum TspTunnelType {
     V4V6,
 }
 
+/// AYIYA (SixXS), verified, decapsulated and signed in the data plane.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AyiyaConfig {
+    /// UDP port on `pop.ipv4` where AYIYA arrives.
+    #[serde(default = "default_ayiya_port")]
+    pub port: u16,
+}
+
+fn default_ayiya_port() -> u16 {
+    broker_common::consts::AYIYA_PORT
+}
+
 /// The TSP server (RFC 5572), on TCP and UDP.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -378,6 +391,9 @@ pub struct Config {
     /// The TSP server; absent = off.
     #[serde(default)]
     pub tsp: Option<TspConfig>,
+    /// AYIYA tunnels; absent = off.
+    #[serde(default)]
+    pub ayiya: Option<AyiyaConfig>,
     #[serde(default)]
     pub tunnels: Vec<Tunnel>,
 }
@@ -389,6 +405,7 @@ impl Config {
             ipv4: self.pop.ipv4.0,
             ipv6: self.pop.ipv6.map(|a| a.0),
             tsp_port: self.tsp.as_ref().map(|t| t.port),
+            ayiya_port: self.ayiya.as_ref().map(|a| a.port),
             v4v6_pool: self.pools.v4v6.map(|p| p.0),
         }
     }

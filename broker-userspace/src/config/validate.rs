@@ -15,7 +15,24 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
     pools(c)?;
     api(c)?;
     tsp(c)?;
+    ayiya(c)?;
     tunnels(c)
+}
+
+fn ayiya(c: &Config) -> Result<(), Invalid> {
+    let Some(a) = &c.ayiya else {
+        return Ok(());
+    };
+    if a.port == 0 {
+        return Err(("ayiya.port".into(), "0 is not a port".into()));
+    }
+    if c.tsp.as_ref().is_some_and(|t| t.port == a.port) {
+        return Err((
+            "ayiya.port".into(),
+            format!("{} is already the TSP port (tsp.port)", a.port),
+        ));
+    }
+    Ok(())
 }
 
 fn tsp(c: &Config) -> Result<(), Invalid> {
@@ -250,7 +267,8 @@ fn tunnels(c: &Config) -> Result<(), Invalid> {
         if t.kind != TunnelKind::Proto41 {
             return Err((
                 at("kind"),
-                "static tunnels are proto41; the other kinds come from TSP sessions or the API".into(),
+                "static tunnels are proto41; the other kinds come from TSP sessions or the API"
+                    .into(),
             ));
         }
         let remote = t.remote_ipv4.0;

@@ -64,6 +64,8 @@ impl Dataplane {
         self.settings.pop_v4 = old.pop_v4;
         self.settings.pop_v6 = old.pop_v6;
         self.settings.tsp_port = old.tsp_port;
+        self.settings.ayiya_port = old.ayiya_port;
+        self.settings.utc_minus_tai_s = old.utc_minus_tai_s;
         self.settings.v4_gateway = old.v4_gateway;
         self.settings.v4_net = old.v4_net;
         self.settings.v4_mask = old.v4_mask;
@@ -174,8 +176,14 @@ impl Dataplane {
                 source,
             })?;
         let mut want = to_map_value(spec, pop);
-        // The key is not written by this build yet: compare what is.
-        want.key = current.key;
+        if want.kind == TunnelKind::Ayiya as u8
+            && current.id == want.id
+            && current.remote_v4 != [0; 4]
+        {
+            // Where the client roamed to is the data plane's to know.
+            want.remote_v4 = current.remote_v4;
+            want.remote_port = current.remote_port;
+        }
         let prefixes: Vec<Ipv6Net> = spec.prefixes().map(|p| p.trunc()).collect();
         Ok(current == want && installed.prefixes == prefixes)
     }
@@ -202,6 +210,9 @@ impl Dataplane {
         })?;
         n += self.sweep_map::<Endpoint6>(names::V6_ENDPOINTS, &|k, slot| {
             endpoint_owned(EndpointKey::V6(*k), slot)
+        })?;
+        n += self.sweep_map::<[u8; 16]>(names::AYIYA_IDS, &|k, slot| {
+            endpoint_owned(EndpointKey::Ayiya(*k), slot)
         })?;
         n += self.sweep_map::<[u8; 4]>(names::V4_ROUTES, &|k, slot| {
             slots.get(&slot).is_some_and(|i| i.v4 == Some(*k))
@@ -242,6 +253,8 @@ impl Dataplane {
 /// The endpoint key a tunnel map value implies.
 fn endpoint_of(t: &Tunnel) -> EndpointKey {
     match TunnelKind::from_u8(t.kind) {
+        Some(TunnelKind::Ayiya) => EndpointKey::Ayiya(t.client_v6),
+        Some(TunnelKind::Proto41) if t.remote_v4 == [0; 4] => EndpointKey::None,
         Some(TunnelKind::V6Udp4) => EndpointKey::Udp(UdpEndpoint4 {
             remote: t.remote_v4,
             local: t.local_v4,

@@ -28,8 +28,8 @@ use aya::{
 use broker_common::{
     consts::{map_names as names, program_names},
     maps::{
-        Endpoint4, Endpoint6, Nexthop, Prefix64, PrefixKey, Settings, Tunnel, TunnelState,
-        TunnelStats, UdpEndpoint4, MAX_PREFIX_LENS, MAX_ROUTED,
+        Endpoint4, Endpoint6, Nexthop, Prefix64, PrefixKey, Settings, Tunnel, TunnelKind,
+        TunnelState, TunnelStats, UdpEndpoint4, MAX_PREFIX_LENS, MAX_ROUTED,
     },
 };
 use ipnet::Ipv6Net;
@@ -189,6 +189,7 @@ impl Dataplane {
             .map_max_entries(names::UDP_ENDPOINTS, opts.max_tunnels)
             .map_max_entries(names::V6_ENDPOINTS, opts.max_tunnels)
             .map_max_entries(names::V4_ROUTES, opts.max_tunnels)
+            .map_max_entries(names::AYIYA_IDS, opts.max_tunnels)
             .map_max_entries(names::TUNNEL_STATS, opts.max_tunnels)
             .map_max_entries(names::NEXTHOP_CLIENT, opts.max_tunnels)
             .map_max_entries(names::PREFIXES, opts.max_prefixes);
@@ -379,6 +380,8 @@ impl Dataplane {
         s.pop_v4 = pop.ipv4.octets();
         s.pop_v6 = pop.ipv6.map_or([0; 16], |a| a.octets());
         s.tsp_port = pop.tsp_port.unwrap_or(0).to_be_bytes();
+        s.ayiya_port = pop.ayiya_port.unwrap_or(0).to_be_bytes();
+        s.utc_minus_tai_s = utc_minus_tai()?;
         let (gateway, net, mask) = match pop.v4v6_pool {
             Some(p) => (
                 pop.v4v6_gateway().map_or([0; 4], |g| g.octets()),
@@ -405,8 +408,49 @@ impl Dataplane {
             ipv4: s.pop_v4.into(),
             ipv6: (s.pop_v6 != [0; 16]).then(|| s.pop_v6.into()),
             tsp_port: (s.tsp_port != [0; 2]).then(|| u16::from_be_bytes(s.tsp_port)),
+            ayiya_port: (s.ayiya_port != [0; 2]).then(|| u16::from_be_bytes(s.ayiya_port)),
             v4v6_pool,
         }
+    }
+
+    /// Rewrites the data plane's UTC offset when the kernel's TAI offset changed (a leap
+    /// second, or NTP setting it for the first time). Cheap; called periodically.
+    pub fn refresh_clock(&mut self) -> Result<()> {
+        let offset = utc_minus_tai()?;
+        if offset != self.settings.utc_minus_tai_s {
+            self.settings.utc_minus_tai_s = offset;
+            self.write_settings()?;
+        }
+        Ok(())
+    }
+
+    /// Where the data plane has seen each AYIYA client last (it follows them as they
+    /// roam); tunnels not heard from yet are left out.
+    pub fn learnt_endpoints(&self) -> Result<Vec<(u32, std::net::SocketAddrV4)>> {
+        let tunnels: Array<_, Tunnel> = self.map(names::TUNNELS)?;
+        let mut out = Vec::new();
+        for id in self.slots.ids() {
+            let Some(i) = self.slots.get(id) else {
+                continue;
+            };
+            if !matches!(i.endpoint, EndpointKey::Ayiya(_)) {
+                continue;
+            }
+            let t = tunnels
+                .get(&i.slot, 0)
+                .map_err(|source| DataplaneError::Map {
+                    name: names::TUNNELS,
+                    source,
+                })?;
+            if t.id == id && t.remote_v4 != [0; 4] {
+                let at = std::net::SocketAddrV4::new(
+                    t.remote_v4.into(),
+                    u16::from_be_bytes(t.remote_port),
+                );
+                out.push((id, at));
+            }
+        }
+        Ok(out)
     }
 
     /// Marks every cached next hop stale: the next packet of each flow asks the FIB again.
@@ -453,9 +497,13 @@ impl Dataplane {
         if previous.is_none() {
             self.zero_per_cpu::<TunnelStats>(names::TUNNEL_STATS, slot)?;
         }
+        let mut value = to_map_value(spec, &pop);
+        if previous.is_some() {
+            self.keep_roamed(slot, &mut value)?;
+        }
         // The cached next hop was for the previous endpoint or tunnel of this slot.
         self.zero_per_cpu::<Nexthop>(names::NEXTHOP_CLIENT, slot)?;
-        self.write_tunnel(slot, &to_map_value(spec, &pop))?;
+        self.write_tunnel(slot, &value)?;
 
         let old: &[Ipv6Net] = previous.as_ref().map_or(&[], |p| &p.prefixes);
         let mut space_changed = false;
@@ -485,6 +533,8 @@ impl Dataplane {
             EndpointKey::P41(k) => self.insert_lookup(names::P41_ENDPOINTS, k, slot)?,
             EndpointKey::Udp(k) => self.insert_lookup(names::UDP_ENDPOINTS, k, slot)?,
             EndpointKey::V6(k) => self.insert_lookup(names::V6_ENDPOINTS, k, slot)?,
+            EndpointKey::Ayiya(k) => self.insert_lookup(names::AYIYA_IDS, k, slot)?,
+            EndpointKey::None => {}
         }
         if let Some(prev) = previous {
             if prev.endpoint != endpoint {
@@ -507,6 +557,26 @@ impl Dataplane {
             },
         );
         debug!(id = spec.id, slot, "tunnel installed");
+        Ok(())
+    }
+
+    /// An AYIYA tunnel's endpoint is the data plane's own finding (the last address a
+    /// verified packet came from), newer than anything the store holds: an update keeps it.
+    fn keep_roamed(&self, slot: u32, value: &mut Tunnel) -> Result<()> {
+        if value.kind != TunnelKind::Ayiya as u8 {
+            return Ok(());
+        }
+        let tunnels: Array<_, Tunnel> = self.map(names::TUNNELS)?;
+        let current = tunnels
+            .get(&slot, 0)
+            .map_err(|source| DataplaneError::Map {
+                name: names::TUNNELS,
+                source,
+            })?;
+        if current.id == value.id && current.kind == value.kind && current.remote_v4 != [0; 4] {
+            value.remote_v4 = current.remote_v4;
+            value.remote_port = current.remote_port;
+        }
         Ok(())
     }
 
@@ -534,6 +604,12 @@ impl Dataplane {
             }
             Kind::V4In6 if spec.client_v4.is_none() => {
                 return Err(unsupported("v4v6 needs the client's inner IPv4"))
+            }
+            Kind::Ayiya if pop.ayiya_port.is_none() => {
+                return Err(unsupported("ayiya needs the AYIYA port (ayiya.port)"))
+            }
+            Kind::Ayiya if spec.ayiya_key.is_none() => {
+                return Err(unsupported("ayiya needs its signing key"))
             }
             _ => {}
         }
@@ -632,6 +708,11 @@ impl Dataplane {
             ),
             usage(names::V4_ROUTES, count(&|i| i.v4.is_some()), tunnels_cap),
             usage(
+                names::AYIYA_IDS,
+                count(&|i| matches!(i.endpoint, EndpointKey::Ayiya(_))),
+                tunnels_cap,
+            ),
+            usage(
                 names::PREFIXES,
                 installed.iter().map(|i| i.prefixes.len()).sum(),
                 u64::from(self.max_prefixes),
@@ -691,6 +772,8 @@ impl Dataplane {
             EndpointKey::P41(k) => self.remove_lookup(names::P41_ENDPOINTS, k),
             EndpointKey::Udp(k) => self.remove_lookup(names::UDP_ENDPOINTS, k),
             EndpointKey::V6(k) => self.remove_lookup(names::V6_ENDPOINTS, k),
+            EndpointKey::Ayiya(k) => self.remove_lookup(names::AYIYA_IDS, k),
+            EndpointKey::None => Ok(()),
         }
     }
 
@@ -765,6 +848,28 @@ fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp
         .map_err(|source| DataplaneError::Program { name, source })
 }
 
+/// UTC minus TAI in whole seconds, from the two clocks (see `Settings::utc_minus_tai_s`).
+fn utc_minus_tai() -> Result<i32> {
+    let read = |clock| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid clock id and a timespec to fill.
+        if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+            return Err(DataplaneError::Io {
+                what: "clock_gettime".into(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128)
+    };
+    let utc = read(libc::CLOCK_REALTIME)?;
+    let tai = read(libc::CLOCK_TAI)?;
+    // Rounded: the two reads are nanoseconds apart, the offset is whole seconds.
+    Ok(((utc - tai) as f64 / 1e9).round() as i32)
+}
+
 fn ignore_missing(r: Result<(), aya::maps::MapError>, name: &'static str) -> Result<()> {
     match r {
         Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
@@ -772,8 +877,15 @@ fn ignore_missing(r: Result<(), aya::maps::MapError>, name: &'static str) -> Res
     }
 }
 
-/// A tunnel's key in the endpoint map of its kind.
+/// A tunnel's key in the endpoint map of its kind: AYIYA tunnels are found by identity,
+/// and a heartbeat tunnel not heard from yet by nothing.
 fn endpoint_key(spec: &TunnelSpec, pop: &Pop) -> EndpointKey {
+    if spec.kind == Kind::Ayiya {
+        return EndpointKey::Ayiya(spec.client_v6().map_or([0; 16], |a| a.octets()));
+    }
+    if spec.endpoint.is_unspecified() {
+        return EndpointKey::None;
+    }
     match spec.endpoint {
         Endpoint::Ipv4(a) => EndpointKey::P41(Endpoint4 {
             remote: a.octets(),
@@ -807,7 +919,8 @@ fn to_map_value(spec: &TunnelSpec, pop: &Pop) -> Tunnel {
         pop_v6: spec.pop_v6().map_or([0; 16], |a| a.octets()),
         client_v6: spec.client_v6().map_or([0; 16], |a| a.octets()),
         n_routed: spec.routed_prefixes.len() as u8,
-        flags: if spec.keepalive.is_some() {
+        // A heartbeat tunnel sleeps when its beats stop, and only a beat wakes it.
+        flags: if spec.keepalive.is_some() && spec.kind != Kind::Heartbeat {
             Tunnel::WAKE
         } else {
             0
@@ -826,10 +939,16 @@ fn to_map_value(spec: &TunnelSpec, pop: &Pop) -> Tunnel {
             t.remote_v4 = a.octets();
         }
         Endpoint::Udp4(a) => {
+            let local = if spec.kind == Kind::Ayiya {
+                pop.ayiya_port
+            } else {
+                pop.tsp_port
+            };
             t.local_v4 = pop.ipv4.octets();
             t.remote_v4 = a.ip().octets();
-            t.local_port = pop.tsp_port.unwrap_or(0).to_be_bytes();
+            t.local_port = local.unwrap_or(0).to_be_bytes();
             t.remote_port = a.port().to_be_bytes();
+            t.key = spec.ayiya_key.unwrap_or([0; 20]);
         }
         Endpoint::Ipv6(a) => {
             t.local_v6 = pop.ipv6.map_or([0; 16], |p| p.octets());

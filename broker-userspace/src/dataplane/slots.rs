@@ -15,6 +15,10 @@ pub enum EndpointKey {
     Udp(UdpEndpoint4),
     /// `V6_ENDPOINTS`.
     V6(Endpoint6),
+    /// `AYIYA_IDS`: the client's identity (its `::2`).
+    Ayiya([u8; 16]),
+    /// None yet: a heartbeat tunnel whose client has not beaten.
+    None,
 }
 
 /// What is installed for one tunnel, so an update can remove what it no longer has.

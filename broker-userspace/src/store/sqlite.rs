@@ -161,6 +161,7 @@ fn record(r: Row, routed: Vec<Ipv6Net>) -> Result<TunnelRecord> {
                 .transpose()?,
             mtu: r.mtu,
             keepalive: r.keepalive,
+            ayiya_key: None,
         },
         owner: r.owner,
         origin: Origin::parse(&r.origin).ok_or_else(|| StoreError::Corrupt {
@@ -553,6 +554,7 @@ impl Store for SqliteStore {
                 client_v4,
                 mtu: req.mtu,
                 keepalive: req.keepalive,
+                ayiya_key: None,
             },
             owner: req.owner.clone(),
             origin: req.origin,

@@ -30,16 +30,18 @@ pub const POP_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 /// The PoP's address on eth6: the outer end of v4v6 tunnels.
 pub const POP_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1);
 pub const TSP_PORT: u16 = 3653;
+pub const AYIYA_PORT: u16 = 5072;
 /// The v4v6 pool; `.1` is the PoP's inner address.
 pub const V4V6_POOL: &str = "203.0.113.0/24";
 pub const V4V6_GATEWAY: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 
-/// The PoP of every fixture: proto-41, TSP's v6udpv4 and v4v6 all on.
+/// The PoP of every fixture: proto-41, TSP's v6udpv4, v4v6 and AYIYA all on.
 pub fn pop() -> Pop {
     Pop {
         ipv4: POP_V4,
         ipv6: Some(POP_V6),
         tsp_port: Some(TSP_PORT),
+        ayiya_port: Some(AYIYA_PORT),
         v4v6_pool: Some(V4V6_POOL.parse().unwrap()),
     }
 }
@@ -95,6 +97,7 @@ pub fn spec(id: u32) -> TunnelSpec {
         client_v4: None,
         mtu,
         keepalive: None,
+        ayiya_key: None,
     }
 }
 
@@ -120,6 +123,7 @@ pub fn tsp_specs() -> Vec<TunnelSpec> {
             .unwrap()],
         mtu: 1472,
         keepalive: Some(30),
+        ayiya_key: None,
         ..spec(1)
     };
     vec![
@@ -137,6 +141,7 @@ pub fn tsp_specs() -> Vec<TunnelSpec> {
             client_v4: Some(V4V6_INNER),
             mtu: 1460,
             keepalive: Some(30),
+            ayiya_key: None,
         },
         TunnelSpec {
             id: 7,

@@ -415,6 +415,7 @@ fn static_spec(id: u32, remote: u8, link: &str) -> TunnelSpec {
         client_v4: None,
         mtu: 1480,
         keepalive: None,
+        ayiya_key: None,
     }
 }
 

@@ -1,0 +1,231 @@
+//! SHA-1 (FIPS 180-4) over a stretch of the frame, for AYIYA's per-packet signature. The
+//! kernel's crypto kfuncs only offer skciphers, so the hash is written here.
+//!
+//! One 64-byte block per `bpf_loop` iteration: the verifier checks the block function
+//! once, whatever the packet length, and the program stays small. Blocks are copied out
+//! of the frame with `bpf_xdp_load_bytes`, which takes a variable offset the verifier
+//! does not need to bound against `data_end`.
+//!
+//! AYIYA signs with its key in place of the signature field: the hash reads the 20 bytes
+//! at offset 24 from the key instead of the frame.
+//!
+//! A handler that needs a digest [`prepare`]s it and returns `Outcome::Hash`; the entry
+//! point [`run`]s it, out of the handlers' deep frame, and calls the handler again to
+//! resume with the [`digest`].
+use aya_ebpf::{
+    bindings::xdp_md,
+    helpers::{bpf_loop, bpf_xdp_load_bytes},
+    macros::map,
+    maps::PerCpuArray,
+};
+use broker_common::{consts::AYIYA_SIG_OFF, stats::DropReason};
+use core::ffi::c_void;
+
+/// Words of the first block that hold the key (the AYIYA signature field, 4-aligned).
+const KEY_WORD: usize = AYIYA_SIG_OFF / 4;
+/// Longest input: a 1500-byte IPv4 packet's UDP payload fits in 24 blocks.
+const MAX_BLOCKS: u32 = 24;
+
+/// The hashing state, in a per-CPU map rather than on the stack, where it would count
+/// against the 512 bytes the callback's frame shares with its callers. XDP does not nest
+/// on a CPU, so one entry per CPU is enough.
+#[repr(C)]
+pub struct State {
+    h: [u32; 5],
+    /// The key as big-endian words, substituted for words `KEY_WORD..KEY_WORD + 5`.
+    key: [u32; 5],
+    /// The block being hashed: its bytes, then its words.
+    w: [u32; 16],
+    /// Offset of the hashed bytes in the frame, and their number.
+    start: u32,
+    len: u32,
+    /// Set when a block could not be read (the frame is shorter than promised).
+    failed: u32,
+    _pad: u32,
+}
+
+#[map]
+static SHA1_STATE: PerCpuArray<State> = PerCpuArray::with_max_entries(1, 0);
+
+/// What `bpf_loop` hands to every block (its context must be on the stack).
+#[repr(C)]
+struct Job {
+    xdp: *mut xdp_md,
+    st: *mut State,
+}
+
+/// Sets up the SHA-1 of `len` bytes of the frame from offset `start` (`len` ≥ 44), with
+/// the 20 bytes at `start + 24` taken from `key`. The entry point runs it ([`run`]) once
+/// the handler that asked has returned, and hands the handler [`digest`] when it resumes.
+#[inline(always)]
+pub fn prepare(start: usize, len: usize, key: &[u8; 20]) -> Result<(), DropReason> {
+    if (len as u32 + 8) / 64 + 1 > MAX_BLOCKS {
+        return Err(DropReason::BadUdpHeader);
+    }
+    let st = SHA1_STATE.get_ptr_mut(0).ok_or(DropReason::AdjustFailed)?;
+    // SAFETY: this CPU's entry, which only this program writes.
+    let s = unsafe { &mut *st };
+    s.h = [
+        0x6745_2301,
+        0xefcd_ab89,
+        0x98ba_dcfe,
+        0x1032_5476,
+        0xc3d2_e1f0,
+    ];
+    s.start = start as u32;
+    s.len = len as u32;
+    s.failed = 0;
+    let mut i = 0;
+    while i < 5 {
+        s.key[i] = u32::from_be_bytes([key[4 * i], key[4 * i + 1], key[4 * i + 2], key[4 * i + 3]]);
+        i += 1;
+    }
+    Ok(())
+}
+
+/// The digest [`run`] left, as five words (the signature is their big-endian bytes).
+#[inline(always)]
+pub fn digest() -> Option<&'static [u32; 5]> {
+    let st = SHA1_STATE.get_ptr(0)?;
+    // SAFETY: this CPU's entry, which only this program writes.
+    Some(unsafe { &(*st).h })
+}
+
+/// Hashes what [`prepare`] set up. Out of line and called from the entry point, whose
+/// frame is small: the callback's frame stacks on its caller's against the 512-byte limit,
+/// and the handlers' frame alone takes most of that. Returns 0 on success.
+#[inline(never)]
+pub fn run(xdp: *mut xdp_md) -> i64 {
+    let Some(st) = SHA1_STATE.get_ptr_mut(0) else {
+        return -1;
+    };
+    // SAFETY: this CPU's entry, which only this program writes.
+    let len = unsafe { (*st).len };
+    let blocks = (len + 8) / 64 + 1;
+    if blocks > MAX_BLOCKS {
+        return -1;
+    }
+    let mut job = Job { xdp, st };
+    // SAFETY: `block` has the callback signature; `job` outlives the call.
+    let done = unsafe {
+        bpf_loop(
+            blocks,
+            block as *mut c_void,
+            &mut job as *mut Job as *mut c_void,
+            0,
+        )
+    };
+    // SAFETY: as above.
+    if done != blocks as i64 || unsafe { (*st).failed } != 0 {
+        return -1;
+    }
+    0
+}
+
+/// Hashes block `index`: the message bytes it covers, then the padding (0x80, zeros, the
+/// length in bits) where the message ends.
+extern "C" fn block(index: u64, job: *mut c_void) -> i64 {
+    // SAFETY: `bpf_loop` passes the pointer `run` gave it, whose state is this CPU's.
+    let (xdp, s) = unsafe {
+        let job = &*(job as *const Job);
+        (job.xdp, &mut *job.st)
+    };
+    if index >= MAX_BLOCKS as u64 {
+        return 1;
+    }
+    let off = index as u32 * 64;
+    s.w = [0; 16];
+    let bytes = s.w.as_mut_ptr() as *mut u8;
+    let rem = s.len as i64 - off as i64;
+    let from = s.start + off;
+    if rem >= 64 {
+        if load(xdp, from, bytes, 64) != 0 {
+            s.failed = 1;
+            return 1;
+        }
+    } else {
+        let n = (rem.max(0) as u32) & 63;
+        if n > 0 && load(xdp, from, bytes, n) != 0 {
+            s.failed = 1;
+            return 1;
+        }
+        // SAFETY: offsets below 64 into the 64-byte block.
+        unsafe {
+            if rem >= 0 {
+                *bytes.add((rem as usize) & 63) = 0x80;
+            }
+            if rem < 56 {
+                let bits = (s.len as u64 * 8).to_be_bytes();
+                let mut i = 0;
+                while i < 8 {
+                    *bytes.add(56 + i) = bits[i];
+                    i += 1;
+                }
+            }
+        }
+    }
+    let mut i = 0;
+    while i < 16 {
+        s.w[i] = u32::from_be(s.w[i]);
+        i += 1;
+    }
+    if index == 0 {
+        let mut i = 0;
+        while i < 5 {
+            s.w[KEY_WORD + i] = s.key[i];
+            i += 1;
+        }
+    }
+    compress(&mut s.h, &mut s.w);
+    0
+}
+
+/// Copies `n` ≤ 64 bytes of the frame from `from` into the 64-byte block at `buf`.
+#[inline(always)]
+fn load(xdp: *mut xdp_md, from: u32, buf: *mut u8, n: u32) -> i64 {
+    // SAFETY: at most 64 bytes into a 64-byte block; the helper checks the frame bounds.
+    unsafe { bpf_xdp_load_bytes(xdp, from, buf as *mut c_void, n) }
+}
+
+/// The SHA-1 compression function: 80 rounds over a 16-word rolling schedule.
+#[inline(always)]
+fn compress(h: &mut [u32; 5], w: &mut [u32; 16]) {
+    let (mut a, mut b, mut c, mut d, mut e) = (h[0], h[1], h[2], h[3], h[4]);
+    let mut t = 0;
+    while t < 80 {
+        let wt = if t < 16 {
+            w[t]
+        } else {
+            let x =
+                (w[(t + 13) & 15] ^ w[(t + 8) & 15] ^ w[(t + 2) & 15] ^ w[t & 15]).rotate_left(1);
+            w[t & 15] = x;
+            x
+        };
+        let (f, k) = if t < 20 {
+            ((b & c) | (!b & d), 0x5a82_7999)
+        } else if t < 40 {
+            (b ^ c ^ d, 0x6ed9_eba1)
+        } else if t < 60 {
+            ((b & c) | (b & d) | (c & d), 0x8f1b_bcdc)
+        } else {
+            (b ^ c ^ d, 0xca62_c1d6)
+        };
+        let tmp = a
+            .rotate_left(5)
+            .wrapping_add(f)
+            .wrapping_add(e)
+            .wrapping_add(k)
+            .wrapping_add(wt);
+        e = d;
+        d = c;
+        c = b.rotate_left(30);
+        b = a;
+        a = tmp;
+        t += 1;
+    }
+    h[0] = h[0].wrapping_add(a);
+    h[1] = h[1].wrapping_add(b);
+    h[2] = h[2].wrapping_add(c);
+    h[3] = h[3].wrapping_add(d);
+    h[4] = h[4].wrapping_add(e);
+}
