@@ -4,6 +4,7 @@
 //! One module per concern; only [`dataplane`] touches aya.
 
 pub mod api;
+pub mod ayiya;
 pub mod broker;
 pub mod cli;
 pub mod client;
