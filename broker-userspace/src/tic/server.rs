@@ -311,6 +311,109 @@ fn take_line(buf: &mut Vec<u8>, max: usize) -> Line {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        broker::tests::broker,
+        model::{Endpoint, Kind, State},
+        store::{NewTunnel, Origin},
+    };
+    use tokio::io::AsyncBufReadExt;
+
+    /// A server on 127.0.0.1 over a broker where alice owns one heartbeat tunnel.
+    async fn server(config: TicConfig) -> (SocketAddr, u32, String) {
+        let mut b = broker();
+        b.create_user("alice", Some("wonderland")).unwrap();
+        let t = b
+            .create_tunnel(&NewTunnel {
+                owner: Some("alice".into()),
+                origin: Origin::Api,
+                kind: Kind::Heartbeat,
+                state: State::Up,
+                endpoint: Endpoint::unspecified(Kind::Heartbeat),
+                mtu: 1280,
+                keepalive: None,
+                expires_at: None,
+                routed_length: None,
+                link_prefix: None,
+                routed_prefix: None,
+            })
+            .await
+            .unwrap();
+        let pop = PopFacts {
+            pop_id: "pop1".into(),
+            ipv4: "192.0.2.1".parse().unwrap(),
+            ipv6: None,
+            heartbeat_interval: 60,
+            heartbeat: true,
+        };
+        let shared = Shared::new(
+            Arc::new(Mutex::new(b)),
+            config,
+            pop,
+            Arc::new(Metrics::new(false)),
+        )
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = listener.local_addr().unwrap();
+        tokio::spawn(accept(Arc::new(shared), listener));
+        (at, t.spec.id, t.password)
+    }
+
+    #[tokio::test]
+    async fn the_client_fetches_over_tcp() {
+        let (at, id, password) = server(TicConfig::default()).await;
+        let t = crate::client::tic::fetch(at, "alice", "wonderland", None)
+            .await
+            .unwrap();
+        assert_eq!(t.id, id);
+        assert_eq!(t.kind, "6in4-heartbeat");
+        assert_eq!(t.password, password);
+        assert_eq!(
+            t.ipv4_pop,
+            "192.0.2.1".parse::<std::net::Ipv4Addr>().unwrap()
+        );
+        let e = crate::client::tic::fetch(at, "alice", "wrong", None)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("refused the login"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_overlong_line_is_refused_and_closes() {
+        let (at, _, _) = server(TicConfig {
+            max_line: 128,
+            ..TicConfig::default()
+        })
+        .await;
+        let stream = TcpStream::connect(at).await.unwrap();
+        let (r, mut w) = stream.into_split();
+        let mut lines = tokio::io::BufReader::new(r).lines();
+        assert!(lines
+            .next_line()
+            .await
+            .unwrap()
+            .unwrap()
+            .starts_with("200 "));
+        w.write_all(&[b'a'; 200]).await.unwrap();
+        assert_eq!(
+            lines.next_line().await.unwrap().as_deref(),
+            Some("400 Line too long")
+        );
+        assert_eq!(lines.next_line().await.unwrap(), None, "closed");
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_closed() {
+        let (at, _, _) = server(TicConfig {
+            idle_timeout_secs: 1,
+            ..TicConfig::default()
+        })
+        .await;
+        let stream = TcpStream::connect(at).await.unwrap();
+        let mut lines = tokio::io::BufReader::new(stream).lines();
+        assert!(lines.next_line().await.unwrap().is_some());
+        let end = tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await;
+        assert!(matches!(end, Ok(Ok(None)) | Ok(Err(_))), "{end:?}");
+    }
 
     #[test]
     fn lines_are_cut_at_lf_and_crlf_and_limited() {
