@@ -21,13 +21,14 @@ use crate::{
     broker::{Broker, NoRoutes, Projection, RouteOps},
     config::Config,
     dataplane::{self, Dataplane},
+    heartbeat,
     liveness::{Liveness, Observed},
     metrics::Metrics,
-    model::{State, TunnelSpec},
+    model::{Kind, State, TunnelSpec},
     netlink::{self, Netlink},
     routes::{RouteSettings, Routes},
     store::{self, PoolSet, SqliteStore, Store},
-    sysctl, tsp,
+    sysctl, tic, tsp,
 };
 
 /// The routes the broker writes: the kernel's, or none (`routes.enabled: false`).
@@ -163,7 +164,32 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             .await
             .context("starting the TSP server")?;
     }
-    let watcher = tokio::spawn(watch_tunnels(broker.clone()));
+    if let Some(tic_config) = &config.tic {
+        let pop = tic::session::PopFacts {
+            pop_id: config.tic_pop_id(),
+            ipv4: config.pop.ipv4.0,
+            ipv6: config.pop.ipv6.map(|a| a.0),
+            heartbeat_interval: config.heartbeat_interval(),
+            heartbeat: config.heartbeat.is_some(),
+        };
+        let shared =
+            tic::server::Shared::new(broker.clone(), tic_config.clone(), pop, metrics.clone())
+                .context("loading the TIC certificate")?;
+        tic::server::serve(Arc::new(shared), std::net::IpAddr::V4(config.pop.ipv4.0))
+            .await
+            .context("starting the TIC server")?;
+    }
+    if let Some(hb) = &config.heartbeat {
+        heartbeat::server::serve(
+            broker.clone(),
+            hb.clone(),
+            metrics.clone(),
+            config.pop.ipv4.0,
+        )
+        .await
+        .context("starting the heartbeat server")?;
+    }
+    let watcher = tokio::spawn(watch_tunnels(broker.clone(), config.heartbeat.is_some()));
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut api_task = tokio::spawn(api::serve(config.api.listen, api::router(state), async {
         let _ = api_stopped.await;
@@ -193,7 +219,12 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                         || new.pools != config.pools
                         || new.routes != config.routes
                         || new.tsp != config.tsp
+                        || new.tic != config.tic
+                        || new.heartbeat != config.heartbeat
                         || new.pop.ipv6 != config.pop.ipv6
+                        // TIC and heartbeat listen on it (and TIC hands it out).
+                        || ((new.tic.is_some() || new.heartbeat.is_some())
+                            && new.pop.ipv4 != config.pop.ipv4)
                     {
                         warn!("only static tunnels and the PoP's IPv4 are reloaded; other changes need a restart");
                     }
@@ -229,8 +260,9 @@ const LIVENESS_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 const EXPIRY_TICKS: u32 = 10;
 
 /// Puts silent tunnels to sleep and wakes them when their clients are heard (from the
-/// data plane's counters), and ends lapsed lifetimes.
-async fn watch_tunnels(broker: Arc<Mutex<Running>>) {
+/// data plane's counters), and ends lapsed lifetimes. With the heartbeat server running,
+/// heartbeat tunnels are its to watch (by beats, not traffic): two watchers would flap.
+async fn watch_tunnels(broker: Arc<Mutex<Running>>, heartbeats: bool) {
     let mut liveness = Liveness::default();
     let mut tick = tokio::time::interval(LIVENESS_TICK);
     let mut n = 0u32;
@@ -248,6 +280,7 @@ async fn watch_tunnels(broker: Arc<Mutex<Running>>) {
         let observed: Vec<Observed> = tunnels
             .iter()
             .filter(|t| t.spec.state == State::Up)
+            .filter(|t| !(heartbeats && t.spec.kind == Kind::Heartbeat))
             .filter_map(|t| {
                 let keepalive_secs = t.spec.keepalive?;
                 let c = b.maps.counters(t.spec.id)?;

@@ -290,6 +290,37 @@ enum ClientCommand {
         #[arg(long)]
         no_default_route: bool,
     },
+    /// A SixXS heartbeat client (as aiccu): fetches the tunnel over TIC, runs it as
+    /// proto-41 on a TUN device and beats to the PoP every Heartbeat_Interval.
+    Heartbeat {
+        /// The TIC server: host or host:port (default port 3874).
+        #[arg(long)]
+        server: String,
+        /// The account's user name.
+        #[arg(long)]
+        username: String,
+        /// The account's password (or BROKER_TIC_PASSWORD).
+        #[arg(long, env = "BROKER_TIC_PASSWORD", hide_env_values = true)]
+        password: String,
+        /// The tunnel id (T123 or 123); default: the first the account lists.
+        #[arg(long)]
+        tunnel: Option<String>,
+        /// This host's IPv4 address (the tunnel's client endpoint).
+        #[arg(long)]
+        local: Ipv4Addr,
+        /// The PoP's heartbeat port.
+        #[arg(long, default_value_t = 3740)]
+        heartbeat_port: u16,
+        /// TUN device name.
+        #[arg(long, default_value = "sixxs")]
+        name: String,
+        /// Further prefixes to route into the tunnel (repeatable).
+        #[arg(long = "route")]
+        routes: Vec<Ipv6Net>,
+        /// Do not route ::/0 into the tunnel.
+        #[arg(long)]
+        no_default_route: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -405,7 +436,55 @@ fn main() -> anyhow::Result<()> {
                 default_route: !no_default_route,
             }))
         }
+        Command::Client {
+            command:
+                ClientCommand::Heartbeat {
+                    server,
+                    username,
+                    password,
+                    tunnel,
+                    local,
+                    heartbeat_port,
+                    name,
+                    routes,
+                    no_default_route,
+                },
+        } => runtime()?.block_on(client::heartbeat::run(client::heartbeat::Options {
+            server: tic_server(&server)?,
+            username,
+            password,
+            tunnel: tunnel.as_deref().map(tunnel_id).transpose()?,
+            local,
+            heartbeat_port,
+            name,
+            default_route: !no_default_route,
+            routes,
+        })),
     }
+}
+
+/// `host[:port]` of a TIC server, resolved to an IPv4 socket address (the TIC server
+/// listens on the PoP's IPv4).
+fn tic_server(server: &str) -> anyhow::Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let with_port = if server.parse::<std::net::SocketAddr>().is_ok() || server.contains(':') {
+        server.to_string()
+    } else {
+        format!("{server}:3874")
+    };
+    with_port
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {with_port}"))?
+        .find(std::net::SocketAddr::is_ipv4)
+        .with_context(|| format!("{with_port} has no IPv4 address"))
+}
+
+/// `T123` or `123`.
+fn tunnel_id(s: &str) -> anyhow::Result<u32> {
+    s.strip_prefix(['T', 't'])
+        .unwrap_or(s)
+        .parse()
+        .with_context(|| format!("{s:?} is not a tunnel id (T123 or 123)"))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -33,6 +33,8 @@ pub struct Metrics {
     per_tunnel: bool,
     api: Family<Labels, Counter>,
     tsp: Family<Labels, Counter>,
+    tic: Family<Labels, Counter>,
+    heartbeats: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -41,6 +43,8 @@ impl Metrics {
             per_tunnel,
             api: Family::default(),
             tsp: Family::default(),
+            tic: Family::default(),
+            heartbeats: Family::default(),
         }
     }
 
@@ -51,6 +55,20 @@ impl Metrics {
                 ("transport", transport.to_string()),
                 ("outcome", outcome.to_string()),
             ])
+            .inc();
+    }
+
+    /// Counts one ended TIC session by outcome.
+    pub fn tic_session(&self, outcome: &str) {
+        self.tic
+            .get_or_create(&vec![("outcome", outcome.to_string())])
+            .inc();
+    }
+
+    /// Counts one heartbeat datagram by outcome.
+    pub fn heartbeat(&self, outcome: &str) {
+        self.heartbeats
+            .get_or_create(&vec![("outcome", outcome.to_string())])
             .inc();
     }
 
@@ -82,6 +100,17 @@ impl Metrics {
             "TSP sessions by transport and outcome (established, auth_failed, refused, \
              timeout, invalid, busy)",
             self.tsp.clone(),
+        );
+        registry.register(
+            "broker_tic_sessions",
+            "TIC sessions by outcome (ok: logged in and quit or closed; auth_failed, \
+             timeout, invalid, closed without logging in, busy)",
+            self.tic.clone(),
+        );
+        registry.register(
+            "broker_heartbeats",
+            "Heartbeat datagrams by outcome (accepted, or why one was dropped)",
+            self.heartbeats.clone(),
         );
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry)

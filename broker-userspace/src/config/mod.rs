@@ -360,6 +360,95 @@ fn default_auth_failures() -> u32 {
     3
 }
 
+/// The TIC server (SixXS, TCP): aiccu fetches its tunnel's settings with it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TicConfig {
+    /// TCP port on `pop.ipv4`.
+    #[serde(default = "default_tic_port")]
+    pub port: u16,
+    /// The `POP Id` clients see (one word); default: the instance name.
+    #[serde(default)]
+    pub pop_id: Option<String>,
+    /// PEM certificate chain for `starttls`; with `key`. Without them `starttls` is
+    /// refused and aiccu goes on in clear (unless it is set to require TLS).
+    #[serde(default)]
+    pub certificate: Option<std::path::PathBuf>,
+    /// PEM private key of `certificate`.
+    #[serde(default)]
+    pub key: Option<std::path::PathBuf>,
+    /// A connection silent for this long is closed, seconds.
+    #[serde(default = "default_tic_idle")]
+    pub idle_timeout_secs: u64,
+    /// Longest line accepted, bytes (aiccu's buffers are 1024).
+    #[serde(default = "default_tic_max_line")]
+    pub max_line: usize,
+    /// Authentication failures from one source before its answers are delayed (doubling
+    /// up to 30 s, forgotten after a quiet minute).
+    #[serde(default = "default_auth_failures")]
+    pub auth_failures_before_delay: u32,
+}
+
+impl Default for TicConfig {
+    fn default() -> Self {
+        Self {
+            port: default_tic_port(),
+            pop_id: None,
+            certificate: None,
+            key: None,
+            idle_timeout_secs: default_tic_idle(),
+            max_line: default_tic_max_line(),
+            auth_failures_before_delay: default_auth_failures(),
+        }
+    }
+}
+
+fn default_tic_port() -> u16 {
+    3874
+}
+fn default_tic_idle() -> u64 {
+    60
+}
+fn default_tic_max_line() -> usize {
+    1024
+}
+
+/// The heartbeat server (SixXS, UDP): sets `heartbeat` tunnels' endpoints and liveness.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    /// UDP port on `pop.ipv4`.
+    #[serde(default = "default_hb_port")]
+    pub port: u16,
+    /// A tunnel without a valid beat for this long is put to sleep, seconds (sixxsd: 120).
+    #[serde(default = "default_hb_timeout")]
+    pub timeout_secs: u64,
+    /// The `Heartbeat_Interval` TIC hands out for tunnels without a keepalive of their
+    /// own, seconds.
+    #[serde(default = "default_hb_interval")]
+    pub interval_secs: u32,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        Self {
+            port: default_hb_port(),
+            timeout_secs: default_hb_timeout(),
+            interval_secs: default_hb_interval(),
+        }
+    }
+}
+
+fn default_hb_port() -> u16 {
+    crate::heartbeat::message::PORT
+}
+fn default_hb_timeout() -> u64 {
+    120
+}
+fn default_hb_interval() -> u32 {
+    60
+}
+
 /// Prometheus exposition.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -394,6 +483,12 @@ pub struct Config {
     /// AYIYA tunnels; absent = off.
     #[serde(default)]
     pub ayiya: Option<AyiyaConfig>,
+    /// The TIC server; absent = off.
+    #[serde(default)]
+    pub tic: Option<TicConfig>,
+    /// The heartbeat server; absent = off.
+    #[serde(default)]
+    pub heartbeat: Option<HeartbeatConfig>,
     #[serde(default)]
     pub tunnels: Vec<Tunnel>,
 }
@@ -408,6 +503,21 @@ impl Config {
             ayiya_port: self.ayiya.as_ref().map(|a| a.port),
             v4v6_pool: self.pools.v4v6.map(|p| p.0),
         }
+    }
+
+    /// The `POP Id` TIC clients see.
+    pub fn tic_pop_id(&self) -> String {
+        self.tic
+            .as_ref()
+            .and_then(|t| t.pop_id.clone())
+            .unwrap_or_else(|| self.instance.clone())
+    }
+
+    /// The `Heartbeat_Interval` of tunnels without a keepalive of their own.
+    pub fn heartbeat_interval(&self) -> u32 {
+        self.heartbeat
+            .as_ref()
+            .map_or_else(default_hb_interval, |h| h.interval_secs)
     }
 
     /// The SQLite file.

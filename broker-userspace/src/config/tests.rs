@@ -336,3 +336,75 @@ fn tsp_rejections_name_the_key() {
         assert!(e.line.is_some(), "{e}: no line");
     }
 }
+
+#[test]
+fn tic_and_heartbeat_defaults() {
+    let c = Config::parse(&format!("{GOOD}tic: {{}}\nheartbeat: {{}}\n")).unwrap();
+    let t = c.tic.as_ref().unwrap();
+    assert_eq!(t.port, 3874);
+    assert_eq!(t.max_line, 1024);
+    assert_eq!(t.idle_timeout_secs, 60);
+    assert_eq!(t.auth_failures_before_delay, 3);
+    assert_eq!(t.certificate, None);
+    // The POP Id defaults to the instance name.
+    assert_eq!(c.tic_pop_id(), "pop1");
+    let h = c.heartbeat.as_ref().unwrap();
+    assert_eq!((h.port, h.timeout_secs, h.interval_secs), (3740, 120, 60));
+    assert_eq!(c.heartbeat_interval(), 60);
+    // Off without the sections; TIC alone still hands out an interval.
+    let off = Config::parse(GOOD).unwrap();
+    assert!(off.tic.is_none() && off.heartbeat.is_none());
+    let c = Config::parse(&format!(
+        "{GOOD}tic:\n  pop_id: nlams01\nheartbeat:\n  interval_secs: 30\n"
+    ))
+    .unwrap();
+    assert_eq!(c.tic_pop_id(), "nlams01");
+    assert_eq!(c.heartbeat_interval(), 30);
+}
+
+#[test]
+fn tic_and_heartbeat_rejections_name_the_key() {
+    let cases = [
+        (format!("{GOOD}tic:\n  port: 0\n"), "tic.port"),
+        (format!("{GOOD}tic:\n  pop_id: 'two words'\n"), "tic.pop_id"),
+        (format!("{GOOD}tic:\n  pop_id: ''\n"), "tic.pop_id"),
+        (format!("{GOOD}tic:\n  max_line: 10\n"), "tic.max_line"),
+        (
+            format!("{GOOD}tic:\n  idle_timeout_secs: 0\n"),
+            "tic.idle_timeout_secs",
+        ),
+        (
+            format!("{GOOD}tic:\n  certificate: /nonexistent/cert.pem\n"),
+            "tic.key",
+        ),
+        (
+            format!("{GOOD}tic:\n  key: /nonexistent/key.pem\n"),
+            "tic.certificate",
+        ),
+        (
+            format!(
+                "{GOOD}tic:\n  certificate: /nonexistent/cert.pem\n  key: /nonexistent/key.pem\n"
+            ),
+            "tic.certificate",
+        ),
+        (format!("{GOOD}tic:\n  colour: blue\n"), "tic.colour"),
+        (format!("{GOOD}heartbeat:\n  port: 0\n"), "heartbeat.port"),
+        (
+            format!("{GOOD}heartbeat:\n  interval_secs: 5\n"),
+            "heartbeat.interval_secs",
+        ),
+        (
+            format!("{GOOD}heartbeat:\n  timeout_secs: 60\n"),
+            "heartbeat.timeout_secs",
+        ),
+        (
+            format!("{GOOD}heartbeat:\n  timeout_secs: -1\n"),
+            "heartbeat.timeout_secs",
+        ),
+    ];
+    for (text, key) in cases {
+        let e = err(&text);
+        assert_eq!(e.key, key, "{e}");
+        assert!(e.line.is_some(), "{e}: no line");
+    }
+}

@@ -16,6 +16,8 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
     api(c)?;
     tsp(c)?;
     ayiya(c)?;
+    tic(c)?;
+    heartbeat(c)?;
     tunnels(c)
 }
 
@@ -106,6 +108,72 @@ fn tsp(c: &Config) -> Result<(), Invalid> {
             "tsp.sessions_per_source"
         };
         return Err((key.into(), "must be at least 1".into()));
+    }
+    Ok(())
+}
+
+fn tic(c: &Config) -> Result<(), Invalid> {
+    let Some(t) = &c.tic else {
+        return Ok(());
+    };
+    if t.port == 0 {
+        return Err(("tic.port".into(), "0 is not a port".into()));
+    }
+    let id = c.tic_pop_id();
+    // aiccu splits `tunnel list` lines on spaces and prints the id in its logs.
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err((
+            "tic.pop_id".into(),
+            format!("{id:?} must be 1-64 printable characters without spaces"),
+        ));
+    }
+    if t.idle_timeout_secs == 0 || t.idle_timeout_secs > 3600 {
+        return Err((
+            "tic.idle_timeout_secs".into(),
+            format!("{} is outside 1-3600", t.idle_timeout_secs),
+        ));
+    }
+    if !(128..=65_536).contains(&t.max_line) {
+        return Err((
+            "tic.max_line".into(),
+            format!("{} is outside 128-65536", t.max_line),
+        ));
+    }
+    match (&t.certificate, &t.key) {
+        (None, None) => Ok(()),
+        (Some(_), None) => Err(("tic.key".into(), "tic.certificate needs a key".into())),
+        (None, Some(_)) => Err((
+            "tic.certificate".into(),
+            "tic.key needs a certificate".into(),
+        )),
+        (Some(cert), Some(key)) => crate::tic::tls::load(cert, key)
+            .map(|_| ())
+            .map_err(|e| (e.key().into(), e.to_string())),
+    }
+}
+
+fn heartbeat(c: &Config) -> Result<(), Invalid> {
+    let Some(h) = &c.heartbeat else {
+        return Ok(());
+    };
+    if h.port == 0 {
+        return Err(("heartbeat.port".into(), "0 is not a port".into()));
+    }
+    if !(10..=3600).contains(&h.interval_secs) {
+        return Err((
+            "heartbeat.interval_secs".into(),
+            format!("{} is outside 10-3600", h.interval_secs),
+        ));
+    }
+    // A tunnel beating on time must never time out between two beats.
+    if h.timeout_secs <= u64::from(h.interval_secs) || h.timeout_secs > 86_400 {
+        return Err((
+            "heartbeat.timeout_secs".into(),
+            format!(
+                "{} must be more than interval_secs ({}) and at most 86400",
+                h.timeout_secs, h.interval_secs
+            ),
+        ));
     }
     Ok(())
 }

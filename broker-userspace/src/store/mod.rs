@@ -184,6 +184,12 @@ pub trait Store: Send {
     /// or the v4v6 one.
     fn tsp_tunnel(&self, owner: &str, v4v6: bool) -> Result<Option<TunnelRecord>>;
 
+    /// A user's tunnels in id order (TIC `tunnel list`).
+    fn tunnels_of(&self, owner: &str) -> Result<Vec<TunnelRecord>>;
+
+    /// The tunnel whose link /64 is `link` (heartbeats name the client's `::2`).
+    fn tunnel_by_link(&self, link: &Ipv6Net) -> Result<Option<TunnelRecord>>;
+
     /// Adds one to a named counter kept across restarts and returns the new value.
     fn bump(&mut self, counter: &str) -> Result<u64>;
     fn counter(&self, counter: &str) -> Result<u64>;

@@ -861,6 +861,36 @@ impl Store for SqliteStore {
         }
     }
 
+    fn tunnels_of(&self, owner: &str) -> Result<Vec<TunnelRecord>> {
+        // A user has a handful of tunnels: one indexed query for the ids, then each.
+        let ids: Vec<u32> = self
+            .conn
+            .prepare("SELECT id FROM tunnels WHERE owner = ?1 ORDER BY id")?
+            .query_map([owner], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.extend(self.tunnel(id)?);
+        }
+        Ok(out)
+    }
+
+    fn tunnel_by_link(&self, link: &Ipv6Net) -> Result<Option<TunnelRecord>> {
+        // `link_prefix` is UNIQUE (so indexed) and written with the same Display.
+        let id: Option<u32> = self
+            .conn
+            .query_row(
+                "SELECT id FROM tunnels WHERE link_prefix = ?1",
+                [link.trunc().to_string()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match id {
+            Some(id) => self.tunnel(id),
+            None => Ok(None),
+        }
+    }
+
     fn bump(&mut self, counter: &str) -> Result<u64> {
         let tx = self.conn.transaction()?;
         let v = get_counter(&tx, counter)? + 1;

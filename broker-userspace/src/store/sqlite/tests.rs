@@ -347,6 +347,34 @@ fn tsp_tunnels_are_found_by_owner_and_family() {
 }
 
 #[test]
+fn tunnels_by_owner_and_by_link() {
+    let mut s = SqliteStore::in_memory(pools()).unwrap();
+    s.create_user("erin", "pw", 0).unwrap();
+    s.create_user("finn", "pw", 0).unwrap();
+    let of = |who: &str, r: NewTunnel| NewTunnel {
+        owner: Some(who.into()),
+        ..r
+    };
+    let a = s.create_tunnel(&of("erin", new(1, None)), 0).unwrap();
+    let _b = s.create_tunnel(&of("finn", new(2, None)), 0).unwrap();
+    let c = s.create_tunnel(&of("erin", new(3, Some(56))), 0).unwrap();
+    let _anon = s.create_tunnel(&new(4, None), 0).unwrap();
+    assert_eq!(s.tunnels_of("erin").unwrap(), vec![a.clone(), c.clone()]);
+    assert!(s.tunnels_of("nobody").unwrap().is_empty());
+
+    let link = c.spec.link_prefix.unwrap();
+    assert_eq!(s.tunnel_by_link(&link).unwrap(), Some(c.clone()));
+    // Any address inside the /64 names it (heartbeats give the client's ::2).
+    let inside: Ipv6Net = format!("{}/64", c.spec.client_v6().unwrap())
+        .parse()
+        .unwrap();
+    assert_eq!(s.tunnel_by_link(&inside).unwrap(), Some(c.clone()));
+    assert_eq!(s.tunnel_by_link(&net("2001:db8:ffff::/64")).unwrap(), None);
+    // A routed prefix is not a link.
+    assert_eq!(s.tunnel_by_link(&c.spec.routed_prefixes[0]).unwrap(), None);
+}
+
+#[test]
 fn a_version_1_store_migrates_keeping_everything() {
     let dir = tempfile_dir();
     let path = dir.join("v1.db");

@@ -1,0 +1,90 @@
+//! [`Directory`] over the store: what a TIC session looks up, read while the server holds
+//! the broker's lock for one line.
+use tracing::warn;
+
+use super::session::{Directory, PopFacts};
+use crate::store::{Store, TunnelRecord};
+
+pub struct StoreDirectory<'a, S> {
+    pub store: &'a S,
+    pub pop: &'a PopFacts,
+}
+
+impl<S: Store> Directory for StoreDirectory<'_, S> {
+    fn user_password(&self, user: &str) -> Option<String> {
+        match self.store.user(user) {
+            Ok(u) => u.map(|u| u.password),
+            Err(e) => {
+                // A store failure refuses the login rather than ending the process.
+                warn!(user, error = %e, "TIC: reading the user failed");
+                None
+            }
+        }
+    }
+
+    fn user_tunnels(&self, user: &str) -> Vec<TunnelRecord> {
+        self.store.tunnels_of(user).unwrap_or_else(|e| {
+            warn!(user, error = %e, "TIC: reading the user's tunnels failed");
+            Vec::new()
+        })
+    }
+
+    fn pop(&self) -> PopFacts {
+        self.pop.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        model::{Endpoint, Kind, State},
+        store::{NewTunnel, Origin, PoolSet, SqliteStore},
+    };
+
+    #[test]
+    fn reads_users_and_their_tunnels_from_the_store() {
+        let mut store = SqliteStore::in_memory(PoolSet {
+            link: vec!["2001:db8:10::/48".parse().unwrap()],
+            routed: vec![],
+            routed_lengths: vec![64],
+            quarantine_secs: 0,
+            v4v6: None,
+        })
+        .unwrap();
+        store.create_user("gus", "gpw", 0).unwrap();
+        let t = store
+            .create_tunnel(
+                &NewTunnel {
+                    owner: Some("gus".into()),
+                    origin: Origin::Api,
+                    kind: Kind::Heartbeat,
+                    state: State::Up,
+                    endpoint: Endpoint::unspecified(Kind::Heartbeat),
+                    mtu: 1280,
+                    keepalive: None,
+                    expires_at: None,
+                    routed_length: None,
+                    link_prefix: None,
+                    routed_prefix: None,
+                },
+                0,
+            )
+            .unwrap();
+        let pop = PopFacts {
+            pop_id: "p".into(),
+            ipv4: "192.0.2.1".parse().unwrap(),
+            ipv6: None,
+            heartbeat_interval: 60,
+            heartbeat: true,
+        };
+        let d = StoreDirectory {
+            store: &store,
+            pop: &pop,
+        };
+        assert_eq!(d.user_password("gus").as_deref(), Some("gpw"));
+        assert_eq!(d.user_password("nobody"), None);
+        assert_eq!(d.user_tunnels("gus"), vec![t]);
+        assert!(d.user_tunnels("nobody").is_empty());
+    }
+}

@@ -1,0 +1,447 @@
+//! The TIC server's I/O: a TCP listener on `pop.ipv4`, lines in and [`Session`] replies
+//! out. All protocol decisions are the session's; this adds the line limit, the idle
+//! timeout, per-source limits (sessions, and failed logins answered later and later),
+//! `starttls`, and the store lookups under the broker's lock.
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::Mutex,
+};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use super::{
+    directory::StoreDirectory,
+    session::{Event, Next, PopFacts, Reply, Session},
+};
+use crate::{
+    broker::{Broker, Projection, RouteOps},
+    config::TicConfig,
+    metrics::Metrics,
+    store::Store,
+    tsp::limits::Limits,
+};
+
+/// Concurrent sessions from one source address (a TIC session lasts a second or two;
+/// more than this at once is a script, not aiccu).
+const SESSIONS_PER_SOURCE: usize = 8;
+/// Time for the TLS handshake after `starttls`.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every connection shares.
+pub struct Shared<S, P, R> {
+    pub broker: Arc<Mutex<Broker<S, P, R>>>,
+    pub config: TicConfig,
+    pub pop: PopFacts,
+    pub metrics: Arc<Metrics>,
+    tls: Option<TlsAcceptor>,
+    limits: std::sync::Mutex<Limits>,
+}
+
+impl<S, P, R> Shared<S, P, R> {
+    /// Loads the certificate when one is configured.
+    pub fn new(
+        broker: Arc<Mutex<Broker<S, P, R>>>,
+        config: TicConfig,
+        pop: PopFacts,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, super::tls::TlsError> {
+        let tls = match (&config.certificate, &config.key) {
+            (Some(c), Some(k)) => Some(TlsAcceptor::from(super::tls::load(c, k)?)),
+            _ => None,
+        };
+        let limits = Limits::new(SESSIONS_PER_SOURCE, config.auth_failures_before_delay);
+        Ok(Self {
+            broker,
+            config,
+            pop,
+            metrics,
+            tls,
+            limits: std::sync::Mutex::new(limits),
+        })
+    }
+
+    fn limits(&self) -> std::sync::MutexGuard<'_, Limits> {
+        self.limits.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Binds the port on `ip`; the accept loop runs until the process ends.
+pub async fn serve<S, P, R>(shared: Arc<Shared<S, P, R>>, ip: IpAddr) -> std::io::Result<()>
+where
+    S: Store + 'static,
+    P: Projection + 'static,
+    R: RouteOps + 'static,
+{
+    let at = SocketAddr::new(ip, shared.config.port);
+    let listener = TcpListener::bind(at).await?;
+    info!(%at, tls = shared.tls.is_some(), "TIC listening");
+    tokio::spawn(accept(shared, listener));
+    Ok(())
+}
+
+async fn accept<S, P, R>(shared: Arc<Shared<S, P, R>>, listener: TcpListener)
+where
+    S: Store + 'static,
+    P: Projection + 'static,
+    R: RouteOps + 'static,
+{
+    let mut tidy = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        let (mut stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(error = %e, "TIC accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = tidy.tick() => {
+                shared.limits().tidy(Instant::now());
+                continue;
+            }
+        };
+        if !shared.limits().open(peer.ip()) {
+            shared.metrics.tic_session("busy");
+            let _ = stream
+                .write_all(b"400 Too many sessions from your address\n")
+                .await;
+            continue;
+        }
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let outcome = session(&shared, stream, peer).await;
+            shared.limits().close(peer.ip());
+            shared.metrics.tic_session(outcome);
+            debug!(%peer, outcome, "TIC session ended");
+        });
+    }
+}
+
+/// How a stretch of dialogue on one stream ended.
+enum Ending {
+    /// The session is over with this outcome label.
+    Over(&'static str),
+    /// `starttls` was accepted: hand the stream to TLS.
+    StartTls,
+}
+
+/// Runs one connection; returns its outcome label.
+async fn session<S, P, R>(
+    shared: &Shared<S, P, R>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+) -> &'static str
+where
+    S: Store,
+    P: Projection,
+    R: RouteOps,
+{
+    let challenges = Box::new(|| {
+        let bytes: [u8; 16] = rand::random();
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    });
+    let mut s = Session::new(peer.ip(), shared.tls.is_some(), challenges);
+    let mut state = Progress::default();
+    let banner = format!("{}\n", s.banner(&shared.pop));
+    if stream.write_all(banner.as_bytes()).await.is_err() {
+        return "closed";
+    }
+    let mut buf = Vec::new();
+    match dialogue(shared, &mut stream, &mut buf, &mut s, &mut state, peer).await {
+        Ending::Over(o) => return state.label(o),
+        Ending::StartTls => {}
+    }
+    // Bytes sent after `starttls` but before the handshake would be taken as commands
+    // from inside TLS (the STARTTLS injection attack): a client must wait.
+    if !buf.is_empty() {
+        return "invalid";
+    }
+    let Some(acceptor) = shared.tls.clone() else {
+        return "invalid";
+    };
+    let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "TIC TLS handshake failed");
+            return "invalid";
+        }
+        Err(_) => return "timeout",
+    };
+    s.tls_started();
+    match dialogue(shared, &mut tls, &mut buf, &mut s, &mut state, peer).await {
+        Ending::Over(o) => state.label(o),
+        Ending::StartTls => "invalid",
+    }
+}
+
+/// What the session did, for its outcome label.
+#[derive(Default)]
+struct Progress {
+    logged_in: bool,
+    failed: bool,
+}
+
+impl Progress {
+    /// `ok` once a user logged in (however it ended but a timeout), `auth_failed` when
+    /// only failures were seen.
+    fn label(&self, ending: &'static str) -> &'static str {
+        match ending {
+            "closed" | "quit" if self.logged_in => "ok",
+            "closed" | "quit" if self.failed => "auth_failed",
+            "quit" => "closed",
+            other => other,
+        }
+    }
+}
+
+async fn dialogue<S, P, R, IO>(
+    shared: &Shared<S, P, R>,
+    io: &mut IO,
+    buf: &mut Vec<u8>,
+    s: &mut Session,
+    progress: &mut Progress,
+    peer: SocketAddr,
+) -> Ending
+where
+    S: Store,
+    P: Projection,
+    R: RouteOps,
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let idle = Duration::from_secs(shared.config.idle_timeout_secs);
+    let max = shared.config.max_line;
+    let mut chunk = vec![0u8; 4096];
+    loop {
+        let reply = match take_line(buf, max) {
+            Line::Complete(line) => {
+                let b = shared.broker.lock().await;
+                let dir = StoreDirectory {
+                    store: &b.store,
+                    pop: &shared.pop,
+                };
+                s.input(&line, crate::store::now(), &dir)
+            }
+            Line::TooLong => s.overlong(),
+            Line::Partial => {
+                match tokio::time::timeout(idle, io.read(&mut chunk)).await {
+                    Err(_) => return Ending::Over("timeout"),
+                    Ok(Ok(0)) | Ok(Err(_)) => return Ending::Over("closed"),
+                    Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                }
+                continue;
+            }
+        };
+        match &reply.event {
+            Event::None => {}
+            Event::LoggedIn(user) => {
+                progress.logged_in = true;
+                shared.limits().succeeded(peer.ip());
+                info!(%peer, user, "TIC user logged in");
+            }
+            Event::AuthFailed => {
+                progress.failed = true;
+                let delay = shared.limits().failed(peer.ip(), Instant::now());
+                warn!(%peer, delay_ms = delay.as_millis() as u64, "TIC authentication failed");
+                tokio::time::sleep(delay).await;
+            }
+        }
+        if send(io, &reply).await.is_err() {
+            return Ending::Over("closed");
+        }
+        match reply.next {
+            Next::Continue => {}
+            Next::StartTls => return Ending::StartTls,
+            Next::Close => {
+                let _ = io.shutdown().await;
+                return Ending::Over(match reply.lines.first() {
+                    Some(l) if l.starts_with('2') => "quit",
+                    _ if matches!(reply.event, Event::AuthFailed) => "auth_failed",
+                    _ => "invalid",
+                });
+            }
+        }
+    }
+}
+
+async fn send<IO: AsyncWrite + Unpin>(io: &mut IO, reply: &Reply) -> std::io::Result<()> {
+    let mut out = String::new();
+    for l in &reply.lines {
+        out.push_str(l);
+        out.push('\n');
+    }
+    io.write_all(out.as_bytes()).await?;
+    io.flush().await
+}
+
+/// A line cut from the front of the buffer.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    Complete(String),
+    /// No newline yet; read more.
+    Partial,
+    /// More than `max` bytes without a newline.
+    TooLong,
+}
+
+/// Takes the first line (LF or CRLF ended) off `buf`.
+fn take_line(buf: &mut Vec<u8>, max: usize) -> Line {
+    match buf.iter().position(|b| *b == b'\n') {
+        Some(i) if i > max => Line::TooLong,
+        Some(i) => {
+            let mut line: Vec<u8> = buf.drain(..=i).collect();
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            Line::Complete(String::from_utf8_lossy(&line).into_owned())
+        }
+        None if buf.len() > max => Line::TooLong,
+        None => Line::Partial,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        broker::tests::broker,
+        model::{Endpoint, Kind, State},
+        store::{NewTunnel, Origin},
+    };
+    use tokio::io::AsyncBufReadExt;
+
+    /// A server on 127.0.0.1 over a broker where alice owns one heartbeat tunnel.
+    async fn server(config: TicConfig) -> (SocketAddr, u32, String) {
+        let mut b = broker();
+        b.create_user("alice", Some("wonderland")).unwrap();
+        let t = b
+            .create_tunnel(&NewTunnel {
+                owner: Some("alice".into()),
+                origin: Origin::Api,
+                kind: Kind::Heartbeat,
+                state: State::Up,
+                endpoint: Endpoint::unspecified(Kind::Heartbeat),
+                mtu: 1280,
+                keepalive: None,
+                expires_at: None,
+                routed_length: None,
+                link_prefix: None,
+                routed_prefix: None,
+            })
+            .await
+            .unwrap();
+        let pop = PopFacts {
+            pop_id: "pop1".into(),
+            ipv4: "192.0.2.1".parse().unwrap(),
+            ipv6: None,
+            heartbeat_interval: 60,
+            heartbeat: true,
+        };
+        let shared = Shared::new(
+            Arc::new(Mutex::new(b)),
+            config,
+            pop,
+            Arc::new(Metrics::new(false)),
+        )
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = listener.local_addr().unwrap();
+        tokio::spawn(accept(Arc::new(shared), listener));
+        (at, t.spec.id, t.password)
+    }
+
+    #[tokio::test]
+    async fn the_client_fetches_over_tcp() {
+        let (at, id, password) = server(TicConfig::default()).await;
+        let t = crate::client::tic::fetch(at, "alice", "wonderland", None)
+            .await
+            .unwrap();
+        assert_eq!(t.id, id);
+        assert_eq!(t.kind, "6in4-heartbeat");
+        assert_eq!(t.password, password);
+        assert_eq!(
+            t.ipv4_pop,
+            "192.0.2.1".parse::<std::net::Ipv4Addr>().unwrap()
+        );
+        let e = crate::client::tic::fetch(at, "alice", "wrong", None)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("refused the login"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_overlong_line_is_refused_and_closes() {
+        let (at, _, _) = server(TicConfig {
+            max_line: 128,
+            ..TicConfig::default()
+        })
+        .await;
+        let stream = TcpStream::connect(at).await.unwrap();
+        let (r, mut w) = stream.into_split();
+        let mut lines = tokio::io::BufReader::new(r).lines();
+        assert!(lines
+            .next_line()
+            .await
+            .unwrap()
+            .unwrap()
+            .starts_with("200 "));
+        w.write_all(&[b'a'; 200]).await.unwrap();
+        assert_eq!(
+            lines.next_line().await.unwrap().as_deref(),
+            Some("400 Line too long")
+        );
+        assert_eq!(lines.next_line().await.unwrap(), None, "closed");
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_closed() {
+        let (at, _, _) = server(TicConfig {
+            idle_timeout_secs: 1,
+            ..TicConfig::default()
+        })
+        .await;
+        let stream = TcpStream::connect(at).await.unwrap();
+        let mut lines = tokio::io::BufReader::new(stream).lines();
+        assert!(lines.next_line().await.unwrap().is_some());
+        let end = tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await;
+        assert!(matches!(end, Ok(Ok(None)) | Ok(Err(_))), "{end:?}");
+    }
+
+    #[test]
+    fn lines_are_cut_at_lf_and_crlf_and_limited() {
+        let mut b = b"get unixtime\r\nusername x\nrest".to_vec();
+        assert_eq!(take_line(&mut b, 64), Line::Complete("get unixtime".into()));
+        assert_eq!(take_line(&mut b, 64), Line::Complete("username x".into()));
+        assert_eq!(take_line(&mut b, 64), Line::Partial);
+        assert_eq!(b, b"rest");
+        // Exactly max bytes before the newline is fine, one more is not.
+        let mut b = [vec![b'a'; 8], b"\n".to_vec()].concat();
+        assert_eq!(take_line(&mut b, 8), Line::Complete("a".repeat(8)));
+        let mut b = [vec![b'a'; 9], b"\n".to_vec()].concat();
+        assert_eq!(take_line(&mut b, 8), Line::TooLong);
+        // Without a newline at all, too.
+        let mut b = vec![b'a'; 9];
+        assert_eq!(take_line(&mut b, 8), Line::TooLong);
+    }
+
+    #[test]
+    fn outcome_labels() {
+        let mut p = Progress::default();
+        assert_eq!(p.label("closed"), "closed");
+        assert_eq!(p.label("quit"), "closed");
+        assert_eq!(p.label("timeout"), "timeout");
+        p.failed = true;
+        assert_eq!(p.label("closed"), "auth_failed");
+        p.logged_in = true;
+        assert_eq!(p.label("quit"), "ok");
+        assert_eq!(p.label("invalid"), "invalid");
+    }
+}
