@@ -31,6 +31,7 @@ fn record(id: u32, owner: &str, kind: Kind, state: State, keepalive: Option<u32>
             client_v4: None,
             mtu: 1280,
             keepalive,
+            ayiya_key: None,
         },
         owner: Some(owner.into()),
         origin: Origin::Api,
