@@ -1,7 +1,7 @@
 //! The one place that changes a tunnel. Every change goes store, then maps, then routes,
 //! and is undone when a later step fails; a controller killed between steps leaves a
 //! store that [`Broker::reconcile`] makes the maps and routes match at the next start.
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, net::SocketAddrV4};
 
 use ipnet::Ipv6Net;
 use tracing::{error, info};
@@ -11,7 +11,7 @@ use broker_common::maps::TunnelStats;
 use crate::{
     dataplane::{Dataplane, GlobalCounters, MapUsage, Reconciled},
     failpoint::failpoint,
-    model::{Endpoint, Pop, State, TunnelSpec},
+    model::{Endpoint, Kind, Pop, State, TunnelSpec},
     routes::Routes,
     store::{
         self, NewTunnel, StaticSync, Store, StoreError, TunnelChange, TunnelRecord, UserRecord,
@@ -31,6 +31,14 @@ pub trait Projection: Send {
     fn global_counters(&self) -> Result<GlobalCounters, String>;
     /// Entries used and capacity per map.
     fn map_usage(&self) -> Vec<MapUsage>;
+    /// Where the data plane last heard each AYIYA client (it follows them as they roam).
+    fn learnt_endpoints(&self) -> Result<Vec<(u32, SocketAddrV4)>, String> {
+        Ok(Vec::new())
+    }
+    /// Keeps the data plane's wall clock (AYIYA epochs) in step with the kernel's.
+    fn refresh_clock(&mut self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 impl Projection for Dataplane {
@@ -67,6 +75,14 @@ impl Projection for Dataplane {
 
     fn map_usage(&self) -> Vec<MapUsage> {
         Dataplane::map_usage(self)
+    }
+
+    fn learnt_endpoints(&self) -> Result<Vec<(u32, SocketAddrV4)>, String> {
+        Dataplane::learnt_endpoints(self).map_err(|e| error_chain(&e))
+    }
+
+    fn refresh_clock(&mut self) -> Result<(), String> {
+        Dataplane::refresh_clock(self).map_err(|e| error_chain(&e))
     }
 }
 
@@ -169,8 +185,12 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
     /// What the data plane gets for a stored tunnel: down while it sleeps, and woken
     /// by its client's packets only then (a tunnel down in the store, by the operator or
     /// because its lifetime ended, stays down both ways).
-    fn projected(&self, spec: &TunnelSpec) -> TunnelSpec {
-        let mut p = spec.clone();
+    /// AYIYA tunnels also get their signing key, derived from the stored password.
+    fn projected(&self, t: &TunnelRecord) -> TunnelSpec {
+        let mut p = t.spec.clone();
+        if p.kind == Kind::Ayiya {
+            p.ayiya_key = Some(crate::ayiya::key(&t.password));
+        }
         if p.state == State::Up && self.asleep.contains(&p.id) {
             p.state = State::Down;
         } else if p.state != State::Up {
@@ -196,7 +216,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
         }
         match self.store.tunnel(id)? {
             Some(t) if t.spec.state == State::Up => {
-                let spec = self.projected(&t.spec);
+                let spec = self.projected(&t);
                 self.maps.install(&spec).map_err(BrokerError::Maps)?;
                 info!(id, asleep, "tunnel liveness changed");
                 Ok(true)
@@ -207,6 +227,30 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
                 Ok(false)
             }
         }
+    }
+
+    /// Writes the endpoints the data plane learnt from AYIYA clients (NAT roaming) into
+    /// the store, so that they survive the maps. Returns the tunnels that moved.
+    pub async fn learn_endpoints(&mut self) -> Result<Vec<u32>> {
+        let learnt = self.maps.learnt_endpoints().map_err(BrokerError::Maps)?;
+        let mut moved = Vec::new();
+        for (id, at) in learnt {
+            let Some(t) = self.store.tunnel(id)? else {
+                continue;
+            };
+            let endpoint = Endpoint::Udp4(at);
+            if t.spec.kind != Kind::Ayiya || t.spec.endpoint == endpoint {
+                continue;
+            }
+            let change = TunnelChange {
+                endpoint: Some(endpoint),
+                ..Default::default()
+            };
+            self.update_tunnel(id, &change).await?;
+            info!(id, remote = %at, "AYIYA client moved");
+            moved.push(id);
+        }
+        Ok(moved)
     }
 
     /// Ends what lapsed by `now` (TSP lifetimes): anonymous tunnels are deleted, users'
@@ -243,7 +287,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
     /// Makes maps and routes match the store (at start, after a reload).
     pub async fn reconcile(&mut self) -> Result<Reconciled> {
         let tunnels = self.store.tunnels()?;
-        let specs: Vec<TunnelSpec> = tunnels.iter().map(|t| self.projected(&t.spec)).collect();
+        let specs: Vec<TunnelSpec> = tunnels.iter().map(|t| self.projected(t)).collect();
         let r = self
             .maps
             .reconcile(&specs, &self.pop)
@@ -293,7 +337,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
         let record = self.store.create_tunnel(req, store::now())?;
         let id = record.spec.id;
         failpoint("create:after_store");
-        if let Err(e) = self.maps.install(&self.projected(&record.spec)) {
+        if let Err(e) = self.maps.install(&self.projected(&record)) {
             self.undo_create(id, false, &[]).await;
             return Err(BrokerError::Maps(e));
         }
@@ -359,7 +403,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
                 error!(id, error = %u, "undo: restoring the tunnel in the store failed");
             }
         };
-        if let Err(e) = self.maps.install(&self.projected(&record.spec)) {
+        if let Err(e) = self.maps.install(&self.projected(&record)) {
             undo(&mut self.store);
             return Err(BrokerError::Maps(e));
         }
@@ -402,7 +446,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
             return;
         }
         if uninstalled {
-            if let Err(e) = self.maps.install(&self.projected(&record.spec)) {
+            if let Err(e) = self.maps.install(&self.projected(&record)) {
                 error!(id, error = e, "undo: reinstalling the tunnel failed");
             }
         }

@@ -189,7 +189,11 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         .await
         .context("starting the heartbeat server")?;
     }
-    let watcher = tokio::spawn(watch_tunnels(broker.clone(), config.heartbeat.is_some()));
+    let watcher = tokio::spawn(watch_tunnels(
+        broker.clone(),
+        config.heartbeat.is_some(),
+        config.heartbeat_interval(),
+    ));
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut api_task = tokio::spawn(api::serve(config.api.listen, api::router(state), async {
         let _ = api_stopped.await;
@@ -262,7 +266,10 @@ const EXPIRY_TICKS: u32 = 10;
 /// Puts silent tunnels to sleep and wakes them when their clients are heard (from the
 /// data plane's counters), and ends lapsed lifetimes. With the heartbeat server running,
 /// heartbeat tunnels are its to watch (by beats, not traffic): two watchers would flap.
-async fn watch_tunnels(broker: Arc<Mutex<Running>>, heartbeats: bool) {
+/// Liveness every tick; lifetimes, AYIYA endpoints learnt by the data plane and its clock
+/// every `EXPIRY_TICKS`. `beat_interval` is the beat interval of AYIYA tunnels without a
+/// keepalive of their own (what TIC hands out).
+async fn watch_tunnels(broker: Arc<Mutex<Running>>, heartbeats: bool, beat_interval: u32) {
     let mut liveness = Liveness::default();
     let mut tick = tokio::time::interval(LIVENESS_TICK);
     let mut n = 0u32;
@@ -282,7 +289,10 @@ async fn watch_tunnels(broker: Arc<Mutex<Running>>, heartbeats: bool) {
             .filter(|t| t.spec.state == State::Up)
             .filter(|t| !(heartbeats && t.spec.kind == Kind::Heartbeat))
             .filter_map(|t| {
-                let keepalive_secs = t.spec.keepalive?;
+                let keepalive_secs = t
+                    .spec
+                    .keepalive
+                    .or((t.spec.kind == Kind::Ayiya).then_some(beat_interval))?;
                 let c = b.maps.counters(t.spec.id)?;
                 Some(Observed {
                     id: t.spec.id,
@@ -303,6 +313,12 @@ async fn watch_tunnels(broker: Arc<Mutex<Running>>, heartbeats: bool) {
         if n.is_multiple_of(EXPIRY_TICKS) {
             if let Err(e) = b.expire(store::now()).await {
                 warn!(error = %crate::broker::error_chain(&e), "ending lifetimes failed");
+            }
+            if let Err(e) = b.learn_endpoints().await {
+                warn!(error = %crate::broker::error_chain(&e), "storing AYIYA endpoints failed");
+            }
+            if let Err(e) = b.maps.refresh_clock() {
+                warn!(error = %crate::broker::error_chain(&e), "refreshing the data plane's clock failed");
             }
         }
     }

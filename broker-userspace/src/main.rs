@@ -290,6 +290,31 @@ enum ClientCommand {
         #[arg(long)]
         no_default_route: bool,
     },
+    /// A SixXS `ayiya` client (as AICCU): fetches its tunnel over TIC, then runs it as
+    /// signed IPv6 in UDP on a TUN device, through any NAT.
+    Ayiya {
+        /// The TIC server: host or host:port (default port 3874).
+        #[arg(long)]
+        server: String,
+        /// The account's user name.
+        #[arg(long)]
+        username: String,
+        /// The account's password (or BROKER_TIC_PASSWORD).
+        #[arg(long, env = "BROKER_TIC_PASSWORD", hide_env_values = true)]
+        password: String,
+        /// The tunnel id (T123 or 123); default: the first the account lists.
+        #[arg(long)]
+        tunnel: Option<String>,
+        /// The PoP's AYIYA port.
+        #[arg(long, default_value_t = broker_common::consts::AYIYA_PORT)]
+        ayiya_port: u16,
+        /// TUN device name.
+        #[arg(long, default_value = "sixxs")]
+        name: String,
+        /// Do not route ::/0 into the tunnel.
+        #[arg(long)]
+        no_default_route: bool,
+    },
     /// A SixXS heartbeat client (as aiccu): fetches the tunnel over TIC, runs it as
     /// proto-41 on a TUN device and beats to the PoP every Heartbeat_Interval.
     Heartbeat {
@@ -436,6 +461,26 @@ fn main() -> anyhow::Result<()> {
                 default_route: !no_default_route,
             }))
         }
+        Command::Client {
+            command:
+                ClientCommand::Ayiya {
+                    server,
+                    username,
+                    password,
+                    tunnel,
+                    ayiya_port,
+                    name,
+                    no_default_route,
+                },
+        } => runtime()?.block_on(client::ayiya::run_from_tic(client::ayiya::TicOptions {
+            server: tic_server(&server)?,
+            username,
+            password,
+            tunnel: tunnel.as_deref().map(tunnel_id).transpose()?,
+            port: ayiya_port,
+            tun_name: name,
+            default_route: !no_default_route,
+        })),
         Command::Client {
             command:
                 ClientCommand::Heartbeat {

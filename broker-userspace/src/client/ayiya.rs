@@ -16,16 +16,16 @@ use ipnet::{IpNet, Ipv6Net};
 use tokio::{io::unix::AsyncFd, net::UdpSocket};
 use tracing::{debug, info, warn};
 
-use super::{proto41, tun};
+use super::{proto41, tic, tun};
 use crate::{
     ayiya::{self, Header, Key, NextHeader, Opcode, Reject, HEADER_LEN},
     netlink::Netlink,
     store, sysctl,
 };
 
-/// How to run the client. The lead's `broker client ayiya` fills it from TIC's answer:
-/// `server` from `IPv4 POP`, `local_v6`/`pop_v6` from `IPv6 Endpoint`/`IPv6 POP`,
-/// `interval` from `Heartbeat_Interval`.
+/// How to run the client, as [`options_from`] fills it from TIC's answer: `server` from
+/// `IPv4 POP`, `local_v6`/`pop_v6` from `IPv6 Endpoint`/`IPv6 POP`, `interval` from
+/// `Heartbeat_Interval`.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// The PoP's IPv4 and AYIYA port ([`ayiya::PORT`]).
@@ -298,10 +298,107 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `broker client ayiya`: where to fetch the tunnel (TIC, as AICCU does) and how to run it.
+#[derive(Debug, Clone)]
+pub struct TicOptions {
+    pub server: std::net::SocketAddr,
+    pub username: String,
+    pub password: String,
+    /// The tunnel id; `None` takes the first the account lists.
+    pub tunnel: Option<u32>,
+    /// The PoP's AYIYA port (TIC does not say; SixXS PoPs use 5072).
+    pub port: u16,
+    pub tun_name: String,
+    pub default_route: bool,
+}
+
+/// The client's options for an AYIYA tunnel TIC described; refuses other types and
+/// tunnels not enabled.
+pub fn options_from(t: &tic::TicTunnel, o: &TicOptions) -> anyhow::Result<Options> {
+    if t.kind != "ayiya" {
+        anyhow::bail!("tunnel T{} is of type {}, not ayiya", t.id, t.kind);
+    }
+    if !t.enabled() {
+        anyhow::bail!(
+            "tunnel T{} is not enabled (UserState: {}, AdminState: {})",
+            t.id,
+            t.user_state,
+            t.admin_state
+        );
+    }
+    Ok(Options {
+        server: SocketAddrV4::new(t.ipv4_pop, o.port),
+        local_v6: t.ipv6_endpoint,
+        pop_v6: t.ipv6_pop,
+        prefix_len: t.prefix_len,
+        password: t.password.clone(),
+        interval: Duration::from_secs(u64::from(t.heartbeat_interval.max(1))),
+        mtu: t.mtu,
+        tun_name: o.tun_name.clone(),
+        default_route: o.default_route,
+    })
+}
+
+/// Fetches the tunnel over TIC and runs it.
+pub async fn run_from_tic(o: TicOptions) -> anyhow::Result<()> {
+    let t = tic::fetch(o.server, &o.username, &o.password, o.tunnel).await?;
+    info!(tunnel = t.id, pop = %t.ipv4_pop, "tunnel fetched over TIC");
+    run(options_from(&t, &o)?).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use etherparse::PacketBuilder;
+
+    fn fetched(kind: &str, admin: &str) -> tic::TicTunnel {
+        tic::TicTunnel {
+            id: 8,
+            kind: kind.into(),
+            ipv6_endpoint: "2001:db8:10:8::2".parse().unwrap(),
+            ipv6_pop: "2001:db8:10:8::1".parse().unwrap(),
+            prefix_len: 64,
+            pop_id: "lab".into(),
+            ipv4_endpoint: "ayiya".into(),
+            ipv4_pop: "192.0.2.1".parse().unwrap(),
+            admin_state: admin.into(),
+            user_state: "enabled".into(),
+            password: "secret".into(),
+            heartbeat_interval: 30,
+            mtu: 1280,
+        }
+    }
+
+    fn tic_options() -> TicOptions {
+        TicOptions {
+            server: "192.0.2.1:3874".parse().unwrap(),
+            username: "alice".into(),
+            password: "pw".into(),
+            tunnel: None,
+            port: 5072,
+            tun_name: "sixxs".into(),
+            default_route: true,
+        }
+    }
+
+    #[test]
+    fn tic_answers_become_options() {
+        let o = options_from(&fetched("ayiya", "enabled"), &tic_options()).unwrap();
+        assert_eq!(o.server, "192.0.2.1:5072".parse().unwrap());
+        assert_eq!(o.local_v6, "2001:db8:10:8::2".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(o.pop_v6, "2001:db8:10:8::1".parse::<Ipv6Addr>().unwrap());
+        assert_eq!((o.prefix_len, o.mtu), (64, 1280));
+        assert_eq!(o.interval, Duration::from_secs(30));
+        assert_eq!(o.password, "secret");
+    }
+
+    #[test]
+    fn other_types_and_disabled_tunnels_are_refused() {
+        let e = options_from(&fetched("6in4-heartbeat", "enabled"), &tic_options());
+        assert!(e.unwrap_err().to_string().contains("not ayiya"));
+        let e = options_from(&fetched("ayiya", "disabled"), &tic_options());
+        assert!(e.unwrap_err().to_string().contains("not enabled"));
+    }
 
     const NOW: u64 = 1_700_000_000;
     const LOCAL: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x10, 1, 0, 0, 0, 2);

@@ -919,8 +919,11 @@ fn to_map_value(spec: &TunnelSpec, pop: &Pop) -> Tunnel {
         pop_v6: spec.pop_v6().map_or([0; 16], |a| a.octets()),
         client_v6: spec.client_v6().map_or([0; 16], |a| a.octets()),
         n_routed: spec.routed_prefixes.len() as u8,
-        // A heartbeat tunnel sleeps when its beats stop, and only a beat wakes it.
-        flags: if spec.keepalive.is_some() && spec.kind != Kind::Heartbeat {
+        // Liveness is watched for TSP tunnels (keepalive) and AYIYA ones (beats); a
+        // heartbeat tunnel sleeps when its beats stop, and only a beat wakes it.
+        flags: if (spec.keepalive.is_some() || spec.kind == Kind::Ayiya)
+            && spec.kind != Kind::Heartbeat
+        {
             Tunnel::WAKE
         } else {
             0
