@@ -446,7 +446,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
             return;
         }
         if uninstalled {
-            if let Err(e) = self.maps.install(&self.projected(&record)) {
+            if let Err(e) = self.maps.install(&self.projected(record)) {
                 error!(id, error = e, "undo: reinstalling the tunnel failed");
             }
         }
