@@ -132,6 +132,7 @@ fn bench_spec(k: u32, kind: Kind) -> TunnelSpec {
             None,
         ),
         Kind::V4In6 => (Endpoint::Ipv6(bench_outer6(k)), None, Some(bench_inner4(k))),
+        Kind::Ayiya | Kind::Heartbeat => unreachable!("AYIYA is benched in ayiya.rs"),
     };
     TunnelSpec {
         id: k,
@@ -207,6 +208,7 @@ fn decap_frame(kind: Kind, k: u32, pad: usize) -> Vec<u8> {
             v.extend_from_slice(&inner);
             support::ether(INET_MAC, POP6_MAC, EtherType::IPV6, &v)
         }
+        Kind::Ayiya | Kind::Heartbeat => unreachable!("AYIYA is benched in ayiya.rs"),
     }
 }
 
@@ -233,6 +235,7 @@ fn header_bytes(kind: Kind, path: Path) -> usize {
         (Kind::V6Udp4, Path::Decap) => 14 + 28 + 48,
         (Kind::V4In6, Path::Decap) => 14 + 40 + 28,
         (Kind::V4In6, Path::Encap) => 14 + 28,
+        (Kind::Ayiya | Kind::Heartbeat, Path::Decap) => unreachable!("not benched here"),
         (_, Path::Encap) => 14 + 48,
     }
 }
