@@ -34,8 +34,6 @@ pub struct State {
     h: [u32; 5],
     /// The key as big-endian words, substituted for words `KEY_WORD..KEY_WORD + 5`.
     key: [u32; 5],
-    /// The block being hashed: its bytes, then its words.
-    w: [u32; 16],
     /// Offset of the hashed bytes in the frame, and their number.
     start: u32,
     len: u32,
@@ -134,8 +132,10 @@ extern "C" fn block(index: u64, job: *mut c_void) -> i64 {
         return 1;
     }
     let off = index as u32 * 64;
-    s.w = [0; 16];
-    let bytes = s.w.as_mut_ptr() as *mut u8;
+    // The block on the stack: this callback runs from the entry point's small frame, so
+    // it has room, and the rounds read it at constant offsets.
+    let mut w = [0u32; 16];
+    let bytes = w.as_mut_ptr() as *mut u8;
     let rem = s.len as i64 - off as i64;
     let from = s.start + off;
     if rem >= 64 {
@@ -166,17 +166,17 @@ extern "C" fn block(index: u64, job: *mut c_void) -> i64 {
     }
     let mut i = 0;
     while i < 16 {
-        s.w[i] = u32::from_be(s.w[i]);
+        w[i] = u32::from_be(w[i]);
         i += 1;
     }
     if index == 0 {
         let mut i = 0;
         while i < 5 {
-            s.w[KEY_WORD + i] = s.key[i];
+            w[KEY_WORD + i] = s.key[i];
             i += 1;
         }
     }
-    compress(&mut s.h, &mut s.w);
+    compress(&mut s.h, &mut w);
     0
 }
 
@@ -187,42 +187,151 @@ fn load(xdp: *mut xdp_md, from: u32, buf: *mut u8, n: u32) -> i64 {
     unsafe { bpf_xdp_load_bytes(xdp, from, buf as *mut c_void, n) }
 }
 
-/// The SHA-1 compression function: 80 rounds over a 16-word rolling schedule.
+const K0: u32 = 0x5a82_7999;
+const K1: u32 = 0x6ed9_eba1;
+const K2: u32 = 0x8f1b_bcdc;
+const K3: u32 = 0xca62_c1d6;
+
+#[inline(always)]
+fn ch(b: u32, c: u32, d: u32) -> u32 {
+    d ^ (b & (c ^ d))
+}
+
+#[inline(always)]
+fn parity(b: u32, c: u32, d: u32) -> u32 {
+    b ^ c ^ d
+}
+
+#[inline(always)]
+fn maj(b: u32, c: u32, d: u32) -> u32 {
+    (b & c) | (d & (b | c))
+}
+
+/// Schedule words are read and written volatile, in round order: otherwise LLVM hoists
+/// the whole schedule ahead of the rounds and spills it past the 512-byte stack.
+#[inline(always)]
+fn word(w: &[u32; 16], i: usize) -> u32 {
+    // SAFETY: an in-bounds element.
+    unsafe { core::ptr::read_volatile(&w[i]) }
+}
+
+#[inline(always)]
+fn set_word(w: &mut [u32; 16], i: usize, v: u32) {
+    // SAFETY: an in-bounds element.
+    unsafe { core::ptr::write_volatile(&mut w[i], v) }
+}
+
+/// Round `t`: the schedule word (computed in place from round 16 on), then
+/// `e += rotl(a, 5) + f(b, c, d) + k + w; b = rotl(b, 30)`. The caller rotates the
+/// variables' roles instead of moving values.
+macro_rules! round {
+    ($a:ident, $b:ident, $c:ident, $d:ident, $e:ident, $f:ident, $k:ident, $w:ident, $t:literal) => {
+        let wt = if $t < 16 {
+            word(&$w, $t & 15)
+        } else {
+            let x = (word(&$w, ($t + 13) & 15)
+                ^ word(&$w, ($t + 8) & 15)
+                ^ word(&$w, ($t + 2) & 15)
+                ^ word(&$w, $t & 15))
+            .rotate_left(1);
+            set_word(&mut *$w, $t & 15, x);
+            x
+        };
+        $e = $e
+            .wrapping_add($a.rotate_left(5))
+            .wrapping_add($f($b, $c, $d))
+            .wrapping_add($k)
+            .wrapping_add(wt);
+        $b = $b.rotate_left(30);
+    };
+}
+
+/// The SHA-1 compression function, its 80 rounds written out: every schedule index is a
+/// constant and the five working words stay in registers (BPF has ten; a rolled loop
+/// spills them).
 #[inline(always)]
 fn compress(h: &mut [u32; 5], w: &mut [u32; 16]) {
     let (mut a, mut b, mut c, mut d, mut e) = (h[0], h[1], h[2], h[3], h[4]);
-    let mut t = 0;
-    while t < 80 {
-        let wt = if t < 16 {
-            w[t]
-        } else {
-            let x =
-                (w[(t + 13) & 15] ^ w[(t + 8) & 15] ^ w[(t + 2) & 15] ^ w[t & 15]).rotate_left(1);
-            w[t & 15] = x;
-            x
-        };
-        let (f, k) = if t < 20 {
-            ((b & c) | (!b & d), 0x5a82_7999)
-        } else if t < 40 {
-            (b ^ c ^ d, 0x6ed9_eba1)
-        } else if t < 60 {
-            ((b & c) | (b & d) | (c & d), 0x8f1b_bcdc)
-        } else {
-            (b ^ c ^ d, 0xca62_c1d6)
-        };
-        let tmp = a
-            .rotate_left(5)
-            .wrapping_add(f)
-            .wrapping_add(e)
-            .wrapping_add(k)
-            .wrapping_add(wt);
-        e = d;
-        d = c;
-        c = b.rotate_left(30);
-        b = a;
-        a = tmp;
-        t += 1;
-    }
+    round!(a, b, c, d, e, ch, K0, w, 0);
+    round!(e, a, b, c, d, ch, K0, w, 1);
+    round!(d, e, a, b, c, ch, K0, w, 2);
+    round!(c, d, e, a, b, ch, K0, w, 3);
+    round!(b, c, d, e, a, ch, K0, w, 4);
+    round!(a, b, c, d, e, ch, K0, w, 5);
+    round!(e, a, b, c, d, ch, K0, w, 6);
+    round!(d, e, a, b, c, ch, K0, w, 7);
+    round!(c, d, e, a, b, ch, K0, w, 8);
+    round!(b, c, d, e, a, ch, K0, w, 9);
+    round!(a, b, c, d, e, ch, K0, w, 10);
+    round!(e, a, b, c, d, ch, K0, w, 11);
+    round!(d, e, a, b, c, ch, K0, w, 12);
+    round!(c, d, e, a, b, ch, K0, w, 13);
+    round!(b, c, d, e, a, ch, K0, w, 14);
+    round!(a, b, c, d, e, ch, K0, w, 15);
+    round!(e, a, b, c, d, ch, K0, w, 16);
+    round!(d, e, a, b, c, ch, K0, w, 17);
+    round!(c, d, e, a, b, ch, K0, w, 18);
+    round!(b, c, d, e, a, ch, K0, w, 19);
+    round!(a, b, c, d, e, parity, K1, w, 20);
+    round!(e, a, b, c, d, parity, K1, w, 21);
+    round!(d, e, a, b, c, parity, K1, w, 22);
+    round!(c, d, e, a, b, parity, K1, w, 23);
+    round!(b, c, d, e, a, parity, K1, w, 24);
+    round!(a, b, c, d, e, parity, K1, w, 25);
+    round!(e, a, b, c, d, parity, K1, w, 26);
+    round!(d, e, a, b, c, parity, K1, w, 27);
+    round!(c, d, e, a, b, parity, K1, w, 28);
+    round!(b, c, d, e, a, parity, K1, w, 29);
+    round!(a, b, c, d, e, parity, K1, w, 30);
+    round!(e, a, b, c, d, parity, K1, w, 31);
+    round!(d, e, a, b, c, parity, K1, w, 32);
+    round!(c, d, e, a, b, parity, K1, w, 33);
+    round!(b, c, d, e, a, parity, K1, w, 34);
+    round!(a, b, c, d, e, parity, K1, w, 35);
+    round!(e, a, b, c, d, parity, K1, w, 36);
+    round!(d, e, a, b, c, parity, K1, w, 37);
+    round!(c, d, e, a, b, parity, K1, w, 38);
+    round!(b, c, d, e, a, parity, K1, w, 39);
+    round!(a, b, c, d, e, maj, K2, w, 40);
+    round!(e, a, b, c, d, maj, K2, w, 41);
+    round!(d, e, a, b, c, maj, K2, w, 42);
+    round!(c, d, e, a, b, maj, K2, w, 43);
+    round!(b, c, d, e, a, maj, K2, w, 44);
+    round!(a, b, c, d, e, maj, K2, w, 45);
+    round!(e, a, b, c, d, maj, K2, w, 46);
+    round!(d, e, a, b, c, maj, K2, w, 47);
+    round!(c, d, e, a, b, maj, K2, w, 48);
+    round!(b, c, d, e, a, maj, K2, w, 49);
+    round!(a, b, c, d, e, maj, K2, w, 50);
+    round!(e, a, b, c, d, maj, K2, w, 51);
+    round!(d, e, a, b, c, maj, K2, w, 52);
+    round!(c, d, e, a, b, maj, K2, w, 53);
+    round!(b, c, d, e, a, maj, K2, w, 54);
+    round!(a, b, c, d, e, maj, K2, w, 55);
+    round!(e, a, b, c, d, maj, K2, w, 56);
+    round!(d, e, a, b, c, maj, K2, w, 57);
+    round!(c, d, e, a, b, maj, K2, w, 58);
+    round!(b, c, d, e, a, maj, K2, w, 59);
+    round!(a, b, c, d, e, parity, K3, w, 60);
+    round!(e, a, b, c, d, parity, K3, w, 61);
+    round!(d, e, a, b, c, parity, K3, w, 62);
+    round!(c, d, e, a, b, parity, K3, w, 63);
+    round!(b, c, d, e, a, parity, K3, w, 64);
+    round!(a, b, c, d, e, parity, K3, w, 65);
+    round!(e, a, b, c, d, parity, K3, w, 66);
+    round!(d, e, a, b, c, parity, K3, w, 67);
+    round!(c, d, e, a, b, parity, K3, w, 68);
+    round!(b, c, d, e, a, parity, K3, w, 69);
+    round!(a, b, c, d, e, parity, K3, w, 70);
+    round!(e, a, b, c, d, parity, K3, w, 71);
+    round!(d, e, a, b, c, parity, K3, w, 72);
+    round!(c, d, e, a, b, parity, K3, w, 73);
+    round!(b, c, d, e, a, parity, K3, w, 74);
+    round!(a, b, c, d, e, parity, K3, w, 75);
+    round!(e, a, b, c, d, parity, K3, w, 76);
+    round!(d, e, a, b, c, parity, K3, w, 77);
+    round!(c, d, e, a, b, parity, K3, w, 78);
+    round!(b, c, d, e, a, parity, K3, w, 79);
     h[0] = h[0].wrapping_add(a);
     h[1] = h[1].wrapping_add(b);
     h[2] = h[2].wrapping_add(c);

@@ -4,14 +4,11 @@
 //! way.
 mod support;
 
-use std::{
-    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4},
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 
 use broker_common::stats::{DropReason, Event};
-use broker_userspace::model::{Endpoint, Kind, State, TunnelSpec};
-use etherparse::{EtherType, IpNumber, Ipv4Header, PacketBuilder, UdpHeader};
+use broker_userspace::model::{State, TunnelSpec};
+use etherparse::{EtherType, IpNumber, Ipv4Header, UdpHeader};
 use sha1::{Digest, Sha1};
 use support::*;
 
@@ -28,38 +25,11 @@ const NH_IPV6: u8 = 41;
 const NH_NONE: u8 = 59;
 
 fn key() -> [u8; 20] {
-    Sha1::digest(PASSWORD.as_bytes()).into()
+    ayiya_key(PASSWORD)
 }
 
 fn ayiya_spec(id: u32, state: State, endpoint: Option<(Ipv4Addr, u16)>) -> TunnelSpec {
-    TunnelSpec {
-        id,
-        kind: Kind::Ayiya,
-        state,
-        endpoint: match endpoint {
-            Some((a, p)) => Endpoint::Udp4(SocketAddrV4::new(a, p)),
-            None => Endpoint::unspecified(Kind::Ayiya),
-        },
-        mtu: 1428,
-        keepalive: Some(60),
-        ayiya_key: Some(key()),
-        ..spec(1)
-    }
-    .with_prefixes(id)
-}
-
-trait WithPrefixes {
-    fn with_prefixes(self, id: u32) -> Self;
-}
-
-impl WithPrefixes for TunnelSpec {
-    fn with_prefixes(mut self, id: u32) -> Self {
-        self.link_prefix = Some(format!("2001:db8:10:{id:x}::/64").parse().unwrap());
-        self.routed_prefixes = vec![format!("2001:db8:{:x}::/48", 0x1000 + 0x100 * id)
-            .parse()
-            .unwrap()];
-        self
-    }
+    support::ayiya_spec(id, state, endpoint, PASSWORD)
 }
 
 fn fixture() -> Fixture {
@@ -83,23 +53,11 @@ fn with_fixture(f: impl FnOnce(&Fixture) + Send + 'static) {
 }
 
 fn now() -> u32 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as u32
+    unix_now()
 }
 
-/// An AYIYA UDP payload signed as the SixXS clients do: the key in the signature field,
-/// SHA-1 over everything, the result in its place.
 fn ayiya(identity: Ipv6Addr, epoch: u32, op: u8, nh: u8, inner: &[u8], key: &[u8; 20]) -> Vec<u8> {
-    let mut p = vec![0x41, 0x52, 0x10 | op, nh];
-    p.extend_from_slice(&epoch.to_be_bytes());
-    p.extend_from_slice(&identity.octets());
-    p.extend_from_slice(key);
-    p.extend_from_slice(inner);
-    let sig: [u8; 20] = Sha1::digest(&p).into();
-    p[24..44].copy_from_slice(&sig);
-    p
+    ayiya_payload(identity, epoch, op, nh, inner, key)
 }
 
 /// Whether an AYIYA payload carries the signature `key` gives it.
@@ -110,15 +68,8 @@ fn signed_with(p: &[u8], key: &[u8; 20]) -> bool {
     sig[..] == p[24..44]
 }
 
-/// A frame from `(addr, port)` to the PoP's AYIYA port.
-fn from((addr, port): (Ipv4Addr, u16), payload: &[u8]) -> Vec<u8> {
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(ISP_MAC, POP4_MAC)
-        .ipv4(addr.octets(), POP_V4.octets(), 63)
-        .udp(port, AYIYA_PORT)
-        .write(&mut v, payload)
-        .unwrap();
-    v
+fn from(client: (Ipv4Addr, u16), payload: &[u8]) -> Vec<u8> {
+    from_ayiya_client(client, payload)
 }
 
 /// A client's forward packet carrying `inner`, from tunnel 8's client.

@@ -1,5 +1,6 @@
 //! `cargo xtask bench`: the data plane benchmark (tests/benches/dataplane.rs), which
-//! writes docs/BENCHMARKS.md, then the TSP one (tests/benches/tsp.rs), which adds to it.
+//! writes docs/BENCHMARKS.md, then the TSP and AYIYA ones (tests/benches/tsp.rs,
+//! ayiya.rs), which add to it.
 use std::process::Command;
 
 use anyhow::{bail, Result};
@@ -37,6 +38,18 @@ pub fn run(o: Options) -> Result<()> {
         Command::new("cargo")
             .args(["bench", "--locked", "-p", "broker-tests", "--bench", "tsp"])
             .env("BROKER_BIN", &broker)
+            .env("BENCH_APPEND", root().join("docs/BENCHMARKS.md")),
+    )?;
+    exec(
+        Command::new("cargo")
+            .args([
+                "bench",
+                "--locked",
+                "-p",
+                "broker-tests",
+                "--bench",
+                "ayiya",
+            ])
             .env("BENCH_APPEND", root().join("docs/BENCHMARKS.md")),
     )
 }

@@ -569,3 +569,77 @@ pub fn assert_bytes(got: &[u8], want: &[u8], what: &str) {
         hex(want)
     );
 }
+
+/// Seconds since 1970, as AYIYA epochs count.
+pub fn unix_now() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32
+}
+
+/// SHA-1 of an AYIYA tunnel's password: its key.
+pub fn ayiya_key(password: &str) -> [u8; 20] {
+    use sha1::Digest;
+    sha1::Sha1::digest(password.as_bytes()).into()
+}
+
+/// An AYIYA UDP payload signed as the SixXS clients do, with the `sha1` crate (never with
+/// the code under test): the key in the signature field, SHA-1 over everything, the
+/// result in its place.
+pub fn ayiya_payload(
+    identity: Ipv6Addr,
+    epoch: u32,
+    op: u8,
+    nh: u8,
+    inner: &[u8],
+    key: &[u8; 20],
+) -> Vec<u8> {
+    use sha1::Digest;
+    let mut p = vec![0x41, 0x52, 0x10 | op, nh];
+    p.extend_from_slice(&epoch.to_be_bytes());
+    p.extend_from_slice(&identity.octets());
+    p.extend_from_slice(key);
+    p.extend_from_slice(inner);
+    let sig: [u8; 20] = sha1::Sha1::digest(&p).into();
+    p[24..44].copy_from_slice(&sig);
+    p
+}
+
+/// A frame from `(addr, port)` to the PoP's AYIYA port.
+pub fn from_ayiya_client((addr, port): (Ipv4Addr, u16), payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(ISP_MAC, POP4_MAC)
+        .ipv4(addr.octets(), POP_V4.octets(), 63)
+        .udp(port, AYIYA_PORT)
+        .write(&mut v, payload)
+        .unwrap();
+    v
+}
+
+/// AYIYA tunnel `id` (link /64 and routed /48 as the fixture's others), endpoint as given
+/// (`None`: not heard from yet), MTU 1428, keyed by `password`.
+pub fn ayiya_spec(
+    id: u32,
+    state: State,
+    endpoint: Option<(Ipv4Addr, u16)>,
+    password: &str,
+) -> TunnelSpec {
+    TunnelSpec {
+        id,
+        kind: Kind::Ayiya,
+        state,
+        endpoint: match endpoint {
+            Some((a, p)) => Endpoint::Udp4(std::net::SocketAddrV4::new(a, p)),
+            None => Endpoint::unspecified(Kind::Ayiya),
+        },
+        link_prefix: Some(format!("2001:db8:10:{id:x}::/64").parse().unwrap()),
+        routed_prefixes: vec![format!("2001:db8:{:x}::/48", 0x1000 + 0x100 * id)
+            .parse()
+            .unwrap()],
+        mtu: 1428,
+        keepalive: Some(60),
+        ayiya_key: Some(ayiya_key(password)),
+        ..spec(1)
+    }
+}
