@@ -22,6 +22,27 @@ fn ifname(t: &TunnelOut) -> String {
 
 pub fn render(t: &TunnelOut, system: System) -> String {
     let mut s = String::new();
+    if t.kind == "ayiya" || t.kind == "heartbeat" {
+        let _ = writeln!(
+            s,
+            "# Tunnel {} is {}: its client fetches it over TIC (aiccu, or):",
+            t.id, t.kind
+        );
+        let _ = writeln!(
+            s,
+            "# broker client {} --server {} --username {} --password ... --tunnel T{}{}",
+            t.kind,
+            t.pop_ipv4.clone().unwrap_or_default(),
+            t.owner.as_deref().unwrap_or("<user>"),
+            t.id,
+            if t.kind == "heartbeat" {
+                " --local <this host's IPv4>"
+            } else {
+                ""
+            }
+        );
+        return s;
+    }
     if t.kind != "proto41" {
         let _ = writeln!(
             s,
@@ -151,6 +172,22 @@ mod tests {
         assert!(s.contains("ip -6 route add ::/0 dev broker7\n"));
         assert!(s.contains("broker client proto41 --server 192.0.2.1 --local 198.51.100.10 --address 2001:db8:10:7::2/64"));
         assert!(s.contains("Routed to you: 2001:db8:1100::/48"));
+    }
+
+    #[test]
+    fn sixxs_kinds_point_at_their_tic_clients() {
+        for kind in ["ayiya", "heartbeat"] {
+            let t = TunnelOut {
+                kind: kind.into(),
+                ..tunnel()
+            };
+            let out = render(&t, System::Linux);
+            assert!(
+                out.contains(&format!("broker client {kind} --server")),
+                "{out}"
+            );
+            assert!(!out.contains("ip tunnel"), "{out}");
+        }
     }
 
     #[test]
