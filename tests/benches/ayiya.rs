@@ -156,10 +156,15 @@ fn median(v: &[f64]) -> f64 {
 
 fn report(rows: &[Row]) -> String {
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "\n## AYIYA: SHA-1 per packet (tests/benches/ayiya.rs)\n\n\
+        "\n## AYIYA: SHA-1 per packet (tests/benches/ayiya.rs, {date})\n\n\
 `BPF_PROG_TEST_RUN` of the data plane, `repeat: 1`, {BLOCKS} interleaved blocks of {BLOCK} runs \
 per program and size, median of the block means, one core. \"Size\" is the inner IPv6 packet; \
 the SHA-1 covers it and the 44-byte AYIYA header. The whole path is timed: parse, lookup, \
