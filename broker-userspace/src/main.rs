@@ -293,18 +293,8 @@ enum ClientCommand {
     /// A SixXS `ayiya` client (as AICCU): fetches its tunnel over TIC, then runs it as
     /// signed IPv6 in UDP on a TUN device, through any NAT.
     Ayiya {
-        /// The TIC server: host or host:port (default port 3874).
-        #[arg(long)]
-        server: String,
-        /// The account's user name.
-        #[arg(long)]
-        username: String,
-        /// The account's password (or BROKER_TIC_PASSWORD).
-        #[arg(long, env = "BROKER_TIC_PASSWORD", hide_env_values = true)]
-        password: String,
-        /// The tunnel id (T123 or 123); default: the first the account lists.
-        #[arg(long)]
-        tunnel: Option<String>,
+        #[command(flatten)]
+        login: TicLogin,
         /// The PoP's AYIYA port.
         #[arg(long, default_value_t = broker_common::consts::AYIYA_PORT)]
         ayiya_port: u16,
@@ -318,18 +308,8 @@ enum ClientCommand {
     /// A SixXS heartbeat client (as aiccu): fetches the tunnel over TIC, runs it as
     /// proto-41 on a TUN device and beats to the PoP every Heartbeat_Interval.
     Heartbeat {
-        /// The TIC server: host or host:port (default port 3874).
-        #[arg(long)]
-        server: String,
-        /// The account's user name.
-        #[arg(long)]
-        username: String,
-        /// The account's password (or BROKER_TIC_PASSWORD).
-        #[arg(long, env = "BROKER_TIC_PASSWORD", hide_env_values = true)]
-        password: String,
-        /// The tunnel id (T123 or 123); default: the first the account lists.
-        #[arg(long)]
-        tunnel: Option<String>,
+        #[command(flatten)]
+        login: TicLogin,
         /// This host's IPv4 address (the tunnel's client endpoint).
         #[arg(long)]
         local: Ipv4Addr,
@@ -346,6 +326,23 @@ enum ClientCommand {
         #[arg(long)]
         no_default_route: bool,
     },
+}
+
+/// Where and as whom aiccu-style clients fetch their tunnel.
+#[derive(Args)]
+struct TicLogin {
+    /// The TIC server: host or host:port (default port 3874).
+    #[arg(long)]
+    server: String,
+    /// The account's user name.
+    #[arg(long)]
+    username: String,
+    /// The account's password (or BROKER_TIC_PASSWORD).
+    #[arg(long, env = "BROKER_TIC_PASSWORD", hide_env_values = true)]
+    password: String,
+    /// The tunnel id (T123 or 123); default: the first the account lists.
+    #[arg(long)]
+    tunnel: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -464,19 +461,16 @@ fn main() -> anyhow::Result<()> {
         Command::Client {
             command:
                 ClientCommand::Ayiya {
-                    server,
-                    username,
-                    password,
-                    tunnel,
+                    login,
                     ayiya_port,
                     name,
                     no_default_route,
                 },
         } => runtime()?.block_on(client::ayiya::run_from_tic(client::ayiya::TicOptions {
-            server: tic_server(&server)?,
-            username,
-            password,
-            tunnel: tunnel.as_deref().map(tunnel_id).transpose()?,
+            server: tic_server(&login.server)?,
+            tunnel: login.tunnel.as_deref().map(tunnel_id).transpose()?,
+            username: login.username,
+            password: login.password,
             port: ayiya_port,
             tun_name: name,
             default_route: !no_default_route,
@@ -484,10 +478,7 @@ fn main() -> anyhow::Result<()> {
         Command::Client {
             command:
                 ClientCommand::Heartbeat {
-                    server,
-                    username,
-                    password,
-                    tunnel,
+                    login,
                     local,
                     heartbeat_port,
                     name,
@@ -495,10 +486,10 @@ fn main() -> anyhow::Result<()> {
                     no_default_route,
                 },
         } => runtime()?.block_on(client::heartbeat::run(client::heartbeat::Options {
-            server: tic_server(&server)?,
-            username,
-            password,
-            tunnel: tunnel.as_deref().map(tunnel_id).transpose()?,
+            server: tic_server(&login.server)?,
+            tunnel: login.tunnel.as_deref().map(tunnel_id).transpose()?,
+            username: login.username,
+            password: login.password,
             local,
             heartbeat_port,
             name,

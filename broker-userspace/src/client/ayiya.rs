@@ -353,19 +353,10 @@ mod tests {
 
     fn fetched(kind: &str, admin: &str) -> tic::TicTunnel {
         tic::TicTunnel {
-            id: 8,
-            kind: kind.into(),
-            ipv6_endpoint: "2001:db8:10:8::2".parse().unwrap(),
-            ipv6_pop: "2001:db8:10:8::1".parse().unwrap(),
-            prefix_len: 64,
-            pop_id: "lab".into(),
-            ipv4_endpoint: "ayiya".into(),
-            ipv4_pop: "192.0.2.1".parse().unwrap(),
             admin_state: admin.into(),
-            user_state: "enabled".into(),
             password: "secret".into(),
             heartbeat_interval: 30,
-            mtu: 1280,
+            ..tic::sample(8, kind)
         }
     }
 

@@ -128,19 +128,10 @@ mod tests {
 
     fn tunnel(kind: &str, user_state: &str) -> tic::TicTunnel {
         tic::TicTunnel {
-            id: 9,
-            kind: kind.into(),
-            ipv6_endpoint: "2001:db8:10:9::2".parse().unwrap(),
-            ipv6_pop: "2001:db8:10:9::1".parse().unwrap(),
-            prefix_len: 64,
-            pop_id: "pop1".into(),
-            ipv4_endpoint: "heartbeat".into(),
-            ipv4_pop: "192.0.2.1".parse().unwrap(),
-            admin_state: "enabled".into(),
             user_state: user_state.into(),
-            password: "pw".into(),
             heartbeat_interval: 45,
             mtu: 1400,
+            ..tic::sample(9, kind)
         }
     }
 

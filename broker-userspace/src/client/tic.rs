@@ -47,6 +47,27 @@ pub struct TicTunnel {
     pub mtu: u16,
 }
 
+/// A fetched tunnel for the clients' tests: enabled, link `2001:db8:10:<id>::/64`, PoP
+/// 192.0.2.1, password `pw`, interval 60, MTU 1280.
+#[cfg(test)]
+pub fn sample(id: u32, kind: &str) -> TicTunnel {
+    TicTunnel {
+        id,
+        kind: kind.into(),
+        ipv6_endpoint: format!("2001:db8:10:{id:x}::2").parse().unwrap(),
+        ipv6_pop: format!("2001:db8:10:{id:x}::1").parse().unwrap(),
+        prefix_len: 64,
+        pop_id: "pop1".into(),
+        ipv4_endpoint: if kind == "6in4" { "198.51.100.9" } else { kind }.into(),
+        ipv4_pop: "192.0.2.1".parse().unwrap(),
+        admin_state: "enabled".into(),
+        user_state: "enabled".into(),
+        password: "pw".into(),
+        heartbeat_interval: 60,
+        mtu: 1280,
+    }
+}
+
 impl TicTunnel {
     /// aiccu runs a tunnel only when both states say `enabled`.
     pub fn enabled(&self) -> bool {
