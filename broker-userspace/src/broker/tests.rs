@@ -15,6 +15,8 @@ use crate::{
 pub(crate) struct FakeMaps {
     installed: BTreeMap<u32, TunnelSpec>,
     fail: bool,
+    /// What the data plane says AYIYA clients roamed to.
+    learnt: Vec<(u32, std::net::SocketAddrV4)>,
 }
 
 impl<S> Broker<S, FakeMaps, FakeRoutes> {
@@ -64,6 +66,10 @@ impl Projection for FakeMaps {
 
     fn map_usage(&self) -> Vec<crate::dataplane::MapUsage> {
         Vec::new()
+    }
+
+    fn learnt_endpoints(&self) -> Result<Vec<(u32, std::net::SocketAddrV4)>, String> {
+        Ok(self.learnt.clone())
     }
 }
 
@@ -119,7 +125,7 @@ pub(crate) fn broker_with(link: &str, routed: &str) -> Broker<SqliteStore, FakeM
             ipv4: Ipv4Addr::new(192, 0, 2, 1),
             ipv6: Some("2001:db8:ffff::1".parse().unwrap()),
             tsp_port: Some(3653),
-            ayiya_port: None,
+            ayiya_port: Some(5072),
             v4v6_pool: Some("203.0.113.0/24".parse().unwrap()),
         },
     )
@@ -325,4 +331,42 @@ fn user_names_and_passwords_are_checked() {
             ..
         })
     ));
+}
+
+fn ayiya_req() -> NewTunnel {
+    NewTunnel {
+        kind: Kind::Ayiya,
+        endpoint: Endpoint::unspecified(Kind::Ayiya),
+        mtu: 1280,
+        ..req(1)
+    }
+}
+
+#[test]
+fn an_ayiya_tunnel_is_installed_with_the_key_of_its_password() {
+    let mut b = broker();
+    let t = block_on(b.create_tunnel(&ayiya_req())).unwrap();
+    assert!(t.spec.endpoint.is_unspecified());
+    let installed = b.maps.installed[&t.spec.id].clone();
+    assert_eq!(installed.ayiya_key, Some(crate::ayiya::key(&t.password)));
+    // Other kinds carry no key.
+    let p = block_on(b.create_tunnel(&req(2))).unwrap();
+    assert_eq!(b.maps.installed[&p.spec.id].ayiya_key, None);
+}
+
+#[test]
+fn endpoints_the_data_plane_learnt_go_into_the_store_once() {
+    let mut b = broker();
+    let a = block_on(b.create_tunnel(&ayiya_req())).unwrap();
+    let p = block_on(b.create_tunnel(&req(2))).unwrap();
+    let at: std::net::SocketAddrV4 = "198.51.100.80:40080".parse().unwrap();
+    // A proto-41 tunnel is never moved this way, whatever the data plane says.
+    b.maps.learnt = vec![(a.spec.id, at), (p.spec.id, at)];
+    assert_eq!(block_on(b.learn_endpoints()).unwrap(), vec![a.spec.id]);
+    let stored = b.store.tunnel(a.spec.id).unwrap().unwrap();
+    assert_eq!(stored.spec.endpoint, Endpoint::Udp4(at));
+    assert_eq!(b.maps.installed[&a.spec.id].endpoint, Endpoint::Udp4(at));
+    assert_eq!(b.store.tunnel(p.spec.id).unwrap().unwrap().spec, p.spec);
+    // Nothing new: nothing written.
+    assert!(block_on(b.learn_endpoints()).unwrap().is_empty());
 }
