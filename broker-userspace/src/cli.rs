@@ -101,13 +101,13 @@ pub fn tunnels_table(ts: &[TunnelOut]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:>6}  {:<10} {:<8} {:<9} {:<21} {:<22} {:<22} {:>5}",
+        "{:>6}  {:<10} {:<9} {:<9} {:<21} {:<22} {:<22} {:>5}",
         "id", "owner", "kind", "state", "remote", "link", "routed", "mtu"
     );
     for t in ts {
         let _ = writeln!(
             s,
-            "{:>6}  {:<10} {:<8} {:<9} {:<21} {:<22} {:<22} {:>5}",
+            "{:>6}  {:<10} {:<9} {:<9} {:<21} {:<22} {:<22} {:>5}",
             t.id,
             t.owner.as_deref().unwrap_or("-"),
             t.kind,
@@ -252,5 +252,22 @@ mod remote_tests {
             serde_json::json!({"remote_ipv4": "198.51.100.10"})
         );
         assert!("host.example".parse::<Remote>().is_err());
+    }
+
+    #[test]
+    fn the_longest_kind_keeps_the_table_aligned() {
+        let t: crate::api::tunnels::TunnelOut = serde_json::from_value(serde_json::json!({
+            "id": 6, "owner": "bob", "origin": "api", "kind": "heartbeat", "state": "up",
+            "remote_ipv4": "198.51.100.170", "remote_port": null, "remote_ipv6": null,
+            "pop_ipv4": "192.0.2.1", "pop_ipv6_endpoint": null,
+            "link_prefix": "2001:db8:20::/64", "pop_ipv6": "2001:db8:20::1",
+            "client_ipv6": "2001:db8:20::2", "routed_prefixes": [], "client_ipv4": null,
+            "pop_ipv4_inner": null, "mtu": 1480, "keepalive": null, "expires_at": null,
+            "password": "p", "update_key": "k", "created_at": 0, "updated_at": 0
+        }))
+        .unwrap();
+        let table = super::tunnels_table(&[t]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines[0].find("state"), lines[1].find("up "), "{table}");
     }
 }

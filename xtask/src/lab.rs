@@ -1,10 +1,11 @@
 //! `cargo xtask lab up|down`: the lab of network namespaces, left running in the
-//! background with the broker, one proto-41 client per client namespace, and two TSP
-//! clients: one behind a NAT (v6udpv4), one IPv6-only (v4v6).
+//! background with the broker, one proto-41 client per client namespace, two TSP clients
+//! (one behind a NAT: v6udpv4, one IPv6-only: v4v6) and two SixXS clients that fetch their
+//! tunnels over TIC (one behind the NAT: AYIYA, one with heartbeats: proto-41).
 use std::path::PathBuf;
 
 use anyhow::Result;
-use broker_tests::lab::{Lab, POP_NATIVE_V6, POP_V4};
+use broker_tests::lab::{Lab, HEARTBEAT_HOST, POP_NATIVE_V6, POP_V4};
 use clap::Subcommand;
 
 use crate::util::build_broker;
@@ -51,6 +52,10 @@ pub fn run(cmd: LabCommand) -> Result<()> {
 
 /// The TSP user of the lab's NATed client.
 pub const TSP_USER: (&str, &str) = ("demo", "demo-password");
+/// The SixXS users (TIC logins) of the AYIYA and the heartbeat client, each with one
+/// tunnel of that kind.
+pub const AYIYA_USER: (&str, &str) = ("ayiya-demo", "ayiya-password");
+pub const HEARTBEAT_USER: (&str, &str) = ("hb-demo", "hb-password");
 
 /// Builds the broker, replaces any previous lab, and starts a new one.
 pub fn up(clients: u32) -> Result<Lab> {
@@ -67,6 +72,21 @@ pub fn up(clients: u32) -> Result<Lab> {
     let v6_only = lab.start_tsp_client("t6", &POP_NATIVE_V6.to_string(), &["--type", "v4v6"])?;
     lab.wait_tsp_up("t1", natted, "-6")?;
     lab.wait_tsp_up("t6", v6_only, "-4")?;
+    lab.add_sixxs_hosts()?;
+    for ((user, password), kind) in [(AYIYA_USER, "ayiya"), (HEARTBEAT_USER, "heartbeat")] {
+        lab.cli(&["user", "add", user, "--password", password])?;
+        lab.cli(&["tunnel", "add", "--kind", kind, "--owner", user])?;
+    }
+    let ayiya = lab.start_ayiya_client("a1", AYIYA_USER.0, AYIYA_USER.1, None)?;
+    let heartbeat = lab.start_heartbeat_client(
+        "h1",
+        HEARTBEAT_USER.0,
+        HEARTBEAT_USER.1,
+        None,
+        HEARTBEAT_HOST,
+    )?;
+    lab.wait_sixxs_up("a1", ayiya)?;
+    lab.wait_sixxs_up("h1", heartbeat)?;
     lab.record_pids()?;
     Ok(lab)
 }
@@ -108,6 +128,16 @@ pub fn print_summary(lab: &Lab) {
     println!(
         "  {:<16} IPv6-only TSP client 2001:db8:fffe::6, anonymous: v4v6",
         lab.host("t6").name()
+    );
+    println!(
+        "  {:<16} SixXS client 203.0.113.70 behind the NAT, user {}: TIC, then AYIYA",
+        lab.host("a1").name(),
+        AYIYA_USER.0
+    );
+    println!(
+        "  {:<16} SixXS client {HEARTBEAT_HOST}, user {}: TIC, then proto-41 with heartbeats",
+        lab.host("h1").name(),
+        HEARTBEAT_USER.0
     );
     println!("config: {}", lab.config_path().display());
     println!("logs:   {}", lab.dir.display());

@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::Result;
-use broker_tests::lab::{INET6_HOST, ISP_LAN_V4, TSP_TUN};
+use broker_tests::lab::{INET6_HOST, ISP_LAN_V4, SIXXS_TUN, TSP_TUN};
 use clap::Args;
 
 use crate::{
@@ -55,26 +55,45 @@ pub fn run(o: Options) -> Result<()> {
         lab.wait_reachable(c.index, INET6_HOST)?;
         print!("{}", lab.ping(c.index, INET6_HOST, 3, "0.2")?);
     }
-    for (role, what, dst, family) in [
+    for (role, what, dst, family, tun) in [
         (
             "t1",
-            "behind the NAT, over v6udpv4",
+            "TSP client behind the NAT, over v6udpv4",
             INET6_HOST.to_string(),
             "-6",
+            TSP_TUN,
         ),
         (
             "t6",
-            "IPv6-only, IPv4 over v4v6",
+            "TSP client, IPv6-only, IPv4 over v4v6",
             ISP_LAN_V4.to_string(),
             "-4",
+            TSP_TUN,
+        ),
+        (
+            "a1",
+            "SixXS client behind the NAT, tunnel from TIC, over AYIYA",
+            INET6_HOST.to_string(),
+            "-6",
+            SIXXS_TUN,
+        ),
+        (
+            "h1",
+            "SixXS client, tunnel from TIC, proto-41 with heartbeats",
+            INET6_HOST.to_string(),
+            "-6",
+            SIXXS_TUN,
         ),
     ] {
         let ns = lab.host(role);
-        println!("\n== TSP client in {} ({what}) pings {dst} ==", ns.name());
-        print!(
-            "{}",
-            ns.ip(&[family, "-br", "addr", "show", "dev", TSP_TUN])?
-        );
+        println!("\n== {what}: {} pings {dst} ==", ns.name());
+        print!("{}", ns.ip(&[family, "-br", "addr", "show", "dev", tun])?);
+        // The first packets may resolve neighbours (or, for AYIYA, tell the PoP where the
+        // client is): wait for one answer, then show three.
+        let once = [family, "-n", "-c", "1", "-W", "1", dst.as_str()];
+        if !(0..10).any(|_| ns.exec("ping", &once).is_ok()) {
+            anyhow::bail!("{dst} unreachable from {}", ns.name());
+        }
         print!(
             "{}",
             ns.exec(
@@ -82,6 +101,15 @@ pub fn run(o: Options) -> Result<()> {
                 &[family, "-n", "-c", "3", "-i", "0.2", "-W", "2", &dst]
             )?
         );
+    }
+    // The broker stores where AYIYA clients were heard every 10 s: wait for it, so that the
+    // list below shows the NAT's mapping rather than an endpoint still unknown.
+    for _ in 0..60 {
+        let list = lab.cli(&["tunnel", "list"])?;
+        if !list.contains("0.0.0.0") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
     println!("\n== broker stats --instance {} ==", lab::INSTANCE);
     print!("{}", lab.stats(false)?);
@@ -98,6 +126,10 @@ pub fn run(o: Options) -> Result<()> {
     println!(
         "  ip netns exec {} ping -6 {INET6_HOST}     # through the NAT, v6udpv4",
         lab.host("t1").name()
+    );
+    println!(
+        "  ip netns exec {} ping -6 {INET6_HOST}     # through the NAT, AYIYA",
+        lab.host("a1").name()
     );
     println!(
         "  ip netns exec {} env BROKER_TOKEN={} target/debug/broker tunnel add --remote 198.51.100.99 --routed-length 56",
