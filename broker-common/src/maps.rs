@@ -479,7 +479,7 @@ mod tests {
         assert_eq!(size_of::<Endpoint6>(), 32);
         assert_eq!(
             size_of::<Settings>(),
-            24 + 16 * MAX_PREFIX_LENS + 16 * MAX_SPACE + 32
+            24 + 16 * MAX_PREFIX_LENS + 16 * MAX_SPACE + 40
         );
         assert_eq!(size_of::<PrefixKey>(), 16);
         assert_eq!(size_of::<Nexthop>(), 32);
