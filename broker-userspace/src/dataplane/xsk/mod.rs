@@ -262,7 +262,10 @@ fn run(me: usize, mut rx: RxRings, ports: &[Arc<Port>], stop: &AtomicBool, stats
         }
         rx.rx.release();
         send(port, ports, &out, stats);
-        // Every receive frame goes back to the fill ring, which has room for all of them.
+        // Every receive frame goes back to the fill ring, which has room for all of them:
+        // the kernel took them from it.
+        let room = rx.fill.free(taken.len() as u32);
+        debug_assert!(room as usize >= taken.len());
         for addr in &taken {
             rx.fill.push(addr - addr % u64::from(FRAME_SIZE));
         }
@@ -298,7 +301,7 @@ fn send(from: &Port, ports: &[Arc<Port>], out: &[Out], stats: &WorkerStats) {
         reap(&mut tx);
         let mut pushed = false;
         for o in out[i..].iter().filter(|o| o.port == target) {
-            let Some(frame) = (tx.tx.free() > 0).then(|| tx.free.pop()).flatten() else {
+            let Some(frame) = (tx.tx.free(1) > 0).then(|| tx.free.pop()).flatten() else {
                 stats.tx_full.fetch_add(1, Ordering::Relaxed);
                 continue;
             };

@@ -121,10 +121,11 @@ impl<T: Copy> Ring<T> {
         })
     }
 
-    /// Producer: slots free for [`Ring::push`].
-    pub fn free(&mut self) -> u32 {
+    /// Producer: slots free for [`Ring::push`]; the kernel's index is read again when
+    /// fewer than `want` are known to be.
+    pub fn free(&mut self, want: u32) -> u32 {
         let free = self.size - self.prod.wrapping_sub(self.cons);
-        if free > 0 {
+        if free >= want {
             return free;
         }
         // SAFETY: the mapping lives as long as self.
@@ -298,7 +299,10 @@ impl Xsk {
                 size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
             )
         };
-        check(rc, "bind(AF_XDP)")?;
+        if rc < 0 {
+            // Unwrapped: EINVAL says the queue does not exist.
+            return Err(io::Error::last_os_error());
+        }
 
         let mut rxr = RxRings { rx, fill };
         for i in 0..RING_SIZE {
