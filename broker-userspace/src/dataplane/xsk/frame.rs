@@ -14,10 +14,14 @@ const HOP_LIMIT: usize = ETH + ayiya::HEADER_LEN + 7;
 /// What became of a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Verified and decapsulated: send `frame[start..]` out of `egress_ifindex`.
-    Verified { egress_ifindex: u32, start: usize },
-    /// Signed: send the whole frame out of `egress_ifindex`.
-    Signed { egress_ifindex: u32 },
+    /// Verified and decapsulated: send `frame[start..end]` out of `egress_ifindex`.
+    Verified {
+        egress_ifindex: u32,
+        start: usize,
+        end: usize,
+    },
+    /// Signed: send `frame[..end]` out of `egress_ifindex`.
+    Signed { egress_ifindex: u32, end: usize },
     /// The signature is not the tunnel key's: dropped.
     BadSignature,
     /// Not a frame XDP hands over (metadata or length wrong): dropped.
@@ -34,13 +38,19 @@ pub fn handle(meta: &XskMeta, frame: &mut [u8]) -> Outcome {
 }
 
 /// Ethernet, AYIYA header, inner IPv6: verify the signature over the AYIYA packet, then
-/// decrement the hop limit and move the Ethernet header over the AYIYA header.
+/// decrement the hop limit and move the Ethernet header over the AYIYA header. Lengths
+/// come from the inner header (XDP checked it against the outer ones): a frame may carry
+/// Ethernet padding after the packet.
 fn verify_decap(meta: &XskMeta, frame: &mut [u8]) -> Outcome {
-    // An inner IPv6 header at least; XDP checked the lengths against each other.
-    if frame.len() < ETH + ayiya::HEADER_LEN + 40 {
+    const INNER: usize = ETH + ayiya::HEADER_LEN;
+    if frame.len() < INNER + 40 {
         return Outcome::Malformed;
     }
-    if !ayiya::verify(&frame[ETH..], &meta.key) {
+    let end = INNER + 40 + usize::from(u16::from_be_bytes([frame[INNER + 4], frame[INNER + 5]]));
+    if end > frame.len() {
+        return Outcome::Malformed;
+    }
+    if !ayiya::verify(&frame[ETH..end], &meta.key) {
         return Outcome::BadSignature;
     }
     // XDP checked it is above 1.
@@ -52,17 +62,24 @@ fn verify_decap(meta: &XskMeta, frame: &mut [u8]) -> Outcome {
     Outcome::Verified {
         egress_ifindex: meta.egress_ifindex,
         start: ayiya::HEADER_LEN,
+        end,
     }
 }
 
-/// Ethernet, IPv4, UDP, AYIYA header with its signature field unset, inner packet: sign.
+/// Ethernet, IPv4, UDP, AYIYA header with its signature field unset, inner packet: sign
+/// the IPv4 packet's UDP payload (its total length says how long it is; XDP wrote it).
 fn sign(meta: &XskMeta, frame: &mut [u8]) -> Outcome {
     if frame.len() < ETH + OUTER + ayiya::HEADER_LEN {
         return Outcome::Malformed;
     }
-    ayiya::sign(&mut frame[ETH + OUTER..], &meta.key);
+    let end = ETH + usize::from(u16::from_be_bytes([frame[ETH + 2], frame[ETH + 3]]));
+    if end < ETH + OUTER + ayiya::HEADER_LEN || end > frame.len() {
+        return Outcome::Malformed;
+    }
+    ayiya::sign(&mut frame[ETH + OUTER..end], &meta.key);
     Outcome::Signed {
         egress_ifindex: meta.egress_ifindex,
+        end,
     }
 }
 
@@ -128,16 +145,20 @@ mod tests {
             i
         };
         let eth = f[..14].to_vec();
+        let end = f.len();
+        // Ethernet padding after the packet is neither hashed nor sent.
+        f.extend_from_slice(&[0xee; 6]);
         let out = handle(&meta(XskMeta::OP_VERIFY), &mut f);
         assert_eq!(
             out,
             Outcome::Verified {
                 egress_ifindex: 42,
-                start: 44
+                start: 44,
+                end
             }
         );
         assert_eq!(&f[44..58], &eth[..]);
-        assert_eq!(&f[58..], &want_inner[..]);
+        assert_eq!(&f[58..end], &want_inner[..]);
     }
 
     #[test]
@@ -181,6 +202,7 @@ mod tests {
     #[test]
     fn signed_frame_verifies() {
         let mut f = vec![0u8; 14 + 28];
+        f[14 + 2..14 + 4].copy_from_slice(&((28 + 44 + 576) as u16).to_be_bytes());
         let mut ay = vec![0u8; ayiya::HEADER_LEN];
         ay[0] = ayiya::ID_BYTE;
         ay[1] = ayiya::SIG_BYTE;
@@ -188,11 +210,16 @@ mod tests {
         ay[3] = 41;
         f.extend_from_slice(&ay);
         f.extend_from_slice(&inner(576, 64));
+        let end = f.len();
+        f.extend_from_slice(&[0xee; 6]);
         assert_eq!(
             handle(&meta(XskMeta::OP_SIGN), &mut f),
-            Outcome::Signed { egress_ifindex: 42 }
+            Outcome::Signed {
+                egress_ifindex: 42,
+                end
+            }
         );
-        assert!(ayiya::verify(&f[42..], &KEY));
-        assert!(!ayiya::verify(&f[42..], &[8; 20]));
+        assert!(ayiya::verify(&f[42..end], &KEY));
+        assert!(!ayiya::verify(&f[42..end], &[8; 20]));
     }
 }

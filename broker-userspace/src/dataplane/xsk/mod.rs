@@ -228,17 +228,21 @@ fn run(me: usize, mut rx: RxRings, ports: &[Arc<Port>], stop: &AtomicBool, stats
             };
             let (meta, frame) = bytes.split_at_mut(XskMeta::LEN);
             let meta = XskMeta::from_bytes((&*meta).try_into().expect("32 bytes"));
-            let (egress, start) = match frame::handle(&meta, frame) {
+            let (egress, start, end) = match frame::handle(&meta, frame) {
                 Outcome::Verified {
                     egress_ifindex,
                     start,
+                    end,
                 } => {
                     stats.verified.fetch_add(1, Ordering::Relaxed);
-                    (egress_ifindex, start)
+                    (egress_ifindex, start, end)
                 }
-                Outcome::Signed { egress_ifindex } => {
+                Outcome::Signed {
+                    egress_ifindex,
+                    end,
+                } => {
                     stats.signed.fetch_add(1, Ordering::Relaxed);
-                    (egress_ifindex, 0)
+                    (egress_ifindex, 0, end)
                 }
                 Outcome::BadSignature => {
                     stats.bad_signature.fetch_add(1, Ordering::Relaxed);
@@ -253,7 +257,7 @@ fn run(me: usize, mut rx: RxRings, ports: &[Arc<Port>], stop: &AtomicBool, stats
                 Some(p) => out.push(Out {
                     port: p,
                     addr: d.addr + start as u64,
-                    len: len - start,
+                    len: end - start,
                 }),
                 None => {
                     stats.no_egress.fetch_add(1, Ordering::Relaxed);
