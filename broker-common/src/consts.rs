@@ -120,6 +120,11 @@ pub mod map_names {
     pub const BENCH_REDIRECT: &str = "BENCH_REDIRECT";
     pub const BENCH_SINK: &str = "BENCH_SINK";
     pub const GEN_TEMPLATE: &str = "GEN_TEMPLATE";
+    /// AF_XDP sockets of the AYIYA worker (`XskMap`), and the first index of each
+    /// interface's sockets in it (`HashMap<u32 ifindex, u32>`). Never pinned: the sockets
+    /// belong to the running controller, and close (leaving the entries) with it.
+    pub const XSKS: &str = "XSKS";
+    pub const XSK_IFACES: &str = "XSK_IFACES";
 
     /// Every map the controller owns, in the order `broker stats` lists them.
     pub const ALL: [&str; 12] = [

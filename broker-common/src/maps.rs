@@ -206,6 +206,63 @@ impl Tunnel {
     }
 }
 
+/// What XDP puts in front of a frame it hands to the AF_XDP AYIYA worker (XDP metadata,
+/// `bpf_xdp_adjust_meta`; the worker finds it right before the frame in its UMEM). 32
+/// bytes, the most the kernel allows.
+///
+/// - [`XskMeta::OP_VERIFY`]: the frame is Ethernet (MACs of the next hop, EtherType IPv6),
+///   the 44-byte AYIYA header, the inner IPv6 packet: verify the signature with `key`,
+///   then remove the header, decrement the hop limit and send it out of `egress_ifindex`.
+/// - [`XskMeta::OP_SIGN`]: the frame is the complete AYIYA packet towards the client with
+///   the signature field unset: sign it with `key` and send it out of `egress_ifindex`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XskMeta {
+    /// The tunnel's key (`Tunnel.key`).
+    pub key: [u8; 20],
+    /// The tunnel's slot (host order).
+    pub slot: u32,
+    pub egress_ifindex: u32,
+    /// `OP_VERIFY` or `OP_SIGN` (host order); anything else is not a frame from XDP.
+    pub op: u32,
+}
+
+impl XskMeta {
+    pub const LEN: usize = 32;
+    pub const OP_VERIFY: u32 = 0xa71a_0001;
+    pub const OP_SIGN: u32 = 0xa71a_0002;
+
+    /// Reads the metadata from its bytes (as XDP wrote them, host order).
+    pub fn from_bytes(b: &[u8; Self::LEN]) -> Self {
+        let word = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let mut key = [0; 20];
+        key.copy_from_slice(&b[..20]);
+        Self {
+            key,
+            slot: word(20),
+            egress_ifindex: word(24),
+            op: word(28),
+        }
+    }
+
+    pub fn to_bytes(&self) -> [u8; Self::LEN] {
+        let mut b = [0; Self::LEN];
+        b[..20].copy_from_slice(&self.key);
+        b[20..24].copy_from_slice(&self.slot.to_ne_bytes());
+        b[24..28].copy_from_slice(&self.egress_ifindex.to_ne_bytes());
+        b[28..32].copy_from_slice(&self.op.to_ne_bytes());
+        b
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<XskMeta>() == XskMeta::LEN);
+
+/// AF_XDP sockets per interface (its receive queues) the `XSKS` map has room for: socket
+/// of queue `q` of an interface is at `XSK_IFACES[ifindex] + q`.
+pub const XSK_MAX_QUEUES: u32 = 16;
+/// Entries of `XSKS`: 16 interfaces of 16 queues.
+pub const XSK_MAX_SOCKETS: u32 = 256;
+
 /// Routed prefixes a tunnel can have (HE gives a /64 and a /48; sixxsd subnets likewise).
 pub const MAX_ROUTED: usize = 4;
 /// Distinct prefix lengths among all tunnel prefixes (each costs one hash probe).
@@ -347,7 +404,7 @@ pub struct Settings {
     /// The PoP's IPv4: tunnel packets are those addressed to it. All zero = no tunnels yet,
     /// everything passes.
     pub pop_v4: [u8; 4],
-    /// Reserved for feature switches.
+    /// Feature switches: [`Settings::AYIYA_AF_XDP`].
     pub flags: u32,
     /// Generation of the next-hop caches: entries of another generation are stale. The
     /// controller bumps it when routes or neighbours change. 0 turns the caches off.
@@ -384,6 +441,11 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The AF_XDP AYIYA worker runs: AYIYA forward packets whose ingress queue has a socket
+    /// in `XSKS` are signed or verified there (see [`XskMeta`]); without a socket, or with
+    /// this bit clear, XDP hashes them itself.
+    pub const AYIYA_AF_XDP: u32 = 1;
+
     pub const EMPTY: Self = Self {
         pop_v4: [0; 4],
         flags: 0,

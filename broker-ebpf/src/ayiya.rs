@@ -10,22 +10,24 @@ use broker_common::{
     consts::{
         AYIYA_AUTH_SHARED, AYIYA_HDR_LEN, AYIYA_ID_BYTE, AYIYA_MAX_CLOCK_OFF,
         AYIYA_OP_ECHO_REQUEST, AYIYA_OP_ECHO_RESPONSE, AYIYA_OP_FORWARD, AYIYA_OP_NOOP,
-        AYIYA_SIG_BYTE, ENCAP_TTL, ETH_HDR_LEN, IPPROTO_IPV6, IPV4_HDR_LEN, UDP_HDR_LEN,
+        AYIYA_SIG_BYTE, ENCAP_TTL, ETH_HDR_LEN, ETH_P_IPV6_BE, IPPROTO_IPV6, IPV4_HDR_LEN,
+        UDP_HDR_LEN,
     },
     csum,
-    maps::{Settings, Tunnel, TunnelKind},
+    maps::{Settings, Tunnel, TunnelKind, XskMeta},
     stats::{DropReason, Event},
 };
 
 use crate::{
-    decap, forward,
-    headers::{AyiyaHdr, Ipv4Hdr, UdpHdr},
+    decap, forward, head,
+    headers::{AyiyaHdr, Ipv4Hdr, Ipv6Hdr, UdpHdr},
     icmp6,
     maps::{self, NEXTHOP_CLIENT, TUNNELS},
     outcome::{Outcome, Resume, Step, Verdict},
     ptr, sha1,
     stats::{self, Dir},
     tunnel::{self, Way},
+    xsk,
 };
 
 /// Offset of the AYIYA header in the frame (the outer IPv4 has no options).
@@ -46,9 +48,14 @@ pub fn decap(ctx: &XdpContext, s: &Settings, ip: &Ipv4Hdr, udp: &UdpHdr) -> Verd
     let h = ptr::at::<AyiyaHdr>(ctx, HDR).ok_or(DropReason::Truncated)?;
     // SAFETY: bounds checked; only the fixed fields and the identity are copied (stack is
     // scarce in this frame).
-    let (fixed, epoch, identity) =
-        unsafe { ([(*h).id, (*h).sig, (*h).auth_op], (*h).epoch, (*h).identity) };
-    let [id, sig, auth_op] = fixed;
+    let (fixed, epoch, identity) = unsafe {
+        (
+            [(*h).id, (*h).sig, (*h).auth_op, (*h).next_header],
+            (*h).epoch,
+            (*h).identity,
+        )
+    };
+    let [id, sig, auth_op, next_header] = fixed;
     if id != AYIYA_ID_BYTE || sig != AYIYA_SIG_BYTE || auth_op & 0xf0 != AYIYA_AUTH_SHARED {
         return Err(DropReason::BadAyiyaHeader);
     }
@@ -59,8 +66,67 @@ pub fn decap(ctx: &XdpContext, s: &Settings, ip: &Ipv4Hdr, udp: &UdpHdr) -> Verd
     if !epoch_ok(s, epoch) {
         return Err(tunnel::drop(slot, inner_len, DropReason::StaleEpoch));
     }
+    let forward = auth_op & 0x0f == AYIYA_OP_FORWARD && next_header == IPPROTO_IPV6;
+    // The client's own address and port: a packet from elsewhere roams the tunnel once
+    // verified, which XDP does.
+    if forward && ip.src == t.remote_v4 && udp.src == t.remote_port {
+        if let Some(index) = xsk::socket(ctx, s) {
+            if let Some(v) = offload(ctx, s, t, slot, index, inner_len) {
+                return v;
+            }
+        }
+    }
     sha1::prepare(HDR, payload, &t.key)?;
     Ok(Outcome::Hash(Resume::at(Step::Verified, slot)))
+}
+
+/// AF_XDP engine: hands a forward packet that passes every check but its signature to the
+/// worker, with the outer IPv4 and UDP headers stripped and the next hop's Ethernet header
+/// in front of the AYIYA header (see `XskMeta::OP_VERIFY`). `None` when the packet needs
+/// more than the worker does (it goes to the PoP, into another tunnel, or has no next hop
+/// the worker can reach, or fails a check): XDP verifies it and acts as always, so every
+/// drop is still counted after the signature was checked.
+#[inline(always)]
+fn offload(
+    ctx: &XdpContext,
+    s: &Settings,
+    t: &Tunnel,
+    slot: u32,
+    index: u32,
+    inner_len: usize,
+) -> Option<Verdict> {
+    let inner = ptr::at::<Ipv6Hdr>(ctx, ETH_HDR_LEN + OUTER)?;
+    // SAFETY: bounds checked.
+    let inner = unsafe { &*inner };
+    if inner.version() != 6
+        || inner.packet_len() != inner_len
+        || inner.hop_limit <= 1
+        || inner.dst == t.pop_v6
+        || !t.owns(&inner.src)
+        || maps::prefix_slot(s, &inner.dst).is_some()
+    {
+        return None;
+    }
+    let hop = forward::native_hop6(ctx, s, inner, inner_len).ok()?;
+    if !xsk::serves(hop.ifindex) {
+        return None;
+    }
+    stats::tunnel(slot, Dir::FromClient, inner_len as u64);
+    stats::event(Event::Decap, t.kind, inner_len as u64);
+    Some(strip_and_hand_off(ctx, t, slot, index, &hop))
+}
+
+#[inline(always)]
+fn strip_and_hand_off(
+    ctx: &XdpContext,
+    t: &Tunnel,
+    slot: u32,
+    index: u32,
+    hop: &broker_common::maps::Nexthop,
+) -> Verdict {
+    head::shift(ctx, (IPV4_HDR_LEN + UDP_HDR_LEN) as i32, ETH_P_IPV6_BE)?;
+    forward::set_macs(ctx, hop)?;
+    xsk::hand_off(ctx, index, &t.key, slot, hop.ifindex, XskMeta::OP_VERIFY)
 }
 
 /// The UDP payload's length, checked against the outer headers; at least an AYIYA header.
@@ -230,6 +296,20 @@ pub fn seal(
     next_header: u8,
     then: Resume,
 ) -> Verdict {
+    write_header(ctx, s, t, opcode, next_header)?;
+    sha1::prepare(HDR, payload, &t.key)?;
+    Ok(Outcome::Hash(then))
+}
+
+/// The AYIYA header of [`seal`], but for the signature.
+#[inline(always)]
+pub fn write_header(
+    ctx: &XdpContext,
+    s: &Settings,
+    t: &Tunnel,
+    opcode: u8,
+    next_header: u8,
+) -> Result<(), DropReason> {
     let h = ptr::at::<AyiyaHdr>(ctx, HDR).ok_or(DropReason::AdjustFailed)?;
     // SAFETY: bounds checked.
     unsafe {
@@ -245,8 +325,7 @@ pub fn seal(
             i += 1;
         }
     }
-    sha1::prepare(HDR, payload, &t.key)?;
-    Ok(Outcome::Hash(then))
+    Ok(())
 }
 
 /// Writes the digest into the signature field of the packet being sent.

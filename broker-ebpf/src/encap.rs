@@ -8,7 +8,7 @@ use broker_common::{
         IPPROTO_UDP, IPV4_HDR_LEN, UDP_HDR_LEN,
     },
     csum,
-    maps::{Settings, Tunnel, TunnelKind},
+    maps::{Settings, Tunnel, TunnelKind, XskMeta},
     stats::{DropReason, Event},
 };
 
@@ -20,6 +20,7 @@ use crate::{
     ptr,
     stats::{self, Dir},
     tunnel::{self, Way},
+    xsk,
 };
 
 /// Where the packet came from, which decides how errors and echo replies can go back.
@@ -80,6 +81,17 @@ pub fn into_tunnel(ctx: &XdpContext, s: &Settings, slot: u32, origin: Origin) ->
     stats::tunnel(slot, Dir::ToClient, len as u64);
     stats::event(Event::Encap, t.kind, len as u64);
     if kind == TunnelKind::Ayiya {
+        if let Some(index) = xsk::socket(ctx, s) {
+            // AF_XDP engine: the worker signs and sends it, when it can reach the next hop.
+            let overhead = outer;
+            if let Ok(hop) = forward::client_hop(ctx, s, t, slot, overhead, len + outer, tos) {
+                if xsk::serves(hop.ifindex) {
+                    ayiya::write_header(ctx, s, t, AYIYA_OP_FORWARD, IPPROTO_IPV6)?;
+                    forward::set_macs(ctx, &hop)?;
+                    return xsk::hand_off(ctx, index, &t.key, slot, hop.ifindex, XskMeta::OP_SIGN);
+                }
+            }
+        }
         // Signed once the entry point has hashed it, then forwarded like the others.
         let then = Resume::at(Step::Forward, slot);
         let payload = len + AYIYA_HDR_LEN;

@@ -55,12 +55,30 @@ pub fn native6(ctx: &XdpContext, s: &Settings, len: usize) -> Verdict {
         return encap::into_tunnel(ctx, s, slot, Origin::Tunnel);
     }
 
+    let nh = match native_hop6(ctx, s, ipr, len) {
+        Ok(hop) => hop,
+        Err(outcome) => return Ok(outcome),
+    };
+    // SAFETY: the hop limit was checked to be > 1 before decapsulation.
+    unsafe { (*ip).hop_limit -= 1 };
+    redirect(ctx, &nh)
+}
+
+/// The next hop of the native IPv6 packet `ipr` (of `len` bytes; anywhere in the frame),
+/// from the cache or the FIB; or what to do with the packet when there is none.
+#[inline(always)]
+pub fn native_hop6(
+    ctx: &XdpContext,
+    s: &Settings,
+    ipr: &Ipv6Hdr,
+    len: usize,
+) -> Result<Nexthop, Outcome> {
     let now = clock(s);
     let cache = NEXTHOP_NATIVE.get_ptr_mut(nexthop_native_slot(&ipr.dst));
     // SAFETY: a per-CPU value only this CPU writes.
     let hit = cache.map(|c| unsafe { &*c });
-    let nh = match hit {
-        Some(c) if c.dst == ipr.dst && fresh(&c.hop, s, now) => c.hop,
+    match hit {
+        Some(c) if c.dst == ipr.dst && fresh(&c.hop, s, now) => Ok(c.hop),
         _ => {
             let mut raw = MaybeUninit::uninit();
             let p = fib_params(&mut raw);
@@ -82,15 +100,12 @@ pub fn native6(ctx: &XdpContext, s: &Settings, len: usize) -> Verdict {
                             (*c).hop = hop.stamped(s, now);
                         }
                     }
-                    hop
+                    Ok(hop)
                 }
-                Err(outcome) => return Ok(outcome),
+                Err(outcome) => Err(outcome),
             }
         }
-    };
-    // SAFETY: the hop limit was checked to be > 1 before decapsulation.
-    unsafe { (*ip).hop_limit -= 1 };
-    redirect(ctx, &nh)
+    }
 }
 
 /// Forwards the native IPv4 packet at the start of the frame (decapsulated from a v4v6
@@ -163,13 +178,31 @@ pub fn to_client(
     outer_len: usize,
     tos: u8,
 ) -> Verdict {
+    match client_hop(ctx, s, t, slot, overhead, outer_len, tos) {
+        Ok(hop) => redirect(ctx, &hop),
+        Err(outcome) => Ok(outcome),
+    }
+}
+
+/// The next hop towards tunnel `t`'s client (see [`to_client`]), from the cache or the
+/// FIB; or what to do with the packet when there is none.
+#[inline(always)]
+pub fn client_hop(
+    ctx: &XdpContext,
+    s: &Settings,
+    t: &Tunnel,
+    slot: u32,
+    overhead: usize,
+    outer_len: usize,
+    tos: u8,
+) -> Result<Nexthop, Outcome> {
     let now = clock(s);
     let cache = NEXTHOP_CLIENT.get_ptr_mut(slot);
     if let Some(c) = cache {
         // SAFETY: a per-CPU value only this CPU writes.
         let c = unsafe { &*c };
         if fresh(c, s, now) {
-            return redirect(ctx, c);
+            return Ok(*c);
         }
     }
     let mut raw = MaybeUninit::uninit();
@@ -195,9 +228,9 @@ pub fn to_client(
                 // SAFETY: a per-CPU value only this CPU writes.
                 unsafe { *c = hop.stamped(s, now) };
             }
-            redirect(ctx, &hop)
+            Ok(hop)
         }
-        Err(outcome) => Ok(outcome),
+        Err(outcome) => Err(outcome),
     }
 }
 
@@ -293,12 +326,19 @@ fn fib(ctx: &XdpContext, p: &mut FibParams) -> i64 {
 
 #[inline(always)]
 fn redirect(ctx: &XdpContext, nh: &Nexthop) -> Verdict {
-    let eth = ptr::at::<EthHdr>(ctx, 0).ok_or(DropReason::Truncated)?;
-    // SAFETY: bounds checked.
-    unsafe { (*eth).set_macs(&nh.dmac, &nh.smac) };
+    set_macs(ctx, nh)?;
     // SAFETY: helper call; returns XDP_REDIRECT, or XDP_ABORTED on bad flags.
     let action = unsafe { bpf_redirect(nh.ifindex, 0) } as u32;
     Ok(Outcome::Redirect(action))
+}
+
+/// Writes the next hop's MACs into the frame's Ethernet header.
+#[inline(always)]
+pub fn set_macs(ctx: &XdpContext, nh: &Nexthop) -> Result<(), DropReason> {
+    let eth = ptr::at::<EthHdr>(ctx, 0).ok_or(DropReason::Truncated)?;
+    // SAFETY: bounds checked.
+    unsafe { (*eth).set_macs(&nh.dmac, &nh.smac) };
+    Ok(())
 }
 
 /// What to do when the FIB lookup did not give a next hop.

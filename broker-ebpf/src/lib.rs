@@ -33,3 +33,4 @@ pub mod sha1;
 pub mod stats;
 pub mod tunnel;
 pub mod v4v6;
+pub mod xsk;

@@ -2,13 +2,13 @@
 //! sizes here are defaults the controller overrides at load time (`map_max_entries`).
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray, XskMap},
 };
 use broker_common::{
     consts::{DEFAULT_MAX_PREFIXES, DEFAULT_MAX_TUNNELS, NEXTHOP_NATIVE_ENTRIES},
     maps::{
         upper64, Endpoint4, Endpoint6, Nexthop, NexthopNative, PrefixKey, Settings, StatPair,
-        Tunnel, TunnelStats, UdpEndpoint4, MAX_PREFIX_LENS,
+        Tunnel, TunnelStats, UdpEndpoint4, MAX_PREFIX_LENS, XSK_MAX_SOCKETS,
     },
     stats::{DropReason, GLOBAL_STATS_LEN},
 };
@@ -66,6 +66,14 @@ pub static TUNNEL_STATS: PerCpuArray<TunnelStats> =
 /// Global counters, laid out by `broker_common::stats`.
 #[map]
 pub static GLOBAL_STATS: PerCpuArray<StatPair> = PerCpuArray::with_max_entries(GLOBAL_STATS_LEN, 0);
+
+/// AF_XDP sockets of the AYIYA worker, by `XSK_IFACES[ifindex] + rx queue`.
+#[map]
+pub static XSKS: XskMap = XskMap::with_max_entries(XSK_MAX_SOCKETS, 0);
+
+/// Interfaces the AYIYA worker has sockets on: ifindex to its first index in `XSKS`.
+#[map]
+pub static XSK_IFACES: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
 
 /// The PoP-wide settings (the controller writes them before attaching).
 #[inline(always)]

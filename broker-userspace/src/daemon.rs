@@ -134,6 +134,17 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         broker.maps.attach(&iface.name, iface.mode)?;
     }
     broker.maps.prune(&ifaces)?;
+    // Lives as long as this function: its sockets close (and XDP hashes AYIYA itself
+    // again) when the process stops.
+    let ayiya_worker = match &config.ayiya {
+        Some(a) if a.engine == crate::config::AyiyaEngine::AfXdp => Some(
+            broker
+                .maps
+                .start_ayiya_worker(&ifaces)
+                .context("starting the AYIYA AF_XDP worker (ayiya.engine: af_xdp)")?,
+        ),
+        _ => None,
+    };
     let tunnels = broker.store.tunnels()?.len();
     info!(
         instance = %config.instance,
@@ -146,6 +157,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
 
     let broker = Arc::new(Mutex::new(broker));
     let metrics = Arc::new(Metrics::new(config.metrics.per_tunnel));
+    if let Some(w) = &ayiya_worker {
+        metrics.set_ayiya_worker(w.stats());
+    }
     let state = api::AppState {
         broker: broker.clone(),
         admin_token: config.api.admin_token.as_deref().map(Arc::from),

@@ -35,6 +35,8 @@ pub struct Metrics {
     tsp: Family<Labels, Counter>,
     tic: Family<Labels, Counter>,
     heartbeats: Family<Labels, Counter>,
+    /// The AYIYA AF_XDP worker's outcome counters, once it runs.
+    ayiya_worker: std::sync::OnceLock<std::sync::Arc<crate::dataplane::WorkerStats>>,
 }
 
 impl Metrics {
@@ -45,7 +47,13 @@ impl Metrics {
             tsp: Family::default(),
             tic: Family::default(),
             heartbeats: Family::default(),
+            ayiya_worker: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Exports the AYIYA AF_XDP worker's counters as `broker_ayiya_worker_total{outcome}`.
+    pub fn set_ayiya_worker(&self, stats: std::sync::Arc<crate::dataplane::WorkerStats>) {
+        let _ = self.ayiya_worker.set(stats);
     }
 
     /// Counts one ended (or established) TSP session by transport and outcome.
@@ -112,6 +120,20 @@ impl Metrics {
             "Heartbeat datagrams by outcome (accepted, or why one was dropped)",
             self.heartbeats.clone(),
         );
+        if let Some(w) = self.ayiya_worker.get() {
+            let family = Family::<Labels, Counter>::default();
+            for (outcome, n) in w.snapshot() {
+                family
+                    .get_or_create(&vec![("outcome", outcome.to_string())])
+                    .inc_by(n);
+            }
+            registry.register(
+                "broker_ayiya_worker",
+                "AYIYA forward packets the AF_XDP worker handled, by outcome (verified, \
+                 bad_signature, signed, malformed, tx_full, no_egress)",
+                family,
+            );
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry)
             .map_err(|e| e.to_string())?;

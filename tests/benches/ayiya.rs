@@ -11,13 +11,27 @@
 //! packets in userspace is timed too, as the lower bound of that design (the AF_XDP
 //! rings, copies and wake-ups come on top and are not built).
 //!
+//! Then both engines forward the same packets under load, in the same run: the fixture's
+//! data plane attached to its veths, a live-frames generator writing into the far end of
+//! one, a counting sink on the other's, for 64, 576 and 1280 bytes, each direction, the
+//! in-XDP SHA-1 (`ayiya.engine: xdp`) and the AF_XDP worker (`af_xdp`) alternated by
+//! round. Per packet: the program's own run time (`BPF_ENABLE_STATS`), the worker threads'
+//! CPU time (user and system: its sends happen in its system calls) per packet it
+//! forwarded, and all CPUs' busy time per forwarded packet (generator included).
+//!
 //! The section is appended to `$BENCH_APPEND` (docs/BENCHMARKS.md through xtask).
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::{fmt::Write as _, time::Instant};
 
-use broker_userspace::{ayiya, dataplane::aux::Aux, model::State};
+use broker_common::consts::program_names;
+use broker_userspace::{
+    ayiya,
+    config::AttachMode,
+    dataplane::{self, aux::Aux, AyiyaWorker},
+    model::State,
+};
 use support::*;
 
 const PASSWORD: &str = "benchmark";
@@ -29,6 +43,9 @@ const BLOCKS: u32 = 40;
 const BLOCK: u32 = 250;
 /// Userspace sign/verify iterations per size.
 const USER_ITERS: u32 = 200_000;
+/// Frames per forwarding round; rounds per engine, direction and size (medians reported).
+const LOAD_FRAMES: u32 = 200_000;
+const LOAD_ROUNDS: usize = 3;
 
 struct Row {
     size: usize,
@@ -116,9 +133,11 @@ fn main() {
         );
         rows.push(row);
     }
+    let loads = under_load(&mut fx, &key);
     // Nothing else is using the fixture's maps: let the data plane go before reporting.
     fx.dp.detach_all();
-    let report = report(&rows);
+    let mut report = report(&rows);
+    report.push_str(&load_report(&loads));
     println!("{report}");
     if let Some(path) = std::env::var_os("BENCH_APPEND") {
         let mut old = std::fs::read_to_string(&path).unwrap_or_default();
@@ -146,6 +165,215 @@ fn userspace(size: usize, key: &[u8; 20]) -> (f64, f64) {
     let verify = t.elapsed().as_nanos() as f64 / f64::from(USER_ITERS);
     assert_eq!(ok, USER_ITERS, "the signed packet verifies");
     (sign, verify)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Engine {
+    Xdp,
+    AfXdp,
+}
+
+/// One forwarding round.
+#[derive(Default, Clone, Copy)]
+struct Round {
+    /// The data plane program's run time per run.
+    xdp_ns: f64,
+    /// Worker CPU time per forwarded packet (0 for the XDP engine).
+    worker_ns: f64,
+    /// All CPUs' busy time per forwarded packet.
+    cpu_ns: f64,
+    /// Forwarded packets per second, and the share of the generated ones.
+    pps: f64,
+    delivered: f64,
+}
+
+struct Load {
+    size: usize,
+    decap: bool,
+    engine: Engine,
+    r: Round,
+}
+
+/// Both engines forwarding the same frames, alternated by round.
+fn under_load(fx: &mut support::Fixture, key: &[u8; 20]) -> Vec<Load> {
+    let mut aux = Aux::load().expect("loading the helper programs");
+    fx.dp.attach("eth4", AttachMode::Driver).unwrap();
+    fx.dp.attach("eth6", AttachMode::Driver).unwrap();
+    let (peer4, peer6) = (ifindex("peer4"), ifindex("peer6"));
+    aux.attach(program_names::BENCH_SINK, peer4).unwrap();
+    aux.attach(program_names::BENCH_SINK, peer6).unwrap();
+    let _stats = dataplane::enable_run_stats().expect("BPF_ENABLE_STATS");
+    let mut out = Vec::new();
+    for size in SIZES {
+        let payload = vec![0x5a; size - 48];
+        let decap = from_ayiya_client(
+            CLIENT,
+            &ayiya_payload(
+                link_addr(8, 2),
+                unix_now(),
+                1,
+                41,
+                &udp6(link_addr(8, 2), INET_HOST, 64, &payload),
+                key,
+            ),
+        );
+        let mut encap = from_internet(&udp6(INET_HOST, link_addr(8, 2), 64, &payload));
+        // The generator writes frames of at least its template: Ethernet padding.
+        encap.resize(encap.len().max(broker_common::consts::GEN_FRAME_LEN), 0);
+        for (is_decap, frame, gen_if) in [(true, &decap, peer4), (false, &encap, peer6)] {
+            let mut rounds: [Vec<Round>; 2] = Default::default();
+            for _ in 0..LOAD_ROUNDS {
+                for (i, engine) in [Engine::Xdp, Engine::AfXdp].into_iter().enumerate() {
+                    let worker = (engine == Engine::AfXdp).then(|| {
+                        fx.dp
+                            .start_ayiya_worker(&["eth4".into(), "eth6".into()])
+                            .expect("starting the AF_XDP worker")
+                    });
+                    let r = round(fx, &mut aux, worker.as_ref(), frame, gen_if);
+                    if let Some(w) = worker {
+                        let s = w.stats();
+                        assert_eq!(
+                            s.bad_signature.load(std::sync::atomic::Ordering::Relaxed),
+                            0,
+                            "the worker refused a signed packet"
+                        );
+                        fx.dp.stop_ayiya_worker(w).unwrap();
+                    }
+                    rounds[i].push(r);
+                }
+            }
+            for (i, engine) in [Engine::Xdp, Engine::AfXdp].into_iter().enumerate() {
+                let m = |f: fn(&Round) -> f64| median(&rounds[i].iter().map(f).collect::<Vec<_>>());
+                let r = Round {
+                    xdp_ns: m(|r| r.xdp_ns),
+                    worker_ns: m(|r| r.worker_ns),
+                    cpu_ns: m(|r| r.cpu_ns),
+                    pps: m(|r| r.pps),
+                    delivered: m(|r| r.delivered),
+                };
+                eprintln!(
+                    "AYIYA {size} B {} {engine:?}: XDP {:.0} ns + worker {:.0} ns, all CPUs {:.0} ns per packet, {:.2} Mpps, {:.0}% delivered",
+                    if is_decap { "decap" } else { "encap" },
+                    r.xdp_ns,
+                    r.worker_ns,
+                    r.cpu_ns,
+                    r.pps / 1e6,
+                    r.delivered * 100.0
+                );
+                out.push(Load {
+                    size,
+                    decap: is_decap,
+                    engine,
+                    r,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Sends `LOAD_FRAMES` copies of `frame` out of `gen_if` and waits until the sink has
+/// seen the last of what gets through.
+fn round(
+    fx: &mut support::Fixture,
+    aux: &mut Aux,
+    worker: Option<&AyiyaWorker>,
+    frame: &[u8],
+    gen_if: u32,
+) -> Round {
+    let sink0 = aux.sink_count().unwrap().packets;
+    let b0 = fx.dp.run_stats().unwrap();
+    let w0 = worker.map_or(std::time::Duration::ZERO, |w| w.cpu_time());
+    let c0 = busy_ns();
+    let t = Instant::now();
+    aux.generate(frame, gen_if, LOAD_FRAMES, 64).unwrap();
+    let mut last = aux.sink_count().unwrap().packets;
+    let mut elapsed = t.elapsed();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let now = aux.sink_count().unwrap().packets;
+        if now == last {
+            break;
+        }
+        last = now;
+        elapsed = t.elapsed();
+    }
+    let c1 = busy_ns();
+    let w1 = worker.map_or(std::time::Duration::ZERO, |w| w.cpu_time());
+    let b1 = fx.dp.run_stats().unwrap();
+    let got = (last - sink0).max(1) as f64;
+    Round {
+        xdp_ns: (b1.0 - b0.0).as_nanos() as f64 / (b1.1 - b0.1).max(1) as f64,
+        worker_ns: (w1 - w0).as_nanos() as f64 / got,
+        cpu_ns: (c1 - c0) as f64 / got,
+        pps: got / elapsed.as_secs_f64(),
+        delivered: got / f64::from(LOAD_FRAMES),
+    }
+}
+
+/// Busy time of all CPUs so far (/proc/stat: everything but idle and iowait), in ns.
+fn busy_ns() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let line = stat.lines().next().expect("the cpu line");
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    // SAFETY: plain query.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    (total - v[3] - v[4]) * 1_000_000_000 / hz
+}
+
+fn load_report(loads: &[Load]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\n### Under load: in-XDP SHA-1 against the AF_XDP worker\n\n\
+The fixture's data plane attached to its veths; a live-frames generator writes {LOAD_FRAMES} \
+frames per round into one, a counting sink takes what comes out of the other. Engines \
+alternate by round ({LOAD_ROUNDS} rounds each, medians), same frames, same run. \
+\"XDP\" is the data plane program's own run time per packet (`BPF_ENABLE_STATS`): for the \
+AF_XDP engine the checks, FIB lookup and hand-off without the SHA-1. \"worker\" is the \
+worker threads' CPU time (user and system, so their sends) per forwarded packet. \
+\"all CPUs\" is the machine's busy time (/proc/stat) per forwarded packet: generator, \
+kernel copies into and out of the AF_XDP rings and the sink included, a coarse upper \
+bound. Targets (per packet, one core): 500 ns at 64 B, 2 µs at 1280 B.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| size | direction | engine | XDP | worker | XDP + worker | all CPUs | forwarded | delivered |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+    for l in loads {
+        let r = &l.r;
+        let _ = writeln!(
+            s,
+            "| {} B | {} | {} | {:.0} ns | {} | {:.0} ns | {:.0} ns | {:.2} Mpps | {:.0}% |",
+            l.size,
+            if l.decap {
+                "verify+decap"
+            } else {
+                "encap+sign"
+            },
+            match l.engine {
+                Engine::Xdp => "xdp",
+                Engine::AfXdp => "af_xdp",
+            },
+            r.xdp_ns,
+            if l.engine == Engine::Xdp {
+                "–".to_string()
+            } else {
+                format!("{:.0} ns", r.worker_ns)
+            },
+            r.xdp_ns + r.worker_ns,
+            r.cpu_ns,
+            r.pps / 1e6,
+            r.delivered * 100.0,
+        );
+    }
+    s
 }
 
 fn median(v: &[f64]) -> f64 {

@@ -273,6 +273,22 @@ pub struct AyiyaConfig {
     /// UDP port on `pop.ipv4` where AYIYA arrives.
     #[serde(default = "default_ayiya_port")]
     pub port: u16,
+    /// Where forward packets are signed and verified.
+    #[serde(default)]
+    pub engine: AyiyaEngine,
+}
+
+/// Where AYIYA forward packets are signed and verified (docs/BENCHMARKS.md compares them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum AyiyaEngine {
+    /// In XDP, with the SHA-1 written for BPF.
+    #[serde(rename = "xdp")]
+    Xdp,
+    /// XDP hands them to AF_XDP sockets; a worker thread per socket hashes with the CPU's
+    /// SHA extensions. XDP falls back to its own SHA-1 while the worker is not running.
+    #[default]
+    #[serde(rename = "af_xdp")]
+    AfXdp,
 }
 
 fn default_ayiya_port() -> u16 {

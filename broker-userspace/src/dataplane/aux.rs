@@ -138,15 +138,23 @@ impl Aux {
         testing::run(p, frame, 0, repeat, progs::PASS)
     }
 
-    /// Transmits `count` copies of `frame` (exactly `GEN_FRAME_LEN` bytes) out of interface
-    /// `ifindex` of the calling thread's namespace, `batch` at a time, with live frames.
+    /// Transmits `count` copies of `frame` (at least `GEN_FRAME_LEN` bytes) out of
+    /// interface `ifindex` of the calling thread's namespace, `batch` at a time, with live
+    /// frames. The generator rewrites the first `GEN_FRAME_LEN` bytes of every frame (the
+    /// headers a receiver may have changed); the rest stays as `frame` set it.
     pub fn generate(
         &mut self,
-        frame: &[u8; GEN_FRAME_LEN],
+        frame: &[u8],
         ifindex: u32,
         count: u32,
         batch: u32,
     ) -> Result<(), DataplaneError> {
+        if frame.len() < GEN_FRAME_LEN {
+            return Err(DataplaneError::Io {
+                what: format!("a {}-byte generator frame", frame.len()),
+                source: std::io::ErrorKind::InvalidInput.into(),
+            });
+        }
         let name = names::GEN_TEMPLATE;
         {
             let map = self
@@ -156,14 +164,14 @@ impl Aux {
             let mut a: Array<_, [u64; GEN_FRAME_LEN / 8]> =
                 Array::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
             let mut words = [0u64; GEN_FRAME_LEN / 8];
-            for (w, c) in words.iter_mut().zip(frame.chunks_exact(8)) {
+            for (w, c) in words.iter_mut().zip(frame[..GEN_FRAME_LEN].chunks_exact(8)) {
                 *w = u64::from_ne_bytes(c.try_into().expect("8 bytes"));
             }
             a.set(0, words, 0)
                 .map_err(|source| DataplaneError::Map { name, source })?;
         }
         let p = prog_ref(&self.ebpf, progs::BENCH_GEN)?;
-        let ctx: [u32; 6] = [0, GEN_FRAME_LEN as u32, 0, ifindex, 0, 0];
+        let ctx: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
         let ctx: Vec<u8> = ctx.iter().flat_map(|f| f.to_ne_bytes()).collect();
         let opts = TestRunOptions {
             data_in: Some(frame),

@@ -12,11 +12,12 @@ mod slots;
 mod testing;
 
 pub mod aux;
+pub mod xsk;
 
 use std::path::PathBuf;
 
 use aya::{
-    maps::{Array, HashMap, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, PerCpuArray, PerCpuValues, XskMap},
     programs::{
         links::{FdLink, PinnedLink},
         xdp::{XdpLink, XdpLinkId},
@@ -29,7 +30,8 @@ use broker_common::{
     consts::{map_names as names, program_names},
     maps::{
         Endpoint4, Endpoint6, Nexthop, Prefix64, PrefixKey, Settings, Tunnel, TunnelKind,
-        TunnelState, TunnelStats, UdpEndpoint4, MAX_PREFIX_LENS, MAX_ROUTED,
+        TunnelState, TunnelStats, UdpEndpoint4, MAX_PREFIX_LENS, MAX_ROUTED, XSK_MAX_QUEUES,
+        XSK_MAX_SOCKETS,
     },
 };
 use ipnet::Ipv6Net;
@@ -53,6 +55,7 @@ pub struct MapUsage {
 }
 use slots::{EndpointKey, Installed, SlotTable};
 pub use testing::TestRunOutput;
+pub use xsk::{AyiyaWorker, WorkerStats};
 
 /// The data plane object, built by build.rs from `broker-ebpf`.
 static BROKER_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/broker"));
@@ -320,6 +323,60 @@ impl Dataplane {
             bpffs::remove_pins(&dir)?;
         }
         Ok(())
+    }
+
+    /// Starts the AF_XDP engine of AYIYA on these interfaces (names, in the calling
+    /// thread's network namespace): a socket per receive queue, a thread per socket, the
+    /// sockets in `XSKS` and the engine's bit in the settings. XDP hands AYIYA forward
+    /// packets to the worker from then on, as long as the returned value lives (its
+    /// sockets leave `XSKS` when it is dropped, and XDP hashes them itself again).
+    pub fn start_ayiya_worker(&mut self, ifaces: &[String]) -> Result<AyiyaWorker> {
+        if ifaces.len() as u32 * XSK_MAX_QUEUES > XSK_MAX_SOCKETS {
+            return Err(DataplaneError::Io {
+                what: format!("the AF_XDP worker on {} interfaces", ifaces.len()),
+                source: std::io::Error::other(format!(
+                    "at most {} interfaces",
+                    XSK_MAX_SOCKETS / XSK_MAX_QUEUES
+                )),
+            });
+        }
+        let mut bases = Vec::new();
+        for (i, name) in ifaces.iter().enumerate() {
+            bases.push((if_index(name)?, i as u32 * XSK_MAX_QUEUES));
+        }
+        let (worker, opened) = AyiyaWorker::start(&bases).map_err(|source| DataplaneError::Io {
+            what: "starting the AF_XDP AYIYA worker".into(),
+            source,
+        })?;
+        {
+            let name = names::XSKS;
+            let mut xsks: XskMap<_> = self.map_mut(name)?;
+            for o in &opened {
+                xsks.set(o.xsk_index, o.fd, 0)
+                    .map_err(|source| DataplaneError::Map { name, source })?;
+            }
+        }
+        {
+            let name = names::XSK_IFACES;
+            let mut m: HashMap<_, u32, u32> = self.map_mut(name)?;
+            for (ifindex, base) in &bases {
+                m.insert(ifindex, base, 0)
+                    .map_err(|source| DataplaneError::Map { name, source })?;
+            }
+        }
+        self.settings.flags |= Settings::AYIYA_AF_XDP;
+        self.write_settings()?;
+        info!(sockets = ?worker.sockets(), "AYIYA AF_XDP worker started");
+        Ok(worker)
+    }
+
+    /// Stops the AF_XDP engine: XDP hashes AYIYA itself again.
+    pub fn stop_ayiya_worker(&mut self, worker: AyiyaWorker) -> Result<()> {
+        self.settings.flags &= !Settings::AYIYA_AF_XDP;
+        let r = self.write_settings();
+        drop(worker);
+        info!("AYIYA AF_XDP worker stopped");
+        r
     }
 
     /// Detaches the links this process owns (unpinned data planes; also done on drop).
@@ -846,6 +903,23 @@ fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp
         .ok_or(DataplaneError::MissingProgram { name })?;
     prog.try_into()
         .map_err(|source| DataplaneError::Program { name, source })
+}
+
+/// The index of interface `name` in the calling thread's network namespace.
+fn if_index(name: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(name).map_err(|_| DataplaneError::Io {
+        what: format!("interface name {name:?}"),
+        source: std::io::ErrorKind::InvalidInput.into(),
+    })?;
+    // SAFETY: reads a NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index == 0 {
+        return Err(DataplaneError::Io {
+            what: format!("looking up interface {name}"),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(index)
 }
 
 /// UTC minus TAI in whole seconds, from the two clocks (see `Settings::utc_minus_tai_s`).

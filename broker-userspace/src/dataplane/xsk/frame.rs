@@ -1,0 +1,225 @@
+//! What the AYIYA worker does to one frame, with no I/O: the metadata XDP put in front of
+//! it says what (see `broker_common::maps::XskMeta`).
+use broker_common::maps::XskMeta;
+
+use crate::ayiya;
+
+/// Ethernet header.
+const ETH: usize = 14;
+/// Outer IPv4 (no options) and UDP in front of the AYIYA header of an outgoing packet.
+const OUTER: usize = 20 + 8;
+/// Where the inner IPv6 hop limit sits after the Ethernet and AYIYA headers.
+const HOP_LIMIT: usize = ETH + ayiya::HEADER_LEN + 7;
+
+/// What became of a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Verified and decapsulated: send `frame[start..end]` out of `egress_ifindex`.
+    Verified {
+        egress_ifindex: u32,
+        start: usize,
+        end: usize,
+    },
+    /// Signed: send `frame[..end]` out of `egress_ifindex`.
+    Signed { egress_ifindex: u32, end: usize },
+    /// The signature is not the tunnel key's: dropped.
+    BadSignature,
+    /// Not a frame XDP hands over (metadata or length wrong): dropped.
+    Malformed,
+}
+
+/// Verifies and decapsulates, or signs, the frame in place.
+pub fn handle(meta: &XskMeta, frame: &mut [u8]) -> Outcome {
+    match meta.op {
+        XskMeta::OP_VERIFY => verify_decap(meta, frame),
+        XskMeta::OP_SIGN => sign(meta, frame),
+        _ => Outcome::Malformed,
+    }
+}
+
+/// Ethernet, AYIYA header, inner IPv6: verify the signature over the AYIYA packet, then
+/// decrement the hop limit and move the Ethernet header over the AYIYA header. Lengths
+/// come from the inner header (XDP checked it against the outer ones): a frame may carry
+/// Ethernet padding after the packet.
+fn verify_decap(meta: &XskMeta, frame: &mut [u8]) -> Outcome {
+    const INNER: usize = ETH + ayiya::HEADER_LEN;
+    if frame.len() < INNER + 40 {
+        return Outcome::Malformed;
+    }
+    let end = INNER + 40 + usize::from(u16::from_be_bytes([frame[INNER + 4], frame[INNER + 5]]));
+    if end > frame.len() {
+        return Outcome::Malformed;
+    }
+    if !ayiya::verify(&frame[ETH..end], &meta.key) {
+        return Outcome::BadSignature;
+    }
+    // XDP checked it is above 1.
+    if frame[HOP_LIMIT] <= 1 {
+        return Outcome::Malformed;
+    }
+    frame[HOP_LIMIT] -= 1;
+    frame.copy_within(..ETH, ayiya::HEADER_LEN);
+    Outcome::Verified {
+        egress_ifindex: meta.egress_ifindex,
+        start: ayiya::HEADER_LEN,
+        end,
+    }
+}
+
+/// Ethernet, IPv4, UDP, AYIYA header with its signature field unset, inner packet: sign
+/// the IPv4 packet's UDP payload (its total length says how long it is; XDP wrote it).
+fn sign(meta: &XskMeta, frame: &mut [u8]) -> Outcome {
+    if frame.len() < ETH + OUTER + ayiya::HEADER_LEN {
+        return Outcome::Malformed;
+    }
+    let end = ETH + usize::from(u16::from_be_bytes([frame[ETH + 2], frame[ETH + 3]]));
+    if end < ETH + OUTER + ayiya::HEADER_LEN || end > frame.len() {
+        return Outcome::Malformed;
+    }
+    ayiya::sign(&mut frame[ETH + OUTER..end], &meta.key);
+    Outcome::Signed {
+        egress_ifindex: meta.egress_ifindex,
+        end,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: [u8; 20] = [7; 20];
+
+    fn meta(op: u32) -> XskMeta {
+        XskMeta {
+            key: KEY,
+            slot: 3,
+            egress_ifindex: 42,
+            op,
+        }
+    }
+
+    /// An inner IPv6 packet of `len` bytes with hop limit `hop`.
+    fn inner(len: usize, hop: u8) -> Vec<u8> {
+        let mut p = vec![0u8; len];
+        p[0] = 0x60;
+        p[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
+        p[6] = 17;
+        p[7] = hop;
+        for (i, b) in p[40..].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        p
+    }
+
+    /// Ethernet (next hop's MACs), a signed AYIYA header, the inner packet: what XDP hands
+    /// over for `OP_VERIFY`.
+    fn decap_frame(key: &[u8; 20], hop: u8) -> Vec<u8> {
+        let mut ay = vec![0u8; ayiya::HEADER_LEN];
+        ay[0] = ayiya::ID_BYTE;
+        ay[1] = ayiya::SIG_BYTE;
+        ay[2] = 0x11;
+        ay[3] = 41;
+        ay.extend_from_slice(&inner(100, hop));
+        ayiya::sign(&mut ay, key);
+        let mut f: Vec<u8> = (0..12).collect();
+        f.extend_from_slice(&[0x86, 0xdd]);
+        f.extend_from_slice(&ay);
+        f
+    }
+
+    #[test]
+    fn metadata_round_trips() {
+        let m = meta(XskMeta::OP_SIGN);
+        assert_eq!(XskMeta::from_bytes(&m.to_bytes()), m);
+        let b = m.to_bytes();
+        assert_eq!(&b[..20], &KEY);
+        assert_eq!(u32::from_ne_bytes(b[24..28].try_into().unwrap()), 42);
+    }
+
+    #[test]
+    fn verified_frame_is_stripped_and_hop_decremented() {
+        let mut f = decap_frame(&KEY, 64);
+        let want_inner = {
+            let mut i = f[14 + 44..].to_vec();
+            i[7] = 63;
+            i
+        };
+        let eth = f[..14].to_vec();
+        let end = f.len();
+        // Ethernet padding after the packet is neither hashed nor sent.
+        f.extend_from_slice(&[0xee; 6]);
+        let out = handle(&meta(XskMeta::OP_VERIFY), &mut f);
+        assert_eq!(
+            out,
+            Outcome::Verified {
+                egress_ifindex: 42,
+                start: 44,
+                end
+            }
+        );
+        assert_eq!(&f[44..58], &eth[..]);
+        assert_eq!(&f[58..end], &want_inner[..]);
+    }
+
+    #[test]
+    fn forged_frame_is_refused_untouched() {
+        let mut f = decap_frame(&[8; 20], 64);
+        let before = f.clone();
+        assert_eq!(
+            handle(&meta(XskMeta::OP_VERIFY), &mut f),
+            Outcome::BadSignature
+        );
+        assert_eq!(f, before);
+        // One flipped payload bit is as bad as a wrong key.
+        let mut f = decap_frame(&KEY, 64);
+        let last = f.len() - 1;
+        f[last] ^= 1;
+        assert_eq!(
+            handle(&meta(XskMeta::OP_VERIFY), &mut f),
+            Outcome::BadSignature
+        );
+    }
+
+    #[test]
+    fn short_or_unknown_frames_are_malformed() {
+        let mut f = decap_frame(&KEY, 64);
+        assert_eq!(
+            handle(&meta(XskMeta::OP_VERIFY), &mut f[..14 + 44 + 39]),
+            Outcome::Malformed
+        );
+        assert_eq!(handle(&meta(0), &mut f), Outcome::Malformed);
+        let mut f = decap_frame(&KEY, 1);
+        assert_eq!(
+            handle(&meta(XskMeta::OP_VERIFY), &mut f),
+            Outcome::Malformed
+        );
+        assert_eq!(
+            handle(&meta(XskMeta::OP_SIGN), &mut [0u8; 14 + 28 + 43]),
+            Outcome::Malformed
+        );
+    }
+
+    #[test]
+    fn signed_frame_verifies() {
+        let mut f = vec![0u8; 14 + 28];
+        f[14 + 2..14 + 4].copy_from_slice(&((28 + 44 + 576) as u16).to_be_bytes());
+        let mut ay = vec![0u8; ayiya::HEADER_LEN];
+        ay[0] = ayiya::ID_BYTE;
+        ay[1] = ayiya::SIG_BYTE;
+        ay[2] = 0x11;
+        ay[3] = 41;
+        f.extend_from_slice(&ay);
+        f.extend_from_slice(&inner(576, 64));
+        let end = f.len();
+        f.extend_from_slice(&[0xee; 6]);
+        assert_eq!(
+            handle(&meta(XskMeta::OP_SIGN), &mut f),
+            Outcome::Signed {
+                egress_ifindex: 42,
+                end
+            }
+        );
+        assert!(ayiya::verify(&f[42..end], &KEY));
+        assert!(!ayiya::verify(&f[42..end], &[8; 20]));
+    }
+}

@@ -1,0 +1,349 @@
+//! The AF_XDP engine of AYIYA (`ayiya.engine: af_xdp`): XDP hands AYIYA forward packets to
+//! these sockets with their tunnel's key in the frame's metadata (`broker-ebpf/src/xsk.rs`);
+//! a thread per socket verifies and decapsulates, or signs, each frame with the `sha1`
+//! crate (the CPU's SHA extensions where it has them) and transmits it on the egress
+//! interface's socket. One socket per receive queue of every data-plane interface, copy
+//! mode; frames move between sockets by copy.
+//!
+//! When the worker stops (or the process dies) its sockets close and leave `XSKS`, and XDP
+//! hashes in the kernel again: forwarding never waits for this process.
+pub mod frame;
+pub mod socket;
+
+use std::{
+    io,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use broker_common::maps::{XskMeta, XSK_MAX_QUEUES};
+
+use frame::Outcome;
+use socket::{RxRings, TxRings, Xsk, FRAME_SIZE};
+
+/// Frames taken from the RX ring at a time (the kernel sends at most 32 per kick).
+const BATCH: u32 = 32;
+
+/// What the worker did, for `broker_ayiya_worker_total{outcome}`.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Received packets whose signature was right, sent on decapsulated.
+    pub verified: AtomicU64,
+    /// Received packets whose signature was wrong: dropped.
+    pub bad_signature: AtomicU64,
+    /// Outgoing packets signed and sent.
+    pub signed: AtomicU64,
+    /// Frames without valid metadata: dropped.
+    pub malformed: AtomicU64,
+    /// No free TX frame on the egress socket: dropped.
+    pub tx_full: AtomicU64,
+    /// The egress interface has no socket of the worker: dropped.
+    pub no_egress: AtomicU64,
+}
+
+impl WorkerStats {
+    /// (outcome label, count), for the metrics.
+    pub fn snapshot(&self) -> [(&'static str, u64); 6] {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            ("verified", l(&self.verified)),
+            ("bad_signature", l(&self.bad_signature)),
+            ("signed", l(&self.signed)),
+            ("malformed", l(&self.malformed)),
+            ("tx_full", l(&self.tx_full)),
+            ("no_egress", l(&self.no_egress)),
+        ]
+    }
+}
+
+/// One socket, shared: its receiving side belongs to its thread, its transmitting side to
+/// whoever holds the lock.
+struct Port {
+    xsk: Xsk,
+    tx: Mutex<TxRings>,
+}
+
+/// A socket the worker opened, and where `XSKS` must point at it.
+pub(super) struct Opened {
+    pub xsk_index: u32,
+    pub fd: std::os::fd::RawFd,
+}
+
+/// The running worker: its threads stop and its sockets close when it is dropped.
+pub struct AyiyaWorker {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    ports: Arc<Vec<Arc<Port>>>,
+    stats: Arc<WorkerStats>,
+}
+
+impl AyiyaWorker {
+    /// Opens a socket on every receive queue of each interface (`(ifindex, first XSKS
+    /// index)`), in the calling thread's network namespace, and starts their threads.
+    pub(super) fn start(ifaces: &[(u32, u32)]) -> io::Result<(Self, Vec<Opened>)> {
+        let mut ports = Vec::new();
+        let mut rxs = Vec::new();
+        let mut opened = Vec::new();
+        for &(ifindex, base) in ifaces {
+            for queue in 0..XSK_MAX_QUEUES {
+                match Xsk::open(ifindex, queue) {
+                    Ok((xsk, rx, tx)) => {
+                        opened.push(Opened {
+                            xsk_index: base + queue,
+                            fd: xsk.fd(),
+                        });
+                        ports.push(Arc::new(Port {
+                            xsk,
+                            tx: Mutex::new(tx),
+                        }));
+                        rxs.push(rx);
+                    }
+                    // Past the interface's last queue.
+                    Err(e) if queue > 0 && e.raw_os_error() == Some(libc::EINVAL) => break,
+                    Err(e) => {
+                        return Err(io::Error::new(
+                            e.kind(),
+                            format!("AF_XDP socket on ifindex {ifindex} queue {queue}: {e}"),
+                        ))
+                    }
+                }
+            }
+        }
+        let ports = Arc::new(ports);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(WorkerStats::default());
+        let mut threads = Vec::new();
+        for (i, rx) in rxs.into_iter().enumerate() {
+            let (ports, stop, stats) = (ports.clone(), stop.clone(), stats.clone());
+            let name = format!("ayiya-xsk{i}");
+            let t = std::thread::Builder::new()
+                .name(name)
+                .spawn(move || run(i, rx, &ports, &stop, &stats))?;
+            threads.push(t);
+        }
+        Ok((
+            Self {
+                stop,
+                threads,
+                ports,
+                stats,
+            },
+            opened,
+        ))
+    }
+
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        self.stats.clone()
+    }
+
+    /// CPU time the worker's threads have used (user and system, so the kernel's work in
+    /// their system calls, sending included).
+    pub fn cpu_time(&self) -> Duration {
+        use std::os::unix::thread::JoinHandleExt;
+        let mut total = Duration::ZERO;
+        for t in &self.threads {
+            let mut clock: libc::clockid_t = 0;
+            // SAFETY: a live thread of this process (joined only in drop).
+            if unsafe { libc::pthread_getcpuclockid(t.as_pthread_t(), &mut clock) } != 0 {
+                continue;
+            }
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: a valid clock and a timespec to fill.
+            if unsafe { libc::clock_gettime(clock, &mut ts) } == 0 {
+                total += Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+            }
+        }
+        total
+    }
+
+    /// Frames the kernel could not hand to the worker (RX ring full, no fill frames),
+    /// summed over its sockets.
+    pub fn kernel_rx_dropped(&self) -> u64 {
+        self.ports
+            .iter()
+            .filter_map(|p| p.xsk.statistics().ok())
+            .map(|s| s.rx_dropped + s.rx_ring_full + s.rx_fill_ring_empty_descs)
+            .sum()
+    }
+
+    /// Sockets (interface, queue) the worker serves.
+    pub fn sockets(&self) -> Vec<(u32, u32)> {
+        self.ports
+            .iter()
+            .map(|p| (p.xsk.ifindex, p.xsk.queue))
+            .collect()
+    }
+}
+
+impl Drop for AyiyaWorker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A frame to send: where it is in the receiving socket's UMEM, and out of which socket.
+struct Out {
+    port: usize,
+    addr: u64,
+    len: usize,
+}
+
+/// The thread of socket `me`: receive a batch, handle each frame, copy the ones to send
+/// into their egress socket's TX frames, give the receive frames back.
+fn run(me: usize, mut rx: RxRings, ports: &[Arc<Port>], stop: &AtomicBool, stats: &WorkerStats) {
+    let port = &ports[me];
+    let mut taken = Vec::with_capacity(BATCH as usize);
+    let mut out: Vec<Out> = Vec::with_capacity(BATCH as usize);
+    while !stop.load(Ordering::Relaxed) {
+        let n = rx.rx.available().min(BATCH);
+        if n == 0 {
+            port.xsk.wait_rx(100);
+            continue;
+        }
+        taken.clear();
+        out.clear();
+        for _ in 0..n {
+            let d = rx.rx.pop();
+            taken.push(d.addr);
+            let len = d.len as usize;
+            let within = (d.addr % u64::from(FRAME_SIZE)) as usize;
+            if within < XskMeta::LEN {
+                stats.malformed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            // SAFETY: a receive frame the kernel handed to this thread, metadata and data.
+            let bytes = unsafe {
+                port.xsk
+                    .bytes(d.addr - XskMeta::LEN as u64, XskMeta::LEN + len)
+            };
+            let (meta, frame) = bytes.split_at_mut(XskMeta::LEN);
+            let meta = XskMeta::from_bytes((&*meta).try_into().expect("32 bytes"));
+            let (egress, start, end) = match frame::handle(&meta, frame) {
+                Outcome::Verified {
+                    egress_ifindex,
+                    start,
+                    end,
+                } => {
+                    stats.verified.fetch_add(1, Ordering::Relaxed);
+                    (egress_ifindex, start, end)
+                }
+                Outcome::Signed {
+                    egress_ifindex,
+                    end,
+                } => {
+                    stats.signed.fetch_add(1, Ordering::Relaxed);
+                    (egress_ifindex, 0, end)
+                }
+                Outcome::BadSignature => {
+                    stats.bad_signature.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Outcome::Malformed => {
+                    stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            };
+            match egress_port(ports, egress, port.xsk.queue) {
+                Some(p) => out.push(Out {
+                    port: p,
+                    addr: d.addr + start as u64,
+                    len: end - start,
+                }),
+                None => {
+                    stats.no_egress.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        rx.rx.release();
+        send(port, ports, &out, stats);
+        // Every receive frame goes back to the fill ring, which has room for all of them:
+        // the kernel took them from it.
+        let room = rx.fill.free(taken.len() as u32);
+        debug_assert!(room as usize >= taken.len());
+        for addr in &taken {
+            rx.fill.push(addr - addr % u64::from(FRAME_SIZE));
+        }
+        rx.fill.submit();
+    }
+}
+
+/// The socket to send out of `ifindex` on: the one of the same queue number, else the
+/// interface's first.
+fn egress_port(ports: &[Arc<Port>], ifindex: u32, queue: u32) -> Option<usize> {
+    let mut first = None;
+    for (i, p) in ports.iter().enumerate() {
+        if p.xsk.ifindex == ifindex {
+            if p.xsk.queue == queue {
+                return Some(i);
+            }
+            first.get_or_insert(i);
+        }
+    }
+    first
+}
+
+/// Copies the frames in `out` (in `from`'s UMEM) into TX frames of their sockets and
+/// makes the kernel send them; one lock per socket and batch.
+fn send(from: &Port, ports: &[Arc<Port>], out: &[Out], stats: &WorkerStats) {
+    for (i, first) in out.iter().enumerate() {
+        let target = first.port;
+        if out[..i].iter().any(|o| o.port == target) {
+            continue;
+        }
+        let p = &ports[target];
+        let mut tx = p.tx.lock().unwrap_or_else(|e| e.into_inner());
+        reap(&mut tx);
+        let mut pushed = false;
+        for o in out[i..].iter().filter(|o| o.port == target) {
+            let Some(frame) = (tx.tx.free(1) > 0).then(|| tx.free.pop()).flatten() else {
+                stats.tx_full.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            // SAFETY: a receive frame of this thread, and a TX frame taken from the free
+            // list under the lock; different UMEMs, or different halves of one.
+            unsafe {
+                let src = from.xsk.bytes(o.addr, o.len);
+                p.xsk.bytes(frame, o.len).copy_from_slice(src);
+            }
+            tx.tx.push(libc::xdp_desc {
+                addr: frame,
+                len: o.len as u32,
+                options: 0,
+            });
+            pushed = true;
+        }
+        if pushed {
+            tx.tx.submit();
+            // Copy mode sends from the system call, a bounded number per call.
+            for _ in 0..4 {
+                p.xsk.kick_tx();
+                if tx.tx.drained() {
+                    break;
+                }
+            }
+            reap(&mut tx);
+        }
+    }
+}
+
+/// Takes sent frames back from the completion ring.
+fn reap(tx: &mut TxRings) {
+    let n = tx.comp.available();
+    for _ in 0..n {
+        let a = tx.comp.pop();
+        tx.free.push(a - a % u64::from(FRAME_SIZE));
+    }
+    if n > 0 {
+        tx.comp.release();
+    }
+}
