@@ -178,6 +178,12 @@ fn ayiya_client_behind_a_nat_fetches_its_tunnel_over_tic_and_follows_a_new_mappi
     .expect("every echo answered");
     // The other way: the PoP signs and sends to where the client was heard.
     wait_ping(&lab.inet6, &addr.to_string(), Duration::from_secs(5)).unwrap();
+    // The lab runs the default engine, AF_XDP: the worker `broker run` started verified
+    // the client's packets and signed the PoP's.
+    for outcome in ["verified", "signed"] {
+        let series = format!("broker_ayiya_worker_total{{outcome=\"{outcome}\"}}");
+        assert!(metric(&lab, &series) > 0, "{series} is 0");
+    }
     let took = eventually(STORE_WRITE * 2, "the API shows the NAT's mapping", || {
         endpoint(&tunnel(&lab, id)).0.as_deref() == Some(&NAT_PUBLIC.to_string())
     });
