@@ -433,7 +433,10 @@ pub struct Settings {
     pub tsp_port: [u8; 2],
     /// UDP port of AYIYA on the PoP (network order). Zero = no AYIYA.
     pub ayiya_port: [u8; 2],
-    pub _pad1: [u8; 2],
+    /// AF_XDP engine: the fewest bytes an AYIYA packet hashes (header and inner packet)
+    /// for XDP to hand it to the worker; smaller ones XDP hashes itself, which is cheaper
+    /// for a few SHA-1 blocks (docs/BENCHMARKS.md). Host order.
+    pub xsk_min_payload: u16,
     /// UTC minus TAI, seconds: the data plane's wall clock (AYIYA epochs) is
     /// `bpf_ktime_get_tai_ns` plus this. TAI follows clock steps like UTC does, so the
     /// difference only changes with leap seconds; the controller keeps it current.
@@ -465,7 +468,7 @@ impl Settings {
         v4_mask: 0,
         tsp_port: [0; 2],
         ayiya_port: [0; 2],
-        _pad1: [0; 2],
+        xsk_min_payload: 0,
         utc_minus_tai_s: 0,
     };
 

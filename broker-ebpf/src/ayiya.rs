@@ -69,7 +69,11 @@ pub fn decap(ctx: &XdpContext, s: &Settings, ip: &Ipv4Hdr, udp: &UdpHdr) -> Verd
     let forward = auth_op & 0x0f == AYIYA_OP_FORWARD && next_header == IPPROTO_IPV6;
     // The client's own address and port: a packet from elsewhere roams the tunnel once
     // verified, which XDP does.
-    if forward && ip.src == t.remote_v4 && udp.src == t.remote_port {
+    if forward
+        && ip.src == t.remote_v4
+        && udp.src == t.remote_port
+        && payload >= s.xsk_min_payload as usize
+    {
         if let Some(index) = xsk::socket(ctx, s) {
             if let Some(v) = offload(ctx, s, t, slot, index, inner_len) {
                 return v;

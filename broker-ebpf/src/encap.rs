@@ -81,7 +81,12 @@ pub fn into_tunnel(ctx: &XdpContext, s: &Settings, slot: u32, origin: Origin) ->
     stats::tunnel(slot, Dir::ToClient, len as u64);
     stats::event(Event::Encap, t.kind, len as u64);
     if kind == TunnelKind::Ayiya {
-        if let Some(index) = xsk::socket(ctx, s) {
+        let socket = if len + AYIYA_HDR_LEN >= s.xsk_min_payload as usize {
+            xsk::socket(ctx, s)
+        } else {
+            None
+        };
+        if let Some(index) = socket {
             // AF_XDP engine: the worker signs and sends it, when it can reach the next hop.
             let overhead = outer;
             if let Ok(hop) = forward::client_hop(ctx, s, t, slot, overhead, len + outer, tos) {

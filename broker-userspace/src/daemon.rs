@@ -140,7 +140,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         Some(a) if a.engine == crate::config::AyiyaEngine::AfXdp => Some(
             broker
                 .maps
-                .start_ayiya_worker(&ifaces)
+                .start_ayiya_worker(&ifaces, a.af_xdp_min_bytes)
                 .context("starting the AYIYA AF_XDP worker (ayiya.engine: af_xdp)")?,
         ),
         _ => None,

@@ -226,7 +226,8 @@ fn under_load(fx: &mut support::Fixture, key: &[u8; 20]) -> Vec<Load> {
                 for (i, engine) in [Engine::Xdp, Engine::AfXdp].into_iter().enumerate() {
                     let worker = (engine == Engine::AfXdp).then(|| {
                         fx.dp
-                            .start_ayiya_worker(&["eth4".into(), "eth6".into()])
+                            // Every size to the worker: the engines compared as they are.
+                            .start_ayiya_worker(&["eth4".into(), "eth6".into()], 0)
                             .expect("starting the AF_XDP worker")
                     });
                     let r = round(fx, &mut aux, worker.as_ref(), frame, gen_if);

@@ -110,7 +110,7 @@ fn run() {
     let key = ayiya_key(PASSWORD);
     let worker = fx
         .dp
-        .start_ayiya_worker(&["eth4".into(), "eth6".into()])
+        .start_ayiya_worker(&["eth4".into(), "eth6".into()], 0)
         .unwrap();
     let stats = worker.stats();
 
@@ -163,6 +163,18 @@ fn run() {
     assert!(ayiya::verify(ay, &key), "signed with the tunnel's key");
     assert_eq!(&ay[44..], &hop_decremented(&native)[..], "the inner packet");
     assert_eq!(stats.signed.load(Ordering::Relaxed), 1);
+
+    // Packets hashing fewer bytes than the worker's minimum stay in XDP.
+    fx.dp.stop_ayiya_worker(worker).unwrap();
+    let worker = fx
+        .dp
+        .start_ayiya_worker(&["eth4".into(), "eth6".into()], 1500)
+        .unwrap();
+    let signed = ayiya_payload(link_addr(8, 2), unix_now(), 1, 41, &inner, &key);
+    isp.send(&from_ayiya_client(CLIENT, &signed));
+    inet.expect(Duration::from_secs(2), |f| f == want)
+        .expect("decapsulated by XDP, below the worker's minimum");
+    assert_eq!(worker.stats().verified.load(Ordering::Relaxed), 0);
 
     // Without the worker, XDP hashes again: the same packet still gets through.
     fx.dp.stop_ayiya_worker(worker).unwrap();

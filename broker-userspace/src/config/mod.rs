@@ -276,6 +276,16 @@ pub struct AyiyaConfig {
     /// Where forward packets are signed and verified.
     #[serde(default)]
     pub engine: AyiyaEngine,
+    /// `af_xdp`: packets hashing fewer bytes than this (AYIYA header and inner packet) are
+    /// still signed and verified in XDP, which is cheaper for small ones.
+    #[serde(default = "default_af_xdp_min_bytes")]
+    pub af_xdp_min_bytes: u16,
+}
+
+/// Between the 64-byte packets XDP hashes faster and the 576-byte ones the worker does
+/// (docs/BENCHMARKS.md).
+fn default_af_xdp_min_bytes() -> u16 {
+    256
 }
 
 /// Where AYIYA forward packets are signed and verified (docs/BENCHMARKS.md compares them).

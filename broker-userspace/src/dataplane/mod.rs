@@ -330,7 +330,14 @@ impl Dataplane {
     /// sockets in `XSKS` and the engine's bit in the settings. XDP hands AYIYA forward
     /// packets to the worker from then on, as long as the returned value lives (its
     /// sockets leave `XSKS` when it is dropped, and XDP hashes them itself again).
-    pub fn start_ayiya_worker(&mut self, ifaces: &[String]) -> Result<AyiyaWorker> {
+    ///
+    /// Packets hashing fewer than `min_payload` bytes (AYIYA header and inner packet) stay
+    /// in XDP, where a few SHA-1 blocks cost less than the trip to userspace.
+    pub fn start_ayiya_worker(
+        &mut self,
+        ifaces: &[String],
+        min_payload: u16,
+    ) -> Result<AyiyaWorker> {
         if ifaces.len() as u32 * XSK_MAX_QUEUES > XSK_MAX_SOCKETS {
             return Err(DataplaneError::Io {
                 what: format!("the AF_XDP worker on {} interfaces", ifaces.len()),
@@ -365,6 +372,7 @@ impl Dataplane {
             }
         }
         self.settings.flags |= Settings::AYIYA_AF_XDP;
+        self.settings.xsk_min_payload = min_payload;
         self.write_settings()?;
         info!(sockets = ?worker.sockets(), "AYIYA AF_XDP worker started");
         Ok(worker)

@@ -90,7 +90,7 @@ impl AyiyaWorker {
         let mut opened = Vec::new();
         for &(ifindex, base) in ifaces {
             for queue in 0..XSK_MAX_QUEUES {
-                match Xsk::open(ifindex, queue) {
+                match open_when_free(ifindex, queue) {
                     Ok((xsk, rx, tx)) => {
                         opened.push(Opened {
                             xsk_index: base + queue,
@@ -187,6 +187,23 @@ impl Drop for AyiyaWorker {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+    }
+}
+
+/// Opens the socket of a queue, waiting up to a second while the queue is still bound:
+/// the kernel releases a closed socket's hold on its queue from a work queue, after the
+/// close returns (a worker restarted at once, or a controller restarted while the old
+/// one's sockets are going, meets `EBUSY`).
+fn open_when_free(ifindex: u32, queue: u32) -> io::Result<(Xsk, RxRings, TxRings)> {
+    let mut tries = 0;
+    loop {
+        match Xsk::open(ifindex, queue) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return r,
         }
     }
 }
