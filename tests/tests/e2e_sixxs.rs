@@ -178,8 +178,26 @@ fn ayiya_client_behind_a_nat_fetches_its_tunnel_over_tic_and_follows_a_new_mappi
     .expect("every echo answered");
     // The other way: the PoP signs and sends to where the client was heard.
     wait_ping(&lab.inet6, &addr.to_string(), Duration::from_secs(5)).unwrap();
-    // The lab runs the default engine, AF_XDP: the worker `broker run` started verified
-    // the client's packets and signed the PoP's.
+    // The lab runs the default engine, AF_XDP: packets of 256 hashed bytes or more go
+    // through the worker `broker run` started, which verifies the client's and signs the
+    // PoP's (smaller ones stay in XDP).
+    a1.exec(
+        "ping",
+        &[
+            "-6",
+            "-n",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            "-s",
+            "400",
+            &INET6_HOST.to_string(),
+        ],
+    )
+    .expect("every large echo answered");
     for outcome in ["verified", "signed"] {
         let series = format!("broker_ayiya_worker_total{{outcome=\"{outcome}\"}}");
         assert!(metric(&lab, &series) > 0, "{series} is 0");
