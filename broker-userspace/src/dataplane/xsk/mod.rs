@@ -43,11 +43,15 @@ pub struct WorkerStats {
     pub tx_full: AtomicU64,
     /// The egress interface has no socket of the worker: dropped.
     pub no_egress: AtomicU64,
+    /// Frames XDP handed over that the kernel could not put in the worker's RX ring (full,
+    /// or no free frame): lost after XDP counted them. Read from the sockets about once
+    /// a second.
+    pub ring_dropped: AtomicU64,
 }
 
 impl WorkerStats {
     /// (outcome label, count), for the metrics.
-    pub fn snapshot(&self) -> [(&'static str, u64); 6] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 7] {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         [
             ("verified", l(&self.verified)),
@@ -56,6 +60,7 @@ impl WorkerStats {
             ("malformed", l(&self.malformed)),
             ("tx_full", l(&self.tx_full)),
             ("no_egress", l(&self.no_egress)),
+            ("ring_dropped", l(&self.ring_dropped)),
         ]
     }
 }
@@ -208,6 +213,34 @@ fn open_when_free(ifindex: u32, queue: u32) -> io::Result<(Xsk, RxRings, TxRings
     }
 }
 
+/// Adds what the kernel dropped on one socket since the last look to `ring_dropped`, at
+/// most once a second (a system call).
+#[derive(Default)]
+struct RingDrops {
+    seen: u64,
+    at: Option<std::time::Instant>,
+}
+
+impl RingDrops {
+    fn poll(&mut self, xsk: &Xsk, stats: &WorkerStats) {
+        let now = std::time::Instant::now();
+        if self
+            .at
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.at = Some(now);
+        if let Ok(s) = xsk.statistics() {
+            let total = s.rx_dropped + s.rx_ring_full + s.rx_fill_ring_empty_descs;
+            stats
+                .ring_dropped
+                .fetch_add(total.saturating_sub(self.seen), Ordering::Relaxed);
+            self.seen = total;
+        }
+    }
+}
+
 /// A frame to send: where it is in the receiving socket's UMEM, and out of which socket.
 struct Out {
     port: usize,
@@ -221,7 +254,9 @@ fn run(me: usize, mut rx: RxRings, ports: &[Arc<Port>], stop: &AtomicBool, stats
     let port = &ports[me];
     let mut taken = Vec::with_capacity(BATCH as usize);
     let mut out: Vec<Out> = Vec::with_capacity(BATCH as usize);
+    let mut ring_dropped = RingDrops::default();
     while !stop.load(Ordering::Relaxed) {
+        ring_dropped.poll(&port.xsk, stats);
         let n = rx.rx.available().min(BATCH);
         if n == 0 {
             port.xsk.wait_rx(100);
