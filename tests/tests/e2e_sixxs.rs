@@ -97,6 +97,19 @@ fn wait_ping(ns: &NetNs, dst: &str, limit: Duration) -> Result<Duration, String>
     ))
 }
 
+/// `count` echo requests of `size` payload bytes from `ns` to `dst`, 200 ms apart, every
+/// one answered within 2 s.
+fn pings(ns: &NetNs, dst: Ipv6Addr, count: u32, size: u32) -> Result<String, String> {
+    let (count, size, dst) = (count.to_string(), size.to_string(), dst.to_string());
+    ns.exec(
+        "ping",
+        &[
+            "-6", "-n", "-c", &count, "-i", "0.2", "-W", "2", "-s", &size, &dst,
+        ],
+    )
+    .map_err(|e| e.to_string())
+}
+
 /// Polls `ready` every 200 ms until it holds, for at most `limit`; returns how long it
 /// took.
 fn eventually(limit: Duration, what: &str, mut ready: impl FnMut() -> bool) -> Duration {
@@ -161,43 +174,13 @@ fn ayiya_client_behind_a_nat_fetches_its_tunnel_over_tic_and_follows_a_new_mappi
     let a1 = lab.host("a1");
     wait_ping(a1, &INET6_HOST.to_string(), Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("{e}\n{}", lab.proc_log(c)));
-    a1.exec(
-        "ping",
-        &[
-            "-6",
-            "-n",
-            "-c",
-            "3",
-            "-i",
-            "0.2",
-            "-W",
-            "2",
-            &INET6_HOST.to_string(),
-        ],
-    )
-    .expect("every echo answered");
+    pings(a1, INET6_HOST, 3, 56).expect("every echo answered");
     // The other way: the PoP signs and sends to where the client was heard.
     wait_ping(&lab.inet6, &addr.to_string(), Duration::from_secs(5)).unwrap();
     // The lab runs the default engine, AF_XDP: packets of 256 hashed bytes or more go
     // through the worker `broker run` started, which verifies the client's and signs the
     // PoP's (smaller ones stay in XDP).
-    a1.exec(
-        "ping",
-        &[
-            "-6",
-            "-n",
-            "-c",
-            "3",
-            "-i",
-            "0.2",
-            "-W",
-            "2",
-            "-s",
-            "400",
-            &INET6_HOST.to_string(),
-        ],
-    )
-    .expect("every large echo answered");
+    pings(a1, INET6_HOST, 3, 400).expect("every large echo answered");
     for outcome in ["verified", "signed"] {
         let series = format!("broker_ayiya_worker_total{{outcome=\"{outcome}\"}}");
         assert!(metric(&lab, &series) > 0, "{series} is 0");
@@ -433,22 +416,7 @@ fn a_forged_ayiya_packet_never_reaches_the_internet_and_is_counted() {
     // Nor did they move the tunnel: the internet still reaches carol behind the NAT.
     wait_ping(&lab.inet6, &addr.to_string(), Duration::from_secs(3))
         .expect("the tunnel still points at carol's client");
-    lab.host("a1")
-        .exec(
-            "ping",
-            &[
-                "-6",
-                "-n",
-                "-c",
-                "2",
-                "-i",
-                "0.2",
-                "-W",
-                "2",
-                &INET6_HOST.to_string(),
-            ],
-        )
-        .expect("carol's client still forwards");
+    pings(lab.host("a1"), INET6_HOST, 2, 56).expect("carol's client still forwards");
 
     // The same packet signed with the tunnel's password gets through: the listener would
     // have seen the forged ones. (A genuine packet from elsewhere moves the tunnel there,
