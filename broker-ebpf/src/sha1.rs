@@ -23,8 +23,9 @@ use core::ffi::c_void;
 
 /// Words of the first block that hold the key (the AYIYA signature field, 4-aligned).
 const KEY_WORD: usize = AYIYA_SIG_OFF / 4;
-/// Longest input: a 1500-byte IPv4 packet's UDP payload fits in 24 blocks.
-const MAX_BLOCKS: u32 = 24;
+/// Longest input, in blocks: a 9216-byte jumbo frame's UDP payload (a 1500-byte one needs
+/// 24). Longer is a frame XDP never sees.
+const MAX_BLOCKS: u32 = 145;
 
 /// The hashing state, in a per-CPU map rather than on the stack, where it would count
 /// against the 512 bytes the callback's frame shares with its callers. XDP does not nest
