@@ -402,6 +402,59 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn starttls_upgrades_and_the_dialogue_goes_on_inside() {
+        use tokio_rustls::rustls::{self, pki_types::ServerName};
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let dir = std::env::temp_dir().join(format!("broker-tic-starttls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+        std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+        let (at, _, _) = server(TicConfig {
+            certificate: Some(cert_path),
+            key: Some(key_path),
+            ..TicConfig::default()
+        })
+        .await;
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let mut stream = TcpStream::connect(at).await.unwrap();
+        // Line by line, so that nothing of the TLS stream is read ahead.
+        async fn line(s: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
+            let mut out = Vec::new();
+            let mut b = [0u8; 1];
+            while s.read_exact(&mut b).await.is_ok() && b[0] != b'\n' {
+                out.push(b[0]);
+            }
+            String::from_utf8(out).unwrap()
+        }
+        assert!(line(&mut stream).await.starts_with("200 "));
+        stream.write_all(b"starttls\n").await.unwrap();
+        let answer = line(&mut stream).await;
+        assert!(answer.starts_with("200 "), "{answer}");
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.cert.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let mut tls = connector
+            .connect(ServerName::try_from("localhost").unwrap(), stream)
+            .await
+            .expect("the TLS handshake");
+        tls.write_all(b"get unixtime\n").await.unwrap();
+        let answer = line(&mut tls).await;
+        assert!(answer.starts_with("200 "), "inside TLS: {answer}");
+        tls.write_all(b"starttls\n").await.unwrap();
+        let answer = line(&mut tls).await;
+        assert!(answer.starts_with('4'), "no TLS inside TLS: {answer}");
+    }
+
+    #[tokio::test]
     async fn an_idle_connection_is_closed() {
         let (at, _, _) = server(TicConfig {
             idle_timeout_secs: 1,
