@@ -490,21 +490,7 @@ impl Lab {
         password: &str,
         tunnel: Option<u32>,
     ) -> Result<usize> {
-        let mut args = vec![
-            "ayiya".to_string(),
-            "--server".into(),
-            POP_V4.to_string(),
-            "--username".into(),
-            user.into(),
-            "--password".into(),
-            password.into(),
-            "--name".into(),
-            SIXXS_TUN.into(),
-        ];
-        if let Some(t) = tunnel {
-            args.extend(["--tunnel".into(), format!("T{t}")]);
-        }
-        self.start_sixxs_client(role, "ayiya", &args)
+        self.start_sixxs_client(role, "ayiya", (user, password, tunnel), &[])
     }
 
     /// Starts `broker client heartbeat` on host `role` with its endpoint `local`: it
@@ -518,29 +504,37 @@ impl Lab {
         tunnel: Option<u32>,
         local: Ipv4Addr,
     ) -> Result<usize> {
-        let mut args = vec![
-            "heartbeat".to_string(),
+        let extra = ["--local".to_string(), local.to_string()];
+        self.start_sixxs_client(role, "heartbeat", (user, password, tunnel), &extra)
+    }
+
+    /// `broker client <what>` on host `role`, logged in to the PoP's TIC server as
+    /// `(user, password)` for `tunnel` (or the first listed), on [`SIXXS_TUN`], plus `extra`.
+    fn start_sixxs_client(
+        &mut self,
+        role: &str,
+        what: &str,
+        (user, password, tunnel): (&str, &str, Option<u32>),
+        extra: &[String],
+    ) -> Result<usize> {
+        let mut args: Vec<String> = vec![
+            what.into(),
             "--server".into(),
             POP_V4.to_string(),
             "--username".into(),
             user.into(),
             "--password".into(),
             password.into(),
-            "--local".into(),
-            local.to_string(),
             "--name".into(),
             SIXXS_TUN.into(),
         ];
         if let Some(t) = tunnel {
             args.extend(["--tunnel".into(), format!("T{t}")]);
         }
-        self.start_sixxs_client(role, "heartbeat", &args)
-    }
-
-    fn start_sixxs_client(&mut self, role: &str, what: &str, args: &[String]) -> Result<usize> {
+        args.extend_from_slice(extra);
         let bin = broker_bin()?;
         let mut cmd = self.host(role).cmd(bin.to_str().context("path")?);
-        cmd.arg("client").args(args);
+        cmd.arg("client").args(&args);
         // One log per start: a restarted client keeps the log of the one before.
         let log = self
             .dir
