@@ -231,14 +231,42 @@ pub fn fresh(epoch: u32, now: u64) -> bool {
     offset.unsigned_abs() <= MAX_CLOCK_OFFSET
 }
 
+/// What a packet's signature is the SHA-1 of: the packet with the key in the signature
+/// field, as three pieces so the packet is neither copied nor changed (the worker hashes
+/// many at once, see `sha1x16`).
+///
+/// # Panics
+///
+/// If `packet` is shorter than [`HEADER_LEN`].
+pub fn signed_parts<'a>(packet: &'a [u8], key: &'a Key) -> [&'a [u8]; 3] {
+    [
+        &packet[..SIGNATURE.start],
+        key.as_slice(),
+        &packet[SIGNATURE.end..],
+    ]
+}
+
 /// The signature a packet should carry: SHA-1 over the whole UDP payload with the key in
-/// the signature field. Hashed in three pieces so the packet is neither copied nor changed.
-fn signature(packet: &[u8], key: &Key) -> Key {
+/// the signature field.
+pub fn signature(packet: &[u8], key: &Key) -> Key {
     let mut h = Sha1::new();
-    h.update(&packet[..SIGNATURE.start]);
-    h.update(key);
-    h.update(&packet[SIGNATURE.end..]);
+    for part in signed_parts(packet, key) {
+        h.update(part);
+    }
     h.finalize().into()
+}
+
+/// Whether `packet` carries `expected` as its signature. The comparison does not stop at
+/// the first differing byte, so its time says nothing about where they differ.
+pub fn carries(packet: &[u8], expected: &Key) -> bool {
+    if packet.len() < HEADER_LEN {
+        return false;
+    }
+    let diff = expected
+        .iter()
+        .zip(&packet[SIGNATURE])
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    diff == 0
 }
 
 /// Signs a packet in place: the signature of the packet with `key` in the field goes into
@@ -257,18 +285,9 @@ pub fn sign(packet: &mut [u8], key: &Key) {
     packet[SIGNATURE].copy_from_slice(&sig);
 }
 
-/// Whether the packet is signed with `key`. No allocation, no copy; the comparison does not
-/// stop at the first differing byte, so its time says nothing about where they differ.
+/// Whether the packet is signed with `key`. No allocation, no copy.
 pub fn verify(packet: &[u8], key: &Key) -> bool {
-    if packet.len() < HEADER_LEN {
-        return false;
-    }
-    let expected = signature(packet, key);
-    let diff = expected
-        .iter()
-        .zip(&packet[SIGNATURE])
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-    diff == 0
+    packet.len() >= HEADER_LEN && carries(packet, &signature(packet, key))
 }
 
 /// Writes the fixed header and identity into `buf[..44]`, leaving the signature field for

@@ -21,6 +21,7 @@ pub mod netlink;
 pub mod report;
 pub mod routes;
 pub mod secret;
+pub mod sha1x16;
 pub mod store;
 pub mod sysctl;
 pub mod tic;

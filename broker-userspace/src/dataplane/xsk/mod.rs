@@ -1,8 +1,9 @@
 //! The AF_XDP engine of AYIYA (`ayiya.engine: af_xdp`): XDP hands AYIYA forward packets to
 //! these sockets with their tunnel's key in the frame's metadata (`broker-ebpf/src/xsk.rs`);
-//! a thread per socket verifies and decapsulates, or signs, each frame with the `sha1`
-//! crate (the CPU's SHA extensions where it has them) and transmits it on the egress
-//! interface's socket. One socket per receive queue of every data-plane interface, copy
+//! a thread per socket verifies and decapsulates, or signs, each frame and transmits it on
+//! the egress interface's socket. It hashes what it takes off its ring at once, sixteen
+//! frames per pass of AVX-512 (`sha1x16`), or one by one with the `sha1` crate (SHA
+//! extensions) when the batch is small or the CPU lacks AVX-512. One socket per receive queue of every data-plane interface, copy
 //! mode; frames move between sockets by copy.
 //!
 //! When the worker stops (or the process dies) its sockets close and leave `XSKS`, and XDP
@@ -22,6 +23,7 @@ use std::{
 
 use broker_common::maps::{XskMeta, XSK_MAX_QUEUES};
 
+use crate::sha1x16;
 use frame::Outcome;
 use socket::{RxRings, TxRings, Xsk, FRAME_SIZE};
 
@@ -248,11 +250,16 @@ struct Out {
     len: usize,
 }
 
-/// The thread of socket `me`: receive a batch, handle each frame, copy the ones to send
-/// into their egress socket's TX frames, give the receive frames back.
+/// The thread of socket `me`: receive a batch, handle its frames together (one SHA-1
+/// pass for the batch, see `frame::handle_batch`), copy the ones to send into their egress
+/// socket's TX frames, give the receive frames back.
 fn run(me: usize, mut rx: RxRings, ports: &[Arc<Port>], stop: &AtomicBool, stats: &WorkerStats) {
     let port = &ports[me];
-    let mut taken = Vec::with_capacity(BATCH as usize);
+    let mut fill = Vec::with_capacity(BATCH as usize);
+    // (frame address, length, metadata) of the frames handled in this batch.
+    let mut taken: Vec<(u64, usize, XskMeta)> = Vec::with_capacity(BATCH as usize);
+    let mut outcomes = Vec::with_capacity(BATCH as usize);
+    let mut hasher = sha1x16::Hasher::default();
     let mut out: Vec<Out> = Vec::with_capacity(BATCH as usize);
     let mut ring_dropped = RingDrops::default();
     while !stop.load(Ordering::Relaxed) {
@@ -262,25 +269,33 @@ fn run(me: usize, mut rx: RxRings, ports: &[Arc<Port>], stop: &AtomicBool, stats
             port.xsk.wait_rx(100);
             continue;
         }
+        fill.clear();
         taken.clear();
         out.clear();
         for _ in 0..n {
             let d = rx.rx.pop();
-            taken.push(d.addr);
-            let len = d.len as usize;
+            fill.push(d.addr);
             let within = (d.addr % u64::from(FRAME_SIZE)) as usize;
             if within < XskMeta::LEN {
                 stats.malformed.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            // SAFETY: a receive frame the kernel handed to this thread, metadata and data.
-            let bytes = unsafe {
-                port.xsk
-                    .bytes(d.addr - XskMeta::LEN as u64, XskMeta::LEN + len)
-            };
-            let (meta, frame) = bytes.split_at_mut(XskMeta::LEN);
+            // SAFETY: the metadata in front of a receive frame the kernel handed to this
+            // thread.
+            let meta = unsafe { port.xsk.bytes(d.addr - XskMeta::LEN as u64, XskMeta::LEN) };
             let meta = XskMeta::from_bytes((&*meta).try_into().expect("32 bytes"));
-            let (egress, start, end) = match frame::handle(&meta, frame) {
+            taken.push((d.addr, d.len as usize, meta));
+        }
+        rx.rx.release();
+        let mut frames: Vec<(XskMeta, &mut [u8])> = taken
+            .iter()
+            // SAFETY: receive frames the kernel handed to this thread, each its own.
+            .map(|&(addr, len, meta)| (meta, unsafe { port.xsk.bytes(addr, len) }))
+            .collect();
+        frame::handle_batch(&mut hasher, &mut frames, &mut outcomes);
+        drop(frames);
+        for (&(addr, _, _), outcome) in taken.iter().zip(&outcomes) {
+            let (egress, start, end) = match *outcome {
                 Outcome::Verified {
                     egress_ifindex,
                     start,
@@ -308,7 +323,7 @@ fn run(me: usize, mut rx: RxRings, ports: &[Arc<Port>], stop: &AtomicBool, stats
             match egress_port(ports, egress, port.xsk.queue) {
                 Some(p) => out.push(Out {
                     port: p,
-                    addr: d.addr + start as u64,
+                    addr: addr + start as u64,
                     len: end - start,
                 }),
                 None => {
@@ -316,13 +331,12 @@ fn run(me: usize, mut rx: RxRings, ports: &[Arc<Port>], stop: &AtomicBool, stats
                 }
             }
         }
-        rx.rx.release();
         send(port, ports, &out, stats);
         // Every receive frame goes back to the fill ring, which has room for all of them:
         // the kernel took them from it.
-        let room = rx.fill.free(taken.len() as u32);
-        debug_assert!(room as usize >= taken.len());
-        for addr in &taken {
+        let room = rx.fill.free(fill.len() as u32);
+        debug_assert!(room as usize >= fill.len());
+        for addr in &fill {
             rx.fill.push(addr - addr % u64::from(FRAME_SIZE));
         }
         rx.fill.submit();
