@@ -71,7 +71,8 @@ fn main() {
     let aux = Aux::load().expect("loading the helper programs");
     let key = ayiya_key(PASSWORD);
     let mut rows = Vec::new();
-    // `AYIYA_BENCH=table` or `=load` runs only that part (for profiling).
+    // `AYIYA_BENCH=table` or `=load` runs only that part; `=profile` runs AYIYA
+    // verify+decap in a loop, for `perf record`.
     let only = std::env::var("AYIYA_BENCH").unwrap_or_default();
     let table = only != "load";
     for size in sizes().into_iter().filter(|_| table) {
@@ -101,6 +102,13 @@ fn main() {
             (&p41_decap, fx.eth4, XDP_REDIRECT),
             (&p41_encap, fx.eth6, XDP_REDIRECT),
         ];
+        if only == "profile" {
+            // AYIYA verify+decap alone, in a loop, for `perf record`.
+            for _ in 0..2_000_000 {
+                fx.dp.test_run(&ayiya_decap, fx.eth4, 1).unwrap();
+            }
+            continue;
+        }
         let mut means: [Vec<f64>; 5] = Default::default();
         for _ in 0..BLOCKS {
             let mut total = 0u128;
@@ -141,7 +149,7 @@ fn main() {
         );
         rows.push(row);
     }
-    let loads = if only == "table" {
+    let loads = if only == "table" || only == "profile" {
         Vec::new()
     } else {
         under_load(&mut fx, &key)
