@@ -14,7 +14,7 @@ use broker_common::{
         UDP_HDR_LEN,
     },
     csum,
-    maps::{Settings, Tunnel, TunnelKind, XskMeta},
+    maps::{Settings, Tunnel, TunnelKind, TunnelState, XskMeta},
     stats::{DropReason, Event},
 };
 
@@ -68,8 +68,10 @@ pub fn decap(ctx: &XdpContext, s: &Settings, ip: &Ipv4Hdr, udp: &UdpHdr) -> Verd
     }
     let forward = auth_op & 0x0f == AYIYA_OP_FORWARD && next_header == IPPROTO_IPV6;
     // The client's own address and port: a packet from elsewhere roams the tunnel once
-    // verified, which XDP does.
+    // verified, which XDP does. An asleep tunnel's packets stay here too: they are
+    // counted as the client's only once verified, so a forged one cannot wake it.
     if forward
+        && t.state == TunnelState::Up as u8
         && ip.src == t.remote_v4
         && udp.src == t.remote_port
         && payload >= s.xsk_min_payload as usize

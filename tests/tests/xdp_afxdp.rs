@@ -1,8 +1,8 @@
 //! The AF_XDP engine of AYIYA with live frames: the fixture's data plane attached to its
 //! veths, the worker's sockets on both, frames written into the far ends (AF_PACKET) and
 //! read where the PoP sends them. A signed AYIYA packet comes out decapsulated, a forged
-//! one does not, a native packet into the tunnel comes out signed; with the worker
-//! stopped, XDP does the same by itself.
+//! one does not, a native packet into the tunnel comes out signed; an asleep tunnel's
+//! packets are verified in XDP; with the worker stopped, XDP does the same by itself.
 #[path = "support/mod.rs"]
 mod support;
 
@@ -147,6 +147,29 @@ fn run() {
     );
     assert_eq!(stats.bad_signature.load(Ordering::Relaxed), 1);
     assert_eq!(stats.verified.load(Ordering::Relaxed), 1);
+
+    // An asleep tunnel's packets stay in XDP, which counts them as the client's only once
+    // verified: a forged one from the client's own address and port neither reaches the
+    // worker nor counts towards waking the tunnel; a signed one does.
+    fx.dp
+        .upsert(&ayiya_spec(8, State::Down, Some(CLIENT), PASSWORD))
+        .unwrap();
+    let before = fx.snapshot();
+    isp.send(&from_ayiya_client(CLIENT, &forged));
+    isp.send(&from_ayiya_client(CLIENT, &signed));
+    inet.expect(Duration::from_secs(2), |f| f == want)
+        .expect("decapsulated by XDP, the tunnel asleep");
+    let d = before.tunnel_delta(&fx.snapshot(), 8);
+    assert_eq!(
+        (d.from_client_packets, d.drop_packets),
+        (1, 1),
+        "only the signed packet counts as the client's"
+    );
+    assert_eq!(stats.bad_signature.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.verified.load(Ordering::Relaxed), 1);
+    fx.dp
+        .upsert(&ayiya_spec(8, State::Up, Some(CLIENT), PASSWORD))
+        .unwrap();
 
     // Internet to the client: encapsulated by XDP, signed by the worker.
     let native = udp6(INET_HOST, link_addr(8, 2), 64, b"to the client");
