@@ -20,25 +20,48 @@ pub const MIN_LANES: usize = 4;
 /// A message: the concatenation of its parts.
 pub type Parts<'a> = [&'a [u8]; 3];
 
-/// Hashes batches of messages; keeps its scratch arena between batches (one per thread).
+/// Hashes batches of messages; keeps its scratch between batches (one per thread).
 #[derive(Default)]
 pub struct Hasher {
     arena: Vec<u8>,
+    order: Vec<usize>,
+    digests: Vec<[u8; 20]>,
 }
 
 impl Hasher {
     /// The SHA-1 digests of `messages`, in order, into `out` (cleared first).
     pub fn digests(&mut self, messages: &[Parts<'_>], out: &mut Vec<[u8; 20]>) {
         out.clear();
-        let lanes = lanes_available();
-        for chunk in messages.chunks(LANES) {
-            if lanes && chunk.len() >= MIN_LANES {
-                // SAFETY: the CPU has the features `x16` is compiled for.
-                unsafe { self.x16(chunk, out) };
-            } else {
-                out.extend(chunk.iter().map(one));
-            }
+        if messages.len() < MIN_LANES || !lanes_available() {
+            out.extend(messages.iter().map(one));
+            return;
         }
+        // A pass runs as many blocks as its longest message: passes of like lengths, so a
+        // short packet does not idle through a long one's blocks.
+        self.order.clear();
+        self.order.extend(0..messages.len());
+        self.order.sort_unstable_by_key(|&i| len(&messages[i]));
+        out.resize(messages.len(), [0; 20]);
+        let mut pass: [Parts<'_>; LANES] = [[&[], &[], &[]]; LANES];
+        let order = std::mem::take(&mut self.order);
+        for chunk in order.chunks(LANES) {
+            for (p, &i) in pass.iter_mut().zip(chunk) {
+                *p = messages[i];
+            }
+            let mut digests = std::mem::take(&mut self.digests);
+            digests.clear();
+            if chunk.len() >= MIN_LANES {
+                // SAFETY: the CPU has the features `x16` is compiled for (checked above).
+                unsafe { self.x16(&pass[..chunk.len()], &mut digests) };
+            } else {
+                digests.extend(pass[..chunk.len()].iter().map(one));
+            }
+            for (&i, d) in chunk.iter().zip(&digests) {
+                out[i] = *d;
+            }
+            self.digests = digests;
+        }
+        self.order = order;
     }
 
     /// One pass over up to [`LANES`] messages.

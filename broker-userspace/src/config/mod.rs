@@ -282,10 +282,12 @@ pub struct AyiyaConfig {
     pub af_xdp_min_bytes: u16,
 }
 
-/// Between the 64-byte packets XDP hashes faster and the 576-byte ones the worker does
-/// (docs/BENCHMARKS.md).
+/// `ayiya.af_xdp_min_bytes` by default: where the engines cost about the same, measured
+/// under load (docs/CONFIGURATION.md, docs/BENCHMARKS.md).
+pub const DEFAULT_AF_XDP_MIN_BYTES: u16 = 256;
+
 fn default_af_xdp_min_bytes() -> u16 {
-    256
+    DEFAULT_AF_XDP_MIN_BYTES
 }
 
 /// Where AYIYA forward packets are signed and verified (docs/BENCHMARKS.md compares them).
