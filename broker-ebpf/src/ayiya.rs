@@ -5,7 +5,12 @@
 //!
 //! Outgoing packets carry the PoP's identity (`::1`), the current epoch and a signature
 //! ([`seal`]), for encapsulation, echo responses and in-tunnel echo replies alike.
-use aya_ebpf::{helpers::bpf_ktime_get_tai_ns, programs::XdpContext};
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_tai_ns},
+    macros::map,
+    maps::PerCpuArray,
+    programs::XdpContext,
+};
 use broker_common::{
     consts::{
         AYIYA_AUTH_SHARED, AYIYA_HDR_LEN, AYIYA_ID_BYTE, AYIYA_MAX_CLOCK_OFF,
@@ -354,12 +359,57 @@ fn sign(ctx: &XdpContext, digest: &[u32; 5]) -> Result<(), DropReason> {
     Ok(())
 }
 
-/// The PoP's wall clock in seconds (UTC), as AYIYA epochs count.
+/// This CPU's last reading of the wall clock, good until the next second begins.
+#[repr(C)]
+pub struct Clock {
+    /// UTC seconds, as AYIYA epochs count.
+    epoch: u32,
+    /// `Settings.utc_minus_tai_s` it was read with.
+    offset: i32,
+    /// The coarse monotonic clock (ns) when the next second begins.
+    until: u64,
+}
+
+/// Per CPU: reading TAI (the clock source, then a 64-bit division) costs about 20 ns a
+/// packet; the coarse clock and this cache, a few. Not pinned: a new program starts cold.
+#[map]
+static CLOCK: PerCpuArray<Clock> = PerCpuArray::with_max_entries(1, 0);
+
+/// The PoP's wall clock in seconds (UTC), as AYIYA epochs count: TAI, which follows the
+/// host's clock steps without the controller, plus the UTC-TAI offset it keeps in
+/// `Settings`. Read at most once a second per CPU; between readings the coarse monotonic
+/// clock says when the second is over (it lags by at most a tick, far inside the 120 s
+/// an epoch may be off).
 #[inline(always)]
 fn now(s: &Settings) -> u32 {
-    // SAFETY: helper without arguments.
-    let tai = unsafe { bpf_ktime_get_tai_ns() } / 1_000_000_000;
-    (tai as i64 + s.utc_minus_tai_s as i64) as u32
+    // SAFETY: helpers without arguments.
+    let coarse = unsafe { bpf_ktime_get_coarse_ns() };
+    let Some(c) = CLOCK.get_ptr_mut(0) else {
+        return utc(s, unsafe { bpf_ktime_get_tai_ns() }).0;
+    };
+    // SAFETY: this CPU's entry, which only this program writes.
+    let c = unsafe { &mut *c };
+    if coarse < c.until && c.offset == s.utc_minus_tai_s {
+        return c.epoch;
+    }
+    // SAFETY: as above.
+    let (epoch, rest_ns) = utc(s, unsafe { bpf_ktime_get_tai_ns() });
+    *c = Clock {
+        epoch,
+        offset: s.utc_minus_tai_s,
+        until: coarse + (1_000_000_000 - rest_ns),
+    };
+    epoch
+}
+
+/// UTC seconds at TAI `tai_ns`, and the nanoseconds into that second.
+#[inline(always)]
+fn utc(s: &Settings, tai_ns: u64) -> (u32, u64) {
+    let secs = tai_ns / 1_000_000_000;
+    (
+        (secs as i64 + s.utc_minus_tai_s as i64) as u32,
+        tai_ns - secs * 1_000_000_000,
+    )
 }
 
 #[inline(always)]

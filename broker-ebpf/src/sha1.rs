@@ -17,9 +17,12 @@ use aya_ebpf::{
     helpers::{bpf_loop, bpf_xdp_load_bytes},
     macros::map,
     maps::PerCpuArray,
+    programs::XdpContext,
 };
 use broker_common::{consts::AYIYA_SIG_OFF, stats::DropReason};
 use core::ffi::c_void;
+
+use crate::ptr;
 
 /// Words of the first block that hold the key (the AYIYA signature field, 4-aligned).
 const KEY_WORD: usize = AYIYA_SIG_OFF / 4;
@@ -135,16 +138,32 @@ extern "C" fn block(index: u64, job: *mut c_void) -> i64 {
     let off = index as u32 * 64;
     // The block on the stack: this callback runs from the entry point's small frame, so
     // it has room, and the rounds read it at constant offsets. Not zeroed up front: a
-    // full block is overwritten by the load, and LLVM zeroes arrays with a byte-wise
-    // `memset` call (a tenth of a block's cost).
+    // full block is overwritten, and LLVM zeroes arrays with a byte-wise `memset` call
+    // (a tenth of a block's cost).
     let mut w = core::mem::MaybeUninit::<[u32; 16]>::uninit();
-    let bytes = w.as_mut_ptr() as *mut u8;
+    let words = w.as_mut_ptr() as *mut u32;
+    let bytes = words as *mut u8;
     let rem = s.len as i64 - off as i64;
     let from = s.start + off;
     if rem >= 64 {
-        if load(xdp, from, bytes, 64) != 0 {
-            s.failed = 1;
-            return 1;
+        // A whole block: straight from the frame when it is in the linear part, else
+        // through the helper (a multi-buffer frame's fragments).
+        if let Some(p) = whole_block(xdp, from) {
+            let mut i = 0;
+            while i < 16 {
+                // SAFETY: 64 bytes bounds-checked by `whole_block`; into the block.
+                unsafe {
+                    let v = u32::from_be(core::ptr::read_unaligned(p.add(i)));
+                    core::ptr::write_volatile(words.add(i), v);
+                }
+                i += 1;
+            }
+        } else {
+            if load(xdp, from, bytes, 64) != 0 {
+                s.failed = 1;
+                return 1;
+            }
+            from_be(words);
         }
     } else {
         // SAFETY: eight 8-byte stores cover the 64-byte block (volatile, or LLVM makes
@@ -176,14 +195,11 @@ extern "C" fn block(index: u64, job: *mut c_void) -> i64 {
                 }
             }
         }
+        from_be(words);
     }
-    // SAFETY: every byte written above, by the load or the stores.
-    let mut w = unsafe { w.assume_init() };
-    let mut i = 0;
-    while i < 16 {
-        w[i] = u32::from_be(w[i]);
-        i += 1;
-    }
+    // SAFETY: every word written above. A reference, not a move: a moved array is a
+    // 64-byte copy through registers.
+    let w = unsafe { w.assume_init_mut() };
     if index == 0 {
         let mut i = 0;
         while i < 5 {
@@ -191,8 +207,31 @@ extern "C" fn block(index: u64, job: *mut c_void) -> i64 {
             i += 1;
         }
     }
-    compress(&mut s.h, &mut w);
+    compress(&mut s.h, w);
     0
+}
+
+/// The 64 bytes at `from` in the frame's linear part, or `None` (beyond it).
+#[inline(always)]
+fn whole_block(xdp: *mut xdp_md, from: u32) -> Option<*const u32> {
+    // Bounded for the verifier: no hashed byte lies further in than a jumbo frame.
+    if from as usize > MAX_BLOCKS as usize * 64 {
+        return None;
+    }
+    let ctx = XdpContext::new(xdp);
+    ptr::at::<[u32; 16]>(&ctx, from as usize).map(|p| p as *const u32)
+}
+
+/// The block's words, read big-endian, in place. Volatile, as the rounds read them: the
+/// words stay on the stack rather than in spilled registers.
+#[inline(always)]
+fn from_be(words: *mut u32) {
+    let mut i = 0;
+    while i < 16 {
+        // SAFETY: a word of the 64-byte block.
+        unsafe { core::ptr::write_volatile(words.add(i), u32::from_be(*words.add(i))) };
+        i += 1;
+    }
 }
 
 /// Copies `n` ≤ 64 bytes of the frame from `from` into the 64-byte block at `buf`.
