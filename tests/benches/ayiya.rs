@@ -46,7 +46,7 @@ const BLOCK: u32 = 250;
 const USER_ITERS: u32 = 200_000;
 /// Frames per forwarding round; rounds per engine, direction and size (medians reported).
 const LOAD_FRAMES: u32 = 200_000;
-const LOAD_ROUNDS: usize = 3;
+const LOAD_ROUNDS: usize = 5;
 
 struct Row {
     size: usize,
@@ -217,6 +217,12 @@ fn userspace_x16(size: usize, key: &[u8; 20]) -> f64 {
 enum Engine {
     Xdp,
     AfXdp,
+    /// Not an AYIYA engine: proto-41 of the same inner packets, for reference.
+    Proto41,
+}
+
+impl Engine {
+    const ALL: [Self; 3] = [Self::Xdp, Self::AfXdp, Self::Proto41];
 }
 
 /// One forwarding round.
@@ -237,10 +243,62 @@ struct Load {
     size: usize,
     decap: bool,
     engine: Engine,
+    /// Medians over the rounds.
     r: Round,
+    /// XDP + worker in the fastest round.
+    best: f64,
 }
 
-/// Both engines forwarding the same frames, alternated by round.
+/// The frames of one load case (size and direction) for each engine, built anew for every
+/// round: the section takes minutes, and an epoch must stay within 120 s of the PoP's.
+fn load_frames(size: usize, decap: bool, key: &[u8; 20]) -> [Vec<u8>; 2] {
+    let payload = vec![0x5a; size - 48];
+    // The generator writes frames of at least its template: Ethernet padding.
+    let padded = |mut f: Vec<u8>| {
+        f.resize(f.len().max(broker_common::consts::GEN_FRAME_LEN), 0);
+        f
+    };
+    // The same inner packets through proto-41 tunnel 1, in the same rounds: what the
+    // machine's state was while the engines ran.
+    if decap {
+        [
+            from_ayiya_client(
+                CLIENT,
+                &ayiya_payload(
+                    link_addr(8, 2),
+                    unix_now(),
+                    1,
+                    41,
+                    &udp6(link_addr(8, 2), INET_HOST, 64, &payload),
+                    key,
+                ),
+            ),
+            padded(from_client(
+                client_v4(1),
+                &udp6(link_addr(1, 2), INET_HOST, 64, &payload),
+            )),
+        ]
+    } else {
+        [
+            padded(from_internet(&udp6(
+                INET_HOST,
+                link_addr(8, 2),
+                64,
+                &payload,
+            ))),
+            padded(from_internet(&udp6(
+                INET_HOST,
+                link_addr(1, 2),
+                64,
+                &payload,
+            ))),
+        ]
+    }
+}
+
+/// Both engines, and proto-41 for reference, forwarding the same inner packets. Rounds go
+/// over every case before the next round starts, so that each case's rounds are spread
+/// over the whole section: this VM has slow periods minutes long.
 fn under_load(fx: &mut support::Fixture, key: &[u8; 20]) -> Vec<Load> {
     let mut aux = Aux::load().expect("loading the helper programs");
     fx.dp.attach("eth4", AttachMode::Driver).unwrap();
@@ -250,71 +308,73 @@ fn under_load(fx: &mut support::Fixture, key: &[u8; 20]) -> Vec<Load> {
     aux.attach(program_names::BENCH_SINK, peer6).unwrap();
     threaded_napi(&["peer4", "peer6"]);
     let _stats = dataplane::enable_run_stats().expect("BPF_ENABLE_STATS");
-    let mut out = Vec::new();
-    for size in sizes() {
-        let payload = vec![0x5a; size - 48];
-        let decap = from_ayiya_client(
-            CLIENT,
-            &ayiya_payload(
-                link_addr(8, 2),
-                unix_now(),
-                1,
-                41,
-                &udp6(link_addr(8, 2), INET_HOST, 64, &payload),
-                key,
-            ),
-        );
-        let mut encap = from_internet(&udp6(INET_HOST, link_addr(8, 2), 64, &payload));
-        // The generator writes frames of at least its template: Ethernet padding.
-        encap.resize(encap.len().max(broker_common::consts::GEN_FRAME_LEN), 0);
-        for (is_decap, frame, gen_if) in [(true, &decap, peer4), (false, &encap, peer6)] {
-            let mut rounds: [Vec<Round>; 2] = Default::default();
-            for _ in 0..LOAD_ROUNDS {
-                for (i, engine) in [Engine::Xdp, Engine::AfXdp].into_iter().enumerate() {
-                    let worker = (engine == Engine::AfXdp).then(|| {
-                        fx.dp
-                            // Every size to the worker: the engines compared as they are.
-                            .start_ayiya_worker(&["eth4".into(), "eth6".into()], 0)
-                            .expect("starting the AF_XDP worker")
-                    });
-                    let r = round(fx, &mut aux, worker.as_ref(), frame, gen_if);
-                    if let Some(w) = worker {
-                        let s = w.stats();
-                        assert_eq!(
-                            s.bad_signature.load(std::sync::atomic::Ordering::Relaxed),
-                            0,
-                            "the worker refused a signed packet"
-                        );
-                        fx.dp.stop_ayiya_worker(w).unwrap();
-                    }
-                    rounds[i].push(r);
-                }
-            }
-            for (i, engine) in [Engine::Xdp, Engine::AfXdp].into_iter().enumerate() {
-                let m = |f: fn(&Round) -> f64| median(&rounds[i].iter().map(f).collect::<Vec<_>>());
-                let r = Round {
-                    xdp_ns: m(|r| r.xdp_ns),
-                    worker_ns: m(|r| r.worker_ns),
-                    cpu_ns: m(|r| r.cpu_ns),
-                    pps: m(|r| r.pps),
-                    delivered: m(|r| r.delivered),
+    let cases: Vec<(usize, bool)> = sizes()
+        .into_iter()
+        .flat_map(|size| [(size, true), (size, false)])
+        .collect();
+    let mut rounds: Vec<[Vec<Round>; 3]> = vec![Default::default(); cases.len()];
+    for _ in 0..LOAD_ROUNDS {
+        for (c, &(size, decap)) in cases.iter().enumerate() {
+            let [ayiya_frame, p41_frame] = load_frames(size, decap, key);
+            let gen_if = if decap { peer4 } else { peer6 };
+            for (i, engine) in Engine::ALL.into_iter().enumerate() {
+                let frame = if engine == Engine::Proto41 {
+                    &p41_frame
+                } else {
+                    &ayiya_frame
                 };
-                eprintln!(
-                    "AYIYA {size} B {} {engine:?}: XDP {:.0} ns + worker {:.0} ns, all CPUs {:.0} ns per packet, {:.2} Mpps, {:.0}% delivered",
-                    if is_decap { "decap" } else { "encap" },
-                    r.xdp_ns,
-                    r.worker_ns,
-                    r.cpu_ns,
-                    r.pps / 1e6,
-                    r.delivered * 100.0
-                );
-                out.push(Load {
-                    size,
-                    decap: is_decap,
-                    engine,
-                    r,
+                let worker = (engine == Engine::AfXdp).then(|| {
+                    fx.dp
+                        // Every size to the worker: the engines compared as they are.
+                        .start_ayiya_worker(&["eth4".into(), "eth6".into()], 0)
+                        .expect("starting the AF_XDP worker")
                 });
+                let r = round(fx, &mut aux, worker.as_ref(), frame, gen_if);
+                if let Some(w) = worker {
+                    let s = w.stats();
+                    assert_eq!(
+                        s.bad_signature.load(std::sync::atomic::Ordering::Relaxed),
+                        0,
+                        "the worker refused a signed packet"
+                    );
+                    fx.dp.stop_ayiya_worker(w).unwrap();
+                }
+                rounds[c][i].push(r);
             }
+        }
+    }
+    let mut out = Vec::new();
+    for (c, &(size, decap)) in cases.iter().enumerate() {
+        for (i, engine) in Engine::ALL.into_iter().enumerate() {
+            let all = &rounds[c][i];
+            let m = |f: fn(&Round) -> f64| median(&all.iter().map(f).collect::<Vec<_>>());
+            let r = Round {
+                xdp_ns: m(|r| r.xdp_ns),
+                worker_ns: m(|r| r.worker_ns),
+                cpu_ns: m(|r| r.cpu_ns),
+                pps: m(|r| r.pps),
+                delivered: m(|r| r.delivered),
+            };
+            let best = all
+                .iter()
+                .map(|r| r.xdp_ns + r.worker_ns)
+                .fold(f64::MAX, f64::min);
+            eprintln!(
+                "AYIYA {size} B {} {engine:?}: XDP {:.0} ns + worker {:.0} ns (best round {best:.0} ns), all CPUs {:.0} ns per packet, {:.2} Mpps, {:.0}% delivered",
+                if decap { "decap" } else { "encap" },
+                r.xdp_ns,
+                r.worker_ns,
+                r.cpu_ns,
+                r.pps / 1e6,
+                r.delivered * 100.0
+            );
+            out.push(Load {
+                size,
+                decap,
+                engine,
+                r,
+                best,
+            });
         }
     }
     out
@@ -401,8 +461,10 @@ fn load_report(loads: &[Load]) -> String {
         s,
         "\n### Under load: in-XDP SHA-1 against the AF_XDP worker\n\n\
 The fixture's data plane attached to its veths; a live-frames generator writes {LOAD_FRAMES} \
-frames per round into one, a counting sink takes what comes out of the other. Engines \
-alternate by round ({LOAD_ROUNDS} rounds each, medians), same frames, same run. \
+frames per round into one, a counting sink takes what comes out of the other. \
+{LOAD_ROUNDS} rounds of each engine, size and direction, a round going over every case in turn so \
+that each case's rounds are spread over the section; medians, and the fastest round. \
+proto-41 of the same inner packets runs in the same rounds, to show the machine's state. \
 \"XDP\" is the data plane program's own run time per packet (`BPF_ENABLE_STATS`): for the \
 AF_XDP engine the checks, FIB lookup and hand-off without the SHA-1. \"worker\" is the \
 worker threads' CPU time (user and system, so their sends) per forwarded packet; it \
@@ -415,14 +477,14 @@ bound. Targets (per packet, one core): 500 ns at 64 B, 2 µs at 1280 B.\n"
     );
     let _ = writeln!(
         s,
-        "| size | direction | engine | XDP | worker | XDP + worker | all CPUs | forwarded | delivered |"
+        "| size | direction | engine | XDP | worker | XDP + worker | fastest round | all CPUs | forwarded | delivered |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
     for l in loads {
         let r = &l.r;
         let _ = writeln!(
             s,
-            "| {} B | {} | {} | {:.0} ns | {} | {:.0} ns | {:.0} ns | {:.2} Mpps | {:.0}% |",
+            "| {} B | {} | {} | {:.0} ns | {} | {:.0} ns | {:.0} ns | {:.0} ns | {:.2} Mpps | {:.0}% |",
             l.size,
             if l.decap {
                 "verify+decap"
@@ -432,14 +494,16 @@ bound. Targets (per packet, one core): 500 ns at 64 B, 2 µs at 1280 B.\n"
             match l.engine {
                 Engine::Xdp => "xdp",
                 Engine::AfXdp => "af_xdp",
+                Engine::Proto41 => "proto-41, for reference",
             },
             r.xdp_ns,
-            if l.engine == Engine::Xdp {
+            if l.engine != Engine::AfXdp {
                 "–".to_string()
             } else {
                 format!("{:.0} ns", r.worker_ns)
             },
             r.xdp_ns + r.worker_ns,
+            l.best,
             r.cpu_ns,
             r.pps / 1e6,
             r.delivered * 100.0,
@@ -453,10 +517,18 @@ bound. Targets (per packet, one core): 500 ns at 64 B, 2 µs at 1280 B.\n"
             .map(|l| l.r.xdp_ns + l.r.worker_ns)
             .collect()
     };
+    let best = |size: usize, engine: Engine| -> f64 {
+        loads
+            .iter()
+            .filter(|l| l.size == size && l.engine == engine)
+            .map(|l| l.best)
+            .fold(0.0, f64::max)
+    };
     let _ = writeln!(
         s,
         "
-Per packet on one core (XDP + worker, both directions), in this run:"
+Per packet on one core (XDP + worker, medians, both directions), in this run; each \
+target is judged on the medians and on the fastest rounds (noise here only adds):"
     );
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     for size in sizes() {
@@ -473,21 +545,24 @@ Per packet on one core (XDP + worker, both directions), in this run:"
         };
         // What the default configuration does with this size, against the target.
         let hashed = size + broker_common::consts::AYIYA_HDR_LEN;
-        let (default, theirs) = if hashed >= usize::from(config::DEFAULT_AF_XDP_MIN_BYTES) {
-            ("af_xdp", &a)
+        let (default, engine, theirs) = if hashed >= usize::from(config::DEFAULT_AF_XDP_MIN_BYTES) {
+            ("af_xdp", Engine::AfXdp, &a)
         } else {
-            ("xdp", &x)
+            ("xdp", Engine::Xdp, &x)
         };
         let worst = theirs.iter().cloned().fold(0.0, f64::max);
+        let fastest = best(size, engine);
+        let judged = |limit: f64, name: &str| {
+            format!(
+                "; the default configuration uses `{default}` here: {name} {} on the medians, \
+{} on the fastest rounds ({fastest:.0} ns)",
+                verdict(worst <= limit),
+                verdict(fastest <= limit)
+            )
+        };
         let target = match size {
-            64 => format!(
-                "; the default configuration uses `{default}` here: ≤ 500 ns {}",
-                verdict(worst <= 500.0)
-            ),
-            1280 => format!(
-                "; the default configuration uses `{default}` here: ≤ 2 µs {}",
-                verdict(worst <= 2000.0)
-            ),
+            64 => judged(500.0, "≤ 500 ns"),
+            1280 => judged(2000.0, "≤ 2 µs"),
             _ => String::new(),
         };
         let _ = writeln!(
@@ -509,7 +584,7 @@ calls: half its time at 64 B. Under this flood one worker thread \
 in-XDP path is paced by the generator's own CPU. This VM has slow periods, minutes \
 long, in which BPF code takes up to twice as long (proto-41 decap in test runs 100 ns, \
 then 200 ns; the userspace SHA-1 changes by a tenth): a run in one misses the 64-byte \
-target by that much, which the proto-41 column above shows. Figures vary between runs on this \
+target by that much, as the proto-41 rows show. Figures vary between runs on this \
 shared 2-vCPU VM by 10-50%: read the comparisons within a run."
     );
     s
