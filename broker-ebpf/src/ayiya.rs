@@ -379,7 +379,8 @@ static CLOCK: PerCpuArray<Clock> = PerCpuArray::with_max_entries(1, 0);
 /// host's clock steps without the controller, plus the UTC-TAI offset it keeps in
 /// `Settings`. Read at most once a second per CPU; between readings the coarse monotonic
 /// clock says when the second is over (it lags by at most a tick, far inside the 120 s
-/// an epoch may be off).
+/// an epoch may be off). After a suspend, which the monotonic clock does not count, the
+/// cached second may lag for up to a second.
 #[inline(always)]
 fn now(s: &Settings) -> u32 {
     // SAFETY: helpers without arguments.

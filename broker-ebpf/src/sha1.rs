@@ -2,9 +2,10 @@
 //! kernel's crypto kfuncs only offer skciphers, so the hash is written here.
 //!
 //! One 64-byte block per `bpf_loop` iteration: the verifier checks the block function
-//! once, whatever the packet length, and the program stays small. Blocks are copied out
-//! of the frame with `bpf_xdp_load_bytes`, which takes a variable offset the verifier
-//! does not need to bound against `data_end`.
+//! once, whatever the packet length, and the program stays small. A whole block in the
+//! frame's linear part is read directly, after one bounds check against `data_end` (its
+//! offset bounded for the verifier); the last, partial block, and blocks of a
+//! multi-buffer frame's fragments, are copied out with `bpf_xdp_load_bytes`.
 //!
 //! AYIYA signs with its key in place of the signature field: the hash reads the 20 bytes
 //! at offset 24 from the key instead of the frame.
@@ -140,7 +141,7 @@ extern "C" fn block(index: u64, job: *mut c_void) -> i64 {
     // it has room, and the rounds read it at constant offsets. Not zeroed up front: a
     // full block is overwritten, and LLVM zeroes arrays with a byte-wise `memset` call
     // (a tenth of a block's cost).
-    let mut w = core::mem::MaybeUninit::<[u32; 16]>::uninit();
+    let mut w = core::mem::MaybeUninit::<Block>::uninit();
     let words = w.as_mut_ptr() as *mut u32;
     let bytes = words as *mut u8;
     let rem = s.len as i64 - off as i64;
@@ -166,8 +167,8 @@ extern "C" fn block(index: u64, job: *mut c_void) -> i64 {
             from_be(words);
         }
     } else {
-        // SAFETY: eight 8-byte stores cover the 64-byte block (volatile, or LLVM makes
-        // them the `memset` call again).
+        // SAFETY: eight 8-byte stores cover the 64-byte block, 8-aligned (`Block`);
+        // volatile, or LLVM makes them the `memset` call again.
         unsafe {
             let q = bytes as *mut u64;
             let mut i = 0;
@@ -199,7 +200,7 @@ extern "C" fn block(index: u64, job: *mut c_void) -> i64 {
     }
     // SAFETY: every word written above. A reference, not a move: a moved array is a
     // 64-byte copy through registers.
-    let w = unsafe { w.assume_init_mut() };
+    let w = unsafe { &mut w.assume_init_mut().0 };
     if index == 0 {
         let mut i = 0;
         while i < 5 {
@@ -210,6 +211,11 @@ extern "C" fn block(index: u64, job: *mut c_void) -> i64 {
     compress(&mut s.h, w);
     0
 }
+
+/// A block's sixteen words, 8-aligned: it is zeroed by 8-byte stores, and the verifier
+/// refuses misaligned stack access.
+#[repr(C, align(8))]
+struct Block([u32; 16]);
 
 /// The 64 bytes at `from` in the frame's linear part, or `None` (beyond it).
 #[inline(always)]

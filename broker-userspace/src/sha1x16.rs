@@ -51,8 +51,7 @@ impl Hasher {
             let mut digests = std::mem::take(&mut self.digests);
             digests.clear();
             if chunk.len() >= MIN_LANES {
-                // SAFETY: the CPU has the features `x16` is compiled for (checked above).
-                unsafe { self.x16(&pass[..chunk.len()], &mut digests) };
+                self.pass(&pass[..chunk.len()], &mut digests);
             } else {
                 digests.extend(pass[..chunk.len()].iter().map(one));
             }
@@ -64,11 +63,23 @@ impl Hasher {
         self.order = order;
     }
 
+    /// One pass over up to [`LANES`] messages, once [`lanes_available`] said yes.
+    fn pass(&mut self, chunk: &[Parts<'_>], out: &mut Vec<[u8; 20]>) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: only called once `lanes_available` found AVX-512F and AVX-512BW.
+        unsafe {
+            self.x16(chunk, out)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        out.extend(chunk.iter().map(one));
+    }
+
     /// One pass over up to [`LANES`] messages.
     ///
     /// # Safety
     ///
     /// The CPU must have AVX-512F and AVX-512BW.
+    #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw")]
     unsafe fn x16(&mut self, chunk: &[Parts<'_>], out: &mut Vec<[u8; 20]>) {
         use std::arch::x86_64::*;
@@ -139,8 +150,11 @@ impl Hasher {
 
 /// Whether this CPU can run the sixteen-lane pass.
 pub fn lanes_available() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512bw")
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 fn len(m: &Parts<'_>) -> usize {
@@ -171,6 +185,7 @@ fn pad_into(m: &Parts<'_>, lane: &mut [u8]) {
 
 /// One round on all lanes: `e += rotl(a, 5) + f(b, c, d) + k + w; b = rotl(b, 30)`, the
 /// schedule word computed in place from round 16 on. The caller rotates the roles.
+#[cfg(target_arch = "x86_64")]
 macro_rules! round {
     ($a:ident, $b:ident, $c:ident, $d:ident, $e:ident, $f:literal, $k:expr, $w:ident, $t:literal) => {
         let wt = if $t < 16 {
@@ -196,6 +211,7 @@ macro_rules! round {
 
 /// The compression function on sixteen lanes; returns the working words to add to `h`.
 /// Three-input logic: 0xCA is "b ? c : d" (rounds 0-19), 0x96 parity, 0xE8 majority.
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn compress(
     h: &[std::arch::x86_64::__m512i; 5],
@@ -295,6 +311,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    #[cfg(target_arch = "x86_64")]
     fn needs_lanes() {
         assert!(
             lanes_available(),
@@ -302,6 +319,7 @@ mod tests {
         );
     }
 
+    #[cfg(target_arch = "x86_64")]
     fn x16(messages: &[Parts<'_>]) -> Vec<[u8; 20]> {
         needs_lanes();
         let mut out = Vec::new();
@@ -310,6 +328,7 @@ mod tests {
         out
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn known_answers() {
         // FIPS 180-2 appendix A.1 and A.2, and the empty message.
@@ -332,6 +351,7 @@ mod tests {
         }
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn every_padding_boundary_in_every_lane() {
         // Lengths around each block edge (55/56 bytes leave no room for the length), in
@@ -388,6 +408,7 @@ mod tests {
         }
     }
 
+    #[cfg(target_arch = "x86_64")]
     proptest! {
         #[test]
         fn lanes_match_the_sha1_crate(

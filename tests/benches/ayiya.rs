@@ -663,8 +663,13 @@ and redirect. proto-41 of the same packets, and the no-op program, ran in the sa
         s,
         "\nUserspace sign and verify are the `sha1` crate (SHA extensions) alone, one packet at a \
 time, the AF_XDP engine's hashing of a lone packet; \"16 at a time\" is its hashing of a \
-batch (`sha1x16`: sixteen AVX-512 lanes), per packet. What the whole engine costs is below. \
-Command: `sudo -E cargo xtask bench`."
+batch (`sha1x16`: sixteen AVX-512 lanes), per packet{}. What the whole engine costs is \
+below. Command: `sudo -E cargo xtask bench`.",
+        if sha1x16::lanes_available() {
+            ""
+        } else {
+            " (this CPU lacks AVX-512: one at a time)"
+        }
     );
     s
 }

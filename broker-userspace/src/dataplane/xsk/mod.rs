@@ -3,8 +3,8 @@
 //! a thread per socket verifies and decapsulates, or signs, each frame and transmits it on
 //! the egress interface's socket. It hashes what it takes off its ring at once, sixteen
 //! frames per pass of AVX-512 (`sha1x16`), or one by one with the `sha1` crate (SHA
-//! extensions) when the batch is small or the CPU lacks AVX-512. One socket per receive queue of every data-plane interface, copy
-//! mode; frames move between sockets by copy.
+//! extensions) when the batch is small or the CPU lacks AVX-512. One socket per receive
+//! queue of every data-plane interface, copy mode; frames move between sockets by copy.
 //!
 //! When the worker stops (or the process dies) its sockets close and leave `XSKS`, and XDP
 //! hashes in the kernel again: forwarding never waits for this process.
@@ -255,8 +255,9 @@ struct Out {
 /// socket's TX frames, give the receive frames back.
 fn run(me: usize, mut rx: RxRings, ports: &[Arc<Port>], stop: &AtomicBool, stats: &WorkerStats) {
     let port = &ports[me];
+    // Every frame taken off the RX ring in this batch, to give back to the fill ring.
     let mut fill = Vec::with_capacity(BATCH as usize);
-    // (frame address, length, metadata) of the frames handled in this batch.
+    // (frame address, length, metadata) of those with metadata, handled as a batch.
     let mut taken: Vec<(u64, usize, XskMeta)> = Vec::with_capacity(BATCH as usize);
     let mut outcomes = Vec::with_capacity(BATCH as usize);
     let mut hasher = sha1x16::Hasher::default();
