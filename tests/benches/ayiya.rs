@@ -76,26 +76,13 @@ fn main() {
     let only = std::env::var("AYIYA_BENCH").unwrap_or_default();
     let table = only != "load";
     for size in sizes().into_iter().filter(|_| table) {
-        let pad = size - 48;
-        let payload = vec![0x5a; pad];
         // Built per size: the epoch must stay within 120 s of the PoP's clock.
-        let ayiya_decap = from_ayiya_client(
-            CLIENT,
-            &ayiya_payload(
-                link_addr(8, 2),
-                unix_now(),
-                1,
-                41,
-                &udp6(link_addr(8, 2), INET_HOST, 64, &payload),
-                &key,
-            ),
-        );
-        let ayiya_encap = from_internet(&udp6(INET_HOST, link_addr(8, 2), 64, &payload));
-        let p41_decap = from_client(
-            client_v4(1),
-            &udp6(link_addr(1, 2), INET_HOST, 64, &payload),
-        );
-        let p41_encap = from_internet(&udp6(INET_HOST, link_addr(1, 2), 64, &payload));
+        let Frames {
+            ayiya_decap,
+            ayiya_encap,
+            p41_decap,
+            p41_encap,
+        } = frames(size, &key);
         let runs: [(&[u8], u32, u32); 4] = [
             (&ayiya_decap, fx.eth4, XDP_REDIRECT),
             (&ayiya_encap, fx.eth6, XDP_REDIRECT),
@@ -249,50 +236,52 @@ struct Load {
     best: f64,
 }
 
-/// The frames of one load case (size and direction) for each engine, built anew for every
-/// round: the section takes minutes, and an epoch must stay within 120 s of the PoP's.
-fn load_frames(size: usize, decap: bool, key: &[u8; 20]) -> [Vec<u8>; 2] {
+/// The packets of one size: a UDP datagram in an `size`-byte inner IPv6 packet, from
+/// the AYIYA client (signed now) and to it, and the same through proto-41 tunnel 1.
+struct Frames {
+    ayiya_decap: Vec<u8>,
+    ayiya_encap: Vec<u8>,
+    p41_decap: Vec<u8>,
+    p41_encap: Vec<u8>,
+}
+
+fn frames(size: usize, key: &[u8; 20]) -> Frames {
     let payload = vec![0x5a; size - 48];
+    Frames {
+        ayiya_decap: from_ayiya_client(
+            CLIENT,
+            &ayiya_payload(
+                link_addr(8, 2),
+                unix_now(),
+                1,
+                41,
+                &udp6(link_addr(8, 2), INET_HOST, 64, &payload),
+                key,
+            ),
+        ),
+        ayiya_encap: from_internet(&udp6(INET_HOST, link_addr(8, 2), 64, &payload)),
+        p41_decap: from_client(
+            client_v4(1),
+            &udp6(link_addr(1, 2), INET_HOST, 64, &payload),
+        ),
+        p41_encap: from_internet(&udp6(INET_HOST, link_addr(1, 2), 64, &payload)),
+    }
+}
+
+/// The frames of one load case (size and direction), AYIYA's and proto-41's (which shows
+/// the machine's state in the same rounds), built anew for every round: the section takes
+/// minutes, and an epoch must stay within 120 s of the PoP's.
+fn load_frames(size: usize, decap: bool, key: &[u8; 20]) -> [Vec<u8>; 2] {
     // The generator writes frames of at least its template: Ethernet padding.
     let padded = |mut f: Vec<u8>| {
         f.resize(f.len().max(broker_common::consts::GEN_FRAME_LEN), 0);
         f
     };
-    // The same inner packets through proto-41 tunnel 1, in the same rounds: what the
-    // machine's state was while the engines ran.
+    let f = frames(size, key);
     if decap {
-        [
-            from_ayiya_client(
-                CLIENT,
-                &ayiya_payload(
-                    link_addr(8, 2),
-                    unix_now(),
-                    1,
-                    41,
-                    &udp6(link_addr(8, 2), INET_HOST, 64, &payload),
-                    key,
-                ),
-            ),
-            padded(from_client(
-                client_v4(1),
-                &udp6(link_addr(1, 2), INET_HOST, 64, &payload),
-            )),
-        ]
+        [padded(f.ayiya_decap), padded(f.p41_decap)]
     } else {
-        [
-            padded(from_internet(&udp6(
-                INET_HOST,
-                link_addr(8, 2),
-                64,
-                &payload,
-            ))),
-            padded(from_internet(&udp6(
-                INET_HOST,
-                link_addr(1, 2),
-                64,
-                &payload,
-            ))),
-        ]
+        [padded(f.ayiya_encap), padded(f.p41_encap)]
     }
 }
 
