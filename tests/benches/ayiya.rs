@@ -6,18 +6,19 @@
 //! verify-and-decap and encap-and-sign, of proto-41 decap and encap of the same packets,
 //! and of the no-op `xdp_pass`, interleaved in blocks; medians of the block means.
 //!
-//! The other place AYIYA could run is a userspace worker fed by AF_XDP. Its crypto is the
-//! `sha1` crate, which uses the CPU's SHA extensions here: signing and verifying the same
-//! packets in userspace is timed too, as the lower bound of that design (the AF_XDP
-//! rings, copies and wake-ups come on top and are not built).
+//! The other place AYIYA runs is the userspace worker fed by AF_XDP. Its hashing alone is
+//! timed too: the `sha1` crate (SHA extensions here) one packet at a time, and
+//! `sha1x16` sixteen at a time (AVX-512 lanes), as the worker hashes a batch.
 //!
 //! Then both engines forward the same packets under load, in the same run: the fixture's
 //! data plane attached to its veths, a live-frames generator writing into the far end of
-//! one, a counting sink on the other's, for 64, 576 and 1280 bytes, each direction, the
-//! in-XDP SHA-1 (`ayiya.engine: xdp`) and the AF_XDP worker (`af_xdp`) alternated by
-//! round. Per packet: the program's own run time (`BPF_ENABLE_STATS`), the worker threads'
-//! CPU time (user and system: its sends happen in its system calls) per packet it
-//! forwarded, and all CPUs' busy time per forwarded packet (generator included).
+//! one, a counting sink on the other's (polled by a NAPI thread of its own), for 64, 576
+//! and 1280 bytes, each direction, the in-XDP SHA-1 (`ayiya.engine: xdp`), the AF_XDP
+//! worker (`af_xdp`) and proto-41 of the same inner packets (the machine's state), in
+//! rounds that go over every case in turn. Per packet: the program's own run time
+//! (`BPF_ENABLE_STATS`), the worker threads' CPU time (user and system: its sends happen
+//! in its system calls) per packet it forwarded, and all CPUs' busy time per forwarded
+//! packet (generator included); medians and the fastest round.
 //!
 //! The section is appended to `$BENCH_APPEND` (docs/BENCHMARKS.md through xtask).
 #[path = "../tests/support/mod.rs"]
