@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use super::*;
 use crate::{
     model::{Kind, State},
-    store::{Origin, PoolSet, SqliteStore},
+    store::{PoolSet, SqliteStore},
 };
 
 #[derive(Default)]
@@ -133,17 +133,13 @@ pub(crate) fn broker_with(link: &str, routed: &str) -> Broker<SqliteStore, FakeM
 
 fn req(remote: u8) -> NewTunnel {
     NewTunnel {
-        owner: None,
-        origin: Origin::Api,
-        kind: Kind::Proto41,
-        state: State::Up,
-        endpoint: Endpoint::Ipv4(Ipv4Addr::new(198, 51, 100, remote)),
         mtu: 1480,
-        keepalive: None,
-        expires_at: None,
         routed_length: Some(48),
-        link_prefix: None,
-        routed_prefix: None,
+        ..NewTunnel::api(
+            None,
+            Kind::Proto41,
+            Endpoint::Ipv4(Ipv4Addr::new(198, 51, 100, remote)),
+        )
     }
 }
 

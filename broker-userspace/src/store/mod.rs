@@ -88,6 +88,26 @@ pub struct NewTunnel {
     pub routed_prefix: Option<Ipv6Net>,
 }
 
+#[cfg(test)]
+impl NewTunnel {
+    /// For tests: an up tunnel requested through the API, MTU 1280, nothing else asked.
+    pub fn api(owner: Option<&str>, kind: Kind, endpoint: Endpoint) -> Self {
+        Self {
+            owner: owner.map(str::to_string),
+            origin: Origin::Api,
+            kind,
+            state: State::Up,
+            endpoint,
+            mtu: 1280,
+            keepalive: None,
+            expires_at: None,
+            routed_length: None,
+            link_prefix: None,
+            routed_prefix: None,
+        }
+    }
+}
+
 /// Changes to a tunnel; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TunnelChange {

@@ -38,8 +38,8 @@ impl<S: Store> Directory for StoreDirectory<'_, S> {
 mod tests {
     use super::*;
     use crate::{
-        model::{Endpoint, Kind, State},
-        store::{NewTunnel, Origin, PoolSet, SqliteStore},
+        model::{Endpoint, Kind},
+        store::{NewTunnel, PoolSet, SqliteStore},
     };
 
     #[test]
@@ -55,19 +55,11 @@ mod tests {
         store.create_user("gus", "gpw", 0).unwrap();
         let t = store
             .create_tunnel(
-                &NewTunnel {
-                    owner: Some("gus".into()),
-                    origin: Origin::Api,
-                    kind: Kind::Heartbeat,
-                    state: State::Up,
-                    endpoint: Endpoint::unspecified(Kind::Heartbeat),
-                    mtu: 1280,
-                    keepalive: None,
-                    expires_at: None,
-                    routed_length: None,
-                    link_prefix: None,
-                    routed_prefix: None,
-                },
+                &NewTunnel::api(
+                    Some("gus"),
+                    Kind::Heartbeat,
+                    Endpoint::unspecified(Kind::Heartbeat),
+                ),
                 0,
             )
             .unwrap();

@@ -313,8 +313,8 @@ mod tests {
     use super::*;
     use crate::{
         broker::tests::broker,
-        model::{Endpoint, Kind, State},
-        store::{NewTunnel, Origin},
+        model::{Endpoint, Kind},
+        store::NewTunnel,
     };
     use tokio::io::AsyncBufReadExt;
 
@@ -323,19 +323,11 @@ mod tests {
         let mut b = broker();
         b.create_user("alice", Some("wonderland")).unwrap();
         let t = b
-            .create_tunnel(&NewTunnel {
-                owner: Some("alice".into()),
-                origin: Origin::Api,
-                kind: Kind::Heartbeat,
-                state: State::Up,
-                endpoint: Endpoint::unspecified(Kind::Heartbeat),
-                mtu: 1280,
-                keepalive: None,
-                expires_at: None,
-                routed_length: None,
-                link_prefix: None,
-                routed_prefix: None,
-            })
+            .create_tunnel(&NewTunnel::api(
+                Some("alice"),
+                Kind::Heartbeat,
+                Endpoint::unspecified(Kind::Heartbeat),
+            ))
             .await
             .unwrap();
         let pop = PopFacts {

@@ -2,7 +2,7 @@ use super::*;
 use crate::{
     broker::tests::{broker, FakeMaps, FakeRoutes},
     model::Endpoint,
-    store::{NewTunnel, Origin, SqliteStore, TunnelRecord},
+    store::{NewTunnel, SqliteStore, TunnelRecord},
 };
 
 type TestBroker = Broker<SqliteStore, FakeMaps, FakeRoutes>;
@@ -15,21 +15,9 @@ async fn tunnel(b: &mut TestBroker, kind: Kind) -> TunnelRecord {
         Kind::Proto41 => Endpoint::Ipv4(Ipv4Addr::new(198, 51, 100, 99)),
         k => Endpoint::unspecified(k),
     };
-    b.create_tunnel(&NewTunnel {
-        owner: None,
-        origin: Origin::Api,
-        kind,
-        state: State::Up,
-        endpoint,
-        mtu: 1280,
-        keepalive: None,
-        expires_at: None,
-        routed_length: None,
-        link_prefix: None,
-        routed_prefix: None,
-    })
-    .await
-    .unwrap()
+    b.create_tunnel(&NewTunnel::api(None, kind, endpoint))
+        .await
+        .unwrap()
 }
 
 fn beat_for(t: &TunnelRecord, ipv4: Option<Ipv4Addr>, epoch: u64, password: &str) -> String {

@@ -25,17 +25,9 @@ fn p41(remote: u8) -> Endpoint {
 
 fn new(remote: u8, routed: Option<u8>) -> NewTunnel {
     NewTunnel {
-        owner: None,
-        origin: Origin::Api,
-        kind: Kind::Proto41,
-        state: State::Up,
-        endpoint: p41(remote),
         mtu: 1480,
-        keepalive: None,
-        expires_at: None,
         routed_length: routed,
-        link_prefix: None,
-        routed_prefix: None,
+        ..NewTunnel::api(None, Kind::Proto41, p41(remote))
     }
 }
 
