@@ -28,9 +28,7 @@ impl Aux {
             progs::BENCH_SINK,
             progs::BENCH_GEN,
         ] {
-            prog(&mut ebpf, name)?
-                .load()
-                .map_err(|source| DataplaneError::Program { name, source })?;
+            super::load_xdp(prog(&mut ebpf, name)?, name)?;
         }
         Ok(Self { ebpf })
     }

@@ -205,11 +205,10 @@ impl Dataplane {
         }
         let mut ebpf = loader.load(BROKER_OBJ).map_err(DataplaneError::Load)?;
 
-        let prog = xdp_program(&mut ebpf, program_names::BROKER)?;
-        prog.load().map_err(|source| DataplaneError::Program {
-            name: program_names::BROKER,
-            source,
-        })?;
+        load_xdp(
+            xdp_program(&mut ebpf, program_names::BROKER)?,
+            program_names::BROKER,
+        )?;
         let mut dp = Self {
             ebpf,
             instance: opts.pin.then(|| opts.instance.clone()),
@@ -911,6 +910,23 @@ fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp
         .ok_or(DataplaneError::MissingProgram { name })?;
     prog.try_into()
         .map_err(|source| DataplaneError::Program { name, source })
+}
+
+/// Loads (verifies) an XDP program. The verifier gives up with `EAGAIN` when a signal
+/// arrives while it works (a quarter of a second for the data plane); like libbpf, try
+/// again a few times.
+pub(super) fn load_xdp(prog: &mut Xdp, name: &'static str) -> Result<()> {
+    let mut tries = 0;
+    loop {
+        match prog.load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && tries < 4 =>
+            {
+                tries += 1;
+            }
+            r => return r.map_err(|source| DataplaneError::Program { name, source }),
+        }
+    }
 }
 
 /// The index of interface `name` in the calling thread's network namespace.
