@@ -31,8 +31,9 @@ pub struct Changes {
 
 #[derive(Debug, Default)]
 pub struct Liveness {
-    /// Last packet count seen and when it last moved.
-    seen: HashMap<u32, (u64, Instant)>,
+    /// Last packet count seen, when it last moved (or the tunnel was woken), and
+    /// whether the tunnel slept then.
+    seen: HashMap<u32, (u64, Instant, bool)>,
 }
 
 impl Liveness {
@@ -43,8 +44,11 @@ impl Liveness {
         for t in tunnels {
             let (packets, since) = match self.seen.get(&t.id) {
                 // A counter that moved, or went back (a slot reused): heard now.
-                Some((p, _)) if *p != t.from_client_packets => (t.from_client_packets, now),
-                Some((p, since)) => (*p, *since),
+                Some((p, ..)) if *p != t.from_client_packets => (t.from_client_packets, now),
+                // Woken by other than its packets (its client negotiated again): a full
+                // grace period, or it would be put back to sleep before its first packet.
+                Some((p, _, true)) if !t.asleep => (*p, now),
+                Some((p, since, _)) => (*p, *since),
                 // New to us (or we restarted): give it a full grace period.
                 None => (t.from_client_packets, now),
             };
@@ -57,7 +61,7 @@ impl Liveness {
             } else if !t.asleep && silent_for >= limit {
                 changes.sleep.push(t.id);
             }
-            seen.insert(t.id, (packets, since));
+            seen.insert(t.id, (packets, since, t.asleep));
         }
         // Tunnels gone (deleted, or no longer watched) are forgotten.
         self.seen = seen;
@@ -106,6 +110,21 @@ mod tests {
             }
         );
         assert_eq!(l.observe(at(92), &[t(1, 7, false)]), Changes::default());
+    }
+
+    #[test]
+    fn a_tunnel_woken_by_a_new_session_gets_a_grace_period() {
+        let mut l = Liveness::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        l.observe(at(0), &[t(1, 5, false)]);
+        assert_eq!(l.observe(at(50), &[t(1, 5, false)]).sleep, vec![1]);
+        assert_eq!(l.observe(at(300), &[t(1, 5, true)]), Changes::default());
+        // A new TSP session woke it (no packet yet): not put back to sleep at once...
+        assert_eq!(l.observe(at(301), &[t(1, 5, false)]), Changes::default());
+        assert_eq!(l.observe(at(350), &[t(1, 5, false)]), Changes::default());
+        // ...but after five silent intervals from the wake-up.
+        assert_eq!(l.observe(at(351), &[t(1, 5, false)]).sleep, vec![1]);
     }
 
     #[test]

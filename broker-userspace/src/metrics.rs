@@ -105,7 +105,7 @@ impl Metrics {
         );
         registry.register(
             "broker_tsp_sessions",
-            "TSP sessions by transport and outcome (established, auth_failed, refused, \
+            "TSP sessions by transport and outcome (established, auth_failed, refused, closed, \
              timeout, invalid, busy)",
             self.tsp.clone(),
         );

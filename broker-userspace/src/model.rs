@@ -1,6 +1,6 @@
 //! What a tunnel is, independent of where it came from (config file, API, TSP) and of how
 //! the data plane stores it.
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
@@ -111,6 +111,15 @@ impl Endpoint {
             Endpoint::Ipv4(a) => Some(*a),
             Endpoint::Udp4(a) => Some(*a.ip()),
             Endpoint::Ipv6(_) => None,
+        }
+    }
+
+    /// The client's address, without a port.
+    pub fn address(&self) -> IpAddr {
+        match self {
+            Endpoint::Ipv4(a) => IpAddr::V4(*a),
+            Endpoint::Udp4(a) => IpAddr::V4(*a.ip()),
+            Endpoint::Ipv6(a) => IpAddr::V6(*a),
         }
     }
 

@@ -349,8 +349,23 @@ pub struct TspConfig {
     /// up to 30 s, forgotten after a quiet minute).
     #[serde(default = "default_auth_failures")]
     pub auth_failures_before_delay: u32,
+    /// The DNS server offered to clients (`<client><dns_server>`). gogoc 1.2 needs the
+    /// element in every offer; `::`, the default, says there is none.
+    #[serde(default = "default_dns_server")]
+    pub dns_server: std::net::Ipv6Addr,
+    /// Anonymous tunnels one source address may hold. A new anonymous session beyond it
+    /// takes over the address's oldest silent one (its addresses, the new port), or is
+    /// refused with 530 while all are alive.
+    #[serde(default = "default_anonymous_per_source")]
+    pub anonymous_per_source: usize,
 }
 
+fn default_dns_server() -> std::net::Ipv6Addr {
+    std::net::Ipv6Addr::UNSPECIFIED
+}
+fn default_anonymous_per_source() -> usize {
+    4
+}
 fn default_tsp_port() -> u16 {
     broker_common::consts::TSP_PORT
 }

@@ -279,6 +279,8 @@ fn tsp_defaults_and_what_the_data_plane_gets() {
     assert_eq!(t.port, 3653);
     assert_eq!(t.keepalive_secs, 30);
     assert_eq!(t.mtu, Mtu(1280));
+    assert_eq!(t.dns_server, std::net::Ipv6Addr::UNSPECIFIED);
+    assert_eq!(t.anonymous_per_source, 4);
     let pop = c.pop();
     assert_eq!(pop.tsp_port, Some(3653));
     assert_eq!(pop.v4v6_gateway(), Some("203.0.113.129".parse().unwrap()));
@@ -314,6 +316,13 @@ fn tsp_rejections_name_the_key() {
         (format!("{TSP}  realm: 'a,b'\n"), "tsp.realm"),
         (format!("{TSP}  port: 0\n"), "tsp.port"),
         (format!("{TSP}  max_message: 10\n"), "tsp.max_message"),
+        (format!("{TSP}  dns_server: 'ff02::1'\n"), "tsp.dns_server"),
+        (format!("{TSP}  dns_server: '::1'\n"), "tsp.dns_server"),
+        (format!("{TSP}  dns_server: 192.0.2.53\n"), "tsp.dns_server"),
+        (
+            format!("{TSP}  anonymous_per_source: 0\n"),
+            "tsp.anonymous_per_source",
+        ),
         (
             TSP.replace("auth: [digest-md5, anonymous]", "auth: []"),
             "tsp.auth",

@@ -101,6 +101,19 @@ fn tsp(c: &Config) -> Result<(), Invalid> {
             format!("{} is outside 512-65536", t.max_message),
         ));
     }
+    let d = t.dns_server;
+    if d.is_multicast() || d.is_loopback() || d.to_ipv4_mapped().is_some() {
+        return Err((
+            "tsp.dns_server".into(),
+            format!("{d} is not a unicast IPv6 address (:: offers none)"),
+        ));
+    }
+    if t.anonymous_per_source == 0 {
+        return Err((
+            "tsp.anonymous_per_source".into(),
+            "must be at least 1".into(),
+        ));
+    }
     if t.negotiation_timeout_secs == 0 || t.sessions_per_source == 0 {
         let key = if t.negotiation_timeout_secs == 0 {
             "tsp.negotiation_timeout_secs"

@@ -4,7 +4,8 @@
 //! An authenticated user has one TSP tunnel per family (IPv6: proto-41 or v6udpv4; IPv4:
 //! v4v6) and gets it back on every session: same link /64, same routed prefix, the
 //! endpoint and kind following the client (a new NAT mapping moves it). Anonymous clients
-//! get fresh addresses every time, and the tunnel is deleted when its lifetime ends.
+//! get a tunnel of their own per endpoint, at most `tsp.anonymous_per_source` per address
+//! (see [`anonymous`]), deleted when its lifetime ends.
 use std::net::IpAddr;
 
 use super::{
@@ -31,22 +32,18 @@ pub async fn provide<S: Store, P: Projection, R: RouteOps>(
     } else {
         cfg.anonymous_lifetime_secs
     };
-    // An anonymous tunnel from the same endpoint is this client's earlier anonymous
-    // session (or was left by another client at that address): anonymous tunnels are
-    // ephemeral, so it goes, and the new one (or the user's) takes the endpoint.
-    let stale: Vec<u32> = b
-        .store
-        .tunnels()
-        .map_err(|e| status_of(&e.into()))?
-        .into_iter()
-        .filter(|t| t.origin == Origin::Tsp && t.owner.is_none() && t.spec.endpoint == ask.endpoint)
-        .map(|t| t.spec.id)
-        .collect();
-    for id in stale {
-        b.delete_tunnel(id).await.map_err(|e| status_of(&e))?;
-    }
     let record = match &ask.user {
         Some(user) => {
+            // An anonymous tunnel at this endpoint was left by another client (or this
+            // one, before it logged in): the user's tunnel takes the endpoint.
+            let stale: Vec<u32> = anonymous_at(b, ask.endpoint.address())?
+                .into_iter()
+                .filter(|t| t.spec.endpoint == ask.endpoint)
+                .map(|t| t.spec.id)
+                .collect();
+            for id in stale {
+                b.delete_tunnel(id).await.map_err(|e| status_of(&e))?;
+            }
             let existing = b
                 .store
                 .tsp_tunnel(user, ask.kind == Kind::V4In6)
@@ -57,31 +54,109 @@ pub async fn provide<S: Store, P: Projection, R: RouteOps>(
                     tracing::info!(user, id = t.spec.id, "TSP: the user's tunnel is disabled");
                     return Err(Status::ServerError);
                 }
-                Some(t) => {
-                    let change = TunnelChange {
-                        kind: Some(ask.kind),
-                        endpoint: Some(ask.endpoint),
-                        state: Some(State::Up),
-                        keepalive: Some(Some(ask.keepalive)),
-                        expires_at: Some(Some(now + lifetime)),
-                        add_routed_length: ask.router,
-                        mtu: None,
-                    };
-                    let r = b
-                        .update_tunnel(t.spec.id, &change)
-                        .await
-                        .map_err(|e| status_of(&e))?;
-                    // A new session is a sign of life.
-                    b.set_asleep(r.spec.id, false).map_err(|e| status_of(&e))?;
-                    r
-                }
+                Some(t) => renew(b, t.spec.id, ask, now + lifetime).await?,
                 None => create(b, ask, cfg, Some(user.clone()), now + lifetime).await?,
             }
         }
-        None => create(b, ask, cfg, None, now + lifetime).await?,
+        None => anonymous(b, ask, cfg, now + lifetime).await?,
     };
-    let offer = offer_for(&record, ask, b, lifetime).ok_or(Status::ServerError)?;
+    let offer = offer_for(&record, ask, b, lifetime, cfg.dns_server).ok_or(Status::ServerError)?;
     Ok((record.spec.id, offer))
+}
+
+/// An anonymous session's tunnel. The tunnel at its endpoint is this client's again
+/// (restarted on the same port): taken over. Otherwise a new one, unless its address
+/// already holds `tsp.anonymous_per_source`: then the one silent longest is taken over
+/// (gogoc restarted by a supervisor comes back from a new port every time; its old
+/// tunnels must not each hold a /64 for a day), and with none silent the session gets 530.
+async fn anonymous<S: Store, P: Projection, R: RouteOps>(
+    b: &mut Broker<S, P, R>,
+    ask: &TunnelAsk,
+    cfg: &TspConfig,
+    expires_at: u64,
+) -> Result<TunnelRecord, Status> {
+    let mine = anonymous_at(b, ask.endpoint.address())?;
+    let same = mine.iter().find(|t| t.spec.endpoint == ask.endpoint);
+    if let Some(t) = same.filter(|t| t.spec.state == State::Disabled) {
+        // The operator switched it off, as for a user's tunnel.
+        tracing::info!(
+            id = t.spec.id,
+            "TSP: the anonymous tunnel at this endpoint is disabled"
+        );
+        return Err(Status::ServerError);
+    }
+    let take = same.or_else(|| {
+        (mine.len() >= cfg.anonymous_per_source)
+            .then(|| {
+                mine.iter()
+                    .filter(|t| t.spec.state == State::Up && b.is_asleep(t.spec.id))
+                    .min_by_key(|t| (t.expires_at, t.spec.id))
+            })
+            .flatten()
+    });
+    match take {
+        Some(t) => {
+            let id = t.spec.id;
+            if same.is_none() {
+                tracing::info!(
+                    id,
+                    source = %ask.endpoint.address(),
+                    "TSP: an anonymous session takes over its address's silent tunnel"
+                );
+            }
+            renew(b, id, ask, expires_at).await
+        }
+        None if mine.len() >= cfg.anonymous_per_source => {
+            tracing::info!(
+                source = %ask.endpoint.address(),
+                held = mine.len(),
+                "TSP: anonymous tunnels of this address all alive; refused"
+            );
+            Err(Status::ServerTooBusy)
+        }
+        None => create(b, ask, cfg, None, expires_at).await,
+    }
+}
+
+/// The anonymous TSP tunnels whose client is at `address` (any port).
+fn anonymous_at<S: Store, P, R>(
+    b: &Broker<S, P, R>,
+    address: IpAddr,
+) -> Result<Vec<TunnelRecord>, Status> {
+    Ok(b.store
+        .tunnels()
+        .map_err(|e| status_of(&e.into()))?
+        .into_iter()
+        .filter(|t| {
+            t.origin == Origin::Tsp && t.owner.is_none() && t.spec.endpoint.address() == address
+        })
+        .collect())
+}
+
+/// A session finds its tunnel again: up, at the session's endpoint and kind, lifetime
+/// renewed, awake.
+async fn renew<S: Store, P: Projection, R: RouteOps>(
+    b: &mut Broker<S, P, R>,
+    id: u32,
+    ask: &TunnelAsk,
+    expires_at: u64,
+) -> Result<TunnelRecord, Status> {
+    let change = TunnelChange {
+        kind: Some(ask.kind),
+        endpoint: Some(ask.endpoint),
+        state: Some(State::Up),
+        keepalive: Some(Some(ask.keepalive)),
+        expires_at: Some(Some(expires_at)),
+        add_routed_length: ask.router,
+        mtu: None,
+    };
+    let r = b
+        .update_tunnel(id, &change)
+        .await
+        .map_err(|e| status_of(&e))?;
+    // A new session is a sign of life.
+    b.set_asleep(r.spec.id, false).map_err(|e| status_of(&e))?;
+    Ok(r)
 }
 
 async fn create<S: Store, P: Projection, R: RouteOps>(
@@ -136,6 +211,7 @@ fn offer_for<S, P, R>(
     ask: &TunnelAsk,
     b: &Broker<S, P, R>,
     lifetime: u64,
+    dns_server: std::net::Ipv6Addr,
 ) -> Option<Offer> {
     let s = &t.spec;
     let pop = &b.pop;
@@ -178,6 +254,7 @@ fn offer_for<S, P, R>(
         client_ipv4,
         client_ipv6,
         keepalive: s.keepalive.map(|k| (k, keepalive_to)),
+        dns_server,
         router_prefix: ask.router.and(s.routed_prefixes.first().copied()),
     })
 }

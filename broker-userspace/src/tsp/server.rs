@@ -202,7 +202,7 @@ where
         }
     };
     if outcome != "ended" {
-        shared.metrics.tsp_session("tcp", outcome);
+        shared.metrics.tsp_session("tcp", session.outcome(outcome));
     }
     outcome
 }
@@ -254,22 +254,22 @@ where
                     let mut b = shared.broker.lock().await;
                     provider::provide(&mut b, &ask, &shared.config).await
                 };
-                match &result {
-                    Ok((id, offer)) => info!(
+                if let Ok((id, offer)) = &result {
+                    info!(
                         %peer,
                         user = ask.user.as_deref().unwrap_or("(anonymous)"),
                         tunnel = id,
                         kind = offer.tunnel_type.as_str(),
                         "TSP tunnel offered"
-                    ),
-                    Err(status) => {
-                        info!(%peer, code = status.code(), "TSP tunnel refused");
-                        shared
-                            .metrics
-                            .tsp_session(label(session.transport()), "refused");
-                    }
+                    );
                 }
                 session.offered(result)
+            }
+            Step::Refused { reply, status } => {
+                // Whether the request or the tunnel was refused, the same line (and at
+                // the session's end the same outcome, `refused`).
+                info!(%peer, code = status.code(), "TSP tunnel refused");
+                return Driven::Send(reply);
             }
             Step::Established { tunnel, reply } => {
                 info!(%peer, tunnel, "TSP tunnel established");
@@ -284,13 +284,6 @@ where
                 return Driven::Close(b, "invalid", Duration::ZERO);
             }
         };
-    }
-}
-
-fn label(t: Transport) -> &'static str {
-    match t {
-        Transport::Tcp => "tcp",
-        Transport::Udp => "udp",
     }
 }
 
@@ -430,7 +423,9 @@ fn close<S, P, R>(
 ) {
     p.last = Some((seq, reply));
     p.closed = Some(due);
-    shared.metrics.tsp_session("udp", outcome);
+    shared
+        .metrics
+        .tsp_session("udp", p.session.outcome(outcome));
 }
 
 /// Sessions that did not get their tunnel in time, and established ones silent for five
@@ -447,7 +442,8 @@ fn expire_udp<S, P, R>(shared: &Shared<S, P, R>, peers: &mut HashMap<SocketAddr,
             None if p.session.established() => {
                 (now.duration_since(p.seen) > idle).then_some((*a, None))
             }
-            None => (now.duration_since(p.started) > negotiation).then_some((*a, Some("timeout"))),
+            None => (now.duration_since(p.started) > negotiation)
+                .then(|| (*a, Some(p.session.outcome("timeout")))),
         })
         .collect();
     for (a, outcome) in gone {

@@ -63,6 +63,9 @@ pub enum Step {
     NeedPassword { user: String },
     /// Make or find the tunnel and call [`Session::offered`].
     NeedTunnel(TunnelAsk),
+    /// The tunnel request was refused with `status`: send `reply` (the framed status);
+    /// the client may ask again.
+    Refused { reply: Vec<u8>, status: Status },
     /// The client accepted the offer of this tunnel; send `reply` (UDP) and keep the
     /// session (its socket carries v6udpv4 data from now on).
     Established { tunnel: u32, reply: Vec<u8> },
@@ -113,6 +116,8 @@ pub struct Session {
     /// Who the tunnel being made is for, until the offer.
     asking: Option<Option<String>>,
     failed: Option<Outcome>,
+    /// The last tunnel request's refusal, until a request gets an offer.
+    refused: Option<Status>,
 }
 
 fn reply(s: impl Into<String>) -> Step {
@@ -130,6 +135,7 @@ impl Session {
             pending: None,
             asking: None,
             failed: None,
+            refused: None,
         }
     }
 
@@ -145,6 +151,16 @@ impl Session {
     /// Set once authentication failed (the caller slows the source down).
     pub fn failure(&self) -> Option<Outcome> {
         self.failed
+    }
+
+    /// The outcome label of a session that ended as `ended` (`closed`, `timeout`, ...):
+    /// one whose last tunnel request was refused counts as `refused`, whatever the
+    /// client did after the refusal (gogoc closes, or on UDP just goes quiet).
+    pub fn outcome(&self, ended: &'static str) -> &'static str {
+        match ended {
+            "closed" | "timeout" if self.refused.is_some() => "refused",
+            other => other,
+        }
     }
 
     /// A reply owed without a request: on TCP, the `200 Success` that follows `rspauth`
@@ -321,7 +337,11 @@ impl Session {
     fn request(&mut self, user: Option<String>, msg: &[u8]) -> Step {
         let framed_error = |s: &mut Self, status: Status| {
             s.state = State::Ready { user: user.clone() };
-            reply(status.framed())
+            s.refused = Some(status);
+            Step::Refused {
+                reply: status.framed().into_bytes(),
+                status,
+            }
         };
         let Some(body) = xml::unframe(msg) else {
             return framed_error(self, Status::InvalidRequest);
@@ -418,11 +438,16 @@ impl Session {
         match result {
             Ok((tunnel, offer)) => {
                 self.state = State::Offered { tunnel };
+                self.refused = None;
                 reply(xml::offer_message(&offer))
             }
             Err(status) => {
                 self.state = State::Ready { user };
-                reply(status.framed())
+                self.refused = Some(status);
+                Step::Refused {
+                    reply: status.framed().into_bytes(),
+                    status,
+                }
             }
         }
     }

@@ -1,10 +1,12 @@
 //! The XML of TSP's tunnel messages: the client's request (parsed with roxmltree), the
-//! server's offer (written byte for byte as tsps writes it, which gogoc 1.2 parses), and
-//! both again from the client's side for `broker client tsp`.
+//! server's offer (laid out as tsps writes it, with the `mtu` attribute and the client's
+//! `<dns_server>` added), and both again from the client's side for `broker client tsp`.
 //!
 //! gogoc's own XML parser is strict about the offer: double-quoted attributes, one space
 //! after a tag name, no `<?xml` declaration, and a router prefix written as a fully
 //! expanded address without its length (the client keeps the first characters of it).
+//! gogoc 1.2 uses some elements without checking that they came: the offer always carries
+//! them (`conformance.rs` tests this against a model of what gogoc reads).
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::Ipv6Net;
@@ -157,6 +159,9 @@ pub struct Offer {
     pub server_ipv6: Ipv6Addr,
     pub client_ipv4: Ipv4Addr,
     pub client_ipv6: Ipv6Addr,
+    /// The client's DNS server (`<client><dns_server>`): gogoc 1.2 passes it to
+    /// `setenv` unchecked, so every offer carries one; `::` says there is none.
+    pub dns_server: Ipv6Addr,
     /// Interval and the address to send echo requests to.
     pub keepalive: Option<(u32, IpAddr)>,
     pub router_prefix: Option<Ipv6Net>,
@@ -193,6 +198,10 @@ pub fn offer_message(o: &Offer) -> String {
         "\t<client>\r\n\t\t{}\r\n\t\t{}\r\n",
         addr(o.client_ipv4.into()),
         addr(o.client_ipv6.into())
+    );
+    x += &format!(
+        "\t\t<dns_server>\r\n\t\t\t{}\r\n\t\t</dns_server>\r\n",
+        addr(o.dns_server.into())
     );
     if let Some(p) = o.router_prefix {
         x += &format!(
@@ -286,6 +295,10 @@ pub fn parse_offer(body: &[u8]) -> Result<Offer, u16> {
             let a = addrs(Some(k)).first().copied()?;
             Some((interval, a))
         });
+    let dns_server = client_node
+        .and_then(|c| c.children().find(|n| n.has_tag_name("dns_server")))
+        .and_then(|d| v6(&addrs(Some(d))))
+        .unwrap_or(Ipv6Addr::UNSPECIFIED);
     let router_prefix = client_node
         .and_then(|c| c.children().find(|n| n.has_tag_name("router")))
         .and_then(|r| r.children().find(|n| n.has_tag_name("prefix")))
@@ -308,6 +321,7 @@ pub fn parse_offer(body: &[u8]) -> Result<Offer, u16> {
         server_ipv6: v6(&server).ok_or(0u16)?,
         client_ipv4: v4(&client).ok_or(0u16)?,
         client_ipv6: v6(&client).ok_or(0u16)?,
+        dns_server,
         keepalive,
         router_prefix,
     })
@@ -397,6 +411,7 @@ mod tests {
             server_ipv6: "2001:db8::1".parse().unwrap(),
             client_ipv4: "192.0.2.10".parse().unwrap(),
             client_ipv6: "2001:db8::2".parse().unwrap(),
+            dns_server: "2001:db8:53::53".parse().unwrap(),
             keepalive: Some((30, "2001:db8::1".parse().unwrap())),
             router_prefix: None,
         }
@@ -406,10 +421,12 @@ mod tests {
     fn the_offer_is_written_as_tsps_writes_it_and_counted_exactly() {
         let m = offer_message(&offer());
         let body = unframe(m.as_bytes()).expect("Content-length covers the status line too");
-        let want = "200 Success\r\n<tunnel action=\"info\" type=\"v6udpv4\" lifetime=\"604800\" mtu=\"1280\">\r\n\t<server>\r\n\t\t<address type=\"ipv4\">198.51.100.1</address>\r\n\t\t<address type=\"ipv6\">2001:db8::1</address>\r\n\t</server>\r\n\t<client>\r\n\t\t<address type=\"ipv4\">192.0.2.10</address>\r\n\t\t<address type=\"ipv6\">2001:db8::2</address>\r\n\t\t<keepalive interval=\"30\">\r\n\t\t\t<address type=\"ipv6\">2001:db8::1</address>\r\n\t\t</keepalive>\r\n\t</client>\r\n</tunnel>\r\n";
+        let want = "200 Success\r\n<tunnel action=\"info\" type=\"v6udpv4\" lifetime=\"604800\" mtu=\"1280\">\r\n\t<server>\r\n\t\t<address type=\"ipv4\">198.51.100.1</address>\r\n\t\t<address type=\"ipv6\">2001:db8::1</address>\r\n\t</server>\r\n\t<client>\r\n\t\t<address type=\"ipv4\">192.0.2.10</address>\r\n\t\t<address type=\"ipv6\">2001:db8::2</address>\r\n\t\t<dns_server>\r\n\t\t\t<address type=\"ipv6\">2001:db8:53::53</address>\r\n\t\t</dns_server>\r\n\t\t<keepalive interval=\"30\">\r\n\t\t\t<address type=\"ipv6\">2001:db8::1</address>\r\n\t\t</keepalive>\r\n\t</client>\r\n</tunnel>\r\n";
         assert_eq!(std::str::from_utf8(body).unwrap(), want);
-        // tsps's own offer for these addresses is 403 bytes; ours adds ` mtu="1280"`.
-        assert_eq!(body.len(), 403 + " mtu=\"1280\"".len());
+        // tsps's own offer for these addresses is 403 bytes; ours adds ` mtu="1280"` and
+        // the DNS server.
+        let dns = "\t\t<dns_server>\r\n\t\t\t<address type=\"ipv6\">2001:db8:53::53</address>\r\n\t\t</dns_server>\r\n";
+        assert_eq!(body.len(), 403 + " mtu=\"1280\"".len() + dns.len());
         assert!(!m.contains("<?xml"));
         assert_eq!(parse_offer(body), Ok(offer()));
     }

@@ -47,7 +47,7 @@ impl Loopback {
         let mut step = self.session.input(msg);
         loop {
             step = match step {
-                Step::Reply(b) | Step::Close(b) => return Some(b),
+                Step::Reply(b) | Step::Close(b) | Step::Refused { reply: b, .. } => return Some(b),
                 Step::Established { reply, .. } => return Some(reply),
                 Step::Silent => return None,
                 Step::NeedPassword { user } => {
@@ -123,6 +123,7 @@ fn offer() -> Offer {
         server_ipv6: "2001:db8:20::1".parse().unwrap(),
         client_ipv4: "192.0.2.10".parse().unwrap(),
         client_ipv6: "2001:db8:20::2".parse().unwrap(),
+        dns_server: std::net::Ipv6Addr::UNSPECIFIED,
         keepalive: Some((30, "2001:db8:20::1".parse().unwrap())),
         router_prefix: None,
     }

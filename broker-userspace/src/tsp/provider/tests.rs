@@ -102,32 +102,115 @@ fn a_user_gets_the_same_tunnel_back_wherever_it_connects_from() {
 }
 
 #[test]
-fn anonymous_clients_get_fresh_addresses_each_time() {
+fn an_anonymous_client_at_the_same_endpoint_gets_its_tunnel_back() {
     let mut b = broker();
     let a = ask(None, Kind::V6Udp4, udp(5, 1000), None);
     let (id1, o1) = run(provide(&mut b, &a, &cfg())).unwrap();
-    let (id2, o2) = run(provide(&mut b, &a, &cfg())).unwrap();
-    assert_ne!(id1, id2);
-    assert_ne!(o1.client_ipv6, o2.client_ipv6);
-    assert!(
-        b.store.tunnel(id1).unwrap().is_none(),
-        "the old one is gone"
-    );
-    assert_eq!(o2.lifetime, cfg().anonymous_lifetime_secs);
-    let t = b.store.tunnel(id2).unwrap().unwrap();
+    assert_eq!(o1.lifetime, cfg().anonymous_lifetime_secs);
+    assert_eq!(o1.dns_server, std::net::Ipv6Addr::UNSPECIFIED);
+    let t = b.store.tunnel(id1).unwrap().unwrap();
     assert_eq!(t.owner, None);
     assert!(t.expires_at.unwrap() >= store::now() + cfg().anonymous_lifetime_secs - 5);
-    // A user logging in from that endpoint takes it over.
+    // Restarted on the same port (or renegotiating): the same tunnel, not a new /64.
+    let (id2, o2) = run(provide(&mut b, &a, &cfg())).unwrap();
+    assert_eq!((id2, o2.client_ipv6), (id1, o1.client_ipv6));
+    assert_eq!(b.store.tunnels().unwrap().len(), 1);
+    // A user logging in from that endpoint takes the endpoint; the anonymous one goes.
     let (id3, _) = run(provide(
         &mut b,
         &ask(Some("alice"), Kind::V6Udp4, udp(5, 1000), None),
         &cfg(),
     ))
     .unwrap();
-    assert!(b.store.tunnel(id2).unwrap().is_none());
+    assert!(b.store.tunnel(id1).unwrap().is_none());
     assert_eq!(
         b.store.tunnel(id3).unwrap().unwrap().owner.as_deref(),
         Some("alice")
+    );
+}
+
+#[test]
+fn anonymous_tunnels_are_bounded_per_address_and_the_silent_ones_taken_over() {
+    let mut b = broker();
+    let cfg = cfg();
+    assert_eq!(cfg.anonymous_per_source, 4, "the documented default");
+    // gogoc restarted by a supervisor: a new source port every time.
+    let ids: Vec<u32> = (0..4)
+        .map(|i| {
+            run(provide(
+                &mut b,
+                &ask(None, Kind::V6Udp4, udp(5, 1000 + i), None),
+                &cfg,
+            ))
+            .unwrap()
+            .0
+        })
+        .collect();
+    // The fifth while all four are alive (several clients behind one NAT): refused.
+    let fifth = ask(None, Kind::V6Udp4, udp(5, 2000), None);
+    assert_eq!(
+        run(provide(&mut b, &fifth, &cfg)).unwrap_err(),
+        Status::ServerTooBusy
+    );
+    assert_eq!(b.store.tunnels().unwrap().len(), 4);
+    // Another address is not held back.
+    run(provide(
+        &mut b,
+        &ask(None, Kind::V6Udp4, udp(6, 2000), None),
+        &cfg,
+    ))
+    .unwrap();
+    // Two fall silent: the one renewed longest ago (the first) is taken over, with its
+    // addresses, at the new port, awake.
+    let before = b.store.tunnel(ids[0]).unwrap().unwrap();
+    b.set_asleep(ids[2], true).unwrap();
+    b.set_asleep(ids[0], true).unwrap();
+    let (id, offer) = run(provide(&mut b, &fifth, &cfg)).unwrap();
+    assert_eq!(id, ids[0]);
+    assert_eq!(Some(offer.client_ipv6), before.spec.client_v6());
+    let after = b.store.tunnel(id).unwrap().unwrap();
+    assert_eq!(after.spec.endpoint, udp(5, 2000));
+    assert!(!b.is_asleep(id));
+    assert_eq!(b.store.tunnels().unwrap().len(), 5, "no tunnel added");
+    // The next one takes the other silent tunnel; then all are alive again.
+    let (id, _) = run(provide(
+        &mut b,
+        &ask(None, Kind::V6Udp4, udp(5, 2001), None),
+        &cfg,
+    ))
+    .unwrap();
+    assert_eq!(id, ids[2]);
+    assert_eq!(
+        run(provide(
+            &mut b,
+            &ask(None, Kind::V6Udp4, udp(5, 2002), None),
+            &cfg
+        ))
+        .unwrap_err(),
+        Status::ServerTooBusy
+    );
+}
+
+#[test]
+fn a_disabled_anonymous_tunnel_is_not_taken_over() {
+    let mut b = broker();
+    let a = ask(None, Kind::V6Udp4, udp(5, 1000), None);
+    let (id, _) = run(provide(&mut b, &a, &cfg())).unwrap();
+    run(b.update_tunnel(
+        id,
+        &TunnelChange {
+            state: Some(State::Disabled),
+            ..TunnelChange::default()
+        },
+    ))
+    .unwrap();
+    assert_eq!(
+        run(provide(&mut b, &a, &cfg())).unwrap_err(),
+        Status::ServerError
+    );
+    assert_eq!(
+        b.store.tunnel(id).unwrap().unwrap().spec.state,
+        State::Disabled
     );
 }
 

@@ -27,7 +27,9 @@ fn session(t: Transport, peer: &str) -> Session {
 
 fn text(step: Step) -> String {
     match step {
-        Step::Reply(b) | Step::Close(b) => String::from_utf8(b).unwrap(),
+        Step::Reply(b) | Step::Close(b) | Step::Refused { reply: b, .. } => {
+            String::from_utf8(b).unwrap()
+        }
         other => panic!("expected a reply, got {other:?}"),
     }
 }
@@ -52,6 +54,7 @@ fn offer() -> Offer {
         server_ipv6: "2001:db8:20::1".parse().unwrap(),
         client_ipv4: "192.0.2.10".parse().unwrap(),
         client_ipv6: "2001:db8:20::2".parse().unwrap(),
+        dns_server: std::net::Ipv6Addr::UNSPECIFIED,
         keepalive: Some((30, "2001:db8:20::1".parse().unwrap())),
         router_prefix: None,
     }
@@ -119,9 +122,42 @@ fn anonymous_v6anyv4_resolves_by_nat() {
     // Behind a NAT over TCP: no v6udpv4 on a TCP session.
     let mut s = anonymous(Transport::Tcp, NAT_PEER);
     assert_eq!(
-        text(s.input(GOGOC_REQUEST.as_bytes())),
-        Status::UnsupportedTunnelMode.framed()
+        s.input(GOGOC_REQUEST.as_bytes()),
+        Step::Refused {
+            reply: Status::UnsupportedTunnelMode.framed().into_bytes(),
+            status: Status::UnsupportedTunnelMode,
+        }
     );
+    // gogoc closes after the 303: the session counts as refused, not as closed.
+    assert_eq!(s.outcome("closed"), "refused");
+    assert_eq!(s.outcome("timeout"), "refused");
+    assert_eq!(s.outcome("invalid"), "invalid");
+}
+
+#[test]
+fn a_refused_tunnel_is_the_sessions_outcome_until_an_offer() {
+    let mut s = anonymous(Transport::Udp, DIRECT_PEER);
+    assert_eq!(s.outcome("closed"), "closed");
+    assert!(matches!(
+        s.input(GOGOC_REQUEST.as_bytes()),
+        Step::NeedTunnel(_)
+    ));
+    // The broker could not make it (a 506 from the provider).
+    assert_eq!(
+        s.offered(Err(Status::Ipv4AlreadyUsed)),
+        Step::Refused {
+            reply: Status::Ipv4AlreadyUsed.framed().into_bytes(),
+            status: Status::Ipv4AlreadyUsed,
+        }
+    );
+    assert_eq!(s.outcome("timeout"), "refused");
+    // Asked again and offered: no longer a refusal.
+    assert!(matches!(
+        s.input(GOGOC_REQUEST.as_bytes()),
+        Step::NeedTunnel(_)
+    ));
+    assert!(matches!(s.offered(Ok((7, offer()))), Step::Reply(_)));
+    assert_eq!(s.outcome("closed"), "closed");
 }
 
 #[test]
