@@ -39,8 +39,12 @@ impl TlsError {
     }
 }
 
-/// Reads the chain and key and builds the server side of TLS (ring; TLS 1.2 and 1.3:
-/// aiccu's GnuTLS builds negotiate 1.2).
+/// Reads the chain and key and builds the server side of TLS (ring; TLS 1.2 and 1.3).
+///
+/// No TLS 1.3 session tickets: today's GnuTLS negotiates 1.3 with aiccu, and a ticket
+/// arriving before the next reply makes its record read return `GNUTLS_E_AGAIN`, which
+/// aiccu 2007.01.15 stores in an unsigned length and then gives up on the connection.
+/// aiccu never resumes a session, so the tickets bought nothing.
 pub fn load(certificate: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     let shown = |p: &Path| p.display().to_string();
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(certificate)
@@ -59,12 +63,13 @@ pub fn load(certificate: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsErro
         source,
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ServerConfig::builder_with_provider(provider)
+    let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|source| TlsError::Mismatch { source })?
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|source| TlsError::Mismatch { source })?;
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
