@@ -14,6 +14,7 @@
 pub mod consts;
 pub mod csum;
 pub mod maps;
+pub mod scope;
 pub mod stats;
 
 #[cfg(feature = "user")]

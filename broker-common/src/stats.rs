@@ -94,7 +94,7 @@ reasons! {
         /// with the outer header.
         BadInnerHeader = 9 => "bad_inner_header",
         /// Inner source is outside the tunnel's link /64 and routed prefixes (v4v6: is not
-        /// the client's IPv4).
+        /// the client's IPv4); link-scoped packets are `link_local` instead.
         SpoofedSource = 10 => "spoofed_source",
         /// Hop limit (TTL) would reach zero.
         HopLimitExceeded = 11 => "hop_limit_exceeded",
@@ -131,6 +131,10 @@ reasons! {
         /// Into a tunnel whose client has not been heard from yet (AYIYA, heartbeat): no
         /// address to send to.
         NoEndpoint = 25 => "no_endpoint",
+        /// A link-scoped packet from the client's side of the tunnel (link-local or
+        /// unspecified source, link-local or `ff02::/16` destination): router and
+        /// neighbour solicitations, MLD. Never forwarded; not spoofing.
+        LinkLocal = 26 => "link_local",
     }
 }
 

@@ -6,6 +6,7 @@ use broker_common::{
     consts::{ETH_HDR_LEN, ETH_P_IPV6_BE, IPV4_HDR_LEN, UDP_HDR_LEN},
     csum,
     maps::{Endpoint4, Settings, Tunnel, TunnelKind, UdpEndpoint4},
+    scope,
     stats::{DropReason, Event, PassReason},
 };
 
@@ -164,6 +165,9 @@ pub(crate) fn inner_ipv6(
     let inner = unsafe { &*inner };
     if inner.version() != 6 || inner.packet_len() != inner_len {
         return Err(tunnel::drop(slot, inner_len, DropReason::BadInnerHeader));
+    }
+    if scope::link_scoped(&inner.src, &inner.dst) {
+        return Err(tunnel::drop(slot, inner_len, DropReason::LinkLocal));
     }
     if !t.owns(&inner.src) {
         return Err(tunnel::drop(slot, inner_len, DropReason::SpoofedSource));

@@ -405,11 +405,22 @@ fn every_defect_is_counted_and_nothing_moves() {
         // Signed by the client itself, but carrying nothing or a source its prefixes lack:
         // the packet is the client's (it may move the tunnel), its inner one is not
         // forwarded.
+        let solicitation = icmp6_nd(
+            "fe80::2".parse().unwrap(),
+            "ff02::2".parse().unwrap(),
+            133,
+            &[0; 4],
+        );
         for (what, inner, reason) in [
             (
                 "a spoofed inner source",
                 &spoofed[..],
                 DropReason::SpoofedSource,
+            ),
+            (
+                "a router solicitation from the client's kernel",
+                &solicitation[..],
+                DropReason::LinkLocal,
             ),
             ("a header only", &[][..], DropReason::Truncated),
         ] {

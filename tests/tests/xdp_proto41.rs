@@ -318,7 +318,52 @@ fn every_drop_reason_is_counted() {
                     &udp6("fe80::2".parse().unwrap(), INET_HOST, 64, b"x"),
                 ),
                 fx.eth4,
-                DropReason::SpoofedSource,
+                DropReason::LinkLocal,
+                Some(1),
+            ),
+            (
+                "router solicitation from the client's kernel",
+                from_client(
+                    client_v4(1),
+                    &icmp6_nd(
+                        "fe80::2".parse().unwrap(),
+                        "ff02::2".parse().unwrap(),
+                        133,
+                        &[0; 4],
+                    ),
+                ),
+                fx.eth4,
+                DropReason::LinkLocal,
+                Some(1),
+            ),
+            (
+                "duplicate address detection for the client's ::2",
+                from_client(
+                    client_v4(1),
+                    &icmp6_nd(
+                        "::".parse().unwrap(),
+                        "ff02::1:ff00:2".parse().unwrap(),
+                        135,
+                        &[[0u8; 4].as_slice(), &link_addr(1, 2).octets()].concat(),
+                    ),
+                ),
+                fx.eth4,
+                DropReason::LinkLocal,
+                Some(1),
+            ),
+            (
+                "neighbour solicitation for the PoP's ::1 from the client's ::2",
+                from_client(
+                    client_v4(1),
+                    &icmp6_nd(
+                        link_addr(1, 2),
+                        "ff02::1:ff00:1".parse().unwrap(),
+                        135,
+                        &[[0u8; 4].as_slice(), &link_addr(1, 1).octets()].concat(),
+                    ),
+                ),
+                fx.eth4,
+                DropReason::LinkLocal,
                 Some(1),
             ),
             (

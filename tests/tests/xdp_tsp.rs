@@ -227,12 +227,26 @@ fn v6udpv4_defects_are_counted_drops() {
             UDP_CLIENT,
             &udp6(link_addr(5, 2), link_addr(5, 1), 64, b"x"),
         );
+        let solicitation = from_udp_client(
+            UDP_CLIENT,
+            &icmp6_nd(
+                "fe80::2".parse().unwrap(),
+                "ff02::2".parse().unwrap(),
+                133,
+                &[0; 4],
+            ),
+        );
         for (what, frame, reason) in [
             ("UDP length", bad_len, DropReason::BadUdpHeader),
             (
                 "inner source of tunnel 1",
                 spoofed,
                 DropReason::SpoofedSource,
+            ),
+            (
+                "router solicitation from the client's kernel",
+                solicitation,
+                DropReason::LinkLocal,
             ),
             ("inner length", bad_inner, DropReason::BadInnerHeader),
             ("hop limit", expired, DropReason::HopLimitExceeded),

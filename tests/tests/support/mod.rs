@@ -485,6 +485,22 @@ pub fn udp6(src: Ipv6Addr, dst: Ipv6Addr, hop: u8, payload: &[u8]) -> Vec<u8> {
     v
 }
 
+/// An ICMPv6 message of type `ty` (code 0) with hop limit 255, as neighbour discovery
+/// sends them: `rest` follows the four header bytes (reserved field first).
+pub fn icmp6_nd(src: Ipv6Addr, dst: Ipv6Addr, ty: u8, rest: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    let (head, body) = rest.split_at(4);
+    PacketBuilder::ipv6(src.octets(), dst.octets(), 255)
+        .icmpv6(etherparse::Icmpv6Type::Unknown {
+            type_u8: ty,
+            code_u8: 0,
+            bytes5to8: head.try_into().unwrap(),
+        })
+        .write(&mut v, body)
+        .unwrap();
+    v
+}
+
 /// An ICMPv6 echo request or reply.
 pub fn echo6(src: Ipv6Addr, dst: Ipv6Addr, hop: u8, reply: bool, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
