@@ -3,7 +3,10 @@
 //! at once.
 use std::time::Duration;
 
-use broker_tests::lab::{Lab, INET6_HOST};
+use broker_tests::{
+    lab::{Lab, INET6_HOST},
+    process::Proc,
+};
 use serde_json::Value;
 
 fn lab(tag: &str, clients: u32, dir: &tempfile::TempDir, extra: &str) -> Lab {
@@ -155,4 +158,40 @@ fn a_route_change_reaches_the_next_hop_cache_at_once() {
     eventually(5, "forwarding again after the route is gone", || {
         lab.ping(1, INET6_HOST, 1, "0.2").is_ok()
     });
+}
+
+#[test]
+fn under_ip_netns_exec_it_says_its_pins_die_with_it() {
+    broker_tests::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("bd{}ipx", std::process::id());
+    let lab = Lab::create(&prefix, 1, dir.path()).expect("the lab");
+    std::fs::write(lab.config_path(), lab.config_yaml(&prefix)).unwrap();
+    // `ip netns exec` gives its command a mount namespace of its own, with a fresh /sys:
+    // no bpffs there, so the broker mounts one that only it can see.
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", lab.pop.name()])
+        .arg(broker_tests::broker_bin().unwrap())
+        .args(["run", "--config"])
+        .arg(lab.config_path());
+    let log = dir.path().join("ip-netns-exec.log");
+    let mut broker = Proc::spawn("broker run under ip netns exec", cmd, &log).unwrap();
+    eventually(30, "broker running", || {
+        broker.log().contains("broker running")
+    });
+    let said = broker.log();
+    assert!(
+        said.contains("mount namespace of its own") && said.contains("nsenter --net="),
+        "no clear word about the pins at start:\n{said}"
+    );
+    let xdp = || {
+        lab.pop
+            .ip(&["link", "show", "eth4"])
+            .unwrap()
+            .contains("xdp")
+    };
+    assert!(xdp(), "the data plane is attached");
+    assert!(broker.stop(Duration::from_secs(10)), "{}", broker.log());
+    // As it said: its pins went with it, and the data plane with them.
+    eventually(10, "XDP gone with the controller", || !xdp());
 }

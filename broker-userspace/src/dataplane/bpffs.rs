@@ -37,9 +37,24 @@ pub fn links_dir(instance: &str) -> PathBuf {
 
 /// Mounts bpffs on /sys/fs/bpf unless it is there already (as Cilium's agent does): pins
 /// need it, and a minimal host may not mount it at boot.
+///
+/// A mount made in a mount namespace of this process's own dies with the process, and
+/// the pins in it: `ip netns exec` starts its command in such a namespace, with a fresh
+/// /sys. Then the data plane goes when the controller stops and no restart is hitless;
+/// this says so loudly (run it with `nsenter --net=/run/netns/NAME` instead).
 pub fn ensure_bpffs() -> Result<(), DataplaneError> {
     if is_bpffs(Path::new(BPFFS)) {
         return Ok(());
+    }
+    if let Some(parent) = mount_namespace_apart_from_parent() {
+        tracing::error!(
+            parent_pid = parent,
+            "bpffs is not mounted here and this process runs in a mount namespace of its own \
+             (as `ip netns exec` makes): the bpffs mounted now, and the data plane's pins in \
+             it, die with this process, so stopping or restarting the controller takes \
+             forwarding down. Start it with `nsenter --net=/run/netns/NAME broker run ...` \
+             (only the network namespace) or mount bpffs on /sys/fs/bpf beforehand"
+        );
     }
     let err = |source| DataplaneError::Bpffs {
         path: BPFFS.into(),
@@ -63,6 +78,16 @@ pub fn ensure_bpffs() -> Result<(), DataplaneError> {
     }
     tracing::info!(path = BPFFS, "mounted bpffs");
     Ok(())
+}
+
+/// The parent's PID when this process's mount namespace differs from its parent's
+/// (unknown, e.g. an unreadable parent, counts as the same).
+fn mount_namespace_apart_from_parent() -> Option<i32> {
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() };
+    let own = std::fs::read_link("/proc/self/ns/mnt").ok()?;
+    let theirs = std::fs::read_link(format!("/proc/{parent}/ns/mnt")).ok()?;
+    (own != theirs).then_some(parent)
 }
 
 fn is_bpffs(path: &Path) -> bool {
