@@ -870,6 +870,35 @@ impl Lab {
         (format!("http://127.0.0.1:{API_PORT}"), LAB_TOKEN)
     }
 
+    /// The broker's `/metrics` text, fetched inside the PoP namespace.
+    pub fn metrics(&self) -> Result<String> {
+        self.pop.within(|| -> Result<String> {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", API_PORT))?;
+            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: pop\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            match out.split_once("\r\n\r\n") {
+                Some((head, body))
+                    if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") =>
+                {
+                    Ok(body.to_string())
+                }
+                _ => bail!("GET /metrics: {out}"),
+            }
+        })
+    }
+
+    /// The value of one series of `/metrics`, e.g.
+    /// `broker_tsp_sessions_total{transport="tcp",outcome="refused"}` (0 when absent).
+    pub fn metric(&self, series: &str) -> Result<u64> {
+        Ok(self
+            .metrics()?
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0))
+    }
+
     /// Runs the `broker` CLI inside the PoP namespace against the lab's API as the
     /// administrator; returns stdout or fails with stderr.
     pub fn cli(&self, args: &[&str]) -> Result<String> {

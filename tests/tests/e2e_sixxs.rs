@@ -68,17 +68,7 @@ fn bad_signature_drops(lab: &Lab) -> u64 {
 
 /// The value of one series of `/metrics` (0 when absent).
 fn metric(lab: &Lab, series: &str) -> u64 {
-    let text = lab.pop.within(|| {
-        ureq::get("http://127.0.0.1:8080/metrics")
-            .call()
-            .expect("metrics")
-            .body_mut()
-            .read_to_string()
-            .expect("text")
-    });
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0)
+    lab.metric(series).expect("metrics")
 }
 
 /// Pings `dst` from `ns` until a reply comes, for at most `limit`; returns how long it took.

@@ -276,14 +276,7 @@ fn a_wrong_password_gets_300_and_creates_nothing() {
         lab.broker_log().contains("TSP authentication failed"),
         "the broker logs the failure"
     );
-    let metrics = lab.pop.within(|| {
-        ureq::get("http://127.0.0.1:8080/metrics")
-            .call()
-            .expect("metrics")
-            .body_mut()
-            .read_to_string()
-            .expect("text")
-    });
+    let metrics = lab.metrics().expect("metrics");
     for transport in ["udp", "tcp"] {
         let series = format!(
             "broker_tsp_sessions_total{{transport=\"{transport}\",outcome=\"auth_failed\"}} 1"
