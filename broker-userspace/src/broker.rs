@@ -10,11 +10,13 @@ use broker_common::maps::TunnelStats;
 
 use crate::{
     dataplane::{Dataplane, GlobalCounters, MapUsage, Reconciled},
+    endpoints,
     failpoint::failpoint,
     model::{Endpoint, Kind, Pop, State, TunnelSpec},
     routes::Routes,
     store::{
-        self, NewTunnel, StaticSync, Store, StoreError, TunnelChange, TunnelRecord, UserRecord,
+        self, NewTunnel, Origin, StaticSync, Store, StoreError, TunnelChange, TunnelRecord,
+        UserRecord,
     },
 };
 
@@ -155,6 +157,10 @@ pub enum BrokerError {
     Maps(String),
     #[error("writing the routes failed (the change was undone): {0}")]
     Routes(String),
+    /// A user would hold more than `quotas` allow (`routed`: routed prefixes, else
+    /// tunnels).
+    #[error("quota: {message}")]
+    Quota { routed: bool, message: String },
 }
 
 pub type Result<T, E = BrokerError> = std::result::Result<T, E>;
@@ -169,6 +175,12 @@ pub struct Broker<S, P, R> {
     /// as down, woken by their client's traffic or next session. Not durable: after a
     /// restart every tunnel starts awake and is watched again.
     asleep: BTreeSet<u32>,
+    /// The PoP's IPv4 subnets and whether named endpoints may be private
+    /// (`pop.private_endpoints`): see [`crate::endpoints`].
+    pub subnets: Vec<ipnet::Ipv4Net>,
+    pub private_endpoints: bool,
+    /// What one user may hold (`quotas`), checked by [`Self::check_quota`].
+    pub quotas: crate::config::Quotas,
 }
 
 impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
@@ -179,6 +191,9 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
             routes,
             pop,
             asleep: BTreeSet::new(),
+            subnets: Vec::new(),
+            private_endpoints: false,
+            quotas: crate::config::Quotas::default(),
         }
     }
 
@@ -246,7 +261,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
                 endpoint: Some(endpoint),
                 ..Default::default()
             };
-            self.update_tunnel(id, &change).await?;
+            self.update_tunnel_learnt(id, &change).await?;
             info!(id, remote = %at, "AYIYA client moved");
             moved.push(id);
         }
@@ -312,28 +327,75 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
     }
 
     /// Refuses an endpoint that is the PoP itself.
-    fn check_endpoint(&self, endpoint: &Endpoint) -> Result<()> {
-        let own = match endpoint {
-            Endpoint::Ipv4(a) => *a == self.pop.ipv4,
-            Endpoint::Udp4(a) => *a.ip() == self.pop.ipv4,
-            Endpoint::Ipv6(a) => Some(*a) == self.pop.ipv6,
+    /// Refuses endpoints no tunnel may have ([`crate::endpoints`]); only a tunnel that
+    /// learns its endpoint (AYIYA, heartbeat) may have the unspecified one: "not heard
+    /// yet".
+    fn check_endpoint(
+        &self,
+        endpoint: &Endpoint,
+        kind: Kind,
+        origin: endpoints::Origin,
+    ) -> Result<()> {
+        if endpoint.is_unspecified() && kind.dynamic_endpoint() {
+            return Ok(());
+        }
+        let local = endpoints::Local {
+            ipv4: Some(self.pop.ipv4),
+            ipv6: self.pop.ipv6,
+            subnets: self.subnets.clone(),
+            private_allowed: self.private_endpoints,
         };
-        if own {
-            let (field, addr) = match endpoint {
-                Endpoint::Ipv6(a) => ("remote_ipv6", a.to_string()),
-                Endpoint::Ipv4(a) => ("remote_ipv4", a.to_string()),
-                Endpoint::Udp4(a) => ("remote_ipv4", a.ip().to_string()),
-            };
-            return Err(BrokerError::Invalid {
-                field,
-                message: format!("{addr} is the PoP's own address"),
+        match endpoints::problem(endpoint.address(), &local, origin) {
+            None => Ok(()),
+            Some(message) => Err(BrokerError::Invalid {
+                field: if matches!(endpoint, Endpoint::Ipv6(_)) {
+                    "remote_ipv6"
+                } else {
+                    "remote_ipv4"
+                },
+                message,
+            }),
+        }
+    }
+
+    /// Whether `owner` may get `tunnels` more tunnels and `routed` more routed prefixes.
+    /// The callers that act for a user ask (the API for a user, TSP); the operator is
+    /// not held to quotas.
+    pub fn check_quota(&self, owner: &str, tunnels: u32, routed: u32) -> Result<()> {
+        let mine = self.store.tunnels_of(owner)?;
+        let q = self.quotas;
+        if tunnels > 0 && mine.len() as u32 + tunnels > q.tunnels_per_user {
+            return Err(BrokerError::Quota {
+                routed: false,
+                message: format!(
+                    "{owner} has {} tunnels, the most a user may have (quotas.tunnels_per_user)",
+                    mine.len()
+                ),
+            });
+        }
+        let held: u32 = mine
+            .iter()
+            .map(|t| t.spec.routed_prefixes.len() as u32)
+            .sum();
+        if routed > 0 && held + routed > q.routed_prefixes_per_user {
+            return Err(BrokerError::Quota {
+                routed: true,
+                message: format!(
+                    "{owner}'s tunnels carry {held} routed prefixes, the most a user may have \
+                     (quotas.routed_prefixes_per_user)"
+                ),
             });
         }
         Ok(())
     }
 
     pub async fn create_tunnel(&mut self, req: &NewTunnel) -> Result<TunnelRecord> {
-        self.check_endpoint(&req.endpoint)?;
+        let origin = match req.origin {
+            // A TSP session's endpoint is where its packets come from.
+            Origin::Tsp => endpoints::Origin::Learnt,
+            Origin::Api | Origin::Static => endpoints::Origin::Named,
+        };
+        self.check_endpoint(&req.endpoint, req.kind, origin)?;
         let record = self.store.create_tunnel(req, store::now())?;
         let id = record.spec.id;
         failpoint("create:after_store");
@@ -370,21 +432,45 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
                 );
             }
         }
-        if let Err(e) = self.store.delete_tunnel(id, store::now()) {
+        // Never used: its prefixes go back to the pool at once. Quarantining them let
+        // failed creations (maps full) burn the pool.
+        if let Err(e) = self.store.discard_tunnel(id) {
             error!(id, error = %e, "undo: removing the tunnel from the store failed");
         }
     }
 
     /// Changes kind (within a family), endpoint, state, MTU, keepalive or expiry, and can
-    /// add a routed prefix; a new prefix gets its route after the maps.
+    /// add a routed prefix; a new prefix gets its route after the maps. A new endpoint is
+    /// one someone named (API, `/nic/update`); see [`Self::update_tunnel_learnt`].
     pub async fn update_tunnel(&mut self, id: u32, change: &TunnelChange) -> Result<TunnelRecord> {
-        if let Some(e) = &change.endpoint {
-            self.check_endpoint(e)?;
-        }
+        self.update_tunnel_from(id, change, endpoints::Origin::Named)
+            .await
+    }
+
+    /// [`Self::update_tunnel`] for an endpoint learnt from packets (a TSP session, a
+    /// heartbeat, AYIYA roaming).
+    pub async fn update_tunnel_learnt(
+        &mut self,
+        id: u32,
+        change: &TunnelChange,
+    ) -> Result<TunnelRecord> {
+        self.update_tunnel_from(id, change, endpoints::Origin::Learnt)
+            .await
+    }
+
+    async fn update_tunnel_from(
+        &mut self,
+        id: u32,
+        change: &TunnelChange,
+        origin: endpoints::Origin,
+    ) -> Result<TunnelRecord> {
         let before = self
             .store
             .tunnel(id)?
             .ok_or(StoreError::NoSuchTunnel { id })?;
+        if let Some(e) = &change.endpoint {
+            self.check_endpoint(e, change.kind.unwrap_or(before.spec.kind), origin)?;
+        }
         let record = self.store.update_tunnel(id, change, store::now())?;
         failpoint("update:after_store");
         let undo = |store: &mut S| {

@@ -28,11 +28,20 @@ pub enum CliError {
     },
     #[error("unexpected answer from the API: {0}")]
     Decode(String),
+    #[error("--ca: {0}")]
+    Ca(String),
 }
 
 impl ApiClient {
-    /// `token` for the administrator, or `user` and `password`.
-    pub fn new(base: &str, token: Option<&str>, user: Option<(&str, &str)>) -> Self {
+    /// `token` for the administrator, or `user` and `password`; `ca`: PEM certificates to
+    /// trust for an `https://` API (`api.tls` with a private certificate), instead of the
+    /// public roots.
+    pub fn new(
+        base: &str,
+        token: Option<&str>,
+        user: Option<(&str, &str)>,
+        ca: Option<&std::path::Path>,
+    ) -> Result<Self, CliError> {
         let authorization = match (token, user) {
             (Some(t), _) => Some(format!("Bearer {t}")),
             (None, Some((u, p))) => Some(format!(
@@ -41,16 +50,32 @@ impl ApiClient {
             )),
             (None, None) => None,
         };
-        let agent = ureq::Agent::config_builder()
+        let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(std::time::Duration::from_secs(30)))
-            .build()
-            .new_agent();
-        Self {
+            .timeout_global(Some(std::time::Duration::from_secs(30)));
+        if let Some(path) = ca {
+            let pem = std::fs::read(path)
+                .map_err(|e| CliError::Ca(format!("{}: {e}", path.display())))?;
+            let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            if certs.is_empty() {
+                return Err(CliError::Ca(format!(
+                    "{} holds no certificate",
+                    path.display()
+                )));
+            }
+            let roots = ureq::tls::RootCerts::Specific(std::sync::Arc::new(certs));
+            config = config.tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build());
+        }
+        Ok(Self {
             base: base.trim_end_matches('/').to_string(),
             authorization,
-            agent,
-        }
+            agent: config.build().new_agent(),
+        })
     }
 
     /// Sends a request; a body is JSON. Returns the decoded answer.

@@ -4,10 +4,7 @@
 //! Stopping (SIGTERM, SIGINT) or dying (SIGKILL, panic) leaves the data plane forwarding:
 //! program, links and maps are pinned. The next start adopts them and reconciles; only
 //! `broker dataplane detach` takes the data plane down.
-use std::{
-    path::PathBuf,
-    sync::{atomic::AtomicBool, Arc},
-};
+use std::{path::PathBuf, sync::Arc};
 
 use anyhow::Context;
 use tokio::{
@@ -117,6 +114,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let dp = Dataplane::load(&opts).context("loading the data plane")?;
     let adopted = dp.adopted();
     let mut broker = Broker::new(store, dp, route_backend(&config).await?, config.pop());
+    endpoint_policy(&mut broker, &config).await;
     if adopted {
         let n = broker.store.bump("adoptions")?;
         info!(adoptions = n, "took over the running data plane");
@@ -160,12 +158,11 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     if let Some(w) = &ayiya_worker {
         metrics.set_ayiya_worker(w.stats());
     }
-    let state = api::AppState {
-        broker: broker.clone(),
-        admin_token: config.api.admin_token.as_deref().map(Arc::from),
-        metrics: metrics.clone(),
-        ready: Arc::new(AtomicBool::new(true)),
-    };
+    let state = api::AppState::new(
+        broker.clone(),
+        config.api.admin_token.as_deref().map(Arc::from),
+        metrics.clone(),
+    );
     if let Some(tsp_config) = &config.tsp {
         let mut addrs = vec![std::net::IpAddr::V4(config.pop.ipv4.0)];
         addrs.extend(config.pop.ipv6.map(|a| std::net::IpAddr::V6(a.0)));
@@ -208,10 +205,35 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         config.heartbeat.is_some(),
         config.heartbeat_interval(),
     ));
-    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut api_task = tokio::spawn(api::serve(config.api.listen, api::router(state), async {
-        let _ = api_stopped.await;
-    }));
+    let tls = match &config.api.tls {
+        Some(t) => Some(crate::tls::load(&t.certificate, &t.key).context("loading api.tls")?),
+        None => None,
+    };
+    let (stop_api, api_stopped) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let bind = |at: std::net::SocketAddr| async move {
+        tokio::net::TcpListener::bind(at)
+            .await
+            .with_context(|| format!("binding the API to {at}"))
+    };
+    if let Some(public) = config.api.public_listen {
+        tokio::spawn(api::serve(
+            bind(public).await?,
+            api::public_router(state.clone()),
+            tls.clone(),
+            metrics.clone(),
+            stopped(api_stopped.clone()),
+        ));
+    }
+    let mut api_task = tokio::spawn(api::serve(
+        bind(config.api.listen).await?,
+        api::router(state),
+        tls,
+        metrics.clone(),
+        stopped(api_stopped.clone()),
+    ));
 
     // The data plane caches FIB results; any route, neighbour or link change invalidates
     // them (the cache's maximum age covers the time this process is not running).
@@ -248,6 +270,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                     }
                     let mut b = broker.lock().await;
                     b.pop = new.pop();
+                    endpoint_policy(&mut b, &new).await;
                     match b.sync_static(&static_specs(&new)).await {
                         Ok(sync) => info!(?sync, "config reloaded"),
                         Err(e) => warn!(error = %crate::broker::error_chain(&e), "config reload failed"),
@@ -266,10 +289,31 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             }
         }
     }
-    let _ = stop_api.send(());
+    let _ = stop_api.send(true);
     watcher.abort();
     info!("stopping; the data plane keeps forwarding (`broker dataplane detach` removes it)");
     Ok(())
+}
+
+/// What the broker needs to refuse endpoints ([`crate::endpoints`]) and hold users to
+/// their quotas: the PoP's IPv4 subnets, read from the kernel at start and on SIGHUP,
+/// `pop.private_endpoints` and `quotas`.
+async fn endpoint_policy<S, P, R>(b: &mut Broker<S, P, R>, config: &Config)
+where
+    S: crate::store::Store,
+    P: crate::broker::Projection,
+    R: crate::broker::RouteOps,
+{
+    b.private_endpoints = config.pop.private_endpoints;
+    b.quotas = config.quotas;
+    let subnets = match Netlink::connect() {
+        Ok(nl) => nl.ipv4_subnets().await,
+        Err(e) => Err(e),
+    };
+    match subnets {
+        Ok(s) => b.subnets = s,
+        Err(e) => warn!(error = %e, "reading the PoP's subnets failed; keeping the last known"),
+    }
 }
 
 /// How often tunnels with a keepalive are checked for silence.

@@ -93,18 +93,26 @@ struct ApiArgs {
     user: Option<String>,
     #[arg(long, env = "BROKER_PASSWORD", global = true, hide_env_values = true)]
     password: Option<String>,
+    /// PEM certificate(s) to trust for an https:// API with a private certificate.
+    #[arg(long, env = "BROKER_CA", global = true)]
+    ca: Option<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
 }
 
 impl ApiArgs {
-    fn client(&self) -> ApiClient {
+    fn client(&self) -> anyhow::Result<ApiClient> {
         let user = self
             .user
             .as_deref()
             .map(|u| (u, self.password.as_deref().unwrap_or("")));
-        ApiClient::new(&self.api, self.token.as_deref(), user)
+        Ok(ApiClient::new(
+            &self.api,
+            self.token.as_deref(),
+            user,
+            self.ca.as_deref(),
+        )?)
     }
 }
 
@@ -563,7 +571,7 @@ fn show<T: serde::Serialize>(
 }
 
 fn tunnel(api: &ApiArgs, command: TunnelCommand) -> anyhow::Result<()> {
-    let c = api.client();
+    let c = api.client()?;
     match command {
         TunnelCommand::Add {
             remote,
@@ -649,7 +657,7 @@ fn tunnel(api: &ApiArgs, command: TunnelCommand) -> anyhow::Result<()> {
 }
 
 fn user(api: &ApiArgs, command: UserCommand) -> anyhow::Result<()> {
-    let c = api.client();
+    let c = api.client()?;
     match command {
         UserCommand::Add { name, password } => {
             let mut body = json!({ "name": name });

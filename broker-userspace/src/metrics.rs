@@ -35,6 +35,8 @@ pub struct Metrics {
     tsp: Family<Labels, Counter>,
     tic: Family<Labels, Counter>,
     heartbeats: Family<Labels, Counter>,
+    /// Connections, datagrams and answers the defences against abuse turned away.
+    defended: Family<Labels, Counter>,
     /// The AYIYA AF_XDP worker's outcome counters, once it runs.
     ayiya_worker: std::sync::OnceLock<std::sync::Arc<crate::dataplane::WorkerStats>>,
 }
@@ -47,6 +49,7 @@ impl Metrics {
             tsp: Family::default(),
             tic: Family::default(),
             heartbeats: Family::default(),
+            defended: Family::default(),
             ayiya_worker: std::sync::OnceLock::new(),
         }
     }
@@ -78,6 +81,27 @@ impl Metrics {
         self.heartbeats
             .get_or_create(&vec![("outcome", outcome.to_string())])
             .inc();
+    }
+
+    /// Counts one thing a defence turned away (docs/SECURITY.md): `service` is `api`,
+    /// `tsp`, `tic` or `heartbeat`, `reason` what it ran into.
+    pub fn defended(&self, service: &str, reason: &str) {
+        self.defended
+            .get_or_create(&vec![
+                ("service", service.to_string()),
+                ("reason", reason.to_string()),
+            ])
+            .inc();
+    }
+
+    /// What [`Self::defended`] counted so far for `service` and `reason` (tests).
+    pub fn defended_count(&self, service: &str, reason: &str) -> u64 {
+        self.defended
+            .get_or_create(&vec![
+                ("service", service.to_string()),
+                ("reason", reason.to_string()),
+            ])
+            .get()
     }
 
     pub fn per_tunnel(&self) -> bool {
@@ -119,6 +143,12 @@ impl Metrics {
             "broker_heartbeats",
             "Heartbeat datagrams by outcome (accepted, or why one was dropped)",
             self.heartbeats.clone(),
+        );
+        registry.register(
+            "broker_defended",
+            "Connections, datagrams and answers turned away by the defences against abuse, \
+             by service and reason (docs/SECURITY.md)",
+            self.defended.clone(),
         );
         if let Some(w) = self.ayiya_worker.get() {
             let family = Family::<Labels, Counter>::default();

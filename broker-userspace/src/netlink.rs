@@ -90,6 +90,33 @@ impl Netlink {
         })
     }
 
+    /// The IPv4 subnets of every address of this namespace (the PoP's own networks: their
+    /// network and broadcast addresses are no tunnel endpoints).
+    pub async fn ipv4_subnets(&self) -> Result<Vec<ipnet::Ipv4Net>> {
+        let mut out = Vec::new();
+        let mut addrs = self.handle.address().get().execute();
+        loop {
+            let msg = match addrs.try_next().await {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(source) => {
+                    return Err(NetlinkError::Request {
+                        what: "listing addresses".into(),
+                        source,
+                    })
+                }
+            };
+            for a in &msg.attributes {
+                if let AddressAttribute::Local(IpAddr::V4(v4)) = a {
+                    if let Ok(net) = ipnet::Ipv4Net::new(*v4, msg.header.prefix_len) {
+                        out.push(net.trunc());
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Routes a prefix (either family) out of a (point-to-point) interface.
     pub async fn add_route_dev(&self, prefix: IpNet, index: u32) -> Result<()> {
         let msg = match prefix {

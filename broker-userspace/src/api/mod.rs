@@ -6,16 +6,14 @@
 
 mod auth;
 mod body;
+pub mod listener;
 mod nic;
 pub mod tunnels;
 mod users;
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc,
 };
 
 use axum::{
@@ -45,6 +43,33 @@ pub struct AppState<S, P, R> {
     pub metrics: Arc<Metrics>,
     /// Set once the data plane is reconciled and attached.
     pub ready: Arc<AtomicBool>,
+    /// Failed logins (API and `/nic/update`) per source address.
+    pub auth_failures: Arc<std::sync::Mutex<crate::ratelimit::Failures<std::net::IpAddr>>>,
+}
+
+/// Failures from a source answered at once before the delays start.
+pub const FREE_AUTH_FAILURES: u32 = 3;
+
+impl<S, P, R> AppState<S, P, R> {
+    pub fn new(
+        broker: Arc<Mutex<Broker<S, P, R>>>,
+        admin_token: Option<Arc<str>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            broker,
+            admin_token,
+            metrics,
+            ready: Arc::new(AtomicBool::new(true)),
+            auth_failures: Arc::new(std::sync::Mutex::new(crate::ratelimit::Failures::new(
+                FREE_AUTH_FAILURES,
+            ))),
+        }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, crate::ratelimit::Failures<std::net::IpAddr>> {
+        self.auth_failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl<S, P, R> Clone for AppState<S, P, R> {
@@ -54,6 +79,7 @@ impl<S, P, R> Clone for AppState<S, P, R> {
             admin_token: self.admin_token.clone(),
             metrics: self.metrics.clone(),
             ready: self.ready.clone(),
+            auth_failures: self.auth_failures.clone(),
         }
     }
 }
@@ -65,7 +91,9 @@ where
     P: Projection + 'static,
     R: RouteOps + 'static,
 {
-    Router::new()
+    // Credentials before anything else of a request is read: a body (and its errors)
+    // is only for those who may send it.
+    let api = Router::new()
         .route(
             "/api/v1/tunnels",
             get(tunnels::list::<S, P, R>).post(tunnels::create::<S, P, R>),
@@ -84,6 +112,12 @@ where
             "/api/v1/users/{name}",
             get(users::show::<S, P, R>).delete(users::delete::<S, P, R>),
         )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            authenticated::<S, P, R>,
+        ));
+    Router::new()
+        .merge(api)
         .route("/nic/update", get(tunnels::nic_update::<S, P, R>))
         .route("/metrics", get(metrics::<S, P, R>))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -96,20 +130,39 @@ where
         .with_state(state)
 }
 
-/// Serves `router` on `listen` until `shutdown` resolves.
+/// What routers on the internet need, for `api.public_listen`: `/nic/update` and the
+/// health check, nothing an administrator uses.
+pub fn public_router<S, P, R>(state: AppState<S, P, R>) -> Router
+where
+    S: Store + 'static,
+    P: Projection + 'static,
+    R: RouteOps + 'static,
+{
+    Router::new()
+        .route("/nic/update", get(tunnels::nic_update::<S, P, R>))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count::<S, P, R>,
+        ))
+        .with_state(state)
+}
+
+/// Serves `router` on `tcp` (HTTPS with `tls`) until `shutdown` resolves, under the
+/// limits of [`listener`].
 pub async fn serve(
-    listen: SocketAddr,
+    tcp: tokio::net::TcpListener,
     router: Router,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    tracing::info!(%listen, "API listening");
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    if let Ok(at) = tcp.local_addr() {
+        tracing::info!(%at, https = tls.is_some(), "API listening");
+    }
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    listener::serve(tcp, router, acceptor, listener::CAPS, metrics, shutdown).await
 }
 
 /// Counts every response by status code (`broker_api_requests_total`).
@@ -166,6 +219,40 @@ where
 }
 
 /// The caller, from the `Authorization` header.
+/// Lets a request to `/api/v1` through only with valid credentials, which it then
+/// carries as its [`Caller`]. A failure is answered late, the later the more a source
+/// fails ([`crate::ratelimit::Failures`]), and logged (at a reader's rate).
+async fn authenticated<S: Store, P, R>(
+    State(state): State<AppState<S, P, R>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    match authenticate(&state, req.headers()).await {
+        Ok(caller) => {
+            state.failures().succeeded(&peer.ip());
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(e) => {
+            let delay = state
+                .failures()
+                .failed(peer.ip(), std::time::Instant::now());
+            state.metrics.defended("api", "auth_failed");
+            crate::logs::warn_limited(
+                "api_auth_failed",
+                &format!(
+                    "API authentication failed from {} ({})",
+                    peer.ip(),
+                    e.message
+                ),
+            );
+            tokio::time::sleep(delay).await;
+            e.into_response()
+        }
+    }
+}
+
 pub async fn authenticate<S: Store, P, R>(
     state: &AppState<S, P, R>,
     headers: &HeaderMap,
@@ -257,6 +344,7 @@ impl From<BrokerError> for ApiError {
                 Self::unprocessable(Some(field.into()), format!("{field}: {message}"))
             }
             BrokerError::Maps(_) | BrokerError::Routes(_) => Self::internal(msg),
+            BrokerError::Quota { .. } => Self::new(StatusCode::FORBIDDEN, None, msg),
             BrokerError::Store(s) => {
                 let (status, field) = match &s {
                     StoreError::NoSuchTunnel { .. } => (StatusCode::NOT_FOUND, None),
@@ -294,5 +382,7 @@ impl From<StoreError> for ApiError {
     }
 }
 
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 mod tests;

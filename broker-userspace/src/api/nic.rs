@@ -10,12 +10,11 @@ pub enum Answer {
     Good(Ipv4Addr),
     /// The endpoint already was this address.
     NoChange(Ipv4Addr),
-    /// Missing or wrong credentials.
+    /// Missing or wrong credentials, or no such tunnel (`nohost` would tell which tunnel
+    /// ids exist).
     BadAuth,
     /// No `hostname`, or not a tunnel id.
     NotFqdn,
-    /// No such tunnel.
-    NoHost,
     /// `myip` is not an IPv4 address, or there is none to take from the request.
     BadIp(String),
     /// The change failed inside the broker.
@@ -29,7 +28,6 @@ impl Answer {
             Answer::NoChange(ip) => format!("nochg {ip}"),
             Answer::BadAuth => "badauth".into(),
             Answer::NotFqdn => "notfqdn".into(),
-            Answer::NoHost => "nohost".into(),
             Answer::BadIp(why) => format!("-ERROR: {why}"),
             Answer::ServerError => "911".into(),
         }
@@ -75,7 +73,6 @@ mod tests {
         assert_eq!(Answer::Good(ip).body(), "good 198.51.100.11");
         assert_eq!(Answer::NoChange(ip).body(), "nochg 198.51.100.11");
         assert_eq!(Answer::BadAuth.body(), "badauth");
-        assert_eq!(Answer::NoHost.body(), "nohost");
         assert_eq!(Answer::NotFqdn.body(), "notfqdn");
     }
 

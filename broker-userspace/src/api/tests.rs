@@ -1,7 +1,7 @@
 //! The API in process, over a broker with an in-memory store and fake projections.
 use std::{
     net::SocketAddr,
-    sync::{atomic::AtomicBool, Arc},
+    sync::Arc,
 };
 
 use axum::{
@@ -18,53 +18,62 @@ use tower::ServiceExt;
 use super::*;
 use crate::{broker::tests::broker, metrics::Metrics};
 
-const ADMIN: &str = "admin-token-0123456789";
+pub(super) const ADMIN: &str = "admin-token-0123456789";
 
-fn app(peer: &str, metrics: Arc<Metrics>) -> Router {
-    let state = AppState {
-        broker: Arc::new(Mutex::new(broker())),
-        admin_token: Some(ADMIN.into()),
-        metrics,
-        ready: Arc::new(AtomicBool::new(true)),
-    };
+type TestBroker = crate::broker::Broker<
+    crate::store::SqliteStore,
+    crate::broker::tests::FakeMaps,
+    crate::broker::tests::FakeRoutes,
+>;
+
+fn app(peer: &str, metrics: Arc<Metrics>, b: TestBroker) -> Router {
+    let state = AppState::new(Arc::new(Mutex::new(b)), Some(ADMIN.into()), metrics);
     router(state).layer(MockConnectInfo(peer.parse::<SocketAddr>().unwrap()))
 }
 
-enum Auth<'a> {
+pub(super) enum Auth<'a> {
     None,
     Admin,
     Basic(&'a str, &'a str),
     Raw(&'a str),
 }
 
-struct Client {
+pub(super) struct Client {
     app: Router,
     /// The process's own metrics (API requests, TSP sessions).
-    metrics: Arc<Metrics>,
-    rt: tokio::runtime::Runtime,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) rt: tokio::runtime::Runtime,
 }
 
 impl Client {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self::from_peer("198.51.100.77:40000")
     }
 
-    fn from_peer(peer: &str) -> Self {
+    pub(super) fn from_peer(peer: &str) -> Self {
         Self::with(peer, false)
     }
 
     fn with(peer: &str, per_tunnel: bool) -> Self {
+        Self::over(peer, per_tunnel, broker())
+    }
+
+    /// Over a broker of the caller's making (quotas, pools).
+    pub(super) fn over(peer: &str, per_tunnel: bool, b: TestBroker) -> Self {
         let metrics = Arc::new(Metrics::new(per_tunnel));
         Self {
-            app: app(peer, metrics.clone()),
+            app: app(peer, metrics.clone(), b),
             metrics,
+            // Paused: the delays of failed logins pass at once.
             rt: tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
                 .build()
                 .unwrap(),
         }
     }
 
-    fn call(
+    pub(super) fn call(
         &self,
         method: Method,
         uri: &str,
@@ -98,7 +107,7 @@ impl Client {
         })
     }
 
-    fn json(
+    pub(super) fn json(
         &self,
         method: Method,
         uri: &str,
@@ -114,7 +123,7 @@ impl Client {
     }
 
     /// Creates user `name` and returns its password.
-    fn user(&self, name: &str) -> String {
+    pub(super) fn user(&self, name: &str) -> String {
         let (s, v) = self.json(
             Method::POST,
             "/api/v1/users",
@@ -126,7 +135,7 @@ impl Client {
     }
 }
 
-fn field(v: &Value) -> Option<&str> {
+pub(super) fn field(v: &Value) -> Option<&str> {
     v["field"].as_str()
 }
 
@@ -337,7 +346,7 @@ fn tunnels_are_created_shown_changed_and_deleted() {
         Method::PATCH,
         &uri,
         alice(),
-        Some(json!({"remote_ipv4": "198.51.100.11", "state": "disabled", "mtu": 1280})),
+        Some(json!({"remote_ipv4": "198.51.100.11", "state": "down", "mtu": 1280})),
     );
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(
@@ -346,7 +355,7 @@ fn tunnels_are_created_shown_changed_and_deleted() {
             v["state"].as_str(),
             v["mtu"].as_u64()
         ),
-        (Some("198.51.100.11"), Some("disabled"), Some(1280))
+        (Some("198.51.100.11"), Some("down"), Some(1280))
     );
     let (s, _) = c.json(Method::PATCH, &uri, alice(), Some(json!({})));
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
@@ -598,9 +607,10 @@ fn nic_update_answers_like_tunnelbroker_net() {
         nic(&format!("hostname={id}"), Auth::None),
         (StatusCode::UNAUTHORIZED, "badauth\n".into())
     );
+    // A tunnel that does not exist answers as a wrong key does (ids not enumerable).
     assert_eq!(
         nic("hostname=999", Auth::Basic("carol", &key)),
-        (StatusCode::OK, "nohost\n".into())
+        (StatusCode::UNAUTHORIZED, "badauth\n".into())
     );
     assert_eq!(
         nic("myip=198.51.100.12", Auth::Basic("carol", &key)),

@@ -5,12 +5,12 @@ use axum::{
     extract::{ConnectInfo, Path, Query, State},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
-    Json,
+    Extension, Json,
 };
 use broker_common::maps::TunnelStats;
 use serde::{Deserialize, Serialize};
 
-use super::{auth, authenticate, body::Body, nic, ApiError, AppState, Caller};
+use super::{auth, body::Body, nic, ApiError, AppState, Caller};
 use crate::{
     broker::{Projection, RouteOps},
     config::{Ipv4Field, Ipv6Field, LinkPrefix, Mtu, Prefix6, TunnelKind, TunnelState},
@@ -247,10 +247,9 @@ pub struct ListQuery {
 
 pub async fn list<S: Store, P: Projection, R: RouteOps>(
     State(state): State<AppState<S, P, R>>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Vec<TunnelOut>>, ApiError> {
-    let caller = authenticate(&state, &headers).await?;
     let b = state.broker.lock().await;
     let tunnels = b.store.tunnels()?;
     Ok(Json(
@@ -290,10 +289,9 @@ fn tunnel_id(raw: &str) -> Result<u32, ApiError> {
 
 pub async fn show<S: Store, P: Projection, R: RouteOps>(
     State(state): State<AppState<S, P, R>>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<TunnelOut>, ApiError> {
-    let caller = authenticate(&state, &headers).await?;
     let t = visible(&state, &caller, tunnel_id(&id)?).await?;
     let b = state.broker.lock().await;
     Ok(Json(out(
@@ -306,10 +304,9 @@ pub async fn show<S: Store, P: Projection, R: RouteOps>(
 
 pub async fn create<S: Store, P: Projection, R: RouteOps>(
     State(state): State<AppState<S, P, R>>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Body(req): Body<CreateIn>,
 ) -> Result<Response, ApiError> {
-    let caller = authenticate(&state, &headers).await?;
     let owner = match (&caller, req.owner) {
         (Caller::Admin, owner) => owner,
         (Caller::User(u), None) => Some(u.clone()),
@@ -320,6 +317,9 @@ pub async fn create<S: Store, P: Projection, R: RouteOps>(
             ))
         }
     };
+    if req.state == Some(TunnelState::Disabled) {
+        operator_only(&caller)?;
+    }
     let kind = model_kind(req.kind.unwrap_or(TunnelKind::Proto41));
     let endpoint = endpoint_of(
         kind,
@@ -354,19 +354,29 @@ pub async fn create<S: Store, P: Projection, R: RouteOps>(
         }
     }
     let mut b = state.broker.lock().await;
+    if let (Caller::User(_), Some(owner)) = (&caller, &new.owner) {
+        let routed = u32::from(new.routed_length.is_some() || new.routed_prefix.is_some());
+        b.check_quota(owner, 1, routed)?;
+    }
     let t = b.create_tunnel(&new).await?;
     Ok((StatusCode::CREATED, Json(out(&t, &b.pop, false, None))).into_response())
 }
 
 pub async fn change<S: Store, P: Projection, R: RouteOps>(
     State(state): State<AppState<S, P, R>>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Body(req): Body<ChangeIn>,
 ) -> Result<Json<TunnelOut>, ApiError> {
-    let caller = authenticate(&state, &headers).await?;
     let id = tunnel_id(&id)?;
     let current = visible(&state, &caller, id).await?;
+    let disabled_now = current.spec.state == TState::Disabled;
+    if req
+        .state
+        .is_some_and(|s| (s == TunnelState::Disabled) != disabled_now)
+    {
+        operator_only(&caller)?;
+    }
     let kind = current.spec.kind;
     let endpoint =
         if req.remote_ipv4.is_some() || req.remote_port.is_some() || req.remote_ipv6.is_some() {
@@ -398,12 +408,22 @@ pub async fn change<S: Store, P: Projection, R: RouteOps>(
     Ok(Json(out(&t, &b.pop, b.is_asleep(id), None)))
 }
 
+/// `disabled` is the operator's word: only the administrator sets or clears it (a user
+/// has `down`).
+fn operator_only(caller: &Caller) -> Result<(), ApiError> {
+    match caller {
+        Caller::Admin => Ok(()),
+        Caller::User(_) => Err(ApiError::forbidden(
+            "state: only the operator sets a tunnel disabled or clears it",
+        )),
+    }
+}
+
 pub async fn delete<S: Store, P: Projection, R: RouteOps>(
     State(state): State<AppState<S, P, R>>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let caller = authenticate(&state, &headers).await?;
     let id = tunnel_id(&id)?;
     visible(&state, &caller, id).await?;
     state.broker.lock().await.delete_tunnel(id).await?;
@@ -428,6 +448,20 @@ pub async fn nic_update<S: Store, P: Projection, R: RouteOps>(
     Query(q): Query<NicQuery>,
 ) -> Response {
     let answer = nic_answer(&state, peer, &headers, &q).await;
+    if answer == nic::Answer::BadAuth {
+        // As for the API: answered late when a source keeps failing, and logged.
+        let delay = state
+            .auth_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .failed(peer.ip(), std::time::Instant::now());
+        state.metrics.defended("api", "nic_auth_failed");
+        crate::logs::warn_limited(
+            "nic_auth_failed",
+            &format!("/nic/update: wrong credentials from {}", peer.ip()),
+        );
+        tokio::time::sleep(delay).await;
+    }
     let status = if answer == nic::Answer::BadAuth {
         StatusCode::UNAUTHORIZED
     } else {
@@ -465,7 +499,8 @@ async fn nic_answer<S: Store, P: Projection, R: RouteOps>(
     let mut b = state.broker.lock().await;
     let t = match b.store.tunnel(id) {
         Ok(Some(t)) => t,
-        Ok(None) => return nic::Answer::NoHost,
+        // The same answer as a wrong key: which ids exist is nobody's business.
+        Ok(None) => return nic::Answer::BadAuth,
         Err(_) => return nic::Answer::ServerError,
     };
     let expected_user = t.owner.clone().unwrap_or_else(|| id.to_string());

@@ -1,13 +1,13 @@
 //! `/api/v1/users`: administered by the administrator; a user may read their own entry.
 use axum::{
     extract::{Path, State},
-    http::{HeaderMap, StatusCode},
+    http::StatusCode,
     response::{IntoResponse, Response},
-    Json,
+    Extension, Json,
 };
 use serde::{Deserialize, Serialize};
 
-use super::{authenticate, body::Body, ApiError, AppState, Caller};
+use super::{body::Body, ApiError, AppState, Caller};
 use crate::{
     broker::{Projection, RouteOps},
     store::{Store, UserRecord},
@@ -59,9 +59,9 @@ fn owned<S: Store>(store: &S, name: &str) -> Result<Vec<u32>, ApiError> {
 
 pub async fn list<S: Store, P: Projection, R: RouteOps>(
     State(state): State<AppState<S, P, R>>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Json<Vec<UserOut>>, ApiError> {
-    admin(&authenticate(&state, &headers).await?)?;
+    admin(&caller)?;
     let b = state.broker.lock().await;
     let mut all = Vec::new();
     for u in b.store.users()? {
@@ -72,10 +72,9 @@ pub async fn list<S: Store, P: Projection, R: RouteOps>(
 
 pub async fn show<S: Store, P: Projection, R: RouteOps>(
     State(state): State<AppState<S, P, R>>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Json<UserOut>, ApiError> {
-    let caller = authenticate(&state, &headers).await?;
     if caller != Caller::Admin && caller != Caller::User(name.clone()) {
         return Err(ApiError::not_found(format!("no user {name:?}")));
     }
@@ -89,10 +88,10 @@ pub async fn show<S: Store, P: Projection, R: RouteOps>(
 
 pub async fn create<S: Store, P: Projection, R: RouteOps>(
     State(state): State<AppState<S, P, R>>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Body(req): Body<CreateIn>,
 ) -> Result<Response, ApiError> {
-    admin(&authenticate(&state, &headers).await?)?;
+    admin(&caller)?;
     let mut b = state.broker.lock().await;
     let u = b.create_user(&req.name, req.password.as_deref())?;
     Ok((StatusCode::CREATED, Json(out(&u, Vec::new(), true))).into_response())
@@ -100,10 +99,10 @@ pub async fn create<S: Store, P: Projection, R: RouteOps>(
 
 pub async fn delete<S: Store, P: Projection, R: RouteOps>(
     State(state): State<AppState<S, P, R>>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    admin(&authenticate(&state, &headers).await?)?;
+    admin(&caller)?;
     state.broker.lock().await.delete_user(&name)?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -181,6 +181,48 @@ fn a_failing_later_step_undoes_the_creation() {
 }
 
 #[test]
+fn undone_creations_do_not_burn_the_pool() {
+    // Two /64s and a day of quarantine: creations that fail (maps full) used to
+    // quarantine their /64 each, until nothing could be created.
+    let pools = PoolSet {
+        link: vec!["2001:db8:10::/63".parse().unwrap()],
+        routed: vec![],
+        routed_lengths: vec![],
+        quarantine_secs: 86_400,
+        v4v6: None,
+    };
+    let mut b = Broker::new(
+        SqliteStore::in_memory(pools).unwrap(),
+        FakeMaps::default(),
+        FakeRoutes::default(),
+        Pop::ipv4_only(Ipv4Addr::new(192, 0, 2, 1)),
+    );
+    let plain = |i: u8| NewTunnel {
+        routed_length: None,
+        ..req(i)
+    };
+    b.maps.fail = true;
+    for i in 1..=5 {
+        assert!(block_on(b.create_tunnel(&plain(i))).is_err());
+    }
+    b.maps.fail = false;
+    let t1 = block_on(b.create_tunnel(&plain(10))).unwrap();
+    let t2 = block_on(b.create_tunnel(&plain(11))).unwrap();
+    let mut both = [t1.spec.link_prefix.unwrap(), t2.spec.link_prefix.unwrap()];
+    both.sort();
+    assert_eq!(
+        both.map(|p| p.to_string()),
+        ["2001:db8:10::/64", "2001:db8:10:1::/64"]
+    );
+    // A real deletion still quarantines.
+    block_on(b.delete_tunnel(t1.spec.id)).unwrap();
+    assert!(matches!(
+        block_on(b.create_tunnel(&plain(12))),
+        Err(BrokerError::Store(StoreError::PoolExhausted { .. }))
+    ));
+}
+
+#[test]
 fn a_failing_later_step_undoes_the_deletion() {
     let mut b = broker();
     let t = block_on(b.create_tunnel(&req(1))).unwrap();

@@ -44,6 +44,41 @@ pub struct Pop {
     /// Local endpoint of v4v6 tunnels (and where TSP listens for IPv6-only clients).
     #[serde(default)]
     pub ipv6: Option<Ipv6Field>,
+    /// Whether tunnels may be pointed (through the API, `/nic/update` or this file) at
+    /// private addresses (RFC 1918, 6598, link-local, unique-local): a datacenter may
+    /// tunnel over private addressing; a public PoP must not send tunnel traffic into its
+    /// own networks on a user's say-so.
+    #[serde(default)]
+    pub private_endpoints: bool,
+}
+
+/// What one user may hold, whichever way they ask (API, TSP). The operator is not held
+/// to them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quotas {
+    /// Tunnels a user may own.
+    #[serde(default = "default_tunnels_per_user")]
+    pub tunnels_per_user: u32,
+    /// Routed prefixes a user's tunnels may carry, together.
+    #[serde(default = "default_routed_per_user")]
+    pub routed_prefixes_per_user: u32,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            tunnels_per_user: default_tunnels_per_user(),
+            routed_prefixes_per_user: default_routed_per_user(),
+        }
+    }
+}
+
+fn default_tunnels_per_user() -> u32 {
+    5
+}
+fn default_routed_per_user() -> u32 {
+    5
 }
 
 /// Data plane sizing and tuning.
@@ -149,6 +184,20 @@ pub struct ApiConfig {
     /// endpoint update, metrics and health are served.
     #[serde(default)]
     pub admin_token: Option<String>,
+    /// A second listener with only what routers on the internet need (`/nic/update`,
+    /// `/health`), so that `listen` (the whole API) can stay on an internal address.
+    #[serde(default)]
+    pub public_listen: Option<std::net::SocketAddr>,
+    /// HTTPS on both listeners: PEM certificate chain and key.
+    #[serde(default)]
+    pub tls: Option<ApiTls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTls {
+    pub certificate: std::path::PathBuf,
+    pub key: std::path::PathBuf,
 }
 
 impl Default for ApiConfig {
@@ -156,6 +205,8 @@ impl Default for ApiConfig {
         Self {
             listen: default_listen(),
             admin_token: None,
+            public_listen: None,
+            tls: None,
         }
     }
 }
@@ -520,6 +571,8 @@ pub struct Config {
     pub routes: RoutesConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub quotas: Quotas,
     /// The TSP server; absent = off.
     #[serde(default)]
     pub tsp: Option<TspConfig>,
@@ -597,6 +650,13 @@ impl std::error::Error for ConfigError {}
 impl Config {
     /// Parses and validates YAML text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        if let Some(line) = spans::too_deep(text) {
+            return Err(ConfigError {
+                key: String::new(),
+                line: Some(line),
+                message: format!("nested deeper than {} levels", spans::MAX_DEPTH),
+            });
+        }
         let spans = spans::SpanIndex::new(text);
         let config: Config =
             serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))

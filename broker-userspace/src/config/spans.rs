@@ -14,6 +14,68 @@ enum Frame {
     Seq { path: String, index: usize },
 }
 
+/// The deepest nesting a configuration needs is four or five levels; documents deeper
+/// than this are refused before anything else reads them (path bookkeeping is quadratic
+/// in the depth, and a 40 000-level document took 20 s).
+pub const MAX_DEPTH: usize = 32;
+
+/// The line at which `text` nests deeper than [`MAX_DEPTH`], if it does. Linear: flow
+/// collections (`[[[...`) are counted on the text first, because the YAML scanner itself
+/// is quadratic in their depth; block nesting then on the parser's events.
+pub fn too_deep(text: &str) -> Option<usize> {
+    flow_too_deep(text).or_else(|| block_too_deep(text))
+}
+
+fn flow_too_deep(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    for (i, line) in text.lines().enumerate() {
+        let mut quote: Option<char> = None;
+        let mut escaped = false;
+        let mut prev = ' ';
+        for c in line.chars() {
+            match quote {
+                Some('"') if escaped => escaped = false,
+                Some('"') if c == '\\' => escaped = true,
+                Some(q) if c == q => quote = None,
+                Some(_) => {}
+                None => match c {
+                    '#' if prev.is_whitespace() => break,
+                    '"' | '\'' => quote = Some(c),
+                    '[' | '{' => {
+                        depth += 1;
+                        if depth > MAX_DEPTH {
+                            return Some(i + 1);
+                        }
+                    }
+                    ']' | '}' => depth = depth.saturating_sub(1),
+                    _ => {}
+                },
+            }
+            prev = c;
+        }
+    }
+    None
+}
+
+fn block_too_deep(text: &str) -> Option<usize> {
+    let mut parser = Parser::new_from_str(text);
+    let mut depth = 0usize;
+    while let Ok((event, mark)) = parser.next_token() {
+        match event {
+            Event::StreamEnd => break,
+            Event::MappingStart(..) | Event::SequenceStart(..) => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Some(mark.line());
+                }
+            }
+            Event::MappingEnd | Event::SequenceEnd => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
+}
+
 impl SpanIndex {
     /// Indexes `text`; an unparsable document yields an empty index (the syntax error is
     /// reported by serde_yaml before this is used).

@@ -417,3 +417,77 @@ fn tic_and_heartbeat_rejections_name_the_key() {
         assert!(e.line.is_some(), "{e}: no line");
     }
 }
+
+#[test]
+fn services_on_one_port_are_refused() {
+    let tsp = "tsp: {}\npools:\n  link: [2001:db8:20::/48]\n";
+    let cases = [
+        (
+            format!("{GOOD}{tsp}tic:\n  port: 3653\n"),
+            "tic.port",
+            "TCP port 3653",
+        ),
+        (
+            format!("{GOOD}ayiya: {{}}\nheartbeat:\n  port: 5072\n"),
+            "ayiya.port",
+            "UDP port 5072",
+        ),
+        (
+            format!("{GOOD}{tsp}ayiya:\n  port: 3653\n"),
+            "ayiya.port",
+            "UDP port 3653",
+        ),
+        (
+            format!("{GOOD}{tsp}api:\n  listen: 0.0.0.0:3653\n"),
+            "tsp.port",
+            "TCP port 3653",
+        ),
+        (
+            format!("{GOOD}api:\n  listen: 127.0.0.1:8080\n  public_listen: 0.0.0.0:8080\n"),
+            "api.public_listen",
+            "TCP port 8080",
+        ),
+    ];
+    for (text, key, what) in cases {
+        let e = err(&text);
+        assert_eq!(e.key, key, "{e}");
+        assert!(e.message.contains(what), "{e}");
+    }
+    // TCP and UDP of one number, or one port on two addresses, are fine.
+    assert!(Config::parse(&format!(
+        "{GOOD}{tsp}heartbeat:\n  port: 3654\ntic:\n  port: 3740\n"
+    ))
+    .is_ok());
+    assert!(Config::parse(&format!(
+        "{GOOD}api:\n  listen: 127.0.0.1:3874\ntic: {{}}\n"
+    ))
+    .is_ok());
+}
+
+#[test]
+fn a_token_of_one_repeated_character_is_refused() {
+    let e = err(&format!(
+        "{GOOD}api:\n  admin_token: aaaaaaaaaaaaaaaaaaaaaaaa\n"
+    ));
+    assert_eq!(e.key, "api.admin_token");
+    assert!(Config::parse(&format!("{GOOD}api:\n  admin_token: 3f8a1c9e4b7d2a6f\n")).is_ok());
+}
+
+#[test]
+fn deep_nesting_is_refused_at_once_with_its_line() {
+    // 40 000 levels took 20 s (and a SIGHUP with it froze the API).
+    let deep = format!(
+        "{GOOD}extra: {}{}\n",
+        "[".repeat(40_000),
+        "]".repeat(40_000)
+    );
+    let start = std::time::Instant::now();
+    let e = err(&deep);
+    assert!(e.message.contains("nested deeper"), "{e}");
+    assert_eq!(e.line, Some(GOOD.lines().count() + 1));
+    // Not a timing assertion: a guard against the quadratic path coming back, with a
+    // bound a thousand times above what this takes.
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
+    let nested_ok = format!("{GOOD}extra: {}{}\n", "[".repeat(20), "]".repeat(20));
+    assert!(!err(&nested_ok).message.contains("nested deeper"));
+}

@@ -18,7 +18,58 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
     ayiya(c)?;
     tic(c)?;
     heartbeat(c)?;
+    ports(c)?;
     tunnels(c)
+}
+
+/// No two services on one port of one address: a listener that cannot bind fails at
+/// start, and a UDP port XDP consumes (AYIYA) silently starves whatever else is there.
+fn ports(c: &Config) -> Result<(), Invalid> {
+    use std::net::IpAddr;
+    #[derive(PartialEq, Clone, Copy)]
+    enum Proto {
+        Tcp,
+        Udp,
+    }
+    let pop4 = IpAddr::V4(c.pop.ipv4.0);
+    let pop6 = c.pop.ipv6.map(|a| IpAddr::V6(a.0));
+    let mut used: Vec<(Proto, IpAddr, u16, &str)> = Vec::new();
+    let api = c.api.listen;
+    used.push((Proto::Tcp, api.ip(), api.port(), "api.listen"));
+    if let Some(p) = c.api.public_listen {
+        used.push((Proto::Tcp, p.ip(), p.port(), "api.public_listen"));
+    }
+    if let Some(t) = &c.tsp {
+        for ip in std::iter::once(pop4).chain(pop6) {
+            used.push((Proto::Tcp, ip, t.port, "tsp.port"));
+            used.push((Proto::Udp, ip, t.port, "tsp.port"));
+        }
+    }
+    if let Some(t) = &c.tic {
+        used.push((Proto::Tcp, pop4, t.port, "tic.port"));
+    }
+    if let Some(h) = &c.heartbeat {
+        used.push((Proto::Udp, pop4, h.port, "heartbeat.port"));
+    }
+    if let Some(a) = &c.ayiya {
+        used.push((Proto::Udp, pop4, a.port, "ayiya.port"));
+    }
+    for (i, (proto, ip, port, key)) in used.iter().enumerate() {
+        let clash = used[..i].iter().find(|(p2, ip2, port2, key2)| {
+            p2 == proto
+                && port2 == port
+                && key2 != key
+                && (ip2 == ip || ip.is_unspecified() || ip2.is_unspecified())
+        });
+        if let Some((p2, _, _, key2)) = clash {
+            let proto = if *p2 == Proto::Tcp { "TCP" } else { "UDP" };
+            return Err((
+                key.to_string(),
+                format!("{proto} port {port} is already {key2}'s"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn ayiya(c: &Config) -> Result<(), Invalid> {
@@ -27,12 +78,6 @@ fn ayiya(c: &Config) -> Result<(), Invalid> {
     };
     if a.port == 0 {
         return Err(("ayiya.port".into(), "0 is not a port".into()));
-    }
-    if c.tsp.as_ref().is_some_and(|t| t.port == a.port) {
-        return Err((
-            "ayiya.port".into(),
-            format!("{} is already the TSP port (tsp.port)", a.port),
-        ));
     }
     Ok(())
 }
@@ -159,9 +204,9 @@ fn tic(c: &Config) -> Result<(), Invalid> {
             "tic.certificate".into(),
             "tic.key needs a certificate".into(),
         )),
-        (Some(cert), Some(key)) => crate::tic::tls::load(cert, key)
+        (Some(cert), Some(key)) => crate::tls::load(cert, key)
             .map(|_| ())
-            .map_err(|e| (e.key().into(), e.to_string())),
+            .map_err(|e| (e.key("tic"), e.to_string())),
     }
 }
 
@@ -192,10 +237,17 @@ fn heartbeat(c: &Config) -> Result<(), Invalid> {
 }
 
 fn api(c: &Config) -> Result<(), Invalid> {
+    if let Some(t) = &c.api.tls {
+        crate::tls::load(&t.certificate, &t.key).map_err(|e| (e.key("api.tls"), e.to_string()))?;
+    }
     match &c.api.admin_token {
         Some(t) if t.len() < 16 => Err((
             "api.admin_token".into(),
             "shorter than 16 characters; use a random token".into(),
+        )),
+        Some(t) if t.chars().collect::<std::collections::BTreeSet<_>>().len() < 8 => Err((
+            "api.admin_token".into(),
+            "fewer than 8 different characters; use a random token (openssl rand -hex 24)".into(),
         )),
         _ => Ok(()),
     }
@@ -353,17 +405,15 @@ fn tunnels(c: &Config) -> Result<(), Invalid> {
             ));
         }
         let remote = t.remote_ipv4.0;
-        if remote == pop {
-            return Err((
-                at("remote_ipv4"),
-                format!("{remote} is the PoP's own address"),
-            ));
-        }
-        if remote.is_unspecified() || remote.is_multicast() || remote.is_broadcast() {
-            return Err((
-                at("remote_ipv4"),
-                format!("{remote} is not a unicast address"),
-            ));
+        let local = crate::endpoints::Local {
+            ipv4: Some(pop),
+            ipv6: c.pop.ipv6.map(|a| a.0),
+            subnets: Vec::new(),
+            private_allowed: c.pop.private_endpoints,
+        };
+        let origin = crate::endpoints::Origin::Named;
+        if let Some(why) = crate::endpoints::problem(remote.into(), &local, origin) {
+            return Err((at("remote_ipv4"), why));
         }
         if let Some(first) = endpoints.insert(remote, i) {
             return Err((

@@ -37,6 +37,8 @@ pub enum Reject {
     WrongKind,
     #[error("MD5 digest does not match")]
     BadDigest,
+    #[error("a beat seen before, from another address")]
+    Replayed,
 }
 
 impl Reject {
@@ -51,6 +53,7 @@ impl Reject {
             Reject::UnknownTunnel => "unknown_tunnel",
             Reject::WrongKind => "wrong_kind",
             Reject::BadDigest => "bad_digest",
+            Reject::Replayed => "replayed",
         }
     }
 }

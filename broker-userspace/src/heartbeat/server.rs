@@ -132,17 +132,24 @@ where
     beat.verify(&tunnel.password)?;
     let id = tunnel.spec.id;
     let endpoint = Endpoint::Ipv4(source);
+    let fresh = tracker.is_new(id, beat.epoch);
     if tunnel.spec.endpoint != endpoint {
+        // A beat seen before, from elsewhere: whoever saw it on the wire resends it to
+        // point the tunnel at a victim. Only a newer one moves the tunnel.
+        if !fresh {
+            return Err(Reject::Replayed.into());
+        }
         let change = TunnelChange {
             endpoint: Some(endpoint),
             ..Default::default()
         };
-        b.update_tunnel(id, &change)
+        b.update_tunnel_learnt(id, &change)
             .await
             .map_err(|e| Fault::Broker(error_chain(&e)))?;
         info!(id, from = %tunnel.spec.endpoint, to = %source, "heartbeat moved the tunnel");
     }
     tracker.beat(id, Instant::now());
+    tracker.accepted(id, beat.epoch);
     if b.set_asleep(id, false)
         .map_err(|e| Fault::Broker(error_chain(&e)))?
     {

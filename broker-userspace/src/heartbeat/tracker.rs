@@ -19,6 +19,9 @@ struct Entry {
 pub struct Tracker {
     timeout: Duration,
     tunnels: HashMap<u32, Entry>,
+    /// The newest epoch accepted per tunnel: an older or equal one is a beat seen before
+    /// (replayed by whoever saw it) and may not move the tunnel.
+    epochs: HashMap<u32, u64>,
 }
 
 impl Tracker {
@@ -27,7 +30,20 @@ impl Tracker {
         Self {
             timeout,
             tunnels: HashMap::new(),
+            epochs: HashMap::new(),
         }
+    }
+
+    /// Whether `epoch` is newer than every beat accepted for the tunnel (since this
+    /// process started).
+    pub fn is_new(&self, id: u32, epoch: u64) -> bool {
+        self.epochs.get(&id).is_none_or(|last| epoch > *last)
+    }
+
+    /// Notes an accepted beat's epoch.
+    pub fn accepted(&mut self, id: u32, epoch: u64) {
+        let e = self.epochs.entry(id).or_insert(epoch);
+        *e = (*e).max(epoch);
     }
 
     /// A valid beat. Returns whether the tunnel had been put to sleep (so it needs waking).
@@ -45,6 +61,7 @@ impl Tracker {
     /// silence just passed the timeout, each once until it beats again.
     pub fn sweep(&mut self, live: &[u32], now: Instant) -> Vec<u32> {
         self.tunnels.retain(|id, _| live.contains(id));
+        self.epochs.retain(|id, _| live.contains(id));
         let mut stopped = Vec::new();
         for id in live {
             let e = self.tunnels.entry(*id).or_insert(Entry {
@@ -110,6 +127,18 @@ mod tests {
         assert!(t.sweep(&[1], t0 + S(200)).is_empty());
         assert!(t.sweep(&[1], t0 + S(300)).is_empty());
         assert_eq!(t.sweep(&[1], t0 + S(321)), vec![1]);
+    }
+
+    #[test]
+    fn only_newer_epochs_are_new() {
+        let mut t = Tracker::new(S(120));
+        assert!(t.is_new(1, 1000));
+        t.accepted(1, 1000);
+        assert!(!t.is_new(1, 1000) && !t.is_new(1, 999));
+        assert!(t.is_new(1, 1001) && t.is_new(2, 5));
+        // A late, older one never moves the mark back.
+        t.accepted(1, 990);
+        assert!(!t.is_new(1, 995));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! implement the same trait.
 
 mod alloc;
+mod files;
 mod schema;
 mod sqlite;
 
@@ -133,6 +134,12 @@ pub struct StaticSync {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error("preparing the store's files at {path}")]
+    Files {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("no tunnel {id}")]
     NoSuchTunnel { id: u32 },
     #[error("no user {name:?}")]
@@ -189,6 +196,9 @@ pub trait Store: Send {
     fn update_tunnel(&mut self, id: u32, change: &TunnelChange, now: u64) -> Result<TunnelRecord>;
     /// Deletes a tunnel; its allocated prefixes go into quarantine.
     fn delete_tunnel(&mut self, id: u32, now: u64) -> Result<TunnelRecord>;
+    /// Deletes a tunnel that never existed outside the store (its creation is being
+    /// undone): its prefixes are free at once, no quarantine (nobody can have used them).
+    fn discard_tunnel(&mut self, id: u32) -> Result<()>;
     /// Puts back a tunnel just deleted (undoing a deletion whose later steps failed),
     /// prefixes, credentials and all.
     fn restore_tunnel(&mut self, record: &TunnelRecord) -> Result<()>;

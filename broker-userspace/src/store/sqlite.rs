@@ -27,9 +27,10 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating it and its directory if needed) and migrates the store at `path`.
     pub fn open(path: &Path, pools: PoolSet) -> Result<Self> {
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
+        super::files::prepare(path).map_err(|e| StoreError::Files {
+            path: path.display().to_string(),
+            source: e,
+        })?;
         let conn = Connection::open(path).map_err(|source| StoreError::Open {
             path: path.display().to_string(),
             source,
@@ -675,6 +676,18 @@ impl Store for SqliteStore {
         remove_tunnel(&tx, id, now)?;
         tx.commit()?;
         Ok(record)
+    }
+
+    fn discard_tunnel(&mut self, id: u32) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM routed WHERE tunnel_id = ?1", [id])?;
+        if tx.execute("DELETE FROM tunnels WHERE id = ?1", [id])? == 0 {
+            return Err(StoreError::NoSuchTunnel { id });
+        }
+        tx.execute("DELETE FROM allocations WHERE tunnel_id = ?1", [id])?;
+        tx.execute("DELETE FROM v4_allocations WHERE tunnel_id = ?1", [id])?;
+        tx.commit()?;
+        Ok(())
     }
 
     fn restore_tunnel(&mut self, record: &TunnelRecord) -> Result<()> {

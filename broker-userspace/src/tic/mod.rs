@@ -3,9 +3,8 @@
 //!
 //! - [`session`] — the dialogue, a pure state machine behind [`session::Directory`];
 //! - [`directory`] — that directory over the store;
-//! - [`tls`] — the optional `starttls` certificate;
+//! - `crate::tls` — the optional `starttls` certificate;
 //! - [`server`] — the sockets, timeouts and per-source limits.
 pub mod directory;
 pub mod server;
 pub mod session;
-pub mod tls;

@@ -1,6 +1,7 @@
 //! The TIC server's I/O: a TCP listener on `pop.ipv4`, lines in and [`Session`] replies
 //! out. All protocol decisions are the session's; this adds the line limit, the idle
-//! timeout, per-source limits (sessions, and failed logins answered later and later),
+//! timeout (a complete line within `idle_timeout_secs`, the session within two minutes),
+//! per-source and total caps on sessions, failed logins answered later and later,
 //! `starttls`, and the store lookups under the broker's lock.
 use std::{
     net::{IpAddr, SocketAddr},
@@ -14,7 +15,7 @@ use tokio::{
     sync::Mutex,
 };
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::{
     directory::StoreDirectory,
@@ -24,8 +25,8 @@ use crate::{
     broker::{Broker, Projection, RouteOps},
     config::TicConfig,
     metrics::Metrics,
+    ratelimit::Failures,
     store::Store,
-    tsp::limits::Limits,
 };
 
 /// Concurrent sessions from one source address (a TIC session lasts a second or two;
@@ -33,6 +34,11 @@ use crate::{
 const SESSIONS_PER_SOURCE: usize = 8;
 /// Time for the TLS handshake after `starttls`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A whole session: aiccu's takes a second or two; a client dripping a line at a time
+/// holds its connection no longer than this.
+const SESSION_LIMIT: Duration = Duration::from_secs(120);
+/// TIC connections held at once, from all sources.
+const TOTAL_SESSIONS: usize = 1024;
 
 /// What every connection shares.
 pub struct Shared<S, P, R> {
@@ -41,7 +47,8 @@ pub struct Shared<S, P, R> {
     pub pop: PopFacts,
     pub metrics: Arc<Metrics>,
     tls: Option<TlsAcceptor>,
-    limits: std::sync::Mutex<Limits>,
+    failures: std::sync::Mutex<Failures<IpAddr>>,
+    conns: crate::conns::Conns,
 }
 
 impl<S, P, R> Shared<S, P, R> {
@@ -51,24 +58,28 @@ impl<S, P, R> Shared<S, P, R> {
         config: TicConfig,
         pop: PopFacts,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, super::tls::TlsError> {
+    ) -> Result<Self, crate::tls::TlsError> {
         let tls = match (&config.certificate, &config.key) {
-            (Some(c), Some(k)) => Some(TlsAcceptor::from(super::tls::load(c, k)?)),
+            (Some(c), Some(k)) => Some(TlsAcceptor::from(crate::tls::load(c, k)?)),
             _ => None,
         };
-        let limits = Limits::new(SESSIONS_PER_SOURCE, config.auth_failures_before_delay);
+        let failures = Failures::new(config.auth_failures_before_delay);
         Ok(Self {
             broker,
             config,
             pop,
             metrics,
             tls,
-            limits: std::sync::Mutex::new(limits),
+            failures: std::sync::Mutex::new(failures),
+            conns: crate::conns::Conns::new(crate::conns::Caps {
+                per_source: SESSIONS_PER_SOURCE,
+                total: TOTAL_SESSIONS,
+            }),
         })
     }
 
-    fn limits(&self) -> std::sync::MutexGuard<'_, Limits> {
-        self.limits.lock().unwrap_or_else(|p| p.into_inner())
+    fn failures(&self) -> std::sync::MutexGuard<'_, Failures<IpAddr>> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -98,27 +109,38 @@ where
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
-                    warn!(error = %e, "TIC accept failed");
+                    crate::logs::warn_limited("tic_accept", &format!("TIC accept failed: {e}"));
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
             _ = tidy.tick() => {
-                shared.limits().tidy(Instant::now());
+                shared.failures().tidy(Instant::now());
                 continue;
             }
         };
-        if !shared.limits().open(peer.ip()) {
-            shared.metrics.tic_session("busy");
-            let _ = stream
-                .write_all(b"400 Too many sessions from your address\n")
-                .await;
-            continue;
-        }
+        let slot = match shared.conns.open(peer.ip()) {
+            Ok(s) => s,
+            Err(full) => {
+                shared.metrics.tic_session("busy");
+                shared.metrics.defended("tic", full.reason());
+                let _ = stream
+                    .write_all(b"400 Too many sessions from your address\n")
+                    .await;
+                continue;
+            }
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let outcome = session(&shared, stream, peer).await;
-            shared.limits().close(peer.ip());
+            let _slot = slot;
+            let outcome =
+                match tokio::time::timeout(SESSION_LIMIT, session(&shared, stream, peer)).await {
+                    Ok(o) => o,
+                    Err(_) => {
+                        shared.metrics.defended("tic", "session_limit");
+                        "timeout"
+                    }
+                };
             shared.metrics.tic_session(outcome);
             debug!(%peer, outcome, "TIC session ended");
         });
@@ -219,9 +241,12 @@ where
     let idle = Duration::from_secs(shared.config.idle_timeout_secs);
     let max = shared.config.max_line;
     let mut chunk = vec![0u8; 4096];
+    // Idle means no complete line: a byte now and then does not keep a session.
+    let mut line_due = tokio::time::Instant::now() + idle;
     loop {
         let reply = match take_line(buf, max) {
             Line::Complete(line) => {
+                line_due = tokio::time::Instant::now() + idle;
                 let b = shared.broker.lock().await;
                 let dir = StoreDirectory {
                     store: &b.store,
@@ -231,7 +256,7 @@ where
             }
             Line::TooLong => s.overlong(),
             Line::Partial => {
-                match tokio::time::timeout(idle, io.read(&mut chunk)).await {
+                match tokio::time::timeout_at(line_due, io.read(&mut chunk)).await {
                     Err(_) => return Ending::Over("timeout"),
                     Ok(Ok(0)) | Ok(Err(_)) => return Ending::Over("closed"),
                     Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
@@ -243,13 +268,16 @@ where
             Event::None => {}
             Event::LoggedIn(user) => {
                 progress.logged_in = true;
-                shared.limits().succeeded(peer.ip());
+                shared.failures().succeeded(&peer.ip());
                 info!(%peer, user, "TIC user logged in");
             }
             Event::AuthFailed => {
                 progress.failed = true;
-                let delay = shared.limits().failed(peer.ip(), Instant::now());
-                warn!(%peer, delay_ms = delay.as_millis() as u64, "TIC authentication failed");
+                let delay = shared.failures().failed(peer.ip(), Instant::now());
+                crate::logs::warn_limited(
+                    "tic_auth_failed",
+                    &format!("TIC authentication failed from {}", peer.ip()),
+                );
                 tokio::time::sleep(delay).await;
             }
         }

@@ -7,24 +7,21 @@ use std::{
     time::{Duration, Instant},
 };
 
-const MAX_DELAY: Duration = Duration::from_secs(30);
-const FORGET_AFTER: Duration = Duration::from_secs(60);
+use crate::ratelimit::Failures;
 
 #[derive(Debug)]
 pub struct Limits {
     sessions_per_source: usize,
-    failures_before_delay: u32,
     sessions: HashMap<IpAddr, usize>,
-    failures: HashMap<IpAddr, (u32, Instant)>,
+    failures: Failures<IpAddr>,
 }
 
 impl Limits {
     pub fn new(sessions_per_source: usize, failures_before_delay: u32) -> Self {
         Self {
             sessions_per_source,
-            failures_before_delay,
             sessions: HashMap::new(),
-            failures: HashMap::new(),
+            failures: Failures::new(failures_before_delay),
         }
     }
 
@@ -49,29 +46,17 @@ impl Limits {
 
     /// Records a failed authentication; returns how long to wait before answering it.
     pub fn failed(&mut self, ip: IpAddr, now: Instant) -> Duration {
-        let e = self.failures.entry(ip).or_insert((0, now));
-        if now.saturating_duration_since(e.1) > FORGET_AFTER {
-            e.0 = 0;
-        }
-        e.0 += 1;
-        e.1 = now;
-        let over = e.0.saturating_sub(self.failures_before_delay);
-        if over == 0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs(1u64 << (over - 1).min(5)).min(MAX_DELAY)
-        }
+        self.failures.failed(ip, now)
     }
 
     /// A successful login clears the source's record.
     pub fn succeeded(&mut self, ip: IpAddr) {
-        self.failures.remove(&ip);
+        self.failures.succeeded(&ip);
     }
 
     /// Drops failure records older than a quiet minute.
     pub fn tidy(&mut self, now: Instant) {
-        self.failures
-            .retain(|_, (_, last)| now.saturating_duration_since(*last) <= FORGET_AFTER);
+        self.failures.tidy(now);
     }
 }
 
@@ -92,19 +77,13 @@ mod tests {
     }
 
     #[test]
-    fn failures_are_slowed_down_then_forgotten() {
-        let mut l = Limits::new(8, 3);
+    fn failures_are_delayed_as_the_shared_rule_says() {
+        let mut l = Limits::new(8, 1);
         let a: IpAddr = "198.51.100.1".parse().unwrap();
         let t0 = Instant::now();
-        let delays: Vec<u64> = (0..10)
-            .map(|i| l.failed(a, t0 + Duration::from_secs(i)).as_secs())
-            .collect();
-        assert_eq!(delays, vec![0, 0, 0, 1, 2, 4, 8, 16, 30, 30]);
-        // A quiet minute later it starts over.
-        assert_eq!(l.failed(a, t0 + Duration::from_secs(100)).as_secs(), 0);
+        assert_eq!(l.failed(a, t0), Duration::ZERO);
+        assert_eq!(l.failed(a, t0), Duration::from_secs(1));
         l.succeeded(a);
-        assert_eq!(l.failed(a, t0 + Duration::from_secs(101)).as_secs(), 0);
-        l.tidy(t0 + Duration::from_secs(1000));
-        assert!(l.failures.is_empty());
+        assert_eq!(l.failed(a, t0), Duration::ZERO);
     }
 }

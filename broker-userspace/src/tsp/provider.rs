@@ -54,8 +54,17 @@ pub async fn provide<S: Store, P: Projection, R: RouteOps>(
                     tracing::info!(user, id = t.spec.id, "TSP: the user's tunnel is disabled");
                     return Err(Status::ServerError);
                 }
-                Some(t) => renew(b, t.spec.id, ask, now + lifetime).await?,
-                None => create(b, ask, cfg, Some(user.clone()), now + lifetime).await?,
+                Some(t) => {
+                    let adds = ask.router.is_some() && t.spec.routed_prefixes.is_empty();
+                    b.check_quota(user, 0, u32::from(adds))
+                        .map_err(|e| status_of(&e))?;
+                    renew(b, t.spec.id, ask, now + lifetime).await?
+                }
+                None => {
+                    b.check_quota(user, 1, u32::from(ask.router.is_some()))
+                        .map_err(|e| status_of(&e))?;
+                    create(b, ask, cfg, Some(user.clone()), now + lifetime).await?
+                }
             }
         }
         None => anonymous(b, ask, cfg, now + lifetime).await?,
@@ -151,7 +160,7 @@ async fn renew<S: Store, P: Projection, R: RouteOps>(
         mtu: None,
     };
     let r = b
-        .update_tunnel(id, &change)
+        .update_tunnel_learnt(id, &change)
         .await
         .map_err(|e| status_of(&e))?;
     // A new session is a sign of life.
@@ -191,6 +200,20 @@ fn status_of(e: &BrokerError) -> Status {
             Status::PrefixLengthUnavailable
         }
         BrokerError::Store(StoreError::PoolExhausted { .. } | StoreError::NoPool { .. }) => {
+            Status::NoTunnels
+        }
+        BrokerError::Quota {
+            routed: true,
+            message,
+        } => {
+            tracing::info!(message, "TSP: over quota");
+            Status::PrefixLengthUnavailable
+        }
+        BrokerError::Quota {
+            routed: false,
+            message,
+        } => {
+            tracing::info!(message, "TSP: over quota");
             Status::NoTunnels
         }
         BrokerError::Invalid { field, .. } if field.contains("ipv6") => Status::InvalidIpv6,

@@ -13,7 +13,7 @@ use tokio::{
     net::{TcpListener, TcpStream, UdpSocket},
     sync::Mutex,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::{
     frame::{self, TcpFramer},
@@ -39,7 +39,16 @@ pub struct Shared<S, P, R> {
     pub config: TspConfig,
     pub metrics: Arc<Metrics>,
     limits: std::sync::Mutex<Limits>,
+    /// Every TCP connection, negotiating or established (gogoc keeps its connection while
+    /// the tunnel runs): many clients may share a NAT's address, but not without end.
+    tcp: crate::conns::Conns,
 }
+
+/// TCP connections (negotiating and established) from one address, and in all.
+pub const TCP_CAPS: crate::conns::Caps = crate::conns::Caps {
+    per_source: 64,
+    total: 4096,
+};
 
 impl<S, P, R> Shared<S, P, R> {
     pub fn new(
@@ -56,6 +65,7 @@ impl<S, P, R> Shared<S, P, R> {
             config,
             metrics,
             limits: std::sync::Mutex::new(limits),
+            tcp: crate::conns::Conns::new(TCP_CAPS),
         }
     }
 
@@ -101,8 +111,19 @@ where
         let (mut stream, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
-                warn!(error = %e, "TSP accept failed");
+                crate::logs::warn_limited("tsp_accept", &format!("TSP accept failed: {e}"));
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let slot = match shared.tcp.open(peer.ip()) {
+            Ok(s) => s,
+            Err(full) => {
+                shared.metrics.tsp_session("tcp", "busy");
+                shared.metrics.defended("tsp", full.reason());
+                let _ = stream
+                    .write_all(Status::ServerTooBusy.line().as_bytes())
+                    .await;
                 continue;
             }
         };
@@ -115,6 +136,7 @@ where
         }
         let shared = shared.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let outcome = tcp_session(&shared, &mut stream, peer).await;
             if outcome != "ended" {
                 // An established session released its place when it got its tunnel.
@@ -268,7 +290,10 @@ where
             Step::Refused { reply, status } => {
                 // Whether the request or the tunnel was refused, the same line (and at
                 // the session's end the same outcome, `refused`).
-                info!(%peer, code = status.code(), "TSP tunnel refused");
+                crate::logs::info_limited(
+                    "tsp_refused",
+                    &format!("TSP tunnel refused code={} to {peer}", status.code()),
+                );
                 return Driven::Send(reply);
             }
             Step::Established { tunnel, reply } => {
@@ -278,7 +303,10 @@ where
             Step::Close(b) => {
                 if session.failure().is_some() {
                     let delay = shared.limits().failed(peer.ip(), Instant::now());
-                    warn!(%peer, delay_ms = delay.as_millis() as u64, "TSP authentication failed");
+                    crate::logs::warn_limited(
+                        "tsp_auth_failed",
+                        &format!("TSP authentication failed from {}", peer.ip()),
+                    );
                     return Driven::Close(b, "auth_failed", delay);
                 }
                 return Driven::Close(b, "invalid", Duration::ZERO);
@@ -290,7 +318,8 @@ where
 /// A UDP client's session and the last reply, resent when a request is retransmitted.
 struct UdpPeer {
     session: Session,
-    last: Option<([u8; 4], Vec<u8>)>,
+    /// The last request datagram (whole) and the reply it got.
+    last: Option<Last>,
     started: Instant,
     seen: Instant,
     /// Ended: the last reply is due at this time (a failed authentication's is delayed;
@@ -299,6 +328,35 @@ struct UdpPeer {
     /// Holds a place in the per-source limit (until established or gone).
     counted: bool,
 }
+
+/// The last exchange of a UDP session, for retransmissions.
+struct Last {
+    request: Vec<u8>,
+    reply: Vec<u8>,
+    /// Times the reply was sent again.
+    resent: u8,
+}
+
+impl Last {
+    fn new(request: Vec<u8>, reply: Vec<u8>) -> Self {
+        Self {
+            request,
+            reply,
+            resent: 0,
+        }
+    }
+}
+
+/// A retransmitted request gets the cached reply at most this often: gogoc retries a few
+/// times; a forger repeating a request to reflect the (larger) reply gets no more.
+const MAX_RESENDS: u8 = 3;
+
+/// Answers to a source whose session has no tunnel yet (it has not shown that it gets
+/// them): a burst for a negotiation, then one every half second. Any UDP service
+/// answering a forged source reflects; this bounds what one victim receives.
+const UNPROVEN_REPLIES: crate::ratelimit::Rate = crate::ratelimit::Rate::new(2.0, 16.0);
+/// Sources tracked at once for [`UNPROVEN_REPLIES`].
+const UNPROVEN_SOURCES: usize = 65_536;
 
 impl UdpPeer {
     /// A new session, holding a place in the per-source limit.
@@ -324,6 +382,7 @@ where
     R: RouteOps + 'static,
 {
     let mut peers: HashMap<SocketAddr, UdpPeer> = HashMap::new();
+    let mut budget = crate::ratelimit::Keyed::new(UNPROVEN_REPLIES, UNPROVEN_SOURCES);
     let mut buf = vec![0u8; 65_536];
     let mut tidy = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -337,21 +396,31 @@ where
             },
             _ = tidy.tick() => {
                 expire_udp(&shared, &mut peers);
+                budget.tidy(Instant::now());
                 continue;
             }
         };
-        let Ok((header, payload)) = frame::parse_datagram(&buf[..n]) else {
+        let datagram = &buf[..n];
+        let Ok((header, payload)) = frame::parse_datagram(datagram) else {
             // Not TSP (v6udpv4 data the data plane did not take, or noise).
             continue;
         };
         let now = Instant::now();
+        let proven = peers.get(&peer).is_some_and(|p| p.session.established());
+        if !proven && !budget.take(&peer.ip(), now) {
+            shared.metrics.defended("tsp", "udp_reply_budget");
+            continue;
+        }
         if let Some(p) = peers.get_mut(&peer) {
             p.seen = now;
-            let retransmitted = p.last.as_ref().filter(|(seq, _)| *seq == header.seq());
-            if let Some((_, reply)) = retransmitted {
+            let retransmitted = p.last.as_mut().filter(|l| l.request == datagram);
+            if let Some(last) = retransmitted {
                 // The same answer, the state does not move (and a delayed one stays so).
-                if p.closed.is_none_or(|due| now >= due) {
-                    let _ = socket.send_to(reply, peer).await;
+                if last.resent < MAX_RESENDS && p.closed.is_none_or(|due| now >= due) {
+                    last.resent += 1;
+                    let _ = socket.send_to(&last.reply, peer).await;
+                } else if last.resent >= MAX_RESENDS {
+                    shared.metrics.defended("tsp", "udp_resends");
                 }
                 continue;
             }
@@ -375,10 +444,11 @@ where
             peers.insert(peer, UdpPeer::new(&shared, peer, now));
         }
         let p = peers.get_mut(&peer).expect("inserted above");
+        let request = datagram.to_vec();
         if payload.len() > shared.config.max_message {
             let d = frame::datagram(&header, Status::InvalidRequest.line().as_bytes());
             let _ = socket.send_to(&d, peer).await;
-            close(&shared, p, header.seq(), d, now, "invalid");
+            close(&shared, p, request, d, now, "invalid");
             continue;
         }
         let step = p.session.input(payload);
@@ -386,12 +456,12 @@ where
             Driven::Send(bytes) => {
                 let d = frame::datagram(&header, &bytes);
                 let _ = socket.send_to(&d, peer).await;
-                p.last = Some((header.seq(), d));
+                p.last = Some(Last::new(request, d));
             }
             Driven::Established(bytes) => {
                 let d = frame::datagram(&header, &bytes);
                 let _ = socket.send_to(&d, peer).await;
-                p.last = Some((header.seq(), d));
+                p.last = Some(Last::new(request, d));
                 shared.metrics.tsp_session("udp", "established");
                 // The limit is on negotiations (see the TCP side).
                 if std::mem::take(&mut p.counted) {
@@ -406,7 +476,7 @@ where
                     tokio::time::sleep(delay).await;
                     let _ = socket.send_to(&late, peer).await;
                 });
-                close(&shared, p, header.seq(), d, now + delay, outcome);
+                close(&shared, p, request, d, now + delay, outcome);
             }
         }
     }
@@ -416,12 +486,12 @@ where
 fn close<S, P, R>(
     shared: &Shared<S, P, R>,
     p: &mut UdpPeer,
-    seq: [u8; 4],
+    request: Vec<u8>,
     reply: Vec<u8>,
     due: Instant,
     outcome: &'static str,
 ) {
-    p.last = Some((seq, reply));
+    p.last = Some(Last::new(request, reply));
     p.closed = Some(due);
     shared
         .metrics

@@ -63,7 +63,7 @@ async fn a_valid_beat_moves_and_wakes_the_tunnel() {
     assert_eq!(b.store.tunnel(id).unwrap().unwrap().spec.state, State::Up);
 
     // A beat from elsewhere (a named address this time) moves and wakes it.
-    let line = beat_for(&t, Some(CAFE), now, &t.password);
+    let line = beat_for(&t, Some(CAFE), now + 1, &t.password);
     handle(&mut b, &mut tr, line.as_bytes(), CAFE)
         .await
         .unwrap();
@@ -71,6 +71,44 @@ async fn a_valid_beat_moves_and_wakes_the_tunnel() {
     let installed = b.maps_installed(id).unwrap();
     assert_eq!(installed.state, State::Up);
     assert_eq!(installed.endpoint, Endpoint::Ipv4(CAFE));
+    assert_eq!(
+        b.store.tunnel(id).unwrap().unwrap().spec.endpoint,
+        Endpoint::Ipv4(CAFE)
+    );
+}
+
+#[tokio::test]
+async fn a_beat_replayed_from_elsewhere_does_not_move_the_tunnel() {
+    let mut b = broker();
+    let mut tr = Tracker::new(Duration::from_secs(120));
+    let t = tunnel(&mut b, Kind::Heartbeat).await;
+    let id = t.spec.id;
+    let now = crate::store::now();
+    // `sender`: the line does not name the address, so anyone who saw it can resend it.
+    let seen = beat_for(&t, None, now, &t.password);
+    handle(&mut b, &mut tr, seen.as_bytes(), HOME)
+        .await
+        .unwrap();
+    const VICTIM: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 66);
+    let r = handle(&mut b, &mut tr, seen.as_bytes(), VICTIM).await;
+    assert_eq!(rejected(r), Reject::Replayed);
+    assert_eq!(
+        b.store.tunnel(id).unwrap().unwrap().spec.endpoint,
+        Endpoint::Ipv4(HOME)
+    );
+    // Nor an older one the client sent before.
+    let older = beat_for(&t, None, now - 30, &t.password);
+    let r = handle(&mut b, &mut tr, older.as_bytes(), VICTIM).await;
+    assert_eq!(rejected(r), Reject::Replayed);
+    // The same beat again from the client's own address is only a beat.
+    handle(&mut b, &mut tr, seen.as_bytes(), HOME)
+        .await
+        .unwrap();
+    // The client's next beat, from a new address (it moved), moves the tunnel.
+    let next = beat_for(&t, None, now + 10, &t.password);
+    handle(&mut b, &mut tr, next.as_bytes(), CAFE)
+        .await
+        .unwrap();
     assert_eq!(
         b.store.tunnel(id).unwrap().unwrap().spec.endpoint,
         Endpoint::Ipv4(CAFE)

@@ -257,3 +257,32 @@ fn outcome_labels() {
     assert_eq!(p.label("quit"), "ok");
     assert_eq!(p.label("invalid"), "invalid");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_byte_now_and_then_does_not_keep_a_session() {
+    let (at, _, _) = server(TicConfig {
+        idle_timeout_secs: 2,
+        ..TicConfig::default()
+    })
+    .await;
+    let stream = TcpStream::connect(at).await.unwrap();
+    let (r, mut w) = stream.into_split();
+    let mut lines = tokio::io::BufReader::new(r).lines();
+    assert!(lines.next_line().await.unwrap().is_some(), "banner");
+    // One byte a second, never a line: idle used to mean "no byte", so this held the
+    // connection for as long as the sender liked.
+    let drip = tokio::spawn(async move {
+        for _ in 0..60 {
+            if w.write_all(b"x").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    let started = tokio::time::Instant::now();
+    let end = lines.next_line().await;
+    assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
+    let held = started.elapsed();
+    assert!(held < Duration::from_secs(5), "held {held:?}");
+    drip.abort();
+}

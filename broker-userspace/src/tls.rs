@@ -1,6 +1,7 @@
-//! The certificate `starttls` upgrades to: PEM files loaded into a rustls server config.
-//! Loaded once when the configuration is checked (so a bad file fails `broker config
-//! check` and the start, naming the key) and again when the server starts.
+//! Server certificates (TIC's `starttls`, the API's HTTPS): PEM files loaded into a
+//! rustls server config. Loaded once when the configuration is checked (so a bad file
+//! fails `broker config check` and the start, naming the key) and again when the server
+//! starts.
 use std::{path::Path, sync::Arc};
 
 use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
@@ -30,11 +31,13 @@ pub enum TlsError {
 }
 
 impl TlsError {
-    /// The configuration key at fault.
-    pub fn key(&self) -> &'static str {
+    /// The configuration key at fault, under `section` (`tic`, `api.tls`).
+    pub fn key(&self, section: &str) -> String {
         match self {
-            TlsError::Certificate { .. } | TlsError::NoCertificate { .. } => "tic.certificate",
-            TlsError::Key { .. } | TlsError::Mismatch { .. } => "tic.key",
+            TlsError::Certificate { .. } | TlsError::NoCertificate { .. } => {
+                format!("{section}.certificate")
+            }
+            TlsError::Key { .. } | TlsError::Mismatch { .. } => format!("{section}.key"),
         }
     }
 }
@@ -42,9 +45,10 @@ impl TlsError {
 /// Reads the chain and key and builds the server side of TLS (ring; TLS 1.2 and 1.3).
 ///
 /// No TLS 1.3 session tickets: today's GnuTLS negotiates 1.3 with aiccu, and a ticket
-/// arriving before the next reply makes its record read return `GNUTLS_E_AGAIN`, which
+/// arriving before TIC's next reply makes its record read return `GNUTLS_E_AGAIN`, which
 /// aiccu 2007.01.15 stores in an unsigned length and then gives up on the connection.
-/// aiccu never resumes a session, so the tickets bought nothing.
+/// aiccu never resumes a session, so the tickets bought nothing (nor do they for the
+/// API's one request per connection).
 pub fn load(certificate: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     let shown = |p: &Path| p.display().to_string();
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(certificate)
@@ -87,11 +91,11 @@ mod tests {
     fn missing_and_empty_files_name_their_key() {
         let d = dir();
         let e = load(&d.join("nope.pem"), &d.join("nope.key")).unwrap_err();
-        assert_eq!(e.key(), "tic.certificate", "{e}");
+        assert_eq!(e.key("tic"), "tic.certificate", "{e}");
         let empty = d.join("empty.pem");
         std::fs::write(&empty, "not a pem file\n").unwrap();
         let e = load(&empty, &d.join("nope.key")).unwrap_err();
         assert!(matches!(e, TlsError::NoCertificate { .. }), "{e}");
-        assert_eq!(e.key(), "tic.certificate");
+        assert_eq!(e.key("api.tls"), "api.tls.certificate");
     }
 }
