@@ -23,11 +23,14 @@ pub const UDP_HDR_LEN: usize = 8;
 /// Outer TTL of every packet the PoP encapsulates (RFC 4213 leaves it to the implementation;
 /// sixxsd uses 64 too).
 pub const ENCAP_TTL: u8 = 64;
-/// Hop limit of ICMPv6 messages the PoP originates (echo replies, Packet Too Big).
+/// Hop limit of ICMPv6 messages the PoP originates (echo replies, Packet Too Big, Time
+/// Exceeded), and TTL of its ICMPv4 ones.
 pub const ICMP_HOP_LIMIT: u8 = 64;
 
 /// ICMPv6 types the data plane answers or generates.
 pub const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+/// Time Exceeded; code 0 is "hop limit exceeded in transit" (RFC 4443 section 3.3).
+pub const ICMPV6_TIME_EXCEEDED: u8 = 3;
 pub const ICMPV6_ECHO_REQUEST: u8 = 128;
 pub const ICMPV6_ECHO_REPLY: u8 = 129;
 /// ICMPv6 types below this value are errors (RFC 4443 section 2.1); no error is ever sent
@@ -39,11 +42,17 @@ pub const ICMPV4_ECHO_REPLY: u8 = 0;
 pub const ICMPV4_DEST_UNREACH: u8 = 3;
 pub const ICMPV4_FRAG_NEEDED: u8 = 4;
 pub const ICMPV4_ECHO_REQUEST: u8 = 8;
+/// Time exceeded; code 0 is "time to live exceeded in transit" (RFC 792).
+pub const ICMPV4_TIME_EXCEEDED: u8 = 11;
+/// ICMPv4 error types (RFC 1122 3.2.2: never an error about one of these): destination
+/// unreachable, source quench, redirect, time exceeded, parameter problem.
+pub const ICMPV4_ERRORS: [u8; 5] = [ICMPV4_DEST_UNREACH, 4, 5, ICMPV4_TIME_EXCEEDED, 12];
 
-/// Bytes of an IPv4 packet over a v4v6 tunnel's MTU quoted in the ICMPv4 "fragmentation
-/// needed" the PoP answers with: the header and 44 bytes of what follows (RFC 792 asks
-/// for 8, RFC 1812 for as much as fits in 576; this is enough for any transport header
-/// and keeps the checksum a fixed-size `bpf_csum_diff`). A multiple of 4.
+/// Bytes of an IPv4 packet quoted in the ICMPv4 errors the PoP generates ("fragmentation
+/// needed" over a v4v6 tunnel's MTU, time exceeded), at most: the header and 44 bytes of
+/// what follows (RFC 792 asks for 8, RFC 1812 for as much as fits in 576; this is enough
+/// for any transport header and keeps the checksum a fixed-size `bpf_csum_diff`). A
+/// multiple of 4. Shorter packets are quoted whole.
 pub const FRAG_NEEDED_QUOTE_LEN: usize = 64;
 
 /// The TSP port (RFC 5572): TSP control over TCP and UDP, and v6udpv4 data on UDP.
@@ -71,10 +80,11 @@ pub const IPPROTO_NONE: u8 = 59;
 /// Largest clock difference accepted on AYIYA packets, seconds (sixxsd `MAX_CLOCK_OFF`).
 pub const AYIYA_MAX_CLOCK_OFF: u32 = 120;
 
-/// Bytes of the offending packet quoted in a Packet Too Big message generated in XDP: its
-/// IPv6 header and 88 bytes of what follows, enough for the sender's kernel to find the
-/// socket (RFC 4443 asks for "as much as fits"; Katran quotes less). A multiple of 4, as
-/// `bpf_csum_diff` requires.
+/// Bytes of the offending packet quoted in the ICMPv6 errors generated in XDP (Packet Too
+/// Big, Time Exceeded), at most: its IPv6 header and 88 bytes of what follows, enough for
+/// the sender's kernel to find the socket and for traceroute to match its probe (RFC 4443
+/// asks for "as much as fits"; Katran quotes less). A multiple of 4, as `bpf_csum_diff`
+/// requires. Shorter packets are quoted whole.
 pub const PTB_QUOTE_LEN: usize = 128;
 
 /// Tunnel MTU bounds (sixxsd and the SixXS clients accept 1280-1480; 1480 is a 1500-byte
@@ -95,13 +105,27 @@ pub const NEXTHOP_NATIVE_ENTRIES: u32 = 1 << NEXTHOP_NATIVE_BITS;
 /// How long a cached next hop is trusted without the controller confirming it.
 pub const DEFAULT_NEXTHOP_MAX_AGE_MS: u32 = 1_000;
 
+/// ICMP messages the data plane generates (echo replies, Packet Too Big, fragmentation
+/// needed, Time Exceeded, AYIYA echo responses), per second and in a burst, PoP-wide
+/// (RFC 4443 2.4 (f)). Beyond it the packet that would have caused one is dropped
+/// (`icmp_rate_limited`).
+pub const DEFAULT_ICMP_RATE: u32 = 1_000;
+pub const DEFAULT_ICMP_BURST: u32 = 100;
+/// Decapsulated packets handed to the kernel to resolve their next hop (`no_neighbour`),
+/// per second and in a burst, PoP-wide: every one may make the kernel create a neighbour
+/// entry, and a client can address any of the 2^64 hosts of a connected /64. Beyond it
+/// they are dropped (`neighbour_rate_limited`).
+pub const DEFAULT_NEIGHBOUR_RATE: u32 = 100;
+pub const DEFAULT_NEIGHBOUR_BURST: u32 = 50;
+
 /// Length of the frames the benchmark generator sends.
 pub const GEN_FRAME_LEN: usize = 128;
 
 /// Version of the map layouts (keys, values, sizes of `broker_common::maps`). Pins live
 /// under `maps-v<N>`: a build with another layout brings new maps, fills them, and swaps
 /// the program on the pinned links, so an upgrade never reads maps it does not understand.
-pub const MAP_LAYOUT_VERSION: u32 = 3;
+/// 2: the TSP kinds; 3: AYIYA; 4: the rate limits in `Settings`.
+pub const MAP_LAYOUT_VERSION: u32 = 4;
 
 /// Names of the maps in the object file, which are also their pin names.
 pub mod map_names {

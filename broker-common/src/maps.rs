@@ -21,6 +21,10 @@
 //! - `TUNNEL_STATS`: `PerCpuArray<TunnelStats>` indexed by slot.
 //! - `GLOBAL_STATS`: `PerCpuArray<StatPair>` indexed as [`crate::stats`] lays out.
 //!
+//! The program also keeps maps of its own, never pinned (scratch, caches): the SHA-1 in
+//! progress, the AYIYA clock, and the token buckets of [`RateLimit`] (`broker-ebpf`'s
+//! `ratelimit`).
+//!
 //! The upper 64 bits of IPv6 addresses are compared as `u64` read in memory order
 //! (`u64::from_ne_bytes` of the network-order bytes), so nets and masks below are stored in
 //! that form: a bitwise AND and compare need no byte swapping on any host.
@@ -441,6 +445,38 @@ pub struct Settings {
     /// `bpf_ktime_get_tai_ns` plus this. TAI follows clock steps like UTC does, so the
     /// difference only changes with leap seconds; the controller keeps it current.
     pub utc_minus_tai_s: i32,
+    /// Every ICMP message the program generates (echo replies, Packet Too Big,
+    /// fragmentation needed, Time Exceeded, AYIYA echo responses) takes a token of this
+    /// PoP-wide bucket (RFC 4443 2.4 (f)); without one the packet that asked for it is
+    /// dropped (`icmp_rate_limited`).
+    pub icmp: RateLimit,
+    /// Decapsulated packets passed to the kernel to resolve their next hop
+    /// (`no_neighbour`) take a token of this bucket; without one they are dropped
+    /// (`neighbour_rate_limited`), so clients cannot fill the kernel's neighbour table.
+    pub neighbour: RateLimit,
+}
+
+/// A token bucket's parameters (host order). The bucket starts full; `burst` 0 lets
+/// nothing through; `per_s` 0 never refills it (the burst, then nothing until the program
+/// is replaced).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Tokens added per second.
+    pub per_s: u32,
+    /// Most tokens the bucket holds: what may pass at once after a quiet spell.
+    pub burst: u32,
+}
+
+impl RateLimit {
+    pub const ICMP_DEFAULT: Self = Self {
+        per_s: crate::consts::DEFAULT_ICMP_RATE,
+        burst: crate::consts::DEFAULT_ICMP_BURST,
+    };
+    pub const NEIGHBOUR_DEFAULT: Self = Self {
+        per_s: crate::consts::DEFAULT_NEIGHBOUR_RATE,
+        burst: crate::consts::DEFAULT_NEIGHBOUR_BURST,
+    };
 }
 
 impl Settings {
@@ -470,6 +506,8 @@ impl Settings {
         ayiya_port: [0; 2],
         xsk_min_payload: 0,
         utc_minus_tai_s: 0,
+        icmp: RateLimit::ICMP_DEFAULT,
+        neighbour: RateLimit::NEIGHBOUR_DEFAULT,
     };
 
     /// True when `addr` is inside the v4v6 pool.
@@ -544,8 +582,9 @@ mod tests {
         assert_eq!(size_of::<Endpoint6>(), 32);
         assert_eq!(
             size_of::<Settings>(),
-            24 + 16 * MAX_PREFIX_LENS + 16 * MAX_SPACE + 40
+            24 + 16 * MAX_PREFIX_LENS + 16 * MAX_SPACE + 40 + 2 * 8
         );
+        assert_eq!(size_of::<RateLimit>(), 8);
         assert_eq!(size_of::<PrefixKey>(), 16);
         assert_eq!(size_of::<Nexthop>(), 32);
         assert_eq!(size_of::<NexthopNative>(), 48);

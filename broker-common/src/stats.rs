@@ -66,6 +66,9 @@ reasons! {
         /// An AYIYA beat (noop) was verified: the tunnel's client is alive (and may have
         /// moved); nothing to forward.
         Beat = 4 => "beat",
+        /// A packet whose hop limit (TTL) would reach zero was answered with ICMPv6 Time
+        /// Exceeded (ICMPv4 time exceeded for v4v6), through the tunnel or natively.
+        TimeExceeded = 5 => "time_exceeded",
     }
 }
 
@@ -96,7 +99,9 @@ reasons! {
         /// Inner source is outside the tunnel's link /64 and routed prefixes (v4v6: is not
         /// the client's IPv4); link-scoped packets are `link_local` instead.
         SpoofedSource = 10 => "spoofed_source",
-        /// Hop limit (TTL) would reach zero.
+        /// Hop limit (TTL) would reach zero, and no Time Exceeded may answer it: the
+        /// packet is itself an ICMP error, was sent to multicast (or as a link-layer
+        /// multicast), or is a non-initial IPv4 fragment.
         HopLimitExceeded = 11 => "hop_limit_exceeded",
         /// Traffic other than echo requests addressed to the PoP's tunnel address.
         PopAddress = 12 => "pop_address",
@@ -135,6 +140,16 @@ reasons! {
         /// unspecified source, link-local or `ff02::/16` destination): router and
         /// neighbour solicitations, MLD. Never forwarded; not spoofing.
         LinkLocal = 26 => "link_local",
+        /// An ICMP message (echo reply, Packet Too Big, fragmentation needed, Time
+        /// Exceeded) was due, but the PoP-wide ICMP rate limit had no token left.
+        IcmpRateLimited = 27 => "icmp_rate_limited",
+        /// A decapsulated packet whose next hop is not resolved would have been passed to
+        /// the kernel (`no_neighbour`), but the PoP-wide limit on those had no token left.
+        NeighbourRateLimited = 28 => "neighbour_rate_limited",
+        /// An ICMP message was due to an address that may not receive one: multicast,
+        /// unspecified, loopback or link-local (IPv4: 0/8, 127/8, multicast, reserved,
+        /// broadcast); RFC 4443 2.4 (e), RFC 1122 3.2.2.
+        IcmpBadSource = 29 => "icmp_bad_source",
     }
 }
 

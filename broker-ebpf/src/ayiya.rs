@@ -29,7 +29,7 @@ use crate::{
     icmp6,
     maps::{self, NEXTHOP_CLIENT, TUNNELS},
     outcome::{Outcome, Resume, Step, Verdict},
-    ptr, sha1,
+    ptr, ratelimit, sha1,
     stats::{self, Dir},
     tunnel::{self, Way},
     xsk,
@@ -170,7 +170,7 @@ pub fn resume(ctx: &XdpContext, s: &Settings, r: Resume) -> Verdict {
         }
         Step::Tx => {
             sign(ctx, digest)?;
-            Ok(Outcome::Tx)
+            Ok(Outcome::TX)
         }
         Step::Start => Err(DropReason::AdjustFailed),
     }
@@ -212,10 +212,14 @@ fn verified(ctx: &XdpContext, s: &Settings, t: &Tunnel, slot: u32, digest: &[u32
             // A packet from the client without bytes: what liveness watches.
             stats::tunnel(slot, Dir::FromClient, 0);
             stats::event(Event::Beat, t.kind, 0);
-            Ok(Outcome::Consumed)
+            Ok(Outcome::CONSUMED)
         }
         AYIYA_OP_ECHO_REQUEST => {
             roam(slot, t, src, sport);
+            // Not ICMP, but generated on a stranger's behalf all the same.
+            if !ratelimit::icmp(s) {
+                return Err(tunnel::drop(slot, inner_len, DropReason::IcmpRateLimited));
+            }
             echo_response(ctx, s, t, slot, payload, next_header)
         }
         _ => Err(tunnel::drop(slot, inner_len, DropReason::AyiyaOpcode)),

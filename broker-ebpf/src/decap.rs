@@ -148,8 +148,8 @@ pub(crate) fn check_outer_ipv4(ctx: &XdpContext, ip: &Ipv4Hdr) -> Result<(), Dro
 }
 
 /// The inner IPv6 packet `outer` bytes after the Ethernet header, of `inner_len` bytes,
-/// from tunnel `t`: check it, answer echo to the PoP, or strip the outer headers and
-/// forward.
+/// from tunnel `t`: check it, answer echo to the PoP or a hop limit that runs out here,
+/// or strip the outer headers and forward.
 #[inline(always)]
 pub(crate) fn inner_ipv6(
     ctx: &XdpContext,
@@ -176,7 +176,7 @@ pub(crate) fn inner_ipv6(
         return icmp6::echo_reply_in_tunnel(ctx, s, t, slot, outer, inner_len);
     }
     if inner.hop_limit <= 1 {
-        return Err(tunnel::drop(slot, inner_len, DropReason::HopLimitExceeded));
+        return icmp6::time_exceeded_in_tunnel(ctx, s, t, slot, outer, inner_len);
     }
 
     stats::tunnel(slot, Dir::FromClient, inner_len as u64);

@@ -16,7 +16,7 @@ use crate::{
     ayiya, forward, head,
     headers::{Ipv4Hdr, Ipv6Hdr, UdpHdr},
     icmp6,
-    outcome::{Resume, Step, Verdict},
+    outcome::{Outcome, Resume, Step, Verdict},
     ptr,
     stats::{self, Dir},
     tunnel::{self, Way},
@@ -44,7 +44,7 @@ pub fn into_tunnel(ctx: &XdpContext, s: &Settings, slot: u32, origin: Origin) ->
     }
     if ipr.dst == t.pop_v6 {
         return match origin {
-            Origin::Native => icmp6::echo_reply_native(ctx, t, len),
+            Origin::Native => icmp6::echo_reply_native(ctx, s, t, len),
             Origin::Tunnel => Err(DropReason::PopAddress),
         };
     }
@@ -62,11 +62,16 @@ pub fn into_tunnel(ctx: &XdpContext, s: &Settings, slot: u32, origin: Origin) ->
         return Err(tunnel::drop(slot, len, DropReason::NoEndpoint));
     }
     if ipr.hop_limit <= 1 {
-        return Err(tunnel::drop(slot, len, DropReason::HopLimitExceeded));
+        // From another tunnel the hop limit was checked before decapsulation: only native
+        // packets get here.
+        return match origin {
+            Origin::Native => icmp6::time_exceeded_native(ctx, s, t, slot, len),
+            Origin::Tunnel => Err(tunnel::drop(slot, len, DropReason::HopLimitExceeded)),
+        };
     }
     if len > t.mtu as usize {
         return match origin {
-            Origin::Native => icmp6::packet_too_big(ctx, t, slot, len),
+            Origin::Native => icmp6::packet_too_big(ctx, s, t, slot, len),
             Origin::Tunnel => Err(tunnel::drop(slot, len, DropReason::TooBigHairpin)),
         };
     }
@@ -103,6 +108,31 @@ pub fn into_tunnel(ctx: &XdpContext, s: &Settings, slot: u32, origin: Origin) ->
         return ayiya::seal(ctx, s, t, payload, AYIYA_OP_FORWARD, IPPROTO_IPV6, then);
     }
     forward::to_client(ctx, s, t, slot, outer, len + outer, tos)
+}
+
+/// Encapsulates the IPv6 packet of `len` bytes at the start of the frame, a message the
+/// PoP generated for tunnel `t`'s client, into `outer` bytes of the tunnel's headers, to
+/// go back out of the interface its cause came in on (`XDP_TX`; the caller set the MACs).
+/// AYIYA packets are signed first.
+#[inline(always)]
+pub fn wrap_reply(
+    ctx: &XdpContext,
+    s: &Settings,
+    t: &Tunnel,
+    slot: u32,
+    outer: usize,
+    len: usize,
+) -> Verdict {
+    push_ipv4(ctx, t, outer, len, 0)?;
+    if outer > IPV4_HDR_LEN {
+        push_udp(ctx, t, outer - IPV4_HDR_LEN + len)?;
+    }
+    if ayiya::is_ayiya(t) {
+        let then = Resume::at(Step::Tx, slot);
+        let payload = len + AYIYA_HDR_LEN;
+        return ayiya::seal(ctx, s, t, payload, AYIYA_OP_FORWARD, IPPROTO_IPV6, then);
+    }
+    Ok(Outcome::TX)
 }
 
 /// Prepends `outer` bytes and fills in the IPv4 header (RFC 4213 section 3.5): protocol

@@ -12,6 +12,8 @@
 //! Rules when there is no usable next hop (documented in docs/ARCHITECTURE.md):
 //! - no neighbour yet, egress MTU too small, local or not forwarded: `XDP_PASS` of the
 //!   rewritten packet, which the kernel can route (it decrements the hop limit itself);
+//!   decapsulated packets without a neighbour only within their rate limit
+//!   (`ratelimit`), else dropped (`neighbour_rate_limited`);
 //! - blackhole, unreachable, prohibit: drop (`no_route`).
 use aya_ebpf::{
     bindings::{
@@ -36,7 +38,7 @@ use crate::{
     headers::{EthHdr, Ipv4Hdr, Ipv6Hdr},
     maps::{self, NEXTHOP_CLIENT, NEXTHOP_NATIVE},
     outcome::{Outcome, Verdict},
-    ptr, v4v6,
+    ptr, ratelimit, v4v6,
 };
 
 const AF_INET: u8 = 2;
@@ -57,7 +59,7 @@ pub fn native6(ctx: &XdpContext, s: &Settings, len: usize) -> Verdict {
 
     let nh = match native_hop6(ctx, s, ipr, len) {
         Ok(hop) => hop,
-        Err(outcome) => return Ok(outcome),
+        Err(outcome) => return from_tunnel_unforwarded(s, outcome),
     };
     // SAFETY: the hop limit was checked to be > 1 before decapsulation.
     unsafe { (*ip).hop_limit -= 1 };
@@ -149,13 +151,28 @@ pub fn native4(ctx: &XdpContext, s: &Settings, len: usize) -> Verdict {
                     }
                     hop
                 }
-                Err(outcome) => return Ok(outcome),
+                Err(outcome) => return from_tunnel_unforwarded(s, outcome),
             }
         }
     };
     // SAFETY: the TTL was checked to be > 1 before decapsulation.
     unsafe { decrement_ttl(&mut *ip) };
     redirect(ctx, &nh)
+}
+
+/// What becomes of a decapsulated packet without a next hop: `outcome`, except that passes
+/// for neighbour resolution (`no_neighbour`) take a token of their rate limit. A client can
+/// address any host of a connected /64, and every such pass may leave an entry in the
+/// kernel's neighbour table: beyond the limit they are dropped (`neighbour_rate_limited`).
+/// Only this path touches the bucket, never a forwarded packet.
+#[inline(always)]
+fn from_tunnel_unforwarded(s: &Settings, outcome: Outcome) -> Verdict {
+    match outcome {
+        Outcome::Pass(PassReason::NoNeighbour) if !ratelimit::neighbour(s) => {
+            Err(DropReason::NeighbourRateLimited)
+        }
+        other => Ok(other),
+    }
 }
 
 /// A router's TTL decrement, with the header checksum updated incrementally (RFC 1624).

@@ -37,10 +37,17 @@ pub fn shift(ctx: &XdpContext, n: i32, ethertype: u16) -> Result<(), DropReason>
 }
 
 /// Makes room for `grow` bytes of new headers in front of the packet after the Ethernet
-/// header (which is not copied: the caller writes a new one) and cuts the frame to `len`
-/// bytes in all: an ICMP error quoting the start of the packet it answers.
+/// header (which is not copied: the caller writes a new one), cuts the frame to `len` bytes
+/// in all, then appends `pad` zero bytes: an ICMP error quoting the start of the packet it
+/// answers, padded to a fixed size so its checksum is one fixed-size `bpf_csum_diff`
+/// (zeros add nothing to it). [`unpad`] removes the padding.
 #[inline(always)]
-pub fn grow_and_cut(ctx: &XdpContext, grow: usize, len: usize) -> Result<(), DropReason> {
+pub fn grow_and_cut(
+    ctx: &XdpContext,
+    grow: usize,
+    len: usize,
+    pad: usize,
+) -> Result<(), DropReason> {
     // SAFETY: helper calls on our own context.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(grow as i32)) } != 0 {
         return Err(DropReason::AdjustFailed);
@@ -49,8 +56,28 @@ pub fn grow_and_cut(ctx: &XdpContext, grow: usize, len: usize) -> Result<(), Dro
     if have < len {
         return Err(DropReason::AdjustFailed);
     }
+    // Two steps when padding: a frame may go on past the packet (Ethernet padding), and
+    // only bytes a tail grows by are zeroed (by the kernel, which never exposes old memory).
+    tail(ctx, len as i32 - have as i32)?;
+    if pad > 0 {
+        tail(ctx, pad as i32)?;
+    }
+    Ok(())
+}
+
+/// Removes the `pad` bytes [`grow_and_cut`] appended.
+#[inline(always)]
+pub fn unpad(ctx: &XdpContext, pad: usize) -> Result<(), DropReason> {
+    if pad > 0 {
+        tail(ctx, -(pad as i32))?;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn tail(ctx: &XdpContext, delta: i32) -> Result<(), DropReason> {
     // SAFETY: helper call on our own context.
-    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, len as i32 - have as i32) } != 0 {
+    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
         return Err(DropReason::AdjustFailed);
     }
     Ok(())

@@ -12,10 +12,15 @@
 //! - [`v4v6`] — IPv4 in IPv6, both directions;
 //! - [`ayiya`] — AYIYA (SixXS): verify and decapsulate, sign, answer echo and beats;
 //! - [`sha1`] — SHA-1 over part of the frame, for AYIYA's signatures;
-//! - [`icmp6`], [`icmp4`] — echo replies and Packet Too Big (fragmentation needed),
-//!   generated in XDP;
+//! - [`icmp6`], [`icmp4`] — echo replies, Packet Too Big (fragmentation needed) and Time
+//!   Exceeded, generated in XDP;
+//! - [`ratelimit`] — the token buckets every generated ICMP message and every
+//!   `no_neighbour` pass of a decapsulated packet go through;
 //! - [`forward`] — `bpf_fib_lookup` and redirect, or hand over to the kernel.
 #![no_std]
+// The BPF target has no `AtomicU64::compare_exchange` (see `ratelimit`).
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 pub mod ayiya;
 pub mod decap;
@@ -29,6 +34,7 @@ pub mod ingress;
 pub mod maps;
 pub mod outcome;
 pub mod ptr;
+pub mod ratelimit;
 pub mod sha1;
 pub mod stats;
 pub mod tunnel;

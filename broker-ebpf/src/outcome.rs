@@ -13,15 +13,25 @@ pub enum Outcome {
     Pass(PassReason),
     /// Dropped (also returned as `Err` through `?`).
     Drop(DropReason),
-    /// Sent back out of the interface it came in on (echo reply, Packet Too Big).
-    Tx,
+    /// Sent back out of the interface it came in on (echo reply, ICMP error). Use
+    /// [`Outcome::TX`]: the value is always 0 (see below).
+    Tx(u32),
     /// The return value of `bpf_redirect` (`XDP_REDIRECT`, or `XDP_ABORTED` on failure).
     Redirect(u32),
     /// Handled completely, nothing to send (an AYIYA beat): dropped, counted as an event
-    /// where it was handled rather than under a drop reason.
-    Consumed,
+    /// where it was handled rather than under a drop reason. Use [`Outcome::CONSUMED`].
+    Consumed(u32),
     /// Run the SHA-1 `sha1::prepare` set up, then resume here.
     Hash(Resume),
+}
+
+impl Outcome {
+    /// Every variant carries a value, these two a constant 0, so that a verdict is defined
+    /// in full on every path: where paths join, LLVM may otherwise read an undefined
+    /// payload from a register never written, and the verifier refuses the whole program
+    /// (`R5 !read_ok`).
+    pub const TX: Self = Self::Tx(0);
+    pub const CONSUMED: Self = Self::Consumed(0);
 }
 
 /// Handlers return `Err(reason)` for drops so that `?` works on bounds checks.
@@ -77,9 +87,9 @@ impl Packed {
         let (tag, step, value) = match v {
             Ok(Outcome::Pass(r)) => (PASS, 0, r.slot()),
             Ok(Outcome::Drop(r)) | Err(r) => (DROP, 0, r.slot()),
-            Ok(Outcome::Tx) => (TX, 0, 0),
+            Ok(Outcome::Tx(_)) => (TX, 0, 0),
             Ok(Outcome::Redirect(a)) => (REDIRECT, 0, a),
-            Ok(Outcome::Consumed) => (CONSUMED, 0, 0),
+            Ok(Outcome::Consumed(_)) => (CONSUMED, 0, 0),
             Ok(Outcome::Hash(r)) => (HASH, r.step as u64, r.slot),
         };
         Self(tag | step << 8 | (value as u64) << 32)

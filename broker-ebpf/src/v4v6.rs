@@ -54,10 +54,10 @@ pub fn decap(ctx: &XdpContext, s: &Settings) -> Verdict {
         return Err(tunnel::drop(slot, inner_len, DropReason::SpoofedSource));
     }
     if ip.dst == s.v4_gateway {
-        return icmp4::echo_reply_in_tunnel(ctx, t, slot, inner_len);
+        return icmp4::echo_reply_in_tunnel(ctx, s, t, slot, inner_len);
     }
     if ip.ttl <= 1 {
-        return Err(tunnel::drop(slot, inner_len, DropReason::HopLimitExceeded));
+        return icmp4::time_exceeded_in_tunnel(ctx, s, t, slot, inner_len);
     }
 
     stats::tunnel(slot, Dir::FromClient, inner_len as u64);
@@ -82,7 +82,11 @@ pub fn encap(ctx: &XdpContext, s: &Settings, slot: u32, origin: Origin) -> Verdi
     }
     tunnel::check_usable(t, slot, TunnelKind::V4In6, Way::ToClient, len)?;
     if ipr.ttl <= 1 {
-        return Err(tunnel::drop(slot, len, DropReason::HopLimitExceeded));
+        // From another tunnel the TTL was checked before decapsulation.
+        return match origin {
+            Origin::Native => icmp4::time_exceeded_native(ctx, s, t, slot, len),
+            Origin::Tunnel => Err(tunnel::drop(slot, len, DropReason::HopLimitExceeded)),
+        };
     }
     if len > t.mtu as usize {
         return match (origin, ipr.dont_fragment()) {
@@ -103,7 +107,12 @@ pub fn encap(ctx: &XdpContext, s: &Settings, slot: u32, origin: Origin) -> Verdi
 /// Prepends the outer IPv6 header (RFC 2473): next header 4, hop limit 64, the inner TOS
 /// as traffic class, from the PoP's IPv6 to the client's.
 #[inline(always)]
-fn push_ipv6(ctx: &XdpContext, t: &Tunnel, inner_len: usize, tos: u8) -> Result<(), DropReason> {
+pub fn push_ipv6(
+    ctx: &XdpContext,
+    t: &Tunnel,
+    inner_len: usize,
+    tos: u8,
+) -> Result<(), DropReason> {
     head::shift(ctx, -(IPV6_HDR_LEN as i32), ETH_P_IPV6_BE)?;
     let outer = ptr::at::<Ipv6Hdr>(ctx, ETH_HDR_LEN).ok_or(DropReason::AdjustFailed)?;
     // SAFETY: bounds checked after the adjustment.

@@ -7,7 +7,10 @@ mod support;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 
 use broker_common::stats::{DropReason, Event};
-use broker_userspace::model::{State, TunnelSpec};
+use broker_userspace::{
+    dataplane,
+    model::{State, TunnelSpec},
+};
 use etherparse::{EtherType, IpNumber, Ipv4Header, UdpHeader};
 use sha1::{Digest, Sha1};
 use support::*;
@@ -33,7 +36,10 @@ fn ayiya_spec(id: u32, state: State, endpoint: Option<(Ipv4Addr, u16)>) -> Tunne
 }
 
 fn fixture() -> Fixture {
-    let mut fx = Fixture::new();
+    with_ayiya_tunnels(Fixture::new())
+}
+
+fn with_ayiya_tunnels(mut fx: Fixture) -> Fixture {
     fx.dp
         .upsert(&ayiya_spec(8, State::Up, Some(CLIENT)))
         .unwrap();
@@ -486,5 +492,103 @@ fn every_truncation_is_counted() {
         assert_every_truncation_counted(fx, "AYIYA", &forward(&inner), fx.eth4);
         let beat = ayiya(link_addr(8, 2), now(), NOOP, NH_NONE, &[], &key());
         assert_every_truncation_counted(fx, "AYIYA beat", &from(CLIENT, &beat), fx.eth4);
+    });
+}
+
+#[test]
+fn hop_limit_running_out_gets_time_exceeded_signed_through_the_tunnel() {
+    with_fixture(|fx| {
+        for size in [80, 700] {
+            let mut probe = Vec::new();
+            etherparse::PacketBuilder::ipv6(link_addr(8, 2).octets(), INET_HOST.octets(), 1)
+                .udp(40001, 33434)
+                .write(&mut probe, &vec![0x40; size - 48])
+                .unwrap();
+            let te = time_exceeded6(link_addr(8, 1), link_addr(8, 2), &probe);
+            let before = fx.snapshot();
+            let out = check(
+                fx,
+                "hop limit 1 over AYIYA",
+                &forward(&probe),
+                fx.eth4,
+                XDP_TX,
+                Reason::Did(Event::TimeExceeded),
+                None,
+            );
+            // A forward packet from the PoP's identity, signed with the tunnel's key.
+            assert_sent(
+                &out,
+                CLIENT,
+                FORWARD,
+                NH_IPV6,
+                &te,
+                "Time Exceeded over AYIYA",
+            );
+            assert_icmp6_checksum(&out[14 + 28 + 44..], "Time Exceeded over AYIYA");
+            assert_eq!(before.tunnel_delta(&fx.snapshot(), 8).drop_packets, 1);
+        }
+    });
+}
+
+/// The AYIYA fixture with the ICMP rate limit at two messages, never refilled.
+fn two_icmp() -> Fixture {
+    with_ayiya_tunnels(Fixture::with_options(dataplane::Options {
+        icmp_limit: only(2),
+        ..dataplane::Options::new("test")
+    }))
+}
+
+#[test]
+fn echo_responses_share_the_icmp_rate_limit() {
+    on_thread(two_icmp, |fx| {
+        let echo = || {
+            from(
+                CLIENT,
+                &ayiya(
+                    link_addr(8, 2),
+                    now(),
+                    ECHO_REQUEST,
+                    NH_NONE,
+                    b"there?",
+                    &key(),
+                ),
+            )
+        };
+        let ping = forward(&echo6(link_addr(8, 2), link_addr(8, 1), 64, false, b"ping"));
+        check(
+            fx,
+            "AYIYA echo request",
+            &echo(),
+            fx.eth4,
+            XDP_TX,
+            Reason::Did(Event::EchoReply),
+            None,
+        );
+        check(
+            fx,
+            "ping to ::1 over AYIYA",
+            &ping,
+            fx.eth4,
+            XDP_TX,
+            Reason::Did(Event::EchoReply),
+            None,
+        );
+        for (what, frame) in [("third: AYIYA echo request", echo()), ("third: ping", ping)] {
+            let before = fx.snapshot();
+            check(
+                fx,
+                what,
+                &frame,
+                fx.eth4,
+                XDP_DROP,
+                Reason::Drop(DropReason::IcmpRateLimited),
+                None,
+            );
+            assert_eq!(
+                before.tunnel_delta(&fx.snapshot(), 8).drop_packets,
+                1,
+                "{what}"
+            );
+        }
     });
 }

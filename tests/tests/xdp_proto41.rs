@@ -6,7 +6,11 @@
 //! answers deterministically.
 mod support;
 
-use broker_common::stats::{DropReason, Event, PassReason};
+use broker_common::{
+    maps::RateLimit,
+    stats::{DropReason, Event, PassReason},
+};
+use broker_userspace::dataplane;
 use etherparse::{EtherType, Icmpv6Type, PacketBuilder};
 use support::*;
 
@@ -395,15 +399,15 @@ fn every_drop_reason_is_counted() {
                 Some(4),
             ),
             (
-                "hop limit 1 from client",
-                from_client(client_v4(1), &udp6(link_addr(1, 2), INET_HOST, 1, b"x")),
+                "hop limit 1 from client, an ICMPv6 error",
+                from_client(client_v4(1), &unreachable6(link_addr(1, 2), INET_HOST, 1)),
                 fx.eth4,
                 DropReason::HopLimitExceeded,
                 Some(1),
             ),
             (
-                "hop limit 1 to client",
-                from_internet(&udp6(INET_HOST, link_addr(1, 2), 1, b"x")),
+                "hop limit 1 to client, an ICMPv6 error",
+                from_internet(&unreachable6(INET_HOST, link_addr(1, 2), 1)),
                 fx.eth6,
                 DropReason::HopLimitExceeded,
                 Some(1),
@@ -654,6 +658,16 @@ fn every_truncation_gets_a_counted_verdict() {
                 ),
                 fx.eth4,
             ),
+            (
+                "hop limit 1 from the client",
+                from_client(client_v4(1), &probe6(link_addr(1, 2), INET_HOST, 1, 60)),
+                fx.eth4,
+            ),
+            (
+                "hop limit 1 towards the client",
+                from_internet(&probe6(INET_HOST, link_addr(1, 2), 1, 60)),
+                fx.eth6,
+            ),
         ];
         for (what, frame, ingress) in valid {
             assert_every_truncation_counted(fx, what, &frame, ingress);
@@ -774,6 +788,420 @@ fn egress_mtu_and_disabled_forwarding_go_to_the_kernel() {
             fx.eth6,
             XDP_PASS,
             Reason::Pass(PassReason::FibError),
+            None,
+        );
+    });
+}
+
+/// An ICMPv6 destination unreachable (an error) quoting a few bytes.
+fn unreachable6(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, hop: u8) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ipv6(src.octets(), dst.octets(), hop)
+        .icmpv6(Icmpv6Type::DestinationUnreachable(
+            etherparse::icmpv6::DestUnreachableCode::Address,
+        ))
+        .write(&mut v, &[0x60; 48])
+        .unwrap();
+    v
+}
+
+/// A traceroute probe as Linux `traceroute -6` sends it: UDP to port 33434 and up, 32 bytes
+/// of payload, the hop limit counting up from 1.
+fn probe6(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, hop: u8, size: usize) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ipv6(src.octets(), dst.octets(), hop)
+        .udp(40001, 33434 + u16::from(hop))
+        .write(&mut v, &vec![0x40; size - 48])
+        .unwrap();
+    v
+}
+
+#[test]
+fn hop_limit_running_out_from_a_client_gets_time_exceeded_through_the_tunnel() {
+    with_fixture(|fx| {
+        // Short probes are quoted whole; long packets to 128 bytes.
+        for (hop, size) in [(1, 80), (0, 81), (1, 49), (1, 1400)] {
+            let what = format!("hop limit {hop}, {size} bytes, from the client");
+            let probe = probe6(link_addr(1, 2), INET_HOST, hop, size);
+            let te = time_exceeded6(link_addr(1, 1), link_addr(1, 2), &probe);
+            // Encapsulated as the PoP encapsulates everything: DF, TTL 64, id 0.
+            let mut want = outer_v4(POP_V4, client_v4(1), 0, te.len())
+                .to_bytes()
+                .to_vec();
+            want.extend_from_slice(&te);
+            let want = ether(POP4_MAC, ISP_MAC, EtherType::IPV4, &want);
+            let before = fx.snapshot();
+            let out = check(
+                fx,
+                &what,
+                &from_client(client_v4(1), &probe),
+                fx.eth4,
+                XDP_TX,
+                Reason::Did(Event::TimeExceeded),
+                Some(&want),
+            );
+            let (ip, inner) = etherparse::Ipv4Header::from_slice(&out[14..]).unwrap();
+            assert_eq!(ip.header_checksum, ip.calc_header_checksum(), "{what}");
+            assert_eq!(
+                assert_icmp6_checksum(inner, &what),
+                Icmpv6Type::TimeExceeded(etherparse::icmpv6::TimeExceededCode::HopLimitExceeded)
+            );
+            let t = before.tunnel_delta(&fx.snapshot(), 1);
+            assert_eq!(
+                (t.drop_packets, t.from_client_packets, t.to_client_packets),
+                (1, 0, 0),
+                "{what}"
+            );
+        }
+        // An echo request is no error: pinging with hop limit 1 shows the PoP too.
+        let ping = echo6(routed_addr(1, 5), INET_HOST, 1, false, b"ttl 1");
+        let te = time_exceeded6(link_addr(1, 1), routed_addr(1, 5), &ping);
+        let mut want = outer_v4(POP_V4, client_v4(1), 0, te.len())
+            .to_bytes()
+            .to_vec();
+        want.extend_from_slice(&te);
+        check(
+            fx,
+            "ping with hop limit 1 from the routed /48",
+            &from_client(client_v4(1), &ping),
+            fx.eth4,
+            XDP_TX,
+            Reason::Did(Event::TimeExceeded),
+            Some(&ether(POP4_MAC, ISP_MAC, EtherType::IPV4, &want)),
+        );
+    });
+}
+
+#[test]
+fn hop_limit_running_out_towards_a_tunnel_gets_time_exceeded_natively() {
+    with_fixture(|fx| {
+        for (hop, size) in [(1, 80), (0, 63), (1, 1280)] {
+            let what = format!("hop limit {hop}, {size} bytes, towards tunnel 2");
+            let probe = probe6(INET_HOST, routed_addr(2, 9), hop, size);
+            // From the tunnel's ::1, back out of eth6 to the MAC it came from.
+            let te = time_exceeded6(link_addr(2, 1), INET_HOST, &probe);
+            let want = ether(POP6_MAC, INET_MAC, EtherType::IPV6, &te);
+            let before = fx.snapshot();
+            let out = check(
+                fx,
+                &what,
+                &from_internet(&probe),
+                fx.eth6,
+                XDP_TX,
+                Reason::Did(Event::TimeExceeded),
+                Some(&want),
+            );
+            assert_icmp6_checksum(&out[14..], &what);
+            let t = before.tunnel_delta(&fx.snapshot(), 2);
+            assert_eq!((t.drop_packets, t.to_client_packets), (1, 0), "{what}");
+        }
+    });
+}
+
+#[test]
+fn no_time_exceeded_for_an_icmp_error_or_multicast() {
+    with_fixture(|fx| {
+        let unicast = from_internet(&probe6(INET_HOST, link_addr(1, 2), 1, 80));
+        let mut link_multicast = unicast.clone();
+        link_multicast[..6].copy_from_slice(&[0x33, 0x33, 0, 0, 0, 1]);
+        // What differs from the cases below: an ICMPv6 message that is no error, a
+        // unicast frame. Those are answered.
+        let ping = echo6(INET_HOST, link_addr(1, 2), 1, false, b"ttl 1");
+        for (what, frame) in [("ping", from_internet(&ping)), ("unicast frame", unicast)] {
+            check(
+                fx,
+                what,
+                &frame,
+                fx.eth6,
+                XDP_TX,
+                Reason::Did(Event::TimeExceeded),
+                None,
+            );
+        }
+        let cases = [
+            (
+                "an ICMPv6 error from the client",
+                from_client(client_v4(1), &unreachable6(link_addr(1, 2), INET_HOST, 1)),
+                fx.eth4,
+            ),
+            (
+                "an ICMPv6 error towards the tunnel",
+                from_internet(&unreachable6(INET_HOST, link_addr(1, 2), 0)),
+                fx.eth6,
+            ),
+            (
+                "a Packet Too Big towards the tunnel",
+                from_internet(&{
+                    let mut v = Vec::new();
+                    PacketBuilder::ipv6(INET_HOST.octets(), link_addr(1, 2).octets(), 1)
+                        .icmpv6(Icmpv6Type::PacketTooBig { mtu: 1280 })
+                        .write(&mut v, &[0x60; 64])
+                        .unwrap();
+                    v
+                }),
+                fx.eth6,
+            ),
+            (
+                "from the client to global multicast",
+                from_client(
+                    client_v4(1),
+                    &probe6(link_addr(1, 2), "ff0e::1".parse().unwrap(), 1, 80),
+                ),
+                fx.eth4,
+            ),
+            (
+                "as a link-layer multicast towards the tunnel",
+                link_multicast,
+                fx.eth6,
+            ),
+        ];
+        for (what, frame, ingress) in cases {
+            let before = fx.snapshot();
+            check(
+                fx,
+                what,
+                &frame,
+                ingress,
+                XDP_DROP,
+                Reason::Drop(DropReason::HopLimitExceeded),
+                None,
+            );
+            assert_eq!(
+                before.tunnel_delta(&fx.snapshot(), 1).drop_packets,
+                1,
+                "{what}"
+            );
+        }
+    });
+}
+
+#[test]
+fn no_icmp_goes_to_multicast_unspecified_loopback_or_link_local() {
+    with_fixture(|fx| {
+        for src in ["ff02::1", "ff0e::1", "::", "::1", "fe80::1"] {
+            let src: std::net::Ipv6Addr = src.parse().unwrap();
+            let cases = [
+                (
+                    "echo request to a tunnel's ::1",
+                    echo6(src, link_addr(1, 1), 64, false, b"ping"),
+                ),
+                (
+                    "over the tunnel MTU",
+                    udp6(src, link_addr(2, 2), 64, &[1; 1300 - 48]),
+                ),
+                ("hop limit 1", probe6(src, link_addr(1, 2), 1, 80)),
+            ];
+            for (what, p) in cases {
+                let what = format!("{what} from {src}");
+                check(
+                    fx,
+                    &what,
+                    &from_internet(&p),
+                    fx.eth6,
+                    XDP_DROP,
+                    Reason::Drop(DropReason::IcmpBadSource),
+                    None,
+                );
+            }
+        }
+    });
+}
+
+/// The fixture with the ICMP rate limit at three messages, never refilled.
+fn three_icmp() -> Fixture {
+    Fixture::with_options(dataplane::Options {
+        icmp_limit: only(3),
+        ..dataplane::Options::new("test")
+    })
+}
+
+#[test]
+fn icmp_beyond_the_rate_limit_is_not_sent_and_its_cause_counted() {
+    on_thread(three_icmp, |fx| {
+        let too_big = from_internet(&udp6(INET_HOST, link_addr(2, 2), 64, &[1; 1300 - 48]));
+        let echo = from_internet(&echo6(INET_HOST, link_addr(1, 1), 64, false, b"ping"));
+        let expiring = from_client(client_v4(1), &probe6(link_addr(1, 2), INET_HOST, 1, 80));
+        let echo_in_tunnel = from_client(
+            client_v4(1),
+            &echo6(link_addr(1, 2), link_addr(1, 1), 64, false, b"keepalive"),
+        );
+        // One bucket for every kind of message: three of them go out...
+        for (what, frame, ingress, event) in [
+            ("Packet Too Big", &too_big, fx.eth6, Event::PacketTooBig),
+            ("echo reply", &echo, fx.eth6, Event::EchoReply),
+            ("Time Exceeded", &expiring, fx.eth4, Event::TimeExceeded),
+        ] {
+            check(fx, what, frame, ingress, XDP_TX, Reason::Did(event), None);
+        }
+        // ...and then none: the packet that asked is dropped and counted.
+        for (what, frame, ingress, tunnel) in [
+            ("fourth: Packet Too Big", &too_big, fx.eth6, Some(2)),
+            ("fourth: echo reply", &echo, fx.eth6, None),
+            ("fourth: Time Exceeded", &expiring, fx.eth4, Some(1)),
+            (
+                "fourth: echo reply in the tunnel",
+                &echo_in_tunnel,
+                fx.eth4,
+                Some(1),
+            ),
+        ] {
+            let before = fx.snapshot();
+            check(
+                fx,
+                what,
+                frame,
+                ingress,
+                XDP_DROP,
+                Reason::Drop(DropReason::IcmpRateLimited),
+                None,
+            );
+            let after = fx.snapshot();
+            let d = after.global.since(&before.global);
+            for e in [Event::PacketTooBig, Event::EchoReply, Event::TimeExceeded] {
+                assert_eq!(d.event(e).packets, 0, "{what}: {} counted", e.as_str());
+            }
+            if let Some(id) = tunnel {
+                assert_eq!(before.tunnel_delta(&after, id).drop_packets, 1, "{what}");
+            }
+        }
+        // A dropped packet is left as it was, so the kernel may run it again and again.
+        let before = fx.snapshot();
+        let out = fx.dp.test_run(&echo, fx.eth6, 50).unwrap();
+        assert_eq!(out.action, XDP_DROP);
+        let d = fx.snapshot().global.since(&before.global);
+        assert_eq!(d.dropped(DropReason::IcmpRateLimited).packets, 50);
+        assert_eq!(d.event(Event::EchoReply).packets, 0);
+        // Forwarding does not need tokens.
+        check(
+            fx,
+            "forwarded meanwhile",
+            &from_client(client_v4(1), &udp6(link_addr(1, 2), INET_HOST, 64, b"x")),
+            fx.eth4,
+            XDP_REDIRECT,
+            Reason::Did(Event::Decap),
+            None,
+        );
+    });
+}
+
+#[test]
+fn the_controller_sets_the_rate_limits() {
+    // Its own thread: setting the limits needs the data plane mutably.
+    std::thread::spawn(|| {
+        let mut fx = Fixture::new();
+        fx.dp
+            .set_rate_limits(only(2), RateLimit::NEIGHBOUR_DEFAULT)
+            .unwrap();
+        let echo = from_internet(&echo6(INET_HOST, link_addr(1, 1), 64, false, b"ping"));
+        for what in ["first", "second"] {
+            check(
+                &fx,
+                what,
+                &echo,
+                fx.eth6,
+                XDP_TX,
+                Reason::Did(Event::EchoReply),
+                None,
+            );
+        }
+        check(
+            &fx,
+            "third, over burst 2",
+            &echo,
+            fx.eth6,
+            XDP_DROP,
+            Reason::Drop(DropReason::IcmpRateLimited),
+            None,
+        );
+        // Burst 0: nothing at all, whatever the bucket holds.
+        fx.dp
+            .set_rate_limits(
+                RateLimit {
+                    per_s: 1_000_000,
+                    burst: 0,
+                },
+                RateLimit::NEIGHBOUR_DEFAULT,
+            )
+            .unwrap();
+        check(
+            &fx,
+            "burst 0",
+            &echo,
+            fx.eth6,
+            XDP_DROP,
+            Reason::Drop(DropReason::IcmpRateLimited),
+            None,
+        );
+    })
+    .join()
+    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+}
+
+/// The fixture with at most three decapsulated packets passed for neighbour resolution.
+fn three_neighbours() -> Fixture {
+    Fixture::with_options(dataplane::Options {
+        neighbour_limit: only(3),
+        ..dataplane::Options::new("test")
+    })
+}
+
+#[test]
+fn neighbour_resolution_for_decapsulated_packets_is_rate_limited() {
+    on_thread(three_neighbours, |fx| {
+        // Resolved next hops never take a token.
+        for _ in 0..10 {
+            check(
+                fx,
+                "to a known neighbour",
+                &from_client(client_v4(1), &udp6(link_addr(1, 2), INET_HOST, 64, b"x")),
+                fx.eth4,
+                XDP_REDIRECT,
+                Reason::Did(Event::Decap),
+                None,
+            );
+        }
+        // Random hosts of the PoP's connected /64, as a client scanning it sends: the first
+        // three go to the kernel, which resolves them (as before)...
+        let scan = |host: u16| {
+            let dst = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0x1234, 0, host, 3);
+            from_client(client_v4(1), &udp6(link_addr(1, 2), dst, 64, b"scan"))
+        };
+        for host in 1..=3 {
+            let frame = scan(host);
+            let inner = &frame[34..];
+            check(
+                fx,
+                &format!("host {host}"),
+                &frame,
+                fx.eth4,
+                XDP_PASS,
+                Reason::Pass(PassReason::NoNeighbour),
+                Some(&ether(ISP_MAC, POP4_MAC, EtherType::IPV6, inner)),
+            );
+        }
+        // ...the rest are dropped and counted, as decapsulated packets of the tunnel.
+        for host in 4..=6 {
+            let before = fx.snapshot();
+            check(
+                fx,
+                &format!("host {host}"),
+                &scan(host),
+                fx.eth4,
+                XDP_DROP,
+                Reason::Drop(DropReason::NeighbourRateLimited),
+                None,
+            );
+            let t = before.tunnel_delta(&fx.snapshot(), 1);
+            assert_eq!((t.from_client_packets, t.drop_packets), (1, 0));
+        }
+        // The ICMP bucket is another one.
+        check(
+            fx,
+            "echo meanwhile",
+            &from_internet(&echo6(INET_HOST, link_addr(1, 1), 64, false, b"ping")),
+            fx.eth6,
+            XDP_TX,
+            Reason::Did(Event::EchoReply),
             None,
         );
     });

@@ -6,6 +6,7 @@ mod support;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use broker_common::stats::{DropReason, Event, PassReason};
+use broker_userspace::dataplane;
 use etherparse::{
     icmpv4::DestUnreachableHeader, EtherType, IcmpEchoHeader, Icmpv4Header, Icmpv4Type, IpNumber,
     Ipv4Header, Ipv6FlowLabel, Ipv6Header, PacketBuilder, UdpHeader,
@@ -222,7 +223,14 @@ fn v6udpv4_defects_are_counted_drops() {
         let mut short_inner = udp6(link_addr(5, 2), INET_HOST, 64, b"x");
         short_inner[5] += 1; // payload length one more than carried
         let bad_inner = from_udp_client(UDP_CLIENT, &short_inner);
-        let expired = from_udp_client(UDP_CLIENT, &udp6(link_addr(5, 2), INET_HOST, 1, b"x"));
+        let mut unreachable = Vec::new();
+        PacketBuilder::ipv6(link_addr(5, 2).octets(), INET_HOST.octets(), 1)
+            .icmpv6(etherparse::Icmpv6Type::DestinationUnreachable(
+                etherparse::icmpv6::DestUnreachableCode::Port,
+            ))
+            .write(&mut unreachable, &[0x60; 48])
+            .unwrap();
+        let expired = from_udp_client(UDP_CLIENT, &unreachable);
         let to_pop = from_udp_client(
             UDP_CLIENT,
             &udp6(link_addr(5, 2), link_addr(5, 1), 64, b"x"),
@@ -249,7 +257,11 @@ fn v6udpv4_defects_are_counted_drops() {
                 DropReason::LinkLocal,
             ),
             ("inner length", bad_inner, DropReason::BadInnerHeader),
-            ("hop limit", expired, DropReason::HopLimitExceeded),
+            (
+                "hop limit 1, an ICMPv6 error",
+                expired,
+                DropReason::HopLimitExceeded,
+            ),
             ("UDP to the PoP's ::1", to_pop, DropReason::PopAddress),
         ] {
             let before = fx.snapshot();
@@ -552,8 +564,8 @@ fn v4v6_defects_are_counted_drops() {
                 DropReason::BadInnerHeader,
             ),
             (
-                "TTL",
-                from_v4v6_client(V4V6_CLIENT, &udp4(V4V6_INNER, INET4_HOST, 1, b"x")),
+                "TTL 1, an ICMP error",
+                from_v4v6_client(V4V6_CLIENT, &unreachable4(V4V6_INNER, INET4_HOST, 1)),
                 DropReason::HopLimitExceeded,
             ),
             (
@@ -626,6 +638,231 @@ fn every_truncation_of_the_tsp_paths_gets_a_counted_verdict() {
         ];
         for (what, frame, ingress) in cases {
             assert_every_truncation_counted(fx, what, &frame, ingress);
+        }
+    });
+}
+
+/// An ICMPv4 port unreachable (an error) quoting a few bytes.
+fn unreachable4(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ipv4(src.octets(), dst.octets(), ttl)
+        .icmpv4(Icmpv4Type::DestinationUnreachable(
+            DestUnreachableHeader::Port,
+        ))
+        .write(&mut v, &[0x45; 28])
+        .unwrap();
+    v
+}
+
+/// A UDP probe of `size` bytes (traceroute's), TTL `ttl`.
+fn probe4(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, size: usize) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ipv4(src.octets(), dst.octets(), ttl)
+        .udp(40001, 33434)
+        .write(&mut v, &vec![0x40; size - 28])
+        .unwrap();
+    v
+}
+
+#[test]
+fn v6udpv4_hop_limit_running_out_gets_time_exceeded_through_the_tunnel() {
+    with_fixture(|fx| {
+        for size in [80, 1000] {
+            let mut probe = Vec::new();
+            PacketBuilder::ipv6(link_addr(5, 2).octets(), INET_HOST.octets(), 1)
+                .udp(40001, 33434)
+                .write(&mut probe, &vec![0x40; size - 48])
+                .unwrap();
+            let te = time_exceeded6(link_addr(5, 1), link_addr(5, 2), &probe);
+            // In UDP from the TSP port to the client's, as everything sent to it.
+            let want = to_udp_client(UDP_CLIENT, &te);
+            let before = fx.snapshot();
+            let out = check(
+                fx,
+                "hop limit 1 through the NAT",
+                &from_udp_client(UDP_CLIENT, &probe),
+                fx.eth4,
+                XDP_TX,
+                Reason::Did(Event::TimeExceeded),
+                Some(&want),
+            );
+            assert_icmp6_checksum(&out[14 + 28..], "v6udpv4 Time Exceeded");
+            assert_eq!(before.tunnel_delta(&fx.snapshot(), 5).drop_packets, 1);
+        }
+    });
+}
+
+#[test]
+fn v4v6_ttl_running_out_gets_time_exceeded_both_ways() {
+    with_fixture(|fx| {
+        // From the client: from the PoP's inner address, in IPv6 back to the client.
+        for (ttl, size) in [(1, 60), (0, 61), (1, 500)] {
+            let what = format!("TTL {ttl}, {size} bytes, from the client");
+            let probe = probe4(V4V6_INNER, INET4_HOST, ttl, size);
+            let te = time_exceeded4(V4V6_GATEWAY, V4V6_INNER, &probe);
+            let mut want = v6_outer(POP_V6, V4V6_CLIENT, 0, te.len());
+            want.extend_from_slice(&te);
+            let want = ether(POP6_MAC, V4V6_MAC, EtherType::IPV6, &want);
+            let before = fx.snapshot();
+            let out = check(
+                fx,
+                &what,
+                &from_v4v6_client(V4V6_CLIENT, &probe),
+                fx.eth6,
+                XDP_TX,
+                Reason::Did(Event::TimeExceeded),
+                Some(&want),
+            );
+            assert_eq!(
+                assert_icmp4_checksums(&out[14 + 40..], &what),
+                Icmpv4Type::TimeExceeded(
+                    etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit
+                )
+            );
+            assert_eq!(before.tunnel_delta(&fx.snapshot(), 6).drop_packets, 1);
+        }
+        // Towards the client: from the PoP's IPv4, natively.
+        for (ttl, size) in [(1, 60), (1, 300)] {
+            let what = format!("TTL {ttl}, {size} bytes, towards the client");
+            let probe = probe4(INET4_HOST, V4V6_INNER, ttl, size);
+            let te = time_exceeded4(POP_V4, INET4_HOST, &probe);
+            let want = ether(POP4_MAC, ISP_MAC, EtherType::IPV4, &te);
+            let out = check(
+                fx,
+                &what,
+                &ether(ISP_MAC, POP4_MAC, EtherType::IPV4, &probe),
+                fx.eth4,
+                XDP_TX,
+                Reason::Did(Event::TimeExceeded),
+                Some(&want),
+            );
+            assert_icmp4_checksums(&out[14..], &what);
+        }
+    });
+}
+
+#[test]
+fn v4v6_no_time_exceeded_where_rfc_1122_says_no() {
+    with_fixture(|fx| {
+        let mut later_fragment = probe4(INET4_HOST, V4V6_INNER, 1, 60);
+        let (mut h, _) = Ipv4Header::from_slice(&later_fragment).unwrap();
+        h.dont_fragment = false;
+        h.fragment_offset = etherparse::IpFragOffset::try_new(100).unwrap();
+        h.header_checksum = h.calc_header_checksum();
+        later_fragment[..20].copy_from_slice(&h.to_bytes());
+        let cases = [
+            (
+                "an ICMP error from the client",
+                from_v4v6_client(V4V6_CLIENT, &unreachable4(V4V6_INNER, INET4_HOST, 1)),
+                fx.eth6,
+            ),
+            (
+                "from the client to multicast",
+                from_v4v6_client(
+                    V4V6_CLIENT,
+                    &probe4(V4V6_INNER, "224.0.0.251".parse().unwrap(), 1, 60),
+                ),
+                fx.eth6,
+            ),
+            (
+                "an ICMP error towards the client",
+                ether(
+                    ISP_MAC,
+                    POP4_MAC,
+                    EtherType::IPV4,
+                    &unreachable4(INET4_HOST, V4V6_INNER, 1),
+                ),
+                fx.eth4,
+            ),
+            (
+                "a later fragment towards the client",
+                ether(ISP_MAC, POP4_MAC, EtherType::IPV4, &later_fragment),
+                fx.eth4,
+            ),
+        ];
+        for (what, frame, ingress) in cases {
+            let before = fx.snapshot();
+            check(
+                fx,
+                what,
+                &frame,
+                ingress,
+                XDP_DROP,
+                Reason::Drop(DropReason::HopLimitExceeded),
+                None,
+            );
+            assert_eq!(
+                before.tunnel_delta(&fx.snapshot(), 6).drop_packets,
+                1,
+                "{what}"
+            );
+        }
+        // Nor any ICMPv4 to an address that cannot take one.
+        for src in ["127.0.0.1", "0.0.0.0", "224.0.0.5", "255.255.255.255"] {
+            let src: Ipv4Addr = src.parse().unwrap();
+            let mut big = udp4(src, V4V6_INNER, 60, &[3; 1461 - 28]);
+            let (mut h, _) = Ipv4Header::from_slice(&big).unwrap();
+            h.dont_fragment = true;
+            h.header_checksum = h.calc_header_checksum();
+            big[..20].copy_from_slice(&h.to_bytes());
+            for (what, p) in [
+                ("fragmentation needed", big),
+                ("time exceeded", probe4(src, V4V6_INNER, 1, 60)),
+            ] {
+                check(
+                    fx,
+                    &format!("{what} to {src}"),
+                    &ether(ISP_MAC, POP4_MAC, EtherType::IPV4, &p),
+                    fx.eth4,
+                    XDP_DROP,
+                    Reason::Drop(DropReason::IcmpBadSource),
+                    None,
+                );
+            }
+        }
+    });
+}
+
+/// [`Fixture::with_tsp`] with three passes for neighbour resolution, never refilled.
+fn tsp_three_neighbours() -> Fixture {
+    let mut fx = Fixture::with_options(dataplane::Options {
+        neighbour_limit: only(3),
+        ..dataplane::Options::new("test")
+    });
+    for spec in tsp_specs() {
+        fx.dp.upsert(&spec).unwrap();
+    }
+    fx
+}
+
+#[test]
+fn v4v6_neighbour_resolution_is_rate_limited() {
+    on_thread(tsp_three_neighbours, |fx| {
+        // Hosts of eth4's 192.0.2.0/24 nobody resolved.
+        for (host, want) in [
+            (10, None),
+            (11, None),
+            (12, None),
+            (13, Some(DropReason::NeighbourRateLimited)),
+            (14, Some(DropReason::NeighbourRateLimited)),
+        ] {
+            let frame = from_v4v6_client(
+                V4V6_CLIENT,
+                &udp4(V4V6_INNER, Ipv4Addr::new(192, 0, 2, host), 64, b"scan"),
+            );
+            let (action, reason) = match want {
+                None => (XDP_PASS, Reason::Pass(PassReason::NoNeighbour)),
+                Some(r) => (XDP_DROP, Reason::Drop(r)),
+            };
+            check(
+                fx,
+                &format!("192.0.2.{host}"),
+                &frame,
+                fx.eth6,
+                action,
+                reason,
+                None,
+            );
         }
     });
 }

@@ -29,9 +29,9 @@ use aya::{
 use broker_common::{
     consts::{map_names as names, program_names},
     maps::{
-        Endpoint4, Endpoint6, Nexthop, Prefix64, PrefixKey, Settings, Tunnel, TunnelKind,
-        TunnelState, TunnelStats, UdpEndpoint4, MAX_PREFIX_LENS, MAX_ROUTED, XSK_MAX_QUEUES,
-        XSK_MAX_SOCKETS,
+        Endpoint4, Endpoint6, Nexthop, Prefix64, PrefixKey, RateLimit, Settings, Tunnel,
+        TunnelKind, TunnelState, TunnelStats, UdpEndpoint4, MAX_PREFIX_LENS, MAX_ROUTED,
+        XSK_MAX_QUEUES, XSK_MAX_SOCKETS,
     },
 };
 use ipnet::Ipv6Net;
@@ -133,6 +133,11 @@ pub struct Options {
     pub nexthop_cache: bool,
     /// Longest a cached next hop is used without a lookup.
     pub nexthop_max_age_ms: u32,
+    /// ICMP messages the data plane generates, PoP-wide (`Settings.icmp`).
+    pub icmp_limit: RateLimit,
+    /// Decapsulated packets passed to the kernel to resolve a neighbour, PoP-wide
+    /// (`Settings.neighbour`).
+    pub neighbour_limit: RateLimit,
 }
 
 impl Options {
@@ -145,6 +150,8 @@ impl Options {
             pin: false,
             nexthop_cache: true,
             nexthop_max_age_ms: broker_common::consts::DEFAULT_NEXTHOP_MAX_AGE_MS,
+            icmp_limit: RateLimit::ICMP_DEFAULT,
+            neighbour_limit: RateLimit::NEIGHBOUR_DEFAULT,
         }
     }
 }
@@ -217,6 +224,8 @@ impl Dataplane {
             settings: Settings {
                 nexthop_gen: u32::from(opts.nexthop_cache),
                 nexthop_max_age_ms: opts.nexthop_max_age_ms,
+                icmp: opts.icmp_limit,
+                neighbour: opts.neighbour_limit,
                 ..Settings::EMPTY
             },
             lengths: prefixes::Lengths::default(),
@@ -524,6 +533,18 @@ impl Dataplane {
             return Ok(());
         }
         self.settings.nexthop_gen = self.settings.nexthop_gen.wrapping_add(1).max(1);
+        self.write_settings()
+    }
+
+    /// Sets the PoP-wide rate limits on generated ICMP messages and on `no_neighbour`
+    /// passes of decapsulated packets; they apply from the next packet (a lower burst at
+    /// once, a fuller bucket as it refills).
+    pub fn set_rate_limits(&mut self, icmp: RateLimit, neighbour: RateLimit) -> Result<()> {
+        if self.settings.icmp == icmp && self.settings.neighbour == neighbour {
+            return Ok(());
+        }
+        self.settings.icmp = icmp;
+        self.settings.neighbour = neighbour;
         self.write_settings()
     }
 

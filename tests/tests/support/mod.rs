@@ -9,7 +9,7 @@ use std::{
 };
 
 use broker_common::{
-    maps::TunnelStats,
+    maps::{RateLimit, TunnelStats},
     stats::{DropReason, Event, PassReason},
 };
 use broker_tests::netns;
@@ -18,7 +18,8 @@ use broker_userspace::{
     model::{Endpoint, Kind, Pop, State, TunnelSpec},
 };
 use etherparse::{
-    EtherType, Ethernet2Header, IpNumber, Ipv4Dscp, Ipv4Ecn, Ipv4Header, PacketBuilder,
+    EtherType, Ethernet2Header, Icmpv4Header, Icmpv4Type, Icmpv6Type, IpNumber, Ipv4Dscp, Ipv4Ecn,
+    Ipv4Header, PacketBuilder,
 };
 
 pub const POP4_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x04, 0x01];
@@ -193,6 +194,20 @@ impl Fixture {
             "nud",
             "permanent",
         ]);
+        fx
+    }
+
+    /// [`Fixture::new`], the data plane loaded with `opts` (its rate limits, for instance;
+    /// the capacities stay the fixture's).
+    pub fn with_options(opts: dataplane::Options) -> Self {
+        let mut fx = Self::network_with(dataplane::Options {
+            max_tunnels: 64,
+            max_prefixes: 256,
+            ..opts
+        });
+        for (id, ..) in TUNNELS {
+            fx.dp.upsert(&spec(id)).unwrap();
+        }
         fx
     }
 
@@ -512,6 +527,85 @@ pub fn echo6(src: Ipv6Addr, dst: Ipv6Addr, hop: u8, reply: bool, payload: &[u8])
     };
     b.write(&mut v, payload).unwrap();
     v
+}
+
+/// The PoP-wide rate limit `burst` then nothing: `burst` messages (or passes) go through,
+/// the next is dropped, whatever the time (tests never depend on a clock).
+pub fn only(burst: u32) -> RateLimit {
+    RateLimit { per_s: 0, burst }
+}
+
+/// The ICMPv6 Time Exceeded (hop limit exceeded in transit) from `from` to `to` that
+/// answers `offending`: its first 128 bytes quoted (all of it when shorter), hop limit 64.
+pub fn time_exceeded6(from: Ipv6Addr, to: Ipv6Addr, offending: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ipv6(from.octets(), to.octets(), 64)
+        .icmpv6(Icmpv6Type::TimeExceeded(
+            etherparse::icmpv6::TimeExceededCode::HopLimitExceeded,
+        ))
+        .write(&mut v, &offending[..offending.len().min(128)])
+        .unwrap();
+    v
+}
+
+/// The ICMPv4 time exceeded (TTL exceeded in transit) from `from` to `to` that answers
+/// `offending`: its first 64 bytes quoted (all of it when shorter), TTL 64, no DF, id 0.
+pub fn time_exceeded4(from: Ipv4Addr, to: Ipv4Addr, offending: &[u8]) -> Vec<u8> {
+    let quote = &offending[..offending.len().min(64)];
+    let icmp = Icmpv4Header::with_checksum(
+        Icmpv4Type::TimeExceeded(etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit),
+        quote,
+    );
+    let mut ip = Ipv4Header::new(
+        (8 + quote.len()) as u16,
+        64,
+        IpNumber::ICMP,
+        from.octets(),
+        to.octets(),
+    )
+    .unwrap();
+    ip.dont_fragment = false;
+    ip.header_checksum = ip.calc_header_checksum();
+    let mut v = ip.to_bytes().to_vec();
+    v.extend_from_slice(&icmp.to_bytes());
+    v.extend_from_slice(quote);
+    v
+}
+
+/// Asserts that the IPv6 packet `ip` carries an ICMPv6 message whose checksum etherparse
+/// computes to the same value, and returns its type.
+pub fn assert_icmp6_checksum(ip: &[u8], what: &str) -> Icmpv6Type {
+    let sliced = etherparse::SlicedPacket::from_ip(ip).unwrap();
+    let (Some(etherparse::NetSlice::Ipv6(h)), Some(etherparse::TransportSlice::Icmpv6(i))) =
+        (sliced.net, sliced.transport)
+    else {
+        panic!("{what}: not ICMPv6 in IPv6: {}", hex(ip));
+    };
+    let computed = i
+        .header()
+        .icmp_type
+        .calc_checksum(h.header().source(), h.header().destination(), i.payload())
+        .unwrap();
+    assert_eq!(i.checksum(), computed, "{what}: ICMPv6 checksum");
+    i.icmp_type()
+}
+
+/// Asserts that the IPv4 packet `ip` has a correct header checksum and carries an ICMPv4
+/// message with a correct checksum (both computed by etherparse); returns its type.
+pub fn assert_icmp4_checksums(ip: &[u8], what: &str) -> Icmpv4Type {
+    let (h, _) = Ipv4Header::from_slice(ip).unwrap();
+    assert_eq!(
+        h.header_checksum,
+        h.calc_header_checksum(),
+        "{what}: IPv4 checksum"
+    );
+    let sliced = etherparse::SlicedPacket::from_ip(ip).unwrap();
+    let Some(etherparse::TransportSlice::Icmpv4(i)) = sliced.transport else {
+        panic!("{what}: not ICMPv4: {}", hex(ip));
+    };
+    let computed = Icmpv4Header::with_checksum(i.icmp_type(), i.payload()).checksum;
+    assert_eq!(i.checksum(), computed, "{what}: ICMPv4 checksum");
+    i.icmp_type()
 }
 
 /// The outer IPv4 header the PoP is expected to write (DF, TTL 64, id 0).
