@@ -165,6 +165,16 @@ pub enum BrokerError {
 
 pub type Result<T, E = BrokerError> = std::result::Result<T, E>;
 
+fn checked_password(p: &str) -> Result<&str> {
+    if p.len() < 8 {
+        return Err(BrokerError::Invalid {
+            field: "password",
+            message: "shorter than 8 characters".into(),
+        });
+    }
+    Ok(p)
+}
+
 /// The broker core: store, data plane projection and routes, changed together.
 pub struct Broker<S, P, R> {
     pub store: S,
@@ -181,6 +191,8 @@ pub struct Broker<S, P, R> {
     pub private_endpoints: bool,
     /// What one user may hold (`quotas`), checked by [`Self::check_quota`].
     pub quotas: crate::config::Quotas,
+    /// The TSP realm (`tsp.realm`) DIGEST-MD5 secrets are made for.
+    pub realm: String,
 }
 
 impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
@@ -194,6 +206,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
             subnets: Vec::new(),
             private_endpoints: false,
             quotas: crate::config::Quotas::default(),
+            realm: crate::config::DEFAULT_REALM.to_string(),
         }
     }
 
@@ -543,7 +556,13 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
         }
     }
 
-    pub fn create_user(&mut self, name: &str, password: Option<&str>) -> Result<UserRecord> {
+    /// Creates a user; returns the record and the password in clear (generated when
+    /// `None`), which is shown once and kept only as [`crate::secret::UserSecrets`].
+    pub fn create_user(
+        &mut self,
+        name: &str,
+        password: Option<&str>,
+    ) -> Result<(UserRecord, String)> {
         let valid = !name.is_empty()
             && name.len() <= 64
             && name
@@ -558,16 +577,48 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
             });
         }
         let password = match password {
-            Some(p) if p.len() < 8 => {
-                return Err(BrokerError::Invalid {
-                    field: "password",
-                    message: "shorter than 8 characters".into(),
-                })
-            }
-            Some(p) => p.to_string(),
+            Some(p) => checked_password(p)?.to_string(),
             None => store::random_token(16),
         };
-        Ok(self.store.create_user(name, &password, store::now())?)
+        let secrets = crate::secret::UserSecrets::derive(name, &password, &self.realm);
+        let record = self.store.create_user(name, &secrets, store::now())?;
+        Ok((record, password))
+    }
+
+    /// Gives a user a new password (slow: argon2).
+    pub fn set_password(&mut self, name: &str, password: &str) -> Result<()> {
+        let p = checked_password(password)?;
+        let secrets = crate::secret::UserSecrets::derive(name, p, &self.realm);
+        Ok(self.store.set_user_secrets(name, &secrets)?)
+    }
+
+    /// A new update key for tunnel `id`, returned in clear this once (only its hash is
+    /// kept); the old one stops working.
+    pub fn new_update_key(&mut self, id: u32) -> Result<String> {
+        let key = store::random_token(16);
+        self.store
+            .set_update_key_hash(id, &crate::secret::hash_key(&key))?;
+        Ok(key)
+    }
+
+    /// A store from before version 3 kept account passwords and update keys in clear:
+    /// keeps only what the protocols need of them (crate::secret) and forgets them.
+    /// Returns how many of each were upgraded.
+    pub fn upgrade_secrets(&mut self) -> Result<(usize, usize)> {
+        let users = self.store.users_in_clear()?;
+        for (name, password) in &users {
+            let secrets = crate::secret::UserSecrets::derive(name, password, &self.realm);
+            self.store.set_user_secrets(name, &secrets)?;
+        }
+        let keys = self.store.update_keys_in_clear()?;
+        for (id, key) in &keys {
+            self.store
+                .set_update_key_hash(*id, &crate::secret::hash_key(key))?;
+        }
+        if !users.is_empty() || !keys.is_empty() {
+            self.store.scrub()?;
+        }
+        Ok((users.len(), keys.len()))
     }
 
     pub fn delete_user(&mut self, name: &str) -> Result<()> {

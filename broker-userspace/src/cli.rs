@@ -197,7 +197,12 @@ pub fn tunnel_detail(t: &TunnelOut) -> String {
         ("MTU", t.mtu.to_string()),
         ("keepalive", dash(t.keepalive.map(|k| format!("{k} s")))),
         ("password", t.password.clone()),
-        ("update key", t.update_key.clone()),
+        (
+            "update key",
+            t.update_key
+                .clone()
+                .unwrap_or_else(|| "(shown only when the tunnel is made)".into()),
+        ),
     ];
     for (k, v) in rows {
         let _ = writeln!(s, "{k:<12} {v}");

@@ -154,7 +154,7 @@ mod tests {
             keepalive: None,
             expires_at: None,
             password: "p".into(),
-            update_key: "k".into(),
+            update_key: None,
             created_at: 0,
             updated_at: 0,
             counters: None,

@@ -109,12 +109,24 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         pin: true,
         nexthop_cache: config.dataplane.nexthop_cache,
         nexthop_max_age_ms: config.dataplane.nexthop_max_age_ms,
+        icmp_limit: config.dataplane.icmp_limit(),
+        neighbour_limit: config.dataplane.neighbour_limit(),
         ..dataplane::Options::new(&config.instance)
     };
     let dp = Dataplane::load(&opts).context("loading the data plane")?;
     let adopted = dp.adopted();
     let mut broker = Broker::new(store, dp, route_backend(&config).await?, config.pop());
     endpoint_policy(&mut broker, &config).await;
+    let (users, keys) = broker
+        .upgrade_secrets()
+        .context("upgrading the secrets kept in clear")?;
+    if users + keys > 0 {
+        info!(
+            users,
+            update_keys = keys,
+            "kept in clear by an older version: now only what the protocols need"
+        );
+    }
     if adopted {
         let n = broker.store.bump("adoptions")?;
         info!(adoptions = n, "took over the running data plane");
@@ -271,6 +283,12 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                     let mut b = broker.lock().await;
                     b.pop = new.pop();
                     endpoint_policy(&mut b, &new).await;
+                    if let Err(e) = b.maps.set_rate_limits(
+                        new.dataplane.icmp_limit(),
+                        new.dataplane.neighbour_limit(),
+                    ) {
+                        warn!(error = %e, "setting the data plane's rate limits failed");
+                    }
                     match b.sync_static(&static_specs(&new)).await {
                         Ok(sync) => info!(?sync, "config reloaded"),
                         Err(e) => warn!(error = %crate::broker::error_chain(&e), "config reload failed"),
@@ -306,6 +324,12 @@ where
 {
     b.private_endpoints = config.pop.private_endpoints;
     b.quotas = config.quotas;
+    b.realm = config
+        .tsp
+        .as_ref()
+        .map_or(crate::config::DEFAULT_REALM.to_string(), |t| {
+            t.realm.clone()
+        });
     let subnets = match Netlink::connect() {
         Ok(nl) => nl.ipv4_subnets().await,
         Err(e) => Err(e),

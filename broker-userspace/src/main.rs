@@ -165,6 +165,8 @@ enum TunnelCommand {
     },
     /// Delete a tunnel; its prefixes go into quarantine.
     Del { id: u32 },
+    /// A new update key for /nic/update, shown this once (only its hash is kept).
+    UpdateKey { id: u32 },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -650,6 +652,18 @@ fn tunnel(api: &ApiArgs, command: TunnelCommand) -> anyhow::Result<()> {
             c.call::<Value>("DELETE", &format!("/api/v1/tunnels/{id}"), None)?;
             if !api.json {
                 println!("tunnel {id} deleted");
+            }
+            Ok(())
+        }
+        TunnelCommand::UpdateKey { id } => {
+            let v: Value = c.call("POST", &format!("/api/v1/tunnels/{id}/update-key"), None)?;
+            if api.json {
+                println!("{v}");
+            } else {
+                println!(
+                    "update key of tunnel {id}: {} (shown once)",
+                    v["update_key"].as_str().unwrap_or_default()
+                );
             }
             Ok(())
         }

@@ -248,3 +248,57 @@ fn password_guessing_is_slowed_down_and_counted() {
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert_eq!((virtual_now() - before).as_secs(), 30);
 }
+
+#[test]
+fn update_keys_are_shown_once_and_can_be_made_anew() {
+    let c = Client::new();
+    let pw = c.user("owner");
+    let (s, created) = c.json(
+        Method::POST,
+        "/api/v1/tunnels",
+        Auth::Basic("owner", &pw),
+        Some(json!({"remote_ipv4": "198.51.100.10"})),
+    );
+    assert_eq!(s, StatusCode::CREATED);
+    let id = created["id"].as_u64().unwrap();
+    let first = created["update_key"].as_str().unwrap().to_string();
+    let uri = format!("/api/v1/tunnels/{id}");
+    let (_, shown) = c.json(Method::GET, &uri, Auth::Basic("owner", &pw), None);
+    assert!(
+        shown.get("update_key").is_none(),
+        "only its hash is kept: {shown}"
+    );
+    let nic = |key: &str| {
+        c.call(
+            Method::GET,
+            &format!("/nic/update?hostname={id}&myip=198.51.100.11"),
+            Auth::Basic("owner", key),
+            None,
+        )
+    };
+    assert_eq!(nic(&first).0, StatusCode::OK);
+    // Another user cannot make one for this tunnel.
+    let other = c.user("other");
+    let (s, _) = c.json(
+        Method::POST,
+        &format!("{uri}/update-key"),
+        Auth::Basic("other", &other),
+        None,
+    );
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, v) = c.json(
+        Method::POST,
+        &format!("{uri}/update-key"),
+        Auth::Basic("owner", &pw),
+        None,
+    );
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let second = v["update_key"].as_str().unwrap().to_string();
+    assert_ne!(first, second);
+    assert_eq!(
+        nic(&first).0,
+        StatusCode::UNAUTHORIZED,
+        "the old key stops working"
+    );
+    assert_eq!(nic(&second).0, StatusCode::OK);
+}

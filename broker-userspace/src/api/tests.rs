@@ -1,8 +1,5 @@
 //! The API in process, over a broker with an in-memory store and fake projections.
-use std::{
-    net::SocketAddr,
-    sync::Arc,
-};
+use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
     body::Body,

@@ -49,7 +49,9 @@ pub struct TunnelOut {
     pub keepalive: Option<u32>,
     pub expires_at: Option<u64>,
     pub password: String,
-    pub update_key: String,
+    /// Only when the tunnel was just made: kept as a hash (docs/SECURITY.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_key: Option<String>,
     pub created_at: u64,
     pub updated_at: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -408,6 +410,19 @@ pub async fn change<S: Store, P: Projection, R: RouteOps>(
     Ok(Json(out(&t, &b.pop, b.is_asleep(id), None)))
 }
 
+/// `POST /api/v1/tunnels/{id}/update-key`: a new update key for `/nic/update`, shown in
+/// this answer only (only its hash is kept); the old one stops working.
+pub async fn new_update_key<S: Store, P: Projection, R: RouteOps>(
+    State(state): State<AppState<S, P, R>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = tunnel_id(&id)?;
+    visible(&state, &caller, id).await?;
+    let key = state.broker.lock().await.new_update_key(id)?;
+    Ok(Json(serde_json::json!({ "id": id, "update_key": key })))
+}
+
 /// `disabled` is the operator's word: only the administrator sets or clears it (a user
 /// has `down`).
 fn operator_only(caller: &Caller) -> Result<(), ApiError> {
@@ -504,7 +519,7 @@ async fn nic_answer<S: Store, P: Projection, R: RouteOps>(
         Err(_) => return nic::Answer::ServerError,
     };
     let expected_user = t.owner.clone().unwrap_or_else(|| id.to_string());
-    if !(auth::same(&user, &expected_user) && auth::same(&key, &t.update_key)) {
+    if !(auth::same(&user, &expected_user) && crate::secret::verify_key(&key, &t.update_key_hash)) {
         return nic::Answer::BadAuth;
     }
     let ip = match nic::endpoint(q.myip.as_deref(), peer.ip()) {

@@ -32,11 +32,12 @@ pub struct CreateIn {
     password: Option<String>,
 }
 
-fn out(u: &UserRecord, tunnels: Vec<u32>, password: bool) -> UserOut {
+/// `password`: in clear, only when it was just made.
+fn out(u: &UserRecord, tunnels: Vec<u32>, password: Option<String>) -> UserOut {
     UserOut {
         name: u.name.clone(),
         created_at: u.created_at,
-        password: password.then(|| u.password.clone()),
+        password,
         tunnels,
     }
 }
@@ -65,7 +66,7 @@ pub async fn list<S: Store, P: Projection, R: RouteOps>(
     let b = state.broker.lock().await;
     let mut all = Vec::new();
     for u in b.store.users()? {
-        all.push(out(&u, owned(&b.store, &u.name)?, false));
+        all.push(out(&u, owned(&b.store, &u.name)?, None));
     }
     Ok(Json(all))
 }
@@ -83,7 +84,7 @@ pub async fn show<S: Store, P: Projection, R: RouteOps>(
         .store
         .user(&name)?
         .ok_or_else(|| ApiError::not_found(format!("no user {name:?}")))?;
-    Ok(Json(out(&u, owned(&b.store, &name)?, false)))
+    Ok(Json(out(&u, owned(&b.store, &name)?, None)))
 }
 
 pub async fn create<S: Store, P: Projection, R: RouteOps>(
@@ -93,8 +94,12 @@ pub async fn create<S: Store, P: Projection, R: RouteOps>(
 ) -> Result<Response, ApiError> {
     admin(&caller)?;
     let mut b = state.broker.lock().await;
-    let u = b.create_user(&req.name, req.password.as_deref())?;
-    Ok((StatusCode::CREATED, Json(out(&u, Vec::new(), true))).into_response())
+    let (u, password) = b.create_user(&req.name, req.password.as_deref())?;
+    Ok((
+        StatusCode::CREATED,
+        Json(out(&u, Vec::new(), Some(password))),
+    )
+        .into_response())
 }
 
 pub async fn delete<S: Store, P: Projection, R: RouteOps>(

@@ -357,7 +357,7 @@ fn the_pop_address_is_not_an_endpoint() {
 #[test]
 fn user_names_and_passwords_are_checked() {
     let mut b = broker();
-    assert!(b.create_user("alice", None).unwrap().password.len() >= 16);
+    assert!(b.create_user("alice", None).unwrap().1.len() >= 16);
     assert!(matches!(
         b.create_user("bad name", None),
         Err(BrokerError::Invalid { field: "name", .. })
@@ -407,4 +407,69 @@ fn endpoints_the_data_plane_learnt_go_into_the_store_once() {
     assert_eq!(b.store.tunnel(p.spec.id).unwrap().unwrap().spec, p.spec);
     // Nothing new: nothing written.
     assert!(block_on(b.learn_endpoints()).unwrap().is_empty());
+}
+
+#[test]
+fn a_store_that_kept_secrets_in_clear_is_upgraded_and_forgets_them() {
+    let dir = std::env::temp_dir().join(format!("broker-upgrade-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("v2.db");
+    {
+        // A store as version 2 left it: the password and the update key in clear.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        for sql in &crate::store::schema_for_tests()[..2] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.execute_batch(
+            "PRAGMA user_version = 2;
+             INSERT INTO users VALUES ('dave', 'dave-clear-password', 1);
+             INSERT INTO tunnels (id, owner, origin, kind, state, remote_v4, link_prefix, mtu,
+                                  password, update_key, created_at, updated_at)
+                 VALUES (5, 'dave', 'api', 'proto41', 'up', '198.51.100.5',
+                         '2001:db8:10:5::/64', 1480, 'tunnelpw', 'dave-clear-update-key', 1, 2);",
+        )
+        .unwrap();
+    }
+    let pools = PoolSet {
+        link: vec!["2001:db8:10::/48".parse().unwrap()],
+        routed: vec![],
+        routed_lengths: vec![],
+        quarantine_secs: 0,
+        v4v6: None,
+    };
+    let store = SqliteStore::open(&path, pools).unwrap();
+    let mut b = Broker::new(
+        store,
+        FakeMaps::default(),
+        FakeRoutes::default(),
+        Pop::ipv4_only(Ipv4Addr::new(192, 0, 2, 1)),
+    );
+    assert_eq!(b.upgrade_secrets().unwrap(), (1, 1));
+    assert_eq!(b.upgrade_secrets().unwrap(), (0, 0), "once");
+    let u = b.store.user("dave").unwrap().unwrap();
+    assert!(crate::secret::verify_password(
+        "dave-clear-password",
+        &u.secrets.password_hash
+    ));
+    assert_eq!(u.secrets.digest_realm, "broker");
+    let t = b.store.tunnel(5).unwrap().unwrap();
+    assert!(crate::secret::verify_key(
+        "dave-clear-update-key",
+        &t.update_key_hash
+    ));
+    // The tunnel's own password stays: TIC hands it to aiccu.
+    assert_eq!(t.password, "tunnelpw");
+    // Nothing of the clear secrets is left in the files, while the store is open too.
+    for f in std::fs::read_dir(&dir).unwrap() {
+        let bytes = std::fs::read(f.unwrap().path()).unwrap();
+        for secret in ["dave-clear-password", "dave-clear-update-key"] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret} still in the store's files"
+            );
+        }
+    }
+    drop(b);
+    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -97,6 +97,21 @@ pub struct DataplaneLimits {
     /// A cached next hop is looked up again after this long at the latest.
     #[serde(default = "default_nexthop_max_age_ms")]
     pub nexthop_max_age_ms: u32,
+    /// ICMP messages the data plane generates (echo replies, Packet Too Big,
+    /// fragmentation needed, Time Exceeded, AYIYA echo responses) per second, PoP-wide;
+    /// beyond them the packet that asked is dropped (`icmp_rate_limited`).
+    #[serde(default = "default_icmp_rate")]
+    pub icmp_rate: u32,
+    /// How many may go out at once after a quiet spell; 0 sends none.
+    #[serde(default = "default_icmp_burst")]
+    pub icmp_burst: u32,
+    /// Decapsulated packets handed to the kernel to resolve an unknown neighbour, per
+    /// second, PoP-wide; beyond them they are dropped (`neighbour_rate_limited`).
+    #[serde(default = "default_neighbour_rate")]
+    pub neighbour_rate: u32,
+    /// How many at once.
+    #[serde(default = "default_neighbour_burst")]
+    pub neighbour_burst: u32,
 }
 
 impl Default for DataplaneLimits {
@@ -106,8 +121,41 @@ impl Default for DataplaneLimits {
             max_prefixes: default_max_prefixes(),
             nexthop_cache: true,
             nexthop_max_age_ms: default_nexthop_max_age_ms(),
+            icmp_rate: default_icmp_rate(),
+            icmp_burst: default_icmp_burst(),
+            neighbour_rate: default_neighbour_rate(),
+            neighbour_burst: default_neighbour_burst(),
         }
     }
+}
+
+impl DataplaneLimits {
+    pub fn icmp_limit(&self) -> broker_common::maps::RateLimit {
+        broker_common::maps::RateLimit {
+            per_s: self.icmp_rate,
+            burst: self.icmp_burst,
+        }
+    }
+
+    pub fn neighbour_limit(&self) -> broker_common::maps::RateLimit {
+        broker_common::maps::RateLimit {
+            per_s: self.neighbour_rate,
+            burst: self.neighbour_burst,
+        }
+    }
+}
+
+fn default_icmp_rate() -> u32 {
+    broker_common::consts::DEFAULT_ICMP_RATE
+}
+fn default_icmp_burst() -> u32 {
+    broker_common::consts::DEFAULT_ICMP_BURST
+}
+fn default_neighbour_rate() -> u32 {
+    broker_common::consts::DEFAULT_NEIGHBOUR_RATE
+}
+fn default_neighbour_burst() -> u32 {
+    broker_common::consts::DEFAULT_NEIGHBOUR_BURST
 }
 
 fn default_true() -> bool {
@@ -420,8 +468,11 @@ fn default_anonymous_per_source() -> usize {
 fn default_tsp_port() -> u16 {
     broker_common::consts::TSP_PORT
 }
+/// `tsp.realm` when not set.
+pub const DEFAULT_REALM: &str = "broker";
+
 fn default_realm() -> String {
-    "broker".into()
+    DEFAULT_REALM.into()
 }
 fn default_tsp_auth() -> Vec<TspAuth> {
     vec![TspAuth::DigestMd5, TspAuth::Plain]

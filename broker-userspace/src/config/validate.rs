@@ -12,6 +12,7 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
     instance(&c.instance)?;
     interfaces(c)?;
     limits(c)?;
+    rates(c)?;
     pools(c)?;
     api(c)?;
     tsp(c)?;
@@ -67,6 +68,30 @@ fn ports(c: &Config) -> Result<(), Invalid> {
                 key.to_string(),
                 format!("{proto} port {port} is already {key2}'s"),
             ));
+        }
+    }
+    Ok(())
+}
+
+fn rates(c: &Config) -> Result<(), Invalid> {
+    let d = &c.dataplane;
+    for (key, rate) in [
+        ("dataplane.icmp_rate", d.icmp_rate),
+        ("dataplane.neighbour_rate", d.neighbour_rate),
+    ] {
+        if !(1..=1_000_000).contains(&rate) {
+            return Err((
+                key.into(),
+                format!("{rate} is outside 1-1000000 per second"),
+            ));
+        }
+    }
+    for (key, burst) in [
+        ("dataplane.icmp_burst", d.icmp_burst),
+        ("dataplane.neighbour_burst", d.neighbour_burst),
+    ] {
+        if burst > 1_000_000 {
+            return Err((key.into(), format!("{burst} is more than 1000000")));
         }
     }
     Ok(())

@@ -8,6 +8,12 @@
 mod alloc;
 mod files;
 mod schema;
+
+/// The migrations, for tests that build a store as an older version left it.
+#[cfg(test)]
+pub(crate) fn schema_for_tests() -> &'static [&'static str] {
+    schema::MIGRATIONS
+}
 mod sqlite;
 
 use ipnet::Ipv6Net;
@@ -44,15 +50,17 @@ impl Origin {
 }
 
 /// A tunnel as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Eq)]
 pub struct TunnelRecord {
     pub spec: TunnelSpec,
     pub owner: Option<String>,
     pub origin: Origin,
     /// For the protocols that authenticate the tunnel itself (heartbeat, AYIYA, TIC).
     pub password: String,
-    /// For endpoint updates (`/nic/update`).
-    pub update_key: String,
+    /// For endpoint updates (`/nic/update`): in clear only in the record `create_tunnel`
+    /// returns (shown once); kept as its SHA-256, `update_key_hash`.
+    pub update_key: Option<String>,
+    pub update_key_hash: String,
     pub created_at: u64,
     pub updated_at: u64,
     /// When the tunnel lapses unless renewed (TSP lifetimes): an anonymous one is deleted,
@@ -60,11 +68,27 @@ pub struct TunnelRecord {
     pub expires_at: Option<u64>,
 }
 
+/// Records are equal when they describe the same tunnel: the update key shown once at
+/// creation is not part of what is kept.
+impl PartialEq for TunnelRecord {
+    fn eq(&self, o: &Self) -> bool {
+        self.spec == o.spec
+            && self.owner == o.owner
+            && self.origin == o.origin
+            && self.password == o.password
+            && self.update_key_hash == o.update_key_hash
+            && self.created_at == o.created_at
+            && self.updated_at == o.updated_at
+            && self.expires_at == o.expires_at
+    }
+}
+
 /// A user account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRecord {
     pub name: String,
-    pub password: String,
+    /// What is kept of the password ([`crate::secret`]).
+    pub secrets: crate::secret::UserSecrets,
     pub created_at: u64,
 }
 
@@ -207,7 +231,24 @@ pub trait Store: Send {
 
     fn users(&self) -> Result<Vec<UserRecord>>;
     fn user(&self, name: &str) -> Result<Option<UserRecord>>;
-    fn create_user(&mut self, name: &str, password: &str, now: u64) -> Result<UserRecord>;
+    fn create_user(
+        &mut self,
+        name: &str,
+        secrets: &crate::secret::UserSecrets,
+        now: u64,
+    ) -> Result<UserRecord>;
+    /// Replaces what is kept of a user's password (a new password, or the upgrade of a
+    /// store that kept it in clear).
+    fn set_user_secrets(&mut self, name: &str, secrets: &crate::secret::UserSecrets) -> Result<()>;
+    /// Users whose password a store from before version 3 kept in clear, with it.
+    fn users_in_clear(&self) -> Result<Vec<(String, String)>>;
+    /// Tunnels whose update key a store from before version 3 kept in clear, with it.
+    fn update_keys_in_clear(&self) -> Result<Vec<(u32, String)>>;
+    /// Keeps only the SHA-256 of tunnel `id`'s update key.
+    fn set_update_key_hash(&mut self, id: u32, hash: &str) -> Result<()>;
+    /// Makes sure what was overwritten is gone from the files too (SQLite: the WAL is
+    /// written back and emptied; deleted content is zeroed as it goes, `secure_delete`).
+    fn scrub(&mut self) -> Result<()>;
     fn delete_user(&mut self, name: &str) -> Result<()>;
 
     /// The tunnel a user's TSP sessions use: the one carrying IPv6 (proto-41 or v6udpv4)

@@ -92,6 +92,26 @@ pub(super) const MIGRATIONS: &[&str] = &[
         freed_at INTEGER
     );
     ",
+    // 3: secrets at rest (crate::secret): an account password is kept as what each
+    // protocol needs to check it; `password` holds a password in clear only from a store
+    // of before, until the controller derives the rest at start and clears it. Update
+    // keys are kept as SHA-256 (`update_key` is '' once hashed).
+    "
+    CREATE TABLE users_v3 (
+        name TEXT PRIMARY KEY,
+        password TEXT,
+        password_hash TEXT,
+        tic_md5 TEXT,
+        digest_realm TEXT,
+        digest_ha1 TEXT,
+        created_at INTEGER NOT NULL
+    );
+    INSERT INTO users_v3 (name, password, created_at)
+        SELECT name, password, created_at FROM users;
+    DROP TABLE users;
+    ALTER TABLE users_v3 RENAME TO users;
+    ALTER TABLE tunnels ADD COLUMN update_key_hash TEXT;
+    ",
 ];
 
 /// Brings a database to the current schema. Foreign keys must be off (SQLite's procedure

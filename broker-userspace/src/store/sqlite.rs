@@ -14,7 +14,10 @@ use super::{
     random_token, schema, NewTunnel, Origin, Result, StaticSync, Store, StoreError, TunnelChange,
     TunnelRecord, UserRecord,
 };
-use crate::model::{Endpoint, Kind, State, TunnelSpec};
+use crate::{
+    model::{Endpoint, Kind, State, TunnelSpec},
+    secret::UserSecrets,
+};
 
 /// Length of generated passwords and update keys.
 const TOKEN_LEN: usize = 16;
@@ -47,6 +50,8 @@ impl SqliteStore {
     fn init(mut conn: Connection, pools: PoolSet) -> Result<Self> {
         conn.pragma_update(None, "foreign_keys", false)?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // Deleted and overwritten content is zeroed, not left in free pages (secrets).
+        conn.pragma_update(None, "secure_delete", true)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         schema::migrate(&mut conn)?;
         conn.pragma_update(None, "foreign_keys", true)?;
@@ -74,7 +79,7 @@ fn parse<T: std::str::FromStr>(s: &str, what: &str) -> Result<T> {
 
 const TUNNEL_COLUMNS: &str = "id, owner, origin, kind, state, remote_v4, remote_port, remote_v6, \
                               link_prefix, client_v4, mtu, keepalive, expires_at, password, \
-                              update_key, created_at, updated_at";
+                              update_key_hash, created_at, updated_at";
 
 /// The columns of `tunnels` as read, before the routed prefixes are joined in.
 struct Row {
@@ -92,7 +97,7 @@ struct Row {
     keepalive: Option<u32>,
     expires_at: Option<u64>,
     password: String,
-    update_key: String,
+    update_key_hash: Option<String>,
     created_at: u64,
     updated_at: u64,
 }
@@ -113,7 +118,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         keepalive: r.get(11)?,
         expires_at: r.get(12)?,
         password: r.get(13)?,
-        update_key: r.get(14)?,
+        update_key_hash: r.get(14)?,
         created_at: r.get(15)?,
         updated_at: r.get(16)?,
     })
@@ -169,7 +174,9 @@ fn record(r: Row, routed: Vec<Ipv6Net>) -> Result<TunnelRecord> {
             what: format!("unknown origin {:?}", r.origin),
         })?,
         password: r.password,
-        update_key: r.update_key,
+        update_key: None,
+        // Empty only for a store of before version 3 not yet upgraded: nothing matches.
+        update_key_hash: r.update_key_hash.unwrap_or_default(),
         created_at: r.created_at,
         updated_at: r.updated_at,
         expires_at: r.expires_at,
@@ -402,8 +409,8 @@ fn insert_tunnel(tx: &Transaction<'_>, r: &TunnelRecord) -> Result<()> {
     let (v4, port, v6) = endpoint_columns(&s.endpoint);
     tx.execute(
         &format!(
-            "INSERT INTO tunnels ({TUNNEL_COLUMNS}) VALUES \
-             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+            "INSERT INTO tunnels ({TUNNEL_COLUMNS}, update_key) VALUES \
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, '')"
         ),
         params![
             s.id,
@@ -420,7 +427,7 @@ fn insert_tunnel(tx: &Transaction<'_>, r: &TunnelRecord) -> Result<()> {
             s.keepalive,
             r.expires_at,
             r.password,
-            r.update_key,
+            r.update_key_hash,
             r.created_at,
             r.updated_at
         ],
@@ -544,6 +551,7 @@ impl Store for SqliteStore {
         } else {
             Some(allocate_v4(&tx, &pools, id)?)
         };
+        let update_key = random_token(TOKEN_LEN);
         let record = TunnelRecord {
             spec: TunnelSpec {
                 id,
@@ -560,7 +568,8 @@ impl Store for SqliteStore {
             owner: req.owner.clone(),
             origin: req.origin,
             password: random_token(TOKEN_LEN),
-            update_key: random_token(TOKEN_LEN),
+            update_key: Some(update_key.clone()),
+            update_key_hash: crate::secret::hash_key(&update_key),
             created_at: now,
             updated_at: now,
             expires_at: req.expires_at,
@@ -759,7 +768,8 @@ impl Store for SqliteStore {
                             owner: None,
                             origin: Origin::Static,
                             password: random_token(TOKEN_LEN),
-                            update_key: random_token(TOKEN_LEN),
+                            update_key: None,
+                            update_key_hash: crate::secret::hash_key(&random_token(TOKEN_LEN)),
                             created_at: now,
                             updated_at: now,
                             expires_at: None,
@@ -786,56 +796,48 @@ impl Store for SqliteStore {
     }
 
     fn users(&self) -> Result<Vec<UserRecord>> {
-        let mut q = self
-            .conn
-            .prepare("SELECT name, password, created_at FROM users ORDER BY name")?;
-        let rows = q.query_map([], |r| {
-            Ok(UserRecord {
-                name: r.get(0)?,
-                password: r.get(1)?,
-                created_at: r.get(2)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        users::all(&self.conn)
     }
 
     fn user(&self, name: &str) -> Result<Option<UserRecord>> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT name, password, created_at FROM users WHERE name = ?1",
-                [name],
-                |r| {
-                    Ok(UserRecord {
-                        name: r.get(0)?,
-                        password: r.get(1)?,
-                        created_at: r.get(2)?,
-                    })
-                },
-            )
-            .optional()?)
+        users::one(&self.conn, name)
     }
 
-    fn create_user(&mut self, name: &str, password: &str, now: u64) -> Result<UserRecord> {
-        let tx = self.conn.transaction()?;
-        let exists: Option<String> = tx
-            .query_row("SELECT name FROM users WHERE name = ?1", [name], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        if exists.is_some() {
-            return Err(StoreError::UserExists { name: name.into() });
-        }
-        tx.execute(
-            "INSERT INTO users (name, password, created_at) VALUES (?1, ?2, ?3)",
-            params![name, password, now],
+    fn create_user(&mut self, name: &str, secrets: &UserSecrets, now: u64) -> Result<UserRecord> {
+        users::create(&mut self.conn, name, secrets, now)
+    }
+
+    fn set_user_secrets(&mut self, name: &str, secrets: &UserSecrets) -> Result<()> {
+        users::set_secrets(&self.conn, name, secrets)
+    }
+
+    fn users_in_clear(&self) -> Result<Vec<(String, String)>> {
+        users::in_clear(&self.conn)
+    }
+
+    fn update_keys_in_clear(&self) -> Result<Vec<(u32, String)>> {
+        let mut q = self.conn.prepare(
+            "SELECT id, update_key FROM tunnels WHERE update_key_hash IS NULL ORDER BY id",
         )?;
-        tx.commit()?;
-        Ok(UserRecord {
-            name: name.into(),
-            password: password.into(),
-            created_at: now,
-        })
+        let rows = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn scrub(&mut self) -> Result<()> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    fn set_update_key_hash(&mut self, id: u32, hash: &str) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE tunnels SET update_key_hash = ?2, update_key = '' WHERE id = ?1",
+            params![id, hash],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NoSuchTunnel { id });
+        }
+        Ok(())
     }
 
     fn delete_user(&mut self, name: &str) -> Result<()> {
@@ -916,6 +918,8 @@ impl Store for SqliteStore {
         get_counter(&self.conn, counter)
     }
 }
+
+mod users;
 
 #[cfg(test)]
 mod tests;

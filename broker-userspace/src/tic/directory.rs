@@ -11,9 +11,10 @@ pub struct StoreDirectory<'a, S> {
 }
 
 impl<S: Store> Directory for StoreDirectory<'_, S> {
-    fn user_password(&self, user: &str) -> Option<String> {
+    fn user_password_md5(&self, user: &str) -> Option<String> {
         match self.store.user(user) {
-            Ok(u) => u.map(|u| u.password),
+            // Empty: an account of an older store not upgraded yet; nothing matches.
+            Ok(u) => u.map(|u| u.secrets.tic_md5).filter(|m| !m.is_empty()),
             Err(e) => {
                 // A store failure refuses the login rather than ending the process.
                 warn!(user, error = %e, "TIC: reading the user failed");
@@ -52,7 +53,8 @@ mod tests {
             v4v6: None,
         })
         .unwrap();
-        store.create_user("gus", "gpw", 0).unwrap();
+        let secrets = crate::secret::UserSecrets::derive("gus", "gus-password", "broker");
+        store.create_user("gus", &secrets, 0).unwrap();
         let t = store
             .create_tunnel(
                 &NewTunnel::api(
@@ -74,8 +76,10 @@ mod tests {
             store: &store,
             pop: &pop,
         };
-        assert_eq!(d.user_password("gus").as_deref(), Some("gpw"));
-        assert_eq!(d.user_password("nobody"), None);
+        // What TIC needs of the password, not the password.
+        assert_eq!(d.user_password_md5("gus"), Some(secrets.tic_md5.clone()));
+        assert_ne!(d.user_password_md5("gus").as_deref(), Some("gus-password"));
+        assert_eq!(d.user_password_md5("nobody"), None);
         assert_eq!(d.user_tunnels("gus"), vec![t]);
         assert!(d.user_tunnels("nobody").is_empty());
     }

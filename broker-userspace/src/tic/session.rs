@@ -35,9 +35,10 @@ pub struct PopFacts {
 
 /// What the session looks up.
 pub trait Directory {
-    /// A user's account password (TIC authenticates the account, not a tunnel); `None`
-    /// when there is no such user.
-    fn user_password(&self, user: &str) -> Option<String>;
+    /// MD5 hex of a user's account password (TIC authenticates the account, not a
+    /// tunnel, and needs no more of the password than this); `None` when there is no
+    /// such user.
+    fn user_password_md5(&self, user: &str) -> Option<String>;
     /// The user's tunnels, in id order (the session picks the kinds TIC knows).
     fn user_tunnels(&self, user: &str) -> Vec<TunnelRecord>;
     fn pop(&self) -> PopFacts;
@@ -244,8 +245,7 @@ impl Session {
         self.login = Login::Anonymous;
         // md5hex(challenge + md5hex(password)), aiccu `tic_Login`. An unknown user is
         // refused exactly like a wrong password.
-        let good = dir.user_password(&user).is_some_and(|password| {
-            let inner = md5_hex(&[password.as_bytes()]);
+        let good = dir.user_password_md5(&user).is_some_and(|inner| {
             let expected = md5_hex(&[challenge.as_bytes(), inner.as_bytes()]);
             crate::secret::same(&expected, &response)
         });

@@ -134,14 +134,8 @@ fn md5(parts: &[&[u8]]) -> [u8; 16] {
 /// HEX(H(A1)) of `md5-sess`. Clients before TSP 2.0.1 compute it differently when the raw
 /// H(user:realm:password) contains a zero byte (gogoc `SUPPORT_MD5_BUG1455`): MD5 of the
 /// bytes before it only, without nonce and cnonce.
-fn ha1(r: &DigestResponse, password: &str, old_client: bool) -> String {
-    let inner = md5(&[
-        r.username.as_bytes(),
-        b":",
-        r.realm.as_bytes(),
-        b":",
-        password.as_bytes(),
-    ]);
+/// `inner` is H(user:realm:password), all the server keeps of the password.
+fn ha1(r: &DigestResponse, inner: [u8; 16], old_client: bool) -> String {
     if old_client {
         if let Some(zero) = inner.iter().position(|b| *b == 0) {
             return hex(md5(&[&inner[..zero]]));
@@ -165,15 +159,15 @@ fn kd(ha1: &str, r: &DigestResponse, a2: &str) -> String {
     .as_bytes()]))
 }
 
-/// Checks the response against `password`; on success returns the server's answer, the
-/// base64 `rspauth=...` line the client verifies. `old_client`: TSP version 2.0.0 or
-/// older.
+/// Checks the response against `inner`, H(user:realm:password) of the user's password in
+/// this realm; on success returns the server's answer, the base64 `rspauth=...` line the
+/// client verifies. `old_client`: TSP version 2.0.0 or older.
 pub fn verify_digest(
     r: &DigestResponse,
-    password: &str,
+    inner: [u8; 16],
     old_client: bool,
 ) -> Result<String, DigestError> {
-    let ha1 = ha1(r, password, old_client);
+    let ha1 = ha1(r, inner, old_client);
     let expected = kd(&ha1, r, &format!("AUTHENTICATE:{}", r.digest_uri));
     if !crate::secret::same(&expected, &r.response.to_ascii_lowercase()) {
         return Err(DigestError::WrongPassword);
@@ -208,7 +202,8 @@ pub fn digest_client_response(
         digest_uri: format!("tsp/{server}"),
         response: String::new(),
     };
-    let ha1 = ha1(&r, password, false);
+    let inner = crate::secret::digest_inner(user, realm, password);
+    let ha1 = ha1(&r, inner, false);
     let response = kd(&ha1, &r, &format!("AUTHENTICATE:{}", r.digest_uri));
     let rspauth = kd(&ha1, &r, &format!(":{}", r.digest_uri));
     let text = format!(
@@ -229,6 +224,11 @@ pub fn parse_rspauth(line: &[u8]) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// What the server keeps of `password` for the response's user and realm.
+    fn inner(r: &DigestResponse, password: &str) -> [u8; 16] {
+        crate::secret::digest_inner(&r.username, &r.realm, password)
+    }
+
     // The worked example in docs/TSP.md: alice/secret,
     // realm tsp.example, nonce 0123ABCD, cnonce 1700000000, server broker.example.net.
     const CHALLENGE_B64: &str = "cmVhbG09InRzcC5leGFtcGxlIixub25jZT0iMDEyM0FCQ0QiLHFvcD1hdXRoLGFsZ29yaXRobT1tZDUtc2VzcyxjaGFyc2V0PXV0Zjg=";
@@ -248,9 +248,12 @@ mod tests {
         let line = format!("{}\r\n", B64.encode(CLIENT_TEXT));
         let r = parse_digest_response(line.as_bytes(), "tsp.example", "0123ABCD").unwrap();
         assert_eq!(r.username, "alice");
-        assert_eq!(verify_digest(&r, "secret", false).unwrap(), RSPAUTH_LINE);
         assert_eq!(
-            verify_digest(&r, "Secret", false),
+            verify_digest(&r, inner(&r, "secret"), false).unwrap(),
+            RSPAUTH_LINE
+        );
+        assert_eq!(
+            verify_digest(&r, inner(&r, "Secret"), false),
             Err(DigestError::WrongPassword)
         );
         // Our client computes the same bytes the deployed one sends.
@@ -284,7 +287,7 @@ mod tests {
             digest_uri: "imap/elwood.innosoft.com".into(),
             response: "d388dad90d4bbd760a152321f2143af7".into(),
         };
-        let rsp = verify_digest(&r, "secret", false).unwrap();
+        let rsp = verify_digest(&r, inner(&r, "secret"), false).unwrap();
         assert_eq!(
             parse_rspauth(rsp.as_bytes()).unwrap(),
             "ea40f60335c427b5527b84dbabcdfffd"
@@ -330,9 +333,9 @@ mod tests {
         let zero = inner.iter().position(|b| *b == 0).unwrap();
         let quirk_ha1 = hex(md5(&[&inner[..zero]]));
         r.response = kd(&quirk_ha1, &r, "AUTHENTICATE:tsp/broker.example.net");
-        assert!(verify_digest(&r, &pw, true).is_ok());
+        assert!(verify_digest(&r, inner, true).is_ok());
         assert_eq!(
-            verify_digest(&r, &pw, false),
+            verify_digest(&r, inner, false),
             Err(DigestError::WrongPassword)
         );
     }

@@ -229,6 +229,14 @@ where
     outcome
 }
 
+/// A login that went through: the source's failures are forgotten.
+fn succeeded<S, P, R>(shared: &Shared<S, P, R>, next: &Step, peer: SocketAddr, user: &str) {
+    if matches!(next, Step::Reply(_)) {
+        shared.limits().succeeded(peer.ip());
+        info!(%peer, user, "TSP user authenticated");
+    }
+}
+
 /// A session step carried through to something to send.
 enum Driven {
     Send(Vec<u8>),
@@ -255,7 +263,7 @@ where
             Step::Reply(b) => return Driven::Send(b),
             Step::Silent => return Driven::Send(Vec::new()),
             Step::NeedPassword { user } => {
-                let password = shared
+                let secrets = shared
                     .broker
                     .lock()
                     .await
@@ -263,12 +271,33 @@ where
                     .user(&user)
                     .ok()
                     .flatten()
-                    .map(|u| u.password);
-                let next = session.password(password.as_deref());
-                if matches!(next, Step::Reply(_)) {
-                    shared.limits().succeeded(peer.ip());
-                    info!(%peer, user, "TSP user authenticated");
+                    .map(|u| u.secrets);
+                if let Some(s) = &secrets {
+                    if s.digest_realm != shared.config.realm {
+                        crate::logs::warn_limited(
+                            "tsp_realm",
+                            &format!(
+                                "user {user}'s DIGEST-MD5 secret was made for realm {:?}, \
+                                 tsp.realm is {:?}: DIGEST-MD5 fails until the password is \
+                                 set again (PLAIN works)",
+                                s.digest_realm, shared.config.realm
+                            ),
+                        );
+                    }
                 }
+                let next = session.password(secrets.as_ref());
+                succeeded(shared, &next, peer, &user);
+                next
+            }
+            Step::VerifyPlain { password, hash } => {
+                // argon2: tens of milliseconds, not on the thread every service shares.
+                let ok = tokio::task::spawn_blocking(move || {
+                    crate::secret::verify_password(&password, &hash)
+                })
+                .await
+                .unwrap_or(false);
+                let next = session.plain_checked(ok);
+                succeeded(shared, &next, peer, "");
                 next
             }
             Step::NeedTunnel(ask) => {

@@ -15,6 +15,7 @@ use super::{
 };
 use crate::config::{TspAuth, TspTunnelType};
 use crate::model::{Endpoint, Kind};
+use crate::secret::UserSecrets;
 
 /// Versions the server speaks; 1.0.1 (no accept message) is refused with 302, after which
 /// gogoc falls back no further.
@@ -59,8 +60,11 @@ pub enum Step {
     Reply(Vec<u8>),
     /// Send nothing (TCP after `AUTHENTICATE PLAIN` and after the accept).
     Silent,
-    /// Look up this user's password and call [`Session::password`].
+    /// Look up what is kept of this user's password and call [`Session::password`].
     NeedPassword { user: String },
+    /// Check a PLAIN password against its argon2 hash (slow: off the async thread) and
+    /// call [`Session::plain_checked`].
+    VerifyPlain { password: String, hash: String },
     /// Make or find the tunnel and call [`Session::offered`].
     NeedTunnel(TunnelAsk),
     /// The tunnel request was refused with `status`: send `reply` (the framed status);
@@ -93,6 +97,10 @@ enum State {
     PlainCheck {
         user: String,
         password: String,
+    },
+    /// PLAIN: the caller is checking the password.
+    PlainVerify {
+        user: String,
     },
     /// Authenticated (`None` = anonymous); waiting for the tunnel request.
     Ready {
@@ -214,7 +222,10 @@ impl Session {
                 self.state = State::Established;
                 Step::Reply(Vec::new())
             }
-            s @ (State::PlainCheck { .. } | State::DigestCheck { .. } | State::Offering) => {
+            s @ (State::PlainCheck { .. }
+            | State::PlainVerify { .. }
+            | State::DigestCheck { .. }
+            | State::Offering) => {
                 // A message while the caller works on the last one (a UDP retransmission
                 // is answered from the caller's reply cache, not here).
                 self.state = s;
@@ -300,23 +311,27 @@ impl Session {
         Step::Close(Status::AuthenticationFailed.line().into_bytes())
     }
 
-    /// The password of the user named in [`Step::NeedPassword`], `None` if there is no
-    /// such user.
-    pub fn password(&mut self, password: Option<&str>) -> Step {
+    /// What is kept of the password of the user named in [`Step::NeedPassword`], `None`
+    /// if there is no such user.
+    pub fn password(&mut self, secrets: Option<&UserSecrets>) -> Step {
         match std::mem::replace(&mut self.state, State::Offering) {
             State::PlainCheck {
                 user,
                 password: given,
-            } => match password {
-                Some(p) if crate::secret::same(p, &given) => {
-                    self.state = State::Ready { user: Some(user) };
-                    reply(Status::Success.line())
+            } => match secrets {
+                Some(s) => {
+                    self.state = State::PlainVerify { user };
+                    Step::VerifyPlain {
+                        password: given,
+                        hash: s.password_hash.clone(),
+                    }
                 }
-                _ => self.auth_failed(),
+                None => self.auth_failed(),
             },
             State::DigestCheck { response } => {
                 let old = self.version == "2.0.0";
-                match password.map(|p| sasl::verify_digest(&response, p, old)) {
+                let inner = secrets.and_then(|s| s.digest_inner(&self.policy.realm));
+                match inner.map(|i| sasl::verify_digest(&response, i, old)) {
                     Some(Ok(rspauth)) => {
                         self.state = State::Ready {
                             user: Some(response.username),
@@ -327,6 +342,21 @@ impl Session {
                     _ => self.auth_failed(),
                 }
             }
+            other => {
+                self.state = other;
+                Step::Silent
+            }
+        }
+    }
+
+    /// The verdict on [`Step::VerifyPlain`].
+    pub fn plain_checked(&mut self, ok: bool) -> Step {
+        match std::mem::replace(&mut self.state, State::Offering) {
+            State::PlainVerify { user } if ok => {
+                self.state = State::Ready { user: Some(user) };
+                reply(Status::Success.line())
+            }
+            State::PlainVerify { .. } => self.auth_failed(),
             other => {
                 self.state = other;
                 Step::Silent

@@ -51,9 +51,16 @@ impl Loopback {
                 Step::Established { reply, .. } => return Some(reply),
                 Step::Silent => return None,
                 Step::NeedPassword { user } => {
-                    let pw = self.users.iter().find(|(u, _)| *u == user).map(|(_, p)| *p);
-                    self.session.password(pw)
+                    let kept = self
+                        .users
+                        .iter()
+                        .find(|(u, _)| *u == user)
+                        .map(|(u, p)| crate::secret::UserSecrets::derive(u, p, "broker"));
+                    self.session.password(kept.as_ref())
                 }
+                Step::VerifyPlain { password, hash } => self
+                    .session
+                    .plain_checked(crate::secret::verify_password(&password, &hash)),
                 Step::NeedTunnel(ask) => {
                     self.asked.push(ask);
                     let r = match self.refuse {

@@ -40,6 +40,17 @@ fn v4v6(last: u16) -> NewTunnel {
     }
 }
 
+/// What the store keeps of a password (the derivation is crate::secret's business; the
+/// store only keeps and returns it).
+fn kept(password: &str) -> crate::secret::UserSecrets {
+    crate::secret::UserSecrets {
+        password_hash: format!("$argon2id$of-{password}"),
+        tic_md5: format!("md5-of-{password}"),
+        digest_realm: "broker".into(),
+        digest_ha1: format!("ha1-of-{password}"),
+    }
+}
+
 #[test]
 fn allocates_link_and_routed_prefixes_and_tokens() {
     let mut s = SqliteStore::in_memory(pools()).unwrap();
@@ -53,7 +64,11 @@ fn allocates_link_and_routed_prefixes_and_tokens() {
     assert_eq!(b.spec.routed_prefixes[0].prefix_len(), 56);
     assert!(!a.spec.routed_prefixes[0].contains(&b.spec.routed_prefixes[0]));
     assert_eq!(a.password.len(), 16);
-    assert_ne!(a.password, a.update_key);
+    // The update key is handed out once; only its SHA-256 is kept.
+    let key = a.update_key.clone().unwrap();
+    assert_eq!(key.len(), 16);
+    assert_ne!(a.password, key);
+    assert_eq!(a.update_key_hash, crate::secret::hash_key(&key));
     assert_ne!(a.password, b.password);
     assert_eq!(s.tunnels().unwrap(), vec![a.clone(), b]);
     assert_eq!(s.tunnel(1).unwrap(), Some(a));
@@ -315,7 +330,7 @@ fn udp_endpoints_are_address_and_port_and_kinds_switch_within_a_family() {
 #[test]
 fn tsp_tunnels_are_found_by_owner_and_family() {
     let mut s = SqliteStore::in_memory(pools()).unwrap();
-    s.create_user("carol", "secret-pw", 0).unwrap();
+    s.create_user("carol", &kept("secret-pw"), 0).unwrap();
     let mine = |r: NewTunnel| NewTunnel {
         owner: Some("carol".into()),
         origin: Origin::Tsp,
@@ -341,8 +356,8 @@ fn tsp_tunnels_are_found_by_owner_and_family() {
 #[test]
 fn tunnels_by_owner_and_by_link() {
     let mut s = SqliteStore::in_memory(pools()).unwrap();
-    s.create_user("erin", "pw", 0).unwrap();
-    s.create_user("finn", "pw", 0).unwrap();
+    s.create_user("erin", &kept("pw"), 0).unwrap();
+    s.create_user("finn", &kept("pw"), 0).unwrap();
     let of = |who: &str, r: NewTunnel| NewTunnel {
         owner: Some(who.into()),
         ..r
@@ -402,9 +417,9 @@ fn a_version_1_store_migrates_keeping_everything() {
 #[test]
 fn users_own_tunnels() {
     let mut s = SqliteStore::in_memory(pools()).unwrap();
-    s.create_user("alice", "pw", 1).unwrap();
+    s.create_user("alice", &kept("pw"), 1).unwrap();
     assert!(matches!(
-        s.create_user("alice", "x", 1),
+        s.create_user("alice", &kept("x"), 1),
         Err(StoreError::UserExists { .. })
     ));
     let mut req = new(1, None);
@@ -489,7 +504,7 @@ fn everything_is_there_after_a_restart() {
     let path = dir.join("broker.db");
     let (tunnels, users) = {
         let mut s = SqliteStore::open(&path, pools()).unwrap();
-        s.create_user("bob", "secret", 1).unwrap();
+        s.create_user("bob", &kept("secret"), 1).unwrap();
         let mut req = new(1, Some(56));
         req.owner = Some("bob".into());
         s.create_tunnel(&req, 2).unwrap();

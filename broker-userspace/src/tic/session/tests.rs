@@ -36,7 +36,8 @@ fn record(id: u32, owner: &str, kind: Kind, state: State, keepalive: Option<u32>
         owner: Some(owner.into()),
         origin: Origin::Api,
         password: format!("tunnelpw{id}"),
-        update_key: "k".into(),
+        update_key: None,
+        update_key_hash: crate::secret::hash_key("k"),
         created_at: 0,
         updated_at: 0,
         expires_at: None,
@@ -58,12 +59,13 @@ impl Fake {
 }
 
 impl Directory for Fake {
-    fn user_password(&self, user: &str) -> Option<String> {
-        match user {
-            "alice" => Some("wonderland".into()),
-            "bob" => Some("builder".into()),
-            _ => None,
-        }
+    fn user_password_md5(&self, user: &str) -> Option<String> {
+        let password = match user {
+            "alice" => "wonderland",
+            "bob" => "builder",
+            _ => return None,
+        };
+        Some(md5_hex(&[password.as_bytes()]))
     }
 
     fn user_tunnels(&self, user: &str) -> Vec<TunnelRecord> {
