@@ -193,6 +193,8 @@ pub struct Broker<S, P, R> {
     pub quotas: crate::config::Quotas,
     /// The TSP realm (`tsp.realm`) DIGEST-MD5 secrets are made for.
     pub realm: String,
+    /// Tunnels whose client has not been heard yet ([`unproven`]).
+    unproven: std::collections::BTreeMap<u32, unproven::Unproven>,
 }
 
 impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
@@ -207,6 +209,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
             private_endpoints: false,
             quotas: crate::config::Quotas::default(),
             realm: crate::config::DEFAULT_REALM.to_string(),
+            unproven: std::collections::BTreeMap::new(),
         }
     }
 
@@ -534,6 +537,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
         }
         failpoint("delete:after_routes");
         self.asleep.remove(&id);
+        self.unproven.remove(&id);
         info!(id, "tunnel deleted");
         Ok(record)
     }
@@ -625,6 +629,8 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
         Ok(self.store.delete_user(name)?)
     }
 }
+
+mod unproven;
 
 #[cfg(test)]
 pub(crate) mod tests;

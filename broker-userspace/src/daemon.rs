@@ -385,6 +385,9 @@ async fn watch_tunnels(broker: Arc<Mutex<Running>>, heartbeats: bool, beat_inter
             })
             .collect();
         let changes = liveness.observe(std::time::Instant::now(), &observed);
+        if let Err(e) = b.sweep_unproven(std::time::Instant::now()).await {
+            warn!(error = %crate::broker::error_chain(&e), "removing unproven tunnels failed");
+        }
         for (ids, asleep) in [(changes.sleep, true), (changes.wake, false)] {
             for id in ids {
                 if let Err(e) = b.set_asleep(id, asleep) {

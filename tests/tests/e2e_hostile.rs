@@ -157,3 +157,100 @@ fn one_source_gets_a_bounded_number_of_tsp_answers() {
             >= 170
     );
 }
+
+/// The lab with its TSP tweaked: `extra` lines added to the `tsp:` section.
+fn lab_with_tsp(tag: &str, dir: &tempfile::TempDir, extra: &str) -> Lab {
+    broker_tests::require_root();
+    let prefix = format!("bh{}{tag}", std::process::id());
+    let mut lab = Lab::create(&prefix, 1, dir.path()).expect("the lab");
+    let config = lab.config_yaml(&prefix);
+    let anchor = "tsp:\n  auth: [digest-md5, plain, anonymous]\n";
+    assert!(config.contains(anchor));
+    let config = config.replace(anchor, &format!("{anchor}{extra}"));
+    lab.start_broker(&prefix, &config).expect("broker run");
+    lab.add_tsp_hosts().expect("adding the TSP hosts");
+    lab
+}
+
+/// A UDP datagram from `src` (forged) to the PoP's TSP port, as IPv4 for a raw socket.
+fn forged(src: std::net::Ipv4Addr, port: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    etherparse::PacketBuilder::ipv4(src.octets(), POP_V4.octets(), 64)
+        .udp(port, 3653)
+        .write(&mut v, payload)
+        .unwrap();
+    v
+}
+
+fn anonymous_tunnels(lab: &Lab) -> usize {
+    let out = lab.cli(&["tunnel", "list", "--json"]).expect("tunnel list");
+    let ts: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    ts.iter()
+        .filter(|t| t["origin"] == "tsp" && t["owner"].is_null())
+        .count()
+}
+
+#[test]
+fn forged_anonymous_sessions_cannot_drain_the_pools() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lab = lab_with_tsp(
+        "forge",
+        &dir,
+        "  negotiation_timeout_secs: 2\n  anonymous_unproven_max: 8\n",
+    );
+    // 60 sources the forger does not own, each a whole anonymous negotiation sent blind
+    // (nothing of TSP's answers is needed to go on). Before, each got a tunnel, until the
+    // pools or the maps were full.
+    lab.host("t2").within(|| {
+        let raw = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::from(libc::IPPROTO_RAW)),
+        )
+        .unwrap();
+        let to: socket2::SockAddr =
+            std::net::SocketAddr::V4(std::net::SocketAddrV4::new(POP_V4, 0)).into();
+        for i in 0..60u32 {
+            let src = std::net::Ipv4Addr::new(198, 18, (i / 200) as u8, (i % 200) as u8 + 1);
+            let request = format!(
+                "<tunnel action=\"create\" type=\"v6udpv4\" proxy=\"no\">\r\n <client>\r\n  <address type=\"ipv4\">{src}</address>\r\n  <keepalive interval=\"30\">\r\n    <address type=\"ipv6\">::</address>\r\n  </keepalive>\r\n </client>\r\n</tunnel>\r\n"
+            );
+            let messages: [Vec<u8>; 4] = [
+                b"VERSION=2.0.2\r\n".to_vec(),
+                b"AUTHENTICATE ANONYMOUS\r\n".to_vec(),
+                format!("Content-length: {}\r\n{request}", request.len()).into_bytes(),
+                b"Content-length: 35\r\n<tunnel action=\"accept\"></tunnel>\r\n".to_vec(),
+            ];
+            for (seq, m) in messages.iter().enumerate() {
+                let mut d = (seq as u32 | 0xf000_0000).to_be_bytes().to_vec();
+                d.extend_from_slice(&[0, 0, 0, 1]);
+                d.extend_from_slice(m);
+                raw.send_to(&forged(src, 40000, &d), &to).unwrap();
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let held = anonymous_tunnels(&lab);
+    assert!(
+        (1..=8).contains(&held),
+        "{held} anonymous tunnels for forged sources (at most 8 wait for a client)"
+    );
+    // No client ever speaks from those addresses: gone after the deadline.
+    let mut left = held;
+    for _ in 0..100 {
+        left = anonymous_tunnels(&lab);
+        if left == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(left, 0, "unproven tunnels removed");
+    // A real anonymous client gets its tunnel and keeps it.
+    let c = lab
+        .start_tsp_client("t3", &POP_V4.to_string(), &[])
+        .unwrap();
+    lab.wait_tsp_up("t3", c, "-6").unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(anonymous_tunnels(&lab), 1, "a heard client's tunnel stays");
+}

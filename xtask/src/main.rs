@@ -2,6 +2,7 @@
 //! command but `setup` runs `setup` first, so a fresh machine needs nothing by hand.
 mod bench;
 mod build;
+mod fuzz;
 mod lab;
 mod run;
 mod setup;
@@ -38,6 +39,8 @@ enum Command {
     Test(test::Options),
     /// Benchmarks; writes docs/BENCHMARKS.md.
     Bench(bench::Options),
+    /// The fuzz targets (fuzz/), each for a while from the committed corpus.
+    Fuzz(fuzz::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,5 +56,6 @@ fn main() -> anyhow::Result<()> {
         Command::Run(o) => run::run(o),
         Command::Test(o) => test::run(o),
         Command::Bench(o) => bench::run(o),
+        Command::Fuzz(o) => fuzz::run(o),
     }
 }

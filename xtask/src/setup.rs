@@ -10,6 +10,9 @@ use crate::util::{exec, is_root, output, succeeds};
 /// LLVM that Debian 12 does not have.
 const BPF_LINKER_VERSION: &str = "0.10.0";
 
+/// cargo-fuzz for the fuzz targets (`cargo xtask fuzz`, and a short run in `test`).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
 /// Debian packages the lab and the tests run.
 const PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip: namespaces, veths, addresses, routes"),
@@ -53,6 +56,7 @@ pub fn run(v: Verbosity) -> Result<()> {
         );
     }
     say(bpf_linker()?, &format!("bpf-linker {BPF_LINKER_VERSION}"));
+    say(cargo_fuzz()?, &format!("cargo-fuzz {CARGO_FUZZ_VERSION}"));
     let installed = packages()?;
     if installed.is_empty() {
         say(false, "Debian packages");
@@ -93,6 +97,20 @@ fn bpf_linker() -> Result<bool> {
     exec(Command::new("cargo").args([
         "install",
         &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+        "--locked",
+        "--force",
+    ]))?;
+    Ok(true)
+}
+
+fn cargo_fuzz() -> Result<bool> {
+    let version = output(Command::new("cargo").args(["fuzz", "--version"])).unwrap_or_default();
+    if version.contains(CARGO_FUZZ_VERSION) {
+        return Ok(false);
+    }
+    exec(Command::new("cargo").args([
+        "install",
+        &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
         "--locked",
         "--force",
     ]))?;

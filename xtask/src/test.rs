@@ -35,8 +35,17 @@ pub fn run(o: Options) -> Result<()> {
     cmd.args(["test", "--workspace", "--locked"])
         .env("BROKER_BIN", &broker)
         .env("RUST_BACKTRACE", "1");
-    if let Some(f) = o.filter {
+    if let Some(f) = &o.filter {
         cmd.arg("--").arg(f);
     }
-    exec(&mut cmd)
+    exec(&mut cmd)?;
+    // Every parser reachable from the network or the config, a few seconds each from the
+    // committed corpus (`cargo xtask fuzz` runs longer).
+    if o.filter.as_deref().is_none_or(|f| "fuzz".contains(f)) {
+        crate::fuzz::targets(None, FUZZ_SECS)?;
+    }
+    Ok(())
 }
+
+/// Seconds each fuzz target runs in `cargo xtask test`.
+const FUZZ_SECS: u64 = 10;

@@ -5,11 +5,11 @@
 //! render JSON. See docs/API.md for every route.
 
 mod auth;
-mod body;
+pub mod body;
 pub mod listener;
 mod nic;
 pub mod tunnels;
-mod users;
+pub mod users;
 
 use std::sync::{
     atomic::{AtomicBool, Ordering},

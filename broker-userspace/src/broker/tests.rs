@@ -17,6 +17,8 @@ pub(crate) struct FakeMaps {
     fail: bool,
     /// What the data plane says AYIYA clients roamed to.
     learnt: Vec<(u32, std::net::SocketAddrV4)>,
+    /// Tunnels whose client sent a packet.
+    pub(crate) heard: BTreeSet<u32>,
 }
 
 impl<S> Broker<S, FakeMaps, FakeRoutes> {
@@ -49,7 +51,10 @@ impl Projection for FakeMaps {
     }
 
     fn counters(&self, id: u32) -> Option<TunnelStats> {
-        self.installed.contains_key(&id).then(TunnelStats::default)
+        self.installed.contains_key(&id).then(|| TunnelStats {
+            from_client_packets: u64::from(self.heard.contains(&id)),
+            ..TunnelStats::default()
+        })
     }
 
     fn all_counters(&self) -> Result<Vec<(u32, TunnelStats)>, String> {

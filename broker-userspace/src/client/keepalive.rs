@@ -92,11 +92,13 @@ pub struct Keepalive {
 }
 
 impl Keepalive {
-    /// The first echo goes one interval after `now`.
+    /// The first echo goes at once (as gogoc's): it also shows the server that this
+    /// end receives what the offer said (an anonymous tunnel over UDP is removed unless
+    /// its client is heard soon).
     pub fn new(interval: Duration, now: Instant) -> Self {
         Self {
             interval,
-            next: now + interval,
+            next: now,
             waiting: None,
             seq: 0,
             misses: 0,
@@ -193,15 +195,17 @@ mod tests {
         let t0 = Instant::now();
         let s = |x: u64| t0 + Duration::from_secs(x);
         let mut k = Keepalive::new(Duration::from_secs(10), t0);
-        assert_eq!(k.tick(s(5)), Due::Nothing);
-        assert_eq!(k.tick(s(10)), Due::Send(1));
+        assert_eq!(k.tick(s(0)), Due::Send(1), "the first at once");
         k.replied(1);
-        assert_eq!(k.tick(s(20)), Due::Send(2));
+        assert_eq!(k.tick(s(5)), Due::Nothing);
+        assert_eq!(k.tick(s(10)), Due::Send(2));
+        k.replied(2);
+        assert_eq!(k.tick(s(20)), Due::Send(3));
         assert_eq!(k.tick(s(25)), Due::Nothing, "one miss");
-        assert_eq!(k.tick(s(30)), Due::Send(3));
+        assert_eq!(k.tick(s(30)), Due::Send(4));
         assert_eq!(k.tick(s(35)), Due::Nothing, "two misses");
-        assert_eq!(k.tick(s(40)), Due::Send(4));
-        k.replied(3); // too late: not the one waited for
+        assert_eq!(k.tick(s(40)), Due::Send(5));
+        k.replied(4); // too late: not the one waited for
         assert_eq!(k.tick(s(45)), Due::Dead);
     }
 }

@@ -457,6 +457,16 @@ pub struct TspConfig {
     /// refused with 530 while all are alive.
     #[serde(default = "default_anonymous_per_source")]
     pub anonymous_per_source: usize,
+    /// Anonymous tunnels negotiated over UDP whose client has not been heard yet, at
+    /// once (a forger can negotiate for addresses it does not own); each must carry its
+    /// client's first packet within `negotiation_timeout_secs` and two keepalive
+    /// intervals, or it is removed.
+    #[serde(default = "default_anonymous_unproven_max")]
+    pub anonymous_unproven_max: usize,
+}
+
+fn default_anonymous_unproven_max() -> usize {
+    64
 }
 
 fn default_dns_server() -> std::net::Ipv6Addr {

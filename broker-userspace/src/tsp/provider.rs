@@ -6,7 +6,7 @@
 //! endpoint and kind following the client (a new NAT mapping moves it). Anonymous clients
 //! get a tunnel of their own per endpoint, at most `tsp.anonymous_per_source` per address
 //! (see [`anonymous`]), deleted when its lifetime ends.
-use std::net::IpAddr;
+use std::{net::IpAddr, time::Instant};
 
 use super::{
     session::TunnelAsk,
@@ -103,6 +103,7 @@ async fn anonymous<S: Store, P: Projection, R: RouteOps>(
             })
             .flatten()
     });
+    let proof_due = Instant::now() + std::time::Duration::from_secs(cfg.negotiation_timeout_secs);
     match take {
         Some(t) => {
             let id = t.spec.id;
@@ -112,6 +113,9 @@ async fn anonymous<S: Store, P: Projection, R: RouteOps>(
                     source = %ask.endpoint.address(),
                     "TSP: an anonymous session takes over its address's silent tunnel"
                 );
+                if ask.over_udp {
+                    b.mark_unproven(id, proof_due, false);
+                }
             }
             renew(b, id, ask, expires_at).await
         }
@@ -123,7 +127,20 @@ async fn anonymous<S: Store, P: Projection, R: RouteOps>(
             );
             Err(Status::ServerTooBusy)
         }
-        None => create(b, ask, cfg, None, expires_at).await,
+        None if ask.over_udp && b.unproven() >= cfg.anonymous_unproven_max => {
+            crate::logs::info_limited(
+                "tsp_unproven_full",
+                "TSP: too many anonymous tunnels wait for their client's first packet; refused",
+            );
+            Err(Status::ServerTooBusy)
+        }
+        None => {
+            let t = create(b, ask, cfg, None, expires_at).await?;
+            if ask.over_udp {
+                b.mark_unproven(t.spec.id, proof_due, true);
+            }
+            Ok(t)
+        }
     }
 }
 

@@ -51,6 +51,8 @@ pub struct TunnelAsk {
     /// Router mode: the prefix length asked for.
     pub router: Option<u8>,
     pub keepalive: u32,
+    /// Negotiated over UDP: the source address may be forged (TCP's handshake proves it).
+    pub over_udp: bool,
 }
 
 /// What to do after a message.
@@ -459,6 +461,7 @@ impl Session {
             claimed_ipv4: req.client_ipv4,
             router,
             keepalive: self.policy.keepalive_secs,
+            over_udp: udp,
         })
     }
 

@@ -31,6 +31,7 @@ fn ask(user: Option<&str>, kind: Kind, endpoint: Endpoint, router: Option<u8>) -
         claimed_ipv4: endpoint.ipv4(),
         router,
         keepalive: 30,
+        over_udp: true,
     }
 }
 
@@ -359,4 +360,67 @@ fn a_new_session_wakes_a_sleeping_tunnel() {
     run(provide(&mut b, &a, &cfg())).unwrap();
     assert!(!b.is_asleep(id));
     assert_eq!(b.maps_installed(id).unwrap().state, State::Up);
+}
+
+#[test]
+fn forged_sources_hold_a_bounded_number_of_tunnels_for_a_bounded_time() {
+    let mut b = broker();
+    let cfg = TspConfig {
+        anonymous_unproven_max: 2,
+        ..cfg()
+    };
+    // Three "clients" that will never send a packet (addresses a forger used).
+    let (a, _) = run(provide(
+        &mut b,
+        &ask(None, Kind::V6Udp4, udp(1, 1000), None),
+        &cfg,
+    ))
+    .unwrap();
+    let (c, _) = run(provide(
+        &mut b,
+        &ask(None, Kind::V6Udp4, udp(2, 1000), None),
+        &cfg,
+    ))
+    .unwrap();
+    assert_eq!(
+        run(provide(
+            &mut b,
+            &ask(None, Kind::V6Udp4, udp(3, 1000), None),
+            &cfg
+        ))
+        .unwrap_err(),
+        Status::ServerTooBusy
+    );
+    // A user is not held up, nor an anonymous session over TCP (its source is proven).
+    let over_tcp = TunnelAsk {
+        over_udp: false,
+        ..ask(None, Kind::Proto41, p41(4), None)
+    };
+    run(provide(&mut b, &over_tcp, &cfg)).unwrap();
+    run(provide(
+        &mut b,
+        &ask(Some("alice"), Kind::V6Udp4, udp(5, 1000), None),
+        &cfg,
+    ))
+    .unwrap();
+    // The first one's client is heard; the other's never: at the deadline it goes (its
+    // /64 free at once: Broker::discard_unused, as undone creations).
+    b.maps.heard.insert(a);
+    let later = std::time::Instant::now()
+        + std::time::Duration::from_secs(cfg.negotiation_timeout_secs + 2 * 30 + 1);
+    assert_eq!(
+        run(b.sweep_unproven(std::time::Instant::now())).unwrap(),
+        Vec::<u32>::new()
+    );
+    assert_eq!(run(b.sweep_unproven(later)).unwrap(), vec![c]);
+    assert!(b.store.tunnel(c).unwrap().is_none());
+    assert!(b.store.tunnel(a).unwrap().is_some(), "heard: kept");
+    assert_eq!(b.unproven(), 0);
+    // And there is room again.
+    run(provide(
+        &mut b,
+        &ask(None, Kind::V6Udp4, udp(6, 1000), None),
+        &cfg,
+    ))
+    .unwrap();
 }

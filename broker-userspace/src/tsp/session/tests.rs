@@ -123,6 +123,7 @@ fn anonymous_v6anyv4_resolves_by_nat() {
             claimed_ipv4: Some(Ipv4Addr::new(192, 0, 2, 10)),
             router: None,
             keepalive: 30,
+            over_udp: true,
         }
     );
     // Behind a NAT: v6udpv4 to the address and port its packets come from.
