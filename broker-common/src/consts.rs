@@ -118,13 +118,23 @@ pub const DEFAULT_ICMP_BURST: u32 = 100;
 pub const DEFAULT_NEIGHBOUR_RATE: u32 = 100;
 pub const DEFAULT_NEIGHBOUR_BURST: u32 = 50;
 
+/// AF_XDP engine: how long XDP verifies a tunnel's AYIYA packets itself (in-XDP SHA-1, on
+/// the receiving CPU) after the worker found a forged one among them, instead of handing
+/// them to the worker, whose ring every tunnel on that receive queue shares.
+pub const DEFAULT_XSK_SUSPECT_MS: u32 = 1_000;
+
+/// `BPF_F_MMAPABLE` (`linux/bpf.h`): an array map whose values userspace can map into its
+/// memory and update with atomics, without a system call.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+
 /// Length of the frames the benchmark generator sends.
 pub const GEN_FRAME_LEN: usize = 128;
 
 /// Version of the map layouts (keys, values, sizes of `broker_common::maps`). Pins live
 /// under `maps-v<N>`: a build with another layout brings new maps, fills them, and swaps
 /// the program on the pinned links, so an upgrade never reads maps it does not understand.
-/// 2: the TSP kinds; 3: AYIYA; 4: the rate limits in `Settings`.
+/// 2: the TSP kinds; 3: AYIYA; 4: the rate limits in `Settings`, and `XSK_VERDICTS` (the
+/// AF_XDP worker's counts, pinned) with `XSK_SUSPECT`.
 pub const MAP_LAYOUT_VERSION: u32 = 4;
 
 /// Names of the maps in the object file, which are also their pin names.
@@ -149,9 +159,15 @@ pub mod map_names {
     /// belong to the running controller, and close (leaving the entries) with it.
     pub const XSKS: &str = "XSKS";
     pub const XSK_IFACES: &str = "XSK_IFACES";
+    /// What the AYIYA worker decided about the packets XDP handed it to verify, per tunnel
+    /// slot (`XskVerdicts`): pinned with the counters, which it completes.
+    pub const XSK_VERDICTS: &str = "XSK_VERDICTS";
+    /// Per tunnel slot, until when XDP verifies the tunnel's AYIYA packets itself, as the
+    /// worker asked. Never pinned (like `XSKS`): a new controller starts with none.
+    pub const XSK_SUSPECT: &str = "XSK_SUSPECT";
 
     /// Every map the controller owns, in the order `broker stats` lists them.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         SETTINGS,
         TUNNELS,
         P41_ENDPOINTS,
@@ -164,6 +180,7 @@ pub mod map_names {
         NEXTHOP_NATIVE,
         TUNNEL_STATS,
         GLOBAL_STATS,
+        XSK_VERDICTS,
     ];
 }
 

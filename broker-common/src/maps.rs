@@ -1,5 +1,6 @@
 //! Keys and values of the BPF maps. One owner per fact: the controller writes every map
-//! but the counters, the XDP program writes only the counters.
+//! but the counters, the XDP program writes only the counters; the AF_XDP worker (in the
+//! controller's process) writes its own two, `XSK_VERDICTS` and `XSK_SUSPECT`.
 //!
 //! Map overview (names in [`crate::consts::map_names`]):
 //! - `SETTINGS`: `Array<Settings>` of one entry, the PoP-wide parameters.
@@ -20,6 +21,13 @@
 //!   destinations (v4v6) are kept as IPv4-mapped IPv6 addresses.
 //! - `TUNNEL_STATS`: `PerCpuArray<TunnelStats>` indexed by slot.
 //! - `GLOBAL_STATS`: `PerCpuArray<StatPair>` indexed as [`crate::stats`] lays out.
+//! - `XSK_VERDICTS`: `Array<XskVerdicts>` indexed by slot, the totals after the last slot:
+//!   what the AF_XDP worker decided about the packets XDP handed it to verify. Written by
+//!   the worker, never by XDP; the controller adds it to the two maps above when it reads
+//!   them.
+//! - `XSK_SUSPECT`: `Array<u64>` indexed by slot: until when XDP verifies the tunnel's
+//!   AYIYA packets itself (see [`XskVerdicts`]). Written by the worker, read by XDP; not
+//!   pinned.
 //!
 //! The program also keeps maps of its own, never pinned (scratch, caches): the SHA-1 in
 //! progress, the AYIYA clock, and the token buckets of [`RateLimit`] (`broker-ebpf`'s
@@ -260,6 +268,80 @@ impl XskMeta {
 }
 
 const _: () = assert!(core::mem::size_of::<XskMeta>() == XskMeta::LEN);
+
+/// What the AF_XDP worker decided about the AYIYA packets XDP handed it to verify
+/// ([`XskMeta::OP_VERIFY`]) for one tunnel: value of `XSK_VERDICTS` at the tunnel's slot;
+/// the entry after the last slot holds the totals of all tunnels (never reset: a slot's
+/// entry is when a new tunnel takes the slot).
+///
+/// XDP does not count a packet it hands over to be verified as the client's: only the
+/// worker knows whether it was. A forged packet from the client's own address and port
+/// would otherwise count as the client's traffic (and keep an up tunnel awake). The
+/// controller adds `verified` to the tunnel's `from_client` and to the `decap` event,
+/// `forged` to its drops and to `bad_signature`, whenever it reads the counters; both maps
+/// are pinned, so the sums survive a restart of the controller (a frame the worker had not
+/// decided about when it stopped was never forwarded, and is counted nowhere but under
+/// XDP's `redirect`). Bytes are the inner packet's, as [`TunnelStats`] counts them.
+///
+/// The worker adds to it with atomics through a shared mapping (`BPF_F_MMAPABLE`), once
+/// per tunnel and batch; every field is a `u64` at an 8-byte boundary for that reason.
+/// A forged packet also makes the worker write the tunnel's `XSK_SUSPECT` entry (a
+/// coarse-monotonic deadline in ns): until then XDP verifies the tunnel's packets itself,
+/// so one tunnel's forged flood stays on the CPU that receives it instead of filling the
+/// ring the worker shares between the tunnels of a receive queue.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XskVerdicts {
+    /// Signature right: decapsulated and sent on (or dropped for want of a TX frame, as
+    /// the worker's `tx_full` counts, like a drop after XDP's `redirect`).
+    pub verified_packets: u64,
+    pub verified_bytes: u64,
+    /// Signature wrong: dropped.
+    pub forged_packets: u64,
+    pub forged_bytes: u64,
+}
+
+impl XskVerdicts {
+    /// `u64` words per entry (the shared mapping is read and written word by word).
+    pub const WORDS: usize = 4;
+
+    pub fn add(&mut self, o: &Self) {
+        self.verified_packets += o.verified_packets;
+        self.verified_bytes += o.verified_bytes;
+        self.forged_packets += o.forged_packets;
+        self.forged_bytes += o.forged_bytes;
+    }
+
+    /// As words, in field order.
+    pub const fn to_words(&self) -> [u64; Self::WORDS] {
+        [
+            self.verified_packets,
+            self.verified_bytes,
+            self.forged_packets,
+            self.forged_bytes,
+        ]
+    }
+
+    pub const fn from_words(w: [u64; Self::WORDS]) -> Self {
+        Self {
+            verified_packets: w[0],
+            verified_bytes: w[1],
+            forged_packets: w[2],
+            forged_bytes: w[3],
+        }
+    }
+}
+
+impl TunnelStats {
+    /// Adds what the AF_XDP worker decided about the tunnel's packets: verified ones are
+    /// from the client, forged ones dropped (as XDP counts those it verifies itself).
+    pub fn add_worker(&mut self, v: &XskVerdicts) {
+        self.from_client_packets += v.verified_packets;
+        self.from_client_bytes += v.verified_bytes;
+        self.drop_packets += v.forged_packets;
+        self.drop_bytes += v.forged_bytes;
+    }
+}
 
 /// AF_XDP sockets per interface (its receive queues) the `XSKS` map has room for: socket
 /// of queue `q` of an interface is at `XSK_IFACES[ifindex] + q`.
@@ -589,6 +671,7 @@ mod tests {
         assert_eq!(size_of::<Nexthop>(), 32);
         assert_eq!(size_of::<NexthopNative>(), 48);
         assert_eq!(size_of::<TunnelStats>(), 48);
+        assert_eq!(size_of::<XskVerdicts>(), 8 * XskVerdicts::WORDS);
         assert_eq!(size_of::<StatPair>(), 16);
     }
 }

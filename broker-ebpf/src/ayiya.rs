@@ -74,7 +74,8 @@ pub fn decap(ctx: &XdpContext, s: &Settings, ip: &Ipv4Hdr, udp: &UdpHdr) -> Verd
     let forward = auth_op & 0x0f == AYIYA_OP_FORWARD && next_header == IPPROTO_IPV6;
     // The client's own address and port: a packet from elsewhere roams the tunnel once
     // verified, which XDP does. An asleep tunnel's packets stay here too: they are
-    // counted as the client's only once verified, so a forged one cannot wake it.
+    // counted as the client's only once verified, so a forged one cannot wake it. So do a
+    // suspect tunnel's, for which the worker found forged packets (`xsk::suspect`).
     if forward
         && t.state == TunnelState::Up as u8
         && ip.src == t.remote_v4
@@ -82,8 +83,10 @@ pub fn decap(ctx: &XdpContext, s: &Settings, ip: &Ipv4Hdr, udp: &UdpHdr) -> Verd
         && payload >= s.xsk_min_payload as usize
     {
         if let Some(index) = xsk::socket(ctx, s) {
-            if let Some(v) = offload(ctx, s, t, slot, index, inner_len) {
-                return v;
+            if !xsk::suspect(slot) {
+                if let Some(v) = offload(ctx, s, t, slot, index, inner_len) {
+                    return v;
+                }
             }
         }
     }
@@ -97,6 +100,10 @@ pub fn decap(ctx: &XdpContext, s: &Settings, ip: &Ipv4Hdr, udp: &UdpHdr) -> Verd
 /// more than the worker does (it goes to the PoP, into another tunnel, or has no next hop
 /// the worker can reach, or fails a check): XDP verifies it and acts as always, so every
 /// drop is still counted after the signature was checked.
+///
+/// Counted here only as `redirect`: whether it is the client's packet (`from_client`,
+/// `decap`) or a forged one (a drop, `bad_signature`) only the worker knows, and it counts
+/// it so (`XskVerdicts`).
 #[inline(always)]
 fn offload(
     ctx: &XdpContext,
@@ -122,8 +129,6 @@ fn offload(
     if !xsk::serves(hop.ifindex) {
         return None;
     }
-    stats::tunnel(slot, Dir::FromClient, inner_len as u64);
-    stats::event(Event::Decap, t.kind, inner_len as u64);
     Some(strip_and_hand_off(ctx, t, slot, index, &hop))
 }
 

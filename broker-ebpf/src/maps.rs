@@ -5,10 +5,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, XskMap},
 };
 use broker_common::{
-    consts::{DEFAULT_MAX_PREFIXES, DEFAULT_MAX_TUNNELS, NEXTHOP_NATIVE_ENTRIES},
+    consts::{BPF_F_MMAPABLE, DEFAULT_MAX_PREFIXES, DEFAULT_MAX_TUNNELS, NEXTHOP_NATIVE_ENTRIES},
     maps::{
         upper64, Endpoint4, Endpoint6, Nexthop, NexthopNative, PrefixKey, Settings, StatPair,
-        Tunnel, TunnelStats, UdpEndpoint4, MAX_PREFIX_LENS, XSK_MAX_SOCKETS,
+        Tunnel, TunnelStats, UdpEndpoint4, XskVerdicts, MAX_PREFIX_LENS, XSK_MAX_SOCKETS,
     },
     stats::{DropReason, GLOBAL_STATS_LEN},
 };
@@ -74,6 +74,20 @@ pub static XSKS: XskMap = XskMap::with_max_entries(XSK_MAX_SOCKETS, 0);
 /// Interfaces the AYIYA worker has sockets on: ifindex to its first index in `XSKS`.
 #[map]
 pub static XSK_IFACES: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
+
+/// What the AYIYA worker decided about the packets it verified, by slot, the totals after
+/// the last slot (`XskVerdicts`). The worker writes it through a shared mapping; the
+/// program never touches it, it is defined here so that it is created and pinned with
+/// the counters it completes.
+#[map]
+pub static XSK_VERDICTS: Array<XskVerdicts> =
+    Array::with_max_entries(DEFAULT_MAX_TUNNELS + 1, BPF_F_MMAPABLE);
+
+/// Per slot, the coarse monotonic time (ns) until which the program verifies the
+/// tunnel's AYIYA packets itself rather than hand them to the worker: the worker sets it
+/// when it finds a forged one (see `xsk::suspect`). Shared mapping, as above.
+#[map]
+pub static XSK_SUSPECT: Array<u64> = Array::with_max_entries(DEFAULT_MAX_TUNNELS, BPF_F_MMAPABLE);
 
 /// The PoP-wide settings (the controller writes them before attaching).
 #[inline(always)]

@@ -8,14 +8,21 @@
 //! on the egress interface (sockets leave the maps when they close): when the worker or
 //! the controller is not running, XDP hashes as before. Forwarding never depends on the
 //! controller process.
-use aya_ebpf::{helpers::bpf_xdp_adjust_meta, programs::XdpContext};
+//!
+//! A packet handed over to be verified is counted by the worker, not here (only it knows
+//! whether the packet was the client's, see `XskVerdicts`); and a tunnel the worker found
+//! forged packets for is verified here for a while ([`suspect`]).
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_coarse_ns, bpf_xdp_adjust_meta},
+    programs::XdpContext,
+};
 use broker_common::{
     maps::{Settings, XskMeta, XSK_MAX_QUEUES},
     stats::DropReason,
 };
 
 use crate::{
-    maps::{XSKS, XSK_IFACES},
+    maps::{XSKS, XSK_IFACES, XSK_SUSPECT},
     outcome::{Outcome, Verdict},
 };
 
@@ -35,6 +42,26 @@ pub fn socket(ctx: &XdpContext, s: &Settings) -> Option<u32> {
     let index = unsafe { *base } + queue;
     XSKS.get(index)?;
     Some(index)
+}
+
+/// Whether the worker found forged packets for tunnel `slot` lately (it marks the tunnel
+/// for `DEFAULT_XSK_SUSPECT_MS`, a second): then its packets are verified here, on the
+/// CPU that received them, with no queue to wait in, instead of joining the worker's
+/// ring, which every tunnel of the receive queue shares (a forged flood from the client's
+/// own address and port filled it, and the other tunnels' packets waited or were lost
+/// behind it). An attacker who does not use the client's address and port lands here
+/// anyway (roaming is verified in XDP). One array read and the coarse clock, for packets
+/// about to be handed over only.
+#[inline(always)]
+pub fn suspect(slot: u32) -> bool {
+    let Some(until) = XSK_SUSPECT.get_ptr(slot) else {
+        return false;
+    };
+    // SAFETY: an array value; the worker stores it whole (an aligned u64) through its
+    // mapping, so the read sees the old or the new deadline.
+    let until = unsafe { core::ptr::read_volatile(until) };
+    // SAFETY: helper without arguments.
+    until != 0 && unsafe { bpf_ktime_get_coarse_ns() } < until
 }
 
 /// Whether the worker can send out of interface `ifindex`.

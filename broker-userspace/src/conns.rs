@@ -95,6 +95,36 @@ impl Drop for Slot {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit, and warns when even that is
+/// below what the connection caps can hold: systemd and most shells start services with
+/// a soft limit of 1024, fewer than the caps of the TCP services together.
+pub fn raise_file_limit(needed: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
+        }
+    }
+    if lim.rlim_cur < needed {
+        tracing::warn!(
+            limit = lim.rlim_cur,
+            needed,
+            "the open-file limit is below what the connection caps allow: raise LimitNOFILE"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -100,6 +100,9 @@ async fn route_backend(config: &Config) -> anyhow::Result<RouteBackend> {
 /// Runs until SIGINT or SIGTERM; SIGHUP re-reads the config and applies tunnel changes.
 pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&config_path)?;
+    // The TCP services' connection caps (API, TIC, TSP) sum to about 6000, plus pins,
+    // sockets and the store.
+    crate::conns::raise_file_limit(8192);
     let store_path = config.store_path();
     let store = SqliteStore::open(&store_path, pools(&config))
         .with_context(|| format!("opening the store {}", store_path.display()))?;

@@ -160,8 +160,16 @@ impl Metrics {
             registry.register(
                 "broker_ayiya_worker",
                 "AYIYA forward packets the AF_XDP worker handled, by outcome (verified, \
-                 bad_signature, signed, malformed, tx_full, no_egress)",
+                 bad_signature, signed, malformed, tx_full, no_egress, ring_dropped)",
                 family,
+            );
+            let suspected = Counter::<u64>::default();
+            suspected.inc_by(w.suspected.load(std::sync::atomic::Ordering::Relaxed));
+            registry.register(
+                "broker_ayiya_worker_suspected",
+                "Times the AF_XDP worker found a forged packet for a tunnel and XDP verified \
+                 that tunnel's packets itself for a while (docs/SECURITY.md)",
+                suspected,
             );
         }
         let mut out = String::new();

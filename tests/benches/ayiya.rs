@@ -20,9 +20,16 @@
 //! in its system calls) per packet it forwarded, and all CPUs' busy time per forwarded
 //! packet (generator included); medians and the fastest round.
 //!
+//! Last, what a flood of forged packets from a client's own address and port costs the
+//! good traffic of that tunnel and of another one, with and without the defence against
+//! it (`flood`).
+//!
 //! The section is appended to `$BENCH_APPEND` (docs/BENCHMARKS.md through xtask).
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+#[path = "ayiya/flood.rs"]
+mod flood;
 
 use std::{fmt::Write as _, time::Instant};
 
@@ -72,10 +79,14 @@ fn main() {
     let aux = Aux::load().expect("loading the helper programs");
     let key = ayiya_key(PASSWORD);
     let mut rows = Vec::new();
-    // `AYIYA_BENCH=table` or `=load` runs only that part; `=profile` runs AYIYA
+    // `AYIYA_BENCH=table`, `=load` or `=flood` runs only that part; `=profile` runs AYIYA
     // verify+decap in a loop, for `perf record`.
     let only = std::env::var("AYIYA_BENCH").unwrap_or_default();
-    let table = only != "load";
+    let table = only.is_empty() || only == "table" || only == "profile";
+    let (load, flooded) = (
+        only.is_empty() || only == "load",
+        only.is_empty() || only == "flood",
+    );
     for size in sizes().into_iter().filter(|_| table) {
         // Built per size: the epoch must stay within 120 s of the PoP's clock.
         let Frames {
@@ -137,15 +148,29 @@ fn main() {
         );
         rows.push(row);
     }
-    let loads = if only == "table" || only == "profile" {
-        Vec::new()
-    } else {
+    if load || flooded {
+        fx.dp.attach("eth4", AttachMode::Driver).unwrap();
+        fx.dp.attach("eth6", AttachMode::Driver).unwrap();
+    }
+    // Before the load rounds, which make the peers' NAPI threaded.
+    let flood = flooded.then(|| {
+        let size = sizes().into_iter().max().expect("a size");
+        flood::run(&mut fx, &key, size)
+    });
+    let loads = if load {
         under_load(&mut fx, &key)
+    } else {
+        Vec::new()
     };
     // Nothing else is using the fixture's maps: let the data plane go before reporting.
     fx.dp.detach_all();
-    let mut report = report(&rows);
-    report.push_str(&load_report(&loads));
+    let mut report = if table { report(&rows) } else { String::new() };
+    if load {
+        report.push_str(&load_report(&loads));
+    }
+    if let Some(f) = flood {
+        report.push_str(&f);
+    }
     println!("{report}");
     if let Some(path) = std::env::var_os("BENCH_APPEND") {
         let mut old = std::fs::read_to_string(&path).unwrap_or_default();
@@ -291,8 +316,6 @@ fn load_frames(size: usize, decap: bool, key: &[u8; 20]) -> [Vec<u8>; 2] {
 /// over the whole section: this VM has slow periods minutes long.
 fn under_load(fx: &mut support::Fixture, key: &[u8; 20]) -> Vec<Load> {
     let mut aux = Aux::load().expect("loading the helper programs");
-    fx.dp.attach("eth4", AttachMode::Driver).unwrap();
-    fx.dp.attach("eth6", AttachMode::Driver).unwrap();
     let (peer4, peer6) = (ifindex("peer4"), ifindex("peer6"));
     aux.attach(program_names::BENCH_SINK, peer4).unwrap();
     aux.attach(program_names::BENCH_SINK, peer6).unwrap();

@@ -292,3 +292,58 @@ fn decap_and_encap_count_once_with_the_cache_warm() {
         }
     });
 }
+
+/// Removes a pinned test instance, also when the test fails.
+struct Pins(String);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = dataplane::detach_instance(&self.0);
+    }
+}
+
+#[test]
+fn pinned_tables_keep_their_size_and_tunnels_when_the_configured_size_changes() {
+    std::thread::spawn(|| {
+        let instance = format!("test-resize-{}", std::process::id());
+        let _pins = Pins(instance.clone());
+        let opts = |max_tunnels| dataplane::Options {
+            pin: true,
+            max_tunnels,
+            max_prefixes: 256,
+            ..dataplane::Options::new(&instance)
+        };
+        let mut fx = Fixture::network_with(opts(64));
+        // More tunnels than the smaller size below, so that some sit in slots beyond it.
+        let ids: Vec<u32> = (100..140).collect();
+        for &id in &ids {
+            let n = id - 100;
+            fx.dp
+                .upsert(&TunnelSpec {
+                    id,
+                    endpoint: Endpoint::Ipv4(Ipv4Addr::new(198, 18, 1, n as u8 + 1)),
+                    link_prefix: Some(format!("2001:db8:20:{n:x}::/64").parse().unwrap()),
+                    routed_prefixes: vec![],
+                    ..spec(1)
+                })
+                .unwrap();
+        }
+        for configured in [128, 32] {
+            fx.dp = dataplane::Dataplane::load(&opts(configured))
+                .unwrap_or_else(|e| panic!("adopting with max_tunnels {configured}: {e:#}"));
+            assert!(fx.dp.adopted());
+            let mut found = fx.dp.tunnel_ids();
+            found.sort_unstable();
+            assert_eq!(found, ids, "max_tunnels {configured}");
+            let usage = fx.dp.map_usage();
+            let tunnels = usage.iter().find(|u| u.map == "TUNNELS").unwrap();
+            assert_eq!(
+                (tunnels.used, tunnels.capacity),
+                (40, 64),
+                "the pinned size, whatever is configured"
+            );
+        }
+    })
+    .join()
+    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+}

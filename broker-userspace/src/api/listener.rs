@@ -169,3 +169,80 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::{self, pki_types::ServerName};
+
+    #[tokio::test]
+    async fn https_with_a_certificate_and_the_public_listener_serves_only_public_routes() {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let dir = std::env::temp_dir().join(format!("broker-api-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (c, k) = (dir.join("c.pem"), dir.join("k.pem"));
+        std::fs::write(&c, cert.cert.pem()).unwrap();
+        std::fs::write(&k, cert.key_pair.serialize_pem()).unwrap();
+        let server_config = crate::tls::load(&c, &k).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        // The public router over a broker: /healthz and /nic/update, nothing else.
+        let state = crate::api::AppState::new(
+            Arc::new(tokio::sync::Mutex::new(crate::broker::tests::broker())),
+            Some("admin-token-0123456789".into()),
+            Arc::new(Metrics::new(false)),
+        );
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = tcp.local_addr().unwrap();
+        tokio::spawn(serve(
+            tcp,
+            crate::api::public_router(state),
+            Some(TlsAcceptor::from(server_config)),
+            CAPS,
+            Arc::new(Metrics::new(false)),
+            std::future::pending(),
+        ));
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.cert.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let get = |path: &'static str| {
+            let connector = connector.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
+                let mut s = connector
+                    .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                    .await
+                    .expect("TLS");
+                let req = format!(
+                    "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer admin-token-0123456789\r\n\r\n"
+                );
+                s.write_all(req.as_bytes()).await.unwrap();
+                let mut out = Vec::new();
+                let _ = s.read_to_end(&mut out).await;
+                String::from_utf8_lossy(&out).into_owned()
+            }
+        };
+        assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
+        // Even with the administrator's token, the administration is not on this listener.
+        assert!(get("/api/v1/tunnels").await.starts_with("HTTP/1.1 404"));
+        assert!(get("/api/v1/users").await.starts_with("HTTP/1.1 404"));
+        assert!(get("/metrics").await.starts_with("HTTP/1.1 404"));
+        // Plain HTTP on the TLS listener gets nothing.
+        let mut plain = tokio::net::TcpStream::connect(at).await.unwrap();
+        plain
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = plain.read_to_end(&mut out).await;
+        assert!(!String::from_utf8_lossy(&out).contains("200"));
+    }
+}

@@ -6,7 +6,7 @@
 use std::collections::HashMap as StdHashMap;
 
 use aya::{
-    maps::{Array, HashMap},
+    maps::{Array, HashMap, MapInfo},
     Pod,
 };
 use broker_common::{
@@ -52,6 +52,33 @@ fn prefixes_of(t: &Tunnel) -> Vec<Ipv6Net> {
     out
 }
 
+/// The sizes (tunnels, prefixes) of maps an earlier controller pinned in `dir`, if any,
+/// warning when they differ from the configured ones. A pinned map keeps the size it was
+/// created with, and the program must be loaded with that size: aya checks indices
+/// against it, and slots beyond a smaller one would be lost.
+pub(super) fn pinned_sizes(dir: &std::path::Path, opts: &Options) -> Result<Option<(u32, u32)>> {
+    let size = |name: &'static str| {
+        MapInfo::from_pin(dir.join(name))
+            .map(|i| i.max_entries())
+            .map_err(|source| DataplaneError::Map { name, source })
+    };
+    if !dir.join(names::TUNNELS).exists() {
+        return Ok(None);
+    }
+    let sizes = (size(names::TUNNELS)?, size(names::PREFIXES)?);
+    if sizes != (opts.max_tunnels, opts.max_prefixes) {
+        tracing::warn!(
+            pinned_tunnels = sizes.0,
+            pinned_prefixes = sizes.1,
+            configured_tunnels = opts.max_tunnels,
+            configured_prefixes = opts.max_prefixes,
+            "dataplane.max_tunnels or max_prefixes changed, but the pinned maps keep their \
+             size; `broker dataplane detach` and a restart resize them (not hitless)"
+        );
+    }
+    Ok(Some(sizes))
+}
+
 impl Dataplane {
     /// Rebuilds the bookkeeping (slots, prefix lengths, tunnel space, settings) from maps
     /// an earlier controller left.
@@ -75,11 +102,11 @@ impl Dataplane {
         }
 
         let tunnels: Array<_, Tunnel> = self.map(names::TUNNELS)?;
-        // A pinned map keeps the size it was created with.
-        let capacity = tunnels.len();
+        // Loaded with the pinned sizes (`pinned_sizes`).
+        let capacity = self.max_tunnels;
         let mut used: Vec<(u32, Installed)> = Vec::new();
         let mut duplicates = Vec::new();
-        for slot in 0..tunnels.len() {
+        for slot in 0..capacity {
             let t = tunnels
                 .get(&slot, 0)
                 .map_err(|source| DataplaneError::Map {
@@ -115,15 +142,6 @@ impl Dataplane {
         self.settings.n_lens = n_lens;
         self.settings.space = space;
         self.settings.n_space = n_space;
-        if capacity != opts.max_tunnels {
-            tracing::warn!(
-                pinned = capacity,
-                configured = opts.max_tunnels,
-                "dataplane.max_tunnels changed, but the pinned maps keep their size; \
-                 `broker dataplane detach` and a restart resize them (not hitless)"
-            );
-        }
-        self.max_tunnels = capacity;
         self.slots = SlotTable::from_used(capacity, used);
         for slot in duplicates {
             // A second slot for the same id: only a killed update leaves that.

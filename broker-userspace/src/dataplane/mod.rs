@@ -55,7 +55,7 @@ pub struct MapUsage {
 }
 use slots::{EndpointKey, Installed, SlotTable};
 pub use testing::TestRunOutput;
-pub use xsk::{AyiyaWorker, WorkerStats};
+pub use xsk::{AyiyaWorker, WorkerOptions, WorkerStats};
 
 /// The data plane object, built by build.rs from `broker-ebpf`.
 static BROKER_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/broker"));
@@ -172,6 +172,9 @@ pub struct Dataplane {
     adopted: bool,
     max_tunnels: u32,
     max_prefixes: u32,
+    /// `XSK_VERDICTS` and `XSK_SUSPECT`, mapped: the AYIYA worker writes them, the counters
+    /// read them.
+    worker_maps: std::sync::Arc<xsk::shared::WorkerMaps>,
 }
 
 impl Dataplane {
@@ -188,21 +191,27 @@ impl Dataplane {
         } else {
             None
         };
-        let adopted = maps
-            .as_ref()
-            .is_some_and(|d| d.join(names::TUNNELS).exists());
+        let pinned = match &maps {
+            Some(dir) => adopt::pinned_sizes(dir, opts)?,
+            None => None,
+        };
+        let adopted = pinned.is_some();
+        let (max_tunnels, max_prefixes) = pinned.unwrap_or((opts.max_tunnels, opts.max_prefixes));
 
         let mut loader = EbpfLoader::new();
         loader
-            .map_max_entries(names::TUNNELS, opts.max_tunnels)
-            .map_max_entries(names::P41_ENDPOINTS, opts.max_tunnels)
-            .map_max_entries(names::UDP_ENDPOINTS, opts.max_tunnels)
-            .map_max_entries(names::V6_ENDPOINTS, opts.max_tunnels)
-            .map_max_entries(names::V4_ROUTES, opts.max_tunnels)
-            .map_max_entries(names::AYIYA_IDS, opts.max_tunnels)
-            .map_max_entries(names::TUNNEL_STATS, opts.max_tunnels)
-            .map_max_entries(names::NEXTHOP_CLIENT, opts.max_tunnels)
-            .map_max_entries(names::PREFIXES, opts.max_prefixes);
+            .map_max_entries(names::TUNNELS, max_tunnels)
+            .map_max_entries(names::P41_ENDPOINTS, max_tunnels)
+            .map_max_entries(names::UDP_ENDPOINTS, max_tunnels)
+            .map_max_entries(names::V6_ENDPOINTS, max_tunnels)
+            .map_max_entries(names::V4_ROUTES, max_tunnels)
+            .map_max_entries(names::AYIYA_IDS, max_tunnels)
+            .map_max_entries(names::TUNNEL_STATS, max_tunnels)
+            .map_max_entries(names::NEXTHOP_CLIENT, max_tunnels)
+            // A slot each, and the totals after the last.
+            .map_max_entries(names::XSK_VERDICTS, max_tunnels + 1)
+            .map_max_entries(names::XSK_SUSPECT, max_tunnels)
+            .map_max_entries(names::PREFIXES, max_prefixes);
         let paths: Vec<(&str, PathBuf)> = match &maps {
             Some(dir) => names::ALL.iter().map(|n| (*n, dir.join(n))).collect(),
             None => Vec::new(),
@@ -216,11 +225,12 @@ impl Dataplane {
             xdp_program(&mut ebpf, program_names::BROKER)?,
             program_names::BROKER,
         )?;
+        let worker_maps = std::sync::Arc::new(xsk::shared::WorkerMaps::open(&ebpf)?);
         let mut dp = Self {
             ebpf,
             instance: opts.pin.then(|| opts.instance.clone()),
             links: Vec::new(),
-            slots: SlotTable::new(opts.max_tunnels),
+            slots: SlotTable::new(max_tunnels),
             settings: Settings {
                 nexthop_gen: u32::from(opts.nexthop_cache),
                 nexthop_max_age_ms: opts.nexthop_max_age_ms,
@@ -231,8 +241,9 @@ impl Dataplane {
             lengths: prefixes::Lengths::default(),
             space: prefixes::Space::default(),
             adopted,
-            max_tunnels: opts.max_tunnels,
-            max_prefixes: opts.max_prefixes,
+            max_tunnels,
+            max_prefixes,
+            worker_maps,
         };
         if adopted {
             dp.adopt(opts)?;
@@ -240,8 +251,8 @@ impl Dataplane {
         dp.write_settings()?;
         info!(
             program = program_names::BROKER,
-            max_tunnels = opts.max_tunnels,
-            max_prefixes = opts.max_prefixes,
+            max_tunnels,
+            max_prefixes,
             adopted,
             tunnels = dp.slots.ids().len(),
             "data plane loaded"
@@ -346,6 +357,17 @@ impl Dataplane {
         ifaces: &[String],
         min_payload: u16,
     ) -> Result<AyiyaWorker> {
+        self.start_ayiya_worker_with(ifaces, WorkerOptions::new(min_payload))
+    }
+
+    /// [`Dataplane::start_ayiya_worker`] with every option: also how long XDP verifies a
+    /// tunnel's packets itself once the worker found a forged one among them.
+    pub fn start_ayiya_worker_with(
+        &mut self,
+        ifaces: &[String],
+        opts: WorkerOptions,
+    ) -> Result<AyiyaWorker> {
+        let min_payload = opts.min_payload;
         if ifaces.len() as u32 * XSK_MAX_QUEUES > XSK_MAX_SOCKETS {
             return Err(DataplaneError::Io {
                 what: format!("the AF_XDP worker on {} interfaces", ifaces.len()),
@@ -359,10 +381,14 @@ impl Dataplane {
         for (i, name) in ifaces.iter().enumerate() {
             bases.push((if_index(name)?, i as u32 * XSK_MAX_QUEUES));
         }
-        let (worker, opened) = AyiyaWorker::start(&bases).map_err(|source| DataplaneError::Io {
-            what: "starting the AF_XDP AYIYA worker".into(),
-            source,
-        })?;
+        let maps = self.worker_maps.clone();
+        let (worker, opened) =
+            AyiyaWorker::start(&bases, maps, opts.suspect).map_err(|source| {
+                DataplaneError::Io {
+                    what: "starting the AF_XDP AYIYA worker".into(),
+                    source,
+                }
+            })?;
         {
             let name = names::XSKS;
             let mut xsks: XskMap<_> = self.map_mut(name)?;
@@ -581,6 +607,8 @@ impl Dataplane {
 
         if previous.is_none() {
             self.zero_per_cpu::<TunnelStats>(names::TUNNEL_STATS, slot)?;
+            self.worker_maps.verdicts.reset(slot);
+            self.worker_maps.suspects.clear(slot);
         }
         let mut value = to_map_value(spec, &pop);
         if previous.is_some() {
@@ -810,18 +838,32 @@ impl Dataplane {
         self.slots.ids()
     }
 
-    /// The counters of one tunnel, summed over CPUs.
+    /// The counters of one tunnel, summed over CPUs, with the AYIYA worker's verdicts.
     pub fn tunnel_counters(&self, id: u32) -> Result<Option<TunnelStats>> {
         let Some(installed) = self.slots.get(id) else {
             return Ok(None);
         };
         let stats: PerCpuArray<_, TunnelStats> = self.map(names::TUNNEL_STATS)?;
-        counters::sum_tunnel(&stats, installed.slot).map(Some)
+        let mut sum = counters::sum_tunnel(&stats, installed.slot)?;
+        sum.add_worker(&self.worker_maps.verdicts.get(installed.slot));
+        Ok(Some(sum))
     }
 
-    /// The global counters, summed over CPUs.
+    /// The global counters, summed over CPUs, with the AYIYA worker's verdicts.
     pub fn global_counters(&self) -> Result<GlobalCounters> {
-        counters::read_global(&self.map(names::GLOBAL_STATS)?)
+        let mut g = counters::read_global(&self.map(names::GLOBAL_STATS)?)?;
+        g.add_worker(&self.worker_maps.verdicts.totals());
+        Ok(g)
+    }
+
+    /// How long XDP still verifies AYIYA tunnel `id`'s packets itself, because the AF_XDP
+    /// worker found a forged one among them; `None` when it hands them over (or `id` is
+    /// no tunnel).
+    pub fn ayiya_suspect(&self, id: u32) -> Option<std::time::Duration> {
+        let slot = self.slots.get(id)?.slot;
+        self.worker_maps
+            .suspects
+            .left(slot, xsk::shared::coarse_now_ns())
     }
 
     fn write_tunnel(&mut self, slot: u32, value: &Tunnel) -> Result<()> {

@@ -5,7 +5,9 @@
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, Ipv6Addr},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     process::Command,
+    time::{Duration, Instant},
 };
 
 use broker_common::{
@@ -751,5 +753,84 @@ pub fn ayiya_spec(
         keepalive: Some(60),
         ayiya_key: Some(ayiya_key(password)),
         ..spec(1)
+    }
+}
+
+const ETH_P_ALL: u16 = 0x0003;
+
+/// An AF_PACKET socket on one interface: writes frames into it, reads what it receives.
+pub struct Wire(OwnedFd);
+
+impl Wire {
+    pub fn open(ifindex: u32) -> Self {
+        // SAFETY: plain syscalls on a descriptor we own.
+        unsafe {
+            let fd = libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                i32::from(ETH_P_ALL.to_be()),
+            );
+            assert!(fd >= 0, "AF_PACKET socket");
+            let fd = OwnedFd::from_raw_fd(fd);
+            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = ETH_P_ALL.to_be();
+            sll.sll_ifindex = ifindex as i32;
+            let rc = libc::bind(
+                fd.as_raw_fd(),
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            assert_eq!(rc, 0, "binding the AF_PACKET socket");
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 100_000,
+            };
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
+            Self(fd)
+        }
+    }
+
+    pub fn send(&self, frame: &[u8]) {
+        self.try_send(frame).expect("frame written");
+    }
+
+    /// Writes a frame; the error the kernel gave when it took none of it.
+    pub fn try_send(&self, frame: &[u8]) -> std::io::Result<()> {
+        // SAFETY: a buffer of the length passed.
+        let n = unsafe { libc::send(self.0.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        assert_eq!(n, frame.len() as isize, "frame written whole");
+        Ok(())
+    }
+
+    /// The next received frame into `buf`, its length; `None` after 100 ms without one.
+    pub fn recv(&self, buf: &mut [u8]) -> Option<usize> {
+        // SAFETY: a buffer of the length passed.
+        let n = unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        (n > 0).then_some(n as usize)
+    }
+
+    /// The first received frame `pick` accepts within `wait`.
+    pub fn expect(&self, wait: Duration, pick: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
+        let end = Instant::now() + wait;
+        let mut buf = vec![0u8; 2048];
+        while Instant::now() < end {
+            // SAFETY: a buffer of the length passed.
+            let n =
+                unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n > 0 && pick(&buf[..n as usize]) {
+                return Some(buf[..n as usize].to_vec());
+            }
+        }
+        None
     }
 }

@@ -24,10 +24,23 @@ pub enum Outcome {
     },
     /// Signed: send `frame[..end]` out of `egress_ifindex`.
     Signed { egress_ifindex: u32, end: usize },
-    /// The signature is not the tunnel key's: dropped.
-    BadSignature,
+    /// The signature is not the tunnel key's: dropped. `inner_len` is the inner packet's
+    /// length, as the tunnel's drops count it.
+    BadSignature { inner_len: usize },
     /// Not a frame XDP hands over (metadata or length wrong): dropped.
     Malformed,
+}
+
+impl Outcome {
+    /// The inner packet's length of a received frame, verified or forged, as the tunnel's
+    /// counters count it; 0 for the others.
+    pub fn inner_len(&self) -> usize {
+        match *self {
+            Self::Verified { start, end, .. } => end - start - ETH,
+            Self::BadSignature { inner_len } => inner_len,
+            Self::Signed { .. } | Self::Malformed => 0,
+        }
+    }
 }
 
 /// What a frame needs: the SHA-1 of `frame[hashed]` with the key in its signature field
@@ -137,7 +150,9 @@ pub fn finish(meta: &XskMeta, frame: &mut [u8], plan: &Plan, digest: &ayiya::Key
     match plan.op {
         Op::Verify => {
             if !ayiya::carries(&frame[plan.hashed.clone()], digest) {
-                return Outcome::BadSignature;
+                return Outcome::BadSignature {
+                    inner_len: plan.hashed.len() - ayiya::HEADER_LEN,
+                };
             }
             // XDP checked it is above 1.
             if frame[HOP_LIMIT] <= 1 {
@@ -247,7 +262,7 @@ mod tests {
         let before = f.clone();
         assert_eq!(
             handle(&meta(XskMeta::OP_VERIFY), &mut f),
-            Outcome::BadSignature
+            Outcome::BadSignature { inner_len: 100 }
         );
         assert_eq!(f, before);
         // One flipped payload bit is as bad as a wrong key.
@@ -256,7 +271,7 @@ mod tests {
         f[last] ^= 1;
         assert_eq!(
             handle(&meta(XskMeta::OP_VERIFY), &mut f),
-            Outcome::BadSignature
+            Outcome::BadSignature { inner_len: 100 }
         );
     }
 
@@ -302,7 +317,10 @@ mod tests {
         handle_batch(&mut sha1x16::Hasher::default(), &mut batch, &mut got);
         assert_eq!(got, want);
         assert_eq!(frames, one, "the same bytes written");
-        assert!(got.contains(&Outcome::BadSignature) && got.contains(&Outcome::Malformed));
+        assert!(
+            got.contains(&Outcome::BadSignature { inner_len: 100 })
+                && got.contains(&Outcome::Malformed)
+        );
     }
 
     /// Ethernet, IPv4 (total length set), UDP, an unsigned AYIYA header, an inner packet:

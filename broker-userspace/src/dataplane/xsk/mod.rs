@@ -8,7 +8,13 @@
 //!
 //! When the worker stops (or the process dies) its sockets close and leave `XSKS`, and XDP
 //! hashes in the kernel again: forwarding never waits for this process.
+//!
+//! The worker counts what it verified and what it found forged per tunnel in a pinned map
+//! (`shared::Verdicts`; XDP does not count those packets as the client's), and a tunnel
+//! with forged packets is verified in XDP for a while (`shared::Suspects`): one tunnel's
+//! forged flood then no longer fills the ring the tunnels of a receive queue share.
 pub mod frame;
+pub mod shared;
 pub mod socket;
 
 use std::{
@@ -21,10 +27,14 @@ use std::{
     time::Duration,
 };
 
-use broker_common::maps::{XskMeta, XSK_MAX_QUEUES};
+use broker_common::{
+    consts::DEFAULT_XSK_SUSPECT_MS,
+    maps::{XskMeta, XSK_MAX_QUEUES},
+};
 
 use crate::sha1x16;
 use frame::Outcome;
+use shared::{Tally, WorkerMaps};
 use socket::{RxRings, TxRings, Xsk, FRAME_SIZE};
 
 /// Frames taken from the RX ring at a time (the kernel sends at most 32 per kick).
@@ -46,9 +56,12 @@ pub struct WorkerStats {
     /// The egress interface has no socket of the worker: dropped.
     pub no_egress: AtomicU64,
     /// Frames XDP handed over that the kernel could not put in the worker's RX ring (full,
-    /// or no free frame): lost after XDP counted them. Read from the sockets about once
-    /// a second.
+    /// or no free frame): lost (XDP counted them as redirected, no more). Read from the
+    /// sockets about once a second.
     pub ring_dropped: AtomicU64,
+    /// Not a packet count: times a tunnel's packets went back to XDP's own SHA-1 for
+    /// [`WorkerOptions::suspect`] because the worker found a forged one among them.
+    pub suspected: AtomicU64,
 }
 
 impl WorkerStats {
@@ -64,6 +77,27 @@ impl WorkerStats {
             ("no_egress", l(&self.no_egress)),
             ("ring_dropped", l(&self.ring_dropped)),
         ]
+    }
+}
+
+/// How the worker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerOptions {
+    /// The fewest bytes an AYIYA packet hashes (header and inner packet) for XDP to hand it
+    /// over (`Settings.xsk_min_payload`); XDP hashes smaller ones itself.
+    pub min_payload: u16,
+    /// How long XDP verifies a tunnel's packets itself after the worker found a forged one
+    /// among them (zero: never).
+    pub suspect: Duration,
+}
+
+impl WorkerOptions {
+    /// `min_payload`, and the default suspect period (`DEFAULT_XSK_SUSPECT_MS`).
+    pub fn new(min_payload: u16) -> Self {
+        Self {
+            min_payload,
+            suspect: Duration::from_millis(DEFAULT_XSK_SUSPECT_MS.into()),
+        }
     }
 }
 
@@ -90,8 +124,13 @@ pub struct AyiyaWorker {
 
 impl AyiyaWorker {
     /// Opens a socket on every receive queue of each interface (`(ifindex, first XSKS
-    /// index)`), in the calling thread's network namespace, and starts their threads.
-    pub(super) fn start(ifaces: &[(u32, u32)]) -> io::Result<(Self, Vec<Opened>)> {
+    /// index)`), in the calling thread's network namespace, and starts their threads, which
+    /// count into `maps` and mark suspect tunnels for `suspect`.
+    pub(super) fn start(
+        ifaces: &[(u32, u32)],
+        maps: Arc<WorkerMaps>,
+        suspect: Duration,
+    ) -> io::Result<(Self, Vec<Opened>)> {
         let mut ports = Vec::new();
         let mut rxs = Vec::new();
         let mut opened = Vec::new();
@@ -126,10 +165,15 @@ impl AyiyaWorker {
         let mut threads = Vec::new();
         for (i, rx) in rxs.into_iter().enumerate() {
             let (ports, stop, stats) = (ports.clone(), stop.clone(), stats.clone());
+            let shared = Shared {
+                stats,
+                maps: maps.clone(),
+                suspect,
+            };
             let name = format!("ayiya-xsk{i}");
             let t = std::thread::Builder::new()
                 .name(name)
-                .spawn(move || run(i, rx, &ports, &stop, &stats))?;
+                .spawn(move || run(i, rx, &ports, &stop, &shared))?;
             threads.push(t);
         }
         Ok((
@@ -250,10 +294,20 @@ struct Out {
     len: usize,
 }
 
+/// What every thread counts into.
+struct Shared {
+    stats: Arc<WorkerStats>,
+    maps: Arc<WorkerMaps>,
+    suspect: Duration,
+}
+
 /// The thread of socket `me`: receive a batch, handle its frames together (one SHA-1
-/// pass for the batch, see `frame::handle_batch`), copy the ones to send into their egress
-/// socket's TX frames, give the receive frames back.
-fn run(me: usize, mut rx: RxRings, ports: &[Arc<Port>], stop: &AtomicBool, stats: &WorkerStats) {
+/// pass for the batch, see `frame::handle_batch`), count the verdicts per tunnel and mark
+/// tunnels with forged packets (`Tally`: once per batch and tunnel, before anything is
+/// sent), copy the ones to send into their egress socket's TX frames, give the receive
+/// frames back.
+fn run(me: usize, mut rx: RxRings, ports: &[Arc<Port>], stop: &AtomicBool, shared: &Shared) {
+    let stats = &*shared.stats;
     let port = &ports[me];
     // Every frame taken off the RX ring in this batch, to give back to the fill ring.
     let mut fill = Vec::with_capacity(BATCH as usize);
@@ -263,6 +317,7 @@ fn run(me: usize, mut rx: RxRings, ports: &[Arc<Port>], stop: &AtomicBool, stats
     let mut hasher = sha1x16::Hasher::default();
     let mut out: Vec<Out> = Vec::with_capacity(BATCH as usize);
     let mut ring_dropped = RingDrops::default();
+    let mut tally = Tally::default();
     while !stop.load(Ordering::Relaxed) {
         ring_dropped.poll(&port.xsk, stats);
         let n = rx.rx.available().min(BATCH);
@@ -295,7 +350,7 @@ fn run(me: usize, mut rx: RxRings, ports: &[Arc<Port>], stop: &AtomicBool, stats
             .collect();
         frame::handle_batch(&mut hasher, &mut frames, &mut outcomes);
         drop(frames);
-        for (&(addr, _, _), outcome) in taken.iter().zip(&outcomes) {
+        for (&(addr, _, meta), outcome) in taken.iter().zip(&outcomes) {
             let (egress, start, end) = match *outcome {
                 Outcome::Verified {
                     egress_ifindex,
@@ -303,6 +358,7 @@ fn run(me: usize, mut rx: RxRings, ports: &[Arc<Port>], stop: &AtomicBool, stats
                     end,
                 } => {
                     stats.verified.fetch_add(1, Ordering::Relaxed);
+                    tally.verified(meta.slot, outcome.inner_len());
                     (egress_ifindex, start, end)
                 }
                 Outcome::Signed {
@@ -312,8 +368,9 @@ fn run(me: usize, mut rx: RxRings, ports: &[Arc<Port>], stop: &AtomicBool, stats
                     stats.signed.fetch_add(1, Ordering::Relaxed);
                     (egress_ifindex, 0, end)
                 }
-                Outcome::BadSignature => {
+                Outcome::BadSignature { inner_len } => {
                     stats.bad_signature.fetch_add(1, Ordering::Relaxed);
+                    tally.forged(meta.slot, inner_len);
                     continue;
                 }
                 Outcome::Malformed => {
@@ -332,6 +389,7 @@ fn run(me: usize, mut rx: RxRings, ports: &[Arc<Port>], stop: &AtomicBool, stats
                 }
             }
         }
+        tally.flush(&shared.maps, shared.suspect, stats);
         send(port, ports, &out, stats);
         // Every receive frame goes back to the fill ring, which has room for all of them:
         // the kernel took them from it.

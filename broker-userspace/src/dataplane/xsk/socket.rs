@@ -20,7 +20,7 @@ pub const RING_SIZE: u32 = 1024;
 pub const FRAMES: u32 = 2 * RING_SIZE;
 
 /// An mmap'ed region, unmapped on drop.
-struct Mmap {
+pub(super) struct Mmap {
     ptr: NonNull<u8>,
     len: usize,
 }
@@ -39,12 +39,38 @@ impl Mmap {
                 -1,
             ),
         };
+        Self::map(len, flags, libc::PROT_READ | libc::PROT_WRITE, fd, offset)
+    }
+
+    /// `len` bytes of `fd` from its start, shared with whoever else maps it (a BPF map's
+    /// values), read-only unless `writable`.
+    pub(super) fn shared(len: usize, fd: RawFd, writable: bool) -> io::Result<Self> {
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        Self::map(len, libc::MAP_SHARED, prot, fd, 0)
+    }
+
+    /// The first byte.
+    pub(super) fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    fn map(
+        len: usize,
+        flags: libc::c_int,
+        prot: libc::c_int,
+        fd: RawFd,
+        offset: u64,
+    ) -> io::Result<Self> {
         // SAFETY: a fresh mapping; the arguments are checked by the kernel.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ | libc::PROT_WRITE,
+                prot,
                 flags,
                 fd,
                 offset as libc::off_t,
