@@ -888,7 +888,7 @@ hash or an array index).",
     }
     let _ = writeln!(
         s,
-        "## Reproduce\n\n```\ncargo xtask bench                      # as root; about ten minutes\ncargo xtask bench --max-tunnels 10000  # quicker\n```"
+        "## Reproduce\n\n```\ncargo xtask bench                      # as root; about ten minutes\ncargo xtask bench --max-tunnels 10000  # quicker\n```\n\nComparisons between two builds, measured by hand and not rewritten by `cargo xtask bench`: [BENCHMARKS-AB.md](BENCHMARKS-AB.md)."
     );
     s
 }
