@@ -57,15 +57,24 @@ fn prefixes_of(t: &Tunnel) -> Vec<Ipv6Net> {
 /// created with, and the program must be loaded with that size: aya checks indices
 /// against it, and slots beyond a smaller one would be lost.
 pub(super) fn pinned_sizes(dir: &std::path::Path, opts: &Options) -> Result<Option<(u32, u32)>> {
-    let size = |name: &'static str| {
-        MapInfo::from_pin(dir.join(name))
+    // A map whose pin is missing (a start killed while pinning) is created anew, at the
+    // configured size.
+    let size = |name: &'static str, configured: u32| {
+        let path = dir.join(name);
+        if !path.exists() {
+            return Ok(configured);
+        }
+        MapInfo::from_pin(path)
             .map(|i| i.max_entries())
             .map_err(|source| DataplaneError::Map { name, source })
     };
     if !dir.join(names::TUNNELS).exists() {
         return Ok(None);
     }
-    let sizes = (size(names::TUNNELS)?, size(names::PREFIXES)?);
+    let sizes = (
+        size(names::TUNNELS, opts.max_tunnels)?,
+        size(names::PREFIXES, opts.max_prefixes)?,
+    );
     if sizes != (opts.max_tunnels, opts.max_prefixes) {
         tracing::warn!(
             pinned_tunnels = sizes.0,
