@@ -131,8 +131,7 @@ pub fn frag_needed(ctx: &XdpContext, s: &Settings, t: &Tunnel, slot: u32, len: u
         data,
         len,
     )?;
-    stats::tunnel(slot, Dir::Drop, len as u64);
-    stats::event(Event::PacketTooBig, t.kind, len as u64);
+    tunnel::answered(t, slot, len, Event::PacketTooBig);
     Ok(Outcome::TX)
 }
 
@@ -159,8 +158,7 @@ pub fn time_exceeded_native(
     // SAFETY: in the packet, bounds checked by `reportable`; no adjustment since.
     admit(s, unsafe { &*src }).map_err(|r| tunnel::drop(slot, len, r))?;
     error(ctx, s.pop_v4, ICMPV4_TIME_EXCEEDED, 0, [0; 4], len)?;
-    stats::tunnel(slot, Dir::Drop, len as u64);
-    stats::event(Event::TimeExceeded, t.kind, len as u64);
+    tunnel::answered(t, slot, len, Event::TimeExceeded);
     Ok(Outcome::TX)
 }
 
@@ -193,8 +191,7 @@ pub fn time_exceeded_in_tunnel(
         [0; 4],
         inner_len,
     )?;
-    stats::tunnel(slot, Dir::Drop, inner_len as u64);
-    stats::event(Event::TimeExceeded, t.kind, inner_len as u64);
+    tunnel::answered(t, slot, inner_len, Event::TimeExceeded);
     v4v6::push_ipv6(ctx, t, len, 0)?;
     Ok(Outcome::TX)
 }

@@ -166,8 +166,7 @@ pub fn packet_too_big(
     admit(s, &ip.src).map_err(|r| tunnel::drop(slot, len, r))?;
     let mtu = (t.mtu as u32).to_be_bytes();
     error(ctx, &t.pop_v6, ICMPV6_PACKET_TOO_BIG, mtu, len)?;
-    stats::tunnel(slot, Dir::Drop, len as u64);
-    stats::event(Event::PacketTooBig, t.kind, len as u64);
+    tunnel::answered(t, slot, len, Event::PacketTooBig);
     Ok(Outcome::TX)
 }
 
@@ -194,8 +193,7 @@ pub fn time_exceeded_native(
     }
     admit(s, &ip.src).map_err(|r| tunnel::drop(slot, len, r))?;
     error(ctx, &t.pop_v6, ICMPV6_TIME_EXCEEDED, [0; 4], len)?;
-    stats::tunnel(slot, Dir::Drop, len as u64);
-    stats::event(Event::TimeExceeded, t.kind, len as u64);
+    tunnel::answered(t, slot, len, Event::TimeExceeded);
     Ok(Outcome::TX)
 }
 
@@ -223,8 +221,7 @@ pub fn time_exceeded_in_tunnel(
     admit(s, &ip.src).map_err(|r| tunnel::drop(slot, inner_len, r))?;
     head::shift(ctx, outer as i32, ETH_P_IPV6_BE)?;
     let len = error(ctx, &t.pop_v6, ICMPV6_TIME_EXCEEDED, [0; 4], inner_len)?;
-    stats::tunnel(slot, Dir::Drop, inner_len as u64);
-    stats::event(Event::TimeExceeded, t.kind, inner_len as u64);
+    tunnel::answered(t, slot, inner_len, Event::TimeExceeded);
     encap::wrap_reply(ctx, s, t, slot, outer, len)
 }
 

@@ -1,7 +1,7 @@
 //! Looking up a tunnel and the checks every direction makes on it.
 use broker_common::{
     maps::{Tunnel, TunnelKind, TunnelState},
-    stats::DropReason,
+    stats::{DropReason, Event},
 };
 
 use crate::{
@@ -23,6 +23,14 @@ pub fn get(slot: u32) -> Result<&'static Tunnel, DropReason> {
 pub fn drop(slot: u32, bytes: usize, reason: DropReason) -> DropReason {
     stats::tunnel(slot, Dir::Drop, bytes as u64);
     reason
+}
+
+/// Counts a packet of tunnel `t` that is not forwarded but answered with ICMP (`event`):
+/// a drop against the tunnel, and the event.
+#[inline(always)]
+pub fn answered(t: &Tunnel, slot: u32, bytes: usize, event: Event) {
+    stats::tunnel(slot, Dir::Drop, bytes as u64);
+    stats::event(event, t.kind, bytes as u64);
 }
 
 /// Which way a packet crosses the tunnel.

@@ -261,16 +261,22 @@ fn replay_tic(r: &Recording, password: &str, roots: &rustls::RootCertStore) -> F
     }
 }
 
+/// The `Key: value` lines the server answered with when the recording was made.
+fn recorded_fields(r: &Recording) -> Vec<String> {
+    r.received()
+        .map(|b| String::from_utf8(b.clone()).unwrap())
+        .filter(|l| l.contains(": "))
+        .collect()
+}
+
 /// The `Type` the recording's `tunnel show` gave.
 fn recorded_type(r: &Recording) -> String {
-    r.lines
-        .iter()
-        .find_map(|l| match l {
-            Line::Server { bytes, .. } => std::str::from_utf8(bytes)
+    r.received()
+        .find_map(|b| {
+            std::str::from_utf8(b)
                 .ok()?
                 .strip_prefix("Type: ")
-                .map(str::to_string),
-            _ => None,
+                .map(str::to_string)
         })
         .unwrap()
 }
@@ -352,31 +358,14 @@ fn the_recordings_hold_aiccus_whole_dialogue() {
         );
         assert!(sent.iter().all(|l| l.ends_with('\n')), "{name}");
         // What the server said then passes the model too.
-        let lines: Vec<String> = r
-            .lines
-            .iter()
-            .filter_map(|l| match l {
-                Line::Server { bytes, .. } => Some(String::from_utf8(bytes.clone()).unwrap()),
-                _ => None,
-            })
-            .filter(|l| l.contains(": "))
-            .collect();
+        let lines = recorded_fields(&r);
         assert_eq!(aiccu::unusable(&aiccu::show(&lines)), Vec::<String>::new());
     }
 }
 
 #[test]
 fn the_model_sees_what_would_stop_aiccu() {
-    let r = recorded("aiccu-2007.01.15-tic-starttls");
-    let lines: Vec<String> = r
-        .lines
-        .iter()
-        .filter_map(|l| match l {
-            Line::Server { bytes, .. } => Some(String::from_utf8(bytes.clone()).unwrap()),
-            _ => None,
-        })
-        .filter(|l| l.contains(": "))
-        .collect();
+    let lines = recorded_fields(&recorded("aiccu-2007.01.15-tic-starttls"));
     for key in [
         "Type",
         "IPv6 Endpoint",

@@ -68,13 +68,7 @@ fn recordings() -> Vec<Recording> {
 
 /// The answers the server gave when each recording was made.
 fn recorded_answers(r: &Recording) -> Vec<&[u8]> {
-    r.lines
-        .iter()
-        .filter_map(|l| match l {
-            Line::Server { bytes, .. } => Some(&bytes[..]),
-            _ => None,
-        })
-        .collect()
+    r.received().map(|b| &b[..]).collect()
 }
 
 /// The recorded answer to the tunnel request.

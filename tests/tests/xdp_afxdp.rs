@@ -55,14 +55,7 @@ fn run() {
     fx.dp
         .upsert(&ayiya_spec(8, State::Up, Some(CLIENT), PASSWORD))
         .unwrap();
-    fx.dp.attach("eth4", AttachMode::Driver).unwrap();
-    fx.dp.attach("eth6", AttachMode::Driver).unwrap();
-    let mut aux = Aux::load().unwrap();
-    let (peer4, peer6) = (ifindex("peer4"), ifindex("peer6"));
-    // The peers take what the PoP redirects into them natively and pass it on.
-    aux.attach(program_names::PASS, peer4).unwrap();
-    aux.attach(program_names::PASS, peer6).unwrap();
-    let (isp, inet) = (Wire::open(peer4), Wire::open(peer6));
+    let (_aux, isp, inet) = attach(&mut fx);
     let key = ayiya_key(PASSWORD);
     let worker = fx
         .dp
@@ -179,6 +172,12 @@ fn ayiya_fixture(fx: &mut Fixture) -> (Aux, Wire, Wire) {
     fx.dp
         .upsert(&ayiya_spec(9, State::Up, Some(CLIENT_B), PASSWORD_B))
         .unwrap();
+    attach(fx)
+}
+
+/// Attaches the data plane to the fixture's veths; the peers take what the PoP redirects
+/// into them natively and pass it on. The wires into the ISP and internet sides.
+fn attach(fx: &mut Fixture) -> (Aux, Wire, Wire) {
     fx.dp.attach("eth4", AttachMode::Driver).unwrap();
     fx.dp.attach("eth6", AttachMode::Driver).unwrap();
     let mut aux = Aux::load().unwrap();

@@ -574,21 +574,7 @@ fn echo_responses_share_the_icmp_rate_limit() {
             None,
         );
         for (what, frame) in [("third: AYIYA echo request", echo()), ("third: ping", ping)] {
-            let before = fx.snapshot();
-            check(
-                fx,
-                what,
-                &frame,
-                fx.eth4,
-                XDP_DROP,
-                Reason::Drop(DropReason::IcmpRateLimited),
-                None,
-            );
-            assert_eq!(
-                before.tunnel_delta(&fx.snapshot(), 8).drop_packets,
-                1,
-                "{what}"
-            );
+            check_tunnel_drop(fx, what, &frame, fx.eth4, DropReason::IcmpRateLimited, 8);
         }
     });
 }

@@ -956,21 +956,7 @@ fn no_time_exceeded_for_an_icmp_error_or_multicast() {
             ),
         ];
         for (what, frame, ingress) in cases {
-            let before = fx.snapshot();
-            check(
-                fx,
-                what,
-                &frame,
-                ingress,
-                XDP_DROP,
-                Reason::Drop(DropReason::HopLimitExceeded),
-                None,
-            );
-            assert_eq!(
-                before.tunnel_delta(&fx.snapshot(), 1).drop_packets,
-                1,
-                "{what}"
-            );
+            check_tunnel_drop(fx, what, &frame, ingress, DropReason::HopLimitExceeded, 1);
         }
     });
 }

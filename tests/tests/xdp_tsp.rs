@@ -781,21 +781,7 @@ fn v4v6_no_time_exceeded_where_rfc_1122_says_no() {
             ),
         ];
         for (what, frame, ingress) in cases {
-            let before = fx.snapshot();
-            check(
-                fx,
-                what,
-                &frame,
-                ingress,
-                XDP_DROP,
-                Reason::Drop(DropReason::HopLimitExceeded),
-                None,
-            );
-            assert_eq!(
-                before.tunnel_delta(&fx.snapshot(), 6).drop_packets,
-                1,
-                "{what}"
-            );
+            check_tunnel_drop(fx, what, &frame, ingress, DropReason::HopLimitExceeded, 6);
         }
         // Nor any ICMPv4 to an address that cannot take one.
         for src in ["127.0.0.1", "0.0.0.0", "224.0.0.5", "255.255.255.255"] {

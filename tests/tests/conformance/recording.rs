@@ -51,6 +51,14 @@ impl Recording {
             _ => None,
         })
     }
+
+    /// What the server answered when the recording was made, in order.
+    pub fn received(&self) -> impl Iterator<Item = &Vec<u8>> {
+        self.lines.iter().filter_map(|l| match l {
+            Line::Server { bytes, .. } => Some(bytes),
+            _ => None,
+        })
+    }
 }
 
 /// Reads a recording; panics with the line number on anything malformed (the files are

@@ -368,6 +368,32 @@ pub fn check(
     out.data
 }
 
+/// [`check`] of a frame dropped for `reason`, counted as one drop of tunnel `id`.
+pub fn check_tunnel_drop(
+    fx: &Fixture,
+    what: &str,
+    frame: &[u8],
+    ingress: u32,
+    reason: DropReason,
+    id: u32,
+) {
+    let before = fx.snapshot();
+    check(
+        fx,
+        what,
+        frame,
+        ingress,
+        XDP_DROP,
+        Reason::Drop(reason),
+        None,
+    );
+    assert_eq!(
+        before.tunnel_delta(&fx.snapshot(), id).drop_packets,
+        1,
+        "{what}"
+    );
+}
+
 /// Cuts `frame` at every length and asserts each piece gets exactly one counted verdict,
 /// drop or pass, and passes untouched.
 pub fn assert_every_truncation_counted(fx: &Fixture, what: &str, frame: &[u8], ingress: u32) {
