@@ -12,7 +12,10 @@ use std::{
     time::Duration,
 };
 
-use broker_tests::lab::{Lab, NAT_PUBLIC, POP_V4};
+use broker_tests::{
+    io::uninterrupted,
+    lab::{Lab, NAT_PUBLIC, POP_V4},
+};
 use conformance::{
     aiccu,
     recording::{self, Line, Recording},
@@ -104,7 +107,7 @@ impl Tic {
             match &mut self.conn {
                 Conn::Clear(s) => {
                     let mut buf = [0u8; 1024];
-                    let n = s.read(&mut buf).expect("an answer");
+                    let n = uninterrupted(|| s.read(&mut buf)).expect("an answer");
                     assert!(n > 0, "the server closed the connection");
                     self.pending.extend_from_slice(&buf[..n]);
                 }

@@ -10,7 +10,10 @@ use std::{
     time::Duration,
 };
 
-use broker_tests::lab::{Lab, POP_V4};
+use broker_tests::{
+    io::uninterrupted,
+    lab::{Lab, POP_V4},
+};
 use conformance::{
     gogoc,
     recording::{self, Line, Recording, Transport},
@@ -486,8 +489,7 @@ fn replay_udp(r: &Recording) -> Replayed {
                 s.send(&[&h[..], &last_sent].concat()).unwrap();
             }
             Line::Server { .. } => {
-                let n = s
-                    .recv(&mut buf)
+                let n = uninterrupted(|| s.recv(&mut buf))
                     .unwrap_or_else(|e| panic!("{}: no answer to {last_sent:?}: {e}", r.name));
                 assert!(n >= 8, "{}: a datagram without the header", r.name);
                 assert_eq!(buf[..8], last_header, "{}: the header is echoed", r.name);
@@ -520,7 +522,7 @@ fn replay_tcp(r: &Recording) -> Replayed {
                     // for the answer to its next message.
                     s.set_read_timeout(Some(Duration::from_millis(400)))
                         .unwrap();
-                    match s.read(&mut buf) {
+                    match uninterrupted(|| s.read(&mut buf)) {
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
                         other => panic!(
@@ -535,8 +537,7 @@ fn replay_tcp(r: &Recording) -> Replayed {
             Line::Server { .. } => {
                 // One `recv` per answer, as gogoc reads.
                 s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                let n = s
-                    .read(&mut buf)
+                let n = uninterrupted(|| s.read(&mut buf))
                     .unwrap_or_else(|e| panic!("{}: no answer to {last_sent:?}: {e}", r.name));
                 assert!(n > 0, "{}: closed after {last_sent:?}", r.name);
                 check(r, &last_sent, &buf[..n], &mut d);
@@ -563,8 +564,7 @@ fn keepalive(r: &Recording, s: &UdpSocket, t: &gogoc::Tunnel) {
         .unwrap();
     s.send(&packet).unwrap();
     let mut buf = vec![0u8; 2048];
-    let n = s
-        .recv(&mut buf)
+    let n = uninterrupted(|| s.recv(&mut buf))
         .unwrap_or_else(|e| panic!("{}: no keepalive reply: {e}", r.name));
     let p =
         SlicedPacket::from_ip(&buf[..n]).unwrap_or_else(|e| panic!("{}: not IPv6: {e:?}", r.name));

@@ -6,7 +6,10 @@ use std::{
     time::Duration,
 };
 
-use broker_tests::lab::{Lab, API_PORT, POP_V4};
+use broker_tests::{
+    io::uninterrupted,
+    lab::{Lab, API_PORT, POP_V4},
+};
 
 fn lab(tag: &str, dir: &tempfile::TempDir) -> Lab {
     broker_tests::require_root();
@@ -51,7 +54,7 @@ fn half_sent_requests_from_one_host_do_not_take_the_api() {
             s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
             let mut b = [0u8; 64];
             let open = matches!(
-                s.read(&mut b),
+                uninterrupted(|| s.read(&mut b)),
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
             );
             if !open {
@@ -108,7 +111,7 @@ fn tsp_over_udp_is_no_amplifier() {
         let mut got = 0;
         let mut replies = 0;
         let mut buf = [0u8; 4096];
-        while let Ok(n) = s.recv(&mut buf) {
+        while let Ok(n) = uninterrupted(|| s.recv(&mut buf)) {
             got += n;
             replies += 1;
         }
@@ -141,7 +144,7 @@ fn one_source_gets_a_bounded_number_of_tsp_answers() {
         }
         let mut buf = [0u8; 2048];
         let mut replies = 0;
-        while s.recv(&mut buf).is_ok() {
+        while uninterrupted(|| s.recv(&mut buf)).is_ok() {
             replies += 1;
         }
         replies

@@ -7,7 +7,10 @@ use std::{
     time::Duration,
 };
 
-use broker_tests::lab::{Lab, INET6_HOST, POP_V4};
+use broker_tests::{
+    io::uninterrupted,
+    lab::{Lab, INET6_HOST, POP_V4},
+};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -96,13 +99,13 @@ fn a_20_mb_tcp_transfer_arrives_intact() {
     let server = lab.inet6.spawn_within(move || {
         let l = TcpListener::bind(SocketAddrV6::new(INET6_HOST, 5001, 0, 0)).unwrap();
         ready_tx.send(()).unwrap();
-        let (mut s, _) = l.accept().unwrap();
+        let (mut s, _) = uninterrupted(|| l.accept()).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         let mut h = Sha256::new();
         let mut n = 0usize;
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            let k = s.read(&mut buf).unwrap();
+            let k = uninterrupted(|| s.read(&mut buf)).unwrap();
             if k == 0 {
                 break;
             }
@@ -164,7 +167,7 @@ fn a_spoofed_inner_source_never_arrives_and_is_counted() {
         let mut buf = [0u8; 1500];
         // Until the legitimate packet sent after the spoofed one arrives: both take the same
         // path in order, so the spoofed one would have come first.
-        while let Ok((n, from)) = s.recv_from(&mut buf) {
+        while let Ok((n, from)) = uninterrupted(|| s.recv_from(&mut buf)) {
             got.push((String::from_utf8_lossy(&buf[..n]).into_owned(), from));
             if &buf[..n] == b"legit" {
                 break;
