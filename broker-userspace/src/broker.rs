@@ -195,6 +195,8 @@ pub struct Broker<S, P, R> {
     pub realm: String,
     /// Tunnels whose client has not been heard yet ([`unproven`]).
     unproven: std::collections::BTreeMap<u32, unproven::Unproven>,
+    /// Tunnels whose clients are watched for silence ([`watch`]).
+    watch: watch::WatchList,
 }
 
 impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
@@ -210,6 +212,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
             quotas: crate::config::Quotas::default(),
             realm: crate::config::DEFAULT_REALM.to_string(),
             unproven: std::collections::BTreeMap::new(),
+            watch: watch::WatchList::default(),
         }
     }
 
@@ -287,12 +290,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
     /// Ends what lapsed by `now` (TSP lifetimes): anonymous tunnels are deleted, users'
     /// tunnels go down (keeping their addresses) until the user's next session.
     pub async fn expire(&mut self, now: u64) -> Result<(Vec<u32>, Vec<u32>)> {
-        let lapsed: Vec<TunnelRecord> = self
-            .store
-            .tunnels()?
-            .into_iter()
-            .filter(|t| t.expires_at.is_some_and(|e| e <= now))
-            .collect();
+        let lapsed = self.store.expired(now)?;
         let (mut deleted, mut downed) = (Vec::new(), Vec::new());
         for t in lapsed {
             let id = t.spec.id;
@@ -318,6 +316,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
     /// Makes maps and routes match the store (at start, after a reload).
     pub async fn reconcile(&mut self) -> Result<Reconciled> {
         let tunnels = self.store.tunnels()?;
+        self.watch.rebuild(&tunnels);
         let specs: Vec<TunnelSpec> = tunnels.iter().map(|t| self.projected(t)).collect();
         let r = self
             .maps
@@ -339,6 +338,19 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
     pub async fn sync_static(&mut self, wanted: &[TunnelSpec]) -> Result<StaticSync> {
         let report = self.store.sync_static(wanted, store::now())?;
         self.reconcile().await?;
+        Ok(report)
+    }
+
+    /// A reload (SIGHUP): the PoP's side and the static tunnels of the new config. Maps
+    /// and routes are reconciled only if either changed, so that a reload with nothing
+    /// new costs one pass over the static tunnels, not over every tunnel.
+    pub async fn reload_static(&mut self, wanted: &[TunnelSpec], pop: Pop) -> Result<StaticSync> {
+        let pop_changed = pop != self.pop;
+        self.pop = pop;
+        let report = self.store.sync_static(wanted, store::now())?;
+        if pop_changed || report != StaticSync::default() {
+            self.reconcile().await?;
+        }
         Ok(report)
     }
 
@@ -429,6 +441,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
             added.push(p);
         }
         failpoint("create:after_routes");
+        self.watch.track(&record);
         info!(id, kind = record.spec.kind.as_str(), remote = %record.spec.endpoint, link = ?record.spec.link_prefix, "tunnel created");
         Ok(record)
     }
@@ -509,6 +522,8 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
             undo(&mut self.store);
             return Err(BrokerError::Maps(e));
         }
+        // Store and maps hold the change now, whatever happens to its routes.
+        self.watch.track(&record);
         let old: Vec<Ipv6Net> = before.spec.prefixes().collect();
         for p in record.spec.prefixes().filter(|p| !old.contains(p)) {
             if let Err(e) = self.routes.add(&p).await {
@@ -538,6 +553,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
         failpoint("delete:after_routes");
         self.asleep.remove(&id);
         self.unproven.remove(&id);
+        self.watch.untrack(id);
         info!(id, "tunnel deleted");
         Ok(record)
     }
@@ -548,6 +564,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
             error!(id, error = %e, "undo: restoring the tunnel in the store failed");
             return;
         }
+        self.watch.track(record);
         if uninstalled {
             if let Err(e) = self.maps.install(&self.projected(record)) {
                 error!(id, error = e, "undo: reinstalling the tunnel failed");
@@ -631,6 +648,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
 }
 
 mod unproven;
+pub mod watch;
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -85,6 +85,17 @@ impl ApiClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<T, CliError> {
+        Ok(self.call_paged(method, path, body)?.0)
+    }
+
+    /// [`Self::call`], and the path of the next page if the answer says there is one
+    /// (`Link: <path>; rel="next"`).
+    pub fn call_paged<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(T, Option<String>), CliError> {
         let url = format!("{}{path}", self.base);
         let mut req = ureq::http::Request::builder().method(method).uri(&url);
         if let Some(a) = &self.authorization {
@@ -105,6 +116,11 @@ impl ApiClient {
             source,
         })?;
         let status = res.status().as_u16();
+        let next = res
+            .headers()
+            .get("link")
+            .and_then(|v| v.to_str().ok())
+            .and_then(next_link);
         let text = res
             .body_mut()
             .read_to_string()
@@ -117,8 +133,56 @@ impl ApiClient {
             return Err(CliError::Api { status, message });
         }
         let text = if text.is_empty() { "null" } else { &text };
-        serde_json::from_str(text).map_err(|e| CliError::Decode(format!("{e}: {text}")))
+        let value =
+            serde_json::from_str(text).map_err(|e| CliError::Decode(format!("{e}: {text}")))?;
+        Ok((value, next))
     }
+}
+
+/// The target of a `Link` header's `rel="next"` (RFC 8288), as the API writes it.
+fn next_link(header: &str) -> Option<String> {
+    header.split(',').find_map(|l| {
+        let (target, params) = l.trim().split_once(';')?;
+        params
+            .split(';')
+            .any(|p| p.trim() == "rel=\"next\"")
+            .then(|| {
+                target
+                    .trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string()
+            })
+    })
+}
+
+/// One page of a tunnel list on stdout: table rows (the header before the first page),
+/// or the elements of one JSON array spread over the pages.
+pub fn print_page(json: bool, ts: &[TunnelOut], first: bool, last: bool) {
+    let mut out = String::new();
+    if json {
+        if first {
+            out.push('[');
+        }
+        for (i, t) in ts.iter().enumerate() {
+            if !(first && i == 0) {
+                out.push(',');
+            }
+            out.push_str(&serde_json::to_string_pretty(t).unwrap_or_default());
+        }
+        if last {
+            out.push_str("]\n");
+        }
+    } else {
+        let table = tunnels_table(ts);
+        let rows = if first {
+            table.as_str()
+        } else {
+            table.split_once('\n').map_or("", |(_, rows)| rows)
+        };
+        out.push_str(rows);
+    }
+    print!("{out}");
 }
 
 /// Tunnels as a table.
@@ -299,5 +363,23 @@ mod remote_tests {
         let table = super::tunnels_table(&[t]);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines[0].find("state"), lines[1].find("up "), "{table}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_next_page_among_links() {
+        assert_eq!(
+            next_link(r#"</api/v1/tunnels?after=9&limit=2>; rel="next""#).as_deref(),
+            Some("/api/v1/tunnels?after=9&limit=2")
+        );
+        assert_eq!(
+            next_link(r#"</a>; rel="prev", </b>; rel="next""#).as_deref(),
+            Some("/b")
+        );
+        assert_eq!(next_link(r#"</a>; rel="prev""#), None);
     }
 }

@@ -21,7 +21,7 @@ use crate::{
     heartbeat,
     liveness::{Liveness, Observed},
     metrics::Metrics,
-    model::{Kind, State, TunnelSpec},
+    model::{Kind, TunnelSpec},
     netlink::{self, Netlink},
     routes::{RouteSettings, Routes},
     store::{self, PoolSet, SqliteStore, Store},
@@ -158,7 +158,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         ),
         _ => None,
     };
-    let tunnels = broker.store.tunnels()?.len();
+    let tunnels: u64 = broker.store.census()?.iter().map(|(_, _, n)| n).sum();
     info!(
         instance = %config.instance,
         program_id = broker.maps.program_id()?,
@@ -284,7 +284,6 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                         warn!("only static tunnels and the PoP's IPv4 are reloaded; other changes need a restart");
                     }
                     let mut b = broker.lock().await;
-                    b.pop = new.pop();
                     endpoint_policy(&mut b, &new).await;
                     if let Err(e) = b.maps.set_rate_limits(
                         new.dataplane.icmp_limit(),
@@ -292,7 +291,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                     ) {
                         warn!(error = %e, "setting the data plane's rate limits failed");
                     }
-                    match b.sync_static(&static_specs(&new)).await {
+                    match b.reload_static(&static_specs(&new), new.pop()).await {
                         Ok(sync) => info!(?sync, "config reloaded"),
                         Err(e) => warn!(error = %crate::broker::error_chain(&e), "config reload failed"),
                     }
@@ -357,33 +356,28 @@ const EXPIRY_TICKS: u32 = 10;
 async fn watch_tunnels(broker: Arc<Mutex<Running>>, heartbeats: bool, beat_interval: u32) {
     let mut liveness = Liveness::default();
     let mut tick = tokio::time::interval(LIVENESS_TICK);
+    // After a stall, one tick, not a burst of the missed ones.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n = 0u32;
     loop {
         tick.tick().await;
         n = n.wrapping_add(1);
         let mut b = broker.lock().await;
-        let tunnels = match b.store.tunnels() {
-            Ok(t) => t,
-            Err(e) => {
-                warn!(error = %e, "liveness: reading the store failed");
-                continue;
-            }
-        };
-        let observed: Vec<Observed> = tunnels
-            .iter()
-            .filter(|t| t.spec.state == State::Up)
-            .filter(|t| !(heartbeats && t.spec.kind == Kind::Heartbeat))
-            .filter_map(|t| {
-                let keepalive_secs = t
-                    .spec
+        // The watch list, not the store: its cost follows the tunnels that need
+        // watching, not all of them.
+        let observed: Vec<Observed> = b
+            .watched()
+            .filter(|(_, w)| !(heartbeats && w.kind == Kind::Heartbeat))
+            .filter_map(|(id, w)| {
+                let keepalive_secs = w
                     .keepalive
-                    .or((t.spec.kind == Kind::Ayiya).then_some(beat_interval))?;
-                let c = b.maps.counters(t.spec.id)?;
+                    .or((w.kind == Kind::Ayiya).then_some(beat_interval))?;
+                let c = b.maps.counters(id)?;
                 Some(Observed {
-                    id: t.spec.id,
+                    id,
                     from_client_packets: c.from_client_packets,
                     keepalive_secs,
-                    asleep: b.is_asleep(t.spec.id),
+                    asleep: b.is_asleep(id),
                 })
             })
             .collect();

@@ -144,8 +144,24 @@ enum TunnelCommand {
         #[arg(long)]
         routed_prefix: Option<Ipv6Net>,
     },
-    /// List tunnels.
-    List,
+    /// List tunnels, every page of them (or `--limit` at most), filtered.
+    List {
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        state: Option<String>,
+        /// The client's address.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Tunnels whose link or routed prefix overlaps this prefix or address.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Show at most this many (one page).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
     /// Show one tunnel with its counters, or the commands for its client.
     Show {
         id: u32,
@@ -618,9 +634,40 @@ fn tunnel(api: &ApiArgs, command: TunnelCommand) -> anyhow::Result<()> {
             let t: TunnelOut = c.call("POST", "/api/v1/tunnels", Some(&body))?;
             show(api.json, &t, cli::tunnel_detail)
         }
-        TunnelCommand::List => {
-            let ts: Vec<TunnelOut> = c.call("GET", "/api/v1/tunnels", None)?;
-            show(api.json, &ts, |ts| cli::tunnels_table(ts))
+        TunnelCommand::List {
+            owner,
+            kind,
+            state,
+            endpoint,
+            prefix,
+            limit,
+        } => {
+            let query: Vec<(&str, String)> = [
+                ("owner", owner),
+                ("kind", kind),
+                ("state", state),
+                ("endpoint", endpoint),
+                ("prefix", prefix),
+                ("limit", limit.map(|n| n.to_string())),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect();
+            let mut path = format!(
+                "/api/v1/tunnels?{}",
+                serde_urlencoded::to_string(&query).unwrap_or_default()
+            );
+            // Page by page, printed as they come: a million tunnels never sit in memory.
+            let mut first = true;
+            loop {
+                let (ts, next): (Vec<TunnelOut>, _) = c.call_paged("GET", &path, None)?;
+                cli::print_page(api.json, &ts, first, next.is_none() || limit.is_some());
+                first = false;
+                match next {
+                    Some(n) if limit.is_none() => path = n,
+                    _ => return Ok(()),
+                }
+            }
         }
         TunnelCommand::Show { id, client_config } => {
             let t: TunnelOut = c.call("GET", &format!("/api/v1/tunnels/{id}"), None)?;

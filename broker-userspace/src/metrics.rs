@@ -195,10 +195,8 @@ impl Snapshot {
         per_tunnel: bool,
     ) -> Result<Self, String> {
         let mut tunnels = BTreeMap::new();
-        for t in b.store.tunnels().map_err(|e| e.to_string())? {
-            *tunnels
-                .entry((t.spec.kind.as_str(), t.spec.state.as_str()))
-                .or_insert(0) += 1;
+        for (kind, state, n) in b.store.census().map_err(|e| e.to_string())? {
+            *tunnels.entry((kind.as_str(), state.as_str())).or_insert(0) += n;
         }
         Ok(Self {
             global: b.maps.global_counters()?,

@@ -6,6 +6,7 @@
 
 mod auth;
 pub mod body;
+pub mod list;
 pub mod listener;
 mod nic;
 pub mod tunnels;
@@ -101,7 +102,7 @@ where
     let api = Router::new()
         .route(
             "/api/v1/tunnels",
-            get(tunnels::list::<S, P, R>).post(tunnels::create::<S, P, R>),
+            get(list::list::<S, P, R>).post(tunnels::create::<S, P, R>),
         )
         .route(
             "/api/v1/tunnels/{id}",

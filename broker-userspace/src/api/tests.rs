@@ -104,6 +104,34 @@ impl Client {
         })
     }
 
+    /// A GET of one page: status, body and the `Link` header's next page.
+    pub(super) fn page(&self, uri: &str, auth: Auth<'_>) -> (StatusCode, Value, Option<String>) {
+        let mut req = Request::builder().method(Method::GET).uri(uri);
+        if let Auth::Admin = auth {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {ADMIN}"));
+        } else if let Auth::Basic(u, p) = auth {
+            let b = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+            req = req.header(header::AUTHORIZATION, format!("Basic {b}"));
+        }
+        self.rt.block_on(async {
+            let res = self
+                .app
+                .clone()
+                .oneshot(req.body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            let status = res.status();
+            let link = res
+                .headers()
+                .get(header::LINK)
+                .map(|v| v.to_str().unwrap().to_string());
+            let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            (status, serde_json::from_slice(&bytes).unwrap(), link)
+        })
+    }
+
     pub(super) fn json(
         &self,
         method: Method,
@@ -711,4 +739,62 @@ fn the_grafana_dashboard_uses_only_exported_names() {
         );
     }
     assert!(used > 10);
+}
+
+#[test]
+fn lists_come_in_pages_with_filters() {
+    let c = Client::new();
+    let pw = c.user("bob");
+    for (i, owner) in [None, Some("bob"), None, Some("bob"), None]
+        .into_iter()
+        .enumerate()
+    {
+        let mut body = json!({"remote_ipv4": format!("198.51.100.{}", 10 + i)});
+        if let Some(o) = owner {
+            body["owner"] = json!(o);
+        }
+        let (s, t) = c.json(Method::POST, "/api/v1/tunnels", Auth::Admin, Some(body));
+        assert_eq!(s, StatusCode::CREATED, "{t}");
+    }
+    // Two at a time, following `Link` to the end.
+    let mut uri = "/api/v1/tunnels?limit=2&state=up".to_string();
+    let mut ids = Vec::new();
+    let mut pages = 0;
+    loop {
+        let (s, v, next) = c.page(&uri, Auth::Admin);
+        assert_eq!(s, StatusCode::OK, "{v}");
+        pages += 1;
+        ids.extend(
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["id"].as_u64().unwrap()),
+        );
+        match next {
+            Some(n) => {
+                let target = n.split_once('>').unwrap().0.trim_start_matches('<');
+                assert!(target.contains("state=up"), "{n}");
+                uri = target.to_string();
+            }
+            None => break,
+        }
+    }
+    assert_eq!(ids, vec![1, 2, 3, 4, 5]);
+    assert_eq!(pages, 3);
+    // A user's list is theirs, whatever `owner` asks; the operator filters by owner.
+    let (_, v, _) = c.page("/api/v1/tunnels?owner=-", Auth::Basic("bob", &pw));
+    let ids = |v: &Value| -> Vec<u64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(ids(&v), vec![2, 4]);
+    let (_, v, _) = c.page("/api/v1/tunnels?owner=-", Auth::Admin);
+    assert_eq!(ids(&v), vec![1, 3, 5]);
+    let (_, v, _) = c.page("/api/v1/tunnels?endpoint=198.51.100.12", Auth::Admin);
+    assert_eq!(ids(&v), vec![3]);
+    let (s, v) = c.json(Method::GET, "/api/v1/tunnels?limit=0", Auth::Admin, None);
+    assert_eq!((s, field(&v)), (StatusCode::BAD_REQUEST, Some("limit")));
 }

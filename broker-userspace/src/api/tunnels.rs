@@ -82,7 +82,12 @@ impl From<TunnelStats> for Counters {
     }
 }
 
-fn out(r: &TunnelRecord, pop: &Pop, asleep: bool, counters: Option<TunnelStats>) -> TunnelOut {
+pub(super) fn out(
+    r: &TunnelRecord,
+    pop: &Pop,
+    asleep: bool,
+    counters: Option<TunnelStats>,
+) -> TunnelOut {
     let s = &r.spec;
     let (v4, remote_port, v6) = s.endpoint.parts();
     let v4v6 = s.kind == Kind::V4In6;
@@ -238,36 +243,6 @@ fn model_state(s: TunnelState) -> TState {
         TunnelState::Down => TState::Down,
         TunnelState::Disabled => TState::Disabled,
     }
-}
-
-#[derive(Debug, Deserialize)]
-pub struct ListQuery {
-    /// Include each tunnel's counters (one map read per tunnel).
-    #[serde(default)]
-    counters: bool,
-}
-
-pub async fn list<S: Store, P: Projection, R: RouteOps>(
-    State(state): State<AppState<S, P, R>>,
-    Extension(caller): Extension<Caller>,
-    Query(q): Query<ListQuery>,
-) -> Result<Json<Vec<TunnelOut>>, ApiError> {
-    let b = state.broker.lock().await;
-    let tunnels = b.store.tunnels()?;
-    Ok(Json(
-        tunnels
-            .iter()
-            .filter(|t| caller.may_use(t.owner.as_deref()))
-            .map(|t| {
-                out(
-                    t,
-                    &b.pop,
-                    b.is_asleep(t.spec.id),
-                    q.counters.then(|| b.maps.counters(t.spec.id)).flatten(),
-                )
-            })
-            .collect(),
-    ))
 }
 
 /// The tunnel if it exists and the caller may see it: a user gets 404 for tunnels of

@@ -50,12 +50,7 @@ fn admin(caller: &Caller) -> Result<(), ApiError> {
 }
 
 fn owned<S: Store>(store: &S, name: &str) -> Result<Vec<u32>, ApiError> {
-    Ok(store
-        .tunnels()?
-        .iter()
-        .filter(|t| t.owner.as_deref() == Some(name))
-        .map(|t| t.spec.id)
-        .collect())
+    Ok(store.tunnels_of(name)?.iter().map(|t| t.spec.id).collect())
 }
 
 pub async fn list<S: Store, P: Projection, R: RouteOps>(

@@ -108,7 +108,9 @@ impl RouteOps for FakeRoutes {
     }
 }
 
-pub(crate) fn broker() -> Broker<SqliteStore, FakeMaps, FakeRoutes> {
+pub(crate) type TestBroker = Broker<SqliteStore, FakeMaps, FakeRoutes>;
+
+pub(crate) fn broker() -> TestBroker {
     broker_with("2001:db8:10::/48", "2001:db8:1000::/40")
 }
 

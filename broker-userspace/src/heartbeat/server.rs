@@ -20,7 +20,7 @@ use crate::{
     broker::{error_chain, Broker, Projection, RouteOps},
     config::HeartbeatConfig,
     metrics::Metrics,
-    model::{Endpoint, Kind, State},
+    model::{Endpoint, Kind},
     store::{Store, TunnelChange},
 };
 
@@ -165,17 +165,11 @@ where
     P: Projection,
     R: RouteOps,
 {
-    let live: Vec<u32> = match b.store.tunnels() {
-        Ok(ts) => ts
-            .iter()
-            .filter(|t| t.spec.kind == Kind::Heartbeat && t.spec.state == State::Up)
-            .map(|t| t.spec.id)
-            .collect(),
-        Err(e) => {
-            warn!(error = %e, "heartbeat: reading the store failed");
-            return;
-        }
-    };
+    let live: Vec<u32> = b
+        .watched()
+        .filter(|(_, w)| w.kind == Kind::Heartbeat)
+        .map(|(id, _)| id)
+        .collect();
     for id in tracker.sweep(&live, now) {
         match b.set_asleep(id, true) {
             Ok(_) => info!(id, "heartbeats stopped: tunnel asleep"),

@@ -148,6 +148,26 @@ pub struct TunnelChange {
     pub add_routed_length: Option<u8>,
 }
 
+/// Which tunnels a listing asks for; each field left `None` matches every tunnel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TunnelFilter {
+    pub owner: Option<OwnerFilter>,
+    pub origin: Option<Origin>,
+    pub kind: Option<Kind>,
+    pub state: Option<State>,
+    /// The endpoint's address (any port).
+    pub address: Option<std::net::IpAddr>,
+    /// Tunnels whose link or routed prefix overlaps this one (an address is a /128).
+    pub prefix: Option<Ipv6Net>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnerFilter {
+    /// Tunnels nobody owns (static ones, anonymous TSP).
+    Nobody,
+    User(String),
+}
+
 /// What reconciling the static tunnels changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StaticSync {
@@ -212,8 +232,20 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// The store as the controller uses it. Every method is one transaction.
 pub trait Store: Send {
+    /// Every tunnel, in id order: for the few paths that need them all (start, reload).
     fn tunnels(&self) -> Result<Vec<TunnelRecord>>;
     fn tunnel(&self, id: u32) -> Result<Option<TunnelRecord>>;
+    /// Up to `limit` tunnels matching `filter` with ids above `after`, in id order.
+    fn tunnel_page(
+        &self,
+        filter: &TunnelFilter,
+        after: Option<u32>,
+        limit: usize,
+    ) -> Result<Vec<TunnelRecord>>;
+    /// How many tunnels there are of each kind in each state (kept, not counted).
+    fn census(&self) -> Result<Vec<(Kind, State, u64)>>;
+    /// The tunnels whose lifetime ended by `now`.
+    fn expired(&self, now: u64) -> Result<Vec<TunnelRecord>>;
     /// Allocates the link /64 (and a routed prefix when asked), an id, a password and an
     /// update key.
     fn create_tunnel(&mut self, req: &NewTunnel, now: u64) -> Result<TunnelRecord>;

@@ -112,6 +112,38 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE users_v3 RENAME TO users;
     ALTER TABLE tunnels ADD COLUMN update_key_hash TEXT;
     ",
+    // 4: a million tunnels (issue 12): every lookup by endpoint, owner's prefixes,
+    // expiry or filter is served by an index, and the census (tunnels per kind and
+    // state, for /metrics) is kept by triggers instead of counted per scrape.
+    "
+    CREATE INDEX tunnels_remote_v4 ON tunnels(remote_v4, remote_port);
+    CREATE INDEX tunnels_remote_v6 ON tunnels(remote_v6);
+    CREATE INDEX tunnels_kind_state ON tunnels(kind, state);
+    CREATE INDEX tunnels_origin ON tunnels(origin);
+    CREATE INDEX tunnels_expiry ON tunnels(expires_at) WHERE expires_at IS NOT NULL;
+    CREATE INDEX routed_tunnel ON routed(tunnel_id);
+    CREATE INDEX v4_allocations_tunnel ON v4_allocations(tunnel_id);
+    CREATE TABLE census (
+        kind TEXT NOT NULL,
+        state TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (kind, state)
+    );
+    INSERT INTO census (kind, state, n) SELECT kind, state, COUNT(*) FROM tunnels GROUP BY kind, state;
+    CREATE TRIGGER census_insert AFTER INSERT ON tunnels BEGIN
+        INSERT INTO census (kind, state, n) VALUES (NEW.kind, NEW.state, 1)
+            ON CONFLICT (kind, state) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER census_delete AFTER DELETE ON tunnels BEGIN
+        UPDATE census SET n = n - 1 WHERE kind = OLD.kind AND state = OLD.state;
+    END;
+    CREATE TRIGGER census_update AFTER UPDATE OF kind, state ON tunnels
+        WHEN OLD.kind IS NOT NEW.kind OR OLD.state IS NOT NEW.state BEGIN
+        UPDATE census SET n = n - 1 WHERE kind = OLD.kind AND state = OLD.state;
+        INSERT INTO census (kind, state, n) VALUES (NEW.kind, NEW.state, 1)
+            ON CONFLICT (kind, state) DO UPDATE SET n = n + 1;
+    END;
+    ",
 ];
 
 /// Brings a database to the current schema. Foreign keys must be off (SQLite's procedure

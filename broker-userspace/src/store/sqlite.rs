@@ -1,7 +1,7 @@
 //! The embedded store: one SQLite file (WAL journal, so a killed process loses nothing it
 //! committed). Every trait method is one transaction.
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{HashMap, HashSet},
     net::{Ipv4Addr, SocketAddrV4},
     path::Path,
 };
@@ -12,7 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use super::{
     alloc::{self, PoolSet},
     random_token, schema, NewTunnel, Origin, Result, StaticSync, Store, StoreError, TunnelChange,
-    TunnelRecord, UserRecord,
+    TunnelFilter, TunnelRecord, UserRecord,
 };
 use crate::{
     model::{Endpoint, Kind, State, TunnelSpec},
@@ -187,31 +187,6 @@ fn record(r: Row, routed: Vec<Ipv6Net>) -> Result<TunnelRecord> {
 fn endpoint_columns(e: &Endpoint) -> (Option<String>, Option<u16>, Option<String>) {
     let (v4, port, v6) = e.parts();
     (v4.map(|a| a.to_string()), port, v6.map(|a| a.to_string()))
-}
-
-fn load_tunnels(conn: &Connection, id: Option<u32>) -> Result<Vec<TunnelRecord>> {
-    let mut routed: BTreeMap<u32, Vec<Ipv6Net>> = BTreeMap::new();
-    {
-        let mut q = conn.prepare(
-            "SELECT tunnel_id, prefix FROM routed WHERE ?1 IS NULL OR tunnel_id = ?1 ORDER BY rowid",
-        )?;
-        let rows = q.query_map([id], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?)))?;
-        for x in rows {
-            let (t, p) = x?;
-            routed.entry(t).or_default().push(parse(&p, "prefix")?);
-        }
-    }
-    let mut q = conn.prepare(&format!(
-        "SELECT {TUNNEL_COLUMNS} FROM tunnels WHERE ?1 IS NULL OR id = ?1 ORDER BY id"
-    ))?;
-    let rows = q.query_map([id], row)?;
-    let mut out = Vec::new();
-    for r in rows {
-        let r = r?;
-        let p = routed.remove(&r.id).unwrap_or_default();
-        out.push(record(r, p)?);
-    }
-    Ok(out)
 }
 
 /// The tunnel (other than `except`) that already has `endpoint`.
@@ -471,13 +446,69 @@ fn end_quarantine(tx: &Transaction<'_>, pools: &PoolSet, now: u64) -> Result<()>
     Ok(())
 }
 
+/// Refuses a static tunnel being added or changed that would take what a run-time tunnel
+/// has: its id, its endpoint, or a prefix overlapping one of its prefixes.
+fn check_static(tx: &Transaction<'_>, w: &TunnelSpec, is_static: bool) -> Result<()> {
+    let runtime = |id: u32| -> Result<bool> {
+        Ok(query::one(tx, id)?.is_some_and(|r| r.origin != Origin::Static))
+    };
+    if !is_static && runtime(w.id)? {
+        return Err(StoreError::IdTaken { id: w.id });
+    }
+    if let Some(other) = endpoint_owner(tx, &w.endpoint, Some(w.id))? {
+        // proto-41 and heartbeat tunnels share one endpoint map.
+        if runtime(other)? {
+            return Err(StoreError::DuplicateEndpoint {
+                remote: w.endpoint,
+                id: other,
+            });
+        }
+    }
+    for p in w.prefixes() {
+        let filter = TunnelFilter {
+            prefix: Some(p),
+            ..Default::default()
+        };
+        let overlapping = query::page(tx, &filter, None, 64)?;
+        if let Some(other) = overlapping.iter().find(|r| {
+            r.origin != Origin::Static
+                && r.spec.id != w.id
+                && r.spec.prefixes().any(|q| q.contains(&p) || p.contains(&q))
+        }) {
+            return Err(StoreError::PrefixTaken {
+                prefix: p,
+                id: w.id,
+                other: other.spec.id,
+            });
+        }
+    }
+    Ok(())
+}
+
 impl Store for SqliteStore {
     fn tunnels(&self) -> Result<Vec<TunnelRecord>> {
-        load_tunnels(&self.conn, None)
+        query::all(&self.conn)
     }
 
     fn tunnel(&self, id: u32) -> Result<Option<TunnelRecord>> {
-        Ok(load_tunnels(&self.conn, Some(id))?.pop())
+        query::one(&self.conn, id)
+    }
+
+    fn tunnel_page(
+        &self,
+        filter: &TunnelFilter,
+        after: Option<u32>,
+        limit: usize,
+    ) -> Result<Vec<TunnelRecord>> {
+        query::page(&self.conn, filter, after, limit)
+    }
+
+    fn census(&self) -> Result<Vec<(Kind, State, u64)>> {
+        query::census(&self.conn)
+    }
+
+    fn expired(&self, now: u64) -> Result<Vec<TunnelRecord>> {
+        query::expired(&self.conn, now)
     }
 
     fn create_tunnel(&mut self, req: &NewTunnel, now: u64) -> Result<TunnelRecord> {
@@ -585,7 +616,7 @@ impl Store for SqliteStore {
     fn update_tunnel(&mut self, id: u32, change: &TunnelChange, now: u64) -> Result<TunnelRecord> {
         let pools = self.pools.clone();
         let tx = self.conn.transaction()?;
-        let Some(mut record) = load_tunnels(&tx, Some(id))?.pop() else {
+        let Some(mut record) = query::one(&tx, id)? else {
             return Err(StoreError::NoSuchTunnel { id });
         };
         let spec = &mut record.spec;
@@ -679,7 +710,7 @@ impl Store for SqliteStore {
 
     fn delete_tunnel(&mut self, id: u32, now: u64) -> Result<TunnelRecord> {
         let tx = self.conn.transaction()?;
-        let Some(record) = load_tunnels(&tx, Some(id))?.pop() else {
+        let Some(record) = query::one(&tx, id)? else {
             return Err(StoreError::NoSuchTunnel { id });
         };
         remove_tunnel(&tx, id, now)?;
@@ -718,37 +749,28 @@ impl Store for SqliteStore {
 
     fn sync_static(&mut self, wanted: &[TunnelSpec], now: u64) -> Result<StaticSync> {
         let tx = self.conn.transaction()?;
-        let existing = load_tunnels(&tx, None)?;
+        let existing: HashMap<u32, TunnelRecord> = query::page(
+            &tx,
+            &TunnelFilter {
+                origin: Some(Origin::Static),
+                ..Default::default()
+            },
+            None,
+            usize::MAX,
+        )?
+        .into_iter()
+        .map(|r| (r.spec.id, r))
+        .collect();
         let mut report = StaticSync::default();
         for w in wanted {
-            let current = existing.iter().find(|r| r.spec.id == w.id);
-            if let Some(c) = current.filter(|c| c.origin != Origin::Static) {
-                return Err(StoreError::IdTaken { id: c.spec.id });
+            let current = existing.get(&w.id);
+            if current.is_some_and(|c| c.spec == *w) {
+                // Checked when it was added or last changed; run-time creations check
+                // against it.
+                continue;
             }
-            // Run-time tunnels keep what they have; a static one may not take it.
-            for other in existing.iter().filter(|r| r.origin != Origin::Static) {
-                if other.spec.kind == w.kind && other.spec.endpoint == w.endpoint {
-                    return Err(StoreError::DuplicateEndpoint {
-                        remote: w.endpoint,
-                        id: other.spec.id,
-                    });
-                }
-                for p in w.prefixes() {
-                    if other
-                        .spec
-                        .prefixes()
-                        .any(|q| q.contains(&p) || p.contains(&q))
-                    {
-                        return Err(StoreError::PrefixTaken {
-                            prefix: p,
-                            id: w.id,
-                            other: other.spec.id,
-                        });
-                    }
-                }
-            }
+            check_static(&tx, w, current.is_some())?;
             match current {
-                Some(c) if c.spec == *w => {}
                 Some(c) => {
                     let record = TunnelRecord {
                         spec: w.clone(),
@@ -779,12 +801,17 @@ impl Store for SqliteStore {
                 }
             }
         }
-        for r in existing.iter().filter(|r| r.origin == Origin::Static) {
-            if !wanted.iter().any(|w| w.id == r.spec.id) {
-                tx.execute("DELETE FROM routed WHERE tunnel_id = ?1", [r.spec.id])?;
-                tx.execute("DELETE FROM tunnels WHERE id = ?1", [r.spec.id])?;
-                report.removed.push(r.spec.id);
-            }
+        let kept: HashSet<u32> = wanted.iter().map(|w| w.id).collect();
+        let mut gone: Vec<u32> = existing
+            .keys()
+            .filter(|id| !kept.contains(id))
+            .copied()
+            .collect();
+        gone.sort_unstable();
+        for id in gone {
+            tx.execute("DELETE FROM routed WHERE tunnel_id = ?1", [id])?;
+            tx.execute("DELETE FROM tunnels WHERE id = ?1", [id])?;
+            report.removed.push(id);
         }
         if let Some(max) = wanted.iter().map(|w| u64::from(w.id)).max() {
             if get_counter(&tx, "next_tunnel_id")? <= max {
@@ -919,6 +946,7 @@ impl Store for SqliteStore {
     }
 }
 
+mod query;
 mod users;
 
 #[cfg(test)]

@@ -17,7 +17,10 @@ use crate::{
     broker::{Broker, BrokerError, Projection, RouteOps},
     config::TspConfig,
     model::{Endpoint, Kind, State},
-    store::{self, NewTunnel, Origin, Store, StoreError, TunnelChange, TunnelRecord},
+    store::{
+        self, NewTunnel, Origin, OwnerFilter, Store, StoreError, TunnelChange, TunnelFilter,
+        TunnelRecord,
+    },
 };
 
 /// Makes (or finds and moves) the tunnel `ask` is for; returns its id and offer.
@@ -149,14 +152,15 @@ fn anonymous_at<S: Store, P, R>(
     b: &Broker<S, P, R>,
     address: IpAddr,
 ) -> Result<Vec<TunnelRecord>, Status> {
-    Ok(b.store
-        .tunnels()
-        .map_err(|e| status_of(&e.into()))?
-        .into_iter()
-        .filter(|t| {
-            t.origin == Origin::Tsp && t.owner.is_none() && t.spec.endpoint.address() == address
-        })
-        .collect())
+    let filter = TunnelFilter {
+        owner: Some(OwnerFilter::Nobody),
+        origin: Some(Origin::Tsp),
+        address: Some(address),
+        ..Default::default()
+    };
+    b.store
+        .tunnel_page(&filter, None, usize::MAX)
+        .map_err(|e| status_of(&e.into()))
 }
 
 /// A session finds its tunnel again: up, at the session's endpoint and kind, lifetime

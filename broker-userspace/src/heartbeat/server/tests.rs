@@ -1,7 +1,7 @@
 use super::*;
 use crate::{
     broker::tests::{broker, FakeMaps, FakeRoutes},
-    model::Endpoint,
+    model::{Endpoint, State},
     store::{NewTunnel, SqliteStore, TunnelRecord},
 };
 

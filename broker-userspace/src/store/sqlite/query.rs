@@ -1,0 +1,427 @@
+//! Reading tunnels: one, all, a filtered page, the lapsed, and the census. Every query
+//! but [`all`] is served by an index, so its cost does not grow with the store.
+use std::collections::BTreeMap;
+
+use ipnet::Ipv6Net;
+use rusqlite::{types::Value, Connection};
+
+use super::{parse, parse_kind, parse_state, record, row, Row, TUNNEL_COLUMNS};
+use crate::{
+    model::{Kind, State},
+    store::{alloc, OwnerFilter, Result, TunnelFilter, TunnelRecord},
+};
+
+/// Every tunnel: two scans, the routed prefixes joined in memory.
+pub(super) fn all(conn: &Connection) -> Result<Vec<TunnelRecord>> {
+    let mut routed: BTreeMap<u32, Vec<Ipv6Net>> = BTreeMap::new();
+    {
+        let mut q = conn.prepare("SELECT tunnel_id, prefix FROM routed ORDER BY rowid")?;
+        let rows = q.query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?)))?;
+        for x in rows {
+            let (t, p) = x?;
+            routed.entry(t).or_default().push(parse(&p, "prefix")?);
+        }
+    }
+    let mut q = conn.prepare(&format!("SELECT {TUNNEL_COLUMNS} FROM tunnels ORDER BY id"))?;
+    let rows = q.query_map([], row)?;
+    let mut out = Vec::new();
+    for r in rows {
+        let r = r?;
+        let p = routed.remove(&r.id).unwrap_or_default();
+        out.push(record(r, p)?);
+    }
+    Ok(out)
+}
+
+pub(super) fn one(conn: &Connection, id: u32) -> Result<Option<TunnelRecord>> {
+    Ok(select(conn, "id = ?", vec![Value::from(id)], "")?.pop())
+}
+
+pub(super) fn page(
+    conn: &Connection,
+    f: &TunnelFilter,
+    after: Option<u32>,
+    limit: usize,
+) -> Result<Vec<TunnelRecord>> {
+    let mut cond = vec!["id > ?".to_string()];
+    let mut args = vec![Value::from(i64::from(after.unwrap_or(0)))];
+    match &f.owner {
+        None => {}
+        Some(OwnerFilter::Nobody) => cond.push("owner IS NULL".into()),
+        Some(OwnerFilter::User(name)) => {
+            cond.push("owner = ?".into());
+            args.push(Value::from(name.clone()));
+        }
+    }
+    for (column, value) in [
+        ("origin", f.origin.map(|o| o.as_str())),
+        ("kind", f.kind.map(|k| k.as_str())),
+        ("state", f.state.map(|s| s.as_str())),
+    ] {
+        if let Some(v) = value {
+            cond.push(format!("{column} = ?"));
+            args.push(Value::from(v.to_string()));
+        }
+    }
+    match f.address {
+        None => {}
+        Some(std::net::IpAddr::V4(a)) => {
+            cond.push("remote_v4 = ?".into());
+            args.push(Value::from(a.to_string()));
+        }
+        Some(std::net::IpAddr::V6(a)) => {
+            cond.push("remote_v6 = ?".into());
+            args.push(Value::from(a.to_string()));
+        }
+    }
+    if let Some(p) = f.prefix {
+        // Pool allocations never overlap one another: those starting inside the range,
+        // and the one starting closest below it if it reaches in. Prefixes of static
+        // tunnels are not allocations: they match by their exact text (the link /64 of
+        // an address included).
+        let wide = Ipv6Net::new(p.network(), p.prefix_len().min(64))
+            .expect("at most 64")
+            .trunc();
+        let (lo, hi) = (
+            alloc::to_sql(alloc::start(&wide)),
+            alloc::to_sql(alloc::end(&wide)),
+        );
+        cond.push(
+            "(id IN (SELECT tunnel_id FROM allocations WHERE start BETWEEN ? AND ? \
+                     AND tunnel_id IS NOT NULL) \
+              OR id IN (SELECT tunnel_id FROM (SELECT tunnel_id, end FROM allocations \
+                        WHERE start < ? ORDER BY start DESC LIMIT 1) WHERE end >= ?) \
+              OR link_prefix = ? OR link_prefix = ? \
+              OR id IN (SELECT tunnel_id FROM routed WHERE prefix = ?))"
+                .into(),
+        );
+        let link = Ipv6Net::new(p.network(), 64).expect("64").trunc();
+        args.extend([
+            Value::from(lo),
+            Value::from(hi),
+            Value::from(lo),
+            Value::from(lo),
+            Value::from(p.trunc().to_string()),
+            Value::from(link.to_string()),
+            Value::from(p.trunc().to_string()),
+        ]);
+    }
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    select(
+        conn,
+        &cond.join(" AND "),
+        args,
+        &format!("ORDER BY id LIMIT {limit}"),
+    )
+}
+
+pub(super) fn expired(conn: &Connection, now: u64) -> Result<Vec<TunnelRecord>> {
+    select(
+        conn,
+        "expires_at IS NOT NULL AND expires_at <= ?",
+        vec![Value::from(now as i64)],
+        "ORDER BY id",
+    )
+}
+
+pub(super) fn census(conn: &Connection) -> Result<Vec<(Kind, State, u64)>> {
+    let mut q = conn.prepare_cached("SELECT kind, state, n FROM census WHERE n > 0")?;
+    let rows = q.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for x in rows {
+        let (k, s, n) = x?;
+        out.push((parse_kind(&k)?, parse_state(&s)?, n as u64));
+    }
+    Ok(out)
+}
+
+/// The tunnels `WHERE cond` (with `args`), each with its routed prefixes (indexed).
+fn select(
+    conn: &Connection,
+    cond: &str,
+    args: Vec<Value>,
+    tail: &str,
+) -> Result<Vec<TunnelRecord>> {
+    let mut q = conn.prepare_cached(&format!(
+        "SELECT {TUNNEL_COLUMNS} FROM tunnels WHERE {cond} {tail}"
+    ))?;
+    let rows: Vec<Row> = q
+        .query_map(rusqlite::params_from_iter(args), row)?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut routed =
+        conn.prepare_cached("SELECT prefix FROM routed WHERE tunnel_id = ?1 ORDER BY rowid")?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let prefixes = routed
+            .query_map([r.id], |x| x.get::<_, String>(0))?
+            .map(|p| parse(&p?, "prefix"))
+            .collect::<Result<_>>()?;
+        out.push(record(r, prefixes)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::BTreeMap,
+        net::{IpAddr, Ipv4Addr, SocketAddrV4},
+    };
+
+    use proptest::prelude::*;
+
+    use crate::{
+        model::{Endpoint, Kind, State},
+        store::{
+            NewTunnel, Origin, OwnerFilter, PoolSet, SqliteStore, Store, TunnelChange,
+            TunnelFilter, TunnelRecord,
+        },
+    };
+
+    fn store() -> SqliteStore {
+        let mut s = SqliteStore::in_memory(PoolSet {
+            link: vec!["2001:db8:10::/48".parse().unwrap()],
+            routed: vec!["2001:db8:1000::/40".parse().unwrap()],
+            routed_lengths: vec![48, 56],
+            quarantine_secs: 100,
+            v4v6: Some("203.0.113.0/28".parse().unwrap()),
+        })
+        .unwrap();
+        for u in ["ann", "bob"] {
+            s.create_user(u, &secrets(), 0).unwrap();
+        }
+        s
+    }
+
+    fn secrets() -> crate::secret::UserSecrets {
+        crate::secret::UserSecrets {
+            password_hash: "$argon2id$x".into(),
+            tic_md5: "x".into(),
+            digest_realm: "broker".into(),
+            digest_ha1: "x".into(),
+        }
+    }
+
+    type Census = BTreeMap<(&'static str, &'static str), u64>;
+
+    /// A tunnel of kind `k % 3` at an address made from `n`, owned by nobody, ann or bob.
+    fn create(s: &mut SqliteStore, n: u32, owner: u8, kind: u8, routed: bool) -> TunnelRecord {
+        let v4 = Ipv4Addr::from(0xc612_0000 + n);
+        let (kind, endpoint) = match kind % 3 {
+            0 => (Kind::Proto41, Endpoint::Ipv4(v4)),
+            1 => (Kind::V6Udp4, Endpoint::Udp4(SocketAddrV4::new(v4, 3653))),
+            _ => (Kind::Heartbeat, Endpoint::Ipv4(v4)),
+        };
+        let mut req = NewTunnel::api(
+            [None, Some("ann"), Some("bob")][owner as usize % 3],
+            kind,
+            endpoint,
+        );
+        req.routed_length = routed.then_some(56);
+        s.create_tunnel(&req, 1).unwrap()
+    }
+
+    fn census_by_counting(s: &SqliteStore) -> Census {
+        let mut m = BTreeMap::new();
+        for t in s.tunnels().unwrap() {
+            *m.entry((t.spec.kind.as_str(), t.spec.state.as_str()))
+                .or_insert(0) += 1;
+        }
+        m
+    }
+
+    fn census(s: &SqliteStore) -> Census {
+        s.census()
+            .unwrap()
+            .into_iter()
+            .map(|(k, st, n)| ((k.as_str(), st.as_str()), n))
+            .collect()
+    }
+
+    fn matches(t: &TunnelRecord, f: &TunnelFilter) -> bool {
+        let owner_ok = match &f.owner {
+            None => true,
+            Some(OwnerFilter::Nobody) => t.owner.is_none(),
+            Some(OwnerFilter::User(u)) => t.owner.as_deref() == Some(u),
+        };
+        owner_ok
+            && f.origin.is_none_or(|o| o == t.origin)
+            && f.kind.is_none_or(|k| k == t.spec.kind)
+            && f.state.is_none_or(|s| s == t.spec.state)
+            && f.address.is_none_or(|a| a == t.spec.endpoint.address())
+            && f.prefix.is_none_or(|p| {
+                t.spec
+                    .prefixes()
+                    .any(|q| q.contains(&p.network()) || p.contains(&q.network()))
+            })
+    }
+
+    /// Every page of `f`, `size` at a time.
+    fn pages(s: &SqliteStore, f: &TunnelFilter, size: usize) -> Vec<TunnelRecord> {
+        let mut out: Vec<TunnelRecord> = Vec::new();
+        loop {
+            let page = s
+                .tunnel_page(f, out.last().map(|t| t.spec.id), size)
+                .unwrap();
+            assert!(page.len() <= size);
+            let done = page.len() < size;
+            out.extend(page);
+            if done {
+                return out;
+            }
+        }
+    }
+
+    #[test]
+    fn the_census_follows_creations_changes_and_deletions() {
+        let mut s = store();
+        assert!(s.census().unwrap().is_empty());
+        let a = create(&mut s, 1, 0, 0, false);
+        create(&mut s, 2, 0, 0, false);
+        let c = create(&mut s, 3, 1, 1, true);
+        let down = TunnelChange {
+            state: Some(State::Down),
+            ..Default::default()
+        };
+        s.update_tunnel(a.spec.id, &down, 2).unwrap();
+        s.delete_tunnel(c.spec.id, 3).unwrap();
+        let want = BTreeMap::from([(("proto41", "up"), 1), (("proto41", "down"), 1)]);
+        assert_eq!(census(&s), want);
+        assert_eq!(census_by_counting(&s), want);
+    }
+
+    #[test]
+    fn filters_by_owner_address_prefix_and_lapsed_lifetimes() {
+        let mut s = store();
+        let a = create(&mut s, 1, 1, 0, true);
+        let b = create(&mut s, 2, 2, 1, false);
+        let user = |u: &str| TunnelFilter {
+            owner: Some(OwnerFilter::User(u.into())),
+            ..Default::default()
+        };
+        assert_eq!(
+            s.tunnel_page(&user("ann"), None, 10).unwrap(),
+            vec![a.clone()]
+        );
+        let at = TunnelFilter {
+            address: Some(IpAddr::V4(Ipv4Addr::from(0xc612_0002))),
+            ..Default::default()
+        };
+        assert_eq!(s.tunnel_page(&at, None, 10).unwrap(), vec![b.clone()]);
+        // An address inside a's routed /56, and a's link /64 itself.
+        let routed = a.spec.routed_prefixes[0];
+        let inside = TunnelFilter {
+            prefix: Some(ipnet::Ipv6Net::new(routed.network(), 128).unwrap()),
+            ..Default::default()
+        };
+        assert_eq!(s.tunnel_page(&inside, None, 10).unwrap(), vec![a.clone()]);
+        let link = TunnelFilter {
+            prefix: a.spec.link_prefix,
+            ..Default::default()
+        };
+        assert_eq!(s.tunnel_page(&link, None, 10).unwrap(), vec![a.clone()]);
+        // Lifetimes: only what lapsed by then.
+        let lapse = |at| TunnelChange {
+            expires_at: Some(Some(at)),
+            ..Default::default()
+        };
+        s.update_tunnel(a.spec.id, &lapse(50), 2).unwrap();
+        s.update_tunnel(b.spec.id, &lapse(90), 2).unwrap();
+        let ids = |v: Vec<TunnelRecord>| v.iter().map(|t| t.spec.id).collect::<Vec<_>>();
+        assert_eq!(ids(s.expired(49).unwrap()), Vec::<u32>::new());
+        assert_eq!(ids(s.expired(60).unwrap()), vec![a.spec.id]);
+        assert_eq!(ids(s.expired(90).unwrap()), vec![a.spec.id, b.spec.id]);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Create { owner: u8, kind: u8, routed: bool },
+        Delete { pick: usize },
+        Down { pick: usize },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u8..3, 0u8..3, any::<bool>())
+                .prop_map(|(owner, kind, routed)| Op::Create { owner, kind, routed }),
+            1 => any::<usize>().prop_map(|pick| Op::Delete { pick }),
+            1 => any::<usize>().prop_map(|pick| Op::Down { pick }),
+        ]
+    }
+
+    fn filter() -> impl Strategy<Value = TunnelFilter> {
+        (
+            prop::option::of(prop_oneof![
+                Just(OwnerFilter::Nobody),
+                Just(OwnerFilter::User("ann".into())),
+                Just(OwnerFilter::User("bob".into())),
+            ]),
+            prop::option::of(prop::sample::select(vec![
+                Kind::Proto41,
+                Kind::V6Udp4,
+                Kind::Heartbeat,
+            ])),
+            prop::option::of(prop::sample::select(vec![State::Up, State::Down])),
+            prop::option::of(0u32..40),
+            prop::option::of(prop::sample::select(vec![
+                "2001:db8:10::/48",
+                "2001:db8:10:3::/64",
+                "2001:db8:1000::/44",
+                "2001:db8:1000:200::1/128",
+            ])),
+        )
+            .prop_map(|(owner, kind, state, address, prefix)| TunnelFilter {
+                owner,
+                origin: Some(Origin::Api).filter(|_| kind == Some(Kind::Heartbeat)),
+                kind,
+                state,
+                address: address.map(|n| IpAddr::V4(Ipv4Addr::from(0xc612_0000 + n))),
+                prefix: prefix.map(|p| p.parse().unwrap()),
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// The census always equals a count, and paging through a filter in any page size
+        /// gives exactly the tunnels the filter matches, in id order.
+        #[test]
+        fn census_and_pages_agree_with_a_full_scan(
+            ops in prop::collection::vec(op(), 1..60),
+            filters in prop::collection::vec(filter(), 4),
+            size in 1usize..7,
+        ) {
+            let mut s = store();
+            let mut n = 0;
+            for op in ops {
+                let all = s.tunnels().unwrap();
+                match op {
+                    Op::Create { owner, kind, routed } => {
+                        n += 1;
+                        create(&mut s, n, owner, kind, routed);
+                    }
+                    Op::Delete { pick } if !all.is_empty() => {
+                        s.delete_tunnel(all[pick % all.len()].spec.id, 2).unwrap();
+                    }
+                    Op::Down { pick } if !all.is_empty() => {
+                        let down = TunnelChange { state: Some(State::Down), ..Default::default() };
+                        s.update_tunnel(all[pick % all.len()].spec.id, &down, 2).unwrap();
+                    }
+                    _ => {}
+                }
+                prop_assert_eq!(census(&s), census_by_counting(&s));
+            }
+            let all = s.tunnels().unwrap();
+            for f in &filters {
+                let want: Vec<TunnelRecord> = all.iter().filter(|t| matches(t, f)).cloned().collect();
+                prop_assert_eq!(pages(&s, f, size), want, "filter {:?}", f);
+            }
+        }
+    }
+}
