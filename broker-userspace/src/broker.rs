@@ -425,6 +425,43 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
         };
         self.check_endpoint(&req.endpoint, req.kind, origin)?;
         let record = self.store.create_tunnel(req, store::now())?;
+        self.project_created(record).await
+    }
+
+    /// Creates many tunnels for the operator (a bulk import): one store transaction for
+    /// all, then maps and routes for each as [`Self::create_tunnel`] does. Each request
+    /// succeeds or fails on its own; the outer error is the store's failing as a whole.
+    pub async fn import(&mut self, reqs: &[NewTunnel]) -> Result<Vec<Result<TunnelRecord>>> {
+        let mut out: Vec<Option<Result<TunnelRecord>>> = Vec::with_capacity(reqs.len());
+        let mut valid = Vec::with_capacity(reqs.len());
+        for r in reqs {
+            match self.check_endpoint(&r.endpoint, r.kind, endpoints::Origin::Named) {
+                Ok(()) => {
+                    out.push(None);
+                    valid.push(r.clone());
+                }
+                Err(e) => out.push(Some(Err(e))),
+            }
+        }
+        let mut created = self.store.create_tunnels(&valid, store::now())?.into_iter();
+        let mut results = Vec::with_capacity(reqs.len());
+        for slot in out {
+            let r = match slot {
+                Some(refused) => refused,
+                None => match created.next() {
+                    Some(Ok(record)) => self.project_created(record).await,
+                    Some(Err(e)) => Err(e.into()),
+                    None => unreachable!("one answer per valid request"),
+                },
+            };
+            results.push(r);
+        }
+        Ok(results)
+    }
+
+    /// Maps and routes for a tunnel just written to the store; undone, store included,
+    /// when either fails.
+    async fn project_created(&mut self, record: TunnelRecord) -> Result<TunnelRecord> {
         let id = record.spec.id;
         failpoint("create:after_store");
         if let Err(e) = self.maps.install(&self.projected(&record)) {

@@ -144,6 +144,12 @@ enum TunnelCommand {
         #[arg(long)]
         routed_prefix: Option<Ipv6Net>,
     },
+    /// Create many tunnels from a file: a JSON array of what `tunnel add` takes as API
+    /// fields (`remote_ipv4`, `kind`, `owner`, ...); sent in requests of 5000.
+    Import {
+        /// The file, or `-` for standard input.
+        file: PathBuf,
+    },
     /// List tunnels, every page of them (or `--limit` at most), filtered.
     List {
         #[arg(long)]
@@ -633,6 +639,38 @@ fn tunnel(api: &ApiArgs, command: TunnelCommand) -> anyhow::Result<()> {
             }
             let t: TunnelOut = c.call("POST", "/api/v1/tunnels", Some(&body))?;
             show(api.json, &t, cli::tunnel_detail)
+        }
+        TunnelCommand::Import { file } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?
+            };
+            let items: Vec<Value> = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not a JSON array", file.display()))?;
+            let (mut created, mut refused) = (0usize, 0usize);
+            for (n, chunk) in items
+                .chunks(broker_userspace::api::import::MAX_ITEMS)
+                .enumerate()
+            {
+                let answers: Vec<Value> =
+                    c.call("POST", "/api/v1/tunnels/import", Some(&Value::from(chunk)))?;
+                for (i, a) in answers.iter().enumerate() {
+                    if a.get("error").is_some() {
+                        refused += 1;
+                        eprintln!(
+                            "item {}: {}",
+                            n * broker_userspace::api::import::MAX_ITEMS + i,
+                            a["error"]
+                        );
+                    } else {
+                        created += 1;
+                    }
+                }
+            }
+            println!("created {created}, refused {refused}");
+            Ok(())
         }
         TunnelCommand::List {
             owner,

@@ -142,6 +142,8 @@ pub struct Lab {
     broker: Option<usize>,
     /// Left running by [`Lab::keep`].
     kept: bool,
+    /// How long [`Lab::wait_for`] waits (10 s; the scale benchmark raises it).
+    pub wait_limit: Duration,
 }
 
 impl Lab {
@@ -167,6 +169,7 @@ impl Lab {
             instance: None,
             broker: None,
             kept: false,
+            wait_limit: Duration::from_secs(10),
         };
         for ns in [&lab.pop, &lab.isp, &lab.inet6] {
             ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
@@ -718,14 +721,16 @@ impl Lab {
         Ok(())
     }
 
-    /// Polls `ready` every 100 ms for up to 10 s while process `idx` keeps running.
+    /// Polls `ready` every 100 ms for up to `wait_limit` while process `idx` keeps
+    /// running.
     fn wait_for(
         &mut self,
         idx: usize,
         what: &str,
         ready: impl Fn(&Self) -> Result<bool>,
     ) -> Result<()> {
-        for _ in 0..100 {
+        let start = std::time::Instant::now();
+        while start.elapsed() < self.wait_limit {
             if ready(self)? {
                 return Ok(());
             }
@@ -739,7 +744,8 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(100));
         }
         bail!(
-            "{what} not ready after 10 s; {} log:\n{}",
+            "{what} not ready after {:?}; {} log:\n{}",
+            self.wait_limit,
             self.procs[idx].name(),
             self.procs[idx].log()
         )

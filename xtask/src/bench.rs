@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: the data plane benchmark (tests/benches/dataplane.rs), which
-//! writes docs/BENCHMARKS.md, then the TSP and AYIYA ones (tests/benches/tsp.rs,
-//! ayiya.rs), which add to it.
+//! writes docs/BENCHMARKS.md, then the TSP, AYIYA and control-plane scale ones
+//! (tests/benches/tsp.rs, ayiya.rs, scale.rs), which add to it.
 use std::process::Command;
 
 use anyhow::{bail, Result};
@@ -50,6 +50,19 @@ pub fn run(o: Options) -> Result<()> {
                 "--bench",
                 "ayiya",
             ])
+            .env("BENCH_APPEND", root().join("docs/BENCHMARKS.md")),
+    )?;
+    exec(
+        Command::new("cargo")
+            .args([
+                "bench",
+                "--locked",
+                "-p",
+                "broker-tests",
+                "--bench",
+                "scale",
+            ])
+            .env("BROKER_BIN", &broker)
             .env("BENCH_APPEND", root().join("docs/BENCHMARKS.md")),
     )
 }

@@ -6,6 +6,7 @@
 
 mod auth;
 pub mod body;
+pub mod import;
 pub mod list;
 pub mod listener;
 mod nic;
@@ -109,6 +110,10 @@ where
             get(tunnels::show::<S, P, R>)
                 .patch(tunnels::change::<S, P, R>)
                 .delete(tunnels::delete::<S, P, R>),
+        )
+        .route(
+            "/api/v1/tunnels/import",
+            axum::routing::post(import::import::<S, P, R>),
         )
         .route(
             "/api/v1/tunnels/{id}/update-key",

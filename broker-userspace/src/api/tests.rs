@@ -798,3 +798,57 @@ fn lists_come_in_pages_with_filters() {
     let (s, v) = c.json(Method::GET, "/api/v1/tunnels?limit=0", Auth::Admin, None);
     assert_eq!((s, field(&v)), (StatusCode::BAD_REQUEST, Some("limit")));
 }
+
+#[test]
+fn the_operator_imports_many_tunnels_each_on_its_own() {
+    let c = Client::new();
+    let pw = c.user("bob");
+    let items = json!([
+        {"remote_ipv4": "198.51.100.10", "owner": "bob"},
+        {"remote_ipv4": "198.51.100.10"},
+        {"remote_ipv4": "198.51.100.11", "routed_prefix_length": 56},
+        {"remote_ipv4": "127.0.0.1"},
+    ]);
+    let (s, v) = c.json(
+        Method::POST,
+        "/api/v1/tunnels/import",
+        Auth::Admin,
+        Some(items.clone()),
+    );
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let v = v.as_array().unwrap();
+    assert_eq!(v.len(), 4);
+    assert_eq!(
+        (v[0]["id"].as_u64(), v[0]["owner"].as_str()),
+        (Some(1), Some("bob"))
+    );
+    assert_eq!(v[0]["update_key"].as_str().unwrap().len(), 16);
+    assert_eq!(v[1]["status"], 409, "{}", v[1]);
+    assert_eq!(v[2]["routed_prefixes"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        (v[3]["status"].as_u64(), field(&v[3])),
+        (Some(422), Some("remote_ipv4"))
+    );
+    let (_, all, _) = c.page("/api/v1/tunnels", Auth::Admin);
+    assert_eq!(all.as_array().unwrap().len(), 2);
+    // A body that does not parse creates nothing and names the item; users may not.
+    let (s, v) = c.json(
+        Method::POST,
+        "/api/v1/tunnels/import",
+        Auth::Admin,
+        Some(json!([{"remote_ipv4": "198.51.100.20"}, {"remote_ipv4": "198.51.100.21", "mtu": "big"}])),
+    );
+    assert_eq!(
+        (s, field(&v)),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("[1].mtu"))
+    );
+    let (s, _) = c.json(
+        Method::POST,
+        "/api/v1/tunnels/import",
+        Auth::Basic("bob", &pw),
+        Some(items),
+    );
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (_, all, _) = c.page("/api/v1/tunnels", Auth::Admin);
+    assert_eq!(all.as_array().unwrap().len(), 2);
+}

@@ -284,43 +284,7 @@ pub async fn create<S: Store, P: Projection, R: RouteOps>(
     Extension(caller): Extension<Caller>,
     Body(req): Body<CreateIn>,
 ) -> Result<Response, ApiError> {
-    let owner = match (&caller, req.owner) {
-        (Caller::Admin, owner) => owner,
-        (Caller::User(u), None) => Some(u.clone()),
-        (Caller::User(u), Some(o)) if &o == u => Some(o),
-        (Caller::User(_), Some(_)) => {
-            return Err(ApiError::forbidden(
-                "owner: a user creates tunnels for themselves only",
-            ))
-        }
-    };
-    if req.state == Some(TunnelState::Disabled) {
-        operator_only(&caller)?;
-    }
-    let kind = model_kind(req.kind.unwrap_or(TunnelKind::Proto41));
-    let endpoint = endpoint_of(
-        kind,
-        req.remote_ipv4.map(|a| a.0),
-        req.remote_port,
-        req.remote_ipv6.map(|a| a.0),
-    )?;
-    let mtu = match req.mtu {
-        Some(m) => mtu_for(kind, m)?,
-        None => kind.mtu_max(),
-    };
-    let new = NewTunnel {
-        owner,
-        origin: Origin::Api,
-        kind,
-        state: model_state(req.state.unwrap_or_default()),
-        endpoint,
-        mtu,
-        keepalive: None,
-        expires_at: None,
-        routed_length: req.routed_prefix_length,
-        link_prefix: req.link_prefix.map(|p| p.0),
-        routed_prefix: req.routed_prefix.map(|p| p.0),
-    };
+    let new = new_tunnel(&caller, req)?;
     if let Some(owner) = &new.owner {
         let b = state.broker.lock().await;
         if b.store.user(owner)?.is_none() {
@@ -337,6 +301,47 @@ pub async fn create<S: Store, P: Projection, R: RouteOps>(
     }
     let t = b.create_tunnel(&new).await?;
     Ok((StatusCode::CREATED, Json(out(&t, &b.pop, false, None))).into_response())
+}
+
+/// What a creation request asks the broker for, once the caller may ask it.
+pub(super) fn new_tunnel(caller: &Caller, req: CreateIn) -> Result<NewTunnel, ApiError> {
+    let owner = match (caller, req.owner) {
+        (Caller::Admin, owner) => owner,
+        (Caller::User(u), None) => Some(u.clone()),
+        (Caller::User(u), Some(o)) if &o == u => Some(o),
+        (Caller::User(_), Some(_)) => {
+            return Err(ApiError::forbidden(
+                "owner: a user creates tunnels for themselves only",
+            ))
+        }
+    };
+    if req.state == Some(TunnelState::Disabled) {
+        operator_only(caller)?;
+    }
+    let kind = model_kind(req.kind.unwrap_or(TunnelKind::Proto41));
+    let endpoint = endpoint_of(
+        kind,
+        req.remote_ipv4.map(|a| a.0),
+        req.remote_port,
+        req.remote_ipv6.map(|a| a.0),
+    )?;
+    let mtu = match req.mtu {
+        Some(m) => mtu_for(kind, m)?,
+        None => kind.mtu_max(),
+    };
+    Ok(NewTunnel {
+        owner,
+        origin: Origin::Api,
+        kind,
+        state: model_state(req.state.unwrap_or_default()),
+        endpoint,
+        mtu,
+        keepalive: None,
+        expires_at: None,
+        routed_length: req.routed_prefix_length,
+        link_prefix: req.link_prefix.map(|p| p.0),
+        routed_prefix: req.routed_prefix.map(|p| p.0),
+    })
 }
 
 pub async fn change<S: Store, P: Projection, R: RouteOps>(

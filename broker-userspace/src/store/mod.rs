@@ -249,6 +249,10 @@ pub trait Store: Send {
     /// Allocates the link /64 (and a routed prefix when asked), an id, a password and an
     /// update key.
     fn create_tunnel(&mut self, req: &NewTunnel, now: u64) -> Result<TunnelRecord>;
+    /// [`Store::create_tunnel`] for each request, in one transaction (a bulk import):
+    /// each request succeeds or fails on its own.
+    fn create_tunnels(&mut self, reqs: &[NewTunnel], now: u64)
+        -> Result<Vec<Result<TunnelRecord>>>;
     fn update_tunnel(&mut self, id: u32, change: &TunnelChange, now: u64) -> Result<TunnelRecord>;
     /// Deletes a tunnel; its allocated prefixes go into quarantine.
     fn delete_tunnel(&mut self, id: u32, now: u64) -> Result<TunnelRecord>;

@@ -7,7 +7,7 @@ use std::{
 };
 
 use ipnet::Ipv6Net;
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
     alloc::{self, PoolSet},
@@ -191,7 +191,7 @@ fn endpoint_columns(e: &Endpoint) -> (Option<String>, Option<u16>, Option<String
 
 /// The tunnel (other than `except`) that already has `endpoint`.
 fn endpoint_owner(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     endpoint: &Endpoint,
     except: Option<u32>,
 ) -> Result<Option<u32>> {
@@ -218,7 +218,7 @@ fn endpoint_owner(
 
 /// Hands out a free v4v6 inner address for tunnel `id`: the lowest one neither held nor
 /// in quarantine.
-fn allocate_v4(tx: &Transaction<'_>, pools: &PoolSet, id: u32) -> Result<Ipv4Addr> {
+fn allocate_v4(tx: &Connection, pools: &PoolSet, id: u32) -> Result<Ipv4Addr> {
     let pool = pools.v4v6.ok_or(StoreError::NoPool { pool: "v4v6" })?;
     let taken: HashSet<u32> = {
         let mut q = tx.prepare("SELECT addr FROM v4_allocations")?;
@@ -240,7 +240,7 @@ fn allocate_v4(tx: &Transaction<'_>, pools: &PoolSet, id: u32) -> Result<Ipv4Add
 }
 
 /// The next tunnel id: ids only grow, so a deleted tunnel's id is never handed out again.
-fn next_id(tx: &Transaction<'_>) -> Result<u32> {
+fn next_id(tx: &Connection) -> Result<u32> {
     let counter = get_counter(tx, "next_tunnel_id")?;
     let max: Option<u32> = tx.query_row("SELECT MAX(id) FROM tunnels", [], |r| r.get(0))?;
     let id = counter.max(u64::from(max.unwrap_or(0)) + 1).max(1);
@@ -271,12 +271,7 @@ fn set_counter(conn: &Connection, name: &str, value: u64) -> Result<()> {
 /// Finds and records a free prefix of length `len` in `pools`, starting where the previous
 /// search of this length stopped and wrapping around once. Allocations never overlap: the
 /// one allocation that could overlap a candidate is the one starting closest below its end.
-fn allocate(
-    tx: &Transaction<'_>,
-    kind: &'static str,
-    pools: &[Ipv6Net],
-    len: u8,
-) -> Result<Ipv6Net> {
+fn allocate(tx: &Connection, kind: &'static str, pools: &[Ipv6Net], len: u8) -> Result<Ipv6Net> {
     let block = alloc::block(len);
     let cursor: Option<i64> = tx
         .query_row(
@@ -339,7 +334,7 @@ fn allocate(
 /// Records a prefix the request named: it must lie in one of `pools` and overlap nothing
 /// allocated or in quarantine.
 fn claim(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     kind: &'static str,
     pools: &[Ipv6Net],
     prefix: Ipv6Net,
@@ -371,7 +366,7 @@ fn claim(
     Ok(prefix)
 }
 
-fn assign(tx: &Transaction<'_>, prefix: &Ipv6Net, id: u32) -> Result<()> {
+fn assign(tx: &Connection, prefix: &Ipv6Net, id: u32) -> Result<()> {
     tx.execute(
         "UPDATE allocations SET tunnel_id = ?1, freed_at = NULL WHERE start = ?2",
         params![id, alloc::to_sql(alloc::start(prefix))],
@@ -379,7 +374,7 @@ fn assign(tx: &Transaction<'_>, prefix: &Ipv6Net, id: u32) -> Result<()> {
     Ok(())
 }
 
-fn insert_tunnel(tx: &Transaction<'_>, r: &TunnelRecord) -> Result<()> {
+fn insert_tunnel(tx: &Connection, r: &TunnelRecord) -> Result<()> {
     let s = &r.spec;
     let (v4, port, v6) = endpoint_columns(&s.endpoint);
     tx.execute(
@@ -417,7 +412,7 @@ fn insert_tunnel(tx: &Transaction<'_>, r: &TunnelRecord) -> Result<()> {
 }
 
 /// Removes a tunnel's rows; its prefixes and inner address go into quarantine.
-fn remove_tunnel(tx: &Transaction<'_>, id: u32, now: u64) -> Result<()> {
+fn remove_tunnel(tx: &Connection, id: u32, now: u64) -> Result<()> {
     tx.execute("DELETE FROM routed WHERE tunnel_id = ?1", [id])?;
     tx.execute("DELETE FROM tunnels WHERE id = ?1", [id])?;
     tx.execute(
@@ -432,7 +427,7 @@ fn remove_tunnel(tx: &Transaction<'_>, id: u32, now: u64) -> Result<()> {
 }
 
 /// Forgets freed allocations whose quarantine is over.
-fn end_quarantine(tx: &Transaction<'_>, pools: &PoolSet, now: u64) -> Result<()> {
+fn end_quarantine(tx: &Connection, pools: &PoolSet, now: u64) -> Result<()> {
     if let Some(expired) = now.checked_sub(pools.quarantine_secs) {
         tx.execute(
             "DELETE FROM allocations WHERE tunnel_id IS NULL AND freed_at <= ?1",
@@ -446,9 +441,109 @@ fn end_quarantine(tx: &Transaction<'_>, pools: &PoolSet, now: u64) -> Result<()>
     Ok(())
 }
 
+/// Creates one tunnel inside the caller's transaction or savepoint.
+fn create_in(tx: &Connection, pools: &PoolSet, req: &NewTunnel, now: u64) -> Result<TunnelRecord> {
+    if let Some(owner) = &req.owner {
+        let exists: Option<String> = tx
+            .query_row("SELECT name FROM users WHERE name = ?1", [owner], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if exists.is_none() {
+            return Err(StoreError::NoSuchUser {
+                name: owner.clone(),
+            });
+        }
+    }
+    if !req.endpoint.fits(req.kind) {
+        return Err(StoreError::Invalid {
+            what: format!(
+                "a {} tunnel cannot have the endpoint {}",
+                req.kind.as_str(),
+                req.endpoint
+            ),
+        });
+    }
+    if let Some(id) = endpoint_owner(tx, &req.endpoint, None)? {
+        return Err(StoreError::DuplicateEndpoint {
+            remote: req.endpoint,
+            id,
+        });
+    }
+    let ipv6 = req.kind.carries_ipv6();
+    let asked_len = req
+        .routed_prefix
+        .map(|p| p.prefix_len())
+        .or(req.routed_length);
+    if !ipv6 && (asked_len.is_some() || req.link_prefix.is_some()) {
+        return Err(StoreError::Invalid {
+            what: "v4v6 tunnels have no IPv6 prefixes".into(),
+        });
+    }
+    if let Some(len) = asked_len {
+        if !pools.routed_lengths.contains(&len) {
+            return Err(StoreError::LengthNotOffered {
+                len,
+                offered: pools.routed_lengths.clone(),
+            });
+        }
+    }
+    end_quarantine(tx, pools, now)?;
+    let id = next_id(tx)?;
+    let link = match req.link_prefix {
+        _ if !ipv6 => None,
+        Some(p) if p.prefix_len() == 64 => Some(claim(tx, "link", &pools.link, p)?),
+        Some(p) => {
+            return Err(StoreError::OutsidePool {
+                pool: "link",
+                prefix: p,
+            })
+        }
+        None => Some(allocate(tx, "link", &pools.link, 64)?),
+    };
+    let routed = match (req.routed_prefix, req.routed_length) {
+        (Some(p), _) => vec![claim(tx, "routed", &pools.routed, p)?],
+        (None, Some(len)) => vec![allocate(tx, "routed", &pools.routed, len)?],
+        (None, None) => Vec::new(),
+    };
+    let client_v4 = if ipv6 {
+        None
+    } else {
+        Some(allocate_v4(tx, pools, id)?)
+    };
+    let update_key = random_token(TOKEN_LEN);
+    let record = TunnelRecord {
+        spec: TunnelSpec {
+            id,
+            kind: req.kind,
+            state: req.state,
+            endpoint: req.endpoint,
+            link_prefix: link,
+            routed_prefixes: routed,
+            client_v4,
+            mtu: req.mtu,
+            keepalive: req.keepalive,
+            ayiya_key: None,
+        },
+        owner: req.owner.clone(),
+        origin: req.origin,
+        password: random_token(TOKEN_LEN),
+        update_key: Some(update_key.clone()),
+        update_key_hash: crate::secret::hash_key(&update_key),
+        created_at: now,
+        updated_at: now,
+        expires_at: req.expires_at,
+    };
+    insert_tunnel(tx, &record)?;
+    for p in record.spec.prefixes() {
+        assign(tx, &p, id)?;
+    }
+    Ok(record)
+}
+
 /// Refuses a static tunnel being added or changed that would take what a run-time tunnel
 /// has: its id, its endpoint, or a prefix overlapping one of its prefixes.
-fn check_static(tx: &Transaction<'_>, w: &TunnelSpec, is_static: bool) -> Result<()> {
+fn check_static(tx: &Connection, w: &TunnelSpec, is_static: bool) -> Result<()> {
     let runtime = |id: u32| -> Result<bool> {
         Ok(query::one(tx, id)?.is_some_and(|r| r.origin != Origin::Static))
     };
@@ -512,105 +607,30 @@ impl Store for SqliteStore {
     }
 
     fn create_tunnel(&mut self, req: &NewTunnel, now: u64) -> Result<TunnelRecord> {
-        let pools = self.pools.clone();
         let tx = self.conn.transaction()?;
-        if let Some(owner) = &req.owner {
-            let exists: Option<String> = tx
-                .query_row("SELECT name FROM users WHERE name = ?1", [owner], |r| {
-                    r.get(0)
-                })
-                .optional()?;
-            if exists.is_none() {
-                return Err(StoreError::NoSuchUser {
-                    name: owner.clone(),
-                });
-            }
-        }
-        if !req.endpoint.fits(req.kind) {
-            return Err(StoreError::Invalid {
-                what: format!(
-                    "a {} tunnel cannot have the endpoint {}",
-                    req.kind.as_str(),
-                    req.endpoint
-                ),
-            });
-        }
-        if let Some(id) = endpoint_owner(&tx, &req.endpoint, None)? {
-            return Err(StoreError::DuplicateEndpoint {
-                remote: req.endpoint,
-                id,
-            });
-        }
-        let ipv6 = req.kind.carries_ipv6();
-        let asked_len = req
-            .routed_prefix
-            .map(|p| p.prefix_len())
-            .or(req.routed_length);
-        if !ipv6 && (asked_len.is_some() || req.link_prefix.is_some()) {
-            return Err(StoreError::Invalid {
-                what: "v4v6 tunnels have no IPv6 prefixes".into(),
-            });
-        }
-        if let Some(len) = asked_len {
-            if !pools.routed_lengths.contains(&len) {
-                return Err(StoreError::LengthNotOffered {
-                    len,
-                    offered: pools.routed_lengths.clone(),
-                });
-            }
-        }
-        end_quarantine(&tx, &pools, now)?;
-        let id = next_id(&tx)?;
-        let link = match req.link_prefix {
-            _ if !ipv6 => None,
-            Some(p) if p.prefix_len() == 64 => Some(claim(&tx, "link", &pools.link, p)?),
-            Some(p) => {
-                return Err(StoreError::OutsidePool {
-                    pool: "link",
-                    prefix: p,
-                })
-            }
-            None => Some(allocate(&tx, "link", &pools.link, 64)?),
-        };
-        let routed = match (req.routed_prefix, req.routed_length) {
-            (Some(p), _) => vec![claim(&tx, "routed", &pools.routed, p)?],
-            (None, Some(len)) => vec![allocate(&tx, "routed", &pools.routed, len)?],
-            (None, None) => Vec::new(),
-        };
-        let client_v4 = if ipv6 {
-            None
-        } else {
-            Some(allocate_v4(&tx, &pools, id)?)
-        };
-        let update_key = random_token(TOKEN_LEN);
-        let record = TunnelRecord {
-            spec: TunnelSpec {
-                id,
-                kind: req.kind,
-                state: req.state,
-                endpoint: req.endpoint,
-                link_prefix: link,
-                routed_prefixes: routed,
-                client_v4,
-                mtu: req.mtu,
-                keepalive: req.keepalive,
-                ayiya_key: None,
-            },
-            owner: req.owner.clone(),
-            origin: req.origin,
-            password: random_token(TOKEN_LEN),
-            update_key: Some(update_key.clone()),
-            update_key_hash: crate::secret::hash_key(&update_key),
-            created_at: now,
-            updated_at: now,
-            expires_at: req.expires_at,
-        };
-        insert_tunnel(&tx, &record)?;
-        for p in record.spec.prefixes() {
-            assign(&tx, &p, id)?;
-        }
+        let record = create_in(&tx, &self.pools, req, now)?;
         tx.commit()?;
         Ok(record)
+    }
+
+    fn create_tunnels(
+        &mut self,
+        reqs: &[NewTunnel],
+        now: u64,
+    ) -> Result<Vec<Result<TunnelRecord>>> {
+        let mut tx = self.conn.transaction()?;
+        let mut out = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            // One savepoint each: a refused request leaves nothing, the others stay.
+            let sp = tx.savepoint()?;
+            let r = create_in(&sp, &self.pools, req, now);
+            if r.is_ok() {
+                sp.commit()?;
+            }
+            out.push(r);
+        }
+        tx.commit()?;
+        Ok(out)
     }
 
     fn update_tunnel(&mut self, id: u32, change: &TunnelChange, now: u64) -> Result<TunnelRecord> {

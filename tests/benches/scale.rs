@@ -1,0 +1,339 @@
+//! `cargo xtask bench`, control plane at scale: one lab `broker run` filled by bulk import
+//! to each size of `$SCALE_SIZES` (default 10000,100000,1000000) in turn, and at each:
+//! single API creations per second, GET latency, a page of the list, `/metrics`, idle
+//! CPU, SIGHUP with nothing changed, a hitless restart (SIGTERM, start, API ready), a cold
+//! start (data plane detached first), and memory per tunnel (process, store, maps).
+//!
+//! Tunnels are v6udpv4 (endpoints 198.18.0.0/15 × 8 ports) and one in a hundred AYIYA,
+//! which the liveness watcher watches. The maps are sized for the largest size from the
+//! start, so every size runs against the same maps. Bounded: at most a few million
+//! requests, each size's steps a few seconds. The section goes to `$BENCH_APPEND`.
+use std::{
+    fmt::Write as _,
+    io::{Read, Write},
+    net::TcpStream,
+    time::{Duration, Instant},
+};
+
+use broker_tests::lab::{Lab, API_PORT, LAB_TOKEN, POP_NATIVE_V6, POP_V4};
+
+const IMPORT_BATCH: usize = 5000;
+
+fn main() {
+    broker_tests::require_root();
+    let sizes: Vec<usize> = std::env::var("SCALE_SIZES")
+        .unwrap_or_else(|_| "10000,100000,1000000".into())
+        .split(',')
+        .map(|s| s.trim().parse().expect("SCALE_SIZES: numbers"))
+        .collect();
+    let largest = *sizes.iter().max().expect("a size");
+    let max_tunnels = (largest + 20_000).next_power_of_two();
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("sc{}", std::process::id() % 10000);
+    let mut lab = Lab::create(&prefix, 1, dir.path()).expect("lab");
+    lab.wait_limit = Duration::from_secs(600);
+    let config = config(&lab, &prefix, max_tunnels);
+    lab.start_broker(&prefix, &config).expect("broker");
+
+    let mut rows = Vec::new();
+    let mut have = 0usize;
+    let mut next = 0u32;
+    for &n in &sizes {
+        let t = Instant::now();
+        let before = have;
+        while have < n {
+            let k = IMPORT_BATCH.min(n - have);
+            let items: Vec<String> = (0..k).map(|_| item(&mut next)).collect();
+            let body = format!("[{}]", items.join(","));
+            let (status, text) = http(&lab, "POST", "/api/v1/tunnels/import", Some(&body));
+            assert_eq!(status, 200, "import: {text}");
+            assert!(
+                !text.contains("\"error\""),
+                "import refused some: {text:.400}"
+            );
+            have += k;
+        }
+        let import_rate = (have - before) as f64 / t.elapsed().as_secs_f64();
+        eprintln!("{n}: imported at {import_rate:.0}/s");
+        let r = measure(&mut lab, n, &mut next, &prefix, import_rate);
+        have += r.created;
+        eprintln!("{n}: {r:?}");
+        rows.push(r);
+    }
+    drop(lab);
+
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\n## Control plane at scale\n\n`cargo xtask bench` (tests/benches/scale.rs; `SCALE_SIZES` to choose the sizes), {}, release build. One lab PoP filled by `POST /api/v1/tunnels/import` (v6udpv4, one in a hundred AYIYA, watched by the liveness watcher), maps sized for {max_tunnels} tunnels throughout, routes in the kernel. Each row is measured at that many tunnels.\n",
+        date()
+    );
+    let _ = writeln!(s, "| tunnels | import /s | API creations /s | GET p50 / p99 ms | list page (1000) ms | `/metrics` ms | idle CPU % | SIGHUP, nothing changed, s | hitless restart to API ready, s | cold start to API ready, s | RSS MB | store MB | maps MB |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} | {:.0} | {:.1} / {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} |",
+            r.tunnels,
+            r.import_rate,
+            r.create_rate,
+            r.get_p50_ms,
+            r.get_p99_ms,
+            r.list_ms,
+            r.metrics_ms,
+            r.idle_cpu,
+            r.sighup_s,
+            r.restart_s,
+            r.cold_s,
+            r.rss_mb,
+            r.store_mb,
+            r.maps_mb
+        );
+    }
+    if let Some(last) = rows.last() {
+        let per = |mb: f64| mb * 1e6 / last.tunnels as f64;
+        let _ = writeln!(
+            s,
+            "\nPer tunnel at {}: process {:.0} B, store {:.0} B, maps {:.0} B (the maps are sized for {max_tunnels}, so per tunnel they shrink as the PoP fills).",
+            last.tunnels,
+            per(last.rss_mb),
+            per(last.store_mb),
+            per(last.maps_mb)
+        );
+    }
+    print!("{s}");
+    if let Some(path) = std::env::var_os("BENCH_APPEND") {
+        let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+        match text.find("\n## Reproduce") {
+            Some(i) => text.insert_str(i, &s),
+            None => text.push_str(&s),
+        }
+        std::fs::write(&path, text).expect("writing the report");
+        eprintln!("appended to {}", path.to_string_lossy());
+    }
+}
+
+fn config(lab: &Lab, instance: &str, max_tunnels: usize) -> String {
+    let store = lab.dir.join("broker.db");
+    format!(
+        "instance: {instance}\ninterfaces:\n  - {{ name: eth4, mode: driver }}\n  - {{ name: eth6, mode: driver }}\npop:\n  ipv4: {POP_V4}\n  ipv6: {POP_NATIVE_V6}\nstore:\n  path: {}\napi:\n  listen: 0.0.0.0:{API_PORT}\n  admin_token: {LAB_TOKEN}\npools:\n  link: [2001:db8:4000::/36]\n  routed: [2001:db8:3000::/36]\n  routed_lengths: [56]\n  quarantine_secs: 60\ndataplane:\n  max_tunnels: {max_tunnels}\n  max_prefixes: {}\nayiya:\n  port: 5072\ntunnels: []\n",
+        store.display(),
+        max_tunnels * 2
+    )
+}
+
+/// The `k`th tunnel to import: v6udpv4 at 198.18.0.0/15 × ports 4000-4007, or AYIYA.
+fn item(k: &mut u32) -> String {
+    *k += 1;
+    if k.is_multiple_of(100) {
+        return r#"{"kind":"ayiya"}"#.into();
+    }
+    let host = *k / 8;
+    let a = std::net::Ipv4Addr::from(0xc612_0000u32 + (host % 131_072));
+    format!(
+        r#"{{"kind":"v6udpv4","remote_ipv4":"{a}","remote_port":{}}}"#,
+        4000 + (*k % 8)
+    )
+}
+
+#[derive(Debug)]
+struct Row {
+    tunnels: usize,
+    created: usize,
+    import_rate: f64,
+    create_rate: f64,
+    get_p50_ms: f64,
+    get_p99_ms: f64,
+    list_ms: f64,
+    metrics_ms: f64,
+    idle_cpu: f64,
+    sighup_s: f64,
+    restart_s: f64,
+    cold_s: f64,
+    rss_mb: f64,
+    store_mb: f64,
+    maps_mb: f64,
+}
+
+fn measure(lab: &mut Lab, n: usize, next: &mut u32, instance: &str, import_rate: f64) -> Row {
+    // Single creations, one request each, as a portal or script makes them.
+    const SINGLE: usize = 500;
+    let t = Instant::now();
+    for _ in 0..SINGLE {
+        let (status, text) = http(lab, "POST", "/api/v1/tunnels", Some(&item(next)));
+        assert_eq!(status, 201, "create: {text}");
+    }
+    let create_rate = SINGLE as f64 / t.elapsed().as_secs_f64();
+    let mut gets: Vec<f64> = (0..300u64)
+        .map(|i| {
+            let id = 2 + (i * 7919) % n as u64;
+            let t = Instant::now();
+            let (status, _) = http(lab, "GET", &format!("/api/v1/tunnels/{id}"), None);
+            assert_eq!(status, 200, "GET tunnel {id}");
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    gets.sort_by(f64::total_cmp);
+    let timed = |lab: &Lab, path: &str| {
+        let mut v: Vec<f64> = (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                let (status, _) = http(lab, "GET", path, None);
+                assert_eq!(status, 200, "{path}");
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v[2]
+    };
+    let list_ms = timed(lab, &format!("/api/v1/tunnels?limit=1000&after={}", n / 2));
+    let metrics_ms = timed(lab, "/metrics");
+    let pid = lab.broker().pid().expect("running");
+    let idle_cpu = cpu_percent(pid, Duration::from_secs(5));
+    let (rss_mb, maps_mb) = memory(pid);
+    let store_mb = ["broker.db", "broker.db-wal"]
+        .iter()
+        .map(|f| std::fs::metadata(lab.dir.join(f)).map_or(0, |m| m.len()))
+        .sum::<u64>() as f64
+        / 1e6;
+
+    // SIGHUP with the same file: until the reload is logged.
+    let seen = lab.broker_log().matches("config reloaded").count();
+    let t = Instant::now();
+    lab.broker().signal(libc::SIGHUP);
+    while lab.broker_log().matches("config reloaded").count() == seen {
+        assert!(t.elapsed() < Duration::from_secs(600), "no reload");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let sighup_s = t.elapsed().as_secs_f64();
+
+    let restart_s = restart(lab, None);
+    let cold_s = restart(lab, Some(instance));
+    Row {
+        tunnels: n + SINGLE,
+        created: SINGLE,
+        import_rate,
+        create_rate,
+        get_p50_ms: gets[gets.len() / 2],
+        get_p99_ms: gets[gets.len() * 99 / 100],
+        list_ms,
+        metrics_ms,
+        idle_cpu,
+        sighup_s,
+        restart_s,
+        cold_s,
+        rss_mb,
+        store_mb,
+        maps_mb,
+    }
+}
+
+/// Stops `broker run` (SIGTERM), detaches the data plane for a cold start, starts it
+/// again and returns the seconds from its start until the API answers `/readyz`.
+fn restart(lab: &mut Lab, detach: Option<&str>) -> f64 {
+    assert!(lab.broker().stop(Duration::from_secs(120)), "clean stop");
+    if let Some(instance) = detach {
+        let out = lab
+            .pop
+            .cmd(broker_tests::broker_bin().unwrap().to_str().unwrap())
+            .args(["dataplane", "detach", "--instance", instance])
+            .output()
+            .expect("detach");
+        assert!(out.status.success(), "detach: {out:?}");
+    }
+    let t = Instant::now();
+    lab.spawn_broker(&[]).expect("restart");
+    loop {
+        if let Some((200, _)) = try_http(lab, "GET", "/readyz", None) {
+            return t.elapsed().as_secs_f64();
+        }
+        assert!(t.elapsed() < Duration::from_secs(600), "not ready");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// CPU time of `pid` over `span`, in percent of one core.
+fn cpu_percent(pid: u32, span: Duration) -> f64 {
+    let ticks = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let a = ticks();
+    std::thread::sleep(span);
+    (ticks() - a) as f64 / hz / span.as_secs_f64() * 100.0
+}
+
+/// The process's resident memory, and the memory of the BPF maps it holds (their
+/// `memlock` in fdinfo), in MB.
+fn memory(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    let mut maps = 0u64;
+    let mut seen = std::collections::HashSet::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(info) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        let field = |k: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_string())
+        };
+        if let (Some(id), Some(m)) = (field("map_id:"), field("memlock:")) {
+            if seen.insert(id) {
+                maps += m.parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    (rss_kb / 1e3, maps as f64 / 1e6)
+}
+
+fn http(lab: &Lab, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    try_http(lab, method, path, body).unwrap_or_else(|| panic!("{method} {path}: no answer"))
+}
+
+/// One request to the lab's API from inside the PoP (HTTP/1.0, as the API closes each
+/// connection anyway).
+fn try_http(lab: &Lab, method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
+    let body = body.unwrap_or("").to_string();
+    let (method, path) = (method.to_string(), path.to_string());
+    lab.pop.within(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", API_PORT)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(120))).ok()?;
+        let req = format!(
+            "{method} {path} HTTP/1.0\r\nHost: lab\r\nAuthorization: Bearer {LAB_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).ok()?;
+        let mut out = Vec::new();
+        broker_tests::io::uninterrupted(|| s.read_to_end(&mut out)).ok()?;
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let status = text.get(9..12)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+        Some((status, body))
+    })
+}
+
+fn date() -> String {
+    let out = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!("run on {out}")
+}
