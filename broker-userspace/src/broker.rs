@@ -425,7 +425,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
         };
         self.check_endpoint(&req.endpoint, req.kind, origin)?;
         let record = self.store.create_tunnel(req, store::now())?;
-        self.project_created(record).await
+        self.project_created(record, false).await
     }
 
     /// Creates many tunnels for the operator (a bulk import): one store transaction for
@@ -449,19 +449,25 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
             let r = match slot {
                 Some(refused) => refused,
                 None => match created.next() {
-                    Some(Ok(record)) => self.project_created(record).await,
+                    Some(Ok(record)) => self.project_created(record, true).await,
                     Some(Err(e)) => Err(e.into()),
                     None => unreachable!("one answer per valid request"),
                 },
             };
             results.push(r);
         }
+        let created = results.iter().filter(|r| r.is_ok()).count();
+        info!(
+            created,
+            refused = results.len() - created,
+            "tunnels imported"
+        );
         Ok(results)
     }
 
     /// Maps and routes for a tunnel just written to the store; undone, store included,
-    /// when either fails.
-    async fn project_created(&mut self, record: TunnelRecord) -> Result<TunnelRecord> {
+    /// when either fails. `bulk`: logged at debug level (an import logs once).
+    async fn project_created(&mut self, record: TunnelRecord, bulk: bool) -> Result<TunnelRecord> {
         let id = record.spec.id;
         failpoint("create:after_store");
         if let Err(e) = self.maps.install(&self.projected(&record)) {
@@ -479,7 +485,11 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
         }
         failpoint("create:after_routes");
         self.watch.track(&record);
-        info!(id, kind = record.spec.kind.as_str(), remote = %record.spec.endpoint, link = ?record.spec.link_prefix, "tunnel created");
+        if bulk {
+            tracing::debug!(id, kind = record.spec.kind.as_str(), remote = %record.spec.endpoint, link = ?record.spec.link_prefix, "tunnel created");
+        } else {
+            info!(id, kind = record.spec.kind.as_str(), remote = %record.spec.endpoint, link = ?record.spec.link_prefix, "tunnel created");
+        }
         Ok(record)
     }
 
@@ -687,5 +697,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
 mod unproven;
 pub mod watch;
 
+#[cfg(test)]
+mod scale_tests;
 #[cfg(test)]
 pub(crate) mod tests;

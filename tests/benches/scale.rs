@@ -116,7 +116,7 @@ fn main() {
 fn config(lab: &Lab, instance: &str, max_tunnels: usize) -> String {
     let store = lab.dir.join("broker.db");
     format!(
-        "instance: {instance}\ninterfaces:\n  - {{ name: eth4, mode: driver }}\n  - {{ name: eth6, mode: driver }}\npop:\n  ipv4: {POP_V4}\n  ipv6: {POP_NATIVE_V6}\nstore:\n  path: {}\napi:\n  listen: 0.0.0.0:{API_PORT}\n  admin_token: {LAB_TOKEN}\npools:\n  link: [2001:db8:4000::/36]\n  routed: [2001:db8:3000::/36]\n  routed_lengths: [56]\n  quarantine_secs: 60\ndataplane:\n  max_tunnels: {max_tunnels}\n  max_prefixes: {}\nayiya:\n  port: 5072\ntunnels: []\n",
+        "instance: {instance}\ninterfaces:\n  - {{ name: eth4, mode: driver }}\n  - {{ name: eth6, mode: driver }}\npop:\n  ipv4: {POP_V4}\n  ipv6: {POP_NATIVE_V6}\nstore:\n  path: {}\napi:\n  listen: 0.0.0.0:{API_PORT}\n  admin_token: {LAB_TOKEN}\npools:\n  link: [2001:db8:4000::/36]\n  routed: [2001:db8:3000::/36]\n  routed_lengths: [56]\n  quarantine_secs: 60\ndataplane:\n  max_tunnels: {max_tunnels}\n  max_prefixes: {}\ntsp: {{}}\nayiya:\n  port: 5072\ntunnels: []\n",
         store.display(),
         max_tunnels * 2
     )
