@@ -787,49 +787,23 @@ impl Dataplane {
         Ok(())
     }
 
-    /// How full the tunnel, endpoint and prefix maps are.
+    /// How full the tunnel, endpoint and prefix maps are (kept by the slot table).
     pub fn map_usage(&self) -> Vec<MapUsage> {
-        let installed: Vec<&Installed> = self
-            .slots
-            .ids()
-            .iter()
-            .filter_map(|id| self.slots.get(*id))
-            .collect();
-        let count = |f: &dyn Fn(&Installed) -> bool| installed.iter().filter(|i| f(i)).count();
+        let u = self.slots.usage();
         let tunnels_cap = u64::from(self.max_tunnels);
-        let usage = |map, used: usize, capacity| MapUsage {
+        let usage = |map, used: u64, capacity| MapUsage {
             map,
-            used: used as u64,
+            used,
             capacity,
         };
         vec![
-            usage(names::TUNNELS, installed.len(), tunnels_cap),
-            usage(
-                names::P41_ENDPOINTS,
-                count(&|i| matches!(i.endpoint, EndpointKey::P41(_))),
-                tunnels_cap,
-            ),
-            usage(
-                names::UDP_ENDPOINTS,
-                count(&|i| matches!(i.endpoint, EndpointKey::Udp(_))),
-                tunnels_cap,
-            ),
-            usage(
-                names::V6_ENDPOINTS,
-                count(&|i| matches!(i.endpoint, EndpointKey::V6(_))),
-                tunnels_cap,
-            ),
-            usage(names::V4_ROUTES, count(&|i| i.v4.is_some()), tunnels_cap),
-            usage(
-                names::AYIYA_IDS,
-                count(&|i| matches!(i.endpoint, EndpointKey::Ayiya(_))),
-                tunnels_cap,
-            ),
-            usage(
-                names::PREFIXES,
-                installed.iter().map(|i| i.prefixes.len()).sum(),
-                u64::from(self.max_prefixes),
-            ),
+            usage(names::TUNNELS, u.tunnels, tunnels_cap),
+            usage(names::P41_ENDPOINTS, u.p41, tunnels_cap),
+            usage(names::UDP_ENDPOINTS, u.udp, tunnels_cap),
+            usage(names::V6_ENDPOINTS, u.v6, tunnels_cap),
+            usage(names::V4_ROUTES, u.v4_routes, tunnels_cap),
+            usage(names::AYIYA_IDS, u.ayiya, tunnels_cap),
+            usage(names::PREFIXES, u.prefixes, u64::from(self.max_prefixes)),
         ]
     }
 

@@ -31,6 +31,37 @@ pub struct Installed {
     pub v4: Option<[u8; 4]>,
 }
 
+/// How many entries the installed tunnels hold in each lookup map, kept as tunnels come
+/// and go so that reporting it costs nothing whatever their number.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub tunnels: u64,
+    pub p41: u64,
+    pub udp: u64,
+    pub v6: u64,
+    pub ayiya: u64,
+    pub v4_routes: u64,
+    pub prefixes: u64,
+}
+
+impl Usage {
+    fn account(&mut self, i: &Installed, add: bool) {
+        let step = |n: &mut u64, by: u64| {
+            *n = if add { *n + by } else { n.saturating_sub(by) };
+        };
+        step(&mut self.tunnels, 1);
+        match i.endpoint {
+            EndpointKey::P41(_) => step(&mut self.p41, 1),
+            EndpointKey::Udp(_) => step(&mut self.udp, 1),
+            EndpointKey::V6(_) => step(&mut self.v6, 1),
+            EndpointKey::Ayiya(_) => step(&mut self.ayiya, 1),
+            EndpointKey::None => {}
+        }
+        step(&mut self.v4_routes, u64::from(i.v4.is_some()));
+        step(&mut self.prefixes, i.prefixes.len() as u64);
+    }
+}
+
 /// Dense slot allocation: freed slots are reused before new ones are taken.
 #[derive(Debug)]
 pub struct SlotTable {
@@ -38,6 +69,7 @@ pub struct SlotTable {
     free: Vec<u32>,
     next: u32,
     max: u32,
+    usage: Usage,
 }
 
 impl SlotTable {
@@ -47,6 +79,7 @@ impl SlotTable {
             free: Vec::new(),
             next: 0,
             max,
+            usage: Usage::default(),
         }
     }
 
@@ -56,11 +89,16 @@ impl SlotTable {
         let taken: std::collections::HashSet<u32> = used.iter().map(|(_, i)| i.slot).collect();
         // Lowest free slot last, so it is reused first.
         let free = (0..next).rev().filter(|s| !taken.contains(s)).collect();
+        let mut usage = Usage::default();
+        for (_, i) in &used {
+            usage.account(i, true);
+        }
         Self {
             by_id: used.into_iter().collect(),
             free,
             next,
             max,
+            usage,
         }
     }
 
@@ -88,13 +126,21 @@ impl SlotTable {
         } else if slot == self.next {
             self.next += 1;
         }
-        self.by_id.insert(id, installed);
+        self.usage.account(&installed, true);
+        if let Some(old) = self.by_id.insert(id, installed) {
+            self.usage.account(&old, false);
+        }
     }
 
     pub fn release(&mut self, id: u32) {
         if let Some(i) = self.by_id.remove(&id) {
+            self.usage.account(&i, false);
             self.free.push(i.slot);
         }
+    }
+
+    pub fn usage(&self) -> Usage {
+        self.usage
     }
 
     pub fn ids(&self) -> Vec<u32> {
@@ -149,6 +195,48 @@ mod tests {
             assert_eq!(s, want);
             t.insert(100 + s, at(s));
         }
+    }
+
+    #[test]
+    fn usage_follows_inserts_replacements_and_releases() {
+        let mut t = SlotTable::from_used(8, vec![(7, at(1))]);
+        let udp = Installed {
+            endpoint: EndpointKey::Udp(UdpEndpoint4 {
+                remote: [198, 51, 100, 1],
+                local: [192, 0, 2, 1],
+                remote_port: [0, 1],
+                local_port: 3653u16.to_be_bytes(),
+            }),
+            prefixes: vec![
+                "2001:db8::/64".parse().unwrap(),
+                "2001:db8:1::/56".parse().unwrap(),
+            ],
+            ..at(2)
+        };
+        t.insert(8, udp.clone());
+        // Replaced: the old one's entries no longer count.
+        t.insert(
+            8,
+            Installed {
+                v4: Some([203, 0, 113, 1]),
+                ..udp
+            },
+        );
+        assert_eq!(
+            t.usage(),
+            Usage {
+                tunnels: 2,
+                p41: 1,
+                udp: 1,
+                v4_routes: 1,
+                prefixes: 2,
+                ..Default::default()
+            }
+        );
+        t.release(8);
+        t.release(7);
+        t.release(7);
+        assert_eq!(t.usage(), Usage::default());
     }
 
     #[test]
