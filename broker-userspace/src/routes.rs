@@ -11,6 +11,9 @@ use ipnet::Ipv6Net;
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol, RouteType};
 use rtnetlink::{Handle, RouteMessageBuilder};
 
+/// Route requests a reconcile keeps in flight at once.
+const IN_FLIGHT: usize = 128;
+
 /// `routes.protocol` when the config does not say (RTPROT values above 4 are free for
 /// routing daemons; 200 is not used by any common one).
 pub const DEFAULT_PROTOCOL: u8 = 200;
@@ -138,17 +141,22 @@ impl Routes {
         &self,
         wanted: &BTreeSet<Ipv6Net>,
     ) -> Result<(usize, usize), RouteError> {
+        use futures::StreamExt;
         let present = self.list().await?;
-        let mut added = 0;
-        for p in wanted.difference(&present) {
-            self.add(p).await?;
-            added += 1;
-        }
-        let mut removed = 0;
-        for p in present.difference(wanted) {
-            self.del(p).await?;
-            removed += 1;
-        }
+        let missing: Vec<Ipv6Net> = wanted.difference(&present).copied().collect();
+        let stale: Vec<Ipv6Net> = present.difference(wanted).copied().collect();
+        // Many requests in flight on the one socket: a cold start installs every route,
+        // and one round trip at a time would take seconds per hundred thousand.
+        let added = futures::stream::iter(missing)
+            .map(|p| async move { self.add(&p).await })
+            .buffer_unordered(IN_FLIGHT)
+            .try_fold(0, |n, ()| async move { Ok(n + 1) })
+            .await?;
+        let removed = futures::stream::iter(stale)
+            .map(|p| async move { self.del(&p).await })
+            .buffer_unordered(IN_FLIGHT)
+            .try_fold(0, |n, ()| async move { Ok(n + 1) })
+            .await?;
         Ok((added, removed))
     }
 }
