@@ -528,13 +528,7 @@ impl Dataplane {
     pub fn learnt_endpoints(&self) -> Result<Vec<(u32, std::net::SocketAddrV4)>> {
         let tunnels: Array<_, Tunnel> = self.map(names::TUNNELS)?;
         let mut out = Vec::new();
-        for id in self.slots.ids() {
-            let Some(i) = self.slots.get(id) else {
-                continue;
-            };
-            if !matches!(i.endpoint, EndpointKey::Ayiya(_)) {
-                continue;
-            }
+        for (id, i) in self.slots.ayiya() {
             let t = tunnels
                 .get(&i.slot, 0)
                 .map_err(|source| DataplaneError::Map {

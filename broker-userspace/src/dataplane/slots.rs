@@ -70,6 +70,9 @@ pub struct SlotTable {
     next: u32,
     max: u32,
     usage: Usage,
+    /// The AYIYA tunnels: their endpoints are the data plane's to learn, and are read
+    /// back every few seconds.
+    ayiya: std::collections::BTreeSet<u32>,
 }
 
 impl SlotTable {
@@ -80,6 +83,7 @@ impl SlotTable {
             next: 0,
             max,
             usage: Usage::default(),
+            ayiya: Default::default(),
         }
     }
 
@@ -93,12 +97,18 @@ impl SlotTable {
         for (_, i) in &used {
             usage.account(i, true);
         }
+        let ayiya = used
+            .iter()
+            .filter(|(_, i)| matches!(i.endpoint, EndpointKey::Ayiya(_)))
+            .map(|(id, _)| *id)
+            .collect();
         Self {
             by_id: used.into_iter().collect(),
             free,
             next,
             max,
             usage,
+            ayiya,
         }
     }
 
@@ -127,6 +137,11 @@ impl SlotTable {
             self.next += 1;
         }
         self.usage.account(&installed, true);
+        if matches!(installed.endpoint, EndpointKey::Ayiya(_)) {
+            self.ayiya.insert(id);
+        } else {
+            self.ayiya.remove(&id);
+        }
         if let Some(old) = self.by_id.insert(id, installed) {
             self.usage.account(&old, false);
         }
@@ -134,6 +149,7 @@ impl SlotTable {
 
     pub fn release(&mut self, id: u32) {
         if let Some(i) = self.by_id.remove(&id) {
+            self.ayiya.remove(&id);
             self.usage.account(&i, false);
             self.free.push(i.slot);
         }
@@ -141,6 +157,13 @@ impl SlotTable {
 
     pub fn usage(&self) -> Usage {
         self.usage
+    }
+
+    /// The AYIYA tunnels with their slots, in id order.
+    pub fn ayiya(&self) -> impl Iterator<Item = (u32, &Installed)> + '_ {
+        self.ayiya
+            .iter()
+            .filter_map(|id| Some((*id, self.by_id.get(id)?)))
     }
 
     pub fn ids(&self) -> Vec<u32> {
@@ -233,6 +256,19 @@ mod tests {
                 ..Default::default()
             }
         );
+        t.insert(
+            9,
+            Installed {
+                endpoint: EndpointKey::Ayiya([1; 16]),
+                ..at(3)
+            },
+        );
+        assert_eq!(
+            t.ayiya().map(|(id, i)| (id, i.slot)).collect::<Vec<_>>(),
+            vec![(9, 3)]
+        );
+        t.release(9);
+        assert_eq!(t.ayiya().count(), 0);
         t.release(8);
         t.release(7);
         t.release(7);

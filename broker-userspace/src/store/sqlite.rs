@@ -19,6 +19,23 @@ use crate::{
     secret::UserSecrets,
 };
 
+/// Runs `sql` through the connection's statement cache: the hot paths (a creation, an
+/// update) run the same few statements for every tunnel, and parsing them each time was
+/// most of what a creation cost.
+fn exec(c: &Connection, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    c.prepare_cached(sql)?.execute(p)
+}
+
+/// [`exec`] for a query of one row.
+fn one_row<T>(
+    c: &Connection,
+    sql: &str,
+    p: impl rusqlite::Params,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    c.prepare_cached(sql)?.query_row(p, f)
+}
+
 /// Length of generated passwords and update keys.
 const TOKEN_LEN: usize = 16;
 
@@ -53,6 +70,8 @@ impl SqliteStore {
         // Deleted and overwritten content is zeroed, not left in free pages (secrets).
         conn.pragma_update(None, "secure_delete", true)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Every statement of the hot paths stays prepared ([`exec`]).
+        conn.set_prepared_statement_cache_capacity(128);
         schema::migrate(&mut conn)?;
         conn.pragma_update(None, "foreign_keys", true)?;
         Ok(Self { conn, pools })
@@ -207,13 +226,13 @@ fn endpoint_owner(
         Endpoint::Udp4(_) => ("remote_v4 = ?1 AND remote_port = ?2", "('v6udpv4')"),
         Endpoint::Ipv6(_) => ("remote_v6 = ?3", "('v4v6')"),
     };
-    Ok(tx
-        .query_row(
-            &format!("SELECT id FROM tunnels WHERE kind IN {kinds} AND {sql} AND id IS NOT ?4"),
-            params![v4, port, v6, except],
-            |r| r.get(0),
-        )
-        .optional()?)
+    Ok(one_row(
+        &*tx,
+        &format!("SELECT id FROM tunnels WHERE kind IN {kinds} AND {sql} AND id IS NOT ?4"),
+        params![v4, port, v6, except],
+        |r| r.get(0),
+    )
+    .optional()?)
 }
 
 /// Hands out a free v4v6 inner address for tunnel `id`: the lowest one neither held nor
@@ -232,7 +251,8 @@ fn allocate_v4(tx: &Connection, pools: &PoolSet, id: u32) -> Result<Ipv4Addr> {
                 pool: "v4v6",
                 len: 32,
             })?;
-    tx.execute(
+    exec(
+        &*tx,
         "INSERT INTO v4_allocations (addr, tunnel_id) VALUES (?1, ?2)",
         params![addr, id],
     )?;
@@ -242,7 +262,7 @@ fn allocate_v4(tx: &Connection, pools: &PoolSet, id: u32) -> Result<Ipv4Addr> {
 /// The next tunnel id: ids only grow, so a deleted tunnel's id is never handed out again.
 fn next_id(tx: &Connection) -> Result<u32> {
     let counter = get_counter(tx, "next_tunnel_id")?;
-    let max: Option<u32> = tx.query_row("SELECT MAX(id) FROM tunnels", [], |r| r.get(0))?;
+    let max: Option<u32> = one_row(&*tx, "SELECT MAX(id) FROM tunnels", [], |r| r.get(0))?;
     let id = counter.max(u64::from(max.unwrap_or(0)) + 1).max(1);
     set_counter(tx, "next_tunnel_id", id + 1)?;
     u32::try_from(id).map_err(|_| StoreError::Corrupt {
@@ -251,16 +271,19 @@ fn next_id(tx: &Connection) -> Result<u32> {
 }
 
 fn get_counter(conn: &Connection, name: &str) -> Result<u64> {
-    Ok(conn
-        .query_row("SELECT value FROM counters WHERE name = ?1", [name], |r| {
-            r.get::<_, i64>(0)
-        })
-        .optional()?
-        .unwrap_or(0) as u64)
+    Ok(one_row(
+        &*conn,
+        "SELECT value FROM counters WHERE name = ?1",
+        [name],
+        |r| r.get::<_, i64>(0),
+    )
+    .optional()?
+    .unwrap_or(0) as u64)
 }
 
 fn set_counter(conn: &Connection, name: &str, value: u64) -> Result<()> {
-    conn.execute(
+    exec(
+        &*conn,
         "INSERT INTO counters (name, value) VALUES (?1, ?2) \
          ON CONFLICT(name) DO UPDATE SET value = excluded.value",
         params![name, value as i64],
@@ -273,13 +296,13 @@ fn set_counter(conn: &Connection, name: &str, value: u64) -> Result<()> {
 /// one allocation that could overlap a candidate is the one starting closest below its end.
 fn allocate(tx: &Connection, kind: &'static str, pools: &[Ipv6Net], len: u8) -> Result<Ipv6Net> {
     let block = alloc::block(len);
-    let cursor: Option<i64> = tx
-        .query_row(
-            "SELECT next FROM cursors WHERE pool = ?1 AND len = ?2",
-            params![kind, len],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let cursor: Option<i64> = one_row(
+        &*tx,
+        "SELECT next FROM cursors WHERE pool = ?1 AND len = ?2",
+        params![kind, len],
+        |r| r.get(0),
+    )
+    .optional()?;
     let cursor = cursor.map(alloc::from_sql);
     for pool in pools.iter().filter(|p| p.prefix_len() <= len) {
         let (first, last) = (alloc::start(pool), alloc::end(pool));
@@ -303,22 +326,24 @@ fn allocate(tx: &Connection, kind: &'static str, pools: &[Ipv6Net], len: u8) -> 
             if wrapped && c >= from && from != first {
                 break;
             }
-            let below: Option<(i64, i64)> = tx
-                .query_row(
-                    "SELECT start, end FROM allocations WHERE start <= ?1 ORDER BY start DESC LIMIT 1",
-                    [alloc::to_sql(c_end)],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
+            let below: Option<(i64, i64)> = one_row(
+                &*tx,
+                "SELECT start, end FROM allocations WHERE start <= ?1 ORDER BY start DESC LIMIT 1",
+                [alloc::to_sql(c_end)],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
             match below.map(|(_, e)| alloc::from_sql(e)) {
                 Some(e) if e >= c => cand = e.checked_add(1).and_then(|x| alloc::align_up(x, len)),
                 _ => {
-                    tx.execute(
+                    exec(
+                        &*tx,
                         "INSERT INTO allocations (start, end, len, pool) VALUES (?1, ?2, ?3, ?4)",
                         params![alloc::to_sql(c), alloc::to_sql(c_end), len, kind],
                     )?;
                     let next = c_end.wrapping_add(1);
-                    tx.execute(
+                    exec(
+                        &*tx,
                         "INSERT INTO cursors (pool, len, next) VALUES (?1, ?2, ?3) \
                          ON CONFLICT(pool, len) DO UPDATE SET next = excluded.next",
                         params![kind, len, alloc::to_sql(next)],
@@ -344,17 +369,18 @@ fn claim(
         return Err(StoreError::OutsidePool { pool: kind, prefix });
     }
     let (c, c_end) = (alloc::start(&prefix), alloc::end(&prefix));
-    let below: Option<i64> = tx
-        .query_row(
-            "SELECT end FROM allocations WHERE start <= ?1 ORDER BY start DESC LIMIT 1",
-            [alloc::to_sql(c_end)],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let below: Option<i64> = one_row(
+        &*tx,
+        "SELECT end FROM allocations WHERE start <= ?1 ORDER BY start DESC LIMIT 1",
+        [alloc::to_sql(c_end)],
+        |r| r.get(0),
+    )
+    .optional()?;
     if below.is_some_and(|e| alloc::from_sql(e) >= c) {
         return Err(StoreError::PrefixInUse { prefix });
     }
-    tx.execute(
+    exec(
+        &*tx,
         "INSERT INTO allocations (start, end, len, pool) VALUES (?1, ?2, ?3, ?4)",
         params![
             alloc::to_sql(c),
@@ -367,7 +393,8 @@ fn claim(
 }
 
 fn assign(tx: &Connection, prefix: &Ipv6Net, id: u32) -> Result<()> {
-    tx.execute(
+    exec(
+        &*tx,
         "UPDATE allocations SET tunnel_id = ?1, freed_at = NULL WHERE start = ?2",
         params![id, alloc::to_sql(alloc::start(prefix))],
     )?;
@@ -377,7 +404,8 @@ fn assign(tx: &Connection, prefix: &Ipv6Net, id: u32) -> Result<()> {
 fn insert_tunnel(tx: &Connection, r: &TunnelRecord) -> Result<()> {
     let s = &r.spec;
     let (v4, port, v6) = endpoint_columns(&s.endpoint);
-    tx.execute(
+    exec(
+        &*tx,
         &format!(
             "INSERT INTO tunnels ({TUNNEL_COLUMNS}, update_key) VALUES \
              (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, '')"
@@ -403,7 +431,8 @@ fn insert_tunnel(tx: &Connection, r: &TunnelRecord) -> Result<()> {
         ],
     )?;
     for p in &s.routed_prefixes {
-        tx.execute(
+        exec(
+            &*tx,
             "INSERT INTO routed (tunnel_id, prefix) VALUES (?1, ?2)",
             params![s.id, p.to_string()],
         )?;
@@ -413,13 +442,15 @@ fn insert_tunnel(tx: &Connection, r: &TunnelRecord) -> Result<()> {
 
 /// Removes a tunnel's rows; its prefixes and inner address go into quarantine.
 fn remove_tunnel(tx: &Connection, id: u32, now: u64) -> Result<()> {
-    tx.execute("DELETE FROM routed WHERE tunnel_id = ?1", [id])?;
-    tx.execute("DELETE FROM tunnels WHERE id = ?1", [id])?;
-    tx.execute(
+    exec(&*tx, "DELETE FROM routed WHERE tunnel_id = ?1", [id])?;
+    exec(&*tx, "DELETE FROM tunnels WHERE id = ?1", [id])?;
+    exec(
+        &*tx,
         "UPDATE allocations SET tunnel_id = NULL, freed_at = ?1 WHERE tunnel_id = ?2",
         params![now as i64, id],
     )?;
-    tx.execute(
+    exec(
+        &*tx,
         "UPDATE v4_allocations SET tunnel_id = NULL, freed_at = ?1 WHERE tunnel_id = ?2",
         params![now as i64, id],
     )?;
@@ -429,11 +460,13 @@ fn remove_tunnel(tx: &Connection, id: u32, now: u64) -> Result<()> {
 /// Forgets freed allocations whose quarantine is over.
 fn end_quarantine(tx: &Connection, pools: &PoolSet, now: u64) -> Result<()> {
     if let Some(expired) = now.checked_sub(pools.quarantine_secs) {
-        tx.execute(
+        exec(
+            &*tx,
             "DELETE FROM allocations WHERE tunnel_id IS NULL AND freed_at <= ?1",
             [expired as i64],
         )?;
-        tx.execute(
+        exec(
+            &*tx,
             "DELETE FROM v4_allocations WHERE tunnel_id IS NULL AND freed_at <= ?1",
             [expired as i64],
         )?;
@@ -444,11 +477,13 @@ fn end_quarantine(tx: &Connection, pools: &PoolSet, now: u64) -> Result<()> {
 /// Creates one tunnel inside the caller's transaction or savepoint.
 fn create_in(tx: &Connection, pools: &PoolSet, req: &NewTunnel, now: u64) -> Result<TunnelRecord> {
     if let Some(owner) = &req.owner {
-        let exists: Option<String> = tx
-            .query_row("SELECT name FROM users WHERE name = ?1", [owner], |r| {
-                r.get(0)
-            })
-            .optional()?;
+        let exists: Option<String> = one_row(
+            &*tx,
+            "SELECT name FROM users WHERE name = ?1",
+            [owner],
+            |r| r.get(0),
+        )
+        .optional()?;
         if exists.is_none() {
             return Err(StoreError::NoSuchUser {
                 name: owner.clone(),
@@ -698,7 +733,8 @@ impl Store for SqliteStore {
                 end_quarantine(&tx, &pools, now)?;
                 let p = allocate(&tx, "routed", &pools.routed, len)?;
                 assign(&tx, &p, id)?;
-                tx.execute(
+                exec(
+                    &*tx,
                     "INSERT INTO routed (tunnel_id, prefix) VALUES (?1, ?2)",
                     params![id, p.to_string()],
                 )?;
@@ -708,7 +744,8 @@ impl Store for SqliteStore {
         record.updated_at = now;
         let spec = &record.spec;
         let (v4, port, v6) = endpoint_columns(&spec.endpoint);
-        tx.execute(
+        exec(
+            &*tx,
             "UPDATE tunnels SET kind = ?1, remote_v4 = ?2, remote_port = ?3, remote_v6 = ?4, \
              state = ?5, mtu = ?6, keepalive = ?7, expires_at = ?8, updated_at = ?9 WHERE id = ?10",
             params![
@@ -740,12 +777,16 @@ impl Store for SqliteStore {
 
     fn discard_tunnel(&mut self, id: u32) -> Result<()> {
         let tx = self.conn.transaction()?;
-        tx.execute("DELETE FROM routed WHERE tunnel_id = ?1", [id])?;
-        if tx.execute("DELETE FROM tunnels WHERE id = ?1", [id])? == 0 {
+        exec(&*tx, "DELETE FROM routed WHERE tunnel_id = ?1", [id])?;
+        if exec(&*tx, "DELETE FROM tunnels WHERE id = ?1", [id])? == 0 {
             return Err(StoreError::NoSuchTunnel { id });
         }
-        tx.execute("DELETE FROM allocations WHERE tunnel_id = ?1", [id])?;
-        tx.execute("DELETE FROM v4_allocations WHERE tunnel_id = ?1", [id])?;
+        exec(&*tx, "DELETE FROM allocations WHERE tunnel_id = ?1", [id])?;
+        exec(
+            &*tx,
+            "DELETE FROM v4_allocations WHERE tunnel_id = ?1",
+            [id],
+        )?;
         tx.commit()?;
         Ok(())
     }
@@ -757,7 +798,8 @@ impl Store for SqliteStore {
             assign(&tx, &p, record.spec.id)?;
         }
         if let Some(a) = record.spec.client_v4 {
-            tx.execute(
+            exec(
+                &*tx,
                 "INSERT INTO v4_allocations (addr, tunnel_id) VALUES (?1, ?2) \
                  ON CONFLICT(addr) DO UPDATE SET tunnel_id = excluded.tunnel_id, freed_at = NULL",
                 params![u32::from(a), record.spec.id],
@@ -797,8 +839,8 @@ impl Store for SqliteStore {
                         updated_at: now,
                         ..c.clone()
                     };
-                    tx.execute("DELETE FROM routed WHERE tunnel_id = ?1", [w.id])?;
-                    tx.execute("DELETE FROM tunnels WHERE id = ?1", [w.id])?;
+                    exec(&*tx, "DELETE FROM routed WHERE tunnel_id = ?1", [w.id])?;
+                    exec(&*tx, "DELETE FROM tunnels WHERE id = ?1", [w.id])?;
                     insert_tunnel(&tx, &record)?;
                     report.changed.push(w.id);
                 }
@@ -829,8 +871,8 @@ impl Store for SqliteStore {
             .collect();
         gone.sort_unstable();
         for id in gone {
-            tx.execute("DELETE FROM routed WHERE tunnel_id = ?1", [id])?;
-            tx.execute("DELETE FROM tunnels WHERE id = ?1", [id])?;
+            exec(&*tx, "DELETE FROM routed WHERE tunnel_id = ?1", [id])?;
+            exec(&*tx, "DELETE FROM tunnels WHERE id = ?1", [id])?;
             report.removed.push(id);
         }
         if let Some(max) = wanted.iter().map(|w| u64::from(w.id)).max() {
@@ -871,13 +913,18 @@ impl Store for SqliteStore {
     }
 
     fn scrub(&mut self) -> Result<()> {
-        self.conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        one_row(
+            &self.conn,
+            "PRAGMA wal_checkpoint(TRUNCATE)",
+            [],
+            |_| Ok(()),
+        )?;
         Ok(())
     }
 
     fn set_update_key_hash(&mut self, id: u32, hash: &str) -> Result<()> {
-        let n = self.conn.execute(
+        let n = exec(
+            &self.conn,
             "UPDATE tunnels SET update_key_hash = ?2, update_key = '' WHERE id = ?1",
             params![id, hash],
         )?;
@@ -900,7 +947,7 @@ impl Store for SqliteStore {
                 tunnels,
             });
         }
-        if tx.execute("DELETE FROM users WHERE name = ?1", [name])? == 0 {
+        if exec(&*tx, "DELETE FROM users WHERE name = ?1", [name])? == 0 {
             return Err(StoreError::NoSuchUser { name: name.into() });
         }
         tx.commit()?;
@@ -908,15 +955,14 @@ impl Store for SqliteStore {
     }
 
     fn tsp_tunnel(&self, owner: &str, v4v6: bool) -> Result<Option<TunnelRecord>> {
-        let id: Option<u32> = self
-            .conn
-            .query_row(
-                "SELECT id FROM tunnels WHERE owner = ?1 AND origin = 'tsp' \
+        let id: Option<u32> = one_row(
+            &self.conn,
+            "SELECT id FROM tunnels WHERE owner = ?1 AND origin = 'tsp' \
                  AND (kind = 'v4v6') = ?2 ORDER BY id LIMIT 1",
-                params![owner, v4v6],
-                |r| r.get(0),
-            )
-            .optional()?;
+            params![owner, v4v6],
+            |r| r.get(0),
+        )
+        .optional()?;
         match id {
             Some(id) => self.tunnel(id),
             None => Ok(None),
@@ -939,14 +985,13 @@ impl Store for SqliteStore {
 
     fn tunnel_by_link(&self, link: &Ipv6Net) -> Result<Option<TunnelRecord>> {
         // `link_prefix` is UNIQUE (so indexed) and written with the same Display.
-        let id: Option<u32> = self
-            .conn
-            .query_row(
-                "SELECT id FROM tunnels WHERE link_prefix = ?1",
-                [link.trunc().to_string()],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let id: Option<u32> = one_row(
+            &self.conn,
+            "SELECT id FROM tunnels WHERE link_prefix = ?1",
+            [link.trunc().to_string()],
+            |r| r.get(0),
+        )
+        .optional()?;
         match id {
             Some(id) => self.tunnel(id),
             None => Ok(None),
