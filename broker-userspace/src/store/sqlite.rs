@@ -227,7 +227,7 @@ fn endpoint_owner(
         Endpoint::Ipv6(_) => ("remote_v6 = ?3", "('v4v6')"),
     };
     Ok(one_row(
-        &*tx,
+        tx,
         &format!("SELECT id FROM tunnels WHERE kind IN {kinds} AND {sql} AND id IS NOT ?4"),
         params![v4, port, v6, except],
         |r| r.get(0),
@@ -252,7 +252,7 @@ fn allocate_v4(tx: &Connection, pools: &PoolSet, id: u32) -> Result<Ipv4Addr> {
                 len: 32,
             })?;
     exec(
-        &*tx,
+        tx,
         "INSERT INTO v4_allocations (addr, tunnel_id) VALUES (?1, ?2)",
         params![addr, id],
     )?;
@@ -262,7 +262,7 @@ fn allocate_v4(tx: &Connection, pools: &PoolSet, id: u32) -> Result<Ipv4Addr> {
 /// The next tunnel id: ids only grow, so a deleted tunnel's id is never handed out again.
 fn next_id(tx: &Connection) -> Result<u32> {
     let counter = get_counter(tx, "next_tunnel_id")?;
-    let max: Option<u32> = one_row(&*tx, "SELECT MAX(id) FROM tunnels", [], |r| r.get(0))?;
+    let max: Option<u32> = one_row(tx, "SELECT MAX(id) FROM tunnels", [], |r| r.get(0))?;
     let id = counter.max(u64::from(max.unwrap_or(0)) + 1).max(1);
     set_counter(tx, "next_tunnel_id", id + 1)?;
     u32::try_from(id).map_err(|_| StoreError::Corrupt {
@@ -272,7 +272,7 @@ fn next_id(tx: &Connection) -> Result<u32> {
 
 fn get_counter(conn: &Connection, name: &str) -> Result<u64> {
     Ok(one_row(
-        &*conn,
+        conn,
         "SELECT value FROM counters WHERE name = ?1",
         [name],
         |r| r.get::<_, i64>(0),
@@ -283,7 +283,7 @@ fn get_counter(conn: &Connection, name: &str) -> Result<u64> {
 
 fn set_counter(conn: &Connection, name: &str, value: u64) -> Result<()> {
     exec(
-        &*conn,
+        conn,
         "INSERT INTO counters (name, value) VALUES (?1, ?2) \
          ON CONFLICT(name) DO UPDATE SET value = excluded.value",
         params![name, value as i64],
@@ -297,7 +297,7 @@ fn set_counter(conn: &Connection, name: &str, value: u64) -> Result<()> {
 fn allocate(tx: &Connection, kind: &'static str, pools: &[Ipv6Net], len: u8) -> Result<Ipv6Net> {
     let block = alloc::block(len);
     let cursor: Option<i64> = one_row(
-        &*tx,
+        tx,
         "SELECT next FROM cursors WHERE pool = ?1 AND len = ?2",
         params![kind, len],
         |r| r.get(0),
@@ -327,7 +327,7 @@ fn allocate(tx: &Connection, kind: &'static str, pools: &[Ipv6Net], len: u8) -> 
                 break;
             }
             let below: Option<(i64, i64)> = one_row(
-                &*tx,
+                tx,
                 "SELECT start, end FROM allocations WHERE start <= ?1 ORDER BY start DESC LIMIT 1",
                 [alloc::to_sql(c_end)],
                 |r| Ok((r.get(0)?, r.get(1)?)),
@@ -337,13 +337,13 @@ fn allocate(tx: &Connection, kind: &'static str, pools: &[Ipv6Net], len: u8) -> 
                 Some(e) if e >= c => cand = e.checked_add(1).and_then(|x| alloc::align_up(x, len)),
                 _ => {
                     exec(
-                        &*tx,
+                        tx,
                         "INSERT INTO allocations (start, end, len, pool) VALUES (?1, ?2, ?3, ?4)",
                         params![alloc::to_sql(c), alloc::to_sql(c_end), len, kind],
                     )?;
                     let next = c_end.wrapping_add(1);
                     exec(
-                        &*tx,
+                        tx,
                         "INSERT INTO cursors (pool, len, next) VALUES (?1, ?2, ?3) \
                          ON CONFLICT(pool, len) DO UPDATE SET next = excluded.next",
                         params![kind, len, alloc::to_sql(next)],
@@ -370,7 +370,7 @@ fn claim(
     }
     let (c, c_end) = (alloc::start(&prefix), alloc::end(&prefix));
     let below: Option<i64> = one_row(
-        &*tx,
+        tx,
         "SELECT end FROM allocations WHERE start <= ?1 ORDER BY start DESC LIMIT 1",
         [alloc::to_sql(c_end)],
         |r| r.get(0),
@@ -380,7 +380,7 @@ fn claim(
         return Err(StoreError::PrefixInUse { prefix });
     }
     exec(
-        &*tx,
+        tx,
         "INSERT INTO allocations (start, end, len, pool) VALUES (?1, ?2, ?3, ?4)",
         params![
             alloc::to_sql(c),
@@ -394,7 +394,7 @@ fn claim(
 
 fn assign(tx: &Connection, prefix: &Ipv6Net, id: u32) -> Result<()> {
     exec(
-        &*tx,
+        tx,
         "UPDATE allocations SET tunnel_id = ?1, freed_at = NULL WHERE start = ?2",
         params![id, alloc::to_sql(alloc::start(prefix))],
     )?;
@@ -405,7 +405,7 @@ fn insert_tunnel(tx: &Connection, r: &TunnelRecord) -> Result<()> {
     let s = &r.spec;
     let (v4, port, v6) = endpoint_columns(&s.endpoint);
     exec(
-        &*tx,
+        tx,
         &format!(
             "INSERT INTO tunnels ({TUNNEL_COLUMNS}, update_key) VALUES \
              (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, '')"
@@ -432,7 +432,7 @@ fn insert_tunnel(tx: &Connection, r: &TunnelRecord) -> Result<()> {
     )?;
     for p in &s.routed_prefixes {
         exec(
-            &*tx,
+            tx,
             "INSERT INTO routed (tunnel_id, prefix) VALUES (?1, ?2)",
             params![s.id, p.to_string()],
         )?;
@@ -442,15 +442,15 @@ fn insert_tunnel(tx: &Connection, r: &TunnelRecord) -> Result<()> {
 
 /// Removes a tunnel's rows; its prefixes and inner address go into quarantine.
 fn remove_tunnel(tx: &Connection, id: u32, now: u64) -> Result<()> {
-    exec(&*tx, "DELETE FROM routed WHERE tunnel_id = ?1", [id])?;
-    exec(&*tx, "DELETE FROM tunnels WHERE id = ?1", [id])?;
+    exec(tx, "DELETE FROM routed WHERE tunnel_id = ?1", [id])?;
+    exec(tx, "DELETE FROM tunnels WHERE id = ?1", [id])?;
     exec(
-        &*tx,
+        tx,
         "UPDATE allocations SET tunnel_id = NULL, freed_at = ?1 WHERE tunnel_id = ?2",
         params![now as i64, id],
     )?;
     exec(
-        &*tx,
+        tx,
         "UPDATE v4_allocations SET tunnel_id = NULL, freed_at = ?1 WHERE tunnel_id = ?2",
         params![now as i64, id],
     )?;
@@ -461,12 +461,12 @@ fn remove_tunnel(tx: &Connection, id: u32, now: u64) -> Result<()> {
 fn end_quarantine(tx: &Connection, pools: &PoolSet, now: u64) -> Result<()> {
     if let Some(expired) = now.checked_sub(pools.quarantine_secs) {
         exec(
-            &*tx,
+            tx,
             "DELETE FROM allocations WHERE tunnel_id IS NULL AND freed_at <= ?1",
             [expired as i64],
         )?;
         exec(
-            &*tx,
+            tx,
             "DELETE FROM v4_allocations WHERE tunnel_id IS NULL AND freed_at <= ?1",
             [expired as i64],
         )?;
@@ -477,13 +477,11 @@ fn end_quarantine(tx: &Connection, pools: &PoolSet, now: u64) -> Result<()> {
 /// Creates one tunnel inside the caller's transaction or savepoint.
 fn create_in(tx: &Connection, pools: &PoolSet, req: &NewTunnel, now: u64) -> Result<TunnelRecord> {
     if let Some(owner) = &req.owner {
-        let exists: Option<String> = one_row(
-            &*tx,
-            "SELECT name FROM users WHERE name = ?1",
-            [owner],
-            |r| r.get(0),
-        )
-        .optional()?;
+        let exists: Option<String> =
+            one_row(tx, "SELECT name FROM users WHERE name = ?1", [owner], |r| {
+                r.get(0)
+            })
+            .optional()?;
         if exists.is_none() {
             return Err(StoreError::NoSuchUser {
                 name: owner.clone(),
@@ -734,7 +732,7 @@ impl Store for SqliteStore {
                 let p = allocate(&tx, "routed", &pools.routed, len)?;
                 assign(&tx, &p, id)?;
                 exec(
-                    &*tx,
+                    &tx,
                     "INSERT INTO routed (tunnel_id, prefix) VALUES (?1, ?2)",
                     params![id, p.to_string()],
                 )?;
@@ -745,7 +743,7 @@ impl Store for SqliteStore {
         let spec = &record.spec;
         let (v4, port, v6) = endpoint_columns(&spec.endpoint);
         exec(
-            &*tx,
+            &tx,
             "UPDATE tunnels SET kind = ?1, remote_v4 = ?2, remote_port = ?3, remote_v6 = ?4, \
              state = ?5, mtu = ?6, keepalive = ?7, expires_at = ?8, updated_at = ?9 WHERE id = ?10",
             params![
@@ -777,16 +775,12 @@ impl Store for SqliteStore {
 
     fn discard_tunnel(&mut self, id: u32) -> Result<()> {
         let tx = self.conn.transaction()?;
-        exec(&*tx, "DELETE FROM routed WHERE tunnel_id = ?1", [id])?;
-        if exec(&*tx, "DELETE FROM tunnels WHERE id = ?1", [id])? == 0 {
+        exec(&tx, "DELETE FROM routed WHERE tunnel_id = ?1", [id])?;
+        if exec(&tx, "DELETE FROM tunnels WHERE id = ?1", [id])? == 0 {
             return Err(StoreError::NoSuchTunnel { id });
         }
-        exec(&*tx, "DELETE FROM allocations WHERE tunnel_id = ?1", [id])?;
-        exec(
-            &*tx,
-            "DELETE FROM v4_allocations WHERE tunnel_id = ?1",
-            [id],
-        )?;
+        exec(&tx, "DELETE FROM allocations WHERE tunnel_id = ?1", [id])?;
+        exec(&tx, "DELETE FROM v4_allocations WHERE tunnel_id = ?1", [id])?;
         tx.commit()?;
         Ok(())
     }
@@ -799,7 +793,7 @@ impl Store for SqliteStore {
         }
         if let Some(a) = record.spec.client_v4 {
             exec(
-                &*tx,
+                &tx,
                 "INSERT INTO v4_allocations (addr, tunnel_id) VALUES (?1, ?2) \
                  ON CONFLICT(addr) DO UPDATE SET tunnel_id = excluded.tunnel_id, freed_at = NULL",
                 params![u32::from(a), record.spec.id],
@@ -839,8 +833,8 @@ impl Store for SqliteStore {
                         updated_at: now,
                         ..c.clone()
                     };
-                    exec(&*tx, "DELETE FROM routed WHERE tunnel_id = ?1", [w.id])?;
-                    exec(&*tx, "DELETE FROM tunnels WHERE id = ?1", [w.id])?;
+                    exec(&tx, "DELETE FROM routed WHERE tunnel_id = ?1", [w.id])?;
+                    exec(&tx, "DELETE FROM tunnels WHERE id = ?1", [w.id])?;
                     insert_tunnel(&tx, &record)?;
                     report.changed.push(w.id);
                 }
@@ -871,8 +865,8 @@ impl Store for SqliteStore {
             .collect();
         gone.sort_unstable();
         for id in gone {
-            exec(&*tx, "DELETE FROM routed WHERE tunnel_id = ?1", [id])?;
-            exec(&*tx, "DELETE FROM tunnels WHERE id = ?1", [id])?;
+            exec(&tx, "DELETE FROM routed WHERE tunnel_id = ?1", [id])?;
+            exec(&tx, "DELETE FROM tunnels WHERE id = ?1", [id])?;
             report.removed.push(id);
         }
         if let Some(max) = wanted.iter().map(|w| u64::from(w.id)).max() {
@@ -947,7 +941,7 @@ impl Store for SqliteStore {
                 tunnels,
             });
         }
-        if exec(&*tx, "DELETE FROM users WHERE name = ?1", [name])? == 0 {
+        if exec(&tx, "DELETE FROM users WHERE name = ?1", [name])? == 0 {
             return Err(StoreError::NoSuchUser { name: name.into() });
         }
         tx.commit()?;
