@@ -16,7 +16,9 @@
 //!   Exceeded, generated in XDP;
 //! - [`ratelimit`] — the token buckets every generated ICMP message and every
 //!   `no_neighbour` pass of a decapsulated packet go through;
-//! - [`forward`] — `bpf_fib_lookup` and redirect, or hand over to the kernel.
+//! - [`forward`] — `bpf_fib_lookup` and redirect, or hand over to the kernel;
+//! - [`fate`] — the debug object's aya-log record of each packet's verdict (feature
+//!   `log`; nothing in the default object).
 #![no_std]
 // The BPF target has no `AtomicU64::compare_exchange` (see `ratelimit`).
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
@@ -25,6 +27,7 @@
 pub mod ayiya;
 pub mod decap;
 pub mod encap;
+pub mod fate;
 pub mod forward;
 pub mod head;
 pub mod headers;

@@ -8,7 +8,7 @@
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use broker_common::stats::DropReason;
 use broker_ebpf::{
-    ingress,
+    fate, ingress,
     outcome::{Outcome, Packed, Resume},
     sha1, stats,
 };
@@ -42,7 +42,7 @@ pub fn broker_xdp(ctx: XdpContext) -> u32 {
         stats::global(slot, len);
     }
     stats::action(action, len);
-    action
+    fate::recorded(&ctx, action, reason, len)
 }
 
 #[cfg(not(target_arch = "bpf"))]

@@ -114,9 +114,18 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         nexthop_max_age_ms: config.dataplane.nexthop_max_age_ms,
         icmp_limit: config.dataplane.icmp_limit(),
         neighbour_limit: config.dataplane.neighbour_limit(),
+        ebpf_log: config.dataplane.ebpf_log.clone(),
         ..dataplane::Options::new(&config.instance)
     };
-    let dp = Dataplane::load(&opts).context("loading the data plane")?;
+    let mut dp = Dataplane::load(&opts).context("loading the data plane")?;
+    // The debug object's records, forwarded for as long as this process runs.
+    if let Some(log) = dp.take_xdp_log()? {
+        info!(
+            level = ?opts.ebpf_log.as_ref().map(|l| l.level),
+            "the debug object is loaded: the data plane's records go to this log (target xdp; RUST_LOG decides which are shown)"
+        );
+        tokio::spawn(log.run());
+    }
     let adopted = dp.adopted();
     let mut broker = Broker::new(store, dp, route_backend(&config).await?, config.pop());
     endpoint_policy(&mut broker, &config).await;

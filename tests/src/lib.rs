@@ -30,6 +30,23 @@ pub fn broker_bin() -> anyhow::Result<PathBuf> {
     )
 }
 
+/// The debug data plane object (`cargo xtask build-ebpf --log`): `$BROKER_EBPF_LOG_OBJECT`,
+/// else `target/ebpf-log/broker` of this workspace. Fails with a message saying how to
+/// build it.
+pub fn ebpf_log_object() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("BROKER_EBPF_LOG_OBJECT") {
+        return Ok(PathBuf::from(p));
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/ebpf-log/broker");
+    if p.exists() {
+        return Ok(p);
+    }
+    anyhow::bail!(
+        "no debug object at {}: run `cargo xtask build-ebpf --log` (or `cargo xtask test`), or set BROKER_EBPF_LOG_OBJECT",
+        p.display()
+    )
+}
+
 /// Fails unless running as root: namespaces, veths and BPF need it. Tests call this
 /// first so that an unprivileged run fails saying why instead of somewhere deep.
 pub fn require_root() {

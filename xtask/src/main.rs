@@ -22,8 +22,9 @@ struct Cli {
 enum Command {
     /// Install what is missing (nightly rust-src, bpf-linker 0.10.0, Debian packages).
     Setup,
-    /// Build the XDP objects (broker-ebpf) and print where they are.
-    BuildEbpf,
+    /// Build the XDP objects (broker-ebpf) and print where they are; with `--log`, the
+    /// debug object instead (aya-log records of every packet's verdict).
+    BuildEbpf(build::EbpfOptions),
     /// Build, load and attach the data plane onto an interface; print the program id and
     /// maps; detach on Ctrl-C.
     BuildAndLoad(build::LoadOptions),
@@ -50,7 +51,8 @@ fn main() -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Setup => setup::run(setup::Verbosity::Report),
-        Command::BuildEbpf => build::ebpf(),
+        Command::BuildEbpf(o) if o.log => build::ebpf_log().map(|p| println!("{}", p.display())),
+        Command::BuildEbpf(_) => build::ebpf(),
         Command::BuildAndLoad(o) => build::build_and_load(o),
         Command::Lab { command } => lab::run(command),
         Command::Run(o) => run::run(o),

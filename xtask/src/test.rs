@@ -23,9 +23,13 @@ pub fn run(o: Options) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    // The kernel crate only builds for the BPF target, with nightly.
+    // The kernel crate only builds for the BPF target, with nightly; its feature `log`
+    // (the debug object) has code of its own.
     exec(ebpf_cargo("clippy").args(["--", "-D", "warnings"]))?;
+    exec(ebpf_cargo("clippy").args(["--features", "log", "--", "-D", "warnings"]))?;
     let broker = build_broker()?;
+    // The debug object, for the test that loads it (tests/tests/xdp_log.rs).
+    let log_object = crate::build::ebpf_log()?;
     if !is_root() {
         bail!(
             "the kernel-program and end-to-end tests need root (namespaces, veth, BPF); run `sudo -E cargo xtask test`"
@@ -34,6 +38,7 @@ pub fn run(o: Options) -> Result<()> {
     let mut cmd = Command::new("cargo");
     cmd.args(["test", "--workspace", "--locked"])
         .env("BROKER_BIN", &broker)
+        .env("BROKER_EBPF_LOG_OBJECT", &log_object)
         .env("RUST_BACKTRACE", "1");
     if let Some(f) = &o.filter {
         cmd.arg("--").arg(f);

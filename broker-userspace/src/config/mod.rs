@@ -112,6 +112,38 @@ pub struct DataplaneLimits {
     /// How many at once.
     #[serde(default = "default_neighbour_burst")]
     pub neighbour_burst: u32,
+    /// Load the debug object (`cargo xtask build-ebpf --log`) instead of the embedded data
+    /// plane, and log what it records of every packet (docs/OPERATIONS.md).
+    #[serde(default)]
+    pub ebpf_log: Option<EbpfLog>,
+}
+
+/// `dataplane.ebpf_log`: the debug object and how much it records.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EbpfLog {
+    /// The object `cargo xtask build-ebpf --log` printed, from this broker's source.
+    pub object: std::path::PathBuf,
+    /// The most detailed records written: `info` drops, `debug` also passes of tunnel
+    /// traffic and forwarded or answered packets, `trace` every packet (nothing is
+    /// written at `error` or `warn`).
+    #[serde(default = "default_ebpf_log_level")]
+    pub level: EbpfLogLevel,
+}
+
+/// aya-log's levels, as the data plane writes its records at them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EbpfLogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+fn default_ebpf_log_level() -> EbpfLogLevel {
+    EbpfLogLevel::Info
 }
 
 impl Default for DataplaneLimits {
@@ -125,6 +157,7 @@ impl Default for DataplaneLimits {
             icmp_burst: default_icmp_burst(),
             neighbour_rate: default_neighbour_rate(),
             neighbour_burst: default_neighbour_burst(),
+            ebpf_log: None,
         }
     }
 }

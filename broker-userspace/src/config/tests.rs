@@ -491,3 +491,37 @@ fn deep_nesting_is_refused_at_once_with_its_line() {
     let nested_ok = format!("{GOOD}extra: {}{}\n", "[".repeat(20), "]".repeat(20));
     assert!(!err(&nested_ok).message.contains("nested deeper"));
 }
+
+#[test]
+fn the_debug_object_is_named_with_an_optional_level() {
+    let c = Config::parse(&format!(
+        "{GOOD}dataplane:\n  ebpf_log:\n    object: /usr/local/lib/broker/broker-log\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.dataplane.ebpf_log,
+        Some(EbpfLog {
+            object: "/usr/local/lib/broker/broker-log".into(),
+            level: EbpfLogLevel::Info,
+        })
+    );
+    let c = Config::parse(&format!(
+        "{GOOD}dataplane:\n  ebpf_log: {{ object: broker-log, level: trace }}\n"
+    ))
+    .unwrap();
+    assert_eq!(c.dataplane.ebpf_log.unwrap().level, EbpfLogLevel::Trace);
+    for (yaml, key) in [
+        (
+            "ebpf_log:\n    object: x\n    level: loud\n",
+            "dataplane.ebpf_log.level",
+        ),
+        ("ebpf_log:\n    level: info\n", "dataplane.ebpf_log"),
+        (
+            "ebpf_log:\n    object: x\n    colour: red\n",
+            "dataplane.ebpf_log.colour",
+        ),
+    ] {
+        let e = err(&format!("{GOOD}dataplane:\n  {yaml}"));
+        assert_eq!(e.key, key, "{yaml}: {e}");
+    }
+}

@@ -7,6 +7,7 @@
 mod adopt;
 mod bpffs;
 mod counters;
+pub mod ebpf_log;
 mod prefixes;
 mod slots;
 mod testing;
@@ -45,6 +46,7 @@ use crate::{
 pub use adopt::Reconciled;
 pub use bpffs::{detach_instance, ensure_bpffs, links_dir, maps_dir, pin_dir};
 pub use counters::{GlobalCounters, PinnedCounters, TunnelCounters};
+pub use ebpf_log::{XdpLog, XdpRecord};
 
 /// How full a map is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +140,8 @@ pub struct Options {
     /// Decapsulated packets passed to the kernel to resolve a neighbour, PoP-wide
     /// (`Settings.neighbour`).
     pub neighbour_limit: RateLimit,
+    /// Load the debug object instead of the embedded one ([`ebpf_log`]).
+    pub ebpf_log: Option<crate::config::EbpfLog>,
 }
 
 impl Options {
@@ -152,6 +156,7 @@ impl Options {
             nexthop_max_age_ms: broker_common::consts::DEFAULT_NEXTHOP_MAX_AGE_MS,
             icmp_limit: RateLimit::ICMP_DEFAULT,
             neighbour_limit: RateLimit::NEIGHBOUR_DEFAULT,
+            ebpf_log: None,
         }
     }
 }
@@ -219,7 +224,9 @@ impl Dataplane {
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
-        let mut ebpf = loader.load(BROKER_OBJ).map_err(DataplaneError::Load)?;
+        let object = ebpf_log::object(opts)?;
+        ebpf_log::set_level(&mut loader, opts);
+        let mut ebpf = loader.load(object.bytes()).map_err(DataplaneError::Load)?;
 
         load_xdp(
             xdp_program(&mut ebpf, program_names::BROKER)?,
@@ -251,6 +258,7 @@ impl Dataplane {
         dp.write_settings()?;
         info!(
             program = program_names::BROKER,
+            debug_object = opts.ebpf_log.is_some(),
             max_tunnels,
             max_prefixes,
             adopted,
