@@ -27,7 +27,9 @@ fn main() {
         .map(|s| s.trim().parse().expect("SCALE_SIZES: numbers"))
         .collect();
     let largest = *sizes.iter().max().expect("a size");
-    let max_tunnels = (largest + 20_000).next_power_of_two();
+    // Room for the single creations of every size, nothing more: the map memory shown is
+    // what a PoP of that size would configure.
+    let max_tunnels = (largest + 20_000).div_ceil(1024) * 1024;
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("sc{}", std::process::id() % 10000);
     let mut lab = Lab::create(&prefix, 1, dir.path()).expect("lab");
