@@ -3,7 +3,7 @@
 //! The maps are a projection of the store, so after a restart (clean or not) the
 //! controller reads back what the maps hold, then writes only the differences: tunnels
 //! that keep their slot keep forwarding and keep their counters throughout.
-use std::collections::HashMap as StdHashMap;
+use std::collections::{HashMap as StdHashMap, HashSet};
 
 use aya::{
     maps::{Array, HashMap, MapInfo},
@@ -19,7 +19,7 @@ use ipnet::Ipv6Net;
 use tracing::info;
 
 use super::{
-    prefixes,
+    batch, prefixes,
     slots::{EndpointKey, Installed},
     to_map_value, Dataplane, DataplaneError, Options, Result, SlotTable,
 };
@@ -110,34 +110,39 @@ impl Dataplane {
             self.settings.nexthop_gen = old.nexthop_gen.wrapping_add(1).max(1);
         }
 
-        let tunnels: Array<_, Tunnel> = self.map(names::TUNNELS)?;
-        // Loaded with the pinned sizes (`pinned_sizes`).
+        // Loaded with the pinned sizes (`pinned_sizes`). One pass over every slot, a chunk
+        // of them per system call.
         let capacity = self.max_tunnels;
         let mut used: Vec<(u32, Installed)> = Vec::new();
+        let mut ids = HashSet::new();
         let mut duplicates = Vec::new();
-        for slot in 0..capacity {
-            let t = tunnels
-                .get(&slot, 0)
-                .map_err(|source| DataplaneError::Map {
-                    name: names::TUNNELS,
-                    source,
-                })?;
-            if t.state == TunnelState::Empty as u8 {
-                continue;
-            }
-            if used.iter().any(|(id, _)| *id == t.id) {
-                duplicates.push(slot);
-                continue;
-            }
-            used.push((
-                t.id,
-                Installed {
-                    slot,
-                    endpoint: endpoint_of(&t),
-                    prefixes: prefixes_of(&t),
-                    v4: (t.kind == TunnelKind::V4In6 as u8).then_some(t.client_v4),
+        {
+            let tunnels: Array<_, Tunnel> = self.map(names::TUNNELS)?;
+            batch::array_range(
+                &tunnels,
+                names::TUNNELS,
+                self.reads,
+                0..capacity,
+                |slot, t| {
+                    if t.state == TunnelState::Empty as u8 {
+                        return Ok(());
+                    }
+                    if !ids.insert(t.id) {
+                        duplicates.push(slot);
+                        return Ok(());
+                    }
+                    used.push((
+                        t.id,
+                        Installed {
+                            slot,
+                            endpoint: endpoint_of(&t),
+                            prefixes: prefixes_of(&t),
+                            v4: (t.kind == TunnelKind::V4In6 as u8).then_some(t.client_v4),
+                        },
+                    ));
+                    Ok(())
                 },
-            ));
+            )?;
         }
         for (_, i) in &used {
             for p in &i.prefixes {
@@ -174,8 +179,11 @@ impl Dataplane {
                 r.removed += 1;
             }
         }
+        // One read of the installed tunnels' entries, as they are now (the data plane
+        // writes where AYIYA clients roamed to), decides what to rewrite.
+        let differ = self.differing(specs, pop)?;
         for spec in specs {
-            if self.matches(spec, pop)? {
+            if self.slots.get(spec.id).is_some() && !differ.contains(&spec.id) {
                 r.unchanged += 1;
             } else {
                 self.upsert(spec)?;
@@ -190,91 +198,117 @@ impl Dataplane {
         Ok(r)
     }
 
-    /// Whether the maps already hold `spec` exactly.
-    fn matches(&self, spec: &TunnelSpec, pop: &Pop) -> Result<bool> {
-        let Some(installed) = self.slots.get(spec.id) else {
-            return Ok(false);
-        };
+    /// The ids of the `specs` installed whose entries differ from what they want, from
+    /// one read of their `TUNNELS` entries (a batch for many, a lookup each for a few).
+    fn differing(&self, specs: &[TunnelSpec], pop: &Pop) -> Result<HashSet<u32>> {
+        let installed: Vec<(&TunnelSpec, &Installed)> = specs
+            .iter()
+            .filter_map(|spec| self.slots.get(spec.id).map(|i| (spec, i)))
+            .collect();
+        let slots: Vec<u32> = installed.iter().map(|(_, i)| i.slot).collect();
         let tunnels: Array<_, Tunnel> = self.map(names::TUNNELS)?;
-        let current = tunnels
-            .get(&installed.slot, 0)
-            .map_err(|source| DataplaneError::Map {
-                name: names::TUNNELS,
-                source,
-            })?;
-        let mut want = to_map_value(spec, pop);
-        if want.kind == TunnelKind::Ayiya as u8
-            && current.id == want.id
-            && current.remote_v4 != [0; 4]
-        {
-            // Where the client roamed to is the data plane's to know.
-            want.remote_v4 = current.remote_v4;
-            want.remote_port = current.remote_port;
-        }
-        let prefixes: Vec<Ipv6Net> = spec.prefixes().map(|p| p.trunc()).collect();
-        Ok(current == want && installed.prefixes == prefixes)
+        let mut differ = HashSet::new();
+        batch::array_slots(
+            &tunnels,
+            names::TUNNELS,
+            self.reads,
+            &slots,
+            |n, current| {
+                let (spec, i) = installed[n];
+                if !matches(spec, pop, i, &current) {
+                    differ.insert(spec.id);
+                }
+                Ok(())
+            },
+        )?;
+        Ok(differ)
     }
 
     /// Removes lookup entries that do not belong to the tunnel they point at.
     fn sweep(&mut self) -> Result<usize> {
-        // A snapshot, as the sweeps below need the maps mutably.
-        let by_slot: StdHashMap<u32, Installed> = self
-            .slots
-            .ids()
-            .iter()
-            .filter_map(|id| self.slots.get(*id))
-            .map(|i| (i.slot, i.clone()))
-            .collect();
-        let slots = &by_slot;
+        // Which tunnel owns each slot.
+        let mut owner: Vec<Option<u32>> = Vec::new();
+        for (id, i) in self.slots.iter() {
+            let slot = i.slot as usize;
+            if owner.len() <= slot {
+                owner.resize(slot + 1, None);
+            }
+            owner[slot] = Some(id);
+        }
+        let slots = &self.slots;
+        let at = |slot: u32| {
+            owner
+                .get(slot as usize)
+                .copied()
+                .flatten()
+                .and_then(|id| slots.get(id))
+        };
         let endpoint_owned =
-            |key: EndpointKey, slot: u32| slots.get(&slot).is_some_and(|i| i.endpoint == key);
-        let mut n = 0;
-        n += self.sweep_map::<Endpoint4>(names::P41_ENDPOINTS, &|k, slot| {
+            |key: EndpointKey, slot: u32| at(slot).is_some_and(|i| i.endpoint == key);
+        let p41 = self.stale::<Endpoint4>(names::P41_ENDPOINTS, |k, slot| {
             endpoint_owned(EndpointKey::P41(*k), slot)
         })?;
-        n += self.sweep_map::<UdpEndpoint4>(names::UDP_ENDPOINTS, &|k, slot| {
+        let udp = self.stale::<UdpEndpoint4>(names::UDP_ENDPOINTS, |k, slot| {
             endpoint_owned(EndpointKey::Udp(*k), slot)
         })?;
-        n += self.sweep_map::<Endpoint6>(names::V6_ENDPOINTS, &|k, slot| {
+        let v6 = self.stale::<Endpoint6>(names::V6_ENDPOINTS, |k, slot| {
             endpoint_owned(EndpointKey::V6(*k), slot)
         })?;
-        n += self.sweep_map::<[u8; 16]>(names::AYIYA_IDS, &|k, slot| {
+        let ayiya = self.stale::<[u8; 16]>(names::AYIYA_IDS, |k, slot| {
             endpoint_owned(EndpointKey::Ayiya(*k), slot)
         })?;
-        n += self.sweep_map::<[u8; 4]>(names::V4_ROUTES, &|k, slot| {
-            slots.get(&slot).is_some_and(|i| i.v4 == Some(*k))
+        let v4 = self.stale::<[u8; 4]>(names::V4_ROUTES, |k, slot| {
+            at(slot).is_some_and(|i| i.v4 == Some(*k))
         })?;
-        n += self.sweep_map::<PrefixKey>(names::PREFIXES, &|k, slot| {
-            slots
-                .get(&slot)
-                .is_some_and(|i| i.prefixes.iter().any(|p| prefixes::key(p) == *k))
+        let prefixes = self.stale::<PrefixKey>(names::PREFIXES, |k, slot| {
+            at(slot).is_some_and(|i| i.prefixes.iter().any(|p| prefixes::key(p) == *k))
         })?;
+        let mut n = 0;
+        n += self.delete(names::P41_ENDPOINTS, p41)?;
+        n += self.delete(names::UDP_ENDPOINTS, udp)?;
+        n += self.delete(names::V6_ENDPOINTS, v6)?;
+        n += self.delete(names::AYIYA_IDS, ayiya)?;
+        n += self.delete(names::V4_ROUTES, v4)?;
+        n += self.delete(names::PREFIXES, prefixes)?;
         Ok(n)
     }
 
-    /// Removes the entries of one lookup map that `owned` does not vouch for.
-    fn sweep_map<K: Pod>(
-        &mut self,
-        name: &'static str,
-        owned: &dyn Fn(&K, u32) -> bool,
-    ) -> Result<usize> {
+    /// The keys of one lookup map that `owned` does not vouch for.
+    fn stale<K: Pod>(&self, name: &'static str, owned: impl Fn(&K, u32) -> bool) -> Result<Vec<K>> {
         let mut stale = Vec::new();
-        {
-            let map: HashMap<_, K, u32> = self.map(name)?;
-            for kv in map.iter() {
-                let (key, slot) = kv.map_err(|source| DataplaneError::Map { name, source })?;
-                if !owned(&key, slot) {
-                    stale.push(key);
-                }
+        let map: HashMap<_, K, u32> = self.map(name)?;
+        batch::hash_entries(&map, name, self.reads, |key, slot| {
+            if !owned(&key, slot) {
+                stale.push(key);
             }
-        }
-        let n = stale.len();
+            Ok(())
+        })?;
+        Ok(stale)
+    }
+
+    /// Removes `keys` from one lookup map; how many there were.
+    fn delete<K: Pod>(&mut self, name: &'static str, keys: Vec<K>) -> Result<usize> {
+        let n = keys.len();
         let mut map: HashMap<_, K, u32> = self.map_mut(name)?;
-        for k in stale {
+        for k in keys {
             let _ = map.remove(&k);
         }
         Ok(n)
     }
+}
+
+/// Whether the entry `current` (and the prefixes `installed` recorded) already hold `spec`
+/// exactly, `pop` as the PoP's side.
+fn matches(spec: &TunnelSpec, pop: &Pop, installed: &Installed, current: &Tunnel) -> bool {
+    let mut want = to_map_value(spec, pop);
+    if want.kind == TunnelKind::Ayiya as u8 && current.id == want.id && current.remote_v4 != [0; 4]
+    {
+        // Where the client roamed to is the data plane's to know.
+        want.remote_v4 = current.remote_v4;
+        want.remote_port = current.remote_port;
+    }
+    let prefixes: Vec<Ipv6Net> = spec.prefixes().map(|p| p.trunc()).collect();
+    *current == want && installed.prefixes == prefixes
 }
 
 /// The endpoint key a tunnel map value implies.

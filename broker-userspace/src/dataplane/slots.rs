@@ -97,6 +97,11 @@ impl SlotTable {
         }
     }
 
+    /// Every tunnel with what is installed for it, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &Installed)> + '_ {
+        self.by_id.iter().map(|(id, i)| (*id, i))
+    }
+
     pub fn ids(&self) -> Vec<u32> {
         let mut ids: Vec<u32> = self.by_id.keys().copied().collect();
         ids.sort_unstable();
