@@ -564,7 +564,10 @@ fn xdp_batch_reads_and_a_hitless_restart_at_100k_tunnels() {
 }
 
 /// Times the hitless restart and the counter reads at `BATCH_TUNNELS` tunnels (default
-/// 100,000; the maps sized to the next power of two, or `BATCH_MAX_TUNNELS`).
+/// 100,000; the maps sized to the next power of two, or `BATCH_MAX_TUNNELS`), in both read
+/// modes, `BATCH_ROUNDS` times each (default 2). With `BATCH_INSTANCE` it uses (and keeps)
+/// that instance's pins, installing the tunnels only when they are not there yet: another
+/// build (the one before batch reads) can then be timed on the same maps.
 #[test]
 #[ignore = "a measurement: run by hand with --release --nocapture"]
 fn xdp_batch_measure() {
@@ -573,20 +576,26 @@ fn xdp_batch_measure() {
         let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
         let n = env("BATCH_TUNNELS").unwrap_or(100_000);
         let max = env("BATCH_MAX_TUNNELS").unwrap_or(n.next_power_of_two());
-        let instance = format!("measure-batch-{}", std::process::id());
-        let _pins = Pins(instance.clone());
+        let rounds = env("BATCH_ROUNDS").unwrap_or(2);
+        let kept = std::env::var("BATCH_INSTANCE").ok();
+        let instance = kept
+            .clone()
+            .unwrap_or_else(|| format!("measure-batch-{}", std::process::id()));
+        let _pins = kept.is_none().then(|| Pins(instance.clone()));
         let pop = big_pop();
         let specs = specs(n);
         let mut dp = Dataplane::load(&options(&instance, max, MapReads::Batch)).unwrap();
-        let t = Instant::now();
-        dp.reconcile(&specs, &pop).unwrap();
-        println!(
-            "{n} tunnels (max_tunnels {max}) installed in {}",
-            secs(t.elapsed())
-        );
+        if dp.tunnel_ids().len() != n as usize {
+            let t = Instant::now();
+            dp.reconcile(&specs, &pop).unwrap();
+            println!(
+                "{n} tunnels (max_tunnels {max}) installed in {}",
+                secs(t.elapsed())
+            );
+        }
         drop(dp);
         for reads in [MapReads::Batch, MapReads::PerElement] {
-            for round in 0..2 {
+            for round in 0..rounds {
                 let t = Instant::now();
                 let mut dp = Dataplane::load(&options(&instance, max, reads)).unwrap();
                 let adopt = t.elapsed();
@@ -599,8 +608,9 @@ fn xdp_batch_measure() {
                 let counters = t.elapsed();
                 assert_eq!(c.len(), n as usize);
                 let t = Instant::now();
-                Projection::all_counters(&dp).unwrap();
+                let p = Projection::all_counters(&dp).unwrap();
                 let projection = t.elapsed();
+                assert_eq!(p, c);
                 let t = Instant::now();
                 let p = PinnedCounters::open(&instance)
                     .unwrap()
@@ -609,15 +619,28 @@ fn xdp_batch_measure() {
                     .unwrap();
                 let pinned = t.elapsed();
                 assert_eq!(p.len(), n as usize);
+                // A watcher's read: every slot, then a hundred of them.
+                let all: Vec<u32> = slots(&dp).into_iter().map(|(_, s)| s).collect();
+                let reader = dp.stats_reader();
+                let t = Instant::now();
+                reader.read(&all).unwrap();
+                let read_all = t.elapsed();
+                let some: Vec<u32> = all.iter().step_by(all.len() / 100 + 1).copied().collect();
+                let t = Instant::now();
+                reader.read(&some).unwrap();
+                let read_some = t.elapsed();
                 println!(
                     "{n} tunnels, {reads:?}, round {round}: load+adopt {}, reconcile {}, \
                      all_tunnel_counters {}, Projection::all_counters {}, \
-                     PinnedCounters::tunnels {}",
+                     PinnedCounters::tunnels {}, StatsReader::read all {}, {} slots {}",
                     secs(adopt),
                     secs(reconcile),
                     secs(counters),
                     secs(projection),
-                    secs(pinned)
+                    secs(pinned),
+                    secs(read_all),
+                    some.len(),
+                    secs(read_some)
                 );
             }
         }
