@@ -497,14 +497,32 @@ pub(super) fn per_cpu_range<T: Borrow<MapData>, V: Pod>(
 }
 
 /// Where `slots` lie: the span from the lowest to the highest, and their positions in
-/// slot order.
+/// slot order (a counting sort when the span is dense, as it is for a batch read).
 fn plan_slots(slots: &[u32]) -> (Range<u32>, Vec<usize>) {
-    let mut order: Vec<usize> = (0..slots.len()).collect();
-    order.sort_unstable_by_key(|&i| slots[i]);
-    let span = match (order.first(), order.last()) {
-        (Some(&lo), Some(&hi)) => slots[lo]..slots[hi] + 1,
-        _ => 0..0,
+    let (Some(&lo), Some(&hi)) = (slots.iter().min(), slots.iter().max()) else {
+        return (0..0, Vec::new());
     };
+    let span = lo..hi + 1;
+    let width = span.len();
+    if width as u64 > (slots.len() as u64).saturating_mul(SPAN_PER_SLOT) {
+        let mut order: Vec<usize> = (0..slots.len()).collect();
+        order.sort_unstable_by_key(|&i| (slots[i], i));
+        return (span, order);
+    }
+    // Where each slot's positions start, then the positions in slot order.
+    let mut start = vec![0usize; width + 1];
+    for s in slots {
+        start[(s - lo) as usize + 1] += 1;
+    }
+    for i in 1..=width {
+        start[i] += start[i - 1];
+    }
+    let mut order = vec![0usize; slots.len()];
+    for (i, s) in slots.iter().enumerate() {
+        let at = &mut start[(s - lo) as usize];
+        order[*at] = i;
+        *at += 1;
+    }
     (span, order)
 }
 
@@ -1017,6 +1035,19 @@ mod tests {
         let r = visit_planned::<u32>(&slots, "TEST", |_, _| Ok(()), &mut |_, _| Ok(()));
         assert!(r.is_err());
         assert_eq!(plan_slots(&[]).0, 0..0);
+        // Sparse slots are sorted, dense ones counted: the same order either way.
+        for slots in [vec![900, 5, 7, 5], vec![3, 1, 2, 1, 0, 3, 3]] {
+            let (span, order) = plan_slots(&slots);
+            let lo = *slots.iter().min().unwrap();
+            assert_eq!(span, lo..slots.iter().max().unwrap() + 1);
+            let mut sorted: Vec<(u32, usize)> = slots.iter().copied().zip(0..).collect();
+            sorted.sort_unstable();
+            assert_eq!(
+                order.iter().map(|&i| (slots[i], i)).collect::<Vec<_>>(),
+                sorted,
+                "{slots:?}"
+            );
+        }
     }
 
     #[test]

@@ -548,14 +548,13 @@ impl Dataplane {
     /// Where the data plane has seen each AYIYA client last (it follows them as they
     /// roam); tunnels not heard from yet are left out.
     pub fn learnt_endpoints(&self) -> Result<Vec<(u32, std::net::SocketAddrV4)>> {
-        let ayiya: Vec<(u32, u32)> = self
+        let mut ayiya: Vec<(u32, u32)> = self
             .slots
-            .ids()
-            .into_iter()
-            .filter_map(|id| self.slots.get(id).map(|i| (id, i)))
+            .iter()
             .filter(|(_, i)| matches!(i.endpoint, EndpointKey::Ayiya(_)))
             .map(|(id, i)| (id, i.slot))
             .collect();
+        ayiya.sort_unstable();
         let slots: Vec<u32> = ayiya.iter().map(|(_, slot)| *slot).collect();
         let tunnels: Array<_, Tunnel> = self.map(names::TUNNELS)?;
         let mut out = Vec::new();
@@ -890,12 +889,7 @@ impl Dataplane {
     /// Every installed tunnel's counters by id (in id order), as
     /// [`Dataplane::tunnel_counters`] gives them, read a chunk of slots per system call.
     pub fn all_tunnel_counters(&self) -> Result<Vec<(u32, TunnelStats)>> {
-        let (ids, slots): (Vec<u32>, Vec<u32>) = self
-            .slots
-            .ids()
-            .into_iter()
-            .filter_map(|id| self.slot_of(id).map(|slot| (id, slot)))
-            .unzip();
+        let (ids, slots): (Vec<u32>, Vec<u32>) = self.slots.slots_by_id().into_iter().unzip();
         let stats = self.stats.read(&slots)?;
         Ok(ids.into_iter().zip(stats).collect())
     }

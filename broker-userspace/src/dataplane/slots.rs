@@ -50,14 +50,17 @@ impl SlotTable {
         }
     }
 
-    /// A table holding what an earlier controller left in the maps.
-    pub fn from_used(max: u32, used: Vec<(u32, Installed)>) -> Self {
-        let next = used.iter().map(|(_, i)| i.slot + 1).max().unwrap_or(0);
-        let taken: std::collections::HashSet<u32> = used.iter().map(|(_, i)| i.slot).collect();
+    /// A table holding what an earlier controller left in the maps, by tunnel id.
+    pub fn adopted(max: u32, by_id: HashMap<u32, Installed>) -> Self {
+        let next = by_id.values().map(|i| i.slot + 1).max().unwrap_or(0);
+        let mut taken = vec![false; next as usize];
+        for i in by_id.values() {
+            taken[i.slot as usize] = true;
+        }
         // Lowest free slot last, so it is reused first.
-        let free = (0..next).rev().filter(|s| !taken.contains(s)).collect();
+        let free = (0..next).rev().filter(|s| !taken[*s as usize]).collect();
         Self {
-            by_id: used.into_iter().collect(),
+            by_id,
             free,
             next,
             max,
@@ -102,6 +105,13 @@ impl SlotTable {
         self.by_id.iter().map(|(id, i)| (*id, i))
     }
 
+    /// Every tunnel's id and slot, by id.
+    pub fn slots_by_id(&self) -> Vec<(u32, u32)> {
+        let mut v: Vec<(u32, u32)> = self.by_id.iter().map(|(id, i)| (*id, i.slot)).collect();
+        v.sort_unstable();
+        v
+    }
+
     pub fn ids(&self) -> Vec<u32> {
         let mut ids: Vec<u32> = self.by_id.keys().copied().collect();
         ids.sort_unstable();
@@ -141,12 +151,13 @@ mod tests {
         assert_eq!(s, 1);
         t.insert(9, at(s));
         assert_eq!(t.ids(), vec![1, 3, 9]);
+        assert_eq!(t.slots_by_id(), vec![(1, 0), (3, 2), (9, 1)]);
         assert_eq!(t.get(9).unwrap().slot, 1);
     }
 
     #[test]
     fn adopted_slots_are_kept_and_holes_reused_lowest_first() {
-        let mut t = SlotTable::from_used(8, vec![(7, at(1)), (9, at(4))]);
+        let mut t = SlotTable::adopted(8, [(7, at(1)), (9, at(4))].into());
         assert_eq!(t.get(9).unwrap().slot, 4);
         assert_eq!(t.get(7).unwrap().slot, 1);
         for want in [0, 2, 3, 5] {
