@@ -61,7 +61,7 @@ fn chunk_for(value_size: usize) -> u32 {
     (CHUNK_BYTES / value_size.max(1)).clamp(1, CHUNK as usize) as u32
 }
 
-/// Below this many wanted slots, reading them one by one is never slower than a batch.
+/// Fewer wanted slots than this are read one by one, however close together.
 const FEW_SLOTS: usize = 16;
 
 /// A batch read covers the whole span between the lowest and the highest wanted slot; one
@@ -96,12 +96,12 @@ fn refuse(name: &'static str, errno: i32) {
 
 /// Whether `n` wanted slots spread over `span` slots are cheaper read in one batch pass
 /// over the span than one lookup each.
-pub(super) fn prefer_batch(n: usize, span: u64) -> bool {
+fn prefer_batch(n: usize, span: u64) -> bool {
     n >= FEW_SLOTS && span <= (n as u64).saturating_mul(SPAN_PER_SLOT)
 }
 
 /// The bytes per entry of a per-CPU value of `size` bytes, for each possible CPU.
-pub(super) const fn per_cpu_stride(size: usize) -> usize {
+const fn per_cpu_stride(size: usize) -> usize {
     size.next_multiple_of(8)
 }
 
@@ -109,7 +109,7 @@ pub(super) const fn per_cpu_stride(size: usize) -> usize {
 ///
 /// # Panics
 /// When `bytes` is shorter than a `T`.
-pub(super) fn pod<T: Pod>(bytes: &[u8]) -> T {
+fn pod<T: Pod>(bytes: &[u8]) -> T {
     assert!(
         bytes.len() >= size_of::<T>(),
         "{} bytes for a {}-byte value",
@@ -127,7 +127,7 @@ pub(super) fn bytes_of<T: Pod>(v: &T) -> Vec<u8> {
 }
 
 /// Decodes one key's per-CPU values (`cpus` strides of [`per_cpu_stride`]) into `out`.
-pub(super) fn per_cpu_values<V: Pod>(bytes: &[u8], cpus: usize, out: &mut Vec<V>) {
+fn per_cpu_values<V: Pod>(bytes: &[u8], cpus: usize, out: &mut Vec<V>) {
     let stride = per_cpu_stride(size_of::<V>());
     out.clear();
     out.extend((0..cpus).map(|cpu| pod::<V>(&bytes[cpu * stride..])));
