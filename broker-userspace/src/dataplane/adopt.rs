@@ -3,10 +3,10 @@
 //! The maps are a projection of the store, so after a restart (clean or not) the
 //! controller reads back what the maps hold, then writes only the differences: tunnels
 //! that keep their slot keep forwarding and keep their counters throughout.
-use std::collections::HashMap as StdHashMap;
+use std::collections::{hash_map::Entry, HashMap as StdHashMap};
 
 use aya::{
-    maps::{Array, HashMap, MapInfo},
+    maps::{Array, HashMap, MapData, MapInfo},
     Pod,
 };
 use broker_common::{
@@ -19,7 +19,7 @@ use ipnet::Ipv6Net;
 use tracing::info;
 
 use super::{
-    prefixes,
+    batch, prefixes,
     slots::{EndpointKey, Installed},
     to_map_value, Dataplane, DataplaneError, Options, Result, SlotTable,
 };
@@ -110,40 +110,47 @@ impl Dataplane {
             self.settings.nexthop_gen = old.nexthop_gen.wrapping_add(1).max(1);
         }
 
-        let tunnels: Array<_, Tunnel> = self.map(names::TUNNELS)?;
-        // Loaded with the pinned sizes (`pinned_sizes`).
+        // Loaded with the pinned sizes (`pinned_sizes`). One pass over every slot, a chunk
+        // of them per system call.
         let capacity = self.max_tunnels;
         let mut used: Vec<(u32, Installed)> = Vec::new();
-        let mut duplicates = Vec::new();
-        for slot in 0..capacity {
-            let t = tunnels
-                .get(&slot, 0)
-                .map_err(|source| DataplaneError::Map {
-                    name: names::TUNNELS,
-                    source,
-                })?;
-            if t.state == TunnelState::Empty as u8 {
-                continue;
-            }
-            if used.iter().any(|(id, _)| *id == t.id) {
-                duplicates.push(slot);
-                continue;
-            }
-            used.push((
-                t.id,
-                Installed {
-                    slot,
-                    endpoint: endpoint_of(&t),
-                    prefixes: prefixes_of(&t),
-                    v4: (t.kind == TunnelKind::V4In6 as u8).then_some(t.client_v4),
+        {
+            let tunnels: Array<_, Tunnel> = self.map(names::TUNNELS)?;
+            batch::array_range(
+                &tunnels,
+                names::TUNNELS,
+                self.reads,
+                0..capacity,
+                |slot, t| {
+                    if t.state != TunnelState::Empty as u8 {
+                        used.push((
+                            t.id,
+                            Installed {
+                                slot,
+                                endpoint: endpoint_of(&t),
+                                prefixes: prefixes_of(&t),
+                                v4: (t.kind == TunnelKind::V4In6 as u8).then_some(t.client_v4),
+                            },
+                        ));
+                    }
+                    Ok(())
                 },
-            ));
+            )?;
         }
-        for (_, i) in &used {
+        // In slot order: the first slot of an id is its own.
+        let mut by_id: StdHashMap<u32, Installed> = StdHashMap::with_capacity(used.len());
+        let mut duplicates = Vec::new();
+        for (id, i) in used {
+            let Entry::Vacant(e) = by_id.entry(id) else {
+                // A second slot for the same id: only a killed update leaves that.
+                duplicates.push(i.slot);
+                continue;
+            };
             for p in &i.prefixes {
                 self.space.cover(*p);
                 self.lengths.add(p.prefix_len());
             }
+            e.insert(i);
         }
         let (lens, n_lens) = self.lengths.table();
         let (space, n_space) = self.space.table();
@@ -151,17 +158,16 @@ impl Dataplane {
         self.settings.n_lens = n_lens;
         self.settings.space = space;
         self.settings.n_space = n_space;
-        self.slots = SlotTable::from_used(capacity, used);
+        self.slots = SlotTable::adopted(capacity, by_id);
         for slot in duplicates {
-            // A second slot for the same id: only a killed update leaves that.
             self.write_tunnel(slot, &Tunnel::EMPTY)?;
         }
         Ok(())
     }
 
-    /// Makes the maps hold exactly `specs` with `pop` as the PoP's side, writing only what
-    /// differs, then removes lookup entries that point at no tunnel or at a tunnel that
-    /// does not own them.
+    /// Makes the maps hold exactly `specs` (of distinct ids, as the store has them) with
+    /// `pop` as the PoP's side, writing only what differs, then removes lookup entries that
+    /// point at no tunnel or at a tunnel that does not own them.
     pub fn reconcile(&mut self, specs: &[TunnelSpec], pop: &Pop) -> Result<Reconciled> {
         let mut r = Reconciled::default();
         if self.pop() != *pop {
@@ -174,8 +180,11 @@ impl Dataplane {
                 r.removed += 1;
             }
         }
-        for spec in specs {
-            if self.matches(spec, pop)? {
+        // One read of the installed tunnels' entries, as they are now (the data plane
+        // writes where AYIYA clients roamed to), decides what to rewrite.
+        let unchanged = self.unchanged(specs, pop)?;
+        for (spec, unchanged) in specs.iter().zip(unchanged) {
+            if unchanged {
                 r.unchanged += 1;
             } else {
                 self.upsert(spec)?;
@@ -190,91 +199,158 @@ impl Dataplane {
         Ok(r)
     }
 
-    /// Whether the maps already hold `spec` exactly.
-    fn matches(&self, spec: &TunnelSpec, pop: &Pop) -> Result<bool> {
-        let Some(installed) = self.slots.get(spec.id) else {
-            return Ok(false);
-        };
+    /// For each of `specs`, whether the maps hold it exactly already, from one read of
+    /// the installed ones' `TUNNELS` entries (a batch for many, a lookup each for a few).
+    fn unchanged(&self, specs: &[TunnelSpec], pop: &Pop) -> Result<Vec<bool>> {
+        let mut out = vec![false; specs.len()];
+        let installed: Vec<(usize, &Installed)> = specs
+            .iter()
+            .enumerate()
+            .filter_map(|(n, spec)| self.slots.get(spec.id).map(|i| (n, i)))
+            .collect();
+        let slots: Vec<u32> = installed.iter().map(|(_, i)| i.slot).collect();
         let tunnels: Array<_, Tunnel> = self.map(names::TUNNELS)?;
-        let current = tunnels
-            .get(&installed.slot, 0)
-            .map_err(|source| DataplaneError::Map {
-                name: names::TUNNELS,
-                source,
-            })?;
-        let mut want = to_map_value(spec, pop);
-        if want.kind == TunnelKind::Ayiya as u8
-            && current.id == want.id
-            && current.remote_v4 != [0; 4]
-        {
-            // Where the client roamed to is the data plane's to know.
-            want.remote_v4 = current.remote_v4;
-            want.remote_port = current.remote_port;
-        }
-        let prefixes: Vec<Ipv6Net> = spec.prefixes().map(|p| p.trunc()).collect();
-        Ok(current == want && installed.prefixes == prefixes)
+        batch::array_slots(
+            &tunnels,
+            names::TUNNELS,
+            self.reads,
+            &slots,
+            |k, current| {
+                let (n, i) = installed[k];
+                out[n] = matches(&specs[n], pop, i, &current);
+                Ok(())
+            },
+        )?;
+        Ok(out)
     }
 
     /// Removes lookup entries that do not belong to the tunnel they point at.
     fn sweep(&mut self) -> Result<usize> {
-        // A snapshot, as the sweeps below need the maps mutably.
-        let by_slot: StdHashMap<u32, Installed> = self
-            .slots
-            .ids()
-            .iter()
-            .filter_map(|id| self.slots.get(*id))
-            .map(|i| (i.slot, i.clone()))
-            .collect();
-        let slots = &by_slot;
-        let endpoint_owned =
-            |key: EndpointKey, slot: u32| slots.get(&slot).is_some_and(|i| i.endpoint == key);
+        let reads = self.reads;
+        // The six maps are read on threads of their own: most of the time goes to the
+        // kernel's copies, which run in parallel.
+        let (p41, udp, v6, ayiya, v4, prefixes) = {
+            // What is installed at each slot.
+            let mut by_slot: Vec<Option<&Installed>> = Vec::new();
+            for (_, i) in self.slots.iter() {
+                let slot = i.slot as usize;
+                if by_slot.len() <= slot {
+                    by_slot.resize(slot + 1, None);
+                }
+                by_slot[slot] = Some(i);
+            }
+            let at = |slot: u32| by_slot.get(slot as usize).copied().flatten();
+            let endpoint_owned =
+                |key: EndpointKey, slot: u32| at(slot).is_some_and(|i| i.endpoint == key);
+            let p41 = self.lookup_map::<Endpoint4>(names::P41_ENDPOINTS)?;
+            let udp = self.lookup_map::<UdpEndpoint4>(names::UDP_ENDPOINTS)?;
+            let v6 = self.lookup_map::<Endpoint6>(names::V6_ENDPOINTS)?;
+            let ayiya = self.lookup_map::<[u8; 16]>(names::AYIYA_IDS)?;
+            let v4 = self.lookup_map::<[u8; 4]>(names::V4_ROUTES)?;
+            let prefixes = self.lookup_map::<PrefixKey>(names::PREFIXES)?;
+            std::thread::scope(|s| {
+                let p41 = s.spawn(|| {
+                    stale(&p41, names::P41_ENDPOINTS, reads, |k, slot| {
+                        endpoint_owned(EndpointKey::P41(*k), slot)
+                    })
+                });
+                let udp = s.spawn(|| {
+                    stale(&udp, names::UDP_ENDPOINTS, reads, |k, slot| {
+                        endpoint_owned(EndpointKey::Udp(*k), slot)
+                    })
+                });
+                let v6 = s.spawn(|| {
+                    stale(&v6, names::V6_ENDPOINTS, reads, |k, slot| {
+                        endpoint_owned(EndpointKey::V6(*k), slot)
+                    })
+                });
+                let ayiya = s.spawn(|| {
+                    stale(&ayiya, names::AYIYA_IDS, reads, |k, slot| {
+                        endpoint_owned(EndpointKey::Ayiya(*k), slot)
+                    })
+                });
+                let v4 = s.spawn(|| {
+                    stale(&v4, names::V4_ROUTES, reads, |k, slot| {
+                        at(slot).is_some_and(|i| i.v4 == Some(*k))
+                    })
+                });
+                let prefixes = s.spawn(|| {
+                    stale(&prefixes, names::PREFIXES, reads, |k, slot| {
+                        at(slot).is_some_and(|i| i.prefixes.iter().any(|p| prefixes::key(p) == *k))
+                    })
+                });
+                (
+                    joined(p41),
+                    joined(udp),
+                    joined(v6),
+                    joined(ayiya),
+                    joined(v4),
+                    joined(prefixes),
+                )
+            })
+        };
         let mut n = 0;
-        n += self.sweep_map::<Endpoint4>(names::P41_ENDPOINTS, &|k, slot| {
-            endpoint_owned(EndpointKey::P41(*k), slot)
-        })?;
-        n += self.sweep_map::<UdpEndpoint4>(names::UDP_ENDPOINTS, &|k, slot| {
-            endpoint_owned(EndpointKey::Udp(*k), slot)
-        })?;
-        n += self.sweep_map::<Endpoint6>(names::V6_ENDPOINTS, &|k, slot| {
-            endpoint_owned(EndpointKey::V6(*k), slot)
-        })?;
-        n += self.sweep_map::<[u8; 16]>(names::AYIYA_IDS, &|k, slot| {
-            endpoint_owned(EndpointKey::Ayiya(*k), slot)
-        })?;
-        n += self.sweep_map::<[u8; 4]>(names::V4_ROUTES, &|k, slot| {
-            slots.get(&slot).is_some_and(|i| i.v4 == Some(*k))
-        })?;
-        n += self.sweep_map::<PrefixKey>(names::PREFIXES, &|k, slot| {
-            slots
-                .get(&slot)
-                .is_some_and(|i| i.prefixes.iter().any(|p| prefixes::key(p) == *k))
-        })?;
+        n += self.delete(names::P41_ENDPOINTS, p41?)?;
+        n += self.delete(names::UDP_ENDPOINTS, udp?)?;
+        n += self.delete(names::V6_ENDPOINTS, v6?)?;
+        n += self.delete(names::AYIYA_IDS, ayiya?)?;
+        n += self.delete(names::V4_ROUTES, v4?)?;
+        n += self.delete(names::PREFIXES, prefixes?)?;
         Ok(n)
     }
 
-    /// Removes the entries of one lookup map that `owned` does not vouch for.
-    fn sweep_map<K: Pod>(
-        &mut self,
-        name: &'static str,
-        owned: &dyn Fn(&K, u32) -> bool,
-    ) -> Result<usize> {
-        let mut stale = Vec::new();
-        {
-            let map: HashMap<_, K, u32> = self.map(name)?;
-            for kv in map.iter() {
-                let (key, slot) = kv.map_err(|source| DataplaneError::Map { name, source })?;
-                if !owned(&key, slot) {
-                    stale.push(key);
-                }
-            }
-        }
-        let n = stale.len();
+    fn lookup_map<K: Pod>(&self, name: &'static str) -> Result<HashMap<&MapData, K, u32>> {
+        self.map(name)
+    }
+
+    /// Removes `keys` from one lookup map; how many there were.
+    fn delete<K: Pod>(&mut self, name: &'static str, keys: Vec<K>) -> Result<usize> {
+        let n = keys.len();
         let mut map: HashMap<_, K, u32> = self.map_mut(name)?;
-        for k in stale {
+        for k in keys {
             let _ = map.remove(&k);
         }
         Ok(n)
     }
+}
+
+/// The keys of one lookup map that `owned` does not vouch for.
+fn stale<K: Pod>(
+    map: &HashMap<&MapData, K, u32>,
+    name: &'static str,
+    reads: batch::MapReads,
+    owned: impl Fn(&K, u32) -> bool,
+) -> Result<Vec<K>> {
+    let mut stale = Vec::new();
+    batch::hash_entries(map, name, reads, |key, slot| {
+        if !owned(&key, slot) {
+            stale.push(key);
+        }
+        Ok(())
+    })?;
+    Ok(stale)
+}
+
+/// What a scoped thread returned; its panic goes on in the caller.
+fn joined<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// Whether the entry `current` (and the prefixes `installed` recorded) already hold `spec`
+/// exactly, `pop` as the PoP's side.
+fn matches(spec: &TunnelSpec, pop: &Pop, installed: &Installed, current: &Tunnel) -> bool {
+    let mut want = to_map_value(spec, pop);
+    if want.kind == TunnelKind::Ayiya as u8 && current.id == want.id && current.remote_v4 != [0; 4]
+    {
+        // Where the client roamed to is the data plane's to know.
+        want.remote_v4 = current.remote_v4;
+        want.remote_port = current.remote_port;
+    }
+    *current == want
+        && spec
+            .prefixes()
+            .map(|p| p.trunc())
+            .eq(installed.prefixes.iter().copied())
 }
 
 /// The endpoint key a tunnel map value implies.

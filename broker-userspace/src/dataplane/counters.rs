@@ -6,6 +6,11 @@
 //! every reading here adds them: verified packets to the tunnel's `from_client` and the
 //! `decap` event, forged ones to its drops and `bad_signature`. Both maps are pinned, so
 //! the sums are the same from any process and across restarts.
+//!
+//! Many tunnels' counters are read a chunk of slots per system call (`batch.rs`); a few
+//! of many, one lookup each.
+use std::{borrow::Borrow, sync::Arc};
+
 use aya::maps::{Array, Map, MapData, PerCpuArray};
 use broker_common::{
     consts::{map_names as names, AYIYA_HDR_LEN, ETH_HDR_LEN, IPV4_HDR_LEN, UDP_HDR_LEN},
@@ -13,7 +18,12 @@ use broker_common::{
     stats::{DropReason, Event, PassReason, ACTION_BASE, GLOBAL_STATS_LEN, MAX_KINDS},
 };
 
-use super::{maps_dir, xsk::shared::Verdicts, DataplaneError};
+use super::{
+    batch::{self, MapReads},
+    maps_dir,
+    xsk::shared::{Verdicts, WorkerMaps},
+    DataplaneError,
+};
 
 /// `GLOBAL_STATS` summed over CPUs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -105,26 +115,30 @@ pub struct TunnelCounters {
     pub stats: TunnelStats,
 }
 
-pub(super) fn read_global<T: std::borrow::Borrow<MapData>>(
+pub(super) fn read_global<T: Borrow<MapData>>(
     map: &PerCpuArray<T, StatPair>,
+    reads: MapReads,
 ) -> Result<GlobalCounters, DataplaneError> {
     let mut slots = Vec::with_capacity(GLOBAL_STATS_LEN as usize);
-    for i in 0..GLOBAL_STATS_LEN {
-        let per_cpu = map.get(&i, 0).map_err(|source| DataplaneError::Map {
-            name: names::GLOBAL_STATS,
-            source,
-        })?;
-        let mut sum = StatPair::default();
-        for v in per_cpu.iter() {
-            sum.packets += v.packets;
-            sum.bytes += v.bytes;
-        }
-        slots.push(sum);
-    }
+    batch::per_cpu_range(
+        map,
+        names::GLOBAL_STATS,
+        reads,
+        0..GLOBAL_STATS_LEN,
+        |_, per_cpu| {
+            let mut sum = StatPair::default();
+            for v in per_cpu {
+                sum.packets += v.packets;
+                sum.bytes += v.bytes;
+            }
+            slots.push(sum);
+            Ok(())
+        },
+    )?;
     Ok(GlobalCounters { slots })
 }
 
-pub(super) fn sum_tunnel<T: std::borrow::Borrow<MapData>>(
+pub(super) fn sum_tunnel<T: Borrow<MapData>>(
     map: &PerCpuArray<T, TunnelStats>,
     slot: u32,
 ) -> Result<TunnelStats, DataplaneError> {
@@ -132,11 +146,93 @@ pub(super) fn sum_tunnel<T: std::borrow::Borrow<MapData>>(
         name: names::TUNNEL_STATS,
         source,
     })?;
+    Ok(sum_cpus(&per_cpu))
+}
+
+fn sum_cpus(per_cpu: &[TunnelStats]) -> TunnelStats {
     let mut sum = TunnelStats::default();
-    for v in per_cpu.iter() {
+    for v in per_cpu {
         sum.add(v);
     }
-    Ok(sum)
+    sum
+}
+
+/// The counters of tunnel slots `slots` (any order), summed over CPUs, with the AF_XDP
+/// worker's verdicts: what [`sum_tunnel`] and `Verdicts::get` give for each, read a chunk
+/// of slots per system call when that is cheaper.
+fn read_tunnels<T: Borrow<MapData>>(
+    map: &PerCpuArray<T, TunnelStats>,
+    verdicts: Option<&Verdicts>,
+    reads: MapReads,
+    slots: &[u32],
+) -> Result<Vec<TunnelStats>, DataplaneError> {
+    let mut out = vec![TunnelStats::default(); slots.len()];
+    batch::per_cpu_slots(map, names::TUNNEL_STATS, reads, slots, |i, per_cpu| {
+        out[i] = sum_cpus(per_cpu);
+        Ok(())
+    })?;
+    if let Some(v) = verdicts {
+        for (stats, slot) in out.iter_mut().zip(slots) {
+            stats.add_worker(&v.get(*slot));
+        }
+    }
+    Ok(out)
+}
+
+/// Reads tunnels' counters without the [`super::Dataplane`]: its own descriptor of
+/// `TUNNEL_STATS` and the worker's mapped verdicts, so a watcher can read while the
+/// controller's lock is held by someone else. Cheap to clone; the slots come from
+/// [`super::Dataplane::slot_of`] (a slot reused by another tunnel since then reads that
+/// tunnel's counters).
+#[derive(Clone)]
+pub struct StatsReader {
+    stats: Arc<PerCpuArray<MapData, TunnelStats>>,
+    worker: Arc<WorkerMaps>,
+    reads: MapReads,
+}
+
+impl StatsReader {
+    /// A reader of the loaded program's `TUNNEL_STATS` (through a descriptor of its own).
+    pub(super) fn open(
+        ebpf: &aya::Ebpf,
+        worker: Arc<WorkerMaps>,
+        reads: MapReads,
+    ) -> Result<Self, DataplaneError> {
+        let name = names::TUNNEL_STATS;
+        let err = |source| DataplaneError::Map { name, source };
+        let Some(Map::PerCpuArray(data)) = ebpf.map(name) else {
+            return Err(DataplaneError::MissingMap { name });
+        };
+        let fd = std::os::fd::AsFd::as_fd(data.fd())
+            .try_clone_to_owned()
+            .map_err(|source| DataplaneError::Io {
+                what: format!("duplicating the descriptor of {name}"),
+                source,
+            })?;
+        let data = MapData::from_fd(fd).map_err(err)?;
+        let map = Map::from_map_data(data).map_err(err)?;
+        Ok(Self {
+            stats: Arc::new(PerCpuArray::try_from(map).map_err(err)?),
+            worker,
+            reads,
+        })
+    }
+
+    /// The same map, read as `reads` says.
+    pub(super) fn with_reads(&self, reads: MapReads) -> Self {
+        Self {
+            reads,
+            ..self.clone()
+        }
+    }
+
+    /// The counters of tunnel slots `slots` (any order, repeats allowed), in that order:
+    /// summed over CPUs with the AF_XDP worker's verdicts, exactly as
+    /// [`super::Dataplane::tunnel_counters`] gives them. One lookup per slot for a few
+    /// slots, a batch read over their span for many.
+    pub fn read(&self, slots: &[u32]) -> Result<Vec<TunnelStats>, DataplaneError> {
+        read_tunnels(&self.stats, Some(&self.worker.verdicts), self.reads, slots)
+    }
 }
 
 /// The counters of a running instance, read through its pinned maps.
@@ -147,6 +243,7 @@ pub struct PinnedCounters {
     /// `XSK_VERDICTS`, mapped read-only; `None` for an instance started by a build that
     /// counted everything in XDP (before the map existed).
     verdicts: Option<Verdicts>,
+    reads: MapReads,
 }
 
 impl PinnedCounters {
@@ -176,11 +273,18 @@ impl PinnedCounters {
                     None
                 }
             },
+            reads: MapReads::default(),
         })
     }
 
+    /// Reads the maps as `reads` says (batches by default).
+    pub fn with_map_reads(mut self, reads: MapReads) -> Self {
+        self.reads = reads;
+        self
+    }
+
     pub fn global(&self) -> Result<GlobalCounters, DataplaneError> {
-        let mut g = read_global(&self.global)?;
+        let mut g = read_global(&self.global, self.reads)?;
         if let Some(v) = &self.verdicts {
             g.add_worker(&v.totals());
         }
@@ -189,27 +293,38 @@ impl PinnedCounters {
 
     /// Every used tunnel slot with its counters, by tunnel id.
     pub fn tunnels(&self) -> Result<Vec<TunnelCounters>, DataplaneError> {
-        let mut out = Vec::new();
-        for (slot, t) in self.tunnels.iter().enumerate() {
-            let t = t.map_err(|source| DataplaneError::Map {
-                name: names::TUNNELS,
-                source,
-            })?;
-            if t.state == TunnelState::Empty as u8 {
-                continue;
+        // The used slots first (a pass over TUNNELS), then their counters.
+        let mut slots = Vec::new();
+        let mut used = Vec::new();
+        let all = 0..self.tunnels.len();
+        batch::array_range(&self.tunnels, names::TUNNELS, self.reads, all, |slot, t| {
+            if t.state != TunnelState::Empty as u8 {
+                slots.push(slot);
+                used.push((t.id, t.kind, t.state));
             }
-            let mut stats = sum_tunnel(&self.stats, slot as u32)?;
-            if let Some(v) = &self.verdicts {
-                stats.add_worker(&v.get(slot as u32));
-            }
-            out.push(TunnelCounters {
-                id: t.id,
-                kind: TunnelKind::from_u8(t.kind),
-                state: TunnelState::from_u8(t.state),
+            Ok(())
+        })?;
+        let stats = read_tunnels(&self.stats, self.verdicts.as_ref(), self.reads, &slots)?;
+        let mut out: Vec<TunnelCounters> = used
+            .into_iter()
+            .zip(stats)
+            .map(|((id, kind, state), stats)| TunnelCounters {
+                id,
+                kind: TunnelKind::from_u8(kind),
+                state: TunnelState::from_u8(state),
                 stats,
-            });
-        }
+            })
+            .collect();
         out.sort_by_key(|t| t.id);
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_stats_reader_can_be_shared_with_other_threads() {
+        fn shareable<T: Send + Sync + Clone + 'static>() {}
+        shareable::<super::StatsReader>();
     }
 }

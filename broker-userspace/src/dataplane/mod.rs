@@ -5,6 +5,7 @@
 //! [`Dataplane::remove`]); this module keeps only the slot each tunnel occupies.
 
 mod adopt;
+mod batch;
 mod bpffs;
 mod counters;
 pub mod ebpf_log;
@@ -44,8 +45,9 @@ use crate::{
 };
 
 pub use adopt::Reconciled;
+pub use batch::{batch_reads_refused, MapReads};
 pub use bpffs::{detach_instance, ensure_bpffs, links_dir, maps_dir, pin_dir};
-pub use counters::{GlobalCounters, PinnedCounters, TunnelCounters};
+pub use counters::{GlobalCounters, PinnedCounters, StatsReader, TunnelCounters};
 pub use ebpf_log::{XdpLog, XdpRecord};
 
 /// How full a map is.
@@ -58,6 +60,16 @@ pub struct MapUsage {
 use slots::{EndpointKey, Installed, SlotTable};
 pub use testing::TestRunOutput;
 pub use xsk::{AyiyaWorker, WorkerOptions, WorkerStats};
+
+/// One entry of a lookup map (endpoints, `V4_ROUTES`, `PREFIXES`), as
+/// [`Dataplane::lookup_entries`] lists them.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LookupEntry {
+    pub map: &'static str,
+    /// The key's bytes, as the map holds them.
+    pub key: Vec<u8>,
+    pub slot: u32,
+}
 
 /// The data plane object, built by build.rs from `broker-ebpf`.
 static BROKER_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/broker"));
@@ -142,6 +154,8 @@ pub struct Options {
     pub neighbour_limit: RateLimit,
     /// Load the debug object instead of the embedded one ([`ebpf_log`]).
     pub ebpf_log: Option<crate::config::EbpfLog>,
+    /// How whole maps are read (taking over pinned maps, reconciling, the counters).
+    pub map_reads: MapReads,
 }
 
 impl Options {
@@ -157,6 +171,7 @@ impl Options {
             icmp_limit: RateLimit::ICMP_DEFAULT,
             neighbour_limit: RateLimit::NEIGHBOUR_DEFAULT,
             ebpf_log: None,
+            map_reads: MapReads::default(),
         }
     }
 }
@@ -180,6 +195,10 @@ pub struct Dataplane {
     /// `XSK_VERDICTS` and `XSK_SUSPECT`, mapped: the AYIYA worker writes them, the counters
     /// read them.
     worker_maps: std::sync::Arc<xsk::shared::WorkerMaps>,
+    /// How whole maps are read.
+    reads: MapReads,
+    /// `TUNNEL_STATS` through a descriptor of its own, for readers on other threads.
+    stats: StatsReader,
 }
 
 impl Dataplane {
@@ -233,6 +252,7 @@ impl Dataplane {
             program_names::BROKER,
         )?;
         let worker_maps = std::sync::Arc::new(xsk::shared::WorkerMaps::open(&ebpf)?);
+        let stats = StatsReader::open(&ebpf, worker_maps.clone(), opts.map_reads)?;
         let mut dp = Self {
             ebpf,
             instance: opts.pin.then(|| opts.instance.clone()),
@@ -251,6 +271,8 @@ impl Dataplane {
             max_tunnels,
             max_prefixes,
             worker_maps,
+            reads: opts.map_reads,
+            stats,
         };
         if adopted {
             dp.adopt(opts)?;
@@ -534,15 +556,13 @@ impl Dataplane {
     /// Where the data plane has seen each AYIYA client last (it follows them as they
     /// roam); tunnels not heard from yet are left out.
     pub fn learnt_endpoints(&self) -> Result<Vec<(u32, std::net::SocketAddrV4)>> {
+        // In id order already (the slot table keeps the AYIYA tunnels apart).
+        let ayiya: Vec<(u32, u32)> = self.slots.ayiya().map(|(id, i)| (id, i.slot)).collect();
+        let slots: Vec<u32> = ayiya.iter().map(|(_, slot)| *slot).collect();
         let tunnels: Array<_, Tunnel> = self.map(names::TUNNELS)?;
         let mut out = Vec::new();
-        for (id, i) in self.slots.ayiya() {
-            let t = tunnels
-                .get(&i.slot, 0)
-                .map_err(|source| DataplaneError::Map {
-                    name: names::TUNNELS,
-                    source,
-                })?;
+        batch::array_slots(&tunnels, names::TUNNELS, self.reads, &slots, |i, t| {
+            let id = ayiya[i].0;
             if t.id == id && t.remote_v4 != [0; 4] {
                 let at = std::net::SocketAddrV4::new(
                     t.remote_v4.into(),
@@ -550,7 +570,8 @@ impl Dataplane {
                 );
                 out.push((id, at));
             }
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 
@@ -814,6 +835,23 @@ impl Dataplane {
         self.slots.ids()
     }
 
+    /// The slot tunnel `id` occupies in the maps, for [`StatsReader::read`].
+    pub fn slot_of(&self, id: u32) -> Option<u32> {
+        self.slots.get(id).map(|i| i.slot)
+    }
+
+    /// Reads tunnels' counters by slot without this value, from any thread.
+    pub fn stats_reader(&self) -> StatsReader {
+        self.stats.clone()
+    }
+
+    /// How whole maps are read from now on (taking over pinned maps reads as
+    /// [`Options::map_reads`] said).
+    pub fn set_map_reads(&mut self, reads: MapReads) {
+        self.reads = reads;
+        self.stats = self.stats.with_reads(reads);
+    }
+
     /// The counters of one tunnel, summed over CPUs, with the AYIYA worker's verdicts.
     pub fn tunnel_counters(&self, id: u32) -> Result<Option<TunnelStats>> {
         let Some(installed) = self.slots.get(id) else {
@@ -825,11 +863,49 @@ impl Dataplane {
         Ok(Some(sum))
     }
 
+    /// Every installed tunnel's counters by id (in id order), as
+    /// [`Dataplane::tunnel_counters`] gives them, read a chunk of slots per system call.
+    pub fn all_tunnel_counters(&self) -> Result<Vec<(u32, TunnelStats)>> {
+        let (ids, slots): (Vec<u32>, Vec<u32>) = self.slots.slots_by_id().into_iter().unzip();
+        let stats = self.stats.read(&slots)?;
+        Ok(ids.into_iter().zip(stats).collect())
+    }
+
     /// The global counters, summed over CPUs, with the AYIYA worker's verdicts.
     pub fn global_counters(&self) -> Result<GlobalCounters> {
-        let mut g = counters::read_global(&self.map(names::GLOBAL_STATS)?)?;
+        let mut g = counters::read_global(&self.map(names::GLOBAL_STATS)?, self.reads)?;
         g.add_worker(&self.worker_maps.verdicts.totals());
         Ok(g)
+    }
+
+    /// Every entry of the lookup maps (endpoints, `V4_ROUTES`, `PREFIXES`), sorted: what
+    /// points at which slot. For tests and diagnosis.
+    pub fn lookup_entries(&self) -> Result<Vec<LookupEntry>> {
+        let mut out = Vec::new();
+        self.collect_lookups::<Endpoint4>(names::P41_ENDPOINTS, &mut out)?;
+        self.collect_lookups::<UdpEndpoint4>(names::UDP_ENDPOINTS, &mut out)?;
+        self.collect_lookups::<Endpoint6>(names::V6_ENDPOINTS, &mut out)?;
+        self.collect_lookups::<[u8; 16]>(names::AYIYA_IDS, &mut out)?;
+        self.collect_lookups::<[u8; 4]>(names::V4_ROUTES, &mut out)?;
+        self.collect_lookups::<PrefixKey>(names::PREFIXES, &mut out)?;
+        out.sort();
+        Ok(out)
+    }
+
+    fn collect_lookups<K: Pod>(
+        &self,
+        name: &'static str,
+        out: &mut Vec<LookupEntry>,
+    ) -> Result<()> {
+        let map: HashMap<_, K, u32> = self.map(name)?;
+        batch::hash_entries(&map, name, self.reads, |key, slot| {
+            out.push(LookupEntry {
+                map: name,
+                key: batch::bytes_of(&key),
+                slot,
+            });
+            Ok(())
+        })
     }
 
     /// How long XDP still verifies AYIYA tunnel `id`'s packets itself, because the AF_XDP

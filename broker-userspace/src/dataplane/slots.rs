@@ -87,23 +87,26 @@ impl SlotTable {
         }
     }
 
-    /// A table holding what an earlier controller left in the maps.
-    pub fn from_used(max: u32, used: Vec<(u32, Installed)>) -> Self {
-        let next = used.iter().map(|(_, i)| i.slot + 1).max().unwrap_or(0);
-        let taken: std::collections::HashSet<u32> = used.iter().map(|(_, i)| i.slot).collect();
+    /// A table holding what an earlier controller left in the maps, by tunnel id.
+    pub fn adopted(max: u32, by_id: HashMap<u32, Installed>) -> Self {
+        let next = by_id.values().map(|i| i.slot + 1).max().unwrap_or(0);
+        let mut taken = vec![false; next as usize];
+        for i in by_id.values() {
+            taken[i.slot as usize] = true;
+        }
         // Lowest free slot last, so it is reused first.
-        let free = (0..next).rev().filter(|s| !taken.contains(s)).collect();
+        let free = (0..next).rev().filter(|s| !taken[*s as usize]).collect();
         let mut usage = Usage::default();
-        for (_, i) in &used {
+        for i in by_id.values() {
             usage.account(i, true);
         }
-        let ayiya = used
+        let ayiya = by_id
             .iter()
             .filter(|(_, i)| matches!(i.endpoint, EndpointKey::Ayiya(_)))
             .map(|(id, _)| *id)
             .collect();
         Self {
-            by_id: used.into_iter().collect(),
+            by_id,
             free,
             next,
             max,
@@ -166,6 +169,18 @@ impl SlotTable {
             .filter_map(|id| Some((*id, self.by_id.get(id)?)))
     }
 
+    /// Every tunnel with what is installed for it, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &Installed)> + '_ {
+        self.by_id.iter().map(|(id, i)| (*id, i))
+    }
+
+    /// Every tunnel's id and slot, by id.
+    pub fn slots_by_id(&self) -> Vec<(u32, u32)> {
+        let mut v: Vec<(u32, u32)> = self.by_id.iter().map(|(id, i)| (*id, i.slot)).collect();
+        v.sort_unstable();
+        v
+    }
+
     pub fn ids(&self) -> Vec<u32> {
         let mut ids: Vec<u32> = self.by_id.keys().copied().collect();
         ids.sort_unstable();
@@ -205,12 +220,13 @@ mod tests {
         assert_eq!(s, 1);
         t.insert(9, at(s));
         assert_eq!(t.ids(), vec![1, 3, 9]);
+        assert_eq!(t.slots_by_id(), vec![(1, 0), (3, 2), (9, 1)]);
         assert_eq!(t.get(9).unwrap().slot, 1);
     }
 
     #[test]
     fn adopted_slots_are_kept_and_holes_reused_lowest_first() {
-        let mut t = SlotTable::from_used(8, vec![(7, at(1)), (9, at(4))]);
+        let mut t = SlotTable::adopted(8, [(7, at(1)), (9, at(4))].into());
         assert_eq!(t.get(9).unwrap().slot, 4);
         assert_eq!(t.get(7).unwrap().slot, 1);
         for want in [0, 2, 3, 5] {
@@ -222,7 +238,7 @@ mod tests {
 
     #[test]
     fn usage_follows_inserts_replacements_and_releases() {
-        let mut t = SlotTable::from_used(8, vec![(7, at(1))]);
+        let mut t = SlotTable::adopted(8, HashMap::from([(7, at(1))]));
         let udp = Installed {
             endpoint: EndpointKey::Udp(UdpEndpoint4 {
                 remote: [198, 51, 100, 1],

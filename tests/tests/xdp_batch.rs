@@ -1,0 +1,665 @@
+//! Reading the maps a chunk per system call (`BPF_MAP_LOOKUP_BATCH`) at 100,000 tunnels:
+//! every batch read equals aya's one-lookup-per-entry read, and a hitless restart (drop
+//! the controller's data plane, load it again from the pins, reconcile) finds the same
+//! slots and changes nothing. Timings are printed, never asserted.
+//!
+//! `xdp_batch_measure` (ignored) measures the restart and the counter reads at a size of
+//! one's choosing: `BATCH_TUNNELS=1000000 cargo test --release -p broker-tests --test
+//! xdp_batch -- --ignored --nocapture`.
+mod support;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4},
+    time::{Duration, Instant},
+};
+
+use broker_common::maps::TunnelStats;
+use broker_userspace::{
+    broker::Projection,
+    dataplane::{self, Dataplane, LookupEntry, MapReads, PinnedCounters, Reconciled},
+    model::{Endpoint, Kind, Pop, State, TunnelSpec},
+};
+use support::*;
+
+const PASSWORD: &str = "batch";
+
+/// The fixture's PoP with a v4v6 pool large enough for a million clients.
+fn big_pop() -> Pop {
+    Pop {
+        v4v6_pool: Some("100.64.0.0/10".parse().unwrap()),
+        ..pop()
+    }
+}
+
+/// Tunnel `k`'s client endpoint (proto-41, v6udpv4, AYIYA): 240.0.0.0/4 plus `k`, as in the
+/// benchmark (never routed; only map contents and test frames).
+fn client(k: u32) -> Ipv4Addr {
+    Ipv4Addr::from(0xf000_0000 | k)
+}
+
+/// Where an AYIYA client roams to.
+fn moved(k: u32) -> (Ipv4Addr, u16) {
+    (Ipv4Addr::from(0xf100_0000 | k), 7000)
+}
+
+/// Tunnel `k` of a mix of every kind and state: mostly proto-41, every tenth v6udpv4,
+/// AYIYA or v4v6, some heartbeat tunnels never heard from, a routed /56 on every fourth.
+fn spec_of(k: u32) -> TunnelSpec {
+    let state = match k % 50 {
+        0 => State::Down,
+        1 => State::Disabled,
+        _ => State::Up,
+    };
+    let link = Some(
+        format!("2001:db8:{:x}:{:x}::/64", k >> 16, k & 0xffff)
+            .parse()
+            .unwrap(),
+    );
+    let routed = if k.is_multiple_of(4) {
+        vec![format!("3fff:{:x}:{:x}00::/56", k >> 8, k & 0xff)
+            .parse()
+            .unwrap()]
+    } else {
+        vec![]
+    };
+    let base = TunnelSpec {
+        id: k,
+        kind: Kind::Proto41,
+        state,
+        endpoint: Endpoint::Ipv4(client(k)),
+        link_prefix: link,
+        routed_prefixes: routed,
+        client_v4: None,
+        mtu: 1480,
+        keepalive: None,
+        ayiya_key: None,
+    };
+    let udp = Endpoint::Udp4(SocketAddrV4::new(client(k), 1024 + (k % 60_000) as u16));
+    match k % 10 {
+        7 => TunnelSpec {
+            kind: Kind::V6Udp4,
+            endpoint: udp,
+            mtu: 1472,
+            keepalive: Some(30),
+            ..base
+        },
+        8 => TunnelSpec {
+            kind: Kind::Ayiya,
+            endpoint: if k % 100 == 98 {
+                Endpoint::unspecified(Kind::Ayiya)
+            } else {
+                udp
+            },
+            mtu: 1428,
+            keepalive: Some(60),
+            ayiya_key: Some(ayiya_key(PASSWORD)),
+            ..base
+        },
+        9 => TunnelSpec {
+            kind: Kind::V4In6,
+            endpoint: Endpoint::Ipv6(Ipv6Addr::new(
+                0x2001,
+                0xdb8,
+                0xffff,
+                1,
+                0,
+                0,
+                (k >> 16) as u16,
+                k as u16,
+            )),
+            link_prefix: None,
+            routed_prefixes: vec![],
+            client_v4: Some(Ipv4Addr::from(0x6440_0000 | k)),
+            mtu: 1460,
+            ..base
+        },
+        5 if k % 100 == 55 => TunnelSpec {
+            kind: Kind::Heartbeat,
+            endpoint: Endpoint::unspecified(Kind::Heartbeat),
+            ..base
+        },
+        _ => base,
+    }
+}
+
+fn specs(n: u32) -> Vec<TunnelSpec> {
+    (1..=n).map(spec_of).collect()
+}
+
+/// Removes a pinned test instance, also when the test fails.
+struct Pins(String);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = dataplane::detach_instance(&self.0);
+    }
+}
+
+fn options(instance: &str, max_tunnels: u32, reads: MapReads) -> dataplane::Options {
+    dataplane::Options {
+        pin: true,
+        max_tunnels,
+        max_prefixes: 2 * max_tunnels,
+        map_reads: reads,
+        ..dataplane::Options::new(instance)
+    }
+}
+
+/// Runs the calling thread on CPU `cpu` only (test runs count on the CPU they run on).
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays within it; 0 is this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pinning to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+fn online_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// What the test's traffic should have left in the counters.
+#[derive(Default)]
+struct Sent {
+    /// Spoofed proto-41 packets per tunnel (each a counted drop of the tunnel).
+    drops: BTreeMap<u32, u64>,
+    /// AYIYA beats per tunnel (each a packet from the client, 0 bytes), from `moved(k)`.
+    beats: BTreeMap<u32, u64>,
+}
+
+/// Counted traffic on a spread of tunnels, from every online CPU in turn: spoofed
+/// proto-41 packets (dropped against their tunnel) and AYIYA beats from a new address
+/// (counted from the client, and the tunnel roams there).
+fn traffic(dp: &Dataplane, n: u32) -> Sent {
+    let mut sent = Sent::default();
+    let cpus = online_cpus();
+    let mut runs: Vec<(usize, u32, Vec<u8>, bool)> = Vec::new();
+    for k in 1..=n {
+        let s = spec_of(k);
+        if s.state != State::Up {
+            continue;
+        }
+        if s.kind == Kind::Proto41 && k.is_multiple_of(13) {
+            let inner = udp6(
+                Ipv6Addr::new(0x2001, 0xdb8, 0xee, 0, 0, 0, 0, 1),
+                INET_HOST,
+                64,
+                &vec![0u8; (k % 200) as usize],
+            );
+            let frame = from_client(client(k), &inner);
+            for j in 0..1 + (k / 13) % 3 {
+                runs.push((j as usize, k, frame.clone(), false));
+            }
+        }
+        if s.kind == Kind::Ayiya && k.is_multiple_of(7) && !s.endpoint.is_unspecified() {
+            let beat = ayiya_payload(
+                s.client_v6().unwrap(),
+                unix_now(),
+                0,
+                59,
+                &[],
+                &ayiya_key(PASSWORD),
+            );
+            runs.push((k as usize, k, from_ayiya_client(moved(k), &beat), true));
+        }
+    }
+    for cpu in 0..cpus {
+        pin_to_cpu(cpu);
+        for (_, k, frame, beat) in runs.iter().filter(|r| r.0 % cpus == cpu) {
+            let out = dp.test_run(frame, 0, 1).expect("test run");
+            assert_eq!(out.action, XDP_DROP, "tunnel {k}");
+            let count = if *beat {
+                &mut sent.beats
+            } else {
+                &mut sent.drops
+            };
+            *count.entry(*k).or_default() += 1;
+        }
+    }
+    sent
+}
+
+/// Every installed tunnel's counters, one aya lookup each (what the controller did
+/// before batch reads).
+fn per_element_counters(dp: &Dataplane) -> Vec<(u32, TunnelStats)> {
+    dp.tunnel_ids()
+        .into_iter()
+        .map(|id| (id, dp.tunnel_counters(id).unwrap().unwrap()))
+        .collect()
+}
+
+fn slots(dp: &Dataplane) -> Vec<(u32, u32)> {
+    dp.tunnel_ids()
+        .into_iter()
+        .map(|id| (id, dp.slot_of(id).unwrap()))
+        .collect()
+}
+
+/// Lookup entries by map.
+fn count_by_map(entries: &[LookupEntry]) -> BTreeMap<&'static str, u64> {
+    let mut m = BTreeMap::new();
+    for e in entries {
+        *m.entry(e.map).or_default() += 1;
+    }
+    m
+}
+
+/// Asserts that `dp`'s batch reads equal its one-by-one reads, and returns the lookup
+/// entries.
+fn assert_reads_agree(dp: &mut Dataplane, instance: &str) -> Vec<LookupEntry> {
+    dp.set_map_reads(MapReads::Batch);
+    let counters = dp.all_tunnel_counters().unwrap();
+    let reader = dp.stats_reader();
+    let lookups = dp.lookup_entries().unwrap();
+    let learnt = dp.learnt_endpoints().unwrap();
+    let global = dp.global_counters().unwrap();
+    let pinned = PinnedCounters::open(instance).unwrap();
+    let pinned_tunnels = pinned.tunnels().unwrap();
+
+    assert_eq!(
+        counters,
+        per_element_counters(dp),
+        "all_tunnel_counters against tunnel_counters"
+    );
+    let projection = Projection::all_counters(&*dp).unwrap();
+    assert_eq!(counters, projection, "against Projection::all_counters");
+
+    dp.set_map_reads(MapReads::PerElement);
+    assert_eq!(counters, dp.all_tunnel_counters().unwrap());
+    assert_eq!(lookups, dp.lookup_entries().unwrap(), "lookup maps");
+    assert_eq!(learnt, dp.learnt_endpoints().unwrap(), "learnt endpoints");
+    assert_eq!(global, dp.global_counters().unwrap(), "global counters");
+    let per_element = dp.stats_reader();
+    dp.set_map_reads(MapReads::Batch);
+    let pinned_one_by_one = PinnedCounters::open(instance)
+        .unwrap()
+        .with_map_reads(MapReads::PerElement);
+    assert_eq!(
+        pinned_tunnels,
+        pinned_one_by_one.tunnels().unwrap(),
+        "PinnedCounters::tunnels"
+    );
+    assert_eq!(global, pinned.global().unwrap(), "PinnedCounters::global");
+    // The pinned view (TUNNELS read for id, kind and state) agrees with the slot table.
+    assert_eq!(
+        pinned_tunnels
+            .iter()
+            .map(|t| (t.id, t.stats))
+            .collect::<Vec<_>>(),
+        counters
+    );
+    for t in &pinned_tunnels {
+        let s = spec_of(t.id);
+        assert_eq!(t.kind.map(|k| k as u8), Some(s.kind.dataplane() as u8));
+    }
+
+    // The reader: all slots, a few, a shuffled sample with repeats; batch or one by one.
+    let all: Vec<u32> = slots(dp).into_iter().map(|(_, s)| s).collect();
+    let want: Vec<TunnelStats> = counters.iter().map(|(_, s)| *s).collect();
+    assert_eq!(reader.read(&all).unwrap(), want, "reader, every slot");
+    assert_eq!(
+        per_element.read(&all).unwrap(),
+        want,
+        "one by one, every slot"
+    );
+    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+    for n in [1, 5, 17, 100, 5_000] {
+        let pick: Vec<usize> = (0..n)
+            .map(|_| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                (rng % all.len() as u64) as usize
+            })
+            .chain([0, 0])
+            .collect();
+        let slots: Vec<u32> = pick.iter().map(|&i| all[i]).collect();
+        let want: Vec<TunnelStats> = pick.iter().map(|&i| want[i]).collect();
+        assert_eq!(reader.read(&slots).unwrap(), want, "reader, {n} slots");
+        assert_eq!(per_element.read(&slots).unwrap(), want, "one by one");
+    }
+    // A dense run of slots: read in one batch pass.
+    let dense: Vec<u32> = all
+        .iter()
+        .copied()
+        .filter(|s| (1000..3000).contains(s))
+        .collect();
+    let want_dense: Vec<TunnelStats> = all
+        .iter()
+        .zip(&want)
+        .filter(|(s, _)| (1000..3000).contains(*s))
+        .map(|(_, w)| *w)
+        .collect();
+    assert_eq!(reader.read(&dense).unwrap(), want_dense);
+    assert!(reader.read(&[]).unwrap().is_empty());
+    let beyond = reader.read(&[0, 10_000_000]).unwrap_err();
+    assert!(
+        format!("{beyond:?}").contains("OutOfBounds"),
+        "a slot beyond the map is an error: {beyond:?}"
+    );
+    // From another thread, while this one holds the data plane.
+    let r = reader.clone();
+    let from_thread = std::thread::spawn(move || r.read(&all).unwrap())
+        .join()
+        .unwrap();
+    assert_eq!(
+        from_thread,
+        counters.iter().map(|(_, s)| *s).collect::<Vec<_>>()
+    );
+    lookups
+}
+
+/// Asserts what the traffic left: exact per-tunnel counts summed over the CPUs it ran
+/// on, and the roamed endpoints.
+fn assert_traffic_counted(dp: &Dataplane, sent: &Sent) {
+    let counters: BTreeMap<u32, TunnelStats> =
+        dp.all_tunnel_counters().unwrap().into_iter().collect();
+    let mut touched = 0;
+    for (id, c) in &counters {
+        let drops = sent.drops.get(id).copied().unwrap_or(0);
+        let beats = sent.beats.get(id).copied().unwrap_or(0);
+        assert_eq!(c.drop_packets, drops, "tunnel {id}: drops");
+        assert_eq!(c.from_client_packets, beats, "tunnel {id}: beats");
+        assert_eq!(c.from_client_bytes, 0, "tunnel {id}: beats carry no bytes");
+        assert_eq!(c.to_client_packets, 0, "tunnel {id}");
+        touched += usize::from(drops + beats > 0);
+        if drops > 0 {
+            // Each the same frame: the bytes are a multiple of the count.
+            assert_eq!(c.drop_bytes % drops, 0, "tunnel {id}");
+            assert!(c.drop_bytes > 0);
+        }
+    }
+    assert!(touched > 1000, "traffic on {touched} tunnels only");
+    let learnt: BTreeSet<(u32, SocketAddrV4)> =
+        dp.learnt_endpoints().unwrap().into_iter().collect();
+    for id in sent.beats.keys() {
+        let (a, p) = moved(*id);
+        assert!(
+            learnt.contains(&(*id, SocketAddrV4::new(a, p))),
+            "tunnel {id} roamed"
+        );
+    }
+}
+
+/// Lookup entries the specs imply, by map.
+fn expected_lookups(specs: &[TunnelSpec]) -> BTreeMap<&'static str, u64> {
+    let mut m = BTreeMap::new();
+    let mut add = |map: &'static str, n: u64| *m.entry(map).or_default() += n;
+    for s in specs {
+        match s.kind {
+            Kind::Proto41 | Kind::Heartbeat if !s.endpoint.is_unspecified() => {
+                add("P41_ENDPOINTS", 1)
+            }
+            Kind::V6Udp4 => add("UDP_ENDPOINTS", 1),
+            Kind::Ayiya => add("AYIYA_IDS", 1),
+            Kind::V4In6 => {
+                add("V6_ENDPOINTS", 1);
+                add("V4_ROUTES", 1);
+            }
+            _ => {}
+        }
+        add("PREFIXES", s.prefixes().count() as u64);
+    }
+    m
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.3} s", d.as_secs_f64())
+}
+
+#[test]
+fn xdp_batch_reads_and_a_hitless_restart_at_100k_tunnels() {
+    std::thread::spawn(|| {
+        broker_tests::require_root();
+        const N: u32 = 100_000;
+        const MAX: u32 = 131_072;
+        let instance = format!("test-batch-{}", std::process::id());
+        let _pins = Pins(instance.clone());
+        let pop = big_pop();
+        let specs = specs(N);
+
+        let mut dp = Dataplane::load(&options(&instance, MAX, MapReads::Batch)).unwrap();
+        let t = Instant::now();
+        let r = dp.reconcile(&specs, &pop).unwrap();
+        println!("{N} tunnels installed (reconcile) in {}", secs(t.elapsed()));
+        assert_eq!(
+            r,
+            Reconciled {
+                installed: N as usize,
+                ..Reconciled::default()
+            }
+        );
+        let sent = traffic(&dp, N);
+        assert_traffic_counted(&dp, &sent);
+        let lookups = assert_reads_agree(&mut dp, &instance);
+        assert_eq!(count_by_map(&lookups), expected_lookups(&specs));
+        assert!(
+            !dataplane::batch_reads_refused(),
+            "this kernel has batch lookups: the batch path must have been the one tested"
+        );
+
+        let before_slots = slots(&dp);
+        let before_usage = dp.map_usage();
+        let before_space = dp.tunnel_space();
+        let before_counters = dp.all_tunnel_counters().unwrap();
+        let before_learnt = dp.learnt_endpoints().unwrap();
+        drop(dp);
+
+        // The hitless restart, reading batches and one by one.
+        for reads in [MapReads::Batch, MapReads::PerElement] {
+            let t = Instant::now();
+            let mut dp = Dataplane::load(&options(&instance, MAX, reads)).unwrap();
+            let adopt = t.elapsed();
+            assert!(dp.adopted());
+            assert_eq!(
+                slots(&dp),
+                before_slots,
+                "{reads:?}: the same slot for every id"
+            );
+            assert_eq!(dp.map_usage(), before_usage, "{reads:?}");
+            assert_eq!(dp.tunnel_space(), before_space, "{reads:?}");
+            let t = Instant::now();
+            let r = dp.reconcile(&specs, &pop).unwrap();
+            let reconcile = t.elapsed();
+            println!(
+                "restart at {N} tunnels, {reads:?}: load and adopt {}, reconcile {}",
+                secs(adopt),
+                secs(reconcile)
+            );
+            assert_eq!(
+                r,
+                Reconciled {
+                    unchanged: N as usize,
+                    ..Reconciled::default()
+                },
+                "{reads:?}: nothing to change"
+            );
+            dp.set_map_reads(MapReads::PerElement);
+            assert_eq!(dp.lookup_entries().unwrap(), lookups, "{reads:?}");
+            dp.set_map_reads(MapReads::Batch);
+            assert_eq!(
+                dp.all_tunnel_counters().unwrap(),
+                before_counters,
+                "{reads:?}"
+            );
+            assert_eq!(
+                dp.learnt_endpoints().unwrap(),
+                before_learnt,
+                "{reads:?}: roamed"
+            );
+        }
+
+        // Changes: a tenth removed, some updated, some new; then nothing to do.
+        let mut dp = Dataplane::load(&options(&instance, MAX, MapReads::Batch)).unwrap();
+        let mut changed: Vec<TunnelSpec> =
+            specs.iter().filter(|s| s.id % 10 != 3).cloned().collect();
+        let mut updated = 0;
+        for s in changed.iter_mut().filter(|s| s.id % 17 == 0) {
+            s.mtu -= 8;
+            updated += 1;
+        }
+        // An AYIYA tunnel that roamed, with a new MTU: updated, and still where it roamed.
+        let roamed = *sent.beats.keys().next().unwrap();
+        if let Some(s) = changed
+            .iter_mut()
+            .find(|s| s.id == roamed && s.id % 17 != 0)
+        {
+            s.mtu = 1400;
+            updated += 1;
+        }
+        changed.extend((N + 1..=N + 100).map(spec_of));
+        let removed = specs.len() - specs.iter().filter(|s| s.id % 10 != 3).count();
+        let r = dp.reconcile(&changed, &pop).unwrap();
+        assert_eq!(
+            r,
+            Reconciled {
+                installed: updated + 100,
+                removed,
+                unchanged: changed.len() - updated - 100,
+                orphans: 0
+            }
+        );
+        let (a, p) = moved(roamed);
+        assert!(dp
+            .learnt_endpoints()
+            .unwrap()
+            .contains(&(roamed, SocketAddrV4::new(a, p))));
+        let lookups = assert_reads_agree(&mut dp, &instance);
+        assert_eq!(count_by_map(&lookups), expected_lookups(&changed));
+        let owned: BTreeSet<u32> = slots(&dp).into_iter().map(|(_, s)| s).collect();
+        assert!(lookups.iter().all(|e| owned.contains(&e.slot)));
+
+        // Orphans: another controller adds tunnels the store never hears of (as one killed
+        // between the maps and the store would leave), and dies.
+        {
+            let mut other = Dataplane::load(&options(&instance, MAX, MapReads::Batch)).unwrap();
+            for k in [N + 1000, N + 1001] {
+                other.upsert(&spec_of(k)).unwrap();
+            }
+        }
+        let r = dp.reconcile(&changed, &pop).unwrap();
+        assert_eq!(
+            r,
+            Reconciled {
+                unchanged: changed.len(),
+                // Two endpoints, two link /64s and one routed /56.
+                orphans: 5,
+                ..Reconciled::default()
+            }
+        );
+        assert_eq!(
+            count_by_map(&dp.lookup_entries().unwrap()),
+            expected_lookups(&changed)
+        );
+    })
+    .join()
+    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+}
+
+/// Times the hitless restart and the counter reads at `BATCH_TUNNELS` tunnels (default
+/// 100,000; the maps sized to the next power of two, or `BATCH_MAX_TUNNELS`), in both read
+/// modes (`BATCH_MODES=batch` or `per-element`: one), `BATCH_ROUNDS` times each (default
+/// 2). With `BATCH_INSTANCE` it uses (and keeps)
+/// that instance's pins, installing the tunnels only when they are not there yet: another
+/// build (the one before batch reads) can then be timed on the same maps.
+#[test]
+#[ignore = "a measurement: run by hand with --release --nocapture"]
+fn xdp_batch_measure() {
+    std::thread::spawn(|| {
+        broker_tests::require_root();
+        let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
+        let n = env("BATCH_TUNNELS").unwrap_or(100_000);
+        let max = env("BATCH_MAX_TUNNELS").unwrap_or(n.next_power_of_two());
+        let rounds = env("BATCH_ROUNDS").unwrap_or(2);
+        let kept = std::env::var("BATCH_INSTANCE").ok();
+        let instance = kept
+            .clone()
+            .unwrap_or_else(|| format!("measure-batch-{}", std::process::id()));
+        let _pins = kept.is_none().then(|| Pins(instance.clone()));
+        let pop = big_pop();
+        let specs = specs(n);
+        let mut dp = Dataplane::load(&options(&instance, max, MapReads::Batch)).unwrap();
+        if dp.tunnel_ids().len() != n as usize {
+            let t = Instant::now();
+            dp.reconcile(&specs, &pop).unwrap();
+            println!(
+                "{n} tunnels (max_tunnels {max}) installed in {}",
+                secs(t.elapsed())
+            );
+        }
+        drop(dp);
+        let modes: &[MapReads] = match std::env::var("BATCH_MODES").as_deref() {
+            Ok("batch") => &[MapReads::Batch],
+            Ok("per-element") => &[MapReads::PerElement],
+            _ => &[MapReads::Batch, MapReads::PerElement],
+        };
+        for &reads in modes {
+            for round in 0..rounds {
+                let t = Instant::now();
+                let mut dp = Dataplane::load(&options(&instance, max, reads)).unwrap();
+                let adopt = t.elapsed();
+                let t = Instant::now();
+                let r = dp.reconcile(&specs, &pop).unwrap();
+                let reconcile = t.elapsed();
+                assert_eq!(r.unchanged, n as usize);
+                let t = Instant::now();
+                let c = dp.all_tunnel_counters().unwrap();
+                let counters = t.elapsed();
+                assert_eq!(c.len(), n as usize);
+                let t = Instant::now();
+                let p = Projection::all_counters(&dp).unwrap();
+                let projection = t.elapsed();
+                assert_eq!(p, c);
+                let t = Instant::now();
+                let p = PinnedCounters::open(&instance)
+                    .unwrap()
+                    .with_map_reads(reads)
+                    .tunnels()
+                    .unwrap();
+                let pinned = t.elapsed();
+                assert_eq!(p.len(), n as usize);
+                // A watcher's read: every slot, then a hundred of them.
+                let all: Vec<u32> = slots(&dp).into_iter().map(|(_, s)| s).collect();
+                let reader = dp.stats_reader();
+                let t = Instant::now();
+                reader.read(&all).unwrap();
+                let read_all = t.elapsed();
+                let some: Vec<u32> = all.iter().step_by(all.len() / 100 + 1).copied().collect();
+                let t = Instant::now();
+                reader.read(&some).unwrap();
+                let read_some = t.elapsed();
+                println!(
+                    "{n} tunnels, {reads:?}, round {round}: load+adopt {}, reconcile {}, \
+                     all_tunnel_counters {}, Projection::all_counters {}, \
+                     PinnedCounters::tunnels {}, StatsReader::read all {}, {} slots {}",
+                    secs(adopt),
+                    secs(reconcile),
+                    secs(counters),
+                    secs(projection),
+                    secs(pinned),
+                    secs(read_all),
+                    some.len(),
+                    secs(read_some)
+                );
+            }
+        }
+        // The program's load and verification alone: an empty instance.
+        let empty = format!("measure-empty-{}", std::process::id());
+        let _empty_pins = Pins(empty.clone());
+        let t = Instant::now();
+        drop(Dataplane::load(&options(&empty, max, MapReads::Batch)).unwrap());
+        println!(
+            "loading an empty instance of max_tunnels {max}: {}",
+            secs(t.elapsed())
+        );
+    })
+    .join()
+    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+}
