@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::{
     api,
-    broker::{Broker, NoRoutes, Projection, RouteOps},
+    broker::{Broker, NoRoutes, RouteOps},
     config::Config,
     dataplane::{self, Dataplane},
     heartbeat,
@@ -367,29 +367,56 @@ async fn watch_tunnels(broker: Arc<Mutex<Running>>, heartbeats: bool, beat_inter
     let mut tick = tokio::time::interval(LIVENESS_TICK);
     // After a stall, one tick, not a burst of the missed ones.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let reader = broker.lock().await.maps.stats_reader();
     let mut n = 0u32;
     loop {
         tick.tick().await;
         n = n.wrapping_add(1);
-        let mut b = broker.lock().await;
         // The watch list, not the store: its cost follows the tunnels that need
-        // watching, not all of them.
-        let observed: Vec<Observed> = b
-            .watched()
-            .filter(|(_, w)| !(heartbeats && w.kind == Kind::Heartbeat))
-            .filter_map(|(id, w)| {
-                let keepalive_secs = w
-                    .keepalive
-                    .or((w.kind == Kind::Ayiya).then_some(beat_interval))?;
-                let c = b.maps.counters(id)?;
-                Some(Observed {
-                    id,
-                    from_client_packets: c.from_client_packets,
-                    keepalive_secs,
-                    asleep: b.is_asleep(id),
+        // watching. Taken under the lock (memory only); their counters are read without
+        // it, off the runtime's thread, so the API never waits for them.
+        let watched: Vec<(Observed, u32)> = {
+            let b = broker.lock().await;
+            b.watched()
+                .filter(|(_, w)| !(heartbeats && w.kind == Kind::Heartbeat))
+                .filter_map(|(id, w)| {
+                    let keepalive_secs = w
+                        .keepalive
+                        .or((w.kind == Kind::Ayiya).then_some(beat_interval))?;
+                    let observed = Observed {
+                        id,
+                        from_client_packets: 0,
+                        keepalive_secs,
+                        asleep: b.is_asleep(id),
+                    };
+                    Some((observed, b.maps.slot_of(id)?))
                 })
+                .collect()
+        };
+        let r = reader.clone();
+        let slots: Vec<u32> = watched.iter().map(|(_, slot)| *slot).collect();
+        let counters = match tokio::task::spawn_blocking(move || r.read(&slots)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                warn!(error = %crate::broker::error_chain(&e), "liveness: reading the counters failed");
+                continue;
+            }
+            Err(e) => {
+                warn!(error = %e, "liveness: the counter read ended abnormally");
+                continue;
+            }
+        };
+        // A slot reused since the list was taken reads another tunnel's counters: at
+        // worst a tunnel seems heard for one tick.
+        let observed: Vec<Observed> = watched
+            .into_iter()
+            .zip(counters)
+            .map(|((o, _), c)| Observed {
+                from_client_packets: c.from_client_packets,
+                ..o
             })
             .collect();
+        let mut b = broker.lock().await;
         let changes = liveness.observe(std::time::Instant::now(), &observed);
         if let Err(e) = b.sweep_unproven(std::time::Instant::now()).await {
             warn!(error = %crate::broker::error_chain(&e), "removing unproven tunnels failed");
