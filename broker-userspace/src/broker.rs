@@ -315,13 +315,20 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
 
     /// Makes maps and routes match the store (at start, after a reload).
     pub async fn reconcile(&mut self) -> Result<Reconciled> {
+        // How long each part took, in the log: a start's time is mostly these three.
+        let ms = |t: std::time::Instant| t.elapsed().as_millis() as u64;
+        let t = std::time::Instant::now();
         let tunnels = self.store.tunnels()?;
         self.watch.rebuild(&tunnels);
         let specs: Vec<TunnelSpec> = tunnels.iter().map(|t| self.projected(t)).collect();
+        let store_ms = ms(t);
+        let t = std::time::Instant::now();
         let r = self
             .maps
             .reconcile(&specs, &self.pop)
             .map_err(BrokerError::Maps)?;
+        let maps_ms = ms(t);
+        let t = std::time::Instant::now();
         let wanted: BTreeSet<Ipv6Net> = specs.iter().flat_map(|s| s.prefixes()).collect();
         let (added, removed) = self
             .routes
@@ -331,6 +338,13 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
         if added + removed > 0 {
             info!(added, removed, "routes reconciled with the store");
         }
+        info!(
+            tunnels = tunnels.len(),
+            store_ms,
+            maps_ms,
+            routes_ms = ms(t),
+            "reconciled"
+        );
         Ok(r)
     }
 

@@ -206,6 +206,7 @@ impl Dataplane {
     /// (their contents, counters included, stay) or creates and pins them. Nothing is
     /// attached yet.
     pub fn load(opts: &Options) -> Result<Self> {
+        let started = std::time::Instant::now();
         let maps = if opts.pin {
             ensure_bpffs()?;
             let dir = maps_dir(&opts.instance);
@@ -284,7 +285,8 @@ impl Dataplane {
             max_tunnels,
             max_prefixes,
             adopted,
-            tunnels = dp.slots.ids().len(),
+            tunnels = dp.slots.usage().tunnels,
+            load_ms = started.elapsed().as_millis() as u64,
             "data plane loaded"
         );
         Ok(dp)
