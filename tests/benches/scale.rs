@@ -70,12 +70,12 @@ fn main() {
         "\n## Control plane at scale\n\n`cargo xtask bench` (tests/benches/scale.rs; `SCALE_SIZES` to choose the sizes), {}, release build. One lab PoP filled by `POST /api/v1/tunnels/import` (v6udpv4, one in a hundred AYIYA, watched by the liveness watcher), maps sized for {max_tunnels} tunnels throughout, routes in the kernel. Each row is measured at that many tunnels.\n",
         date()
     );
-    let _ = writeln!(s, "| tunnels | import /s | API creations /s | GET p50 / p99 ms | list page (1000) ms | `/metrics` ms | idle CPU % | SIGHUP, nothing changed, s | hitless restart to API ready, s | cold start to API ready, s | RSS MB | store MB | maps MB |");
+    let _ = writeln!(s, "| tunnels | import /s | API creations /s | GET p50 / p99 ms | list page (1000) ms | `/metrics` ms | idle CPU % | SIGHUP, nothing changed, s | hitless restart to API ready, s (load+adopt / store / maps / routes, ms) | cold start to API ready, s (same parts) | RSS MB | store MB | maps MB |");
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         let _ = writeln!(
             s,
-            "| {} | {:.0} | {:.0} | {:.1} / {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} |",
+            "| {} | {:.0} | {:.0} | {:.1} / {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} ({}) | {:.2} ({}) | {:.0} | {:.0} | {:.0} |",
             r.tunnels,
             r.import_rate,
             r.create_rate,
@@ -86,7 +86,9 @@ fn main() {
             r.idle_cpu,
             r.sighup_s,
             r.restart_s,
+            join(&r.restart_parts),
             r.cold_s,
+            join(&r.cold_parts),
             r.rss_mb,
             r.store_mb,
             r.maps_mb
@@ -113,6 +115,10 @@ fn main() {
         std::fs::write(&path, text).expect("writing the report");
         eprintln!("appended to {}", path.to_string_lossy());
     }
+}
+
+fn join(parts: &[u64; 4]) -> String {
+    parts.map(|p| p.to_string()).join(" / ")
 }
 
 fn config(lab: &Lab, instance: &str, max_tunnels: usize) -> String {
@@ -151,7 +157,10 @@ struct Row {
     idle_cpu: f64,
     sighup_s: f64,
     restart_s: f64,
+    /// Load and adoption, store, maps, routes (ms), from the broker's log.
+    restart_parts: [u64; 4],
     cold_s: f64,
+    cold_parts: [u64; 4],
     rss_mb: f64,
     store_mb: f64,
     maps_mb: f64,
@@ -210,7 +219,9 @@ fn measure(lab: &mut Lab, n: usize, next: &mut u32, instance: &str, import_rate:
     let sighup_s = t.elapsed().as_secs_f64();
 
     let restart_s = restart(lab, None);
+    let restart_parts = parts(&lab.broker_log());
     let cold_s = restart(lab, Some(instance));
+    let cold_parts = parts(&lab.broker_log());
     Row {
         tunnels: n + SINGLE,
         created: SINGLE,
@@ -223,11 +234,32 @@ fn measure(lab: &mut Lab, n: usize, next: &mut u32, instance: &str, import_rate:
         idle_cpu,
         sighup_s,
         restart_s,
+        restart_parts,
         cold_s,
+        cold_parts,
         rss_mb,
         store_mb,
         maps_mb,
     }
+}
+
+/// The last start's parts, from the broker's log: `load_ms` of "data plane loaded", and
+/// `store_ms`, `maps_ms`, `routes_ms` of "reconciled".
+fn parts(log: &str) -> [u64; 4] {
+    let field = |line: &str, key: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let last = |what: &str| log.lines().rev().find(|l| l.contains(what)).unwrap_or("");
+    let (loaded, reconciled) = (last("data plane loaded"), last("reconciled tunnels="));
+    [
+        field(loaded, "load_ms"),
+        field(reconciled, "store_ms"),
+        field(reconciled, "maps_ms"),
+        field(reconciled, "routes_ms"),
+    ]
 }
 
 /// Stops `broker run` (SIGTERM), detaches the data plane for a cold start, starts it
