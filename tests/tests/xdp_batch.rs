@@ -3,148 +3,23 @@
 //! the controller's data plane, load it again from the pins, reconcile) finds the same
 //! slots and changes nothing. Timings are printed, never asserted.
 //!
-//! `xdp_batch_measure` (ignored) measures the restart and the counter reads at a size of
-//! one's choosing: `BATCH_TUNNELS=1000000 cargo test --release -p broker-tests --test
-//! xdp_batch -- --ignored --nocapture`.
+//! `benches/batch.rs` measures the restart and the counter reads at a size of one's
+//! choosing: `BATCH_TUNNELS=1000000 cargo bench -p broker-tests --bench batch`.
 mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4},
-    time::{Duration, Instant},
+    net::{Ipv6Addr, SocketAddrV4},
+    time::Instant,
 };
 
 use broker_common::maps::TunnelStats;
 use broker_userspace::{
     broker::Projection,
     dataplane::{self, Dataplane, LookupEntry, MapReads, PinnedCounters, Reconciled},
-    model::{Endpoint, Kind, Pop, State, TunnelSpec},
+    model::{Kind, State, TunnelSpec},
 };
-use support::*;
-
-const PASSWORD: &str = "batch";
-
-/// The fixture's PoP with a v4v6 pool large enough for a million clients.
-fn big_pop() -> Pop {
-    Pop {
-        v4v6_pool: Some("100.64.0.0/10".parse().unwrap()),
-        ..pop()
-    }
-}
-
-/// Tunnel `k`'s client endpoint (proto-41, v6udpv4, AYIYA): 240.0.0.0/4 plus `k`, as in the
-/// benchmark (never routed; only map contents and test frames).
-fn client(k: u32) -> Ipv4Addr {
-    Ipv4Addr::from(0xf000_0000 | k)
-}
-
-/// Where an AYIYA client roams to.
-fn moved(k: u32) -> (Ipv4Addr, u16) {
-    (Ipv4Addr::from(0xf100_0000 | k), 7000)
-}
-
-/// Tunnel `k` of a mix of every kind and state: mostly proto-41, every tenth v6udpv4,
-/// AYIYA or v4v6, some heartbeat tunnels never heard from, a routed /56 on every fourth.
-fn spec_of(k: u32) -> TunnelSpec {
-    let state = match k % 50 {
-        0 => State::Down,
-        1 => State::Disabled,
-        _ => State::Up,
-    };
-    let link = Some(
-        format!("2001:db8:{:x}:{:x}::/64", k >> 16, k & 0xffff)
-            .parse()
-            .unwrap(),
-    );
-    let routed = if k.is_multiple_of(4) {
-        vec![format!("3fff:{:x}:{:x}00::/56", k >> 8, k & 0xff)
-            .parse()
-            .unwrap()]
-    } else {
-        vec![]
-    };
-    let base = TunnelSpec {
-        id: k,
-        kind: Kind::Proto41,
-        state,
-        endpoint: Endpoint::Ipv4(client(k)),
-        link_prefix: link,
-        routed_prefixes: routed,
-        client_v4: None,
-        mtu: 1480,
-        keepalive: None,
-        ayiya_key: None,
-    };
-    let udp = Endpoint::Udp4(SocketAddrV4::new(client(k), 1024 + (k % 60_000) as u16));
-    match k % 10 {
-        7 => TunnelSpec {
-            kind: Kind::V6Udp4,
-            endpoint: udp,
-            mtu: 1472,
-            keepalive: Some(30),
-            ..base
-        },
-        8 => TunnelSpec {
-            kind: Kind::Ayiya,
-            endpoint: if k % 100 == 98 {
-                Endpoint::unspecified(Kind::Ayiya)
-            } else {
-                udp
-            },
-            mtu: 1428,
-            keepalive: Some(60),
-            ayiya_key: Some(ayiya_key(PASSWORD)),
-            ..base
-        },
-        9 => TunnelSpec {
-            kind: Kind::V4In6,
-            endpoint: Endpoint::Ipv6(Ipv6Addr::new(
-                0x2001,
-                0xdb8,
-                0xffff,
-                1,
-                0,
-                0,
-                (k >> 16) as u16,
-                k as u16,
-            )),
-            link_prefix: None,
-            routed_prefixes: vec![],
-            client_v4: Some(Ipv4Addr::from(0x6440_0000 | k)),
-            mtu: 1460,
-            ..base
-        },
-        5 if k % 100 == 55 => TunnelSpec {
-            kind: Kind::Heartbeat,
-            endpoint: Endpoint::unspecified(Kind::Heartbeat),
-            ..base
-        },
-        _ => base,
-    }
-}
-
-fn specs(n: u32) -> Vec<TunnelSpec> {
-    (1..=n).map(spec_of).collect()
-}
-
-/// Removes a pinned test instance, also when the test fails.
-struct Pins(String);
-
-impl Drop for Pins {
-    fn drop(&mut self) {
-        let _ = dataplane::detach_instance(&self.0);
-    }
-}
-
-fn options(instance: &str, max_tunnels: u32, reads: MapReads) -> dataplane::Options {
-    dataplane::Options {
-        pin: true,
-        max_tunnels,
-        max_prefixes: 2 * max_tunnels,
-        map_reads: reads,
-        ..dataplane::Options::new(instance)
-    }
-}
+use support::{batch::*, *};
 
 /// Runs the calling thread on CPU `cpu` only (test runs count on the CPU they run on).
 fn pin_to_cpu(cpu: usize) {
@@ -232,13 +107,6 @@ fn per_element_counters(dp: &Dataplane) -> Vec<(u32, TunnelStats)> {
     dp.tunnel_ids()
         .into_iter()
         .map(|id| (id, dp.tunnel_counters(id).unwrap().unwrap()))
-        .collect()
-}
-
-fn slots(dp: &Dataplane) -> Vec<(u32, u32)> {
-    dp.tunnel_ids()
-        .into_iter()
-        .map(|id| (id, dp.slot_of(id).unwrap()))
         .collect()
 }
 
@@ -410,10 +278,6 @@ fn expected_lookups(specs: &[TunnelSpec]) -> BTreeMap<&'static str, u64> {
     m
 }
 
-fn secs(d: Duration) -> String {
-    format!("{:.3} s", d.as_secs_f64())
-}
-
 #[test]
 fn xdp_batch_reads_and_a_hitless_restart_at_100k_tunnels() {
     std::thread::spawn(|| {
@@ -557,107 +421,6 @@ fn xdp_batch_reads_and_a_hitless_restart_at_100k_tunnels() {
         assert_eq!(
             count_by_map(&dp.lookup_entries().unwrap()),
             expected_lookups(&changed)
-        );
-    })
-    .join()
-    .unwrap_or_else(|p| std::panic::resume_unwind(p));
-}
-
-/// Times the hitless restart and the counter reads at `BATCH_TUNNELS` tunnels (default
-/// 100,000; the maps sized to the next power of two, or `BATCH_MAX_TUNNELS`), in both read
-/// modes (`BATCH_MODES=batch` or `per-element`: one), `BATCH_ROUNDS` times each (default
-/// 2). With `BATCH_INSTANCE` it uses (and keeps)
-/// that instance's pins, installing the tunnels only when they are not there yet: another
-/// build (the one before batch reads) can then be timed on the same maps.
-#[test]
-#[ignore = "a measurement: run by hand with --release --nocapture"]
-fn xdp_batch_measure() {
-    std::thread::spawn(|| {
-        broker_tests::require_root();
-        let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
-        let n = env("BATCH_TUNNELS").unwrap_or(100_000);
-        let max = env("BATCH_MAX_TUNNELS").unwrap_or(n.next_power_of_two());
-        let rounds = env("BATCH_ROUNDS").unwrap_or(2);
-        let kept = std::env::var("BATCH_INSTANCE").ok();
-        let instance = kept
-            .clone()
-            .unwrap_or_else(|| format!("measure-batch-{}", std::process::id()));
-        let _pins = kept.is_none().then(|| Pins(instance.clone()));
-        let pop = big_pop();
-        let specs = specs(n);
-        let mut dp = Dataplane::load(&options(&instance, max, MapReads::Batch)).unwrap();
-        if dp.tunnel_ids().len() != n as usize {
-            let t = Instant::now();
-            dp.reconcile(&specs, &pop).unwrap();
-            println!(
-                "{n} tunnels (max_tunnels {max}) installed in {}",
-                secs(t.elapsed())
-            );
-        }
-        drop(dp);
-        let modes: &[MapReads] = match std::env::var("BATCH_MODES").as_deref() {
-            Ok("batch") => &[MapReads::Batch],
-            Ok("per-element") => &[MapReads::PerElement],
-            _ => &[MapReads::Batch, MapReads::PerElement],
-        };
-        for &reads in modes {
-            for round in 0..rounds {
-                let t = Instant::now();
-                let mut dp = Dataplane::load(&options(&instance, max, reads)).unwrap();
-                let adopt = t.elapsed();
-                let t = Instant::now();
-                let r = dp.reconcile(&specs, &pop).unwrap();
-                let reconcile = t.elapsed();
-                assert_eq!(r.unchanged, n as usize);
-                let t = Instant::now();
-                let c = dp.all_tunnel_counters().unwrap();
-                let counters = t.elapsed();
-                assert_eq!(c.len(), n as usize);
-                let t = Instant::now();
-                let p = Projection::all_counters(&dp).unwrap();
-                let projection = t.elapsed();
-                assert_eq!(p, c);
-                let t = Instant::now();
-                let p = PinnedCounters::open(&instance)
-                    .unwrap()
-                    .with_map_reads(reads)
-                    .tunnels()
-                    .unwrap();
-                let pinned = t.elapsed();
-                assert_eq!(p.len(), n as usize);
-                // A watcher's read: every slot, then a hundred of them.
-                let all: Vec<u32> = slots(&dp).into_iter().map(|(_, s)| s).collect();
-                let reader = dp.stats_reader();
-                let t = Instant::now();
-                reader.read(&all).unwrap();
-                let read_all = t.elapsed();
-                let some: Vec<u32> = all.iter().step_by(all.len() / 100 + 1).copied().collect();
-                let t = Instant::now();
-                reader.read(&some).unwrap();
-                let read_some = t.elapsed();
-                println!(
-                    "{n} tunnels, {reads:?}, round {round}: load+adopt {}, reconcile {}, \
-                     all_tunnel_counters {}, Projection::all_counters {}, \
-                     PinnedCounters::tunnels {}, StatsReader::read all {}, {} slots {}",
-                    secs(adopt),
-                    secs(reconcile),
-                    secs(counters),
-                    secs(projection),
-                    secs(pinned),
-                    secs(read_all),
-                    some.len(),
-                    secs(read_some)
-                );
-            }
-        }
-        // The program's load and verification alone: an empty instance.
-        let empty = format!("measure-empty-{}", std::process::id());
-        let _empty_pins = Pins(empty.clone());
-        let t = Instant::now();
-        drop(Dataplane::load(&options(&empty, max, MapReads::Batch)).unwrap());
-        println!(
-            "loading an empty instance of max_tunnels {max}: {}",
-            secs(t.elapsed())
         );
     })
     .join()

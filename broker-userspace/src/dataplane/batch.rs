@@ -66,7 +66,7 @@ const FEW_SLOTS: usize = 16;
 
 /// A batch read covers the whole span between the lowest and the highest wanted slot; one
 /// lookup per wanted slot costs about as much as this many slots of a batch read (measured
-/// with `xdp_batch_measure`, `TUNNEL_STATS` on 2 CPUs at 100,000 tunnels, summed: 1.5 µs a
+/// with `benches/batch.rs`, `TUNNEL_STATS` on 2 CPUs at 100,000 tunnels, summed: 1.5 µs a
 /// lookup, 0.33 µs a slot of a batch read).
 const SPAN_PER_SLOT: u64 = 4;
 

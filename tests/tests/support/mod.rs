@@ -2,6 +2,8 @@
 //! code under test), and the fixture network they run in.
 #![allow(dead_code)]
 
+pub mod batch;
+
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, Ipv6Addr},
