@@ -106,15 +106,7 @@ fn main() {
         );
     }
     print!("{s}");
-    if let Some(path) = std::env::var_os("BENCH_APPEND") {
-        let mut text = std::fs::read_to_string(&path).unwrap_or_default();
-        match text.find("\n## Reproduce") {
-            Some(i) => text.insert_str(i, &s),
-            None => text.push_str(&s),
-        }
-        std::fs::write(&path, text).expect("writing the report");
-        eprintln!("appended to {}", path.to_string_lossy());
-    }
+    broker_tests::append_report(&s);
 }
 
 fn join(parts: &[u64; 4]) -> String {

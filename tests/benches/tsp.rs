@@ -95,14 +95,5 @@ tunnel. Wall time includes the client's own work and the veths in between.\n"
         );
     }
     println!("{s}");
-    if let Some(path) = std::env::var_os("BENCH_APPEND") {
-        let mut text = std::fs::read_to_string(&path).unwrap_or_default();
-        // Before the closing "Reproduce" section, if there is one.
-        match text.find("\n## Reproduce") {
-            Some(i) => text.insert_str(i, &s),
-            None => text.push_str(&s),
-        }
-        std::fs::write(&path, text).expect("writing the report");
-        eprintln!("appended to {}", path.to_string_lossy());
-    }
+    broker_tests::append_report(&s);
 }

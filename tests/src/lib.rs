@@ -57,3 +57,19 @@ pub fn require_root() {
         "this test needs root (network namespaces, veth, BPF); run it through `cargo xtask test`, which runs as root in CI"
     );
 }
+
+/// Adds a benchmark's section to the report at `$BENCH_APPEND` (docs/BENCHMARKS.md through
+/// `cargo xtask bench`), before its closing "Reproduce" section if it has one; without the
+/// variable, writes nothing.
+pub fn append_report(section: &str) {
+    let Some(path) = std::env::var_os("BENCH_APPEND") else {
+        return;
+    };
+    let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+    match text.find("\n## Reproduce") {
+        Some(i) => text.insert_str(i, section),
+        None => text.push_str(section),
+    }
+    std::fs::write(&path, text).expect("writing the report");
+    eprintln!("appended to {}", path.to_string_lossy());
+}
