@@ -460,3 +460,54 @@ fn the_cli_drives_the_api() {
         serde_json::from_str(&lab.cli(&["user", "list", "--json"]).unwrap()).unwrap();
     assert_eq!(users, json!([]));
 }
+
+#[test]
+fn the_cli_imports_a_file_and_lists_every_page() {
+    const N: u32 = 2500;
+    let dir = tempfile::tempdir().unwrap();
+    let lab = lab("imp", 1, &dir);
+    let endpoint = |k: u32| std::net::Ipv4Addr::from(0xc612_0001 + k).to_string();
+    let mut items: Vec<Value> = (0..N)
+        .map(|k| json!({ "remote_ipv4": endpoint(k) }))
+        .collect();
+    // The same endpoint twice: the second is refused, the rest created.
+    items.push(json!({ "remote_ipv4": endpoint(7) }));
+    let file = dir.path().join("tunnels.json");
+    std::fs::write(&file, serde_json::to_string(&items).unwrap()).unwrap();
+    let out = lab
+        .cli(&["tunnel", "import", file.to_str().unwrap()])
+        .unwrap();
+    assert!(out.contains(&format!("created {N}, refused 1")), "{out}");
+    // More than two pages of 1000, followed to the end, one JSON array.
+    let all: Value =
+        serde_json::from_str(&lab.cli(&["tunnel", "list", "--json"]).unwrap()).unwrap();
+    let ids: Vec<u64> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids.len() as u32, N + 1, "the imported and the lab's own");
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "in id order, once each"
+    );
+    let table = lab.cli(&["tunnel", "list"]).unwrap();
+    assert_eq!(
+        table.lines().count() as u32,
+        N + 2,
+        "one header, a row each"
+    );
+    let at: Value = serde_json::from_str(
+        &lab.cli(&["tunnel", "list", "--json", "--endpoint", &endpoint(42)])
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(at.as_array().unwrap().len(), 1, "{at}");
+    let page: Value = serde_json::from_str(
+        &lab.cli(&["tunnel", "list", "--json", "--limit", "10"])
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(page.as_array().unwrap().len(), 10);
+}
