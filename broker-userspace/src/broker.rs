@@ -28,7 +28,7 @@ pub trait Projection: Send {
     fn reconcile(&mut self, specs: &[TunnelSpec], pop: &Pop) -> Result<Reconciled, String>;
     /// One tunnel's counters, if it is installed.
     fn counters(&self, id: u32) -> Option<TunnelStats>;
-    /// Every installed tunnel's counters (one map read each).
+    /// Every installed tunnel's counters, in id order.
     fn all_counters(&self) -> Result<Vec<(u32, TunnelStats)>, String>;
     fn global_counters(&self) -> Result<GlobalCounters, String>;
     /// Entries used and capacity per map.
@@ -61,14 +61,7 @@ impl Projection for Dataplane {
     }
 
     fn all_counters(&self) -> Result<Vec<(u32, TunnelStats)>, String> {
-        self.tunnel_ids()
-            .into_iter()
-            .map(|id| {
-                self.tunnel_counters(id)
-                    .map(|c| (id, c.unwrap_or_default()))
-                    .map_err(|e| error_chain(&e))
-            })
-            .collect()
+        self.all_tunnel_counters().map_err(|e| error_chain(&e))
     }
 
     fn global_counters(&self) -> Result<GlobalCounters, String> {

@@ -406,17 +406,18 @@ async fn watch_tunnels(broker: Arc<Mutex<Running>>, heartbeats: bool, beat_inter
                 continue;
             }
         };
-        // A slot reused since the list was taken reads another tunnel's counters: at
-        // worst a tunnel seems heard for one tick.
+        let mut b = broker.lock().await;
+        // A tunnel whose slot changed hands meanwhile was read as another: left for the
+        // next tick.
         let observed: Vec<Observed> = watched
             .into_iter()
             .zip(counters)
+            .filter(|((o, slot), _)| b.maps.slot_of(o.id) == Some(*slot))
             .map(|((o, _), c)| Observed {
                 from_client_packets: c.from_client_packets,
                 ..o
             })
             .collect();
-        let mut b = broker.lock().await;
         let changes = liveness.observe(std::time::Instant::now(), &observed);
         if let Err(e) = b.sweep_unproven(std::time::Instant::now()).await {
             warn!(error = %crate::broker::error_chain(&e), "removing unproven tunnels failed");
