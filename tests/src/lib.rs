@@ -73,3 +73,14 @@ pub fn append_report(section: &str) {
     std::fs::write(&path, text).expect("writing the report");
     eprintln!("appended to {}", path.to_string_lossy());
 }
+
+/// Polls `cond` every 100 ms for up to `secs` seconds; fails saying `what` did not happen.
+pub fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..secs * 10 {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("not within {secs} s: {what}");
+}

@@ -3,6 +3,7 @@
 //! at once.
 use std::time::Duration;
 
+use broker_tests::eventually;
 use broker_tests::{
     lab::{Lab, INET6_HOST},
     process::Proc,
@@ -17,17 +18,6 @@ fn lab(tag: &str, clients: u32, dir: &tempfile::TempDir, extra: &str) -> Lab {
 
 fn stats(lab: &Lab) -> Value {
     serde_json::from_str(&lab.stats(true).expect("broker stats")).expect("stats JSON")
-}
-
-/// Polls `cond` every 100 ms for up to `secs` seconds.
-fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..secs * 10 {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("not within {secs} s: {what}");
 }
 
 #[test]

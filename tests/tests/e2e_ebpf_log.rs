@@ -4,18 +4,8 @@
 //! `xdp`, and a restart without the key puts the embedded object back.
 use std::time::Duration;
 
+use broker_tests::eventually;
 use broker_tests::lab::{Lab, INET6_HOST};
-
-/// Polls `cond` every 100 ms for up to `secs` seconds.
-fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..secs * 10 {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("not within {secs} s: {what}");
-}
 
 /// Restarts `broker run` with `config`, letting the data plane's debug records through
 /// the log filter.

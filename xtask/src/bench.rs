@@ -20,49 +20,30 @@ pub fn run(o: Options) -> Result<()> {
         bail!("the benchmark loads XDP programs and builds a lab: run it as root");
     }
     let broker = build_broker_release()?;
+    let report = root().join("docs/BENCHMARKS.md");
+    // The data plane's writes the report anew; the others add their sections to it.
     exec(
-        Command::new("cargo")
-            .args([
-                "bench",
-                "--locked",
-                "-p",
-                "broker-tests",
-                "--bench",
-                "dataplane",
-            ])
+        bench("dataplane")
             .env("BROKER_BIN", &broker)
             .env("BENCH_MAX_TUNNELS", o.max_tunnels.to_string())
-            .env("BENCH_OUT", root().join("docs/BENCHMARKS.md")),
+            .env("BENCH_OUT", &report),
     )?;
     exec(
-        Command::new("cargo")
-            .args(["bench", "--locked", "-p", "broker-tests", "--bench", "tsp"])
+        bench("tsp")
             .env("BROKER_BIN", &broker)
-            .env("BENCH_APPEND", root().join("docs/BENCHMARKS.md")),
+            .env("BENCH_APPEND", &report),
     )?;
+    exec(bench("ayiya").env("BENCH_APPEND", &report))?;
     exec(
-        Command::new("cargo")
-            .args([
-                "bench",
-                "--locked",
-                "-p",
-                "broker-tests",
-                "--bench",
-                "ayiya",
-            ])
-            .env("BENCH_APPEND", root().join("docs/BENCHMARKS.md")),
-    )?;
-    exec(
-        Command::new("cargo")
-            .args([
-                "bench",
-                "--locked",
-                "-p",
-                "broker-tests",
-                "--bench",
-                "scale",
-            ])
+        bench("scale")
             .env("BROKER_BIN", &broker)
-            .env("BENCH_APPEND", root().join("docs/BENCHMARKS.md")),
+            .env("BENCH_APPEND", &report),
     )
+}
+
+/// `cargo bench` of one of broker-tests' benchmarks.
+fn bench(name: &str) -> Command {
+    let mut c = Command::new("cargo");
+    c.args(["bench", "--locked", "-p", "broker-tests", "--bench", name]);
+    c
 }

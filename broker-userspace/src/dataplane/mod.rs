@@ -468,24 +468,13 @@ impl Dataplane {
 
     /// The kernel's id of the loaded program (as `bpftool prog` shows it).
     pub fn program_id(&mut self) -> Result<u32> {
-        let prog = xdp_program(&mut self.ebpf, program_names::BROKER)?;
-        let info = prog.info().map_err(|source| DataplaneError::Program {
-            name: program_names::BROKER,
-            source,
-        })?;
-        Ok(info.id())
+        Ok(self.program_info()?.id())
     }
 
     /// Accumulated run time and run count of the data plane program (kept by the kernel
     /// while [`enable_run_stats`] is held).
     pub fn run_stats(&self) -> Result<(std::time::Duration, u64)> {
-        let info = self
-            .program()?
-            .info()
-            .map_err(|source| DataplaneError::Program {
-                name: program_names::BROKER,
-                source,
-            })?;
+        let info = self.program_info()?;
         Ok((info.run_time(), info.run_count()))
     }
 
@@ -1002,6 +991,16 @@ impl Dataplane {
             .ok_or(DataplaneError::MissingProgram { name })?;
         prog.try_into()
             .map_err(|source| DataplaneError::Program { name, source })
+    }
+
+    /// What the kernel says of the loaded program (id, run statistics, BTF).
+    fn program_info(&self) -> Result<aya::programs::ProgramInfo> {
+        self.program()?
+            .info()
+            .map_err(|source| DataplaneError::Program {
+                name: program_names::BROKER,
+                source,
+            })
     }
 }
 

@@ -219,14 +219,7 @@ impl Dataplane {
     /// The id of the BTF the kernel holds for the program; `None` when it was loaded
     /// without (aya falls back to that when the kernel refuses an object's BTF).
     pub fn program_btf_id(&self) -> Result<Option<u32>, DataplaneError> {
-        let info = self
-            .program()?
-            .info()
-            .map_err(|source| DataplaneError::Program {
-                name: program_names::BROKER,
-                source,
-            })?;
-        Ok(info.btf_id())
+        Ok(self.program_info()?.btf_id())
     }
 }
 
