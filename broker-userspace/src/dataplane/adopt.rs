@@ -33,6 +33,9 @@ pub struct Reconciled {
     pub unchanged: usize,
     /// Lookup entries pointing nowhere valid (left by a controller killed mid-update).
     pub orphans: usize,
+    /// Tunnels whose entry was written but some of whose lookup entries were not (a
+    /// controller killed inside an install): those entries were written again.
+    pub repaired: usize,
 }
 
 /// The prefixes a tunnel map value holds (its link /64 and routed prefixes).
@@ -191,7 +194,7 @@ impl Dataplane {
                 r.installed += 1;
             }
         }
-        r.orphans = self.sweep()?;
+        (r.orphans, r.repaired) = self.sweep()?;
         self.invalidate_nexthops()?;
         if r != Reconciled::default() {
             info!(?r, "data plane reconciled with the store");
@@ -224,8 +227,9 @@ impl Dataplane {
         Ok(out)
     }
 
-    /// Removes lookup entries that do not belong to the tunnel they point at.
-    fn sweep(&mut self) -> Result<usize> {
+    /// Removes lookup entries that do not belong to the tunnel they point at, and writes
+    /// again those an installed tunnel lacks; how many of each (entries, tunnels).
+    fn sweep(&mut self) -> Result<(usize, usize)> {
         let reads = self.reads;
         // The six maps are read on threads of their own: most of the time goes to the
         // kernel's copies, which run in parallel.
@@ -239,6 +243,7 @@ impl Dataplane {
                 }
                 by_slot[slot] = Some(i);
             }
+            let slots = by_slot.len();
             let at = |slot: u32| by_slot.get(slot as usize).copied().flatten();
             let endpoint_owned =
                 |key: EndpointKey, slot: u32| at(slot).is_some_and(|i| i.endpoint == key);
@@ -250,32 +255,32 @@ impl Dataplane {
             let prefixes = self.lookup_map::<PrefixKey>(names::PREFIXES)?;
             std::thread::scope(|s| {
                 let p41 = s.spawn(|| {
-                    stale(&p41, names::P41_ENDPOINTS, reads, |k, slot| {
+                    swept(&p41, names::P41_ENDPOINTS, reads, slots, |k, slot| {
                         endpoint_owned(EndpointKey::P41(*k), slot)
                     })
                 });
                 let udp = s.spawn(|| {
-                    stale(&udp, names::UDP_ENDPOINTS, reads, |k, slot| {
+                    swept(&udp, names::UDP_ENDPOINTS, reads, slots, |k, slot| {
                         endpoint_owned(EndpointKey::Udp(*k), slot)
                     })
                 });
                 let v6 = s.spawn(|| {
-                    stale(&v6, names::V6_ENDPOINTS, reads, |k, slot| {
+                    swept(&v6, names::V6_ENDPOINTS, reads, slots, |k, slot| {
                         endpoint_owned(EndpointKey::V6(*k), slot)
                     })
                 });
                 let ayiya = s.spawn(|| {
-                    stale(&ayiya, names::AYIYA_IDS, reads, |k, slot| {
+                    swept(&ayiya, names::AYIYA_IDS, reads, slots, |k, slot| {
                         endpoint_owned(EndpointKey::Ayiya(*k), slot)
                     })
                 });
                 let v4 = s.spawn(|| {
-                    stale(&v4, names::V4_ROUTES, reads, |k, slot| {
+                    swept(&v4, names::V4_ROUTES, reads, slots, |k, slot| {
                         at(slot).is_some_and(|i| i.v4 == Some(*k))
                     })
                 });
                 let prefixes = s.spawn(|| {
-                    stale(&prefixes, names::PREFIXES, reads, |k, slot| {
+                    swept(&prefixes, names::PREFIXES, reads, slots, |k, slot| {
                         at(slot).is_some_and(|i| i.prefixes.iter().any(|p| prefixes::key(p) == *k))
                     })
                 });
@@ -289,14 +294,46 @@ impl Dataplane {
                 )
             })
         };
+        let (p41, udp, v6, ayiya, v4, prefixes) = (p41?, udp?, v6?, ayiya?, v4?, prefixes?);
+
+        // Which installed tunnels lack an entry of their own.
+        let mut incomplete = Vec::new();
+        for (_, i) in self.slots.iter() {
+            let endpoint = match i.endpoint {
+                EndpointKey::P41(_) => p41.found_at(i.slot),
+                EndpointKey::Udp(_) => udp.found_at(i.slot),
+                EndpointKey::V6(_) => v6.found_at(i.slot),
+                EndpointKey::Ayiya(_) => ayiya.found_at(i.slot),
+                EndpointKey::None => 1,
+            };
+            // A handful of prefixes each: distinct ones counted without allocating.
+            let distinct = (0..i.prefixes.len())
+                .filter(|&n| !i.prefixes[..n].contains(&i.prefixes[n]))
+                .count();
+            if endpoint == 0
+                || (i.v4.is_some() && v4.found_at(i.slot) == 0)
+                || (prefixes.found_at(i.slot) as usize) < distinct
+            {
+                incomplete.push(i.clone());
+            }
+        }
+
         let mut n = 0;
-        n += self.delete(names::P41_ENDPOINTS, p41?)?;
-        n += self.delete(names::UDP_ENDPOINTS, udp?)?;
-        n += self.delete(names::V6_ENDPOINTS, v6?)?;
-        n += self.delete(names::AYIYA_IDS, ayiya?)?;
-        n += self.delete(names::V4_ROUTES, v4?)?;
-        n += self.delete(names::PREFIXES, prefixes?)?;
-        Ok(n)
+        n += self.delete(names::P41_ENDPOINTS, p41.stale)?;
+        n += self.delete(names::UDP_ENDPOINTS, udp.stale)?;
+        n += self.delete(names::V6_ENDPOINTS, v6.stale)?;
+        n += self.delete(names::AYIYA_IDS, ayiya.stale)?;
+        n += self.delete(names::V4_ROUTES, v4.stale)?;
+        n += self.delete(names::PREFIXES, prefixes.stale)?;
+        for i in &incomplete {
+            tracing::warn!(
+                slot = i.slot,
+                "a tunnel's lookup entries were missing (a controller killed while \
+                 installing it); written again"
+            );
+            self.insert_lookups(i)?;
+        }
+        Ok((n, incomplete.len()))
     }
 
     fn lookup_map<K: Pod>(&self, name: &'static str) -> Result<HashMap<&MapData, K, u32>> {
@@ -314,21 +351,40 @@ impl Dataplane {
     }
 }
 
-/// The keys of one lookup map that `owned` does not vouch for.
-fn stale<K: Pod>(
+/// One lookup map read through: the keys `owned` does not vouch for, and how many
+/// vouched-for entries point at each slot (of `slots`).
+struct Swept<K> {
+    stale: Vec<K>,
+    found: Vec<u8>,
+}
+
+impl<K> Swept<K> {
+    fn found_at(&self, slot: u32) -> u8 {
+        self.found.get(slot as usize).copied().unwrap_or(0)
+    }
+}
+
+fn swept<K: Pod>(
     map: &HashMap<&MapData, K, u32>,
     name: &'static str,
     reads: batch::MapReads,
+    slots: usize,
     owned: impl Fn(&K, u32) -> bool,
-) -> Result<Vec<K>> {
-    let mut stale = Vec::new();
+) -> Result<Swept<K>> {
+    let mut out = Swept {
+        stale: Vec::new(),
+        found: vec![0; slots],
+    };
     batch::hash_entries(map, name, reads, |key, slot| {
-        if !owned(&key, slot) {
-            stale.push(key);
+        if owned(&key, slot) {
+            let n = &mut out.found[slot as usize];
+            *n = n.saturating_add(1);
+        } else {
+            out.stale.push(key);
         }
         Ok(())
     })?;
-    Ok(stale)
+    Ok(out)
 }
 
 /// What a scoped thread returned; its panic goes on in the caller.

@@ -656,13 +656,7 @@ impl Dataplane {
         if let Some(v4) = v4 {
             self.insert_lookup(names::V4_ROUTES, v4, slot)?;
         }
-        match endpoint {
-            EndpointKey::P41(k) => self.insert_lookup(names::P41_ENDPOINTS, k, slot)?,
-            EndpointKey::Udp(k) => self.insert_lookup(names::UDP_ENDPOINTS, k, slot)?,
-            EndpointKey::V6(k) => self.insert_lookup(names::V6_ENDPOINTS, k, slot)?,
-            EndpointKey::Ayiya(k) => self.insert_lookup(names::AYIYA_IDS, k, slot)?,
-            EndpointKey::None => {}
-        }
+        self.insert_endpoint(&endpoint, slot)?;
         if let Some(prev) = previous {
             if prev.endpoint != endpoint {
                 self.remove_endpoint(&prev.endpoint)?;
@@ -705,6 +699,28 @@ impl Dataplane {
             value.remote_port = current.remote_port;
         }
         Ok(())
+    }
+
+    fn insert_endpoint(&mut self, endpoint: &EndpointKey, slot: u32) -> Result<()> {
+        match *endpoint {
+            EndpointKey::P41(k) => self.insert_lookup(names::P41_ENDPOINTS, k, slot),
+            EndpointKey::Udp(k) => self.insert_lookup(names::UDP_ENDPOINTS, k, slot),
+            EndpointKey::V6(k) => self.insert_lookup(names::V6_ENDPOINTS, k, slot),
+            EndpointKey::Ayiya(k) => self.insert_lookup(names::AYIYA_IDS, k, slot),
+            EndpointKey::None => Ok(()),
+        }
+    }
+
+    /// Writes every lookup entry of an installed tunnel (again): its prefixes, its v4v6
+    /// route and its endpoint. The lengths and space already cover its prefixes.
+    fn insert_lookups(&mut self, installed: &Installed) -> Result<()> {
+        for p in &installed.prefixes {
+            self.insert_lookup(names::PREFIXES, prefixes::key(p), installed.slot)?;
+        }
+        if let Some(v4) = installed.v4 {
+            self.insert_lookup(names::V4_ROUTES, v4, installed.slot)?;
+        }
+        self.insert_endpoint(&installed.endpoint, installed.slot)
     }
 
     fn insert_lookup<K: Pod>(&mut self, name: &'static str, key: K, slot: u32) -> Result<()> {
@@ -1084,9 +1100,17 @@ fn utc_minus_tai() -> Result<i32> {
     Ok(((utc - tai) as f64 / 1e9).round() as i32)
 }
 
+/// A removal of what is already gone succeeds: a controller killed halfway through a
+/// removal leaves a tunnel entry whose lookups are gone, and its successor removes it.
+/// aya reports a missing key as the system call's `ENOENT`, not as `KeyNotFound`.
 fn ignore_missing(r: Result<(), aya::maps::MapError>, name: &'static str) -> Result<()> {
     match r {
         Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
         Err(source) => Err(DataplaneError::Map { name, source }),
     }
 }
