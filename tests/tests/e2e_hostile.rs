@@ -257,3 +257,41 @@ fn forged_anonymous_sessions_cannot_drain_the_pools() {
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(anonymous_tunnels(&lab), 1, "a heard client's tunnel stays");
 }
+
+#[test]
+fn an_established_tsp_connection_is_let_go_when_its_tunnel_sleeps() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = lab("held", &dir);
+    // An anonymous v6v4 negotiation over TCP that then holds its connection and never
+    // sends a keepalive through the tunnel. Before, such a connection was held for ever.
+    let eof = lab.host("t2").within(|| {
+        let mut s = TcpStream::connect((POP_V4, 3653)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let request = "<tunnel action=\"create\" type=\"v6v4\" proxy=\"no\">\r\n <client>\r\n  <address type=\"ipv4\">0.0.0.0</address>\r\n  <keepalive interval=\"5\">\r\n    <address type=\"ipv6\">::</address>\r\n  </keepalive>\r\n </client>\r\n</tunnel>\r\n";
+        let accept = "<tunnel action=\"accept\"></tunnel>\r\n";
+        let mut answers = String::new();
+        for m in [
+            "VERSION=2.0.2\r\n".to_string(),
+            "AUTHENTICATE ANONYMOUS\r\n".to_string(),
+            format!("Content-length: {}\r\n{request}", request.len()),
+            format!("Content-length: {}\r\n{accept}", accept.len()),
+        ] {
+            s.write_all(m.as_bytes()).unwrap();
+            let mut buf = [0u8; 4096];
+            if let Ok(n) = uninterrupted(|| s.read(&mut buf)) {
+                answers.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }
+        assert!(answers.contains("<tunnel action=\"info\""), "an offer: {answers}");
+        // Five keepalive intervals of 5 s put the tunnel to sleep; one more lets go.
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut buf = [0u8; 64];
+        uninterrupted(|| s.read(&mut buf))
+    });
+    assert!(matches!(eof, Ok(0)), "the connection was let go: {eof:?}");
+    assert_eq!(
+        lab.metric("broker_defended_total{service=\"tsp\",reason=\"held_tunnel_asleep\"}")
+            .unwrap(),
+        1
+    );
+}

@@ -33,6 +33,23 @@ use crate::{
 /// `recv` calls and would hang if both arrived in the first.
 const DIGEST_GAP: Duration = Duration::from_millis(200);
 
+/// Whether the tunnel an established TCP session got is gone, not up, or asleep.
+async fn tunnel_lapsed<S, P, R>(shared: &Shared<S, P, R>, id: u32) -> bool
+where
+    S: Store,
+    P: Projection,
+    R: RouteOps,
+{
+    let b = shared.broker.lock().await;
+    if b.is_asleep(id) {
+        return true;
+    }
+    // A store error is no reason to cut a client off.
+    b.store
+        .tunnel(id)
+        .is_ok_and(|t| t.is_none_or(|t| t.spec.state != crate::model::State::Up))
+}
+
 /// What every connection and datagram shares.
 pub struct Shared<S, P, R> {
     pub broker: Arc<Mutex<Broker<S, P, R>>>,
@@ -161,14 +178,26 @@ where
     let mut session = Session::new(Transport::Tcp, peer, shared.policy());
     let mut framer = TcpFramer::default();
     let deadline = Instant::now() + Duration::from_secs(shared.config.negotiation_timeout_secs);
+    let check = Duration::from_secs(u64::from(shared.config.keepalive_secs.max(1)));
+    let mut held: Option<u32> = None;
     let mut buf = vec![0u8; 4096];
     let outcome = loop {
         let msg = match framer.next(shared.config.max_message) {
             Ok(Some(m)) => m,
             Ok(None) => {
-                let read = if session.established() {
-                    // The client keeps the connection open while its tunnel runs.
-                    stream.read(&mut buf).await
+                let read = if let Some(id) = held {
+                    // The client keeps the connection open while its tunnel runs (gogoc),
+                    // silent; it is let go once the tunnel is gone, not up, or asleep
+                    // (five keepalive intervals without a packet: the client went away).
+                    match tokio::time::timeout(check, stream.read(&mut buf)).await {
+                        Ok(r) => r,
+                        Err(_) if tunnel_lapsed(shared, id).await => {
+                            shared.metrics.defended("tsp", "held_tunnel_asleep");
+                            debug!(%peer, tunnel = id, "TSP connection let go: its tunnel sleeps");
+                            break "ended";
+                        }
+                        Err(_) => continue,
+                    }
                 } else {
                     match tokio::time::timeout_at(deadline.into(), stream.read(&mut buf)).await {
                         Ok(r) => r,
@@ -209,8 +238,9 @@ where
                     }
                 }
             }
-            Driven::Established(bytes) => {
+            Driven::Established(bytes, tunnel) => {
                 let _ = stream.write_all(&bytes).await;
+                held = Some(tunnel);
                 shared.metrics.tsp_session("tcp", "established");
                 // The limit is on negotiations; a client keeps its connection while its
                 // tunnel runs (gogoc), several clients may share a NAT's address.
@@ -240,7 +270,8 @@ fn succeeded<S, P, R>(shared: &Shared<S, P, R>, next: &Step, peer: SocketAddr, u
 /// A session step carried through to something to send.
 enum Driven {
     Send(Vec<u8>),
-    Established(Vec<u8>),
+    /// The accept's answer, and the tunnel it got.
+    Established(Vec<u8>, u32),
     /// Send after the delay (failed authentications are answered late, the later the
     /// more a source fails), then end the session.
     Close(Vec<u8>, &'static str, Duration),
@@ -327,7 +358,7 @@ where
             }
             Step::Established { tunnel, reply } => {
                 info!(%peer, tunnel, "TSP tunnel established");
-                return Driven::Established(reply);
+                return Driven::Established(reply, tunnel);
             }
             Step::Close(b) => {
                 if session.failure().is_some() {
@@ -487,7 +518,7 @@ where
                 let _ = socket.send_to(&d, peer).await;
                 p.last = Some(Last::new(request, d));
             }
-            Driven::Established(bytes) => {
+            Driven::Established(bytes, _) => {
                 let d = frame::datagram(&header, &bytes);
                 let _ = socket.send_to(&d, peer).await;
                 p.last = Some(Last::new(request, d));

@@ -286,3 +286,36 @@ async fn a_byte_now_and_then_does_not_keep_a_session() {
     assert!(held < Duration::from_secs(5), "held {held:?}");
     drip.abort();
 }
+
+#[tokio::test]
+async fn one_address_holds_a_bounded_number_of_sessions() {
+    let (at, _, _) = server(TicConfig::default()).await;
+    let mut held = Vec::new();
+    for _ in 0..SESSIONS_PER_SOURCE {
+        let stream = TcpStream::connect(at).await.unwrap();
+        let mut lines = tokio::io::BufReader::new(stream).lines();
+        let banner = lines.next_line().await.unwrap().unwrap();
+        assert!(banner.starts_with("200 "), "{banner}");
+        held.push(lines);
+    }
+    let stream = TcpStream::connect(at).await.unwrap();
+    let mut lines = tokio::io::BufReader::new(stream).lines();
+    let answer = lines.next_line().await.unwrap().unwrap();
+    assert!(answer.starts_with("400 Too many sessions"), "{answer}");
+    let end = tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await;
+    assert!(matches!(end, Ok(Ok(None)) | Ok(Err(_))), "closed: {end:?}");
+    // A session that ends gives its place back.
+    drop(held.pop());
+    let mut again = None;
+    for _ in 0..50 {
+        let stream = TcpStream::connect(at).await.unwrap();
+        let mut lines = tokio::io::BufReader::new(stream).lines();
+        let line = lines.next_line().await.unwrap().unwrap();
+        if line.starts_with("200 ") {
+            again = Some(line);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "the place came back");
+}

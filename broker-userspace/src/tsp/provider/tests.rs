@@ -424,3 +424,36 @@ fn forged_sources_hold_a_bounded_number_of_tunnels_for_a_bounded_time() {
     ))
     .unwrap();
 }
+
+#[test]
+fn a_users_quotas_hold_over_tsp_as_over_the_api() {
+    let mut b = broker();
+    b.quotas.routed_prefixes_per_user = 0;
+    let router = ask(Some("alice"), Kind::Proto41, p41(10), Some(56));
+    assert_eq!(
+        run(provide(&mut b, &router, &cfg())).unwrap_err(),
+        Status::PrefixLengthUnavailable,
+        "a routed prefix beyond the quota"
+    );
+    // Without the prefix the tunnel is made; asking for one later is refused the same way.
+    let host = ask(Some("alice"), Kind::Proto41, p41(10), None);
+    run(provide(&mut b, &host, &cfg())).unwrap();
+    assert_eq!(
+        run(provide(&mut b, &router, &cfg())).unwrap_err(),
+        Status::PrefixLengthUnavailable
+    );
+    b.create_user("bob", Some("bob-password")).unwrap();
+    b.quotas.tunnels_per_user = 0;
+    assert_eq!(
+        run(provide(
+            &mut b,
+            &ask(Some("bob"), Kind::Proto41, p41(11), None),
+            &cfg()
+        ))
+        .unwrap_err(),
+        Status::NoTunnels,
+        "a tunnel beyond the quota"
+    );
+    // A tunnel alice already holds is hers to keep using whatever the quota.
+    run(provide(&mut b, &host, &cfg())).unwrap();
+}
