@@ -536,6 +536,10 @@ pub struct Settings {
     /// (`no_neighbour`) take a token of this bucket; without one they are dropped
     /// (`neighbour_rate_limited`), so clients cannot fill the kernel's neighbour table.
     pub neighbour: RateLimit,
+    /// The controller's mark that the maps (and routes) hold the store exactly as of a
+    /// generation of it (a hash; zero: not known to). A restarting controller that finds
+    /// its store's mark here skips reconciling; the program never reads it.
+    pub stamp: [u8; 8],
 }
 
 /// A token bucket's parameters (host order). The bucket starts full; `burst` 0 lets
@@ -590,6 +594,7 @@ impl Settings {
         utc_minus_tai_s: 0,
         icmp: RateLimit::ICMP_DEFAULT,
         neighbour: RateLimit::NEIGHBOUR_DEFAULT,
+        stamp: [0; 8],
     };
 
     /// True when `addr` is inside the v4v6 pool.
@@ -664,7 +669,7 @@ mod tests {
         assert_eq!(size_of::<Endpoint6>(), 32);
         assert_eq!(
             size_of::<Settings>(),
-            24 + 16 * MAX_PREFIX_LENS + 16 * MAX_SPACE + 40 + 2 * 8
+            24 + 16 * MAX_PREFIX_LENS + 16 * MAX_SPACE + 40 + 2 * 8 + 8
         );
         assert_eq!(size_of::<RateLimit>(), 8);
         assert_eq!(size_of::<PrefixKey>(), 16);

@@ -41,6 +41,18 @@ pub trait Projection: Send {
     fn refresh_clock(&mut self) -> Result<(), String> {
         Ok(())
     }
+    /// The mark that the maps hold the store as of a generation ([`stamp`]), if any.
+    fn stamp(&self) -> Option<u64> {
+        None
+    }
+    fn set_stamp(&mut self, _stamp: u64) -> Result<(), String> {
+        Ok(())
+    }
+    /// The tunnels the maps held as down when taken over from an earlier controller
+    /// (once; empty afterwards).
+    fn take_adopted_down(&mut self) -> Vec<u32> {
+        Vec::new()
+    }
 }
 
 impl Projection for Dataplane {
@@ -79,6 +91,18 @@ impl Projection for Dataplane {
     fn refresh_clock(&mut self) -> Result<(), String> {
         Dataplane::refresh_clock(self).map_err(|e| error_chain(&e))
     }
+
+    fn stamp(&self) -> Option<u64> {
+        Dataplane::stamp(self)
+    }
+
+    fn set_stamp(&mut self, stamp: u64) -> Result<(), String> {
+        Dataplane::set_stamp(self, stamp).map_err(|e| error_chain(&e))
+    }
+
+    fn take_adopted_down(&mut self) -> Vec<u32> {
+        Dataplane::take_adopted_down(self)
+    }
 }
 
 /// The kernel's routes as the broker core drives them.
@@ -89,6 +113,13 @@ pub trait RouteOps: Send + Sync {
         &self,
         wanted: &BTreeSet<Ipv6Net>,
     ) -> impl std::future::Future<Output = Result<(usize, usize), String>> + Send;
+    /// The broker's routes now in the kernel.
+    fn list(&self) -> impl std::future::Future<Output = Result<BTreeSet<Ipv6Net>, String>> + Send;
+    /// What the routes depend on besides the prefixes (table, protocol, device): part of
+    /// the maps' stamp, so that a change of it is reconciled.
+    fn identity(&self) -> String {
+        String::new()
+    }
 }
 
 impl RouteOps for Routes {
@@ -104,6 +135,14 @@ impl RouteOps for Routes {
         Routes::reconcile(self, wanted)
             .await
             .map_err(|e| error_chain(&e))
+    }
+
+    async fn list(&self) -> Result<BTreeSet<Ipv6Net>, String> {
+        Routes::list(self).await.map_err(|e| error_chain(&e))
+    }
+
+    fn identity(&self) -> String {
+        Routes::identity(self)
     }
 }
 
@@ -121,6 +160,14 @@ impl RouteOps for NoRoutes {
 
     async fn reconcile(&self, _: &BTreeSet<Ipv6Net>) -> Result<(usize, usize), String> {
         Ok((0, 0))
+    }
+
+    async fn list(&self) -> Result<BTreeSet<Ipv6Net>, String> {
+        Ok(BTreeSet::new())
+    }
+
+    fn identity(&self) -> String {
+        "no routes".into()
     }
 }
 
@@ -190,6 +237,11 @@ pub struct Broker<S, P, R> {
     unproven: std::collections::BTreeMap<u32, unproven::Unproven>,
     /// Tunnels whose clients are watched for silence ([`watch`]).
     watch: watch::WatchList,
+    /// Set when a write to maps or routes failed, or undoing a change did: they may differ
+    /// from the store until the next full reconcile, so they are not stamped ([`stamp`]).
+    unsure: bool,
+    /// A start skipped reconciling: the routes are still to be checked ([`check_routes`]).
+    routes_unchecked: bool,
 }
 
 impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
@@ -206,7 +258,46 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
             realm: crate::config::DEFAULT_REALM.to_string(),
             unproven: std::collections::BTreeMap::new(),
             watch: watch::WatchList::default(),
+            unsure: false,
+            routes_unchecked: false,
         }
+    }
+
+    fn distrust(&mut self) {
+        self.unsure = true;
+    }
+
+    // Every write to maps and routes goes through these, so that a failure is noticed.
+    fn install(&mut self, spec: &TunnelSpec) -> Result<(), String> {
+        let r = self.maps.install(spec);
+        if r.is_err() {
+            self.distrust();
+        }
+        r
+    }
+
+    fn uninstall(&mut self, id: u32) -> Result<(), String> {
+        let r = self.maps.uninstall(id);
+        if r.is_err() {
+            self.distrust();
+        }
+        r
+    }
+
+    async fn route_add(&mut self, p: &Ipv6Net) -> Result<(), String> {
+        let r = self.routes.add(p).await;
+        if r.is_err() {
+            self.distrust();
+        }
+        r
+    }
+
+    async fn route_del(&mut self, p: &Ipv6Net) -> Result<(), String> {
+        let r = self.routes.del(p).await;
+        if r.is_err() {
+            self.distrust();
+        }
+        r
     }
 
     /// What the data plane gets for a stored tunnel: down while it sleeps, and woken
@@ -244,7 +335,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
         match self.store.tunnel(id)? {
             Some(t) if t.spec.state == State::Up => {
                 let spec = self.projected(&t);
-                self.maps.install(&spec).map_err(BrokerError::Maps)?;
+                self.install(&spec).map_err(BrokerError::Maps)?;
                 info!(id, asleep, "tunnel liveness changed");
                 Ok(true)
             }
@@ -308,6 +399,8 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
 
     /// Makes maps and routes match the store (at start, after a reload).
     pub async fn reconcile(&mut self) -> Result<Reconciled> {
+        // Until it ends, maps and routes may differ from the store.
+        self.unsure = true;
         // How long each part took, in the log: a start's time is mostly these three.
         let ms = |t: std::time::Instant| t.elapsed().as_millis() as u64;
         let t = std::time::Instant::now();
@@ -338,13 +431,15 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
             routes_ms = ms(t),
             "reconciled"
         );
+        self.unsure = false;
+        self.stamp()?;
         Ok(r)
     }
 
     /// Reconciles the static tunnels of the config into the store, then the projections.
     pub async fn sync_static(&mut self, wanted: &[TunnelSpec]) -> Result<StaticSync> {
         let report = self.store.sync_static(wanted, store::now())?;
-        self.reconcile().await?;
+        self.resume().await?;
         Ok(report)
     }
 
@@ -477,14 +572,14 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
     async fn project_created(&mut self, record: TunnelRecord, bulk: bool) -> Result<TunnelRecord> {
         let id = record.spec.id;
         failpoint("create:after_store");
-        if let Err(e) = self.maps.install(&self.projected(&record)) {
+        if let Err(e) = self.install(&self.projected(&record)) {
             self.undo_create(id, false, &[]).await;
             return Err(BrokerError::Maps(e));
         }
         failpoint("create:after_maps");
         let mut added = Vec::new();
         for p in record.spec.prefixes() {
-            if let Err(e) = self.routes.add(&p).await {
+            if let Err(e) = self.route_add(&p).await {
                 self.undo_create(id, true, &added).await;
                 return Err(BrokerError::Routes(e));
             }
@@ -502,12 +597,12 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
 
     async fn undo_create(&mut self, id: u32, installed: bool, routes: &[Ipv6Net]) {
         for p in routes {
-            if let Err(e) = self.routes.del(p).await {
+            if let Err(e) = self.route_del(p).await {
                 error!(id, prefix = %p, error = e, "undo: removing the route failed");
             }
         }
         if installed {
-            if let Err(e) = self.maps.uninstall(id) {
+            if let Err(e) = self.uninstall(id) {
                 error!(
                     id,
                     error = e,
@@ -519,6 +614,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
         // failed creations (maps full) burn the pool.
         if let Err(e) = self.store.discard_tunnel(id) {
             error!(id, error = %e, "undo: removing the tunnel from the store failed");
+            self.distrust();
         }
     }
 
@@ -556,7 +652,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
         }
         let record = self.store.update_tunnel(id, change, store::now())?;
         failpoint("update:after_store");
-        let undo = |store: &mut S| {
+        let undo = |store: &mut S| -> bool {
             // Only a routed prefix can have been added; a new one cannot be taken away by
             // an update, so it stays with the tunnel (and in the store) either way.
             let back = TunnelChange {
@@ -570,17 +666,21 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
             };
             if let Err(u) = store.update_tunnel(id, &back, before.updated_at) {
                 error!(id, error = %u, "undo: restoring the tunnel in the store failed");
+                return false;
             }
+            true
         };
-        if let Err(e) = self.maps.install(&self.projected(&record)) {
-            undo(&mut self.store);
+        if let Err(e) = self.install(&self.projected(&record)) {
+            if !undo(&mut self.store) {
+                self.distrust();
+            }
             return Err(BrokerError::Maps(e));
         }
         // Store and maps hold the change now, whatever happens to its routes.
         self.watch.track(&record);
         let old: Vec<Ipv6Net> = before.spec.prefixes().collect();
         for p in record.spec.prefixes().filter(|p| !old.contains(p)) {
-            if let Err(e) = self.routes.add(&p).await {
+            if let Err(e) = self.route_add(&p).await {
                 // The prefix is the tunnel's now; the next reconcile adds the route.
                 error!(id, prefix = %p, error = e, "adding the route failed");
                 return Err(BrokerError::Routes(e));
@@ -593,13 +693,13 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
     pub async fn delete_tunnel(&mut self, id: u32) -> Result<TunnelRecord> {
         let record = self.store.delete_tunnel(id, store::now())?;
         failpoint("delete:after_store");
-        if let Err(e) = self.maps.uninstall(id) {
+        if let Err(e) = self.uninstall(id) {
             self.undo_delete(&record, false).await;
             return Err(BrokerError::Maps(e));
         }
         failpoint("delete:after_maps");
         for p in record.spec.prefixes() {
-            if let Err(e) = self.routes.del(&p).await {
+            if let Err(e) = self.route_del(&p).await {
                 self.undo_delete(&record, true).await;
                 return Err(BrokerError::Routes(e));
             }
@@ -616,16 +716,17 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
         let id = record.spec.id;
         if let Err(e) = self.store.restore_tunnel(record) {
             error!(id, error = %e, "undo: restoring the tunnel in the store failed");
+            self.distrust();
             return;
         }
         self.watch.track(record);
         if uninstalled {
-            if let Err(e) = self.maps.install(&self.projected(record)) {
+            if let Err(e) = self.install(&self.projected(record)) {
                 error!(id, error = e, "undo: reinstalling the tunnel failed");
             }
         }
         for p in record.spec.prefixes() {
-            if let Err(e) = self.routes.add(&p).await {
+            if let Err(e) = self.route_add(&p).await {
                 error!(id, prefix = %p, error = e, "undo: restoring the route failed");
             }
         }
@@ -701,6 +802,9 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
     }
 }
 
+mod routes_check;
+pub use routes_check::check_routes;
+mod stamp;
 mod unproven;
 pub mod watch;
 

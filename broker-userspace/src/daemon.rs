@@ -58,6 +58,20 @@ impl RouteOps for RouteBackend {
             RouteBackend::Disabled(r) => r.reconcile(wanted).await,
         }
     }
+
+    async fn list(&self) -> Result<std::collections::BTreeSet<ipnet::Ipv6Net>, String> {
+        match self {
+            RouteBackend::Kernel(r) => RouteOps::list(r).await,
+            RouteBackend::Disabled(r) => r.list().await,
+        }
+    }
+
+    fn identity(&self) -> String {
+        match self {
+            RouteBackend::Kernel(r) => RouteOps::identity(r),
+            RouteBackend::Disabled(r) => r.identity(),
+        }
+    }
 }
 
 /// The broker core as `broker run` assembles it.
@@ -224,6 +238,15 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         .await
         .context("starting the heartbeat server")?;
     }
+    if broker.lock().await.take_routes_unchecked() {
+        let lister = route_backend(&config).await?;
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::broker::check_routes(&broker, &lister).await {
+                warn!(error = %crate::broker::error_chain(&e), "checking the routes against the store failed");
+            }
+        });
+    }
     let watcher = tokio::spawn(watch_tunnels(
         broker.clone(),
         config.heartbeat.is_some(),
@@ -319,7 +342,13 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         }
     }
     let _ = stop_api.send(true);
+    // Held to the end: no change is half done while it is held (each takes the broker for
+    // its whole course), and none starts after the stamp.
+    let mut b = broker.lock().await;
     watcher.abort();
+    if let Err(e) = b.stamp() {
+        warn!(error = %crate::broker::error_chain(&e), "stamping the maps failed");
+    }
     info!("stopping; the data plane keeps forwarding (`broker dataplane detach` removes it)");
     Ok(())
 }
@@ -439,6 +468,11 @@ async fn watch_tunnels(broker: Arc<Mutex<Running>>, heartbeats: bool, beat_inter
             if let Err(e) = b.maps.refresh_clock() {
                 warn!(error = %crate::broker::error_chain(&e), "refreshing the data plane's clock failed");
             }
+        }
+        // Whatever changed since the last tick is in maps and routes now: a restart from
+        // here needs no reconcile.
+        if let Err(e) = b.stamp() {
+            warn!(error = %crate::broker::error_chain(&e), "stamping the maps failed");
         }
     }
 }

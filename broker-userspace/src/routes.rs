@@ -51,6 +51,11 @@ pub struct Routes {
 }
 
 impl Routes {
+    /// The settings the routes are made with, as text (part of the maps' stamp).
+    pub fn identity(&self) -> String {
+        format!("{:?}", self.settings)
+    }
+
     /// Connects in the caller's namespace (needs a tokio runtime).
     pub fn connect(settings: RouteSettings) -> Result<Self, RouteError> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(RouteError::Connect)?;

@@ -314,6 +314,7 @@ fn a_crash_at_any_step_of_a_change_leaves_store_maps_and_routes_agreeing() {
         let (s, _) = api(&lab, "POST", "/api/v1/tunnels", Some(body));
         assert_eq!(s, 0, "{point}: the broker should have died mid-request");
         lab.spawn_broker(&[]).unwrap();
+        assert_reconciled(&lab, point);
         let (store, maps, routes) = state(&lab);
         assert_eq!(store, maps, "{point}: store and maps differ");
         assert_eq!(
@@ -341,6 +342,7 @@ fn a_crash_at_any_step_of_a_change_leaves_store_maps_and_routes_agreeing() {
         let (s, _) = api(&lab, "DELETE", &format!("/api/v1/tunnels/{id}"), None);
         assert_eq!(s, 0, "{point}: the broker should have died mid-request");
         lab.spawn_broker(&[]).unwrap();
+        assert_reconciled(&lab, point);
         let (store, maps, routes) = state(&lab);
         assert!(!store.contains(&id), "{point}: deleted in the store");
         assert_eq!(store, maps, "{point}: store and maps differ");
@@ -364,9 +366,93 @@ fn a_crash_at_any_step_of_a_change_leaves_store_maps_and_routes_agreeing() {
         .unwrap();
     lab.kill_broker();
     lab.spawn_broker(&[]).unwrap();
-    assert_eq!(state(&lab).2, store_prefixes(&lab));
+    // A start that skipped reconciling checks the routes just after.
+    broker_tests::eventually(10, "the stray route removed", || {
+        state(&lab).2 == store_prefixes(&lab)
+    });
     lab.ping(1, INET6_HOST, 3, "0.1")
         .expect("tunnel 1 forwarded throughout");
+}
+
+/// A controller killed in the middle of a change leaves maps without the stamp (or a
+/// store of another generation): the next start reconciles in full.
+fn assert_reconciled(lab: &Lab, point: &str) {
+    let log = lab.broker_log();
+    assert!(
+        log.contains(" reconciled") && !log.contains("not reconciled"),
+        "{point}: a full reconcile expected:\n{log}"
+    );
+}
+
+#[test]
+fn a_restart_with_nothing_changed_skips_the_reconcile_and_checks_the_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lab = lab("stamp", 1, &dir);
+    let body = json!({"remote_ipv4": "198.51.100.77", "routed_prefix_length": 48});
+    let (s, v) = api(&lab, "POST", "/api/v1/tunnels", Some(body));
+    assert_eq!(s, 201, "{v}");
+    let id = v["id"].as_u64().unwrap() as u32;
+    let before = state(&lab);
+    // A clean stop stamps the maps.
+    lab.broker().signal(libc::SIGTERM);
+    broker_tests::eventually(10, "broker run stopped", || !lab.broker().running());
+    // While no controller runs: a route in the broker's table that no tunnel has, and
+    // one of a tunnel's removed.
+    lab.pop
+        .ip(&[
+            "-6",
+            "route",
+            "add",
+            "blackhole",
+            "2001:db8:dead:beef::/64",
+            "proto",
+            "200",
+        ])
+        .unwrap();
+    let lost = before
+        .2
+        .iter()
+        .find(|p| p.ends_with("/48"))
+        .unwrap()
+        .clone();
+    lab.pop
+        .ip(&["-6", "route", "del", &lost, "proto", "200"])
+        .unwrap();
+    lab.spawn_broker(&[]).unwrap();
+    let log = lab.broker_log();
+    assert!(log.contains("not reconciled"), "{log}");
+    broker_tests::eventually(10, "the routes checked", || {
+        lab.broker_log()
+            .contains("routes checked against the store")
+    });
+    let log = lab.broker_log();
+    assert!(log.contains("added=1 removed=1"), "{log}");
+    assert_eq!(
+        state(&lab),
+        before,
+        "store, maps and routes as before the stop"
+    );
+    lab.ping(1, INET6_HOST, 3, "0.1").expect("forwarding");
+
+    // A change while no controller runs (the store written by another process): the
+    // stamp no longer matches, and the start reconciles.
+    lab.broker().signal(libc::SIGTERM);
+    broker_tests::eventually(10, "broker run stopped", || !lab.broker().running());
+    {
+        use broker_userspace::store::{PoolSet, SqliteStore, Store, TunnelChange};
+        let mut store = SqliteStore::open(&lab.dir.join("broker.db"), PoolSet::default()).unwrap();
+        let change = TunnelChange {
+            mtu: Some(1400),
+            ..TunnelChange::default()
+        };
+        store
+            .update_tunnel(id, &change, broker_userspace::store::now())
+            .unwrap();
+    }
+    lab.spawn_broker(&[]).unwrap();
+    assert_reconciled(&lab, "the store changed by another process");
+    let (_, t) = api(&lab, "GET", &format!("/api/v1/tunnels/{id}"), None);
+    assert_eq!(t["mtu"], 1400, "{t}");
 }
 
 #[test]

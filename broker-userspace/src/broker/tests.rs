@@ -19,6 +19,9 @@ pub(crate) struct FakeMaps {
     learnt: Vec<(u32, std::net::SocketAddrV4)>,
     /// Tunnels whose client sent a packet.
     pub(crate) heard: BTreeSet<u32>,
+    /// As the data plane keeps it: cleared by any write.
+    stamp: Option<u64>,
+    reconciles: usize,
 }
 
 impl<S> Broker<S, FakeMaps, FakeRoutes> {
@@ -30,6 +33,7 @@ impl<S> Broker<S, FakeMaps, FakeRoutes> {
 
 impl Projection for FakeMaps {
     fn install(&mut self, spec: &TunnelSpec) -> Result<(), String> {
+        self.stamp = None;
         if self.fail {
             return Err("maps broken".into());
         }
@@ -38,6 +42,7 @@ impl Projection for FakeMaps {
     }
 
     fn uninstall(&mut self, id: u32) -> Result<(), String> {
+        self.stamp = None;
         if self.fail {
             return Err("maps broken".into());
         }
@@ -46,8 +51,27 @@ impl Projection for FakeMaps {
     }
 
     fn reconcile(&mut self, specs: &[TunnelSpec], _: &Pop) -> Result<Reconciled, String> {
+        self.stamp = None;
+        self.reconciles += 1;
         self.installed = specs.iter().map(|s| (s.id, s.clone())).collect();
         Ok(Reconciled::default())
+    }
+
+    fn stamp(&self) -> Option<u64> {
+        self.stamp
+    }
+
+    fn set_stamp(&mut self, stamp: u64) -> Result<(), String> {
+        self.stamp = Some(stamp);
+        Ok(())
+    }
+
+    fn take_adopted_down(&mut self) -> Vec<u32> {
+        self.installed
+            .values()
+            .filter(|s| s.state == State::Down)
+            .map(|s| s.id)
+            .collect()
     }
 
     fn counters(&self, id: u32) -> Option<TunnelStats> {
@@ -105,6 +129,10 @@ impl RouteOps for FakeRoutes {
     async fn reconcile(&self, wanted: &BTreeSet<Ipv6Net>) -> Result<(usize, usize), String> {
         *self.routes.lock().unwrap() = wanted.clone();
         Ok((0, 0))
+    }
+
+    async fn list(&self) -> Result<BTreeSet<Ipv6Net>, String> {
+        Ok(self.routes.lock().unwrap().clone())
     }
 }
 
@@ -479,4 +507,119 @@ fn a_store_that_kept_secrets_in_clear_is_upgraded_and_forgets_them() {
     }
     drop(b);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The broker a restarted controller builds over the same store, maps and routes.
+fn restarted(b: TestBroker) -> TestBroker {
+    let pop = b.pop;
+    let Broker {
+        store,
+        maps,
+        routes,
+        ..
+    } = b;
+    Broker::new(store, maps, routes, pop)
+}
+
+#[test]
+fn a_restart_over_stamped_maps_does_not_reconcile() {
+    let mut b = broker();
+    let watched = block_on(b.create_tunnel(&NewTunnel {
+        keepalive: Some(30),
+        ..req(1)
+    }))
+    .unwrap()
+    .spec
+    .id;
+    block_on(b.create_tunnel(&req(2))).unwrap();
+    block_on(b.reconcile()).unwrap();
+    assert!(b.maps.stamp.is_some(), "a full reconcile stamps");
+    assert!(b.set_asleep(watched, true).unwrap());
+    assert_eq!(b.maps.stamp, None, "a write clears the stamp");
+    b.stamp().unwrap();
+    let stamped = b.maps.stamp.expect("stamped on the tick");
+
+    // Restarted: nothing can differ, so only the watch list and the sleepers are rebuilt.
+    let mut b = restarted(b);
+    block_on(b.sync_static(&[])).unwrap();
+    assert_eq!(b.maps.reconciles, 1, "not reconciled again");
+    assert_eq!(b.maps.stamp, Some(stamped));
+    assert!(b.is_asleep(watched), "asleep as the maps held it");
+    assert_eq!(b.watched().map(|(id, _)| id).collect::<Vec<_>>(), [watched]);
+    assert!(b.set_asleep(watched, false).unwrap());
+    assert_eq!(b.maps.installed[&watched].state, State::Up);
+    b.stamp().unwrap();
+
+    // A change to the store the maps never saw (another process, a controller killed
+    // between store and maps): reconciled.
+    let change = TunnelChange {
+        mtu: Some(1400),
+        ..Default::default()
+    };
+    b.store.update_tunnel(watched, &change, 5).unwrap();
+    let mut b = restarted(b);
+    block_on(b.sync_static(&[])).unwrap();
+    assert_eq!(b.maps.reconciles, 2);
+    assert_eq!(b.maps.installed[&watched].mtu, 1400);
+
+    // Another PoP address: reconciled.
+    let mut b = restarted(b);
+    b.pop.ipv4 = Ipv4Addr::new(192, 0, 2, 99);
+    block_on(b.sync_static(&[])).unwrap();
+    assert_eq!(b.maps.reconciles, 3);
+
+    // A failed write to the maps: not stamped again until a full reconcile.
+    b.maps.fail = true;
+    assert!(block_on(b.create_tunnel(&req(3))).is_err());
+    b.maps.fail = false;
+    b.stamp().unwrap();
+    assert_eq!(b.maps.stamp, None, "not stamped while unsure");
+    block_on(b.reconcile()).unwrap();
+    assert!(b.maps.stamp.is_some());
+}
+
+#[test]
+fn routes_are_checked_against_the_store_in_pages_and_each_difference_again() {
+    let mut b = broker();
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        let t = block_on(b.create_tunnel(&NewTunnel {
+            routed_length: Some(56),
+            ..req(n)
+        }))
+        .unwrap();
+        ids.push(t);
+    }
+    let stray: Ipv6Net = "2001:db8:dead::/48".parse().unwrap();
+    let lost = ids[0].spec.routed_prefixes[0];
+    {
+        let mut routes = b.routes.routes.lock().unwrap();
+        routes.insert(stray);
+        routes.remove(&lost);
+    }
+    // Listed before the check reads the store: a tunnel deleted after the listing still
+    // has its routes in it, and must not get them back; one created after has none in it.
+    let lister = FakeRoutes {
+        routes: Mutex::new(b.routes.routes.lock().unwrap().clone()),
+        ..FakeRoutes::default()
+    };
+    block_on(b.delete_tunnel(ids[2].spec.id)).unwrap();
+    let created = block_on(b.create_tunnel(&NewTunnel {
+        routed_length: Some(48),
+        ..req(9)
+    }))
+    .unwrap();
+    let b = tokio::sync::Mutex::new(b);
+    let (added, removed) = block_on(check_routes(&b, &lister)).unwrap();
+    let b = b.into_inner();
+    let want: BTreeSet<Ipv6Net> = block_on(async { b.store.tunnels() })
+        .unwrap()
+        .iter()
+        .flat_map(|t| t.spec.prefixes())
+        .collect();
+    assert_eq!(*b.routes.routes.lock().unwrap(), want);
+    assert!(want.contains(&created.spec.routed_prefixes[0]));
+    // The lost route back, the created tunnel's (already there) again; the stray one and
+    // the deleted tunnel's (already gone) removed.
+    assert_eq!((added, removed), (1 + 2, 1 + 2), "{want:?}");
 }

@@ -80,9 +80,9 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
         let Some(t) = self.store.tunnel(id)? else {
             return Ok(());
         };
-        self.maps.uninstall(id).map_err(BrokerError::Maps)?;
+        self.uninstall(id).map_err(BrokerError::Maps)?;
         for p in t.spec.prefixes() {
-            self.routes.del(&p).await.map_err(BrokerError::Routes)?;
+            self.route_del(&p).await.map_err(BrokerError::Routes)?;
         }
         self.store.discard_tunnel(id)?;
         self.asleep.remove(&id);

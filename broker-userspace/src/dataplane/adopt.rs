@@ -74,6 +74,25 @@ pub(super) fn pinned_sizes(dir: &std::path::Path, opts: &Options) -> Result<Opti
     if !dir.join(names::TUNNELS).exists() {
         return Ok(None);
     }
+    for (name, built) in [
+        (names::SETTINGS, std::mem::size_of::<Settings>()),
+        (names::TUNNELS, std::mem::size_of::<Tunnel>()),
+    ] {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let pinned = MapInfo::from_pin(path)
+            .map_err(|source| DataplaneError::Map { name, source })?
+            .value_size();
+        if pinned as usize != built {
+            return Err(DataplaneError::Incompatible {
+                name,
+                pinned,
+                built: built as u32,
+            });
+        }
+    }
     let sizes = (
         size(names::TUNNELS, opts.max_tunnels)?,
         size(names::PREFIXES, opts.max_prefixes)?,
@@ -91,10 +110,51 @@ pub(super) fn pinned_sizes(dir: &std::path::Path, opts: &Options) -> Result<Opti
     Ok(Some(sizes))
 }
 
+/// What the pinned `TUNNELS` map holds: the installed tunnels in slot order, and the ids
+/// of those held as down.
+pub(super) struct Scan {
+    used: Vec<(u32, Installed)>,
+    down: Vec<u32>,
+}
+
+/// Reads every slot of the pinned `TUNNELS` map in `dir` (loaded with the pinned sizes,
+/// `pinned_sizes`), a chunk of them per system call, through a descriptor of its own: it
+/// runs on another thread while the program is verified.
+pub(super) fn scan_pinned(dir: &std::path::Path, reads: batch::MapReads) -> Result<Scan> {
+    let name = names::TUNNELS;
+    let data =
+        MapData::from_pin(dir.join(name)).map_err(|source| DataplaneError::Map { name, source })?;
+    let tunnels: Array<MapData, Tunnel> = Array::try_from(aya::maps::Map::Array(data))
+        .map_err(|source| DataplaneError::Map { name, source })?;
+    let capacity = tunnels.len();
+    let mut scan = Scan {
+        used: Vec::new(),
+        down: Vec::new(),
+    };
+    batch::array_range(&tunnels, name, reads, 0..capacity, |slot, t| {
+        if t.state == TunnelState::Down as u8 {
+            scan.down.push(t.id);
+        }
+        if t.state != TunnelState::Empty as u8 {
+            scan.used.push((
+                t.id,
+                Installed {
+                    slot,
+                    endpoint: endpoint_of(&t),
+                    prefixes: prefixes_of(&t),
+                    v4: (t.kind == TunnelKind::V4In6 as u8).then_some(t.client_v4),
+                },
+            ));
+        }
+        Ok(())
+    })?;
+    Ok(scan)
+}
+
 impl Dataplane {
     /// Rebuilds the bookkeeping (slots, prefix lengths, tunnel space, settings) from maps
     /// an earlier controller left.
-    pub(super) fn adopt(&mut self, opts: &Options) -> Result<()> {
+    pub(super) fn adopt(&mut self, opts: &Options, scan: Scan) -> Result<()> {
         let settings: Array<_, Settings> = self.map(names::SETTINGS)?;
         let old = settings.get(&0, 0).map_err(|source| DataplaneError::Map {
             name: names::SETTINGS,
@@ -108,38 +168,13 @@ impl Dataplane {
         self.settings.v4_gateway = old.v4_gateway;
         self.settings.v4_net = old.v4_net;
         self.settings.v4_mask = old.v4_mask;
+        self.settings.stamp = old.stamp;
         if opts.nexthop_cache {
             // Whatever the old process cached may predate changes nobody saw.
             self.settings.nexthop_gen = old.nexthop_gen.wrapping_add(1).max(1);
         }
 
-        // Loaded with the pinned sizes (`pinned_sizes`). One pass over every slot, a chunk
-        // of them per system call.
-        let capacity = self.max_tunnels;
-        let mut used: Vec<(u32, Installed)> = Vec::new();
-        {
-            let tunnels: Array<_, Tunnel> = self.map(names::TUNNELS)?;
-            batch::array_range(
-                &tunnels,
-                names::TUNNELS,
-                self.reads,
-                0..capacity,
-                |slot, t| {
-                    if t.state != TunnelState::Empty as u8 {
-                        used.push((
-                            t.id,
-                            Installed {
-                                slot,
-                                endpoint: endpoint_of(&t),
-                                prefixes: prefixes_of(&t),
-                                v4: (t.kind == TunnelKind::V4In6 as u8).then_some(t.client_v4),
-                            },
-                        ));
-                    }
-                    Ok(())
-                },
-            )?;
-        }
+        let Scan { used, down } = scan;
         // In slot order: the first slot of an id is its own.
         let mut by_id: StdHashMap<u32, Installed> = StdHashMap::with_capacity(used.len());
         let mut duplicates = Vec::new();
@@ -161,7 +196,8 @@ impl Dataplane {
         self.settings.n_lens = n_lens;
         self.settings.space = space;
         self.settings.n_space = n_space;
-        self.slots = SlotTable::adopted(capacity, by_id);
+        self.slots = SlotTable::adopted(self.max_tunnels, by_id);
+        self.adopted_down = down;
         for slot in duplicates {
             self.write_tunnel(slot, &Tunnel::EMPTY)?;
         }
@@ -173,6 +209,7 @@ impl Dataplane {
     /// point at no tunnel or at a tunnel that does not own them.
     pub fn reconcile(&mut self, specs: &[TunnelSpec], pop: &Pop) -> Result<Reconciled> {
         let mut r = Reconciled::default();
+        self.unstamp()?;
         if self.pop() != *pop {
             self.set_pop(pop)?;
         }

@@ -113,6 +113,16 @@ pub enum DataplaneError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the pinned map {name} holds values of {pinned} bytes, this build's of {built}: it was \
+         pinned by an incompatible build; `broker dataplane detach` and a restart make it anew \
+         (not hitless)"
+    )]
+    Incompatible {
+        name: &'static str,
+        pinned: u32,
+        built: u32,
+    },
     #[error("all {max} tunnel slots are in use (dataplane.max_tunnels)")]
     Full { max: u32 },
     #[error("tunnel {id} has {count} routed prefixes; at most {MAX_ROUTED} are supported")]
@@ -199,6 +209,8 @@ pub struct Dataplane {
     reads: MapReads,
     /// `TUNNEL_STATS` through a descriptor of its own, for readers on other threads.
     stats: StatsReader,
+    /// Ids the adopted maps held as down (taken once by [`Dataplane::take_adopted_down`]).
+    adopted_down: Vec<u32>,
 }
 
 impl Dataplane {
@@ -248,10 +260,20 @@ impl Dataplane {
         ebpf_log::set_level(&mut loader, opts);
         let mut ebpf = loader.load(object.bytes()).map_err(DataplaneError::Load)?;
 
-        load_xdp(
-            xdp_program(&mut ebpf, program_names::BROKER)?,
-            program_names::BROKER,
-        )?;
+        // Taking over: the pinned tunnels are read on another thread while the verifier
+        // checks the program (each takes about half a second at a million tunnels).
+        let scan = std::thread::scope(|s| {
+            let scan = maps
+                .as_deref()
+                .filter(|_| adopted)
+                .map(|dir| s.spawn(|| adopt::scan_pinned(dir, opts.map_reads)));
+            load_xdp(
+                xdp_program(&mut ebpf, program_names::BROKER)?,
+                program_names::BROKER,
+            )?;
+            scan.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .transpose()
+        })?;
         let worker_maps = std::sync::Arc::new(xsk::shared::WorkerMaps::open(&ebpf)?);
         let stats = StatsReader::open(&ebpf, worker_maps.clone(), opts.map_reads)?;
         let mut dp = Self {
@@ -274,9 +296,10 @@ impl Dataplane {
             worker_maps,
             reads: opts.map_reads,
             stats,
+            adopted_down: Vec::new(),
         };
-        if adopted {
-            dp.adopt(opts)?;
+        if let Some(scan) = scan {
+            dp.adopt(opts, scan)?;
         }
         dp.write_settings()?;
         info!(
@@ -513,6 +536,8 @@ impl Dataplane {
         s.v4_gateway = gateway;
         s.v4_net = net;
         s.v4_mask = mask;
+        // In the same write: tunnels installed for the old PoP no longer agree.
+        s.stamp = [0; 8];
         self.write_settings()
     }
 
@@ -593,6 +618,32 @@ impl Dataplane {
         self.space.aggregates().to_vec()
     }
 
+    /// The controller's mark in the settings ([`Settings::stamp`]); `None` when unmarked.
+    pub fn stamp(&self) -> Option<u64> {
+        Some(u64::from_ne_bytes(self.settings.stamp)).filter(|s| *s != 0)
+    }
+
+    /// Marks the maps as holding the store as of `stamp` (0: not known to).
+    pub fn set_stamp(&mut self, stamp: u64) -> Result<()> {
+        if self.settings.stamp != stamp.to_ne_bytes() {
+            self.settings.stamp = stamp.to_ne_bytes();
+            self.write_settings()?;
+        }
+        Ok(())
+    }
+
+    /// Clears the mark before a change: a controller killed in the middle of it must not
+    /// leave maps marked as agreeing with a store they no longer agree with.
+    fn unstamp(&mut self) -> Result<()> {
+        self.set_stamp(0)
+    }
+
+    /// Ids of the tunnels the adopted maps held as down (asleep, or down in the store);
+    /// empty after the first call.
+    pub fn take_adopted_down(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.adopted_down)
+    }
+
     fn write_settings(&mut self) -> Result<()> {
         let value = self.settings;
         let mut settings: Array<_, Settings> = self.map_mut(names::SETTINGS)?;
@@ -612,6 +663,7 @@ impl Dataplane {
         let pop = self.pop();
         let prefixes: Vec<Ipv6Net> = spec.prefixes().map(|p| p.trunc()).collect();
         self.check(spec, &prefixes, &pop)?;
+        self.unstamp()?;
         let (slot, previous) = match self.slots.get(spec.id) {
             Some(i) => (i.slot, Some(i.clone())),
             None => (self.slots.allocate()?, None),
@@ -802,6 +854,7 @@ impl Dataplane {
         let Some(installed) = self.slots.get(id).cloned() else {
             return Ok(());
         };
+        self.unstamp()?;
         self.remove_endpoint(&installed.endpoint)?;
         if let Some(v4) = installed.v4 {
             self.remove_v4_route(v4)?;

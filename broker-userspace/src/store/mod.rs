@@ -246,6 +246,12 @@ pub trait Store: Send {
     fn census(&self) -> Result<Vec<(Kind, State, u64)>>;
     /// The tunnels whose lifetime ended by `now`.
     fn expired(&self, now: u64) -> Result<Vec<TunnelRecord>>;
+    /// The up tunnels whose clients are expected to be heard (a keepalive, AYIYA,
+    /// heartbeat): what the liveness watchers need (`broker::watch`).
+    fn watched(&self) -> Result<Vec<TunnelRecord>>;
+    /// The store's identity and its generation, which changes with every change to a
+    /// tunnel (made by anyone) and never returns to an earlier value.
+    fn generation(&self) -> Result<(i64, u64)>;
     /// Allocates the link /64 (and a routed prefix when asked), an id, a password and an
     /// update key.
     fn create_tunnel(&mut self, req: &NewTunnel, now: u64) -> Result<TunnelRecord>;

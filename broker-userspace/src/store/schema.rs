@@ -144,6 +144,38 @@ pub(super) const MIGRATIONS: &[&str] = &[
             ON CONFLICT (kind, state) DO UPDATE SET n = n + 1;
     END;
     ",
+    // 5: restarting without reconciling (issue 12). `generation` counts every change to a
+    // tunnel or its routed prefixes, whoever makes it (triggers); with the store's random
+    // identity it is what the controller marks the maps with once they agree. The watched
+    // tunnels (watch::watch_of) are read by index.
+    "
+    CREATE TABLE generation (
+        one INTEGER PRIMARY KEY CHECK (one = 1),
+        store_id INTEGER NOT NULL,
+        n INTEGER NOT NULL
+    );
+    INSERT INTO generation (one, store_id, n) VALUES (1, random(), 1);
+    CREATE TRIGGER generation_tunnel_insert AFTER INSERT ON tunnels BEGIN
+        UPDATE generation SET n = n + 1;
+    END;
+    CREATE TRIGGER generation_tunnel_update AFTER UPDATE ON tunnels BEGIN
+        UPDATE generation SET n = n + 1;
+    END;
+    CREATE TRIGGER generation_tunnel_delete AFTER DELETE ON tunnels BEGIN
+        UPDATE generation SET n = n + 1;
+    END;
+    CREATE TRIGGER generation_routed_insert AFTER INSERT ON routed BEGIN
+        UPDATE generation SET n = n + 1;
+    END;
+    CREATE TRIGGER generation_routed_update AFTER UPDATE ON routed BEGIN
+        UPDATE generation SET n = n + 1;
+    END;
+    CREATE TRIGGER generation_routed_delete AFTER DELETE ON routed BEGIN
+        UPDATE generation SET n = n + 1;
+    END;
+    CREATE INDEX tunnels_watched ON tunnels(id)
+        WHERE state = 'up' AND (keepalive IS NOT NULL OR kind IN ('ayiya', 'heartbeat'));
+    ",
 ];
 
 /// Brings a database to the current schema. Foreign keys must be off (SQLite's procedure

@@ -639,6 +639,14 @@ impl Store for SqliteStore {
         query::expired(&self.conn, now)
     }
 
+    fn watched(&self) -> Result<Vec<TunnelRecord>> {
+        query::watched(&self.conn)
+    }
+
+    fn generation(&self) -> Result<(i64, u64)> {
+        query::generation(&self.conn)
+    }
+
     fn create_tunnel(&mut self, req: &NewTunnel, now: u64) -> Result<TunnelRecord> {
         let tx = self.conn.transaction()?;
         let record = create_in(&tx, &self.pools, req, now)?;

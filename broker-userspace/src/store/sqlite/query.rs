@@ -124,6 +124,19 @@ pub(super) fn expired(conn: &Connection, now: u64) -> Result<Vec<TunnelRecord>> 
     )
 }
 
+/// The condition of the partial index `tunnels_watched`, word for word (SQLite uses such
+/// an index only for a query that states its condition).
+const WATCHED: &str = "state = 'up' AND (keepalive IS NOT NULL OR kind IN ('ayiya', 'heartbeat'))";
+
+pub(super) fn watched(conn: &Connection) -> Result<Vec<TunnelRecord>> {
+    select(conn, WATCHED, Vec::new(), "ORDER BY id")
+}
+
+pub(super) fn generation(conn: &Connection) -> Result<(i64, u64)> {
+    let mut q = conn.prepare_cached("SELECT store_id, n FROM generation")?;
+    Ok(q.query_row([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?)
+}
+
 pub(super) fn census(conn: &Connection) -> Result<Vec<(Kind, State, u64)>> {
     let mut q = conn.prepare_cached("SELECT kind, state, n FROM census WHERE n > 0")?;
     let rows = q.query_map([], |r| {
@@ -384,6 +397,73 @@ mod tests {
                 address: address.map(|n| IpAddr::V4(Ipv4Addr::from(0xc612_0000 + n))),
                 prefix: prefix.map(|p| p.parse().unwrap()),
             })
+    }
+
+    #[test]
+    fn the_generation_moves_with_every_change_and_watched_tunnels_are_read_by_index() {
+        let mut s = store();
+        let (id0, g0) = s.generation().unwrap();
+        let mut seen = vec![g0];
+        let mut moved = |s: &SqliteStore, what: &str| {
+            let (id, g) = s.generation().unwrap();
+            assert_eq!(id, id0, "the store's identity stays");
+            assert!(!seen.contains(&g), "{what}: generation {g} again");
+            seen.push(g);
+        };
+        let a = create(&mut s, 1, 0, 0, false);
+        moved(&s, "created");
+        let b = create(&mut s, 2, 1, 2, true);
+        moved(&s, "created with a routed prefix");
+        let change = TunnelChange {
+            keepalive: Some(Some(30)),
+            ..Default::default()
+        };
+        s.update_tunnel(a.spec.id, &change, 2).unwrap();
+        moved(&s, "updated");
+        let routed = TunnelChange {
+            add_routed_length: Some(48),
+            ..Default::default()
+        };
+        s.update_tunnel(a.spec.id, &routed, 3).unwrap();
+        moved(&s, "a routed prefix added");
+        s.delete_tunnel(b.spec.id, 4).unwrap();
+        moved(&s, "deleted");
+        let before = s.generation().unwrap();
+        s.census().unwrap();
+        s.tunnels().unwrap();
+        assert_eq!(s.generation().unwrap(), before, "reads change nothing");
+
+        // Watched: up, and a keepalive, AYIYA or heartbeat.
+        create(&mut s, 3, 0, 2, false);
+        let down = create(&mut s, 4, 0, 2, false);
+        let change = TunnelChange {
+            state: Some(State::Down),
+            ..Default::default()
+        };
+        s.update_tunnel(down.spec.id, &change, 5).unwrap();
+        create(&mut s, 5, 0, 0, false);
+        let want: Vec<u32> = s
+            .tunnels()
+            .unwrap()
+            .iter()
+            .filter(|t| crate::broker::watch::watch_of(t).is_some())
+            .map(|t| t.spec.id)
+            .collect();
+        let got: Vec<u32> = s.watched().unwrap().iter().map(|t| t.spec.id).collect();
+        assert_eq!(got, want);
+        assert_eq!(got.len(), 2, "{got:?}");
+        let plan: String = s
+            .conn
+            .prepare(&format!(
+                "EXPLAIN QUERY PLAN SELECT id FROM tunnels WHERE {}",
+                super::WATCHED
+            ))
+            .unwrap()
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        assert!(plan.contains("tunnels_watched"), "{plan}");
     }
 
     proptest! {
