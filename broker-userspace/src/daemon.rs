@@ -123,6 +123,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let opts = dataplane::Options {
         max_tunnels: config.dataplane.max_tunnels,
         max_prefixes: config.dataplane.max_prefixes,
+        max_endpoints: config.dataplane.max_endpoints,
         pin: true,
         nexthop_cache: config.dataplane.nexthop_cache,
         nexthop_max_age_ms: config.dataplane.nexthop_max_age_ms,

@@ -70,12 +70,15 @@ fn main() {
         "\n## Control plane at scale\n\n`cargo xtask bench` (tests/benches/scale.rs; `SCALE_SIZES` to choose the sizes), {}, release build. One lab PoP filled by `POST /api/v1/tunnels/import` (v6udpv4, one in a hundred AYIYA, watched by the liveness watcher), maps sized for {max_tunnels} tunnels throughout, routes in the kernel. Each row is measured at that many tunnels.\n",
         date()
     );
-    let _ = writeln!(s, "| tunnels | import /s | API creations /s | GET p50 / p99 ms | list page (1000) ms | `/metrics` ms | idle CPU % | SIGHUP, nothing changed, s | hitless restart to API ready, s (load+adopt / store / maps / routes, ms) | cold start to API ready, s (same parts) | RSS MB | store MB | maps MB |");
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "| tunnels | import /s | API creations /s | GET p50 / p99 ms | list page (1000) ms | `/metrics` ms | idle CPU % | SIGHUP, nothing changed, s | hitless restart (SIGTERM) to API ready, s (load+adopt / store / maps / routes, ms) | the same after SIGKILL, s | cold start to API ready, s (same parts) | RSS MB | store MB | maps MB |");
+    let _ = writeln!(
+        s,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for r in &rows {
         let _ = writeln!(
             s,
-            "| {} | {:.0} | {:.0} | {:.1} / {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} ({}) | {:.2} ({}) | {:.0} | {:.0} | {:.0} |",
+            "| {} | {:.0} | {:.0} | {:.1} / {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} ({}) | {:.2} | {:.2} ({}) | {:.0} | {:.0} | {:.0} |",
             r.tunnels,
             r.import_rate,
             r.create_rate,
@@ -87,6 +90,7 @@ fn main() {
             r.sighup_s,
             r.restart_s,
             join(&r.restart_parts),
+            r.killed_s,
             r.cold_s,
             join(&r.cold_parts),
             r.rss_mb,
@@ -151,6 +155,8 @@ struct Row {
     restart_s: f64,
     /// Load and adoption, store, maps, routes (ms), from the broker's log.
     restart_parts: [u64; 4],
+    /// The same after SIGKILL (an idle broker: the last liveness tick stamped the maps).
+    killed_s: f64,
     cold_s: f64,
     cold_parts: [u64; 4],
     rss_mb: f64,
@@ -210,9 +216,11 @@ fn measure(lab: &mut Lab, n: usize, next: &mut u32, instance: &str, import_rate:
     }
     let sighup_s = t.elapsed().as_secs_f64();
 
-    let restart_s = restart(lab, None);
+    let restart_s = restart(lab, Stop::Term);
     let restart_parts = parts(&lab.broker_log());
-    let cold_s = restart(lab, Some(instance));
+    std::thread::sleep(Duration::from_secs(2));
+    let killed_s = restart(lab, Stop::Kill);
+    let cold_s = restart(lab, Stop::Detach(instance));
     let cold_parts = parts(&lab.broker_log());
     Row {
         tunnels: n + SINGLE,
@@ -227,6 +235,7 @@ fn measure(lab: &mut Lab, n: usize, next: &mut u32, instance: &str, import_rate:
         sighup_s,
         restart_s,
         restart_parts,
+        killed_s,
         cold_s,
         cold_parts,
         rss_mb,
@@ -236,7 +245,9 @@ fn measure(lab: &mut Lab, n: usize, next: &mut u32, instance: &str, import_rate:
 }
 
 /// The last start's parts, from the broker's log: `load_ms` of "data plane loaded", and
-/// `store_ms`, `maps_ms`, `routes_ms` of "reconciled".
+/// `store_ms`, `maps_ms`, `routes_ms` of "reconciled"; for a start that skipped the
+/// reconcile (the maps carried the store's stamp), the `ms` of that line as its store part
+/// (the watched tunnels read) and nothing for maps and routes.
 fn parts(log: &str) -> [u64; 4] {
     let field = |line: &str, key: &str| -> u64 {
         line.split_whitespace()
@@ -246,6 +257,10 @@ fn parts(log: &str) -> [u64; 4] {
     };
     let last = |what: &str| log.lines().rev().find(|l| l.contains(what)).unwrap_or("");
     let (loaded, reconciled) = (last("data plane loaded"), last("reconciled tunnels="));
+    let skipped = last("not reconciled");
+    if !skipped.is_empty() {
+        return [field(loaded, "load_ms"), field(skipped, "ms"), 0, 0];
+    }
     [
         field(loaded, "load_ms"),
         field(reconciled, "store_ms"),
@@ -254,11 +269,22 @@ fn parts(log: &str) -> [u64; 4] {
     ]
 }
 
-/// Stops `broker run` (SIGTERM), detaches the data plane for a cold start, starts it
-/// again and returns the seconds from its start until the API answers `/readyz`.
-fn restart(lab: &mut Lab, detach: Option<&str>) -> f64 {
-    assert!(lab.broker().stop(Duration::from_secs(120)), "clean stop");
-    if let Some(instance) = detach {
+enum Stop<'a> {
+    Term,
+    Kill,
+    /// SIGTERM, then the data plane of this instance detached: a cold start.
+    Detach(&'a str),
+}
+
+/// Stops `broker run` as `how` says, starts it again and returns the seconds from its
+/// start until the API answers `/readyz`.
+fn restart(lab: &mut Lab, how: Stop) -> f64 {
+    if matches!(how, Stop::Kill) {
+        lab.kill_broker();
+    } else {
+        assert!(lab.broker().stop(Duration::from_secs(120)), "clean stop");
+    }
+    if let Stop::Detach(instance) = how {
         let out = lab
             .pop
             .cmd(broker_tests::broker_bin().unwrap().to_str().unwrap())

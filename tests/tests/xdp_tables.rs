@@ -9,7 +9,7 @@ use broker_common::stats::{DropReason, Event, PassReason};
 use broker_tests::netns;
 use broker_userspace::{
     dataplane,
-    model::{Endpoint, TunnelSpec},
+    model::{Endpoint, Kind, TunnelSpec},
 };
 use etherparse::EtherType;
 use support::*;
@@ -342,6 +342,86 @@ fn pinned_tables_keep_their_size_and_tunnels_when_the_configured_size_changes() 
                 (40, 64),
                 "the pinned size, whatever is configured"
             );
+        }
+    })
+    .join()
+    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+}
+
+#[test]
+fn each_kinds_endpoint_map_has_its_own_size_and_refuses_beyond_it() {
+    std::thread::spawn(|| {
+        let instance = format!("test-kinds-{}", std::process::id());
+        let _pins = Pins(instance.clone());
+        let opts = |proto41| dataplane::Options {
+            pin: true,
+            max_tunnels: 64,
+            max_prefixes: 256,
+            max_endpoints: broker_userspace::config::MaxEndpoints {
+                proto41: Some(proto41),
+                v6udpv4: Some(4),
+                v4v6: Some(1),
+                ayiya: Some(1),
+            },
+            ..dataplane::Options::new(&instance)
+        };
+        let mut fx = Fixture::network_with(opts(2));
+        let p41 = |id: u32| TunnelSpec {
+            id,
+            endpoint: Endpoint::Ipv4(Ipv4Addr::new(198, 18, 2, id as u8)),
+            link_prefix: Some(format!("2001:db8:21:{id:x}::/64").parse().unwrap()),
+            routed_prefixes: vec![],
+            ..spec(1)
+        };
+        fx.dp.upsert(&p41(1)).unwrap();
+        fx.dp.upsert(&p41(2)).unwrap();
+        let full = fx.dp.upsert(&p41(3)).unwrap_err().to_string();
+        assert!(
+            full.contains("dataplane.max_endpoints.proto41"),
+            "the key named: {full}"
+        );
+        // A tunnel keeping its kind of endpoint moves within the full map.
+        fx.dp
+            .upsert(&TunnelSpec {
+                endpoint: Endpoint::Ipv4(Ipv4Addr::new(198, 18, 2, 99)),
+                ..p41(2)
+            })
+            .unwrap();
+        // The other kinds have room of their own.
+        fx.dp
+            .upsert(&TunnelSpec {
+                kind: Kind::V6Udp4,
+                endpoint: Endpoint::Udp4(std::net::SocketAddrV4::new(
+                    Ipv4Addr::new(198, 18, 2, 3),
+                    4000,
+                )),
+                ..p41(3)
+            })
+            .unwrap();
+        let capacity = |dp: &dataplane::Dataplane, map: &str| {
+            let u = dp.map_usage();
+            let u = u.iter().find(|u| u.map == map).unwrap();
+            (u.used, u.capacity)
+        };
+        assert_eq!(capacity(&fx.dp, "P41_ENDPOINTS"), (2, 2));
+        assert_eq!(capacity(&fx.dp, "UDP_ENDPOINTS"), (1, 4));
+        assert_eq!(capacity(&fx.dp, "V6_ENDPOINTS"), (0, 1));
+        assert_eq!(capacity(&fx.dp, "V4_ROUTES"), (0, 1));
+        assert_eq!(capacity(&fx.dp, "AYIYA_IDS"), (0, 1));
+        // The kernel's maps have these sizes, and keep them when taken over with another
+        // configured size.
+        fx.dp = dataplane::Dataplane::load(&opts(32)).unwrap();
+        assert!(fx.dp.adopted());
+        assert_eq!(capacity(&fx.dp, "P41_ENDPOINTS"), (2, 2));
+        for (name, want) in [("P41_ENDPOINTS", 2), ("UDP_ENDPOINTS", 4), ("AYIYA_IDS", 1)] {
+            let (_, pin) = fx
+                .dp
+                .map_names()
+                .into_iter()
+                .find(|(n, _)| n == name)
+                .unwrap();
+            let info = aya::maps::MapInfo::from_pin(pin.unwrap()).unwrap();
+            assert_eq!(info.max_entries(), want, "{name}");
         }
     })
     .join()

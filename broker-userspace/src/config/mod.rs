@@ -91,6 +91,10 @@ pub struct DataplaneLimits {
     /// Capacity of the prefix map (link and routed prefixes of all tunnels).
     #[serde(default = "default_max_prefixes")]
     pub max_prefixes: u32,
+    /// Capacity of each kind's endpoint map (each defaults to `max_tunnels`): a PoP that
+    /// serves only some kinds need not reserve memory for the others.
+    #[serde(default)]
+    pub max_endpoints: MaxEndpoints,
     /// Cache FIB lookups in XDP; invalidated on route, neighbour and link changes.
     #[serde(default = "default_true")]
     pub nexthop_cache: bool,
@@ -116,6 +120,17 @@ pub struct DataplaneLimits {
     /// plane, and log what it records of every packet (docs/OPERATIONS.md).
     #[serde(default)]
     pub ebpf_log: Option<EbpfLog>,
+}
+
+/// `dataplane.max_endpoints`: how many tunnels of each kind the endpoint maps hold (`None`:
+/// `max_tunnels`). `v4v6` also sizes the map of v4v6 clients' inner addresses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaxEndpoints {
+    pub proto41: Option<u32>,
+    pub v6udpv4: Option<u32>,
+    pub v4v6: Option<u32>,
+    pub ayiya: Option<u32>,
 }
 
 /// `dataplane.ebpf_log`: the debug object and how much it records.
@@ -151,6 +166,7 @@ impl Default for DataplaneLimits {
         Self {
             max_tunnels: default_max_tunnels(),
             max_prefixes: default_max_prefixes(),
+            max_endpoints: MaxEndpoints::default(),
             nexthop_cache: true,
             nexthop_max_age_ms: default_nexthop_max_age_ms(),
             icmp_rate: default_icmp_rate(),

@@ -217,6 +217,16 @@ fn limits_are_checked() {
     let e = err(&text);
     assert_eq!(e.key, "dataplane.max_prefixes");
     assert_eq!(e.line, Some(21));
+    for (value, key) in [("v4v6: 0", "v4v6"), ("ayiya: 100", "ayiya")] {
+        let text = format!(
+            "{GOOD}dataplane:\n  max_tunnels: 64\n  max_endpoints:\n    proto41: 64\n    {value}\n"
+        );
+        assert_eq!(err(&text).key, format!("dataplane.max_endpoints.{key}"));
+    }
+    let text = format!("{GOOD}dataplane:\n  max_tunnels: 64\n  max_endpoints: {{proto41: 8}}\n");
+    let c = Config::parse(&text).unwrap();
+    assert_eq!(c.dataplane.max_endpoints.proto41, Some(8));
+    assert_eq!(c.dataplane.max_endpoints.v6udpv4, None);
 }
 
 #[test]

@@ -376,6 +376,20 @@ fn limits(c: &Config) -> Result<(), Invalid> {
             ),
         ));
     }
+    let e = &l.max_endpoints;
+    for (kind, n) in [
+        ("proto41", e.proto41),
+        ("v6udpv4", e.v6udpv4),
+        ("v4v6", e.v4v6),
+        ("ayiya", e.ayiya),
+    ] {
+        if let Some(n) = n.filter(|n| *n == 0 || *n > l.max_tunnels) {
+            return Err((
+                format!("dataplane.max_endpoints.{kind}"),
+                format!("{n} is outside 1-{} (max_tunnels)", l.max_tunnels),
+            ));
+        }
+    }
     if !(1..=60_000).contains(&l.nexthop_max_age_ms) {
         return Err((
             "dataplane.nexthop_max_age_ms".into(),

@@ -21,7 +21,7 @@ use tracing::info;
 use super::{
     batch, prefixes,
     slots::{EndpointKey, Installed},
-    to_map_value, Dataplane, DataplaneError, Options, Result, SlotTable,
+    to_map_value, Dataplane, DataplaneError, EndpointCaps, Options, Result, Sizes, SlotTable,
 };
 use crate::model::{Pop, TunnelSpec};
 
@@ -55,11 +55,11 @@ fn prefixes_of(t: &Tunnel) -> Vec<Ipv6Net> {
     out
 }
 
-/// The sizes (tunnels, prefixes) of maps an earlier controller pinned in `dir`, if any,
-/// warning when they differ from the configured ones. A pinned map keeps the size it was
-/// created with, and the program must be loaded with that size: aya checks indices
-/// against it, and slots beyond a smaller one would be lost.
-pub(super) fn pinned_sizes(dir: &std::path::Path, opts: &Options) -> Result<Option<(u32, u32)>> {
+/// The sizes of maps an earlier controller pinned in `dir`, if any, warning when they
+/// differ from the configured ones. A pinned map keeps the size it was created with, and
+/// the program must be loaded with that size: aya checks indices against it, and slots
+/// beyond a smaller one would be lost.
+pub(super) fn pinned_sizes(dir: &std::path::Path, opts: &Options) -> Result<Option<Sizes>> {
     // A map whose pin is missing (a start killed while pinning) is created anew, at the
     // configured size.
     let size = |name: &'static str, configured: u32| {
@@ -93,21 +93,28 @@ pub(super) fn pinned_sizes(dir: &std::path::Path, opts: &Options) -> Result<Opti
             });
         }
     }
-    let sizes = (
-        size(names::TUNNELS, opts.max_tunnels)?,
-        size(names::PREFIXES, opts.max_prefixes)?,
-    );
-    if sizes != (opts.max_tunnels, opts.max_prefixes) {
+    let configured = Sizes::configured(opts);
+    let c = configured.endpoints;
+    let pinned = Sizes {
+        tunnels: size(names::TUNNELS, configured.tunnels)?,
+        prefixes: size(names::PREFIXES, configured.prefixes)?,
+        endpoints: EndpointCaps {
+            p41: size(names::P41_ENDPOINTS, c.p41)?,
+            udp: size(names::UDP_ENDPOINTS, c.udp)?,
+            v6: size(names::V6_ENDPOINTS, c.v6)?,
+            ayiya: size(names::AYIYA_IDS, c.ayiya)?,
+        },
+    };
+    if pinned != configured {
         tracing::warn!(
-            pinned_tunnels = sizes.0,
-            pinned_prefixes = sizes.1,
-            configured_tunnels = opts.max_tunnels,
-            configured_prefixes = opts.max_prefixes,
-            "dataplane.max_tunnels or max_prefixes changed, but the pinned maps keep their \
-             size; `broker dataplane detach` and a restart resize them (not hitless)"
+            ?pinned,
+            ?configured,
+            "dataplane.max_tunnels, max_prefixes or max_endpoints changed, but the pinned \
+             maps keep their size; `broker dataplane detach` and a restart resize them (not \
+             hitless)"
         );
     }
-    Ok(Some(sizes))
+    Ok(Some(pinned))
 }
 
 /// What the pinned `TUNNELS` map holds: the installed tunnels in slot order, and the ids

@@ -123,6 +123,12 @@ pub enum DataplaneError {
         pinned: u32,
         built: u32,
     },
+    #[error("tunnel {id}: all {max} {kind} endpoints are in use (dataplane.max_endpoints.{kind})")]
+    EndpointsFull {
+        id: u32,
+        kind: &'static str,
+        max: u32,
+    },
     #[error("all {max} tunnel slots are in use (dataplane.max_tunnels)")]
     Full { max: u32 },
     #[error("tunnel {id} has {count} routed prefixes; at most {MAX_ROUTED} are supported")]
@@ -143,6 +149,40 @@ pub enum DataplaneError {
 
 type Result<T, E = DataplaneError> = std::result::Result<T, E>;
 
+/// The capacities of the endpoint maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EndpointCaps {
+    pub p41: u32,
+    pub udp: u32,
+    pub v6: u32,
+    pub ayiya: u32,
+}
+
+/// The maps' capacities: as configured, or as an earlier controller pinned them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sizes {
+    pub tunnels: u32,
+    pub prefixes: u32,
+    pub endpoints: EndpointCaps,
+}
+
+impl Sizes {
+    fn configured(opts: &Options) -> Self {
+        let e = &opts.max_endpoints;
+        let or_all = |n: Option<u32>| n.unwrap_or(opts.max_tunnels);
+        Self {
+            tunnels: opts.max_tunnels,
+            prefixes: opts.max_prefixes,
+            endpoints: EndpointCaps {
+                p41: or_all(e.proto41),
+                udp: or_all(e.v6udpv4),
+                v6: or_all(e.v4v6),
+                ayiya: or_all(e.ayiya),
+            },
+        }
+    }
+}
+
 /// How to load the data plane.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -150,6 +190,8 @@ pub struct Options {
     pub instance: String,
     pub max_tunnels: u32,
     pub max_prefixes: u32,
+    /// Each kind's endpoint map (`None`: `max_tunnels`).
+    pub max_endpoints: crate::config::MaxEndpoints,
     /// Pin the maps so `broker stats` can read them from another process. Tests that only
     /// use `BPF_PROG_TEST_RUN` leave this off.
     pub pin: bool,
@@ -175,6 +217,7 @@ impl Options {
             instance: instance.to_string(),
             max_tunnels: broker_common::consts::DEFAULT_MAX_TUNNELS,
             max_prefixes: broker_common::consts::DEFAULT_MAX_PREFIXES,
+            max_endpoints: crate::config::MaxEndpoints::default(),
             pin: false,
             nexthop_cache: true,
             nexthop_max_age_ms: broker_common::consts::DEFAULT_NEXTHOP_MAX_AGE_MS,
@@ -202,6 +245,8 @@ pub struct Dataplane {
     adopted: bool,
     max_tunnels: u32,
     max_prefixes: u32,
+    /// The endpoint maps' capacities (`V4_ROUTES` has v4v6's).
+    endpoint_caps: EndpointCaps,
     /// `XSK_VERDICTS` and `XSK_SUSPECT`, mapped: the AYIYA worker writes them, the counters
     /// read them.
     worker_maps: std::sync::Arc<xsk::shared::WorkerMaps>,
@@ -233,16 +278,20 @@ impl Dataplane {
             None => None,
         };
         let adopted = pinned.is_some();
-        let (max_tunnels, max_prefixes) = pinned.unwrap_or((opts.max_tunnels, opts.max_prefixes));
+        let Sizes {
+            tunnels: max_tunnels,
+            prefixes: max_prefixes,
+            endpoints: endpoint_caps,
+        } = pinned.unwrap_or_else(|| Sizes::configured(opts));
 
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(names::TUNNELS, max_tunnels)
-            .map_max_entries(names::P41_ENDPOINTS, max_tunnels)
-            .map_max_entries(names::UDP_ENDPOINTS, max_tunnels)
-            .map_max_entries(names::V6_ENDPOINTS, max_tunnels)
-            .map_max_entries(names::V4_ROUTES, max_tunnels)
-            .map_max_entries(names::AYIYA_IDS, max_tunnels)
+            .map_max_entries(names::P41_ENDPOINTS, endpoint_caps.p41)
+            .map_max_entries(names::UDP_ENDPOINTS, endpoint_caps.udp)
+            .map_max_entries(names::V6_ENDPOINTS, endpoint_caps.v6)
+            .map_max_entries(names::V4_ROUTES, endpoint_caps.v6)
+            .map_max_entries(names::AYIYA_IDS, endpoint_caps.ayiya)
             .map_max_entries(names::TUNNEL_STATS, max_tunnels)
             .map_max_entries(names::NEXTHOP_CLIENT, max_tunnels)
             // A slot each, and the totals after the last.
@@ -293,6 +342,7 @@ impl Dataplane {
             adopted,
             max_tunnels,
             max_prefixes,
+            endpoint_caps,
             worker_maps,
             reads: opts.map_reads,
             stats,
@@ -708,6 +758,16 @@ impl Dataplane {
         if let Some(v4) = v4 {
             self.insert_lookup(names::V4_ROUTES, v4, slot)?;
         }
+        if let Some(prev) = previous.as_ref().filter(|p| p.endpoint != endpoint) {
+            // A full map has no room for the new key beside the old one: the old goes
+            // first (packets from it are refused a moment early; a controller killed
+            // in between leaves an entry the next reconcile writes again).
+            if self.endpoint_map_full(&prev.endpoint)
+                && std::mem::discriminant(&prev.endpoint) == std::mem::discriminant(&endpoint)
+            {
+                self.remove_endpoint(&prev.endpoint)?;
+            }
+        }
         self.insert_endpoint(&endpoint, slot)?;
         if let Some(prev) = previous {
             if prev.endpoint != endpoint {
@@ -826,6 +886,44 @@ impl Dataplane {
         if !self.lengths.fits(prefixes.iter().map(|p| p.prefix_len())) {
             return Err(DataplaneError::TooManyLengths { id: spec.id });
         }
+        self.check_endpoint_room(spec, pop)
+    }
+
+    /// The endpoint map `key` belongs in: its kind's name, entries used, capacity.
+    fn endpoint_map(&self, key: &EndpointKey) -> Option<(&'static str, u64, u32)> {
+        let (u, c) = (self.slots.usage(), self.endpoint_caps);
+        Some(match key {
+            EndpointKey::P41(_) => ("proto41", u.p41, c.p41),
+            EndpointKey::Udp(_) => ("v6udpv4", u.udp, c.udp),
+            EndpointKey::V6(_) => ("v4v6", u.v6, c.v6),
+            EndpointKey::Ayiya(_) => ("ayiya", u.ayiya, c.ayiya),
+            EndpointKey::None => return None,
+        })
+    }
+
+    fn endpoint_map_full(&self, key: &EndpointKey) -> bool {
+        self.endpoint_map(key)
+            .is_some_and(|(_, used, max)| used >= u64::from(max))
+    }
+
+    /// Whether the endpoint map of the tunnel's kind has room for it (the map itself
+    /// would refuse, less clearly); a tunnel keeping its kind of endpoint needs none.
+    fn check_endpoint_room(&self, spec: &TunnelSpec, pop: &Pop) -> Result<()> {
+        let key = endpoint_key(spec, pop);
+        let same_kind = self
+            .slots
+            .get(spec.id)
+            .is_some_and(|i| std::mem::discriminant(&i.endpoint) == std::mem::discriminant(&key));
+        let Some((kind, used, max)) = self.endpoint_map(&key).filter(|_| !same_kind) else {
+            return Ok(());
+        };
+        if used >= u64::from(max) {
+            return Err(DataplaneError::EndpointsFull {
+                id: spec.id,
+                kind,
+                max,
+            });
+        }
         Ok(())
     }
 
@@ -874,6 +972,7 @@ impl Dataplane {
     pub fn map_usage(&self) -> Vec<MapUsage> {
         let u = self.slots.usage();
         let tunnels_cap = u64::from(self.max_tunnels);
+        let c = self.endpoint_caps;
         let usage = |map, used: u64, capacity| MapUsage {
             map,
             used,
@@ -881,11 +980,11 @@ impl Dataplane {
         };
         vec![
             usage(names::TUNNELS, u.tunnels, tunnels_cap),
-            usage(names::P41_ENDPOINTS, u.p41, tunnels_cap),
-            usage(names::UDP_ENDPOINTS, u.udp, tunnels_cap),
-            usage(names::V6_ENDPOINTS, u.v6, tunnels_cap),
-            usage(names::V4_ROUTES, u.v4_routes, tunnels_cap),
-            usage(names::AYIYA_IDS, u.ayiya, tunnels_cap),
+            usage(names::P41_ENDPOINTS, u.p41, c.p41.into()),
+            usage(names::UDP_ENDPOINTS, u.udp, c.udp.into()),
+            usage(names::V6_ENDPOINTS, u.v6, c.v6.into()),
+            usage(names::V4_ROUTES, u.v4_routes, c.v6.into()),
+            usage(names::AYIYA_IDS, u.ayiya, c.ayiya.into()),
             usage(names::PREFIXES, u.prefixes, u64::from(self.max_prefixes)),
         ]
     }
