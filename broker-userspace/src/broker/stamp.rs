@@ -40,6 +40,8 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
     pub async fn resume(&mut self) -> Result<Reconciled> {
         let started = std::time::Instant::now();
         if self.maps.stamp() != Some(self.current_stamp()?) {
+            // The maps' down tunnels are not needed by a full reconcile.
+            drop(self.maps.take_adopted_down());
             return self.reconcile().await;
         }
         let watched = self.store.watched()?;
