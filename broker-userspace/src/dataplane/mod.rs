@@ -758,21 +758,26 @@ impl Dataplane {
         if let Some(v4) = v4 {
             self.insert_lookup(names::V4_ROUTES, v4, slot)?;
         }
-        if let Some(prev) = previous.as_ref().filter(|p| p.endpoint != endpoint) {
-            // A full map has no room for the new key beside the old one: the old goes
-            // first (packets from it are refused a moment early; a controller killed
-            // in between leaves an entry the next reconcile writes again).
-            if self.endpoint_map_full(&prev.endpoint)
-                && std::mem::discriminant(&prev.endpoint) == std::mem::discriminant(&endpoint)
-            {
-                self.remove_endpoint(&prev.endpoint)?;
-            }
+        // The previous endpoint normally goes after the new one is in place. A full map
+        // has no room for the new key beside the old one: then the old goes first
+        // (packets from it are refused a moment early; a controller killed in between
+        // leaves an entry the next reconcile writes again).
+        let old_endpoint = previous
+            .as_ref()
+            .map(|p| p.endpoint)
+            .filter(|e| *e != endpoint);
+        let old_first = old_endpoint.is_some_and(|e| {
+            self.endpoint_map_full(&e)
+                && std::mem::discriminant(&e) == std::mem::discriminant(&endpoint)
+        });
+        if let Some(e) = old_endpoint.filter(|_| old_first) {
+            self.remove_endpoint(&e)?;
         }
         self.insert_endpoint(&endpoint, slot)?;
+        if let Some(e) = old_endpoint.filter(|_| !old_first) {
+            self.remove_endpoint(&e)?;
+        }
         if let Some(prev) = previous {
-            if prev.endpoint != endpoint {
-                self.remove_endpoint(&prev.endpoint)?;
-            }
             if let Some(old) = prev.v4.filter(|o| Some(*o) != v4) {
                 self.remove_v4_route(old)?;
             }
