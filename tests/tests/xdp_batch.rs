@@ -13,7 +13,10 @@ use std::{
     time::Instant,
 };
 
-use broker_common::{consts::map_names, maps::TunnelStats};
+use broker_common::{
+    consts::map_names,
+    maps::{Settings, Tunnel, TunnelStats},
+};
 use broker_userspace::{
     broker::Projection,
     dataplane::{self, Dataplane, LookupEntry, MapReads, PinnedCounters, Reconciled},
@@ -482,6 +485,90 @@ fn xdp_batch_reads_and_a_hitless_restart_at_100k_tunnels() {
             );
             assert_eq!(restarted.lookup_entries().unwrap(), whole);
         }
+    })
+    .join()
+    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+}
+
+/// Every slot of a pinned array of `V`, as bytes (`TUNNELS`, `SETTINGS`).
+fn pinned_values<V: aya::Pod>(instance: &str, map: &str) -> Vec<Vec<u8>> {
+    let data = aya::maps::MapData::from_pin(dataplane::maps_dir(instance).join(map)).unwrap();
+    let array: aya::maps::Array<_, V> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(data)).unwrap();
+    (0..array.len())
+        .map(|i| {
+            let v = array.get(&i, 0).unwrap();
+            // SAFETY: Pod values are plain bytes without padding.
+            unsafe { std::slice::from_raw_parts((&v as *const V).cast::<u8>(), size_of::<V>()) }
+                .to_vec()
+        })
+        .collect()
+}
+
+#[test]
+fn a_bulk_install_writes_what_one_upsert_per_tunnel_writes() {
+    std::thread::spawn(|| {
+        broker_tests::require_root();
+        const N: u32 = 3000;
+        let pop = big_pop();
+        let specs = specs(N);
+        let one = format!("test-bulk1-{}", std::process::id());
+        let bulk = format!("test-bulk2-{}", std::process::id());
+        let (_p1, _p2) = (Pins(one.clone()), Pins(bulk.clone()));
+
+        let mut a = Dataplane::load(&options(&one, 4096, MapReads::Batch)).unwrap();
+        a.set_pop(&pop).unwrap();
+        for s in &specs {
+            a.upsert(s).unwrap();
+        }
+        let mut b = Dataplane::load(&options(&bulk, 4096, MapReads::Batch)).unwrap();
+        let r = b.reconcile(&specs, &pop).unwrap();
+        assert_eq!(r.installed, N as usize);
+        assert_eq!(slots(&a), slots(&b), "the same slot for every id");
+        assert_eq!(a.lookup_entries().unwrap(), b.lookup_entries().unwrap());
+        assert_eq!(a.map_usage(), b.map_usage());
+        assert_eq!(a.tunnel_space(), b.tunnel_space());
+        assert!(
+            pinned_values::<Tunnel>(&one, map_names::TUNNELS)
+                == pinned_values::<Tunnel>(&bulk, map_names::TUNNELS),
+            "TUNNELS byte for byte"
+        );
+        // The settings, but for the next-hop generation (a reconcile bumps it).
+        let settings = |instance: &str| {
+            let mut s = pinned_values::<Settings>(instance, map_names::SETTINGS).remove(0);
+            let at = std::mem::offset_of!(Settings, nexthop_gen);
+            s[at..at + 4].fill(0);
+            s
+        };
+        assert!(
+            settings(&one) == settings(&bulk),
+            "SETTINGS byte for byte (prefix lengths and space)"
+        );
+        assert_eq!(
+            a.all_tunnel_counters().unwrap(),
+            b.all_tunnel_counters().unwrap()
+        );
+
+        // One that does not fit: those before it are installed whole, its error named.
+        let full = format!("test-bulk3-{}", std::process::id());
+        let _p3 = Pins(full.clone());
+        let mut c = Dataplane::load(&dataplane::Options {
+            max_endpoints: broker_userspace::config::MaxEndpoints {
+                proto41: Some(2),
+                ..Default::default()
+            },
+            ..options(&full, 64, MapReads::Batch)
+        })
+        .unwrap();
+        let p41: Vec<TunnelSpec> = [1, 2, 3, 4].map(spec_of).to_vec();
+        assert!(p41.iter().all(|s| s.kind == Kind::Proto41));
+        let e = format!("{:#}", c.reconcile(&p41, &pop).unwrap_err());
+        assert!(e.contains("dataplane.max_endpoints.proto41"), "{e}");
+        assert_eq!(c.tunnel_ids(), vec![1, 2]);
+        assert_eq!(
+            count_by_map(&c.lookup_entries().unwrap()),
+            expected_lookups(&p41[..2])
+        );
     })
     .join()
     .unwrap_or_else(|p| std::panic::resume_unwind(p));

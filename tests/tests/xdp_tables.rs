@@ -349,6 +349,70 @@ fn pinned_tables_keep_their_size_and_tunnels_when_the_configured_size_changes() 
 }
 
 #[test]
+fn a_restart_of_the_same_build_reuses_the_verified_program_over_the_same_maps() {
+    std::thread::spawn(|| {
+        let instance = format!("test-reuse-{}", std::process::id());
+        let _pins = Pins(instance.clone());
+        let opts = || dataplane::Options {
+            pin: true,
+            max_tunnels: 64,
+            max_prefixes: 256,
+            ..dataplane::Options::new(&instance)
+        };
+        let mut fx = Fixture::network_with(opts());
+        assert!(!fx.dp.program_reused(), "nothing pinned yet: verified");
+        let first = fx.dp.program_id().unwrap();
+        fx.dp.upsert(&spec(1)).unwrap();
+        fx.dp
+            .attach("eth4", broker_userspace::config::AttachMode::Skb)
+            .unwrap();
+        let pinned = dataplane::pin_dir(&instance).join("program");
+        assert_eq!(
+            std::fs::read_dir(&pinned).unwrap().count(),
+            1,
+            "one program pinned"
+        );
+
+        fx.dp = dataplane::Dataplane::load(&opts()).unwrap();
+        assert!(fx.dp.adopted() && fx.dp.program_reused());
+        assert_eq!(fx.dp.program_id().unwrap(), first, "the same program");
+        // It runs over the maps taken over, and goes back onto the pinned link.
+        fx.dp.set_pop(&pop()).unwrap();
+        let (action, out) = run(
+            &fx,
+            &decap_frame(1, "2001:db8:10:1::2".parse().unwrap()),
+            fx.eth4,
+        );
+        assert_eq!(action, XDP_REDIRECT, "decap by the reused program");
+        assert_eq!(&out[12..14], &[0x86, 0xdd], "an IPv6 frame out");
+        fx.dp
+            .attach("eth4", broker_userspace::config::AttachMode::Skb)
+            .unwrap();
+
+        // Maps created anew need a program verified over them.
+        drop(std::mem::replace(
+            &mut fx.dp,
+            dataplane::Dataplane::load(&dataplane::Options {
+                pin: false,
+                ..opts()
+            })
+            .unwrap(),
+        ));
+        dataplane::detach_instance(&instance).unwrap();
+        fx.dp = dataplane::Dataplane::load(&opts()).unwrap();
+        assert!(!fx.dp.adopted() && !fx.dp.program_reused());
+        assert_ne!(fx.dp.program_id().unwrap(), first);
+        assert_eq!(
+            std::fs::read_dir(&pinned).unwrap().count(),
+            1,
+            "pinned anew"
+        );
+    })
+    .join()
+    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+}
+
+#[test]
 fn each_kinds_endpoint_map_has_its_own_size_and_refuses_beyond_it() {
     std::thread::spawn(|| {
         let instance = format!("test-kinds-{}", std::process::id());

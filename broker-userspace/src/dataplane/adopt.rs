@@ -230,14 +230,20 @@ impl Dataplane {
         // One read of the installed tunnels' entries, as they are now (the data plane
         // writes where AYIYA clients roamed to), decides what to rewrite.
         let unchanged = self.unchanged(specs, pop)?;
+        let mut new = Vec::new();
         for (spec, unchanged) in specs.iter().zip(unchanged) {
             if unchanged {
                 r.unchanged += 1;
+            } else if self.slots.get(spec.id).is_none() {
+                new.push(spec);
             } else {
                 self.upsert(spec)?;
                 r.installed += 1;
             }
         }
+        // After the changed ones, whose old endpoints a new tunnel may take over.
+        self.install_new(&new)?;
+        r.installed += new.len();
         (r.orphans, r.repaired) = self.sweep()?;
         self.invalidate_nexthops()?;
         if r != Reconciled::default() {

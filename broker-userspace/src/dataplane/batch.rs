@@ -197,15 +197,15 @@ fn token_len(key_size: usize) -> usize {
 /// `union bpf_attr` as the batch commands read it.
 #[repr(C)]
 #[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
+pub(super) struct BatchAttr {
+    pub(super) in_batch: u64,
+    pub(super) out_batch: u64,
+    pub(super) keys: u64,
+    pub(super) values: u64,
+    pub(super) count: u32,
+    pub(super) map_fd: u32,
+    pub(super) elem_flags: u64,
+    pub(super) flags: u64,
 }
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;

@@ -6,10 +6,13 @@
 
 mod adopt;
 mod batch;
+mod batch_write;
 mod bpffs;
+mod bulk;
 mod counters;
 pub mod ebpf_log;
 mod prefixes;
+mod program_pin;
 mod slots;
 mod testing;
 
@@ -232,6 +235,9 @@ impl Options {
 /// A loaded data plane.
 pub struct Dataplane {
     ebpf: Ebpf,
+    /// The program pinned by an earlier controller of this build, standing in for the
+    /// one in `ebpf`, which then stays unloaded ([`program_pin`]).
+    reused: Option<Xdp>,
     /// The instance's pins, when pinned.
     instance: Option<String>,
     /// Links this process owns (unpinned data planes only: tests, benchmark).
@@ -308,6 +314,22 @@ impl Dataplane {
         let object = ebpf_log::object(opts)?;
         ebpf_log::set_level(&mut loader, opts);
         let mut ebpf = loader.load(object.bytes()).map_err(DataplaneError::Load)?;
+        // Only the embedded object is pinned and reused (program_pin.rs says why).
+        let identity = match (&maps, &object) {
+            (Some(_), ebpf_log::Object::Embedded) => Some(embedded_identity()),
+            _ => None,
+        };
+        let reused = match (&maps, identity) {
+            (Some(dir), Some(identity)) if adopted => {
+                // XSK_VERDICTS is the worker's and the counters', not the program's.
+                let used: Vec<&str> = names::ALL
+                    .into_iter()
+                    .filter(|n| *n != names::XSK_VERDICTS)
+                    .collect();
+                program_pin::open(&opts.instance, identity, dir, &used)
+            }
+            _ => None,
+        };
 
         // Taking over: the pinned tunnels are read on another thread while the verifier
         // checks the program (each takes about half a second at a million tunnels).
@@ -316,10 +338,13 @@ impl Dataplane {
                 .as_deref()
                 .filter(|_| adopted)
                 .map(|dir| s.spawn(|| adopt::scan_pinned(dir, opts.map_reads)));
-            load_xdp(
-                xdp_program(&mut ebpf, program_names::BROKER)?,
-                program_names::BROKER,
-            )?;
+            if reused.is_none() {
+                let prog = xdp_program(&mut ebpf, program_names::BROKER)?;
+                load_xdp(prog, program_names::BROKER)?;
+                if let Some(identity) = identity {
+                    program_pin::pin(&opts.instance, identity, prog)?;
+                }
+            }
             scan.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
                 .transpose()
         })?;
@@ -327,6 +352,7 @@ impl Dataplane {
         let stats = StatsReader::open(&ebpf, worker_maps.clone(), opts.map_reads)?;
         let mut dp = Self {
             ebpf,
+            reused,
             instance: opts.pin.then(|| opts.instance.clone()),
             links: Vec::new(),
             slots: SlotTable::new(max_tunnels),
@@ -354,6 +380,7 @@ impl Dataplane {
         dp.write_settings()?;
         info!(
             program = program_names::BROKER,
+            program_reused = dp.reused.is_some(),
             debug_object = opts.ebpf_log.is_some(),
             max_tunnels,
             max_prefixes,
@@ -370,6 +397,11 @@ impl Dataplane {
         self.adopted
     }
 
+    /// Whether the program is the one an earlier controller verified and pinned.
+    pub fn program_reused(&self) -> bool {
+        self.reused.is_some()
+    }
+
     /// Attaches the program to `iface`. Pinned, an existing link on the interface gets the
     /// new program atomically (`BPF_LINK_UPDATE`: no packet sees no program); otherwise a
     /// new link is made and pinned, and stays after this process exits.
@@ -384,7 +416,7 @@ impl Dataplane {
             source,
         };
         let pin = self.instance.as_ref().map(|i| links_dir(i).join(iface));
-        let prog = xdp_program(&mut self.ebpf, program_names::BROKER)?;
+        let prog = self.program_mut()?;
         if let Some(pin) = pin.as_ref().filter(|p| p.exists()) {
             let pinned = PinnedLink::from_pin(pin).map_err(|e| DataplaneError::Io {
                 what: format!("opening the pinned link {}", pin.display()),
@@ -529,7 +561,7 @@ impl Dataplane {
     /// Detaches the links this process owns (unpinned data planes; also done on drop).
     pub fn detach_all(&mut self) {
         let links = std::mem::take(&mut self.links);
-        if let Ok(prog) = xdp_program(&mut self.ebpf, program_names::BROKER) {
+        if let Ok(prog) = self.program_mut() {
             for (iface, link) in links {
                 match prog.detach(link) {
                     Ok(()) => info!(iface, "XDP detached"),
@@ -1157,6 +1189,9 @@ impl Dataplane {
     }
 
     fn program(&self) -> Result<&Xdp> {
+        if let Some(p) = &self.reused {
+            return Ok(p);
+        }
         let name = program_names::BROKER;
         let prog = self
             .ebpf
@@ -1164,6 +1199,13 @@ impl Dataplane {
             .ok_or(DataplaneError::MissingProgram { name })?;
         prog.try_into()
             .map_err(|source| DataplaneError::Program { name, source })
+    }
+
+    fn program_mut(&mut self) -> Result<&mut Xdp> {
+        match &mut self.reused {
+            Some(p) => Ok(p),
+            None => xdp_program(&mut self.ebpf, program_names::BROKER),
+        }
     }
 
     /// What the kernel says of the loaded program (id, run statistics, BTF).
@@ -1191,6 +1233,12 @@ pub fn enable_run_stats() -> Result<std::os::fd::OwnedFd> {
         what: "BPF_ENABLE_STATS".into(),
         source: e.io_error,
     })
+}
+
+/// [`program_pin::identity`] of the embedded object, hashed once.
+fn embedded_identity() -> &'static str {
+    static IDENTITY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    IDENTITY.get_or_init(|| program_pin::identity(BROKER_OBJ))
 }
 
 fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp> {
