@@ -4,7 +4,7 @@
 use std::{collections::BTreeSet, net::SocketAddrV4};
 
 use ipnet::Ipv6Net;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use broker_common::maps::TunnelStats;
 
@@ -105,6 +105,9 @@ impl Projection for Dataplane {
     }
 }
 
+/// What a routes reconcile on another thread answers: (added, removed).
+pub type RoutesAnswer = tokio::sync::oneshot::Receiver<Result<(usize, usize), String>>;
+
 /// The kernel's routes as the broker core drives them.
 pub trait RouteOps: Send + Sync {
     fn add(&self, p: &Ipv6Net) -> impl std::future::Future<Output = Result<(), String>> + Send;
@@ -113,6 +116,12 @@ pub trait RouteOps: Send + Sync {
         &self,
         wanted: &BTreeSet<Ipv6Net>,
     ) -> impl std::future::Future<Output = Result<(usize, usize), String>> + Send;
+    /// Starts [`RouteOps::reconcile`] on a thread of its own and answers on the channel,
+    /// so that the caller can write the maps meanwhile; `None`: not possible here, the
+    /// caller reconciles in line.
+    fn reconcile_apart(&self, _wanted: &BTreeSet<Ipv6Net>) -> Option<RoutesAnswer> {
+        None
+    }
     /// The broker's routes now in the kernel.
     fn list(&self) -> impl std::future::Future<Output = Result<BTreeSet<Ipv6Net>, String>> + Send;
     /// What the routes depend on besides the prefixes (table, protocol, device): part of
@@ -135,6 +144,16 @@ impl RouteOps for Routes {
         Routes::reconcile(self, wanted)
             .await
             .map_err(|e| error_chain(&e))
+    }
+
+    fn reconcile_apart(&self, wanted: &BTreeSet<Ipv6Net>) -> Option<RoutesAnswer> {
+        match Routes::reconcile_apart(self, wanted.clone()) {
+            Ok(rx) => Some(rx),
+            Err(e) => {
+                warn!(error = %e, "no thread for the routes: reconciling them after the maps");
+                None
+            }
+        }
     }
 
     async fn list(&self) -> Result<BTreeSet<Ipv6Net>, String> {
@@ -242,6 +261,8 @@ pub struct Broker<S, P, R> {
     unsure: bool,
     /// A start skipped reconciling: the routes are still to be checked ([`check_routes`]).
     routes_unchecked: bool,
+    /// Every tunnel, read ahead by a cold start ([`Broker::preload`]).
+    preloaded: Option<store::Preloaded>,
 }
 
 impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
@@ -260,6 +281,25 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
             watch: watch::WatchList::default(),
             unsure: false,
             routes_unchecked: false,
+            preloaded: None,
+        }
+    }
+
+    /// Hands the next full reconcile every tunnel read ahead; it uses them only if the
+    /// store is still at their generation, and reads the store otherwise.
+    pub fn preload(&mut self, p: store::Preloaded) {
+        self.preloaded = Some(p);
+    }
+
+    /// Every tunnel: the preloaded ones if the store has not changed since, else read.
+    fn all_tunnels(&mut self) -> Result<Vec<TunnelRecord>> {
+        match self.preloaded.take() {
+            Some(p) if p.generation == self.store.generation()? => Ok(p.tunnels),
+            Some(_) => {
+                info!("the store changed since the tunnels were read ahead: reading them again");
+                Ok(self.store.tunnels()?)
+            }
+            None => Ok(self.store.tunnels()?),
         }
     }
 
@@ -404,23 +444,25 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
         // How long each part took, in the log: a start's time is mostly these three.
         let ms = |t: std::time::Instant| t.elapsed().as_millis() as u64;
         let t = std::time::Instant::now();
-        let tunnels = self.store.tunnels()?;
+        let tunnels = self.all_tunnels()?;
         self.watch.rebuild(&tunnels);
         let specs: Vec<TunnelSpec> = tunnels.iter().map(|t| self.projected(t)).collect();
-        let store_ms = ms(t);
-        let t = std::time::Instant::now();
-        let r = self
-            .maps
-            .reconcile(&specs, &self.pop)
-            .map_err(BrokerError::Maps)?;
-        let maps_ms = ms(t);
-        let t = std::time::Instant::now();
         let wanted: BTreeSet<Ipv6Net> = specs.iter().flat_map(|s| s.prefixes()).collect();
-        let (added, removed) = self
-            .routes
-            .reconcile(&wanted)
-            .await
-            .map_err(BrokerError::Routes)?;
+        let store_ms = ms(t);
+        // Maps and routes are independent projections: the routes are written on another
+        // thread while the maps are (routes_ms counts from the same moment as maps_ms).
+        let t = std::time::Instant::now();
+        let apart = self.routes.reconcile_apart(&wanted);
+        let maps = self.maps.reconcile(&specs, &self.pop);
+        let maps_ms = ms(t);
+        let routes = match apart {
+            Some(answer) => answer
+                .await
+                .unwrap_or_else(|_| Err("the routes thread ended without an answer".into())),
+            None => self.routes.reconcile(&wanted).await,
+        };
+        let r = maps.map_err(BrokerError::Maps)?;
+        let (added, removed) = routes.map_err(BrokerError::Routes)?;
         if added + removed > 0 {
             info!(added, removed, "routes reconciled with the store");
         }

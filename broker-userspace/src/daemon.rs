@@ -59,6 +59,16 @@ impl RouteOps for RouteBackend {
         }
     }
 
+    fn reconcile_apart(
+        &self,
+        wanted: &std::collections::BTreeSet<ipnet::Ipv6Net>,
+    ) -> Option<crate::broker::RoutesAnswer> {
+        match self {
+            RouteBackend::Kernel(r) => RouteOps::reconcile_apart(r, wanted),
+            RouteBackend::Disabled(r) => r.reconcile_apart(wanted),
+        }
+    }
+
     async fn list(&self) -> Result<std::collections::BTreeSet<ipnet::Ipv6Net>, String> {
         match self {
             RouteBackend::Kernel(r) => RouteOps::list(r).await,
@@ -114,6 +124,12 @@ async fn route_backend(config: &Config) -> anyhow::Result<RouteBackend> {
 /// Runs until SIGINT or SIGTERM; SIGHUP re-reads the config and applies tunnel changes.
 pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&config_path)?;
+    // The first line of every start: how long a start takes is read from here.
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %config_path.display(),
+        "starting"
+    );
     // The TCP services' connection caps (API, TIC, TSP) sum to about 6000, plus pins,
     // sockets and the store.
     crate::conns::raise_file_limit(8192);
@@ -132,6 +148,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         ebpf_log: config.dataplane.ebpf_log.clone(),
         ..dataplane::Options::new(&config.instance)
     };
+    // A cold start reads every tunnel: on another thread, while the data plane loads.
+    let preload =
+        (!dataplane::has_maps(&config.instance)).then(|| SqliteStore::preload(&store_path));
     let mut dp = Dataplane::load(&opts).context("loading the data plane")?;
     // The debug object's records, forwarded for as long as this process runs.
     if let Some(log) = dp.take_xdp_log()? {
@@ -143,6 +162,14 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     }
     let adopted = dp.adopted();
     let mut broker = Broker::new(store, dp, route_backend(&config).await?, config.pop());
+    match preload.map(|h| h.join()) {
+        Some(Ok(Ok(p))) => broker.preload(p),
+        Some(Ok(Err(e))) => {
+            warn!(error = %e, "reading the tunnels ahead failed: reading them again")
+        }
+        Some(Err(_)) => warn!("reading the tunnels ahead panicked: reading them again"),
+        None => {}
+    }
     endpoint_policy(&mut broker, &config).await;
     let (users, keys) = broker
         .upgrade_secrets()

@@ -164,4 +164,31 @@ impl Routes {
             .await?;
         Ok((added, removed))
     }
+
+    /// [`Routes::reconcile`] on a thread of its own, with its own netlink socket and
+    /// runtime, so that the caller writes the maps meanwhile (the kernel's work for a
+    /// million routes is seconds, as is the maps'). The answer comes on the channel.
+    pub fn reconcile_apart(
+        &self,
+        wanted: BTreeSet<Ipv6Net>,
+    ) -> std::io::Result<tokio::sync::oneshot::Receiver<Result<(usize, usize), String>>> {
+        let settings = self.settings.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("routes".into())
+            .spawn(move || {
+                let answer = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(async {
+                        let routes = Routes::connect(settings)?;
+                        routes.reconcile(&wanted).await
+                    }),
+                    Err(e) => Err(RouteError::Connect(e)),
+                };
+                let _ = tx.send(answer.map_err(|e| crate::broker::error_chain(&e)));
+            })?;
+        Ok(rx)
+    }
 }

@@ -284,6 +284,16 @@ enum Stop<'a> {
     Detach(&'a str),
 }
 
+impl Stop<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            Stop::Term => "SIGTERM",
+            Stop::Kill => "SIGKILL",
+            Stop::Detach(_) => "detach (cold)",
+        }
+    }
+}
+
 /// Stops `broker run` as `how` says, starts it again and returns the seconds from its
 /// start until the API answers `/readyz`.
 fn restart(lab: &mut Lab, how: Stop) -> f64 {
@@ -305,7 +315,13 @@ fn restart(lab: &mut Lab, how: Stop) -> f64 {
     lab.spawn_broker(&[]).expect("restart");
     loop {
         if let Some((200, _)) = try_http(lab, "GET", "/readyz", None) {
-            return t.elapsed().as_secs_f64();
+            let took = t.elapsed().as_secs_f64();
+            // The start's own log, with its timestamps: where its time went.
+            println!("start after {}:", how.name());
+            for line in lab.broker_log().lines() {
+                println!("    {line}");
+            }
+            return took;
         }
         assert!(t.elapsed() < Duration::from_secs(600), "not ready");
         std::thread::sleep(Duration::from_millis(2));

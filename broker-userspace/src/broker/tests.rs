@@ -623,3 +623,42 @@ fn routes_are_checked_against_the_store_in_pages_and_each_difference_again() {
     // the deleted tunnel's (already gone) removed.
     assert_eq!((added, removed), (1 + 2, 1 + 2), "{want:?}");
 }
+
+#[test]
+fn tunnels_read_ahead_are_used_only_at_the_generation_they_were_read() {
+    let mut b = broker();
+    let one = block_on(b.create_tunnel(&req(1))).unwrap().spec.id;
+    let two = block_on(b.create_tunnel(&req(2))).unwrap().spec.id;
+    let read_ahead = |b: &TestBroker| crate::store::Preloaded {
+        generation: b.store.generation().unwrap(),
+        // Only the first: the reconcile shows which it used.
+        tunnels: vec![b.store.tunnel(one).unwrap().unwrap()],
+    };
+
+    let mut b = restarted(b);
+    b.maps.installed.clear();
+    b.preload(read_ahead(&b));
+    block_on(b.reconcile()).unwrap();
+    assert!(b.maps_installed(one).is_some());
+    assert!(
+        b.maps_installed(two).is_none(),
+        "the tunnels read ahead, not the store's"
+    );
+
+    // Read ahead, then the store changed: the store is read.
+    let ahead = read_ahead(&b);
+    b.store
+        .update_tunnel(
+            one,
+            &TunnelChange {
+                mtu: Some(1400),
+                ..Default::default()
+            },
+            5,
+        )
+        .unwrap();
+    b.preload(ahead);
+    block_on(b.reconcile()).unwrap();
+    assert_eq!(b.maps_installed(one).unwrap().mtu, 1400);
+    assert!(b.maps_installed(two).is_some(), "every tunnel of the store");
+}

@@ -3,7 +3,7 @@
 //! The maps are a projection of the store, so after a restart (clean or not) the
 //! controller reads back what the maps hold, then writes only the differences: tunnels
 //! that keep their slot keep forwarding and keep their counters throughout.
-use std::collections::{hash_map::Entry, HashMap as StdHashMap};
+use std::collections::HashMap as StdHashMap;
 
 use aya::{
     maps::{Array, HashMap, MapData, MapInfo},
@@ -134,11 +134,46 @@ pub(super) fn scan_pinned(dir: &std::path::Path, reads: batch::MapReads) -> Resu
     let tunnels: Array<MapData, Tunnel> = Array::try_from(aya::maps::Map::Array(data))
         .map_err(|source| DataplaneError::Map { name, source })?;
     let capacity = tunnels.len();
+    // A part of the slots per core: the kernel's copies and the decoding run in parallel
+    // (a million tunnels are 180 MB of values).
+    let parts = std::thread::available_parallelism().map_or(1, |n| n.get().min(4)) as u32;
+    let step = capacity.div_ceil(parts).max(1);
+    let scanned: Vec<Result<Scan>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..capacity)
+            .step_by(step as usize)
+            .map(|start| {
+                let tunnels = &tunnels;
+                s.spawn(move || scan_range(tunnels, reads, start..(start + step).min(capacity)))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
     let mut scan = Scan {
         used: Vec::new(),
         down: Vec::new(),
     };
-    batch::array_range(&tunnels, name, reads, 0..capacity, |slot, t| {
+    for part in scanned {
+        let part = part?;
+        scan.used.extend(part.used);
+        scan.down.extend(part.down);
+    }
+    Ok(scan)
+}
+
+/// The tunnels in slots `range` of `TUNNELS`, in slot order.
+fn scan_range(
+    tunnels: &Array<MapData, Tunnel>,
+    reads: batch::MapReads,
+    range: std::ops::Range<u32>,
+) -> Result<Scan> {
+    let mut scan = Scan {
+        used: Vec::new(),
+        down: Vec::new(),
+    };
+    batch::array_range(tunnels, names::TUNNELS, reads, range, |slot, t| {
         if t.state == TunnelState::Down as u8 {
             scan.down.push(t.id);
         }
@@ -182,20 +217,12 @@ impl Dataplane {
         }
 
         let Scan { used, down } = scan;
-        // In slot order: the first slot of an id is its own.
-        let mut by_id: StdHashMap<u32, Installed> = StdHashMap::with_capacity(used.len());
-        let mut duplicates = Vec::new();
-        for (id, i) in used {
-            let Entry::Vacant(e) = by_id.entry(id) else {
-                // A second slot for the same id: only a killed update leaves that.
-                duplicates.push(i.slot);
-                continue;
-            };
+        let (slots, duplicates) = SlotTable::adopted(self.max_tunnels, used);
+        for (_, i) in slots.iter() {
             for p in &i.prefixes {
                 self.space.cover(*p);
                 self.lengths.add(p.prefix_len());
             }
-            e.insert(i);
         }
         let (lens, n_lens) = self.lengths.table();
         let (space, n_space) = self.space.table();
@@ -203,7 +230,7 @@ impl Dataplane {
         self.settings.n_lens = n_lens;
         self.settings.space = space;
         self.settings.n_space = n_space;
-        self.slots = SlotTable::adopted(self.max_tunnels, by_id);
+        self.slots = slots;
         self.adopted_down = down;
         for slot in duplicates {
             self.write_tunnel(slot, &Tunnel::EMPTY)?;
@@ -216,6 +243,8 @@ impl Dataplane {
     /// point at no tunnel or at a tunnel that does not own them.
     pub fn reconcile(&mut self, specs: &[TunnelSpec], pop: &Pop) -> Result<Reconciled> {
         let mut r = Reconciled::default();
+        let t = std::time::Instant::now();
+        let ms = |t: std::time::Instant| t.elapsed().as_millis() as u64;
         self.unstamp()?;
         if self.pop() != *pop {
             self.set_pop(pop)?;
@@ -230,6 +259,8 @@ impl Dataplane {
         // One read of the installed tunnels' entries, as they are now (the data plane
         // writes where AYIYA clients roamed to), decides what to rewrite.
         let unchanged = self.unchanged(specs, pop)?;
+        let read_ms = ms(t);
+        let t = std::time::Instant::now();
         let mut new = Vec::new();
         for (spec, unchanged) in specs.iter().zip(unchanged) {
             if unchanged {
@@ -244,10 +275,19 @@ impl Dataplane {
         // After the changed ones, whose old endpoints a new tunnel may take over.
         self.install_new(&new)?;
         r.installed += new.len();
+        let write_ms = ms(t);
+        let t = std::time::Instant::now();
         (r.orphans, r.repaired) = self.sweep()?;
         self.invalidate_nexthops()?;
         if r != Reconciled::default() {
-            info!(?r, "data plane reconciled with the store");
+            // Removals and the read of what is installed; writes; the sweep.
+            info!(
+                ?r,
+                read_ms,
+                write_ms,
+                sweep_ms = ms(t),
+                "data plane reconciled with the store"
+            );
         }
         Ok(r)
     }

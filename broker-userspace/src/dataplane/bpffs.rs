@@ -3,6 +3,7 @@
 //! ```text
 //! /sys/fs/bpf/broker/<instance>/maps-v<layout>/<MAP>   the maps (broker_common::consts)
 //! /sys/fs/bpf/broker/<instance>/links/<interface>     the XDP link on each interface
+//! /sys/fs/bpf/broker/<instance>/program/<identity>    the verified program (program_pin.rs)
 //! ```
 //!
 //! While the pins exist the kernel keeps the program attached and the maps filled, whether
@@ -28,6 +29,13 @@ pub fn pin_dir(instance: &str) -> PathBuf {
 /// Where this build's maps are pinned.
 pub fn maps_dir(instance: &str) -> PathBuf {
     pin_dir(instance).join(format!("maps-v{MAP_LAYOUT_VERSION}"))
+}
+
+/// Whether this build's maps are pinned for `instance` (a start will take them over).
+pub fn has_maps(instance: &str) -> bool {
+    maps_dir(instance)
+        .join(broker_common::consts::map_names::TUNNELS)
+        .exists()
 }
 
 /// Where the XDP links are pinned, one file per interface.

@@ -49,7 +49,7 @@ use crate::{
 
 pub use adopt::Reconciled;
 pub use batch::{batch_reads_refused, MapReads};
-pub use bpffs::{detach_instance, ensure_bpffs, links_dir, maps_dir, pin_dir};
+pub use bpffs::{detach_instance, ensure_bpffs, has_maps, links_dir, maps_dir, pin_dir};
 pub use counters::{GlobalCounters, PinnedCounters, StatsReader, TunnelCounters};
 pub use ebpf_log::{XdpLog, XdpRecord};
 
@@ -314,6 +314,7 @@ impl Dataplane {
         let object = ebpf_log::object(opts)?;
         ebpf_log::set_level(&mut loader, opts);
         let mut ebpf = loader.load(object.bytes()).map_err(DataplaneError::Load)?;
+        let maps_ms = started.elapsed().as_millis() as u64;
         // Only the embedded object is pinned and reused (program_pin.rs says why).
         let identity = match (&maps, &object) {
             (Some(_), ebpf_log::Object::Embedded) => Some(embedded_identity()),
@@ -374,6 +375,7 @@ impl Dataplane {
             stats,
             adopted_down: Vec::new(),
         };
+        let program_ms = started.elapsed().as_millis() as u64 - maps_ms;
         if let Some(scan) = scan {
             dp.adopt(opts, scan)?;
         }
@@ -386,6 +388,10 @@ impl Dataplane {
             max_prefixes,
             adopted,
             tunnels = dp.slots.usage().tunnels,
+            // Maps created or opened; the program verified (or opened) with the pinned
+            // tunnels read beside it; the rest is indexing them.
+            maps_ms,
+            program_ms,
             load_ms = started.elapsed().as_millis() as u64,
             "data plane loaded"
         );

@@ -63,9 +63,14 @@ impl Usage {
 }
 
 /// Dense slot allocation: freed slots are reused before new ones are taken.
+///
+/// What is installed is kept by slot (a vector: taking over a million tunnels is one
+/// pass in slot order, without hashing what they hold) and found by id through a small
+/// map of id to slot.
 #[derive(Debug)]
 pub struct SlotTable {
-    by_id: HashMap<u32, Installed>,
+    by_slot: Vec<Option<(u32, Installed)>>,
+    slot_of: HashMap<u32, u32>,
     free: Vec<u32>,
     next: u32,
     max: u32,
@@ -78,7 +83,8 @@ pub struct SlotTable {
 impl SlotTable {
     pub fn new(max: u32) -> Self {
         Self {
-            by_id: HashMap::new(),
+            by_slot: Vec::new(),
+            slot_of: HashMap::new(),
             free: Vec::new(),
             next: 0,
             max,
@@ -87,36 +93,41 @@ impl SlotTable {
         }
     }
 
-    /// A table holding what an earlier controller left in the maps, by tunnel id.
-    pub fn adopted(max: u32, by_id: HashMap<u32, Installed>) -> Self {
-        let next = by_id.values().map(|i| i.slot + 1).max().unwrap_or(0);
-        let mut taken = vec![false; next as usize];
-        for i in by_id.values() {
-            taken[i.slot as usize] = true;
+    /// A table holding what an earlier controller left in the maps, `used` in slot order.
+    /// An id found in a second slot (only a killed update leaves that) keeps its first;
+    /// the second slots are returned, to be emptied.
+    pub fn adopted(max: u32, used: Vec<(u32, Installed)>) -> (Self, Vec<u32>) {
+        let mut t = Self::new(max);
+        t.slot_of.reserve(used.len());
+        let mut duplicates = Vec::new();
+        for (id, i) in used {
+            let slot = i.slot;
+            if t.slot_of.contains_key(&id) {
+                duplicates.push(slot);
+                continue;
+            }
+            t.slot_of.insert(id, slot);
+            t.usage.account(&i, true);
+            if matches!(i.endpoint, EndpointKey::Ayiya(_)) {
+                t.ayiya.insert(id);
+            }
+            if t.by_slot.len() <= slot as usize {
+                t.by_slot.resize_with(slot as usize + 1, || None);
+            }
+            t.by_slot[slot as usize] = Some((id, i));
         }
+        t.next = t.by_slot.len() as u32;
         // Lowest free slot last, so it is reused first.
-        let free = (0..next).rev().filter(|s| !taken[*s as usize]).collect();
-        let mut usage = Usage::default();
-        for i in by_id.values() {
-            usage.account(i, true);
-        }
-        let ayiya = by_id
-            .iter()
-            .filter(|(_, i)| matches!(i.endpoint, EndpointKey::Ayiya(_)))
-            .map(|(id, _)| *id)
+        t.free = (0..t.next)
+            .rev()
+            .filter(|s| t.by_slot[*s as usize].is_none())
             .collect();
-        Self {
-            by_id,
-            free,
-            next,
-            max,
-            usage,
-            ayiya,
-        }
+        (t, duplicates)
     }
 
     pub fn get(&self, id: u32) -> Option<&Installed> {
-        self.by_id.get(&id)
+        let slot = *self.slot_of.get(&id)?;
+        self.by_slot.get(slot as usize)?.as_ref().map(|(_, i)| i)
     }
 
     /// A slot no tunnel uses. It counts as taken once [`SlotTable::insert`] records it;
@@ -145,16 +156,25 @@ impl SlotTable {
         } else {
             self.ayiya.remove(&id);
         }
-        if let Some(old) = self.by_id.insert(id, installed) {
-            self.usage.account(&old, false);
+        if let Some(old_slot) = self.slot_of.insert(id, slot) {
+            if let Some((_, old)) = self.by_slot[old_slot as usize].take() {
+                self.usage.account(&old, false);
+            }
         }
+        if self.by_slot.len() <= slot as usize {
+            self.by_slot.resize_with(slot as usize + 1, || None);
+        }
+        self.by_slot[slot as usize] = Some((id, installed));
     }
 
     pub fn release(&mut self, id: u32) {
-        if let Some(i) = self.by_id.remove(&id) {
+        let Some(slot) = self.slot_of.remove(&id) else {
+            return;
+        };
+        if let Some((_, i)) = self.by_slot[slot as usize].take() {
             self.ayiya.remove(&id);
             self.usage.account(&i, false);
-            self.free.push(i.slot);
+            self.free.push(slot);
         }
     }
 
@@ -166,23 +186,25 @@ impl SlotTable {
     pub fn ayiya(&self) -> impl Iterator<Item = (u32, &Installed)> + '_ {
         self.ayiya
             .iter()
-            .filter_map(|id| Some((*id, self.by_id.get(id)?)))
+            .filter_map(|id| Some((*id, self.get(*id)?)))
     }
 
-    /// Every tunnel with what is installed for it, in no particular order.
+    /// Every tunnel with what is installed for it, in slot order.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &Installed)> + '_ {
-        self.by_id.iter().map(|(id, i)| (*id, i))
+        self.by_slot
+            .iter()
+            .filter_map(|e| e.as_ref().map(|(id, i)| (*id, i)))
     }
 
     /// Every tunnel's id and slot, by id.
     pub fn slots_by_id(&self) -> Vec<(u32, u32)> {
-        let mut v: Vec<(u32, u32)> = self.by_id.iter().map(|(id, i)| (*id, i.slot)).collect();
+        let mut v: Vec<(u32, u32)> = self.slot_of.iter().map(|(id, s)| (*id, *s)).collect();
         v.sort_unstable();
         v
     }
 
     pub fn ids(&self) -> Vec<u32> {
-        let mut ids: Vec<u32> = self.by_id.keys().copied().collect();
+        let mut ids: Vec<u32> = self.slot_of.keys().copied().collect();
         ids.sort_unstable();
         ids
     }
@@ -226,7 +248,8 @@ mod tests {
 
     #[test]
     fn adopted_slots_are_kept_and_holes_reused_lowest_first() {
-        let mut t = SlotTable::adopted(8, [(7, at(1)), (9, at(4))].into());
+        let (mut t, duplicates) = SlotTable::adopted(8, vec![(7, at(1)), (9, at(4)), (7, at(6))]);
+        assert_eq!(duplicates, vec![6], "an id's first slot is its own");
         assert_eq!(t.get(9).unwrap().slot, 4);
         assert_eq!(t.get(7).unwrap().slot, 1);
         for want in [0, 2, 3, 5] {
@@ -238,7 +261,7 @@ mod tests {
 
     #[test]
     fn usage_follows_inserts_replacements_and_releases() {
-        let mut t = SlotTable::adopted(8, HashMap::from([(7, at(1))]));
+        let (mut t, _) = SlotTable::adopted(8, vec![(7, at(1))]);
         let udp = Installed {
             endpoint: EndpointKey::Udp(UdpEndpoint4 {
                 remote: [198, 51, 100, 1],

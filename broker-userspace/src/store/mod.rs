@@ -49,6 +49,15 @@ impl Origin {
     }
 }
 
+/// Every tunnel as of one generation ([`Store::generation`]), read ahead of need: a cold
+/// start reads them on another connection while the data plane loads, and uses them only
+/// if the store is still at that generation.
+#[derive(Debug)]
+pub struct Preloaded {
+    pub generation: (i64, u64),
+    pub tunnels: Vec<TunnelRecord>,
+}
+
 /// A tunnel as stored.
 #[derive(Debug, Clone, Eq)]
 pub struct TunnelRecord {

@@ -176,6 +176,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE INDEX tunnels_watched ON tunnels(id)
         WHERE state = 'up' AND (keepalive IS NOT NULL OR kind IN ('ayiya', 'heartbeat'));
     ",
+    // 6: every start asks for secrets an older version kept in clear (normally none); these
+    // indexes answer without reading every tunnel and user (150 ms at a million tunnels).
+    "
+    CREATE INDEX tunnels_key_in_clear ON tunnels(id) WHERE update_key_hash IS NULL;
+    CREATE INDEX users_in_clear ON users(name) WHERE password IS NOT NULL;
+    ",
 ];
 
 /// Brings a database to the current schema. Foreign keys must be off (SQLite's procedure

@@ -36,6 +36,10 @@ fn one_row<T>(
     c.prepare_cached(sql)?.query_row(p, f)
 }
 
+/// Update keys an older version kept in clear (index `tunnels_key_in_clear`).
+const KEYS_IN_CLEAR: &str =
+    "SELECT id, update_key FROM tunnels WHERE update_key_hash IS NULL ORDER BY id";
+
 /// Length of generated passwords and update keys.
 const TOKEN_LEN: usize = 16;
 
@@ -57,6 +61,31 @@ impl SqliteStore {
         })?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         Self::init(conn, pools)
+    }
+
+    /// Reads every tunnel and the generation they belong to, in one read transaction on
+    /// a read-only connection of its own, on a thread of its own (a cold start, while the
+    /// data plane loads; [`Preloaded`]).
+    pub fn preload(path: &Path) -> std::thread::JoinHandle<Result<super::Preloaded>> {
+        let path = path.to_path_buf();
+        std::thread::spawn(move || {
+            let conn = Connection::open_with_flags(
+                &path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(|source| StoreError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let tx = conn.unchecked_transaction()?;
+            let generation = query::generation(&tx)?;
+            let tunnels = query::all(&tx)?;
+            Ok(super::Preloaded {
+                generation,
+                tunnels,
+            })
+        })
     }
 
     /// A store that lives in memory (tests).
@@ -907,9 +936,7 @@ impl Store for SqliteStore {
     }
 
     fn update_keys_in_clear(&self) -> Result<Vec<(u32, String)>> {
-        let mut q = self.conn.prepare(
-            "SELECT id, update_key FROM tunnels WHERE update_key_hash IS NULL ORDER BY id",
-        )?;
+        let mut q = self.conn.prepare(KEYS_IN_CLEAR)?;
         let rows = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }

@@ -399,6 +399,26 @@ mod tests {
             })
     }
 
+    /// Every start asks for secrets kept in clear: an index answers, whatever N.
+    #[test]
+    fn secrets_kept_in_clear_are_found_by_index() {
+        let s = store();
+        for (sql, index) in [
+            (super::super::KEYS_IN_CLEAR, "tunnels_key_in_clear"),
+            (super::super::users::IN_CLEAR, "users_in_clear"),
+        ] {
+            let plan: String = s
+                .conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map([], |r| r.get::<_, String>(3))
+                .unwrap()
+                .map(|r| r.unwrap())
+                .collect();
+            assert!(plan.contains(index), "{sql}: {plan}");
+        }
+    }
+
     #[test]
     fn the_generation_moves_with_every_change_and_watched_tunnels_are_read_by_index() {
         let mut s = store();

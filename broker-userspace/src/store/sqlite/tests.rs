@@ -518,6 +518,11 @@ fn everything_is_there_after_a_restart() {
     let mut s = SqliteStore::open(&path, pools()).unwrap();
     assert_eq!(s.tunnels().unwrap(), tunnels);
     assert_eq!(s.users().unwrap(), users);
+    // Read ahead on a connection of its own, as a cold start does: the same, and the
+    // generation they are of.
+    let ahead = SqliteStore::preload(&path).join().unwrap().unwrap();
+    assert_eq!(ahead.tunnels, tunnels);
+    assert_eq!(ahead.generation, s.generation().unwrap());
     assert_eq!(s.counter("adoptions").unwrap(), 1);
     // The freed /64 is still in quarantine after the restart; allocation continues.
     let t = s.create_tunnel(&new(3, None), 5).unwrap();

@@ -94,9 +94,12 @@ pub(super) fn set_secrets(conn: &Connection, name: &str, s: &UserSecrets) -> Res
     Ok(())
 }
 
+/// Passwords an older version kept in clear (index `users_in_clear`).
+pub(super) const IN_CLEAR: &str =
+    "SELECT name, password FROM users WHERE password IS NOT NULL ORDER BY name";
+
 pub(super) fn in_clear(conn: &Connection) -> Result<Vec<(String, String)>> {
-    let mut q =
-        conn.prepare("SELECT name, password FROM users WHERE password IS NOT NULL ORDER BY name")?;
+    let mut q = conn.prepare(IN_CLEAR)?;
     let rows = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
