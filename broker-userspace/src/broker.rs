@@ -285,20 +285,29 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
         }
     }
 
-    /// Hands the next full reconcile every tunnel read ahead; it uses them only if the
-    /// store is still at their generation, and reads the store otherwise.
+    /// Hands the start tunnels read ahead; they are used only if the store is still at
+    /// their generation, and read again otherwise.
     pub fn preload(&mut self, p: store::Preloaded) {
         self.preloaded = Some(p);
     }
 
-    /// Every tunnel: the preloaded ones if the store has not changed since, else read.
+    /// The tunnels read ahead, if they are `what` is wanted and the store has not changed
+    /// since (once: the next call reads the store).
+    fn read_ahead(&mut self, what: store::Ahead) -> Result<Option<Vec<TunnelRecord>>> {
+        let Some(p) = self.preloaded.take().filter(|p| p.what == what) else {
+            return Ok(None);
+        };
+        if p.generation != self.store.generation()? {
+            info!("the store changed since the tunnels were read ahead: reading them again");
+            return Ok(None);
+        }
+        Ok(Some(p.tunnels))
+    }
+
+    /// Every tunnel, read ahead or now.
     fn all_tunnels(&mut self) -> Result<Vec<TunnelRecord>> {
-        match self.preloaded.take() {
-            Some(p) if p.generation == self.store.generation()? => Ok(p.tunnels),
-            Some(_) => {
-                info!("the store changed since the tunnels were read ahead: reading them again");
-                Ok(self.store.tunnels()?)
-            }
+        match self.read_ahead(store::Ahead::All)? {
+            Some(t) => Ok(t),
             None => Ok(self.store.tunnels()?),
         }
     }

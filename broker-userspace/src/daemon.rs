@@ -133,6 +133,23 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     // The TCP services' connection caps (API, TIC, TSP) sum to about 6000, plus pins,
     // sockets and the store.
     crate::conns::raise_file_limit(8192);
+    // The API's sockets first: they answer (503 `starting`) while the broker starts, and a
+    // port already taken fails the start before anything else is touched.
+    let bind = |at: std::net::SocketAddr| {
+        std::net::TcpListener::bind(at).with_context(|| format!("binding the API to {at}"))
+    };
+    let api_socket = bind(config.api.listen)?;
+    let public_socket = config.api.public_listen.map(bind).transpose()?;
+    let tls = match &config.api.tls {
+        Some(t) => Some(crate::tls::load(&t.certificate, &t.key).context("loading api.tls")?),
+        None => None,
+    };
+    let metrics = Arc::new(Metrics::new(config.metrics.per_tunnel));
+    let sockets: Vec<&std::net::TcpListener> = std::iter::once(&api_socket)
+        .chain(public_socket.as_ref())
+        .collect();
+    let starting = api::starting::answer(&sockets, tls.clone(), metrics.clone())
+        .context("answering the API while starting")?;
     let store_path = config.store_path();
     let store = SqliteStore::open(&store_path, pools(&config))
         .with_context(|| format!("opening the store {}", store_path.display()))?;
@@ -148,9 +165,15 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         ebpf_log: config.dataplane.ebpf_log.clone(),
         ..dataplane::Options::new(&config.instance)
     };
-    // A cold start reads every tunnel: on another thread, while the data plane loads.
-    let preload =
-        (!dataplane::has_maps(&config.instance)).then(|| SqliteStore::preload(&store_path));
+    // What the start will read of the store, read on another thread while the data plane
+    // loads: every tunnel for a cold start, the watched ones for a restart (which will
+    // likely find the maps stamped).
+    let ahead = if dataplane::has_maps(&config.instance) {
+        crate::store::Ahead::Watched
+    } else {
+        crate::store::Ahead::All
+    };
+    let preload = SqliteStore::preload(&store_path, ahead);
     let mut dp = Dataplane::load(&opts).context("loading the data plane")?;
     // The debug object's records, forwarded for as long as this process runs.
     if let Some(log) = dp.take_xdp_log()? {
@@ -162,13 +185,10 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     }
     let adopted = dp.adopted();
     let mut broker = Broker::new(store, dp, route_backend(&config).await?, config.pop());
-    match preload.map(|h| h.join()) {
-        Some(Ok(Ok(p))) => broker.preload(p),
-        Some(Ok(Err(e))) => {
-            warn!(error = %e, "reading the tunnels ahead failed: reading them again")
-        }
-        Some(Err(_)) => warn!("reading the tunnels ahead panicked: reading them again"),
-        None => {}
+    match preload.join() {
+        Ok(Ok(p)) => broker.preload(p),
+        Ok(Err(e)) => warn!(error = %e, "reading the tunnels ahead failed: reading them again"),
+        Err(_) => warn!("reading the tunnels ahead panicked: reading them again"),
     }
     endpoint_policy(&mut broker, &config).await;
     let (users, keys) = broker
@@ -220,7 +240,6 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     );
 
     let broker = Arc::new(Mutex::new(broker));
-    let metrics = Arc::new(Metrics::new(config.metrics.per_tunnel));
     if let Some(w) = &ayiya_worker {
         metrics.set_ayiya_worker(w.stats());
     }
@@ -280,22 +299,21 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         config.heartbeat.is_some(),
         config.heartbeat_interval(),
     ));
-    let tls = match &config.api.tls {
-        Some(t) => Some(crate::tls::load(&t.certificate, &t.key).context("loading api.tls")?),
-        None => None,
-    };
     let (stop_api, api_stopped) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let bind = |at: std::net::SocketAddr| async move {
-        tokio::net::TcpListener::bind(at)
-            .await
-            .with_context(|| format!("binding the API to {at}"))
+    // Ready: the API takes its sockets over from the answers of the start.
+    starting.stop();
+    let take = |socket: std::net::TcpListener| {
+        socket
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(socket))
+            .context("taking the API's socket over")
     };
-    if let Some(public) = config.api.public_listen {
+    if let Some(public) = public_socket {
         tokio::spawn(api::serve(
-            bind(public).await?,
+            take(public)?,
             api::public_router(state.clone()),
             tls.clone(),
             metrics.clone(),
@@ -303,7 +321,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         ));
     }
     let mut api_task = tokio::spawn(api::serve(
-        bind(config.api.listen).await?,
+        take(api_socket)?,
         api::router(state),
         tls,
         metrics.clone(),

@@ -312,10 +312,20 @@ fn restart(lab: &mut Lab, how: Stop) -> f64 {
         assert!(out.status.success(), "detach: {out:?}");
     }
     let t = Instant::now();
-    lab.spawn_broker(&[]).expect("restart");
+    lab.spawn_broker_unwaited(&[]).expect("restart");
+    let mut answered = None;
     loop {
-        if let Some((200, _)) = try_http(lab, "GET", "/readyz", None) {
+        let answer = try_http(lab, "GET", "/readyz", None);
+        if answer.is_some() && answered.is_none() {
+            answered = Some(t.elapsed().as_secs_f64());
+        }
+        if let Some((200, _)) = answer {
             let took = t.elapsed().as_secs_f64();
+            println!(
+                "start after {}: the API answered after {:.3} s, ready after {took:.3} s",
+                how.name(),
+                answered.unwrap_or(took)
+            );
             // The start's own log, with its timestamps: where its time went.
             println!("start after {}:", how.name());
             for line in lab.broker_log().lines() {

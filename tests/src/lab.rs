@@ -631,6 +631,15 @@ impl Lab {
     /// until it logs that it runs (it may die at a failpoint before that only if `env`
     /// arms one, which the caller then expects).
     pub fn spawn_broker(&mut self, env: &[(&str, &str)]) -> Result<()> {
+        let idx = self.spawn_broker_unwaited(env)?;
+        self.wait_for(idx, "broker run", |lab| {
+            Ok(lab.broker_log().contains("broker running"))
+        })
+    }
+
+    /// Starts `broker run` and returns at once (its index among the processes): for
+    /// measuring a start from its first moment.
+    pub fn spawn_broker_unwaited(&mut self, env: &[(&str, &str)]) -> Result<usize> {
         if self.procs.is_empty() {
             self.start_peer_programs()?;
         }
@@ -651,9 +660,7 @@ impl Lab {
             }
         };
         self.broker = Some(idx);
-        self.wait_for(idx, "broker run", |lab| {
-            Ok(lab.broker_log().contains("broker running"))
-        })
+        Ok(idx)
     }
 
     /// SIGKILLs `broker run` and waits until it is gone.

@@ -10,6 +10,7 @@ pub mod import;
 pub mod list;
 pub mod listener;
 mod nic;
+pub mod starting;
 pub mod tunnels;
 pub mod users;
 

@@ -44,7 +44,10 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
             drop(self.maps.take_adopted_down());
             return self.reconcile().await;
         }
-        let watched = self.store.watched()?;
+        let watched = match self.read_ahead(crate::store::Ahead::Watched)? {
+            Some(t) => t,
+            None => self.store.watched()?,
+        };
         self.watch.rebuild(&watched);
         self.routes_unchecked = true;
         // A watched tunnel (up in the store) that the maps hold as down was asleep.

@@ -630,6 +630,7 @@ fn tunnels_read_ahead_are_used_only_at_the_generation_they_were_read() {
     let one = block_on(b.create_tunnel(&req(1))).unwrap().spec.id;
     let two = block_on(b.create_tunnel(&req(2))).unwrap().spec.id;
     let read_ahead = |b: &TestBroker| crate::store::Preloaded {
+        what: crate::store::Ahead::All,
         generation: b.store.generation().unwrap(),
         // Only the first: the reconcile shows which it used.
         tunnels: vec![b.store.tunnel(one).unwrap().unwrap()],
@@ -660,5 +661,14 @@ fn tunnels_read_ahead_are_used_only_at_the_generation_they_were_read() {
     b.preload(ahead);
     block_on(b.reconcile()).unwrap();
     assert_eq!(b.maps_installed(one).unwrap().mtu, 1400);
+    assert!(b.maps_installed(two).is_some(), "every tunnel of the store");
+
+    // The watched ones read ahead (for a restart) are not every tunnel.
+    b.maps.installed.clear();
+    b.preload(crate::store::Preloaded {
+        what: crate::store::Ahead::Watched,
+        ..read_ahead(&b)
+    });
+    block_on(b.reconcile()).unwrap();
     assert!(b.maps_installed(two).is_some(), "every tunnel of the store");
 }

@@ -1,5 +1,5 @@
 //! Which map slot each tunnel occupies. Pure bookkeeping, no aya.
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use broker_common::maps::{Endpoint4, Endpoint6, UdpEndpoint4};
 use ipnet::Ipv6Net;
@@ -70,7 +70,8 @@ impl Usage {
 #[derive(Debug)]
 pub struct SlotTable {
     by_slot: Vec<Option<(u32, Installed)>>,
-    slot_of: HashMap<u32, u32>,
+    /// Fx: ids are plain integers, and a million of them are hashed at every start.
+    slot_of: FxHashMap<u32, u32>,
     free: Vec<u32>,
     next: u32,
     max: u32,
@@ -84,7 +85,7 @@ impl SlotTable {
     pub fn new(max: u32) -> Self {
         Self {
             by_slot: Vec::new(),
-            slot_of: HashMap::new(),
+            slot_of: FxHashMap::default(),
             free: Vec::new(),
             next: 0,
             max,

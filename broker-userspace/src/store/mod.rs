@@ -49,11 +49,21 @@ impl Origin {
     }
 }
 
-/// Every tunnel as of one generation ([`Store::generation`]), read ahead of need: a cold
-/// start reads them on another connection while the data plane loads, and uses them only
-/// if the store is still at that generation.
+/// Which tunnels a start reads ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ahead {
+    /// Every tunnel: a cold start reconciles them all.
+    All,
+    /// The watched ones ([`Store::watched`]): a restart over stamped maps needs only those.
+    Watched,
+}
+
+/// Tunnels as of one generation ([`Store::generation`]), read ahead of need on another
+/// connection while the data plane loads; used only if the store is still at that
+/// generation.
 #[derive(Debug)]
 pub struct Preloaded {
+    pub what: Ahead,
     pub generation: (i64, u64),
     pub tunnels: Vec<TunnelRecord>,
 }

@@ -63,10 +63,13 @@ impl SqliteStore {
         Self::init(conn, pools)
     }
 
-    /// Reads every tunnel and the generation they belong to, in one read transaction on
-    /// a read-only connection of its own, on a thread of its own (a cold start, while the
-    /// data plane loads; [`Preloaded`]).
-    pub fn preload(path: &Path) -> std::thread::JoinHandle<Result<super::Preloaded>> {
+    /// Reads the tunnels `what` names and the generation they belong to, in one read
+    /// transaction on a read-only connection of its own, on a thread of its own (a start,
+    /// while the data plane loads; [`super::Preloaded`]).
+    pub fn preload(
+        path: &Path,
+        what: super::Ahead,
+    ) -> std::thread::JoinHandle<Result<super::Preloaded>> {
         let path = path.to_path_buf();
         std::thread::spawn(move || {
             let conn = Connection::open_with_flags(
@@ -80,8 +83,12 @@ impl SqliteStore {
             })?;
             let tx = conn.unchecked_transaction()?;
             let generation = query::generation(&tx)?;
-            let tunnels = query::all(&tx)?;
+            let tunnels = match what {
+                super::Ahead::All => query::all(&tx)?,
+                super::Ahead::Watched => query::watched(&tx)?,
+            };
             Ok(super::Preloaded {
+                what,
                 generation,
                 tunnels,
             })

@@ -520,9 +520,17 @@ fn everything_is_there_after_a_restart() {
     assert_eq!(s.users().unwrap(), users);
     // Read ahead on a connection of its own, as a cold start does: the same, and the
     // generation they are of.
-    let ahead = SqliteStore::preload(&path).join().unwrap().unwrap();
+    let ahead = SqliteStore::preload(&path, crate::store::Ahead::All)
+        .join()
+        .unwrap()
+        .unwrap();
     assert_eq!(ahead.tunnels, tunnels);
     assert_eq!(ahead.generation, s.generation().unwrap());
+    let ahead = SqliteStore::preload(&path, crate::store::Ahead::Watched)
+        .join()
+        .unwrap()
+        .unwrap();
+    assert_eq!(ahead.tunnels, s.watched().unwrap());
     assert_eq!(s.counter("adoptions").unwrap(), 1);
     // The freed /64 is still in quarantine after the restart; allocation continues.
     let t = s.create_tunnel(&new(3, None), 5).unwrap();
