@@ -242,6 +242,13 @@ impl Dataplane {
     /// `pop` as the PoP's side, writing only what differs, then removes lookup entries that
     /// point at no tunnel or at a tunnel that does not own them.
     pub fn reconcile(&mut self, specs: &[TunnelSpec], pop: &Pop) -> Result<Reconciled> {
+        let r = self.write_reconcile(specs, pop);
+        self.noted(r)
+    }
+
+    fn write_reconcile(&mut self, specs: &[TunnelSpec], pop: &Pop) -> Result<Reconciled> {
+        // Maps this process made and changed without a failure hold nothing to sweep.
+        let sweep = !self.pristine;
         let mut r = Reconciled::default();
         let t = std::time::Instant::now();
         let ms = |t: std::time::Instant| t.elapsed().as_millis() as u64;
@@ -277,7 +284,9 @@ impl Dataplane {
         r.installed += new.len();
         let write_ms = ms(t);
         let t = std::time::Instant::now();
-        (r.orphans, r.repaired) = self.sweep()?;
+        if sweep {
+            (r.orphans, r.repaired) = self.sweep()?;
+        }
         self.invalidate_nexthops()?;
         if r != Reconciled::default() {
             // Removals and the read of what is installed; writes; the sweep.

@@ -24,6 +24,8 @@ use crate::model::TunnelSpec;
 /// What the tunnels being installed write, map by map.
 #[derive(Default)]
 struct Entries {
+    /// Slots whose counters and next hop are to be zeroed (not those of pristine maps
+    /// never handed out: zero since the maps were made).
     slots: Vec<u32>,
     tunnels: Vec<(u32, Tunnel)>,
     prefixes: Vec<(PrefixKey, u32)>,
@@ -45,6 +47,7 @@ impl Dataplane {
         let pop = self.pop();
         let mut e = Entries::default();
         let mut space_changed = false;
+        let never_used = self.pristine.then(|| self.slots.next());
         let mut refused = None;
         for spec in specs {
             debug_assert!(
@@ -67,7 +70,9 @@ impl Dataplane {
             };
             self.worker_maps.verdicts.reset(slot);
             self.worker_maps.suspects.clear(slot);
-            e.slots.push(slot);
+            if never_used.is_none_or(|n| slot < n) {
+                e.slots.push(slot);
+            }
             e.tunnels.push((slot, to_map_value(spec, &pop)));
             for p in &prefixes {
                 space_changed |= self.space.cover(*p);
@@ -105,7 +110,7 @@ impl Dataplane {
             what: what.to_string(),
             source,
         })?;
-        {
+        if !e.slots.is_empty() {
             let stats: PerCpuArray<&MapData, TunnelStats> = self.map(names::TUNNEL_STATS)?;
             batch_write::zero_per_cpu::<TunnelStats>(
                 stats.map(),
@@ -120,6 +125,8 @@ impl Dataplane {
                 cpus,
                 &e.slots,
             )?;
+        }
+        {
             let tunnels: Array<&MapData, Tunnel> = self.map(names::TUNNELS)?;
             batch_write::update(tunnels.map(), names::TUNNELS, &e.tunnels)?;
         }

@@ -262,6 +262,10 @@ pub struct Dataplane {
     stats: StatsReader,
     /// Ids the adopted maps held as down (taken once by [`Dataplane::take_adopted_down`]).
     adopted_down: Vec<u32>,
+    /// The maps were created by this process and every change to them succeeded: they
+    /// hold exactly what the slot table says, and slots never handed out are zero. A
+    /// reconcile need not sweep them, nor an install zero a new slot's counters.
+    pristine: bool,
 }
 
 impl Dataplane {
@@ -374,6 +378,7 @@ impl Dataplane {
             reads: opts.map_reads,
             stats,
             adopted_down: Vec::new(),
+            pristine: !adopted,
         };
         let program_ms = started.elapsed().as_millis() as u64 - maps_ms;
         if let Some(scan) = scan {
@@ -748,6 +753,20 @@ impl Dataplane {
     /// previous version had and this one does not. The PoP's side comes from
     /// [`Dataplane::set_pop`].
     pub fn upsert(&mut self, spec: &TunnelSpec) -> Result<()> {
+        let r = self.write_upsert(spec);
+        self.noted(r)
+    }
+
+    /// A change that failed may have left the maps half written: they are no longer
+    /// known to match the slot table.
+    fn noted<T>(&mut self, r: Result<T>) -> Result<T> {
+        if r.is_err() {
+            self.pristine = false;
+        }
+        r
+    }
+
+    fn write_upsert(&mut self, spec: &TunnelSpec) -> Result<()> {
         let pop = self.pop();
         let prefixes: Vec<Ipv6Net> = spec.prefixes().map(|p| p.trunc()).collect();
         self.check(spec, &prefixes, &pop)?;
@@ -992,6 +1011,11 @@ impl Dataplane {
 
     /// Removes a tunnel: lookups first, the slot last. Unknown ids are a no-op.
     pub fn remove(&mut self, id: u32) -> Result<()> {
+        let r = self.write_removal(id);
+        self.noted(r)
+    }
+
+    fn write_removal(&mut self, id: u32) -> Result<()> {
         let Some(installed) = self.slots.get(id).cloned() else {
             return Ok(());
         };

@@ -179,6 +179,11 @@ impl SlotTable {
         }
     }
 
+    /// The first slot never handed out.
+    pub fn next(&self) -> u32 {
+        self.next
+    }
+
     pub fn usage(&self) -> Usage {
         self.usage
     }
