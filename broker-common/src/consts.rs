@@ -123,10 +123,6 @@ pub const DEFAULT_NEIGHBOUR_BURST: u32 = 50;
 /// them to the worker, whose ring every tunnel on that receive queue shares.
 pub const DEFAULT_XSK_SUSPECT_MS: u32 = 1_000;
 
-/// `BPF_F_NO_PREALLOC` (`linux/bpf.h`): a hash map that allocates an entry when it is
-/// inserted instead of reserving every entry when created.
-pub const BPF_F_NO_PREALLOC: u32 = 1;
-
 /// `BPF_F_MMAPABLE` (`linux/bpf.h`): an array map whose values userspace can map into its
 /// memory and update with atomics, without a system call.
 pub const BPF_F_MMAPABLE: u32 = 1 << 10;
@@ -138,9 +134,8 @@ pub const GEN_FRAME_LEN: usize = 128;
 /// under `maps-v<N>`: a build with another layout brings new maps, fills them, and swaps
 /// the program on the pinned links, so an upgrade never reads maps it does not understand.
 /// 2: the TSP kinds; 3: AYIYA; 4: the rate limits in `Settings`, and `XSK_VERDICTS` (the
-/// AF_XDP worker's counts, pinned) with `XSK_SUSPECT`; 5: the stamp in `Settings`, and
-/// the lookup hash maps without preallocation.
-pub const MAP_LAYOUT_VERSION: u32 = 5;
+/// AF_XDP worker's counts, pinned) with `XSK_SUSPECT`.
+pub const MAP_LAYOUT_VERSION: u32 = 4;
 
 /// Names of the maps in the object file, which are also their pin names.
 pub mod map_names {

@@ -5,10 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, XskMap},
 };
 use broker_common::{
-    consts::{
-        BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, DEFAULT_MAX_PREFIXES, DEFAULT_MAX_TUNNELS,
-        NEXTHOP_NATIVE_ENTRIES,
-    },
+    consts::{BPF_F_MMAPABLE, DEFAULT_MAX_PREFIXES, DEFAULT_MAX_TUNNELS, NEXTHOP_NATIVE_ENTRIES},
     maps::{
         upper64, Endpoint4, Endpoint6, Nexthop, NexthopNative, PrefixKey, Settings, StatPair,
         Tunnel, TunnelStats, UdpEndpoint4, XskVerdicts, MAX_PREFIX_LENS, XSK_MAX_SOCKETS,
@@ -24,40 +21,32 @@ pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 #[map]
 pub static TUNNELS: Array<Tunnel> = Array::with_max_entries(DEFAULT_MAX_TUNNELS, 0);
 
-// The lookup maps below are read by the program and written only by the controller: they
-// take memory as entries come (`BPF_F_NO_PREALLOC`, Cilium's default for its maps) rather
-// than reserving every entry when created, which cost seconds of a cold start and most of
-// the maps' memory of a PoP whose tunnels are of one or two kinds.
-
 /// proto-41 outer (client, PoP) IPv4 pair to slot.
 #[map]
 pub static P41_ENDPOINTS: HashMap<Endpoint4, u32> =
-    HashMap::with_max_entries(DEFAULT_MAX_TUNNELS, BPF_F_NO_PREALLOC);
+    HashMap::with_max_entries(DEFAULT_MAX_TUNNELS, 0);
 
 /// v6udpv4 outer (client, PoP) addresses and ports to slot.
 #[map]
 pub static UDP_ENDPOINTS: HashMap<UdpEndpoint4, u32> =
-    HashMap::with_max_entries(DEFAULT_MAX_TUNNELS, BPF_F_NO_PREALLOC);
+    HashMap::with_max_entries(DEFAULT_MAX_TUNNELS, 0);
 
 /// v4v6 outer (client, PoP) IPv6 pair to slot.
 #[map]
 pub static V6_ENDPOINTS: HashMap<Endpoint6, u32> =
-    HashMap::with_max_entries(DEFAULT_MAX_TUNNELS, BPF_F_NO_PREALLOC);
+    HashMap::with_max_entries(DEFAULT_MAX_TUNNELS, 0);
 
 /// AYIYA identity (the client's `::2`) to slot.
 #[map]
-pub static AYIYA_IDS: HashMap<[u8; 16], u32> =
-    HashMap::with_max_entries(DEFAULT_MAX_TUNNELS, BPF_F_NO_PREALLOC);
+pub static AYIYA_IDS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(DEFAULT_MAX_TUNNELS, 0);
 
 /// Inner IPv4 of each v4v6 client to slot.
 #[map]
-pub static V4_ROUTES: HashMap<[u8; 4], u32> =
-    HashMap::with_max_entries(DEFAULT_MAX_TUNNELS, BPF_F_NO_PREALLOC);
+pub static V4_ROUTES: HashMap<[u8; 4], u32> = HashMap::with_max_entries(DEFAULT_MAX_TUNNELS, 0);
 
 /// Tunnel prefixes (link /64 and routed) to slot, one entry per prefix.
 #[map]
-pub static PREFIXES: HashMap<PrefixKey, u32> =
-    HashMap::with_max_entries(DEFAULT_MAX_PREFIXES, BPF_F_NO_PREALLOC);
+pub static PREFIXES: HashMap<PrefixKey, u32> = HashMap::with_max_entries(DEFAULT_MAX_PREFIXES, 0);
 
 /// Cached next hop towards each tunnel's client, by slot.
 #[map]
