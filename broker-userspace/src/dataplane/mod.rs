@@ -238,6 +238,9 @@ pub struct Dataplane {
     /// The program pinned by an earlier controller of this build, standing in for the
     /// one in `ebpf`, which then stays unloaded ([`program_pin`]).
     reused: Option<Xdp>,
+    /// With it, its own instances of the unpinned maps the controller writes, standing in
+    /// for those of `ebpf` ([`program_pin::Reused`]).
+    reused_maps: Vec<(&'static str, aya::maps::Map)>,
     /// The instance's pins, when pinned.
     instance: Option<String>,
     /// Links this process owns (unpinned data planes only: tests, benchmark).
@@ -331,9 +334,19 @@ impl Dataplane {
                     .into_iter()
                     .filter(|n| *n != names::XSK_VERDICTS)
                     .collect();
-                program_pin::open(&opts.instance, identity, dir, &used)
+                program_pin::open(
+                    &opts.instance,
+                    identity,
+                    dir,
+                    &used,
+                    &[names::XSKS, names::XSK_IFACES],
+                )
             }
             _ => None,
+        };
+        let (reused, reused_maps) = match reused {
+            Some(r) => (Some(r.program), r.maps),
+            None => (None, Vec::new()),
         };
 
         // Taking over: the pinned tunnels are read on another thread while the verifier
@@ -358,6 +371,7 @@ impl Dataplane {
         let mut dp = Self {
             ebpf,
             reused,
+            reused_maps,
             instance: opts.pin.then(|| opts.instance.clone()),
             links: Vec::new(),
             slots: SlotTable::new(max_tunnels),
@@ -1200,10 +1214,14 @@ impl Dataplane {
     where
         T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
     {
-        let map = self
-            .ebpf
-            .map(name)
-            .ok_or(DataplaneError::MissingMap { name })?;
+        let reused = self.reused_maps.iter().find(|(n, _)| *n == name);
+        let map = match reused {
+            Some((_, m)) => m,
+            None => self
+                .ebpf
+                .map(name)
+                .ok_or(DataplaneError::MissingMap { name })?,
+        };
         T::try_from(map).map_err(|source| DataplaneError::Map { name, source })
     }
 
@@ -1211,10 +1229,14 @@ impl Dataplane {
     where
         T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
     {
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(DataplaneError::MissingMap { name })?;
+        let reused = self.reused_maps.iter_mut().find(|(n, _)| *n == name);
+        let map = match reused {
+            Some((_, m)) => m,
+            None => self
+                .ebpf
+                .map_mut(name)
+                .ok_or(DataplaneError::MissingMap { name })?,
+        };
         T::try_from(map).map_err(|source| DataplaneError::Map { name, source })
     }
 

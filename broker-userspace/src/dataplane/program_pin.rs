@@ -17,9 +17,16 @@
 //! - the maps were taken over, not created (a fresh map set needs a fresh program);
 //! - the kernel says the program uses every one of those maps (by id): a program pinned
 //!   against other maps, however it got there, is not trusted.
+//!
+//! A reused program keeps the unpinned maps it was loaded with. Those the controller writes
+//! (`XSKS`, `XSK_IFACES`: the AYIYA worker's sockets) are opened by id from the program, so
+//! that the new worker's sockets go where the program looks for them.
 use std::path::{Path, PathBuf};
 
-use aya::{maps::MapInfo, programs::Xdp};
+use aya::{
+    maps::{Map, MapData, MapInfo},
+    programs::Xdp,
+};
 use aya_obj::programs::XdpAttachType;
 use sha1::{Digest, Sha1};
 use tracing::{info, warn};
@@ -47,10 +54,27 @@ fn uses_all(uses: &[u32], ours: &[u32]) -> bool {
     !ours.is_empty() && ours.iter().all(|id| uses.contains(id))
 }
 
-/// The program pinned under `identity`, if there is one and it uses every map pinned in
-/// `maps` (named by `names`). Anything short of that is logged and answered with `None`:
-/// the caller verifies the program anew.
-pub(super) fn open(instance: &str, identity: &str, maps: &Path, names: &[&str]) -> Option<Xdp> {
+/// A program pinned by an earlier controller, with the maps of its own the controller
+/// writes.
+pub(super) struct Reused {
+    pub(super) program: Xdp,
+    /// The program's instances of the unpinned maps the controller writes (`XSKS`,
+    /// `XSK_IFACES`): the ones in this process's `Ebpf` are new, and the program never
+    /// reads them.
+    pub(super) maps: Vec<(&'static str, Map)>,
+}
+
+/// The program pinned under `identity`, if there is one, it uses every map pinned in
+/// `maps` (named by `names`), and it has maps named `own` (unpinned, opened by id).
+/// Anything short of that is logged and answered with `None`: the caller verifies the
+/// program anew.
+pub(super) fn open(
+    instance: &str,
+    identity: &str,
+    maps: &Path,
+    names: &[&str],
+    own: &[&'static str],
+) -> Option<Reused> {
     let path = path(instance, identity);
     if !path.exists() {
         return None;
@@ -78,7 +102,26 @@ pub(super) fn open(instance: &str, identity: &str, maps: &Path, names: &[&str]) 
     if !uses_all(&uses, &ours) {
         return refuse("it was loaded over other maps".into());
     }
-    Some(prog)
+    let mut found = Vec::new();
+    for id in &uses {
+        let Ok(info) = MapInfo::from_id(*id) else {
+            continue;
+        };
+        let Some(name) = own.iter().find(|n| info.name_as_str() == Some(**n)) else {
+            continue;
+        };
+        match MapData::from_id(*id).and_then(Map::from_map_data) {
+            Ok(map) => found.push((*name, map)),
+            Err(e) => return refuse(format!("opening its map {name}: {e}")),
+        }
+    }
+    if found.len() != own.len() {
+        return refuse(format!("it lacks one of the maps {own:?}"));
+    }
+    Some(Reused {
+        program: prog,
+        maps: found,
+    })
 }
 
 /// Pins a freshly verified program under `identity`, replacing whatever the directory
