@@ -261,7 +261,7 @@ pub struct Broker<S, P, R> {
     unsure: bool,
     /// A start skipped reconciling: the routes are still to be checked ([`check_routes`]).
     routes_unchecked: bool,
-    /// Every tunnel, read ahead by a cold start ([`Broker::preload`]).
+    /// Tunnels read ahead while the data plane loaded ([`Broker::preload`]).
     preloaded: Option<store::Preloaded>,
 }
 
@@ -291,8 +291,8 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
         self.preloaded = Some(p);
     }
 
-    /// The tunnels read ahead, if they are `what` is wanted and the store has not changed
-    /// since (once: the next call reads the store).
+    /// The tunnels read ahead, if they are the `what` wanted and the store has not
+    /// changed since (once: later calls find none).
     fn read_ahead(&mut self, what: store::Ahead) -> Result<Option<Vec<TunnelRecord>>> {
         let Some(p) = self.preloaded.take().filter(|p| p.what == what) else {
             return Ok(None);
@@ -316,37 +316,33 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
         self.unsure = true;
     }
 
-    // Every write to maps and routes goes through these, so that a failure is noticed.
-    fn install(&mut self, spec: &TunnelSpec) -> Result<(), String> {
-        let r = self.maps.install(spec);
+    /// A failed write to maps or routes is noticed: they may differ from the store.
+    fn noted(&mut self, r: Result<(), String>) -> Result<(), String> {
         if r.is_err() {
             self.distrust();
         }
         r
+    }
+
+    // Every write to maps and routes goes through these.
+    fn install(&mut self, spec: &TunnelSpec) -> Result<(), String> {
+        let r = self.maps.install(spec);
+        self.noted(r)
     }
 
     fn uninstall(&mut self, id: u32) -> Result<(), String> {
         let r = self.maps.uninstall(id);
-        if r.is_err() {
-            self.distrust();
-        }
-        r
+        self.noted(r)
     }
 
     async fn route_add(&mut self, p: &Ipv6Net) -> Result<(), String> {
         let r = self.routes.add(p).await;
-        if r.is_err() {
-            self.distrust();
-        }
-        r
+        self.noted(r)
     }
 
     async fn route_del(&mut self, p: &Ipv6Net) -> Result<(), String> {
         let r = self.routes.del(p).await;
-        if r.is_err() {
-            self.distrust();
-        }
-        r
+        self.noted(r)
     }
 
     /// What the data plane gets for a stored tunnel: down while it sleeps, and woken

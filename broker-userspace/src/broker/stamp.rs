@@ -79,10 +79,8 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
         if self.unsure {
             return Ok(());
         }
+        // The data plane writes it only when it changed.
         let stamp = self.current_stamp()?;
-        if self.maps.stamp() != Some(stamp) {
-            self.maps.set_stamp(stamp).map_err(BrokerError::Maps)?;
-        }
-        Ok(())
+        self.maps.set_stamp(stamp).map_err(BrokerError::Maps)
     }
 }

@@ -119,6 +119,7 @@ pub(super) fn pinned_sizes(dir: &std::path::Path, opts: &Options) -> Result<Opti
 
 /// What the pinned `TUNNELS` map holds: the installed tunnels in slot order, and the ids
 /// of those held as down.
+#[derive(Default)]
 pub(super) struct Scan {
     used: Vec<(u32, Installed)>,
     down: Vec<u32>,
@@ -146,15 +147,9 @@ pub(super) fn scan_pinned(dir: &std::path::Path, reads: batch::MapReads) -> Resu
                 s.spawn(move || scan_range(tunnels, reads, start..(start + step).min(capacity)))
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
+        handles.into_iter().map(joined).collect()
     });
-    let mut scan = Scan {
-        used: Vec::new(),
-        down: Vec::new(),
-    };
+    let mut scan = Scan::default();
     for part in scanned {
         let part = part?;
         scan.used.extend(part.used);
@@ -169,10 +164,7 @@ fn scan_range(
     reads: batch::MapReads,
     range: std::ops::Range<u32>,
 ) -> Result<Scan> {
-    let mut scan = Scan {
-        used: Vec::new(),
-        down: Vec::new(),
-    };
+    let mut scan = Scan::default();
     batch::array_range(tunnels, names::TUNNELS, reads, range, |slot, t| {
         if t.state == TunnelState::Down as u8 {
             scan.down.push(t.id);
@@ -334,16 +326,9 @@ impl Dataplane {
         // kernel's copies, which run in parallel.
         let (p41, udp, v6, ayiya, v4, prefixes) = {
             // What is installed at each slot.
-            let mut by_slot: Vec<Option<&Installed>> = Vec::new();
-            for (_, i) in self.slots.iter() {
-                let slot = i.slot as usize;
-                if by_slot.len() <= slot {
-                    by_slot.resize(slot + 1, None);
-                }
-                by_slot[slot] = Some(i);
-            }
-            let slots = by_slot.len();
-            let at = |slot: u32| by_slot.get(slot as usize).copied().flatten();
+            let table = &self.slots;
+            let slots = table.next() as usize;
+            let at = |slot: u32| table.at(slot);
             let endpoint_owned =
                 |key: EndpointKey, slot: u32| at(slot).is_some_and(|i| i.endpoint == key);
             let p41 = self.lookup_map::<Endpoint4>(names::P41_ENDPOINTS)?;

@@ -152,8 +152,6 @@ enum Step {
 /// Classifies a call's result: the entries it filled and its error. `first`: no call of
 /// this read succeeded yet (a refusal is only believed then).
 fn classify(filled: u32, errno: Option<i32>, first: bool) -> Step {
-    /// The kernel's own "operation not supported" (not in libc).
-    const ENOTSUPP: i32 = 524;
     match errno {
         None if filled > 0 => Step::More(filled),
         // Progress is guaranteed when `count > 0`; anything else would loop.
@@ -164,11 +162,38 @@ fn classify(filled: u32, errno: Option<i32>, first: bool) -> Step {
         // Arrays: an entry vanished under the read too often; the position is kept.
         Some(libc::EINTR) if filled > 0 => Step::More(filled),
         Some(libc::EINTR) => Step::Again,
-        Some(e @ (libc::EINVAL | ENOTSUPP | libc::EOPNOTSUPP | libc::ENOSYS)) if first => {
-            Step::Refused(e)
-        }
+        Some(e) if first && refusal(e) => Step::Refused(e),
         Some(e) => Step::Failed(e),
     }
+}
+
+/// What a kernel without batch operations (for this map type) answers the first one.
+pub(super) fn refusal(errno: i32) -> bool {
+    /// The kernel's own "operation not supported" (not in libc).
+    const ENOTSUPP: i32 = 524;
+    matches!(
+        errno,
+        libc::EINVAL | ENOTSUPP | libc::EOPNOTSUPP | libc::ENOSYS
+    )
+}
+
+/// One `bpf()` system call with an attribute of type `A`; its errno if it failed.
+pub(super) fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> Option<i32> {
+    // SAFETY: the callers pass a `bpf_attr` prefix for `cmd` whose pointers are to
+    // buffers live for the call and as large as the command reads or writes.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut A,
+            size_of::<A>() as libc::c_uint,
+        )
+    };
+    (rc < 0).then(|| {
+        io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    })
 }
 
 /// `BPF_MAP_LOOKUP_BATCH` on one map: the kernel's, or a model of it in the tests.
@@ -254,22 +279,9 @@ impl Batches for Kernel<'_> {
             elem_flags: 0,
             flags: 0,
         };
-        // SAFETY: the attribute is a valid `bpf_attr` prefix (the kernel zero-fills the
-        // rest); its pointers are to buffers large enough for `count` entries and a
-        // position (asserted above), live for the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                size_of::<BatchAttr>() as libc::c_uint,
-            )
-        };
-        let errno = (rc < 0).then(|| {
-            io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO)
-        });
+        // The buffers are large enough for `count` entries and a position (asserted
+        // above); the kernel zero-fills the rest of the attribute.
+        let errno = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
         // The kernel sets `count` to what it filled, also when it fails.
         (attr.count.min(count), errno)
     }
@@ -284,10 +296,15 @@ fn kernel<K: Pod>(map: &MapData, value_size: usize) -> Kernel<'_> {
 }
 
 fn syscall_error(name: &'static str, errno: i32) -> DataplaneError {
+    failed(name, "bpf_map_lookup_batch", errno)
+}
+
+/// The error of a `bpf()` `call` on map `name` that failed with `errno`.
+pub(super) fn failed(name: &'static str, call: &'static str, errno: i32) -> DataplaneError {
     DataplaneError::Map {
         name,
         source: MapError::SyscallError(SyscallError {
-            call: "bpf_map_lookup_batch",
+            call,
             io_error: io::Error::from_raw_os_error(errno),
         }),
     }

@@ -10,14 +10,16 @@
 //! A kernel without batch operations refuses the first call (`EINVAL`, `ENOTSUPP`): then
 //! the entries go one `BPF_MAP_UPDATE_ELEM` each, and that is said once.
 use std::{
-    io,
     os::fd::{AsFd, AsRawFd},
     sync::atomic::{AtomicBool, Ordering},
 };
 
-use aya::{maps::MapData, sys::SyscallError, Pod};
+use aya::{maps::MapData, Pod};
 
-use super::{batch::BatchAttr, DataplaneError};
+use super::{
+    batch::{bpf, failed, refusal, BatchAttr},
+    DataplaneError,
+};
 
 /// Entries per call, at most.
 const CHUNK: usize = 8192;
@@ -51,17 +53,6 @@ struct ElemAttr {
     flags: u64,
 }
 
-fn bpf(cmd: libc::c_long, attr: *mut libc::c_void, size: usize) -> Option<i32> {
-    // SAFETY: the callers pass a valid `bpf_attr` prefix of `size` bytes whose pointers
-    // are to buffers live for the call, as large as the command reads.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size as libc::c_uint) };
-    (rc < 0).then(|| {
-        io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO)
-    })
-}
-
 impl Updates for Kernel<'_> {
     fn update_batch(&self, keys: &[u8], values: &[u8], count: u32) -> (u32, Option<i32>) {
         let mut attr = BatchAttr {
@@ -71,11 +62,8 @@ impl Updates for Kernel<'_> {
             map_fd: self.fd.as_raw_fd() as u32,
             ..Default::default()
         };
-        let errno = bpf(
-            BPF_MAP_UPDATE_BATCH,
-            (&mut attr as *mut BatchAttr).cast(),
-            size_of::<BatchAttr>(),
-        );
+        // `keys` and `values` hold `count` entries; the kernel only reads them.
+        let errno = bpf(BPF_MAP_UPDATE_BATCH, &mut attr);
         // The kernel sets `count` to what it did, also when it fails.
         (attr.count.min(count), errno)
     }
@@ -88,21 +76,7 @@ impl Updates for Kernel<'_> {
             value: value.as_ptr() as u64,
             flags: 0,
         };
-        bpf(
-            BPF_MAP_UPDATE_ELEM,
-            (&mut attr as *mut ElemAttr).cast(),
-            size_of::<ElemAttr>(),
-        )
-    }
-}
-
-fn failed(name: &'static str, call: &'static str, errno: i32) -> DataplaneError {
-    DataplaneError::Map {
-        name,
-        source: aya::maps::MapError::SyscallError(SyscallError {
-            call,
-            io_error: io::Error::from_raw_os_error(errno),
-        }),
+        bpf(BPF_MAP_UPDATE_ELEM, &mut attr)
     }
 }
 
@@ -159,16 +133,6 @@ fn write<U: Updates>(
         start += count;
     }
     Ok(())
-}
-
-/// What a kernel without batch updates answers the first one.
-fn refusal(errno: i32) -> bool {
-    /// The kernel's own "operation not supported" (not in libc).
-    const ENOTSUPP: i32 = 524;
-    matches!(
-        errno,
-        libc::EINVAL | ENOTSUPP | libc::EOPNOTSUPP | libc::ENOSYS
-    )
 }
 
 fn copy_pod<T: Pod>(v: &T, to: &mut [u8]) {

@@ -110,22 +110,8 @@ impl Dataplane {
             what: what.to_string(),
             source,
         })?;
-        if !e.slots.is_empty() {
-            let stats: PerCpuArray<&MapData, TunnelStats> = self.map(names::TUNNEL_STATS)?;
-            batch_write::zero_per_cpu::<TunnelStats>(
-                stats.map(),
-                names::TUNNEL_STATS,
-                cpus,
-                &e.slots,
-            )?;
-            let nexthops: PerCpuArray<&MapData, Nexthop> = self.map(names::NEXTHOP_CLIENT)?;
-            batch_write::zero_per_cpu::<Nexthop>(
-                nexthops.map(),
-                names::NEXTHOP_CLIENT,
-                cpus,
-                &e.slots,
-            )?;
-        }
+        self.zero_slots::<TunnelStats>(names::TUNNEL_STATS, cpus, &e.slots)?;
+        self.zero_slots::<Nexthop>(names::NEXTHOP_CLIENT, cpus, &e.slots)?;
         {
             let tunnels: Array<&MapData, Tunnel> = self.map(names::TUNNELS)?;
             batch_write::update(tunnels.map(), names::TUNNELS, &e.tunnels)?;
@@ -138,6 +124,15 @@ impl Dataplane {
         self.write_lookups(names::UDP_ENDPOINTS, &e.udp)?;
         self.write_lookups(names::V6_ENDPOINTS, &e.v6)?;
         self.write_lookups(names::AYIYA_IDS, &e.ayiya)
+    }
+
+    /// Zeroes `slots` of the per-CPU array `name` on all `cpus`.
+    fn zero_slots<V: Pod>(&self, name: &'static str, cpus: usize, slots: &[u32]) -> Result<()> {
+        if slots.is_empty() {
+            return Ok(());
+        }
+        let map: PerCpuArray<&MapData, V> = self.map(name)?;
+        batch_write::zero_per_cpu::<V>(map.map(), name, cpus, slots)
     }
 
     fn write_lookups<K: Pod>(&self, name: &'static str, entries: &[(K, u32)]) -> Result<()> {

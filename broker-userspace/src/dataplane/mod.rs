@@ -329,18 +329,7 @@ impl Dataplane {
         };
         let reused = match (&maps, identity) {
             (Some(dir), Some(identity)) if adopted => {
-                // XSK_VERDICTS is the worker's and the counters', not the program's.
-                let used: Vec<&str> = names::ALL
-                    .into_iter()
-                    .filter(|n| *n != names::XSK_VERDICTS)
-                    .collect();
-                program_pin::open(
-                    &opts.instance,
-                    identity,
-                    dir,
-                    &used,
-                    &[names::XSKS, names::XSK_IFACES],
-                )
+                program_pin::open(&opts.instance, identity, dir)
             }
             _ => None,
         };

@@ -28,6 +28,7 @@ use aya::{
     programs::Xdp,
 };
 use aya_obj::programs::XdpAttachType;
+use broker_common::consts::map_names as names;
 use sha1::{Digest, Sha1};
 use tracing::{info, warn};
 
@@ -64,17 +65,20 @@ pub(super) struct Reused {
     pub(super) maps: Vec<(&'static str, Map)>,
 }
 
-/// The program pinned under `identity`, if there is one, it uses every map pinned in
-/// `maps` (named by `names`), and it has maps named `own` (unpinned, opened by id).
-/// Anything short of that is logged and answered with `None`: the caller verifies the
-/// program anew.
-pub(super) fn open(
-    instance: &str,
-    identity: &str,
-    maps: &Path,
-    names: &[&str],
-    own: &[&'static str],
-) -> Option<Reused> {
+/// The unpinned maps of the program that the controller writes ([`Reused::maps`]).
+const OWN: [&str; 2] = [names::XSKS, names::XSK_IFACES];
+
+/// The pinned maps the program uses: all but `XSK_VERDICTS`, the worker's and the
+/// counters'.
+fn pinned_used() -> impl Iterator<Item = &'static str> {
+    names::ALL.into_iter().filter(|n| *n != names::XSK_VERDICTS)
+}
+
+/// The program pinned under `identity`, if there is one, it uses every map it should of
+/// those pinned in `maps`, and it has its own [`OWN`] (unpinned, opened by id). Anything
+/// short of that is logged and answered with `None`: the caller verifies the program
+/// anew.
+pub(super) fn open(instance: &str, identity: &str, maps: &Path) -> Option<Reused> {
     let path = path(instance, identity);
     if !path.exists() {
         return None;
@@ -92,8 +96,8 @@ pub(super) fn open(
         Ok(Ok(None)) => return refuse("the kernel does not say which maps it uses".into()),
         Ok(Err(e)) | Err(e) => return refuse(format!("reading its maps: {e}")),
     };
-    let mut ours = Vec::with_capacity(names.len());
-    for name in names {
+    let mut ours = Vec::new();
+    for name in pinned_used() {
         match MapInfo::from_pin(maps.join(name)) {
             Ok(info) => ours.push(info.id()),
             Err(e) => return refuse(format!("reading the pinned map {name}: {e}")),
@@ -107,7 +111,7 @@ pub(super) fn open(
         let Ok(info) = MapInfo::from_id(*id) else {
             continue;
         };
-        let Some(name) = own.iter().find(|n| info.name_as_str() == Some(**n)) else {
+        let Some(name) = OWN.iter().find(|n| info.name_as_str() == Some(**n)) else {
             continue;
         };
         match MapData::from_id(*id).and_then(Map::from_map_data) {
@@ -115,8 +119,8 @@ pub(super) fn open(
             Err(e) => return refuse(format!("opening its map {name}: {e}")),
         }
     }
-    if found.len() != own.len() {
-        return refuse(format!("it lacks one of the maps {own:?}"));
+    if found.len() != OWN.len() {
+        return refuse(format!("it lacks one of the maps {OWN:?}"));
     }
     Some(Reused {
         program: prog,

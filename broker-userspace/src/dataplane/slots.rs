@@ -127,7 +127,11 @@ impl SlotTable {
     }
 
     pub fn get(&self, id: u32) -> Option<&Installed> {
-        let slot = *self.slot_of.get(&id)?;
+        self.at(*self.slot_of.get(&id)?)
+    }
+
+    /// What is installed at `slot`, if anything.
+    pub fn at(&self, slot: u32) -> Option<&Installed> {
         self.by_slot.get(slot as usize)?.as_ref().map(|(_, i)| i)
     }
 
