@@ -319,7 +319,11 @@ fn under_load(fx: &mut support::Fixture, key: &[u8; 20]) -> Vec<Load> {
     let (peer4, peer6) = (ifindex("peer4"), ifindex("peer6"));
     aux.attach(program_names::BENCH_SINK, peer4).unwrap();
     aux.attach(program_names::BENCH_SINK, peer6).unwrap();
-    threaded_napi(&["peer4", "peer6"]);
+    // The sinks' veths poll from threads of their own: the sink's receive work (an skb
+    // turned back into an XDP frame, copied) landed in the worker's system time otherwise,
+    // about half of it at 64 bytes in a profile. The XDP engine's redirects were not
+    // charged to it either way.
+    broker_tests::cpu::threaded_napi(&["peer4", "peer6"], true).expect("threaded NAPI");
     let _stats = dataplane::enable_run_stats().expect("BPF_ENABLE_STATS");
     let cases: Vec<(usize, bool)> = sizes()
         .into_iter()
@@ -431,26 +435,6 @@ fn round(
         pps: got / elapsed.as_secs_f64(),
         delivered: got / f64::from(LOAD_FRAMES),
     }
-}
-
-/// Makes the sinks' veths poll from kernel threads of their own (threaded NAPI). A veth
-/// delivers into its peer in the sender's context otherwise: the sink's receive work (an
-/// skb turned back into an XDP frame, copied) landed in the worker's system time, about
-/// half of it at 64 bytes in a profile, where a NIC would charge its sender nothing. The
-/// XDP engine's redirects were not charged to it either way. (sysfs shows this namespace's
-/// devices only when mounted from it.)
-fn threaded_napi(devs: &[&str]) {
-    let script: Vec<String> = devs
-        .iter()
-        .map(|d| format!("echo 1 > /sys/class/net/{d}/threaded"))
-        .collect();
-    broker_tests::netns::run(std::process::Command::new("unshare").args([
-        "-m",
-        "sh",
-        "-c",
-        &format!("mount -t sysfs sysfs /sys && {}", script.join(" && ")),
-    ]))
-    .expect("threaded NAPI");
 }
 
 /// Busy time of all CPUs so far (/proc/stat: everything but idle and iowait), in ns.

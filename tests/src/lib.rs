@@ -5,6 +5,7 @@
 //! ended by PID. Addresses come from the documentation ranges and never leave the
 //! namespaces this code creates.
 
+pub mod cpu;
 pub mod io;
 pub mod lab;
 pub mod netns;

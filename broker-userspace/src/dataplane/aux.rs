@@ -165,6 +165,13 @@ impl Aux {
         count: u32,
         batch: u32,
     ) -> Result<(), DataplaneError> {
+        self.set_generated(frame)?;
+        self.send_generated(frame, ifindex, count, batch)
+    }
+
+    /// Makes `frame`'s first `GEN_FRAME_LEN` bytes what the generator writes into every
+    /// frame it sends.
+    pub fn set_generated(&mut self, frame: &[u8]) -> Result<(), DataplaneError> {
         if frame.len() < GEN_FRAME_LEN {
             return Err(DataplaneError::Io {
                 what: format!("a {}-byte generator frame", frame.len()),
@@ -172,20 +179,29 @@ impl Aux {
             });
         }
         let name = names::GEN_TEMPLATE;
-        {
-            let map = self
-                .ebpf
-                .map_mut(name)
-                .ok_or(DataplaneError::MissingMap { name })?;
-            let mut a: Array<_, [u64; GEN_FRAME_LEN / 8]> =
-                Array::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
-            let mut words = [0u64; GEN_FRAME_LEN / 8];
-            for (w, c) in words.iter_mut().zip(frame[..GEN_FRAME_LEN].chunks_exact(8)) {
-                *w = u64::from_ne_bytes(c.try_into().expect("8 bytes"));
-            }
-            a.set(0, words, 0)
-                .map_err(|source| DataplaneError::Map { name, source })?;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap { name })?;
+        let mut a: Array<_, [u64; GEN_FRAME_LEN / 8]> =
+            Array::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
+        let mut words = [0u64; GEN_FRAME_LEN / 8];
+        for (w, c) in words.iter_mut().zip(frame[..GEN_FRAME_LEN].chunks_exact(8)) {
+            *w = u64::from_ne_bytes(c.try_into().expect("8 bytes"));
         }
+        a.set(0, words, 0)
+            .map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    /// [`Self::generate`] with the frame [`Self::set_generated`] set; from several threads
+    /// at once (one per CPU: a veth queues what a CPU sends on that CPU's queue).
+    pub fn send_generated(
+        &self,
+        frame: &[u8],
+        ifindex: u32,
+        count: u32,
+        batch: u32,
+    ) -> Result<(), DataplaneError> {
         let p = prog_ref(&self.ebpf, progs::BENCH_GEN)?;
         let ctx: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
         let ctx: Vec<u8> = ctx.iter().flat_map(|f| f.to_ne_bytes()).collect();

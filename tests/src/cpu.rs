@@ -1,0 +1,39 @@
+//! Where the benchmarks' work runs: this machine has two CPUs, and a veth does its
+//! receiver's work in the sender's context unless told otherwise.
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+/// Pins the calling thread to `cpus`.
+pub fn pin_this_thread(cpus: &[usize]) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t with the given bits set, for this thread (pid 0).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("pinning this thread to CPUs {cpus:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// Makes `devs` (in the calling thread's namespace) poll from NAPI threads of their own
+/// (`on`), or in the softirq of whoever sent to them. A veth delivers into its peer in the
+/// sender's context otherwise, where a NIC would charge its sender nothing. (sysfs shows
+/// a namespace's devices only when mounted from it.)
+pub fn threaded_napi(devs: &[&str], on: bool) -> Result<()> {
+    let script: Vec<String> = devs
+        .iter()
+        .map(|d| format!("echo {} > /sys/class/net/{d}/threaded", u8::from(on)))
+        .collect();
+    crate::netns::run(Command::new("unshare").args([
+        "-m",
+        "sh",
+        "-c",
+        &format!("mount -t sysfs sysfs /sys && {}", script.join(" && ")),
+    ]))
+    .map(drop)
+}
