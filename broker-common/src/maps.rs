@@ -445,8 +445,8 @@ pub struct LenMask {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Nexthop {
-    /// `bpf_ktime_get_coarse_ns` when it was looked up.
-    pub stamp_ns: u64,
+    /// The kernel's tick (`bpf_jiffies64`) when it was looked up.
+    pub stamp_tick: u64,
     /// `Settings::nexthop_gen` it was looked up under; a different value means stale.
     pub gen: u32,
     pub ifindex: u32,
@@ -495,9 +495,12 @@ pub struct Settings {
     /// Generation of the next-hop caches: entries of another generation are stale. The
     /// controller bumps it when routes or neighbours change. 0 turns the caches off.
     pub nexthop_gen: u32,
-    /// Cached next hops older than this are looked up again, even if the controller never
-    /// bumps the generation (for instance while it is restarting).
-    pub nexthop_max_age_ms: u32,
+    /// Cached next hops this many kernel ticks old are looked up again, even if the
+    /// controller never bumps the generation (for instance while it is restarting). Ticks,
+    /// because `bpf_jiffies64` is one load once the verifier inlines it, where a coarse
+    /// clock read is a helper call (measured in docs/ARCHITECTURE.md, "Where the
+    /// nanoseconds go"); the controller converts `dataplane.nexthop_max_age_ms`.
+    pub nexthop_max_age_ticks: u32,
     /// Valid entries in `lens` and `space`.
     pub n_lens: u32,
     pub n_space: u32,
@@ -575,7 +578,7 @@ impl Settings {
         pop_v4: [0; 4],
         flags: 0,
         nexthop_gen: 0,
-        nexthop_max_age_ms: 0,
+        nexthop_max_age_ticks: 0,
         n_lens: 0,
         n_space: 0,
         lens: [LenMask {

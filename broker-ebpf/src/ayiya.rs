@@ -247,7 +247,7 @@ fn roam(slot: u32, t: &Tunnel, src: [u8; 4], port: [u8; 2]) {
         }
     }
     // This CPU's cached next hop was for the old address; other CPUs' age out (at most
-    // `nexthop_max_age_ms`).
+    // `nexthop_max_age_ticks`).
     if let Some(c) = NEXTHOP_CLIENT.get_ptr_mut(slot) {
         // SAFETY: a per-CPU value only this CPU writes.
         unsafe { (*c).gen = 0 };

@@ -6,7 +6,7 @@
 //! per tunnel slot for encapsulated packets (`NEXTHOP_CLIENT`), per destination for
 //! decapsulated ones (`NEXTHOP_NATIVE`). An entry is used while its generation is the controller's current one
 //! (bumped on every route, neighbour or link change) and it is younger than
-//! `nexthop_max_age_ms`. Only lookups that would succeed for the largest packet the tunnel
+//! `nexthop_max_age_ticks` (the kernel's ticks, `dataplane.nexthop_max_age_ms` converted). Only lookups that would succeed for the largest packet the tunnel
 //! carries are cached, so a cached hop never skips an MTU check that could fail.
 //!
 //! Rules when there is no usable next hop (documented in docs/ARCHITECTURE.md):
@@ -21,7 +21,7 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_PROHIBIT,
         BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE,
     },
-    helpers::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
+    helpers::{bpf_fib_lookup, bpf_jiffies64, bpf_redirect},
     programs::XdpContext,
     EbpfContext,
 };
@@ -251,21 +251,23 @@ pub fn client_hop(
     }
 }
 
-/// The coarse clock, read only when caching is on.
+/// The kernel's tick, read only when caching is on: the verifier turns `bpf_jiffies64`
+/// into one load, where `bpf_ktime_get_coarse_ns` was a call into the timekeeping code
+/// (about 5% of a forwarded packet's time in the program, docs/ARCHITECTURE.md).
 #[inline(always)]
 fn clock(s: &Settings) -> u64 {
     if s.nexthop_gen == 0 {
         return 0;
     }
     // SAFETY: helper without arguments.
-    unsafe { bpf_ktime_get_coarse_ns() }
+    unsafe { bpf_jiffies64() }
 }
 
 #[inline(always)]
 fn fresh(c: &Nexthop, s: &Settings, now: u64) -> bool {
     s.nexthop_gen != 0
         && c.gen == s.nexthop_gen
-        && now.wrapping_sub(c.stamp_ns) < s.nexthop_max_age_ms as u64 * 1_000_000
+        && now.wrapping_sub(c.stamp_tick) < s.nexthop_max_age_ticks as u64
 }
 
 trait Stamp {
@@ -276,7 +278,7 @@ impl Stamp for Nexthop {
     #[inline(always)]
     fn stamped(mut self, s: &Settings, now: u64) -> Nexthop {
         self.gen = s.nexthop_gen;
-        self.stamp_ns = now;
+        self.stamp_tick = now;
         self
     }
 }
@@ -303,7 +305,7 @@ fn lookup(
     if rc == SUCCESS {
         Ok((
             Nexthop {
-                stamp_ns: 0,
+                stamp_tick: 0,
                 gen: 0,
                 ifindex: p.ifindex,
                 dmac: p.dmac,

@@ -15,6 +15,7 @@ mod prefixes;
 mod program_pin;
 mod slots;
 mod testing;
+mod ticks;
 
 pub mod aux;
 pub mod xsk;
@@ -366,7 +367,7 @@ impl Dataplane {
             slots: SlotTable::new(max_tunnels),
             settings: Settings {
                 nexthop_gen: u32::from(opts.nexthop_cache),
-                nexthop_max_age_ms: opts.nexthop_max_age_ms,
+                nexthop_max_age_ticks: ticks::from_ms(opts.nexthop_max_age_ms, ticks::length()),
                 icmp: opts.icmp_limit,
                 neighbour: opts.neighbour_limit,
                 ..Settings::EMPTY
