@@ -31,11 +31,11 @@ use broker_common::{
     maps::{nexthop_native_slot, Nexthop, Settings, Tunnel, TunnelKind},
     stats::{DropReason, PassReason},
 };
-use core::mem::{size_of, MaybeUninit};
+use core::mem::{offset_of, size_of, MaybeUninit};
 
 use crate::{
     encap::{self, Origin},
-    headers::{EthHdr, Ipv4Hdr, Ipv6Hdr},
+    headers::{EthHdr, Ipv4Hdr, Ipv6Hdr, MacWords},
     maps::{self, NEXTHOP_CLIENT, NEXTHOP_NATIVE},
     outcome::{Outcome, Verdict},
     ptr, ratelimit, v4v6,
@@ -303,19 +303,32 @@ fn lookup(
         cacheable = false;
     }
     if rc == SUCCESS {
-        Ok((
-            Nexthop {
-                stamp_tick: 0,
-                gen: 0,
-                ifindex: p.ifindex,
-                dmac: p.dmac,
-                smac: p.smac,
-                _pad: 0,
-            },
-            cacheable,
-        ))
+        let mut hop = Nexthop {
+            stamp_tick: 0,
+            gen: 0,
+            ifindex: p.ifindex,
+            dmac: [0; 6],
+            smac: [0; 6],
+            _pad: 0,
+        };
+        copy6(&mut hop.dmac, &p.dmac);
+        copy6(&mut hop.smac, &p.smac);
+        Ok((hop, cacheable))
     } else {
         Err(not_forwarded(rc))
+    }
+}
+
+/// Copies a MAC out of the lookup parameters a byte at a time. Volatile: LLVM would
+/// otherwise read them with wide loads at their odd offsets on the stack, which the
+/// verifier refuses (the fast path's copies are words, `hop_macs`).
+#[inline(always)]
+fn copy6(dst: &mut [u8; 6], src: &[u8; 6]) {
+    let mut i = 0;
+    while i < 6 {
+        // SAFETY: within both arrays.
+        dst[i] = unsafe { core::ptr::read_volatile(&src[i]) };
+        i += 1;
     }
 }
 
@@ -351,13 +364,31 @@ fn redirect(ctx: &XdpContext, nh: &Nexthop) -> Verdict {
     Ok(Outcome::Redirect(action))
 }
 
-/// Writes the next hop's MACs into the frame's Ethernet header.
+/// Writes the next hop's MACs into the frame's Ethernet header, as two words.
 #[inline(always)]
 pub fn set_macs(ctx: &XdpContext, nh: &Nexthop) -> Result<(), DropReason> {
     let eth = ptr::at::<EthHdr>(ctx, 0).ok_or(DropReason::Truncated)?;
     // SAFETY: bounds checked.
-    unsafe { (*eth).set_macs(&nh.dmac, &nh.smac) };
+    unsafe { (*eth).set_mac_words(hop_macs(nh)) };
     Ok(())
+}
+
+/// `dmac` and `smac`, adjacent in `Nexthop` from an 8-aligned offset: two aligned loads.
+/// Volatile, because LLVM would otherwise forward the bytes a fresh `Nexthop` was built
+/// from (the FIB lookup's parameters, on the stack at odd offsets) as misaligned stack
+/// loads, which the verifier refuses.
+#[inline(always)]
+fn hop_macs(nh: &Nexthop) -> MacWords {
+    const DMAC: usize = offset_of!(Nexthop, dmac);
+    const _: () = assert!(DMAC.is_multiple_of(8) && offset_of!(Nexthop, smac) == DMAC + 6);
+    let p = nh as *const Nexthop as *const u8;
+    // SAFETY: bytes 16-27 of a 32-byte, 8-aligned struct: a u64 at 16 and a u32 at 24.
+    unsafe {
+        MacWords(
+            p.add(DMAC).cast::<u64>().read_volatile(),
+            p.add(DMAC + 8).cast::<u32>().read_volatile(),
+        )
+    }
 }
 
 /// What to do when the FIB lookup did not give a next hop.

@@ -8,18 +8,15 @@ use aya_ebpf::{
 };
 use broker_common::stats::DropReason;
 
-use crate::{
-    headers::{Aligned, EthHdr},
-    ptr,
-};
+use crate::{headers::EthHdr, ptr};
 
 /// Removes `n` bytes after the Ethernet header (`n` > 0) or inserts `-n` bytes there
 /// (`n` < 0); the Ethernet header moves along and says `ethertype` (network order).
 #[inline(always)]
 pub fn shift(ctx: &XdpContext, n: i32, ethertype: u16) -> Result<(), DropReason> {
     let eth = ptr::at::<EthHdr>(ctx, 0).ok_or(DropReason::Truncated)?;
-    // SAFETY: bounds checked; copied before the head moves.
-    let eth = unsafe { Aligned(*eth) };
+    // SAFETY: bounds checked; read before the head moves.
+    let macs = unsafe { (*eth).mac_words() };
     // SAFETY: helper call on our own context.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, n) } != 0 {
         return Err(DropReason::AdjustFailed);
@@ -27,11 +24,8 @@ pub fn shift(ctx: &XdpContext, n: i32, ethertype: u16) -> Result<(), DropReason>
     let new = ptr::at::<EthHdr>(ctx, 0).ok_or(DropReason::AdjustFailed)?;
     // SAFETY: bounds checked after the adjustment.
     unsafe {
-        *new = EthHdr {
-            dst: eth.dst,
-            src: eth.src,
-            proto: ethertype.to_ne_bytes(),
-        };
+        (*new).set_mac_words(macs);
+        (*new).set_proto(ethertype);
     }
     Ok(())
 }
