@@ -135,7 +135,7 @@ pub const GEN_FRAME_LEN: usize = 128;
 /// the program on the pinned links, so an upgrade never reads maps it does not understand.
 /// 2: the TSP kinds; 3: AYIYA; 4: the rate limits in `Settings`, and `XSK_VERDICTS` (the
 /// AF_XDP worker's counts, pinned) with `XSK_SUSPECT`.
-pub const MAP_LAYOUT_VERSION: u32 = 4;
+pub const MAP_LAYOUT_VERSION: u32 = 5;
 
 /// Names of the maps in the object file, which are also their pin names.
 pub mod map_names {

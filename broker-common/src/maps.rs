@@ -526,6 +526,9 @@ pub struct Settings {
     /// for XDP to hand it to the worker; smaller ones XDP hashes itself, which is cheaper
     /// for a few SHA-1 blocks (docs/BENCHMARKS.md). Host order.
     pub xsk_min_payload: u16,
+    /// Possible CPUs: `NEXTHOP_CLIENT` holds `cpus` entries per slot, one per CPU. Zero
+    /// (settings not written yet): no client next hops are cached.
+    pub cpus: u16,
     /// UTC minus TAI, seconds: the data plane's wall clock (AYIYA epochs) is
     /// `bpf_ktime_get_tai_ns` plus this. TAI follows clock steps like UTC does, so the
     /// difference only changes with leap seconds; the controller keeps it current.
@@ -594,6 +597,7 @@ impl Settings {
         tsp_port: [0; 2],
         ayiya_port: [0; 2],
         xsk_min_payload: 0,
+        cpus: 0,
         utc_minus_tai_s: 0,
         icmp: RateLimit::ICMP_DEFAULT,
         neighbour: RateLimit::NEIGHBOUR_DEFAULT,

@@ -27,7 +27,7 @@ use crate::{
     decap, forward, head,
     headers::{AyiyaHdr, Ipv4Hdr, Ipv6Hdr, UdpHdr},
     icmp6,
-    maps::{self, NEXTHOP_CLIENT, TUNNELS},
+    maps::{self, TUNNELS},
     outcome::{Outcome, Resume, Step, Verdict},
     ptr, ratelimit, sha1,
     stats::{self, Dir},
@@ -209,18 +209,18 @@ fn verified(ctx: &XdpContext, s: &Settings, t: &Tunnel, slot: u32, digest: &[u32
             if next_header != IPPROTO_IPV6 {
                 return Err(tunnel::drop(slot, inner_len, DropReason::WrongNextHeader));
             }
-            roam(slot, t, src, sport);
+            roam(s, slot, t, src, sport);
             decap::inner_ipv6(ctx, s, t, slot, OUTER, inner_len)
         }
         AYIYA_OP_NOOP => {
-            roam(slot, t, src, sport);
+            roam(s, slot, t, src, sport);
             // A packet from the client without bytes: what liveness watches.
             stats::tunnel(slot, Dir::FromClient, 0);
             stats::event(Event::Beat, t.kind, 0);
             Ok(Outcome::CONSUMED)
         }
         AYIYA_OP_ECHO_REQUEST => {
-            roam(slot, t, src, sport);
+            roam(s, slot, t, src, sport);
             // Not ICMP, but generated on a stranger's behalf all the same.
             if !ratelimit::icmp(s) {
                 return Err(tunnel::drop(slot, inner_len, DropReason::IcmpRateLimited));
@@ -234,7 +234,7 @@ fn verified(ctx: &XdpContext, s: &Settings, t: &Tunnel, slot: u32, digest: &[u32
 /// Moves the tunnel to the address and port a verified packet came from. The controller
 /// reads the new endpoint back into the store.
 #[inline(always)]
-fn roam(slot: u32, t: &Tunnel, src: [u8; 4], port: [u8; 2]) {
+fn roam(s: &Settings, slot: u32, t: &Tunnel, src: [u8; 4], port: [u8; 2]) {
     if t.remote_v4 == src && t.remote_port == port {
         return;
     }
@@ -248,8 +248,8 @@ fn roam(slot: u32, t: &Tunnel, src: [u8; 4], port: [u8; 2]) {
     }
     // This CPU's cached next hop was for the old address; other CPUs' age out (at most
     // `nexthop_max_age_ticks`).
-    if let Some(c) = NEXTHOP_CLIENT.get_ptr_mut(slot) {
-        // SAFETY: a per-CPU value only this CPU writes.
+    if let Some(c) = maps::client_hop(s, slot) {
+        // SAFETY: this CPU's entry, which only this CPU writes.
         unsafe { (*c).gen = 0 };
     }
 }

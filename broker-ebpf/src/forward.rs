@@ -36,7 +36,7 @@ use core::mem::{offset_of, size_of, MaybeUninit};
 use crate::{
     encap::{self, Origin},
     headers::{EthHdr, Ipv4Hdr, Ipv6Hdr, MacWords},
-    maps::{self, NEXTHOP_CLIENT, NEXTHOP_NATIVE},
+    maps::{self, NEXTHOP_NATIVE},
     outcome::{Outcome, Verdict},
     ptr, ratelimit, v4v6,
 };
@@ -214,9 +214,9 @@ pub fn client_hop(
     tos: u8,
 ) -> Result<Nexthop, Outcome> {
     let now = clock(s);
-    let cache = NEXTHOP_CLIENT.get_ptr_mut(slot);
+    let cache = maps::client_hop(s, slot);
     if let Some(c) = cache {
-        // SAFETY: a per-CPU value only this CPU writes.
+        // SAFETY: this CPU's entry, which only this CPU writes.
         let c = unsafe { &*c };
         if fresh(c, s, now) {
             return Ok(*c);
@@ -242,7 +242,7 @@ pub fn client_hop(
     match lookup(ctx, p, t.mtu as usize + overhead, outer_len) {
         Ok((hop, cacheable)) => {
             if let (Some(c), true) = (cache, cacheable && s.nexthop_gen != 0) {
-                // SAFETY: a per-CPU value only this CPU writes.
+                // SAFETY: this CPU's entry, which only this CPU writes.
                 unsafe { *c = hop.stamped(s, now) };
             }
             Ok(hop)

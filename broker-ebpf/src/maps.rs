@@ -1,6 +1,7 @@
 //! The data plane's maps. Layouts and meaning are documented in `broker_common::maps`;
 //! sizes here are defaults the controller overrides at load time (`map_max_entries`).
 use aya_ebpf::{
+    helpers::bpf_get_smp_processor_id,
     macros::map,
     maps::{Array, HashMap, PerCpuArray, XskMap},
 };
@@ -48,10 +49,12 @@ pub static V4_ROUTES: HashMap<[u8; 4], u32> = HashMap::with_max_entries(DEFAULT_
 #[map]
 pub static PREFIXES: HashMap<PrefixKey, u32> = HashMap::with_max_entries(DEFAULT_MAX_PREFIXES, 0);
 
-/// Cached next hop towards each tunnel's client, by slot.
+/// Cached next hops towards each tunnel's client: entry `slot * Settings::cpus + cpu`,
+/// which only that CPU writes ([`client_hop`]). A plain array where a per-CPU one would
+/// do: the kernel creates a per-CPU array an allocation per entry, a second at a million
+/// tunnels, and this one in one piece.
 #[map]
-pub static NEXTHOP_CLIENT: PerCpuArray<Nexthop> =
-    PerCpuArray::with_max_entries(DEFAULT_MAX_TUNNELS, 0);
+pub static NEXTHOP_CLIENT: Array<Nexthop> = Array::with_max_entries(DEFAULT_MAX_TUNNELS, 0);
 
 /// Cached next hops of decapsulated packets, direct-mapped by destination hash.
 #[map]
@@ -88,6 +91,19 @@ pub static XSK_VERDICTS: Array<XskVerdicts> =
 /// when it finds a forged one (see `xsk::suspect`). Shared mapping, as above.
 #[map]
 pub static XSK_SUSPECT: Array<u64> = Array::with_max_entries(DEFAULT_MAX_TUNNELS, BPF_F_MMAPABLE);
+
+/// This CPU's cached next hop towards the client of the tunnel in `slot`; `None` before
+/// the controller has said how many CPUs there are.
+#[inline(always)]
+pub fn client_hop(s: &Settings, slot: u32) -> Option<*mut Nexthop> {
+    // SAFETY: helper without arguments (inlined by the verifier).
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let cpus = s.cpus as u32;
+    if cpu >= cpus {
+        return None;
+    }
+    NEXTHOP_CLIENT.get_ptr_mut(slot.wrapping_mul(cpus).wrapping_add(cpu))
+}
 
 /// The PoP-wide settings (the controller writes them before attaching).
 #[inline(always)]

@@ -111,7 +111,7 @@ impl Dataplane {
             source,
         })?;
         self.zero_slots::<TunnelStats>(names::TUNNEL_STATS, cpus, &e.slots)?;
-        self.zero_slots::<Nexthop>(names::NEXTHOP_CLIENT, cpus, &e.slots)?;
+        self.zero_client_hops(&e.slots)?;
         {
             let tunnels: Array<&MapData, Tunnel> = self.map(names::TUNNELS)?;
             batch_write::update(tunnels.map(), names::TUNNELS, &e.tunnels)?;
@@ -124,6 +124,23 @@ impl Dataplane {
         self.write_lookups(names::UDP_ENDPOINTS, &e.udp)?;
         self.write_lookups(names::V6_ENDPOINTS, &e.v6)?;
         self.write_lookups(names::AYIYA_IDS, &e.ayiya)
+    }
+
+    /// Empties the next-hop caches of `slots`, every CPU's entry
+    /// (`slot * cpus + cpu`, `maps::client_hop` in the program).
+    pub(super) fn zero_client_hops(&self, slots: &[u32]) -> Result<()> {
+        if slots.is_empty() {
+            return Ok(());
+        }
+        let cpus = u32::from(self.settings.cpus);
+        // SAFETY: Pod; all-zero bytes are a valid (empty, generation 0) entry.
+        let empty: Nexthop = unsafe { std::mem::zeroed() };
+        let entries: Vec<(u32, Nexthop)> = slots
+            .iter()
+            .flat_map(|s| (0..cpus).map(move |c| (s * cpus + c, empty)))
+            .collect();
+        let map: Array<&MapData, Nexthop> = self.map(names::NEXTHOP_CLIENT)?;
+        batch_write::update(map.map(), names::NEXTHOP_CLIENT, &entries)
     }
 
     /// Zeroes `slots` of the per-CPU array `name` on all `cpus`.

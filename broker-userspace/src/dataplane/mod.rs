@@ -35,9 +35,9 @@ use aya::{
 use broker_common::{
     consts::{map_names as names, program_names},
     maps::{
-        Endpoint4, Endpoint6, Nexthop, Prefix64, PrefixKey, RateLimit, Settings, Tunnel,
-        TunnelKind, TunnelState, TunnelStats, UdpEndpoint4, MAX_PREFIX_LENS, MAX_ROUTED,
-        XSK_MAX_QUEUES, XSK_MAX_SOCKETS,
+        Endpoint4, Endpoint6, Prefix64, PrefixKey, RateLimit, Settings, Tunnel, TunnelKind,
+        TunnelState, TunnelStats, UdpEndpoint4, MAX_PREFIX_LENS, MAX_ROUTED, XSK_MAX_QUEUES,
+        XSK_MAX_SOCKETS,
     },
 };
 use ipnet::Ipv6Net;
@@ -297,6 +297,8 @@ impl Dataplane {
             prefixes: max_prefixes,
             endpoints: endpoint_caps,
         } = pinned.unwrap_or_else(|| Sizes::configured(opts));
+        let cpus = possible_cpus()?;
+        let client_hops = client_hops(max_tunnels, cpus)?;
 
         let mut loader = EbpfLoader::new();
         loader
@@ -307,7 +309,7 @@ impl Dataplane {
             .map_max_entries(names::V4_ROUTES, endpoint_caps.v6)
             .map_max_entries(names::AYIYA_IDS, endpoint_caps.ayiya)
             .map_max_entries(names::TUNNEL_STATS, max_tunnels)
-            .map_max_entries(names::NEXTHOP_CLIENT, max_tunnels)
+            .map_max_entries(names::NEXTHOP_CLIENT, client_hops)
             // A slot each, and the totals after the last.
             .map_max_entries(names::XSK_VERDICTS, max_tunnels + 1)
             .map_max_entries(names::XSK_SUSPECT, max_tunnels)
@@ -368,6 +370,7 @@ impl Dataplane {
             settings: Settings {
                 nexthop_gen: u32::from(opts.nexthop_cache),
                 nexthop_max_age_ticks: ticks::from_ms(opts.nexthop_max_age_ms, ticks::length()),
+                cpus,
                 icmp: opts.icmp_limit,
                 neighbour: opts.neighbour_limit,
                 ..Settings::EMPTY
@@ -792,7 +795,7 @@ impl Dataplane {
             self.keep_roamed(slot, &mut value)?;
         }
         // The cached next hop was for the previous endpoint or tunnel of this slot.
-        self.zero_per_cpu::<Nexthop>(names::NEXTHOP_CLIENT, slot)?;
+        self.zero_client_hops(&[slot])?;
         self.write_tunnel(slot, &value)?;
 
         let old: &[Ipv6Net] = previous.as_ref().map_or(&[], |p| &p.prefixes);
@@ -1266,6 +1269,31 @@ impl Drop for Dataplane {
     fn drop(&mut self) {
         self.detach_all();
     }
+}
+
+/// The possible CPUs (`bpf_get_smp_processor_id` is below this), as `Settings::cpus`.
+fn possible_cpus() -> Result<u16> {
+    let n = nr_cpus().map_err(|(what, source)| DataplaneError::Io {
+        what: what.to_string(),
+        source,
+    })?;
+    u16::try_from(n).map_err(|_| DataplaneError::Io {
+        what: format!("{n} possible CPUs (at most {} supported)", u16::MAX),
+        source: std::io::ErrorKind::Unsupported.into(),
+    })
+}
+
+/// Entries of `NEXTHOP_CLIENT`: one per slot and CPU.
+fn client_hops(max_tunnels: u32, cpus: u16) -> Result<u32> {
+    max_tunnels
+        .checked_mul(u32::from(cpus))
+        .ok_or_else(|| DataplaneError::Io {
+            what: format!(
+                "next-hop cache entries for {max_tunnels} tunnels on {cpus} CPUs \
+                 (dataplane.max_tunnels too large for this machine)"
+            ),
+            source: std::io::ErrorKind::InvalidInput.into(),
+        })
 }
 
 /// Makes the kernel keep per-program run time and count (`BPF_ENABLE_STATS`) for as long
