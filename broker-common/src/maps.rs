@@ -625,7 +625,7 @@ impl Settings {
     }
 }
 
-/// Per-tunnel counters (value of `TUNNEL_STATS`, one per CPU; userspace sums them).
+/// Per-tunnel counters (in `TUNNEL_STATS`, one per CPU; userspace sums them).
 /// Bytes are those of the inner IPv6 packet, which is what the user sees as traffic.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -662,6 +662,18 @@ pub struct StatPair {
     pub bytes: u64,
 }
 
+/// Value of `TUNNEL_STATS`: one CPU's counters of one tunnel (entry `slot * cpus + cpu`),
+/// padded to 64 bytes. A kernel array's values start 16 bytes into a cache line (after
+/// `struct bpf_map`, cache-line aligned, and 16 bytes of `struct bpf_array`), so the 48
+/// bytes a CPU writes lie in one line and its padding in the next: two CPUs counting the
+/// same tunnel do not write the same line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TunnelStatsLine {
+    pub stats: TunnelStats,
+    pub _pad: [u64; 2],
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -683,6 +695,7 @@ mod tests {
         assert_eq!(size_of::<Nexthop>(), 32);
         assert_eq!(size_of::<NexthopNative>(), 48);
         assert_eq!(size_of::<TunnelStats>(), 48);
+        assert_eq!(size_of::<TunnelStatsLine>(), 64);
         assert_eq!(size_of::<XskVerdicts>(), 8 * XskVerdicts::WORDS);
         assert_eq!(size_of::<StatPair>(), 16);
     }

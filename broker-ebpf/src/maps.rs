@@ -9,7 +9,7 @@ use broker_common::{
     consts::{BPF_F_MMAPABLE, DEFAULT_MAX_PREFIXES, DEFAULT_MAX_TUNNELS, NEXTHOP_NATIVE_ENTRIES},
     maps::{
         upper64, Endpoint4, Endpoint6, Nexthop, NexthopNative, PrefixKey, Settings, StatPair,
-        Tunnel, TunnelStats, UdpEndpoint4, XskVerdicts, MAX_PREFIX_LENS, XSK_MAX_SOCKETS,
+        Tunnel, TunnelStatsLine, UdpEndpoint4, XskVerdicts, MAX_PREFIX_LENS, XSK_MAX_SOCKETS,
     },
     stats::{DropReason, GLOBAL_STATS_LEN},
 };
@@ -61,10 +61,10 @@ pub static NEXTHOP_CLIENT: Array<Nexthop> = Array::with_max_entries(DEFAULT_MAX_
 pub static NEXTHOP_NATIVE: PerCpuArray<NexthopNative> =
     PerCpuArray::with_max_entries(NEXTHOP_NATIVE_ENTRIES, 0);
 
-/// Per-tunnel counters by slot.
+/// Per-tunnel counters: entry `slot * Settings::cpus + cpu`, which only that CPU writes
+/// ([`this_cpus`]); not a per-CPU array for the reason `NEXTHOP_CLIENT` gives.
 #[map]
-pub static TUNNEL_STATS: PerCpuArray<TunnelStats> =
-    PerCpuArray::with_max_entries(DEFAULT_MAX_TUNNELS, 0);
+pub static TUNNEL_STATS: Array<TunnelStatsLine> = Array::with_max_entries(DEFAULT_MAX_TUNNELS, 0);
 
 /// Global counters, laid out by `broker_common::stats`.
 #[map]
@@ -92,17 +92,23 @@ pub static XSK_VERDICTS: Array<XskVerdicts> =
 #[map]
 pub static XSK_SUSPECT: Array<u64> = Array::with_max_entries(DEFAULT_MAX_TUNNELS, BPF_F_MMAPABLE);
 
-/// This CPU's cached next hop towards the client of the tunnel in `slot`; `None` before
-/// the controller has said how many CPUs there are.
+/// This CPU's entry for the tunnel in `slot` in the maps that hold one per slot and CPU
+/// (`slot * cpus + cpu`); `None` before the controller has said how many CPUs there are.
 #[inline(always)]
-pub fn client_hop(s: &Settings, slot: u32) -> Option<*mut Nexthop> {
+pub fn this_cpus(s: &Settings, slot: u32) -> Option<u32> {
     // SAFETY: helper without arguments (inlined by the verifier).
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let cpus = s.cpus as u32;
     if cpu >= cpus {
         return None;
     }
-    NEXTHOP_CLIENT.get_ptr_mut(slot.wrapping_mul(cpus).wrapping_add(cpu))
+    Some(slot.wrapping_mul(cpus).wrapping_add(cpu))
+}
+
+/// This CPU's cached next hop towards the client of the tunnel in `slot`.
+#[inline(always)]
+pub fn client_hop(s: &Settings, slot: u32) -> Option<*mut Nexthop> {
+    NEXTHOP_CLIENT.get_ptr_mut(this_cpus(s, slot)?)
 }
 
 /// The PoP-wide settings (the controller writes them before attaching).

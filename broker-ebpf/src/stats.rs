@@ -1,5 +1,6 @@
-//! Counting. Per-CPU maps, so plain adds; userspace sums the CPUs when it reads.
-use crate::maps::{GLOBAL_STATS, TUNNEL_STATS};
+//! Counting. An entry per CPU (per-CPU maps, or `TUNNEL_STATS`'s entry per slot and CPU),
+//! so plain adds; userspace sums the CPUs when it reads.
+use crate::maps::{self, GLOBAL_STATS, TUNNEL_STATS};
 use broker_common::stats::{Event, ACTION_BASE};
 
 #[inline(always)]
@@ -34,9 +35,13 @@ pub enum Dir {
 
 #[inline(always)]
 pub fn tunnel(slot: u32, dir: Dir, bytes: u64) {
-    if let Some(p) = TUNNEL_STATS.get_ptr_mut(slot) {
-        // SAFETY: per-CPU value, only this program on this CPU writes it.
+    let Some(i) = maps::settings().and_then(|s| maps::this_cpus(s, slot)) else {
+        return;
+    };
+    if let Some(p) = TUNNEL_STATS.get_ptr_mut(i) {
+        // SAFETY: this CPU's entry, which only this CPU writes.
         unsafe {
+            let p = &raw mut (*p).stats;
             match dir {
                 Dir::FromClient => {
                     (*p).from_client_packets += 1;

@@ -165,29 +165,6 @@ pub(super) fn update<K: Pod, V: Pod>(
     )
 }
 
-/// Zeroes `slots` of a per-CPU array of `V` on every possible CPU (`cpus`).
-pub(super) fn zero_per_cpu<V: Pod>(
-    map: &MapData,
-    name: &'static str,
-    cpus: usize,
-    slots: &[u32],
-) -> Result<(), DataplaneError> {
-    let k = Kernel {
-        fd: map.fd().as_fd(),
-    };
-    let stride = size_of::<V>().next_multiple_of(8);
-    write(
-        &k,
-        name,
-        slots.len(),
-        size_of::<u32>(),
-        stride * cpus,
-        CHUNK,
-        // The value buffer is zeroed and never written.
-        |i, key, _| copy_pod(&slots[i], key),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use std::cell::RefCell;

@@ -4,20 +4,19 @@
 //! lookups pointing at them), but each map is written many entries per system call
 //! ([`batch_write`]).
 use aya::{
-    maps::{Array, HashMap, IterableMap, MapData, PerCpuArray},
-    util::nr_cpus,
+    maps::{Array, HashMap, IterableMap, MapData},
     Pod,
 };
 use broker_common::{
     consts::map_names as names,
-    maps::{Endpoint4, Endpoint6, Nexthop, PrefixKey, Tunnel, TunnelStats, UdpEndpoint4},
+    maps::{Endpoint4, Endpoint6, Nexthop, PrefixKey, Tunnel, TunnelStatsLine, UdpEndpoint4},
 };
 use ipnet::Ipv6Net;
 
 use super::{
     batch_write, endpoint_key, prefixes,
     slots::{EndpointKey, Installed},
-    to_map_value, Dataplane, DataplaneError, Result,
+    to_map_value, Dataplane, Result,
 };
 use crate::model::TunnelSpec;
 
@@ -106,12 +105,8 @@ impl Dataplane {
     }
 
     fn write_entries(&mut self, e: &Entries, space_changed: bool) -> Result<()> {
-        let cpus = nr_cpus().map_err(|(what, source)| DataplaneError::Io {
-            what: what.to_string(),
-            source,
-        })?;
-        self.zero_slots::<TunnelStats>(names::TUNNEL_STATS, cpus, &e.slots)?;
-        self.zero_client_hops(&e.slots)?;
+        self.zero_slot_cpu::<TunnelStatsLine>(names::TUNNEL_STATS, &e.slots)?;
+        self.zero_slot_cpu::<Nexthop>(names::NEXTHOP_CLIENT, &e.slots)?;
         {
             let tunnels: Array<&MapData, Tunnel> = self.map(names::TUNNELS)?;
             batch_write::update(tunnels.map(), names::TUNNELS, &e.tunnels)?;
@@ -126,30 +121,22 @@ impl Dataplane {
         self.write_lookups(names::AYIYA_IDS, &e.ayiya)
     }
 
-    /// Empties the next-hop caches of `slots`, every CPU's entry
-    /// (`slot * cpus + cpu`, `maps::client_hop` in the program).
-    pub(super) fn zero_client_hops(&self, slots: &[u32]) -> Result<()> {
+    /// Zeroes every CPU's entry of `slots` in the slot × CPU array `name` (entry
+    /// `slot * cpus + cpu`: `TUNNEL_STATS`, `NEXTHOP_CLIENT`; `maps::this_cpus` in the
+    /// program).
+    pub(super) fn zero_slot_cpu<V: Pod>(&self, name: &'static str, slots: &[u32]) -> Result<()> {
         if slots.is_empty() {
             return Ok(());
         }
         let cpus = u32::from(self.settings.cpus);
-        // SAFETY: Pod; all-zero bytes are a valid (empty, generation 0) entry.
-        let empty: Nexthop = unsafe { std::mem::zeroed() };
-        let entries: Vec<(u32, Nexthop)> = slots
+        // SAFETY: Pod; all-zero bytes are a valid value (no counts, an empty next hop).
+        let zero: V = unsafe { std::mem::zeroed() };
+        let entries: Vec<(u32, V)> = slots
             .iter()
-            .flat_map(|s| (0..cpus).map(move |c| (s * cpus + c, empty)))
+            .flat_map(|s| (0..cpus).map(move |c| (s * cpus + c, zero)))
             .collect();
-        let map: Array<&MapData, Nexthop> = self.map(names::NEXTHOP_CLIENT)?;
-        batch_write::update(map.map(), names::NEXTHOP_CLIENT, &entries)
-    }
-
-    /// Zeroes `slots` of the per-CPU array `name` on all `cpus`.
-    fn zero_slots<V: Pod>(&self, name: &'static str, cpus: usize, slots: &[u32]) -> Result<()> {
-        if slots.is_empty() {
-            return Ok(());
-        }
-        let map: PerCpuArray<&MapData, V> = self.map(name)?;
-        batch_write::zero_per_cpu::<V>(map.map(), name, cpus, slots)
+        let map: Array<&MapData, V> = self.map(name)?;
+        batch_write::update(map.map(), name, &entries)
     }
 
     fn write_lookups<K: Pod>(&self, name: &'static str, entries: &[(K, u32)]) -> Result<()> {

@@ -1,5 +1,6 @@
-//! Reading the per-CPU counters, summed, from the loaded program or from its pins (so
-//! `broker stats` works from another process).
+//! Reading the counters, summed over CPUs, from the loaded program or from its pins (so
+//! `broker stats` works from another process). `GLOBAL_STATS` is a per-CPU array;
+//! `TUNNEL_STATS` an array of one entry per slot and CPU (`slot * cpus + cpu`).
 //!
 //! XDP does not count the AYIYA packets it hands to the AF_XDP worker to verify; the
 //! worker counts its verdicts in `XSK_VERDICTS` (`broker_common::maps::XskVerdicts`), and
@@ -14,7 +15,7 @@ use std::{borrow::Borrow, sync::Arc};
 use aya::maps::{Array, Map, MapData, PerCpuArray};
 use broker_common::{
     consts::{map_names as names, AYIYA_HDR_LEN, ETH_HDR_LEN, IPV4_HDR_LEN, UDP_HDR_LEN},
-    maps::{StatPair, Tunnel, TunnelKind, TunnelState, TunnelStats, XskVerdicts},
+    maps::{StatPair, Tunnel, TunnelKind, TunnelState, TunnelStats, TunnelStatsLine, XskVerdicts},
     stats::{DropReason, Event, PassReason, ACTION_BASE, GLOBAL_STATS_LEN, MAX_KINDS},
 };
 
@@ -138,21 +139,31 @@ pub(super) fn read_global<T: Borrow<MapData>>(
     Ok(GlobalCounters { slots })
 }
 
+/// Tunnel `slot`'s counters summed over `cpus`.
 pub(super) fn sum_tunnel<T: Borrow<MapData>>(
-    map: &PerCpuArray<T, TunnelStats>,
+    map: &Array<T, TunnelStatsLine>,
+    cpus: u32,
     slot: u32,
 ) -> Result<TunnelStats, DataplaneError> {
-    let per_cpu = map.get(&slot, 0).map_err(|source| DataplaneError::Map {
-        name: names::TUNNEL_STATS,
-        source,
-    })?;
-    Ok(sum_cpus(&per_cpu))
+    let mut sum = TunnelStats::default();
+    batch::slot_cpu_entries(
+        map,
+        names::TUNNEL_STATS,
+        MapReads::PerElement,
+        cpus,
+        &[slot],
+        |_, per_cpu| {
+            sum = sum_cpus(per_cpu);
+            Ok(())
+        },
+    )?;
+    Ok(sum)
 }
 
-fn sum_cpus(per_cpu: &[TunnelStats]) -> TunnelStats {
+fn sum_cpus(per_cpu: &[TunnelStatsLine]) -> TunnelStats {
     let mut sum = TunnelStats::default();
     for v in per_cpu {
-        sum.add(v);
+        sum.add(&v.stats);
     }
     sum
 }
@@ -161,16 +172,24 @@ fn sum_cpus(per_cpu: &[TunnelStats]) -> TunnelStats {
 /// worker's verdicts: what [`sum_tunnel`] and `Verdicts::get` give for each, read a chunk
 /// of slots per system call when that is cheaper.
 fn read_tunnels<T: Borrow<MapData>>(
-    map: &PerCpuArray<T, TunnelStats>,
+    map: &Array<T, TunnelStatsLine>,
+    cpus: u32,
     verdicts: Option<&Verdicts>,
     reads: MapReads,
     slots: &[u32],
 ) -> Result<Vec<TunnelStats>, DataplaneError> {
     let mut out = vec![TunnelStats::default(); slots.len()];
-    batch::per_cpu_slots(map, names::TUNNEL_STATS, reads, slots, |i, per_cpu| {
-        out[i] = sum_cpus(per_cpu);
-        Ok(())
-    })?;
+    batch::slot_cpu_entries(
+        map,
+        names::TUNNEL_STATS,
+        reads,
+        cpus,
+        slots,
+        |i, per_cpu| {
+            out[i] = sum_cpus(per_cpu);
+            Ok(())
+        },
+    )?;
     if let Some(v) = verdicts {
         for (stats, slot) in out.iter_mut().zip(slots) {
             stats.add_worker(&v.get(*slot));
@@ -186,7 +205,8 @@ fn read_tunnels<T: Borrow<MapData>>(
 /// tunnel's counters).
 #[derive(Clone)]
 pub struct StatsReader {
-    stats: Arc<PerCpuArray<MapData, TunnelStats>>,
+    stats: Arc<Array<MapData, TunnelStatsLine>>,
+    cpus: u32,
     worker: Arc<WorkerMaps>,
     reads: MapReads,
 }
@@ -195,12 +215,13 @@ impl StatsReader {
     /// A reader of the loaded program's `TUNNEL_STATS` (through a descriptor of its own).
     pub(super) fn open(
         ebpf: &aya::Ebpf,
+        cpus: u16,
         worker: Arc<WorkerMaps>,
         reads: MapReads,
     ) -> Result<Self, DataplaneError> {
         let name = names::TUNNEL_STATS;
         let err = |source| DataplaneError::Map { name, source };
-        let Some(Map::PerCpuArray(data)) = ebpf.map(name) else {
+        let Some(Map::Array(data)) = ebpf.map(name) else {
             return Err(DataplaneError::MissingMap { name });
         };
         let fd = std::os::fd::AsFd::as_fd(data.fd())
@@ -212,7 +233,8 @@ impl StatsReader {
         let data = MapData::from_fd(fd).map_err(err)?;
         let map = Map::from_map_data(data).map_err(err)?;
         Ok(Self {
-            stats: Arc::new(PerCpuArray::try_from(map).map_err(err)?),
+            stats: Arc::new(Array::try_from(map).map_err(err)?),
+            cpus: u32::from(cpus),
             worker,
             reads,
         })
@@ -231,7 +253,13 @@ impl StatsReader {
     /// [`super::Dataplane::tunnel_counters`] gives them. One lookup per slot for a few
     /// slots, a batch read over their span for many.
     pub fn read(&self, slots: &[u32]) -> Result<Vec<TunnelStats>, DataplaneError> {
-        read_tunnels(&self.stats, Some(&self.worker.verdicts), self.reads, slots)
+        read_tunnels(
+            &self.stats,
+            self.cpus,
+            Some(&self.worker.verdicts),
+            self.reads,
+            slots,
+        )
     }
 }
 
@@ -239,7 +267,7 @@ impl StatsReader {
 pub struct PinnedCounters {
     global: PerCpuArray<MapData, StatPair>,
     tunnels: Array<MapData, Tunnel>,
-    stats: PerCpuArray<MapData, TunnelStats>,
+    stats: Array<MapData, TunnelStatsLine>,
     /// `XSK_VERDICTS`, mapped read-only; `None` for an instance started by a build that
     /// counted everything in XDP (before the map existed).
     verdicts: Option<Verdicts>,
@@ -260,7 +288,7 @@ impl PinnedCounters {
                 .map_err(|e| typed(names::GLOBAL_STATS, e))?,
             tunnels: Array::try_from(open(names::TUNNELS)?)
                 .map_err(|e| typed(names::TUNNELS, e))?,
-            stats: PerCpuArray::try_from(open(names::TUNNEL_STATS)?)
+            stats: Array::try_from(open(names::TUNNEL_STATS)?)
                 .map_err(|e| typed(names::TUNNEL_STATS, e))?,
             verdicts: {
                 let name = names::XSK_VERDICTS;
@@ -304,7 +332,15 @@ impl PinnedCounters {
             }
             Ok(())
         })?;
-        let stats = read_tunnels(&self.stats, self.verdicts.as_ref(), self.reads, &slots)?;
+        // One entry per slot and CPU: the CPUs are the ratio of the two maps' sizes.
+        let cpus = self.stats.len() / self.tunnels.len().max(1);
+        let stats = read_tunnels(
+            &self.stats,
+            cpus,
+            self.verdicts.as_ref(),
+            self.reads,
+            &slots,
+        )?;
         let mut out: Vec<TunnelCounters> = used
             .into_iter()
             .zip(stats)

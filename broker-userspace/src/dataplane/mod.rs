@@ -23,7 +23,7 @@ pub mod xsk;
 use std::path::PathBuf;
 
 use aya::{
-    maps::{Array, HashMap, PerCpuArray, PerCpuValues, XskMap},
+    maps::{Array, HashMap, XskMap},
     programs::{
         links::{FdLink, PinnedLink},
         xdp::{XdpLink, XdpLinkId},
@@ -35,9 +35,9 @@ use aya::{
 use broker_common::{
     consts::{map_names as names, program_names},
     maps::{
-        Endpoint4, Endpoint6, Prefix64, PrefixKey, RateLimit, Settings, Tunnel, TunnelKind,
-        TunnelState, TunnelStats, UdpEndpoint4, MAX_PREFIX_LENS, MAX_ROUTED, XSK_MAX_QUEUES,
-        XSK_MAX_SOCKETS,
+        Endpoint4, Endpoint6, Nexthop, Prefix64, PrefixKey, RateLimit, Settings, Tunnel,
+        TunnelKind, TunnelState, TunnelStats, TunnelStatsLine, UdpEndpoint4, MAX_PREFIX_LENS,
+        MAX_ROUTED, XSK_MAX_QUEUES, XSK_MAX_SOCKETS,
     },
 };
 use ipnet::Ipv6Net;
@@ -298,7 +298,7 @@ impl Dataplane {
             endpoints: endpoint_caps,
         } = pinned.unwrap_or_else(|| Sizes::configured(opts));
         let cpus = possible_cpus()?;
-        let client_hops = client_hops(max_tunnels, cpus)?;
+        let slot_cpu_len = slot_cpu_len(max_tunnels, cpus)?;
 
         let mut loader = EbpfLoader::new();
         loader
@@ -308,8 +308,8 @@ impl Dataplane {
             .map_max_entries(names::V6_ENDPOINTS, endpoint_caps.v6)
             .map_max_entries(names::V4_ROUTES, endpoint_caps.v6)
             .map_max_entries(names::AYIYA_IDS, endpoint_caps.ayiya)
-            .map_max_entries(names::TUNNEL_STATS, max_tunnels)
-            .map_max_entries(names::NEXTHOP_CLIENT, client_hops)
+            .map_max_entries(names::TUNNEL_STATS, slot_cpu_len)
+            .map_max_entries(names::NEXTHOP_CLIENT, slot_cpu_len)
             // A slot each, and the totals after the last.
             .map_max_entries(names::XSK_VERDICTS, max_tunnels + 1)
             .map_max_entries(names::XSK_SUSPECT, max_tunnels)
@@ -359,7 +359,7 @@ impl Dataplane {
                 .transpose()
         })?;
         let worker_maps = std::sync::Arc::new(xsk::shared::WorkerMaps::open(&ebpf)?);
-        let stats = StatsReader::open(&ebpf, worker_maps.clone(), opts.map_reads)?;
+        let stats = StatsReader::open(&ebpf, cpus, worker_maps.clone(), opts.map_reads)?;
         let mut dp = Self {
             ebpf,
             reused,
@@ -786,7 +786,7 @@ impl Dataplane {
         let v4 = spec.client_v4.map(|a| a.octets());
 
         if previous.is_none() {
-            self.zero_per_cpu::<TunnelStats>(names::TUNNEL_STATS, slot)?;
+            self.zero_slot_cpu::<TunnelStatsLine>(names::TUNNEL_STATS, &[slot])?;
             self.worker_maps.verdicts.reset(slot);
             self.worker_maps.suspects.clear(slot);
         }
@@ -795,7 +795,7 @@ impl Dataplane {
             self.keep_roamed(slot, &mut value)?;
         }
         // The cached next hop was for the previous endpoint or tunnel of this slot.
-        self.zero_client_hops(&[slot])?;
+        self.zero_slot_cpu::<Nexthop>(names::NEXTHOP_CLIENT, &[slot])?;
         self.write_tunnel(slot, &value)?;
 
         let old: &[Ipv6Net] = previous.as_ref().map_or(&[], |p| &p.prefixes);
@@ -1090,8 +1090,9 @@ impl Dataplane {
         let Some(installed) = self.slots.get(id) else {
             return Ok(None);
         };
-        let stats: PerCpuArray<_, TunnelStats> = self.map(names::TUNNEL_STATS)?;
-        let mut sum = counters::sum_tunnel(&stats, installed.slot)?;
+        let stats: Array<_, TunnelStatsLine> = self.map(names::TUNNEL_STATS)?;
+        let cpus = u32::from(self.settings.cpus);
+        let mut sum = counters::sum_tunnel(&stats, cpus, installed.slot)?;
         sum.add_worker(&self.worker_maps.verdicts.get(installed.slot));
         Ok(Some(sum))
     }
@@ -1162,23 +1163,6 @@ impl Dataplane {
     }
 
     /// Zeroes `slot` of a per-CPU array on every CPU.
-    fn zero_per_cpu<T: Pod>(&mut self, name: &'static str, slot: u32) -> Result<()> {
-        let cpus = nr_cpus().map_err(|(what, source)| DataplaneError::Io {
-            what: what.to_string(),
-            source,
-        })?;
-        // SAFETY: Pod types are plain data for which all-zero bytes are a valid value.
-        let zero: T = unsafe { std::mem::zeroed() };
-        let values =
-            PerCpuValues::try_from(vec![zero; cpus]).map_err(|source| DataplaneError::Io {
-                what: "per-CPU values".into(),
-                source,
-            })?;
-        let mut map: PerCpuArray<_, T> = self.map_mut(name)?;
-        map.set(slot, values, 0)
-            .map_err(|source| DataplaneError::Map { name, source })
-    }
-
     fn remove_endpoint(&mut self, endpoint: &EndpointKey) -> Result<()> {
         match endpoint {
             EndpointKey::P41(k) => self.remove_lookup(names::P41_ENDPOINTS, k),
@@ -1283,13 +1267,13 @@ fn possible_cpus() -> Result<u16> {
     })
 }
 
-/// Entries of `NEXTHOP_CLIENT`: one per slot and CPU.
-fn client_hops(max_tunnels: u32, cpus: u16) -> Result<u32> {
+/// Entries of the slot × CPU arrays (`TUNNEL_STATS`, `NEXTHOP_CLIENT`): one per slot and CPU.
+fn slot_cpu_len(max_tunnels: u32, cpus: u16) -> Result<u32> {
     max_tunnels
         .checked_mul(u32::from(cpus))
         .ok_or_else(|| DataplaneError::Io {
             what: format!(
-                "next-hop cache entries for {max_tunnels} tunnels on {cpus} CPUs \
+                "counters and next hops for {max_tunnels} tunnels on {cpus} CPUs \
                  (dataplane.max_tunnels too large for this machine)"
             ),
             source: std::io::ErrorKind::InvalidInput.into(),
