@@ -185,8 +185,18 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     }
     let adopted = dp.adopted();
     let mut broker = Broker::new(store, dp, route_backend(&config).await?, config.pop());
+    let waiting = std::time::Instant::now();
     match preload.join() {
-        Ok(Ok(p)) => broker.preload(p),
+        Ok(Ok(p)) => {
+            // What a start at a million tunnels waits for once the maps exist.
+            info!(
+                what = ?p.what,
+                tunnels = p.tunnels.len(),
+                waited_ms = waiting.elapsed().as_millis() as u64,
+                "tunnels read ahead"
+            );
+            broker.preload(p)
+        }
         Ok(Err(e)) => warn!(error = %e, "reading the tunnels ahead failed: reading them again"),
         Err(_) => warn!("reading the tunnels ahead panicked: reading them again"),
     }

@@ -84,7 +84,7 @@ impl SqliteStore {
             let tx = conn.unchecked_transaction()?;
             let generation = query::generation(&tx)?;
             let tunnels = match what {
-                super::Ahead::All => query::all(&tx)?,
+                super::Ahead::All => all_in_two(&path, &tx, generation)?,
                 super::Ahead::Watched => query::watched(&tx)?,
             };
             Ok(super::Preloaded {
@@ -111,6 +111,50 @@ impl SqliteStore {
         schema::migrate(&mut conn)?;
         conn.pragma_update(None, "foreign_keys", true)?;
         Ok(Self { conn, pools })
+    }
+}
+
+/// Every tunnel, the lower half of the ids read on a second connection and thread: at a
+/// million tunnels a cold start waits for this read once the maps are created. Both
+/// halves must come from the same generation (`generation`, that of `tx`), or `tx`
+/// reads them all.
+fn all_in_two(
+    path: &Path,
+    tx: &rusqlite::Transaction,
+    generation: (i64, u64),
+) -> Result<Vec<TunnelRecord>> {
+    let (lo, hi): (Option<u32>, Option<u32>) =
+        tx.query_row("SELECT MIN(id), MAX(id) FROM tunnels", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let (Some(lo), Some(hi)) = (lo, hi) else {
+        return Ok(Vec::new());
+    };
+    if hi - lo < 10_000 {
+        return query::all(tx);
+    }
+    let mid = lo + (hi - lo) / 2;
+    let path = path.to_path_buf();
+    let lower = std::thread::spawn(move || -> Result<_> {
+        let conn = Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let tx = conn.unchecked_transaction()?;
+        Ok((query::generation(&tx)?, query::ids(&tx, 0, mid)?))
+    });
+    let mut upper = query::ids(tx, mid + 1, u32::MAX)?;
+    match lower.join() {
+        Ok(Ok((g, mut tunnels))) if g == generation => {
+            tunnels.append(&mut upper);
+            Ok(tunnels)
+        }
+        // Written in between, or failed: the one transaction's view.
+        _ => query::all(tx),
     }
 }
 

@@ -13,17 +13,28 @@ use crate::{
 
 /// Every tunnel: two scans, the routed prefixes joined in memory.
 pub(super) fn all(conn: &Connection) -> Result<Vec<TunnelRecord>> {
+    ids(conn, 0, u32::MAX)
+}
+
+/// The tunnels with ids `from..=to`, in id order.
+pub(super) fn ids(conn: &Connection, from: u32, to: u32) -> Result<Vec<TunnelRecord>> {
     let mut routed: BTreeMap<u32, Vec<Ipv6Net>> = BTreeMap::new();
     {
-        let mut q = conn.prepare("SELECT tunnel_id, prefix FROM routed ORDER BY rowid")?;
-        let rows = q.query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?)))?;
+        let mut q = conn.prepare(
+            "SELECT tunnel_id, prefix FROM routed WHERE tunnel_id BETWEEN ?1 AND ?2 ORDER BY rowid",
+        )?;
+        let rows = q.query_map([from, to], |r| {
+            Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?))
+        })?;
         for x in rows {
             let (t, p) = x?;
             routed.entry(t).or_default().push(parse(&p, "prefix")?);
         }
     }
-    let mut q = conn.prepare(&format!("SELECT {TUNNEL_COLUMNS} FROM tunnels ORDER BY id"))?;
-    let rows = q.query_map([], row)?;
+    let mut q = conn.prepare(&format!(
+        "SELECT {TUNNEL_COLUMNS} FROM tunnels WHERE id BETWEEN ?1 AND ?2 ORDER BY id"
+    ))?;
+    let rows = q.query_map([from, to], row)?;
     let mut out = Vec::new();
     for r in rows {
         let r = r?;

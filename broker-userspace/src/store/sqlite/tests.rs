@@ -539,6 +539,34 @@ fn everything_is_there_after_a_restart() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+#[test]
+fn every_tunnel_read_ahead_in_two_halves_is_every_tunnel() {
+    let dir = tempfile_dir();
+    let path = dir.join("broker.db");
+    let mut s = SqliteStore::open(&path, pools()).unwrap();
+    s.create_tunnel(&new(1, Some(56)), 1).unwrap();
+    // Ids far enough apart for the read to be split between two connections.
+    s.sync_static(
+        &[
+            static_spec(20_000, 100, "2001:db8:f:1::/64"),
+            static_spec(40_000, 101, "2001:db8:f:2::/64"),
+        ],
+        2,
+    )
+    .unwrap();
+    s.create_tunnel(&new(2, Some(56)), 3).unwrap();
+    let ahead = SqliteStore::preload(&path, crate::store::Ahead::All)
+        .join()
+        .unwrap()
+        .unwrap();
+    let all = s.tunnels().unwrap();
+    assert_eq!(all.len(), 4);
+    assert!(all[0].spec.routed_prefixes.len() == 1 && all[3].spec.routed_prefixes.len() == 1);
+    assert_eq!(ahead.tunnels, all);
+    assert_eq!(ahead.generation, s.generation().unwrap());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 fn tempfile_dir() -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!(
         "broker-store-test-{}-{:?}",
