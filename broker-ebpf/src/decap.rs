@@ -179,7 +179,7 @@ pub(crate) fn inner_ipv6(
         return icmp6::time_exceeded_in_tunnel(ctx, s, t, slot, outer, inner_len);
     }
 
-    stats::tunnel(slot, Dir::FromClient, inner_len as u64);
+    stats::tunnel_of(s, slot, Dir::FromClient, inner_len as u64);
     stats::event(Event::Decap, t.kind, inner_len as u64);
     head::shift(ctx, outer as i32, ETH_P_IPV6_BE)?;
     forward::native6(ctx, s, inner_len)

@@ -83,7 +83,7 @@ pub fn into_tunnel(ctx: &XdpContext, s: &Settings, slot: u32, origin: Origin) ->
     if outer > IPV4_HDR_LEN {
         push_udp(ctx, t, outer - IPV4_HDR_LEN + len)?;
     }
-    stats::tunnel(slot, Dir::ToClient, len as u64);
+    stats::tunnel_of(s, slot, Dir::ToClient, len as u64);
     stats::event(Event::Encap, t.kind, len as u64);
     if kind == TunnelKind::Ayiya {
         let socket = if len + AYIYA_HDR_LEN >= s.xsk_min_payload as usize {

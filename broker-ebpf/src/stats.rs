@@ -1,7 +1,10 @@
 //! Counting. An entry per CPU (per-CPU maps, or `TUNNEL_STATS`'s entry per slot and CPU),
 //! so plain adds; userspace sums the CPUs when it reads.
 use crate::maps::{self, GLOBAL_STATS, TUNNEL_STATS};
-use broker_common::stats::{Event, ACTION_BASE};
+use broker_common::{
+    maps::Settings,
+    stats::{Event, ACTION_BASE},
+};
 
 #[inline(always)]
 pub fn global(slot: u32, bytes: u64) {
@@ -33,9 +36,19 @@ pub enum Dir {
     Drop,
 }
 
+/// Counts a packet against the tunnel in `slot` (looking the settings up: the drop
+/// paths, which do not carry them).
 #[inline(always)]
 pub fn tunnel(slot: u32, dir: Dir, bytes: u64) {
-    let Some(i) = maps::settings().and_then(|s| maps::this_cpus(s, slot)) else {
+    if let Some(s) = maps::settings() {
+        tunnel_of(s, slot, dir, bytes);
+    }
+}
+
+/// [`tunnel`] with the settings at hand: the forwarding paths.
+#[inline(always)]
+pub fn tunnel_of(s: &Settings, slot: u32, dir: Dir, bytes: u64) {
+    let Some(i) = maps::this_cpus(s, slot) else {
         return;
     };
     if let Some(p) = TUNNEL_STATS.get_ptr_mut(i) {

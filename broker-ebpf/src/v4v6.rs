@@ -60,7 +60,7 @@ pub fn decap(ctx: &XdpContext, s: &Settings) -> Verdict {
         return icmp4::time_exceeded_in_tunnel(ctx, s, t, slot, inner_len);
     }
 
-    stats::tunnel(slot, Dir::FromClient, inner_len as u64);
+    stats::tunnel_of(s, slot, Dir::FromClient, inner_len as u64);
     stats::event(Event::Decap, t.kind, inner_len as u64);
     head::shift(ctx, IPV6_HDR_LEN as i32, ETH_P_IPV4_BE)?;
     forward::native4(ctx, s, inner_len)
@@ -99,7 +99,7 @@ pub fn encap(ctx: &XdpContext, s: &Settings, slot: u32, origin: Origin) -> Verdi
     forward::decrement_ttl(ipr);
 
     push_ipv6(ctx, t, len, tos)?;
-    stats::tunnel(slot, Dir::ToClient, len as u64);
+    stats::tunnel_of(s, slot, Dir::ToClient, len as u64);
     stats::event(Event::Encap, t.kind, len as u64);
     forward::to_client(ctx, s, t, slot, IPV6_HDR_LEN, len + IPV6_HDR_LEN, tos)
 }
