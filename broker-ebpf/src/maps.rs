@@ -62,9 +62,11 @@ pub static NEXTHOP_NATIVE: PerCpuArray<NexthopNative> =
     PerCpuArray::with_max_entries(NEXTHOP_NATIVE_ENTRIES, 0);
 
 /// Per-tunnel counters: entry `slot * Settings::cpus + cpu`, which only that CPU writes
-/// ([`this_cpus`]); not a per-CPU array for the reason `NEXTHOP_CLIENT` gives.
+/// ([`this_cpus`]); not a per-CPU array for the reason `NEXTHOP_CLIENT` gives. Mmapable:
+/// the controller reads every tunnel's counters from its mapping, without a system call.
 #[map]
-pub static TUNNEL_STATS: Array<TunnelStatsLine> = Array::with_max_entries(DEFAULT_MAX_TUNNELS, 0);
+pub static TUNNEL_STATS: Array<TunnelStatsLine> =
+    Array::with_max_entries(DEFAULT_MAX_TUNNELS, BPF_F_MMAPABLE);
 
 /// Global counters, laid out by `broker_common::stats`.
 #[map]

@@ -610,54 +610,6 @@ pub(super) fn array_slots<T: Borrow<MapData>, V: Pod>(
     Ok(())
 }
 
-/// Slots `slots` (any order, repeats allowed) of a slot × CPU array, `cpus` consecutive
-/// entries per slot (entry `slot * cpus + cpu`): `visit(i, slots[i]'s entries, one per
-/// CPU)`. One lookup per entry for a few slots, a batch read over their span for many.
-pub(super) fn slot_cpu_entries<T: Borrow<MapData>, V: Pod>(
-    map: &Array<T, V>,
-    name: &'static str,
-    reads: MapReads,
-    cpus: u32,
-    slots: &[u32],
-    mut visit: impl FnMut(usize, &[V]) -> Result<(), DataplaneError>,
-) -> Result<(), DataplaneError> {
-    let cpus = cpus.max(1);
-    check_slots(slots, map.len() / cpus, name)?;
-    let (span, _) = plan_slots(slots);
-    let mut group: Vec<V> = Vec::with_capacity(cpus as usize);
-    if use_batch(reads) && prefer_batch(slots.len(), span.len() as u64) {
-        return visit_planned::<[V]>(
-            slots,
-            name,
-            |span, f| {
-                array_range(
-                    map,
-                    name,
-                    reads,
-                    span.start * cpus..span.end * cpus,
-                    |i, v| {
-                        group.push(v);
-                        if group.len() == cpus as usize {
-                            f(i / cpus, &group)?;
-                            group.clear();
-                        }
-                        Ok(())
-                    },
-                )
-            },
-            &mut visit,
-        );
-    }
-    for (i, slot) in slots.iter().enumerate() {
-        group.clear();
-        for c in 0..cpus {
-            group.push(map.get(&(slot * cpus + c), 0).map_err(map_error(name))?);
-        }
-        visit(i, &group)?;
-    }
-    Ok(())
-}
-
 /// Every entry of a hash map: `visit(key, value)`. Entries added or removed meanwhile may
 /// be seen or not, as with any walk of a hash map.
 pub(super) fn hash_entries<T: Borrow<MapData>, K: Pod, V: Pod>(

@@ -1,6 +1,8 @@
 //! Reading the counters, summed over CPUs, from the loaded program or from its pins (so
-//! `broker stats` works from another process). `GLOBAL_STATS` is a per-CPU array;
-//! `TUNNEL_STATS` an array of one entry per slot and CPU (`slot * cpus + cpu`).
+//! `broker stats` works from another process). `GLOBAL_STATS` is a per-CPU array, read
+//! through system calls; `TUNNEL_STATS` an mmapable array of one entry per slot and CPU
+//! (`slot * cpus + cpu`), read from its mapping: a million tunnels' counters without a
+//! system call.
 //!
 //! XDP does not count the AYIYA packets it hands to the AF_XDP worker to verify; the
 //! worker counts its verdicts in `XSK_VERDICTS` (`broker_common::maps::XskVerdicts`), and
@@ -8,9 +10,10 @@
 //! `decap` event, forged ones to its drops and `bad_signature`. Both maps are pinned, so
 //! the sums are the same from any process and across restarts.
 //!
-//! Many tunnels' counters are read a chunk of slots per system call (`batch.rs`); a few
-//! of many, one lookup each.
-use std::{borrow::Borrow, sync::Arc};
+use std::{
+    borrow::Borrow,
+    sync::{atomic::Ordering, Arc},
+};
 
 use aya::maps::{Array, Map, MapData, PerCpuArray};
 use broker_common::{
@@ -21,6 +24,7 @@ use broker_common::{
 
 use super::{
     batch::{self, MapReads},
+    mapped::MappedArray,
     maps_dir,
     xsk::shared::{Verdicts, WorkerMaps},
     DataplaneError,
@@ -139,63 +143,72 @@ pub(super) fn read_global<T: Borrow<MapData>>(
     Ok(GlobalCounters { slots })
 }
 
-/// Tunnel `slot`'s counters summed over `cpus`.
-pub(super) fn sum_tunnel<T: Borrow<MapData>>(
-    map: &Array<T, TunnelStatsLine>,
+/// `TUNNEL_STATS`, mapped. A tunnel's counters are the sum of its CPUs' entries.
+struct MappedStats {
+    map: MappedArray,
     cpus: u32,
-    slot: u32,
-) -> Result<TunnelStats, DataplaneError> {
-    let mut sum = TunnelStats::default();
-    batch::slot_cpu_entries(
-        map,
-        names::TUNNEL_STATS,
-        MapReads::PerElement,
-        cpus,
-        &[slot],
-        |_, per_cpu| {
-            sum = sum_cpus(per_cpu);
-            Ok(())
-        },
-    )?;
-    Ok(sum)
 }
 
-fn sum_cpus(per_cpu: &[TunnelStatsLine]) -> TunnelStats {
-    let mut sum = TunnelStats::default();
-    for v in per_cpu {
-        sum.add(&v.stats);
+impl MappedStats {
+    fn open(data: &MapData, cpus: u32) -> Result<Self, DataplaneError> {
+        let words = std::mem::size_of::<TunnelStatsLine>() / 8;
+        Ok(Self {
+            map: MappedArray::open(data, names::TUNNEL_STATS, words, false)?,
+            cpus: cpus.max(1),
+        })
     }
-    sum
-}
 
-/// The counters of tunnel slots `slots` (any order), summed over CPUs, with the AF_XDP
-/// worker's verdicts: what [`sum_tunnel`] and `Verdicts::get` give for each, read a chunk
-/// of slots per system call when that is cheaper.
-fn read_tunnels<T: Borrow<MapData>>(
-    map: &Array<T, TunnelStatsLine>,
-    cpus: u32,
-    verdicts: Option<&Verdicts>,
-    reads: MapReads,
-    slots: &[u32],
-) -> Result<Vec<TunnelStats>, DataplaneError> {
-    let mut out = vec![TunnelStats::default(); slots.len()];
-    batch::slot_cpu_entries(
-        map,
-        names::TUNNEL_STATS,
-        reads,
-        cpus,
-        slots,
-        |i, per_cpu| {
-            out[i] = sum_cpus(per_cpu);
-            Ok(())
-        },
-    )?;
-    if let Some(v) = verdicts {
-        for (stats, slot) in out.iter_mut().zip(slots) {
-            stats.add_worker(&v.get(*slot));
+    /// Tunnel `slot`'s counters, summed over CPUs (zero beyond the map).
+    fn sum(&self, slot: u32) -> TunnelStats {
+        let mut w = [0u64; 6];
+        for c in 0..self.cpus {
+            let entry = slot.saturating_mul(self.cpus).saturating_add(c);
+            for (i, sum) in w.iter_mut().enumerate() {
+                *sum += self
+                    .map
+                    .word(entry, i)
+                    .map_or(0, |v| v.load(Ordering::Relaxed));
+            }
+        }
+        // `TunnelStats`' fields in their order (broker_common::maps).
+        TunnelStats {
+            from_client_packets: w[0],
+            from_client_bytes: w[1],
+            to_client_packets: w[2],
+            to_client_bytes: w[3],
+            drop_packets: w[4],
+            drop_bytes: w[5],
         }
     }
-    Ok(out)
+
+    /// The counters of tunnel slots `slots` (any order), with the AF_XDP worker's
+    /// verdicts; a slot beyond the map is an error.
+    fn read(
+        &self,
+        verdicts: Option<&Verdicts>,
+        slots: &[u32],
+    ) -> Result<Vec<TunnelStats>, DataplaneError> {
+        let max = self.map.entries() / self.cpus;
+        if let Some(&index) = slots.iter().find(|s| **s >= max) {
+            return Err(DataplaneError::Map {
+                name: names::TUNNEL_STATS,
+                source: aya::maps::MapError::OutOfBounds {
+                    index,
+                    max_entries: max,
+                },
+            });
+        }
+        Ok(slots
+            .iter()
+            .map(|&slot| {
+                let mut s = self.sum(slot);
+                if let Some(v) = verdicts {
+                    s.add_worker(&v.get(slot));
+                }
+                s
+            })
+            .collect())
+    }
 }
 
 /// Reads tunnels' counters without the [`super::Dataplane`]: its own descriptor of
@@ -205,61 +218,32 @@ fn read_tunnels<T: Borrow<MapData>>(
 /// tunnel's counters).
 #[derive(Clone)]
 pub struct StatsReader {
-    stats: Arc<Array<MapData, TunnelStatsLine>>,
-    cpus: u32,
+    stats: Arc<MappedStats>,
     worker: Arc<WorkerMaps>,
-    reads: MapReads,
 }
 
 impl StatsReader {
-    /// A reader of the loaded program's `TUNNEL_STATS` (through a descriptor of its own).
+    /// A reader of the loaded program's `TUNNEL_STATS` (a mapping of its own).
     pub(super) fn open(
         ebpf: &aya::Ebpf,
         cpus: u16,
         worker: Arc<WorkerMaps>,
-        reads: MapReads,
     ) -> Result<Self, DataplaneError> {
         let name = names::TUNNEL_STATS;
-        let err = |source| DataplaneError::Map { name, source };
         let Some(Map::Array(data)) = ebpf.map(name) else {
             return Err(DataplaneError::MissingMap { name });
         };
-        let fd = std::os::fd::AsFd::as_fd(data.fd())
-            .try_clone_to_owned()
-            .map_err(|source| DataplaneError::Io {
-                what: format!("duplicating the descriptor of {name}"),
-                source,
-            })?;
-        let data = MapData::from_fd(fd).map_err(err)?;
-        let map = Map::from_map_data(data).map_err(err)?;
         Ok(Self {
-            stats: Arc::new(Array::try_from(map).map_err(err)?),
-            cpus: u32::from(cpus),
+            stats: Arc::new(MappedStats::open(data, u32::from(cpus))?),
             worker,
-            reads,
         })
-    }
-
-    /// The same map, read as `reads` says.
-    pub(super) fn with_reads(&self, reads: MapReads) -> Self {
-        Self {
-            reads,
-            ..self.clone()
-        }
     }
 
     /// The counters of tunnel slots `slots` (any order, repeats allowed), in that order:
     /// summed over CPUs with the AF_XDP worker's verdicts, exactly as
-    /// [`super::Dataplane::tunnel_counters`] gives them. One lookup per slot for a few
-    /// slots, a batch read over their span for many.
+    /// [`super::Dataplane::tunnel_counters`] gives them. Memory reads, no system call.
     pub fn read(&self, slots: &[u32]) -> Result<Vec<TunnelStats>, DataplaneError> {
-        read_tunnels(
-            &self.stats,
-            self.cpus,
-            Some(&self.worker.verdicts),
-            self.reads,
-            slots,
-        )
+        self.stats.read(Some(&self.worker.verdicts), slots)
     }
 }
 
@@ -267,7 +251,7 @@ impl StatsReader {
 pub struct PinnedCounters {
     global: PerCpuArray<MapData, StatPair>,
     tunnels: Array<MapData, Tunnel>,
-    stats: Array<MapData, TunnelStatsLine>,
+    stats: MappedStats,
     /// `XSK_VERDICTS`, mapped read-only; `None` for an instance started by a build that
     /// counted everything in XDP (before the map existed).
     verdicts: Option<Verdicts>,
@@ -288,8 +272,24 @@ impl PinnedCounters {
                 .map_err(|e| typed(names::GLOBAL_STATS, e))?,
             tunnels: Array::try_from(open(names::TUNNELS)?)
                 .map_err(|e| typed(names::TUNNELS, e))?,
-            stats: Array::try_from(open(names::TUNNEL_STATS)?)
-                .map_err(|e| typed(names::TUNNEL_STATS, e))?,
+            stats: {
+                let name = names::TUNNEL_STATS;
+                let data = MapData::from_pin(dir.join(name))
+                    .map_err(|source| DataplaneError::Map { name, source })?;
+                let entries = data
+                    .info()
+                    .map_err(|source| DataplaneError::Map { name, source })?
+                    .max_entries();
+                let tunnels = MapData::from_pin(dir.join(names::TUNNELS))
+                    .and_then(|d| d.info())
+                    .map_err(|source| DataplaneError::Map {
+                        name: names::TUNNELS,
+                        source,
+                    })?
+                    .max_entries();
+                // One entry per slot and CPU: the CPUs are the ratio of the two sizes.
+                MappedStats::open(&data, entries / tunnels.max(1))?
+            },
             verdicts: {
                 let name = names::XSK_VERDICTS;
                 let path = dir.join(name);
@@ -332,15 +332,7 @@ impl PinnedCounters {
             }
             Ok(())
         })?;
-        // One entry per slot and CPU: the CPUs are the ratio of the two maps' sizes.
-        let cpus = self.stats.len() / self.tunnels.len().max(1);
-        let stats = read_tunnels(
-            &self.stats,
-            cpus,
-            self.verdicts.as_ref(),
-            self.reads,
-            &slots,
-        )?;
+        let stats = self.stats.read(self.verdicts.as_ref(), &slots)?;
         let mut out: Vec<TunnelCounters> = used
             .into_iter()
             .zip(stats)
@@ -358,6 +350,57 @@ impl PinnedCounters {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+
+    use broker_common::maps::{TunnelStats, TunnelStatsLine};
+
+    use super::{MappedArray, MappedStats};
+
+    #[test]
+    fn a_tunnels_counters_are_its_cpus_entries_summed_field_by_field() {
+        let words = std::mem::size_of::<TunnelStatsLine>() / 8;
+        let (slots, cpus) = (3u32, 2u32);
+        let stats = MappedStats {
+            map: MappedArray::anonymous(slots * cpus, words),
+            cpus,
+        };
+        // Slot 1 on CPU 0 and CPU 1, written as the program lays a value out.
+        for (cpu, base) in [(0u32, 10u64), (1, 100)] {
+            let line = TunnelStatsLine {
+                stats: TunnelStats {
+                    from_client_packets: base + 1,
+                    from_client_bytes: base + 2,
+                    to_client_packets: base + 3,
+                    to_client_bytes: base + 4,
+                    drop_packets: base + 5,
+                    drop_bytes: base + 6,
+                },
+                _pad: [u64::MAX; 2],
+            };
+            // SAFETY: repr(C), 64 bytes of u64s.
+            let w: [u64; 8] = unsafe { std::mem::transmute(line) };
+            for (i, v) in w.iter().enumerate() {
+                let entry = stats.map.word(cpus + cpu, i).unwrap();
+                entry.store(*v, Ordering::Relaxed);
+            }
+        }
+        let want = TunnelStats {
+            from_client_packets: 112,
+            from_client_bytes: 114,
+            to_client_packets: 116,
+            to_client_bytes: 118,
+            drop_packets: 120,
+            drop_bytes: 122,
+        };
+        assert_eq!(
+            stats.read(None, &[1, 0, 1]).unwrap(),
+            vec![want, TunnelStats::default(), want]
+        );
+        // Beyond the map: an error, not a neighbour's counters.
+        assert!(stats.read(None, &[slots]).is_err());
+        assert_eq!(stats.sum(slots), TunnelStats::default());
+    }
+
     #[test]
     fn a_stats_reader_can_be_shared_with_other_threads() {
         fn shareable<T: Send + Sync + Clone + 'static>() {}

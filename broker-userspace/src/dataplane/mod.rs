@@ -11,6 +11,7 @@ mod bpffs;
 mod bulk;
 mod counters;
 pub mod ebpf_log;
+mod mapped;
 mod prefixes;
 mod program_pin;
 mod slots;
@@ -359,7 +360,7 @@ impl Dataplane {
                 .transpose()
         })?;
         let worker_maps = std::sync::Arc::new(xsk::shared::WorkerMaps::open(&ebpf)?);
-        let stats = StatsReader::open(&ebpf, cpus, worker_maps.clone(), opts.map_reads)?;
+        let stats = StatsReader::open(&ebpf, cpus, worker_maps.clone())?;
         let mut dp = Self {
             ebpf,
             reused,
@@ -1082,7 +1083,6 @@ impl Dataplane {
     /// [`Options::map_reads`] said).
     pub fn set_map_reads(&mut self, reads: MapReads) {
         self.reads = reads;
-        self.stats = self.stats.with_reads(reads);
     }
 
     /// The counters of one tunnel, summed over CPUs, with the AYIYA worker's verdicts.
@@ -1090,11 +1090,7 @@ impl Dataplane {
         let Some(installed) = self.slots.get(id) else {
             return Ok(None);
         };
-        let stats: Array<_, TunnelStatsLine> = self.map(names::TUNNEL_STATS)?;
-        let cpus = u32::from(self.settings.cpus);
-        let mut sum = counters::sum_tunnel(&stats, cpus, installed.slot)?;
-        sum.add_worker(&self.worker_maps.verdicts.get(installed.slot));
-        Ok(Some(sum))
+        Ok(self.stats.read(&[installed.slot])?.pop())
     }
 
     /// Every installed tunnel's counters by id (in id order), as

@@ -13,84 +13,16 @@
 //!   because the worker found forged ones among them (`broker-ebpf/src/xsk.rs`, `suspect`).
 //!
 //! The worker writes both once per batch and tunnel ([`Tally`]), never per packet.
-use std::{
-    os::fd::{AsFd, AsRawFd},
-    sync::atomic::{AtomicU64, Ordering},
-    time::Duration,
-};
+use std::{sync::atomic::Ordering, time::Duration};
 
 use aya::{
     maps::{Map, MapData},
     Ebpf,
 };
-use broker_common::{
-    consts::{map_names as names, BPF_F_MMAPABLE},
-    maps::XskVerdicts,
-};
+use broker_common::{consts::map_names as names, maps::XskVerdicts};
 
-use super::{socket::Mmap, WorkerStats};
-use crate::dataplane::DataplaneError;
-
-/// A BPF array of `words` u64s per entry, mapped.
-struct MappedArray {
-    map: Mmap,
-    entries: u32,
-    words: usize,
-}
-
-impl MappedArray {
-    fn open(
-        data: &MapData,
-        name: &'static str,
-        words: usize,
-        writable: bool,
-    ) -> Result<Self, DataplaneError> {
-        let info = data
-            .info()
-            .map_err(|source| DataplaneError::Map { name, source })?;
-        let err = |source: std::io::Error| DataplaneError::Io {
-            what: format!("mapping {name}"),
-            source,
-        };
-        if info.value_size() as usize != 8 * words {
-            return Err(err(std::io::Error::other(format!(
-                "its values have {} bytes, not {}",
-                info.value_size(),
-                8 * words
-            ))));
-        }
-        if info.map_flags() & BPF_F_MMAPABLE == 0 {
-            return Err(err(std::io::Error::other("it was not created mmapable")));
-        }
-        let entries = info.max_entries();
-        // SAFETY: plain query.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
-        let len = (entries as usize * 8 * words).div_ceil(page) * page;
-        let map = Mmap::shared(len, data.fd().as_fd().as_raw_fd(), writable).map_err(err)?;
-        Ok(Self {
-            map,
-            entries,
-            words,
-        })
-    }
-
-    /// Word `i` of entry `entry`; `None` outside the map.
-    fn word(&self, entry: u32, i: usize) -> Option<&AtomicU64> {
-        if entry >= self.entries || i >= self.words {
-            return None;
-        }
-        // SAFETY: within the mapping (it holds `entries * words` u64s from a page
-        // boundary); every user of this memory (the kernel's syscalls, XDP, the worker's
-        // threads) reads and writes these words whole.
-        Some(unsafe {
-            &*self
-                .map
-                .as_ptr()
-                .cast::<AtomicU64>()
-                .add(entry as usize * self.words + i)
-        })
-    }
-}
+use super::WorkerStats;
+use crate::dataplane::{mapped::MappedArray, DataplaneError};
 
 /// `XSK_VERDICTS`: the worker's verdicts per tunnel slot and in total.
 pub struct Verdicts(MappedArray);
@@ -106,7 +38,7 @@ impl Verdicts {
 
     /// The entry after the last slot.
     fn totals_entry(&self) -> u32 {
-        self.0.entries.saturating_sub(1)
+        self.0.entries().saturating_sub(1)
     }
 
     fn read(&self, entry: u32) -> XskVerdicts {
@@ -288,22 +220,8 @@ impl Tally {
 mod tests {
     use super::*;
 
-    /// A mapping of anonymous memory standing in for a map of `entries` entries.
     fn array(entries: u32, words: usize) -> MappedArray {
-        let len = (entries as usize * 8 * words).div_ceil(4096) * 4096;
-        // SAFETY: a fresh anonymous mapping.
-        let fd = unsafe { libc::memfd_create(c"test".as_ptr(), 0) };
-        assert!(fd >= 0);
-        // SAFETY: our descriptor.
-        assert_eq!(unsafe { libc::ftruncate(fd, len as libc::off_t) }, 0);
-        let map = Mmap::shared(len, fd, true).unwrap();
-        // SAFETY: the mapping keeps the memory.
-        unsafe { libc::close(fd) };
-        MappedArray {
-            map,
-            entries,
-            words,
-        }
+        MappedArray::anonymous(entries, words)
     }
 
     fn maps(slots: u32) -> WorkerMaps {

@@ -20,7 +20,7 @@ pub const RING_SIZE: u32 = 1024;
 pub const FRAMES: u32 = 2 * RING_SIZE;
 
 /// An mmap'ed region, unmapped on drop.
-pub(super) struct Mmap {
+pub(in crate::dataplane) struct Mmap {
     ptr: NonNull<u8>,
     len: usize,
 }
@@ -44,7 +44,7 @@ impl Mmap {
 
     /// `len` bytes of `fd` from its start, shared with whoever else maps it (a BPF map's
     /// values), read-only unless `writable`.
-    pub(super) fn shared(len: usize, fd: RawFd, writable: bool) -> io::Result<Self> {
+    pub(in crate::dataplane) fn shared(len: usize, fd: RawFd, writable: bool) -> io::Result<Self> {
         let prot = if writable {
             libc::PROT_READ | libc::PROT_WRITE
         } else {
@@ -54,7 +54,7 @@ impl Mmap {
     }
 
     /// The first byte.
-    pub(super) fn as_ptr(&self) -> *mut u8 {
+    pub(in crate::dataplane) fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }
 
