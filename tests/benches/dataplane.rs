@@ -887,7 +887,11 @@ broker; medians, every round listed below. The generator stays attached (generic
 loopback where it never runs: a live-frames test run of a program attached nowhere rebuilds \
 the kernel's XDP dispatcher twice, about 25 ms a run on this kernel (measured: 64 frames \
 26.2 ms a run without, 0.03 ms with; 100,000 frames 50.8 against 30.7 ms), which the rate \
-would otherwise count as the programs'.\n"
+would otherwise count as the programs'. A third layout was measured by hand on 2026-12-06 \
+and dropped: the PoP's veths polled by NAPI threads on CPU 1, the generator and the sinks \
+on CPU 0, gave 1.1-1.6 Mpps for the no-op and the broker alike, the veths' 256-frame rings \
+overflowing while the threads slept (with the sinks left in the PoP's softirq, 3.2 against \
+2.3 Mpps: the one-queue ratio again).\n"
     );
     let _ = writeln!(
         s,
@@ -968,9 +972,10 @@ take are dropped before any program sees them.",
     let _ = writeln!(
         s,
         "\n## Reading every tunnel's counters\n\n\
-`Projection::all_counters`, as `/metrics` does on every scrape and the liveness watcher \
-every second for the tunnels it watches: one per-CPU map lookup (a system call) per \
-tunnel.\n\n| kind | tunnels | ms | µs per tunnel |\n|---|---:|---:|---:|"
+`Projection::all_counters`, as `/metrics` does on every scrape when it exposes per-tunnel \
+series: every installed tunnel's counters, in id order, read from the mapping of the \
+mmapable `TUNNEL_STATS` (one entry per tunnel and CPU, summed; no system call) with the \
+AF_XDP worker's verdicts.\n\n| kind | tunnels | ms | µs per tunnel |\n|---|---:|---:|---:|"
     );
     for (kind, scales) in kinds {
         for p in scales {
