@@ -663,10 +663,9 @@ pub struct StatPair {
 }
 
 /// Value of `TUNNEL_STATS`: one CPU's counters of one tunnel (entry `slot * cpus + cpu`),
-/// padded to 64 bytes. A kernel array's values start 16 bytes into a cache line (after
-/// `struct bpf_map`, cache-line aligned, and 16 bytes of `struct bpf_array`), so the 48
-/// bytes a CPU writes lie in one line and its padding in the next: two CPUs counting the
-/// same tunnel do not write the same line.
+/// padded to 64 bytes. The map is mmapable, so its values start on a page and every entry
+/// is a cache line of its own: two CPUs counting the same tunnel never write the same
+/// line.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TunnelStatsLine {
