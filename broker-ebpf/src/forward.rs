@@ -3,11 +3,12 @@
 //!
 //! The next hop comes from the kernel's FIB (`bpf_fib_lookup`), cached because a lookup
 //! costs more than the rest of the fast path together (measured in docs/BENCHMARKS.md):
-//! per tunnel slot for encapsulated packets (`NEXTHOP_CLIENT`), per destination for
-//! decapsulated ones (`NEXTHOP_NATIVE`). An entry is used while its generation is the controller's current one
-//! (bumped on every route, neighbour or link change) and it is younger than
-//! `nexthop_max_age_ticks` (the kernel's ticks, `dataplane.nexthop_max_age_ms` converted). Only lookups that would succeed for the largest packet the tunnel
-//! carries are cached, so a cached hop never skips an MTU check that could fail.
+//! per tunnel slot and CPU for encapsulated packets (`NEXTHOP_CLIENT`), per destination
+//! for decapsulated ones (`NEXTHOP_NATIVE`). An entry is used while its generation is the
+//! controller's current one (bumped on every route, neighbour or link change) and it is
+//! younger than `nexthop_max_age_ticks` (kernel ticks: `dataplane.nexthop_max_age_ms`
+//! converted). Only lookups that would succeed for the largest packet the tunnel carries
+//! are cached, so a cached hop never skips an MTU check that could fail.
 //!
 //! Rules when there is no usable next hop (documented in docs/ARCHITECTURE.md):
 //! - no neighbour yet, egress MTU too small, local or not forwarded: `XDP_PASS` of the
@@ -253,7 +254,7 @@ pub fn client_hop(
 
 /// The kernel's tick, read only when caching is on: the verifier turns `bpf_jiffies64`
 /// into one load, where `bpf_ktime_get_coarse_ns` was a call into the timekeeping code
-/// (about 5% of a forwarded packet's time in the program, docs/ARCHITECTURE.md).
+/// (about 7% of a forwarded packet's time in the program, docs/ARCHITECTURE.md).
 #[inline(always)]
 fn clock(s: &Settings) -> u64 {
     if s.nexthop_gen == 0 {

@@ -211,7 +211,7 @@ impl MappedStats {
     }
 }
 
-/// Reads tunnels' counters without the [`super::Dataplane`]: its own descriptor of
+/// Reads tunnels' counters without the [`super::Dataplane`]: its own mapping of
 /// `TUNNEL_STATS` and the worker's mapped verdicts, so a watcher can read while the
 /// controller's lock is held by someone else. Cheap to clone; the slots come from
 /// [`super::Dataplane::slot_of`] (a slot reused by another tunnel since then reads that

@@ -263,7 +263,7 @@ pub struct Dataplane {
     worker_maps: std::sync::Arc<xsk::shared::WorkerMaps>,
     /// How whole maps are read.
     reads: MapReads,
-    /// `TUNNEL_STATS` through a descriptor of its own, for readers on other threads.
+    /// `TUNNEL_STATS`, mapped, for readers on other threads.
     stats: StatsReader,
     /// Ids the adopted maps held as down (taken once by [`Dataplane::take_adopted_down`]).
     adopted_down: Vec<u32>,
