@@ -156,6 +156,61 @@ fn pings_continue_while_the_controller_is_killed_and_restarted_three_times() {
 }
 
 #[test]
+fn an_upgrade_that_changes_the_map_layout_fills_new_maps_and_swaps_under_pings() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lab = lab("layout", 1, &dir);
+    let count = 100;
+    let ping = lab.clients[0]
+        .ns
+        .cmd("ping")
+        .args([
+            "-6",
+            "-n",
+            "-i",
+            "0.05",
+            "-W",
+            "1",
+            "-c",
+            &count.to_string(),
+        ])
+        .arg(INET6_HOST.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let instance = lab.instance.clone().expect("started");
+    let pins = broker_userspace::dataplane::pin_dir(&instance);
+    let layout = broker_common::consts::MAP_LAYOUT_VERSION;
+    let (current, older) = (
+        pins.join(format!("maps-v{layout}")),
+        pins.join(format!("maps-v{}", layout - 1)),
+    );
+    let before = xdp_prog(&lab, "eth4");
+    std::thread::sleep(Duration::from_millis(700));
+    lab.kill_broker();
+    // As if the running data plane were an older build's: its maps pinned under the
+    // layout before this one, no program of this build pinned. It keeps forwarding.
+    std::fs::rename(&current, &older).expect("renaming the map pins");
+    std::fs::remove_dir_all(pins.join("program")).expect("the pinned program");
+    std::thread::sleep(Duration::from_millis(500));
+    lab.spawn_broker(&[]).expect("starting the new build");
+    let after = xdp_prog(&lab, "eth4");
+    let out = ping.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("{count} packets transmitted, {count} received")),
+        "pings were lost across the upgrade:\n{text}"
+    );
+    assert_ne!(before, after, "a new program on the pinned link");
+    assert!(current.join("TUNNELS").exists(), "new maps pinned");
+    assert!(!older.exists(), "the older layout's maps pruned");
+    let log = lab.broker_log();
+    assert!(
+        log.contains("tunnels read ahead what=All"),
+        "the new maps were filled as by a cold start:\n{log}"
+    );
+}
+
+#[test]
 fn nic_update_moves_the_tunnel_to_the_new_address_within_a_second() {
     let dir = tempfile::tempdir().unwrap();
     let mut lab = lab("nic", 1, &dir);
