@@ -766,7 +766,7 @@ fn generate(
     std::thread::scope(|scope| {
         for &c in cpus {
             scope.spawn(move || {
-                broker_tests::cpu::pin_this_thread(&[c]).expect("pinning a generator");
+                broker_tests::cpu::pin_this_thread(c).expect("pinning a generator");
                 netns::in_ns(gen_ns, || {
                     aux.send_generated(frame, gen_if, GEN_FRAMES, 64).unwrap()
                 })

@@ -4,17 +4,15 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-/// Pins the calling thread to `cpus`.
-pub fn pin_this_thread(cpus: &[usize]) -> Result<()> {
-    // SAFETY: a zeroed cpu_set_t with the given bits set, for this thread (pid 0).
+/// Pins the calling thread to `cpu`.
+pub fn pin_this_thread(cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread (pid 0).
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for &cpu in cpus {
-            libc::CPU_SET(cpu, &mut set);
-        }
+        libc::CPU_SET(cpu, &mut set);
         if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
             return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("pinning this thread to CPUs {cpus:?}"));
+                .with_context(|| format!("pinning this thread to CPU {cpu}"));
         }
     }
     Ok(())

@@ -90,13 +90,9 @@ fn xdp_prog(lab: &Lab, iface: &str) -> String {
         .to_string()
 }
 
-#[test]
-fn pings_continue_while_the_controller_is_killed_and_restarted_three_times() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut lab = lab("kill", 1, &dir);
-    // 20 pings a second for as long as the restarts take.
-    let count = 200;
-    let ping = lab.clients[0]
+/// `count` pings from the first client to the internet host, 20 a second.
+fn pings(lab: &Lab, count: u32) -> std::process::Child {
+    lab.clients[0]
         .ns
         .cmd("ping")
         .args([
@@ -112,7 +108,26 @@ fn pings_continue_while_the_controller_is_killed_and_restarted_three_times() {
         .arg(INET6_HOST.to_string())
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Waits for [`pings`] and asserts none was lost during `what`.
+fn assert_all_answered(ping: std::process::Child, count: u32, what: &str) {
+    let out = ping.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("{count} packets transmitted, {count} received")),
+        "pings were lost across {what}:\n{text}"
+    );
+}
+
+#[test]
+fn pings_continue_while_the_controller_is_killed_and_restarted_three_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lab = lab("kill", 1, &dir);
+    // 20 pings a second for as long as the restarts take.
+    let count = 200;
+    let ping = pings(&lab, count);
     let instance = lab.instance.clone().expect("started");
     let mut programs = vec![xdp_prog(&lab, "eth4")];
     for round in 0..3 {
@@ -130,12 +145,7 @@ fn pings_continue_while_the_controller_is_killed_and_restarted_three_times() {
         lab.spawn_broker(&[]).expect("restarting broker run");
         programs.push(xdp_prog(&lab, "eth4"));
     }
-    let out = ping.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains(&format!("{count} packets transmitted, {count} received")),
-        "pings were lost:\n{text}"
-    );
+    assert_all_answered(ping, count, "the restarts");
     // A restart of the same build keeps the program it verified; one without it swaps
     // a new one in.
     assert!(
@@ -160,23 +170,7 @@ fn an_upgrade_that_changes_the_map_layout_fills_new_maps_and_swaps_under_pings()
     let dir = tempfile::tempdir().unwrap();
     let mut lab = lab("layout", 1, &dir);
     let count = 100;
-    let ping = lab.clients[0]
-        .ns
-        .cmd("ping")
-        .args([
-            "-6",
-            "-n",
-            "-i",
-            "0.05",
-            "-W",
-            "1",
-            "-c",
-            &count.to_string(),
-        ])
-        .arg(INET6_HOST.to_string())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let ping = pings(&lab, count);
     let instance = lab.instance.clone().expect("started");
     let pins = broker_userspace::dataplane::pin_dir(&instance);
     let layout = broker_common::consts::MAP_LAYOUT_VERSION;
@@ -194,12 +188,7 @@ fn an_upgrade_that_changes_the_map_layout_fills_new_maps_and_swaps_under_pings()
     std::thread::sleep(Duration::from_millis(500));
     lab.spawn_broker(&[]).expect("starting the new build");
     let after = xdp_prog(&lab, "eth4");
-    let out = ping.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains(&format!("{count} packets transmitted, {count} received")),
-        "pings were lost across the upgrade:\n{text}"
-    );
+    assert_all_answered(ping, count, "the upgrade");
     assert_ne!(before, after, "a new program on the pinned link");
     assert!(current.join("TUNNELS").exists(), "new maps pinned");
     assert!(!older.exists(), "the older layout's maps pruned");

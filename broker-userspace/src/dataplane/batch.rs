@@ -2,7 +2,7 @@
 //!
 //! Reading a map through aya costs a `bpf()` call per entry (and a second one per key of a
 //! hash map, to find the next key). At a million tunnels that is seconds for every pass over
-//! `TUNNELS`, `TUNNEL_STATS` or an endpoint map. A batch call copies up to [`CHUNK`] entries
+//! `TUNNELS` or an endpoint map. A batch call copies up to [`CHUNK`] entries
 //! at once; the reads here go a chunk at a time, so memory stays bounded whatever the map's
 //! size, and hand each entry to a visitor.
 //!
@@ -52,7 +52,7 @@ pub enum MapReads {
 const CHUNK: u32 = 8192;
 
 /// Bytes of values a chunk holds at most: a per-CPU value is copied once per possible CPU
-/// (`TUNNEL_STATS` on 128 CPUs: 6 KB a key), so its chunks have fewer keys.
+/// (a 48-byte value on 128 CPUs: 6 KB a key), so its chunks have fewer keys.
 const CHUNK_BYTES: usize = 4 << 20;
 
 /// Keys per batch call for values of `value_size` bytes (all CPUs' for a per-CPU map):
@@ -66,8 +66,8 @@ const FEW_SLOTS: usize = 16;
 
 /// A batch read covers the whole span between the lowest and the highest wanted slot; one
 /// lookup per wanted slot costs about as much as this many slots of a batch read (measured
-/// with `benches/batch.rs`, `TUNNEL_STATS` on 2 CPUs at 100,000 tunnels, summed: 1.5 µs a
-/// lookup, 0.33 µs a slot of a batch read).
+/// with `benches/batch.rs` on the per-CPU `TUNNEL_STATS` of map layout 4, 2 CPUs at 100,000
+/// tunnels, summed: 1.5 µs a lookup, 0.33 µs a slot of a batch read).
 const SPAN_PER_SLOT: u64 = 4;
 
 /// Set once the kernel refused a batch call: every later read goes entry by entry.
@@ -957,7 +957,7 @@ mod tests {
     fn chunks_hold_at_most_chunk_bytes_of_values() {
         assert_eq!(chunk_for(184), CHUNK);
         assert_eq!(chunk_for(4), CHUNK);
-        // TUNNEL_STATS (48 bytes) on 2 and on 128 possible CPUs.
+        // A 48-byte per-CPU value on 2 and on 128 possible CPUs.
         assert_eq!(chunk_for(96), CHUNK);
         assert_eq!(chunk_for(48 * 128), (CHUNK_BYTES / (48 * 128)) as u32);
         assert_eq!(chunk_for(CHUNK_BYTES * 2), 1);

@@ -267,29 +267,24 @@ impl PinnedCounters {
             Map::from_map_data(data).map_err(|source| DataplaneError::Map { name, source })
         };
         let typed = |name: &'static str, e| DataplaneError::Map { name, source: e };
+        let tunnels: Array<MapData, Tunnel> =
+            Array::try_from(open(names::TUNNELS)?).map_err(|e| typed(names::TUNNELS, e))?;
+        let stats = {
+            let name = names::TUNNEL_STATS;
+            let data = MapData::from_pin(dir.join(name))
+                .map_err(|source| DataplaneError::Map { name, source })?;
+            let entries = data
+                .info()
+                .map_err(|source| DataplaneError::Map { name, source })?
+                .max_entries();
+            // One entry per slot and CPU: the CPUs are the ratio of the two sizes.
+            MappedStats::open(&data, entries / tunnels.len().max(1))?
+        };
         Ok(Self {
             global: PerCpuArray::try_from(open(names::GLOBAL_STATS)?)
                 .map_err(|e| typed(names::GLOBAL_STATS, e))?,
-            tunnels: Array::try_from(open(names::TUNNELS)?)
-                .map_err(|e| typed(names::TUNNELS, e))?,
-            stats: {
-                let name = names::TUNNEL_STATS;
-                let data = MapData::from_pin(dir.join(name))
-                    .map_err(|source| DataplaneError::Map { name, source })?;
-                let entries = data
-                    .info()
-                    .map_err(|source| DataplaneError::Map { name, source })?
-                    .max_entries();
-                let tunnels = MapData::from_pin(dir.join(names::TUNNELS))
-                    .and_then(|d| d.info())
-                    .map_err(|source| DataplaneError::Map {
-                        name: names::TUNNELS,
-                        source,
-                    })?
-                    .max_entries();
-                // One entry per slot and CPU: the CPUs are the ratio of the two sizes.
-                MappedStats::open(&data, entries / tunnels.max(1))?
-            },
+            tunnels,
+            stats,
             verdicts: {
                 let name = names::XSK_VERDICTS;
                 let path = dir.join(name);

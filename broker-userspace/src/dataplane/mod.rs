@@ -211,7 +211,8 @@ pub struct Options {
     pub neighbour_limit: RateLimit,
     /// Load the debug object instead of the embedded one ([`ebpf_log`]).
     pub ebpf_log: Option<crate::config::EbpfLog>,
-    /// How whole maps are read (taking over pinned maps, reconciling, the counters).
+    /// How whole maps are read (taking over pinned maps, reconciling, the global counters;
+    /// the tunnels' counters are read from a mapping).
     pub map_reads: MapReads,
 }
 

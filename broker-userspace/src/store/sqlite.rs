@@ -114,6 +114,10 @@ impl SqliteStore {
     }
 }
 
+/// Ids spanning fewer than this are read on one connection: a second one costs more than
+/// it saves.
+const SPLIT_FROM: u32 = 10_000;
+
 /// Every tunnel, the lower half of the ids read on a second connection and thread: at a
 /// million tunnels a cold start waits for this read once the maps are created. Both
 /// halves must come from the same generation (`generation`, that of `tx`), or `tx`
@@ -130,7 +134,7 @@ fn all_in_two(
     let (Some(lo), Some(hi)) = (lo, hi) else {
         return Ok(Vec::new());
     };
-    if hi - lo < 10_000 {
+    if hi - lo < SPLIT_FROM {
         return query::all(tx);
     }
     let mid = lo + (hi - lo) / 2;
