@@ -30,6 +30,8 @@ mod support;
 
 #[path = "ayiya/flood.rs"]
 mod flood;
+#[path = "ayiya/offered.rs"]
+mod offered;
 
 use std::{fmt::Write as _, time::Instant};
 
@@ -79,13 +81,14 @@ fn main() {
     let aux = Aux::load().expect("loading the helper programs");
     let key = ayiya_key(PASSWORD);
     let mut rows = Vec::new();
-    // `AYIYA_BENCH=table`, `=load` or `=flood` runs only that part; `=profile` runs AYIYA
-    // verify+decap in a loop, for `perf record`.
+    // `AYIYA_BENCH=table`, `=load`, `=offered` or `=flood` runs only that part;
+    // `=profile` runs AYIYA verify+decap in a loop, for `perf record`.
     let only = std::env::var("AYIYA_BENCH").unwrap_or_default();
     let table = only.is_empty() || only == "table" || only == "profile";
-    let (load, flooded) = (
+    let (load, flooded, offered) = (
         only.is_empty() || only == "load",
         only.is_empty() || only == "flood",
+        only.is_empty() || only == "offered",
     );
     for size in sizes().into_iter().filter(|_| table) {
         // Built per size: the epoch must stay within 120 s of the PoP's clock.
@@ -148,7 +151,7 @@ fn main() {
         );
         rows.push(row);
     }
-    if load || flooded {
+    if load || flooded || offered {
         fx.dp.attach("eth4", AttachMode::Driver).unwrap();
         fx.dp.attach("eth6", AttachMode::Driver).unwrap();
     }
@@ -162,11 +165,15 @@ fn main() {
     } else {
         Vec::new()
     };
+    let offered = offered.then(|| offered::run(&mut fx, &key));
     // Nothing else is using the fixture's maps: let the data plane go before reporting.
     fx.dp.detach_all();
     let mut report = if table { report(&rows) } else { String::new() };
     if load {
         report.push_str(&load_report(&loads));
+    }
+    if let Some(o) = offered {
+        report.push_str(&o);
     }
     if let Some(f) = flood {
         report.push_str(&f);

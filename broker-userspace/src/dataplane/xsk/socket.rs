@@ -13,11 +13,16 @@ use std::{
 /// Bytes per UMEM frame: the kernel's 256 bytes of headroom, the metadata and a 1514-byte
 /// frame fit.
 pub const FRAME_SIZE: u32 = 2048;
-/// Entries of each ring.
-pub const RING_SIZE: u32 = 1024;
-/// Frames of the UMEM: the first `RING_SIZE` receive (they live in the fill ring or with
-/// the worker), the others transmit.
-pub const FRAMES: u32 = 2 * RING_SIZE;
+/// Entries of the RX and fill rings, and receive frames: 4 ms of a queue at 1 Mpps, so
+/// that the time a sleeping worker takes to wake (the kernel's wakeup, a VM's vCPU
+/// rescheduled) does not overflow them. 8 MiB of UMEM per socket.
+pub const RX_RING_SIZE: u32 = 4096;
+/// Entries of the TX and completion rings, and transmit frames: the worker sends at most
+/// a batch before it makes the kernel send, and takes completions back every batch.
+pub const TX_RING_SIZE: u32 = 1024;
+/// Frames of the UMEM: the first `RX_RING_SIZE` receive (they live in the fill ring, the
+/// RX ring or with the worker), the others transmit.
+pub const FRAMES: u32 = RX_RING_SIZE + TX_RING_SIZE;
 
 /// An mmap'ed region, unmapped on drop.
 pub(in crate::dataplane) struct Mmap {
@@ -213,8 +218,8 @@ impl<T: Copy> Ring<T> {
     }
 }
 
-/// The socket and its UMEM. Frames `0..RING_SIZE` belong to the receiving side
-/// ([`RxRings`], one thread), frames `RING_SIZE..FRAMES` to the transmitting side
+/// The socket and its UMEM. Frames `0..RX_RING_SIZE` belong to the receiving side
+/// ([`RxRings`], one thread), frames `RX_RING_SIZE..FRAMES` to the transmitting side
 /// ([`TxRings`], behind a lock): nobody touches a frame the kernel or the other side owns.
 pub struct Xsk {
     fd: OwnedFd,
@@ -278,13 +283,17 @@ impl Xsk {
             tx_metadata_len: 0,
         };
         setsockopt(raw, libc::XDP_UMEM_REG, &reg, "XDP_UMEM_REG")?;
-        for (opt, what) in [
-            (libc::XDP_UMEM_FILL_RING, "XDP_UMEM_FILL_RING"),
-            (libc::XDP_UMEM_COMPLETION_RING, "XDP_UMEM_COMPLETION_RING"),
-            (libc::XDP_RX_RING, "XDP_RX_RING"),
-            (libc::XDP_TX_RING, "XDP_TX_RING"),
+        for (opt, size, what) in [
+            (libc::XDP_UMEM_FILL_RING, RX_RING_SIZE, "XDP_UMEM_FILL_RING"),
+            (
+                libc::XDP_UMEM_COMPLETION_RING,
+                TX_RING_SIZE,
+                "XDP_UMEM_COMPLETION_RING",
+            ),
+            (libc::XDP_RX_RING, RX_RING_SIZE, "XDP_RX_RING"),
+            (libc::XDP_TX_RING, TX_RING_SIZE, "XDP_TX_RING"),
         ] {
-            setsockopt(raw, opt, &RING_SIZE, what)?;
+            setsockopt(raw, opt, &size, what)?;
         }
         // SAFETY: all-zero is a valid value of this C struct.
         let mut off: libc::xdp_mmap_offsets = unsafe { std::mem::zeroed() };
@@ -300,15 +309,15 @@ impl Xsk {
             )
         };
         check(rc, "XDP_MMAP_OFFSETS")?;
-        let fill = Ring::map(raw, &off.fr, libc::XDP_UMEM_PGOFF_FILL_RING, RING_SIZE)?;
+        let fill = Ring::map(raw, &off.fr, libc::XDP_UMEM_PGOFF_FILL_RING, RX_RING_SIZE)?;
         let comp = Ring::map(
             raw,
             &off.cr,
             libc::XDP_UMEM_PGOFF_COMPLETION_RING,
-            RING_SIZE,
+            TX_RING_SIZE,
         )?;
-        let rx = Ring::map(raw, &off.rx, libc::XDP_PGOFF_RX_RING as u64, RING_SIZE)?;
-        let tx = Ring::map(raw, &off.tx, libc::XDP_PGOFF_TX_RING as u64, RING_SIZE)?;
+        let rx = Ring::map(raw, &off.rx, libc::XDP_PGOFF_RX_RING as u64, RX_RING_SIZE)?;
+        let tx = Ring::map(raw, &off.tx, libc::XDP_PGOFF_TX_RING as u64, TX_RING_SIZE)?;
 
         let addr = libc::sockaddr_xdp {
             sxdp_family: libc::AF_XDP as u16,
@@ -331,14 +340,14 @@ impl Xsk {
         }
 
         let mut rxr = RxRings { rx, fill };
-        for i in 0..RING_SIZE {
+        for i in 0..RX_RING_SIZE {
             rxr.fill.push(u64::from(i * FRAME_SIZE));
         }
         rxr.fill.submit();
         let txr = TxRings {
             tx,
             comp,
-            free: (RING_SIZE..FRAMES)
+            free: (RX_RING_SIZE..FRAMES)
                 .map(|i| u64::from(i * FRAME_SIZE))
                 .collect(),
         };
@@ -394,6 +403,15 @@ impl Xsk {
         };
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(&mut p, 1, timeout_ms) };
+    }
+
+    /// Frames the kernel could not hand to this socket: no free receive frame in the fill
+    /// ring (`rx_dropped`, which also counts frames too long for one) or no room in the RX
+    /// ring (`rx_ring_full`). Not `rx_fill_ring_empty_descs`: the kernel counts a frame
+    /// it found no fill entry for there too, so adding it counted those drops twice.
+    pub fn rx_lost(&self) -> io::Result<u64> {
+        let s = self.statistics()?;
+        Ok(s.rx_dropped + s.rx_ring_full)
     }
 
     /// The kernel's counters of this socket: (rx dropped, rx ring full, fill ring empty).
