@@ -102,6 +102,10 @@ pub const DEFAULT_MAX_PREFIXES: u32 = 4 * DEFAULT_MAX_TUNNELS;
 /// slots per CPU, direct-mapped.
 pub const NEXTHOP_NATIVE_BITS: u32 = 12;
 pub const NEXTHOP_NATIVE_ENTRIES: u32 = 1 << NEXTHOP_NATIVE_BITS;
+/// Lookups whose tunnel slot is remembered in front of the hash maps (endpoints,
+/// prefixes, v4v6 routes): 2^SLOT_HINT_BITS entries, direct-mapped (`SLOT_HINTS`).
+pub const SLOT_HINT_BITS: u32 = 16;
+pub const SLOT_HINT_ENTRIES: u32 = 1 << SLOT_HINT_BITS;
 /// How long a cached next hop is trusted without the controller confirming it.
 pub const DEFAULT_NEXTHOP_MAX_AGE_MS: u32 = 1_000;
 
@@ -165,6 +169,10 @@ pub mod map_names {
     /// Per tunnel slot, until when XDP verifies the tunnel's AYIYA packets itself, as the
     /// worker asked. Never pinned (like `XSKS`): a new controller starts with none.
     pub const XSK_SUSPECT: &str = "XSK_SUSPECT";
+    /// Direct-mapped hints in front of the lookup maps (slot + 1 by key hash), written and
+    /// read by the program only, every hint checked against `TUNNELS`. Never pinned: a
+    /// new program starts with none.
+    pub const SLOT_HINTS: &str = "SLOT_HINTS";
 
     /// Every map the controller owns, in the order `broker stats` lists them.
     pub const ALL: [&str; 13] = [

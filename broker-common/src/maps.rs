@@ -421,6 +421,46 @@ pub fn nexthop_native_slot(dst: &[u8; 16]) -> u32 {
     x.wrapping_mul(0x9e37_79b1) >> (32 - crate::consts::NEXTHOP_NATIVE_BITS)
 }
 
+/// `SLOT_HINTS` entries: a multiplicative hash of a lookup's key folded to 32 bits, each
+/// kind of lookup folded with its own constant so that one kind's keys do not land on
+/// another's in a pattern.
+pub mod hint {
+    #[inline(always)]
+    fn index(x: u32) -> u32 {
+        x.wrapping_mul(0x9e37_79b1) >> (32 - crate::consts::SLOT_HINT_BITS)
+    }
+
+    #[inline(always)]
+    fn fold16(a: &[u8; 16]) -> u32 {
+        let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+        w(0) ^ w(4).rotate_left(7) ^ w(8).rotate_left(13) ^ w(12).rotate_left(19)
+    }
+
+    /// An IPv4-outer endpoint: addresses, and ports (zero for proto-41).
+    #[inline(always)]
+    pub fn endpoint4(remote: [u8; 4], local: [u8; 4], ports: u32) -> u32 {
+        index(u32::from_ne_bytes(remote) ^ u32::from_ne_bytes(local).rotate_left(11) ^ ports)
+    }
+
+    /// An IPv6-outer (v4v6) endpoint.
+    #[inline(always)]
+    pub fn endpoint6(remote: &[u8; 16], local: &[u8; 16]) -> u32 {
+        index(fold16(remote) ^ fold16(local).rotate_left(3) ^ 0x6a09_e667)
+    }
+
+    /// An IPv6 destination's upper 64 bits (memory order), for the prefix lookup.
+    #[inline(always)]
+    pub fn prefix(upper: u64) -> u32 {
+        index((upper ^ (upper >> 32)) as u32 ^ 0xbb67_ae85)
+    }
+
+    /// A v4v6 client's inner IPv4.
+    #[inline(always)]
+    pub fn v4_route(addr: [u8; 4]) -> u32 {
+        index(u32::from_ne_bytes(addr) ^ 0x3c6e_f372)
+    }
+}
+
 /// Key of `PREFIXES`: a tunnel prefix.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -724,6 +764,34 @@ mod prefix_tests {
         let odd = Prefix64::new([0x20, 0x01, 0x0d, 0xb8, 0x11, 0x80, 0, 0], 41);
         assert!(odd.contains(upper64(&addr([0x2001, 0xdb8, 0x11ff, 0, 0, 0, 0, 0]))));
         assert!(!odd.contains(upper64(&addr([0x2001, 0xdb8, 0x1100, 0, 0, 0, 0, 0]))));
+    }
+
+    #[test]
+    fn hint_indexes_stay_in_the_array_and_spread() {
+        use crate::consts::SLOT_HINT_ENTRIES;
+        let pop = [192, 0, 2, 1];
+        let mut seen = [false; SLOT_HINT_ENTRIES as usize];
+        for i in 0..4096u32 {
+            let a = [198, 18, (i >> 8) as u8, i as u8];
+            let mut v6 = [0u8; 16];
+            v6[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+            v6[12..].copy_from_slice(&i.to_be_bytes());
+            let upper =
+                u64::from_ne_bytes([0x20, 0x01, 0x0d, 0xb8, 0, 0x10, (i >> 8) as u8, i as u8]);
+            for x in [
+                hint::endpoint4(a, pop, 0),
+                hint::endpoint4(a, pop, 0x9c40_13c4),
+                hint::endpoint6(&v6, &[0; 16]),
+                hint::prefix(upper),
+                hint::v4_route(a),
+            ] {
+                assert!(x < SLOT_HINT_ENTRIES, "index {x} out of the array");
+                seen[x as usize] = true;
+            }
+        }
+        // 20,480 keys of a few regular families: a poor hash would pile them up.
+        let distinct = seen.iter().filter(|s| **s).count();
+        assert!(distinct > 15_000, "only {distinct} distinct indexes");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use aya_ebpf::programs::XdpContext;
 use broker_common::{
     consts::{ETH_HDR_LEN, ETH_P_IPV6_BE, IPV4_HDR_LEN, UDP_HDR_LEN},
     csum,
-    maps::{Endpoint4, Settings, Tunnel, TunnelKind, UdpEndpoint4},
+    maps::{hint, Endpoint4, Settings, Tunnel, TunnelKind, UdpEndpoint4},
     scope,
     stats::{DropReason, Event, PassReason},
 };
@@ -40,7 +40,12 @@ pub fn proto41(ctx: &XdpContext, s: &Settings) -> Verdict {
         remote: ip.src,
         local: ip.dst,
     };
-    let slot = maps::endpoint_slot(&maps::P41_ENDPOINTS, key)?;
+    let slot = maps::hinted_endpoint_slot(
+        &maps::P41_ENDPOINTS,
+        key,
+        hint::endpoint4(ip.src, ip.dst, 0),
+        |t| t.kind == TunnelKind::Proto41 as u8 && t.remote_v4 == ip.src && t.local_v4 == ip.dst,
+    )?;
     let t = tunnel::get(slot)?;
     let inner_len = ip.tot_len() - IPV4_HDR_LEN;
     tunnel::check_usable(t, slot, TunnelKind::Proto41, Way::FromClient, inner_len)?;
@@ -106,7 +111,19 @@ fn v6udpv4(ctx: &XdpContext, s: &Settings, ip: &Ipv4Hdr, udp: &UdpHdr) -> Verdic
         remote_port: udp.src,
         local_port: udp.dst,
     };
-    let slot = maps::endpoint_slot(&maps::UDP_ENDPOINTS, key)?;
+    let ports = u32::from_ne_bytes([udp.src[0], udp.src[1], udp.dst[0], udp.dst[1]]);
+    let slot = maps::hinted_endpoint_slot(
+        &maps::UDP_ENDPOINTS,
+        key,
+        hint::endpoint4(ip.src, ip.dst, ports),
+        |t| {
+            t.kind == TunnelKind::V6Udp4 as u8
+                && t.remote_v4 == ip.src
+                && t.local_v4 == ip.dst
+                && t.remote_port == udp.src
+                && t.local_port == udp.dst
+        },
+    )?;
     let t = tunnel::get(slot)?;
     let inner_len = udp_len - UDP_HDR_LEN;
     tunnel::check_usable(t, slot, TunnelKind::V6Udp4, Way::FromClient, inner_len)?;

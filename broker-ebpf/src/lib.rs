@@ -4,6 +4,7 @@
 //! - [`headers`] — the wire headers;
 //! - [`head`] — stripping and pushing outer headers, reshaping into ICMP errors;
 //! - [`maps`] — the maps, written by the controller, read here (counters written here);
+//! - [`hints`] — remembered slots in front of the lookup maps, checked against `TUNNELS`;
 //! - [`stats`] — counting;
 //! - [`ingress`] — classify a frame: tunnel packet to decapsulate, native packet to
 //!   encapsulate, or not ours;
@@ -31,6 +32,7 @@ pub mod fate;
 pub mod forward;
 pub mod head;
 pub mod headers;
+pub mod hints;
 pub mod icmp4;
 pub mod icmp6;
 pub mod ingress;

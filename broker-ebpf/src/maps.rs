@@ -6,13 +6,19 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, XskMap},
 };
 use broker_common::{
-    consts::{BPF_F_MMAPABLE, DEFAULT_MAX_PREFIXES, DEFAULT_MAX_TUNNELS, NEXTHOP_NATIVE_ENTRIES},
+    consts::{
+        BPF_F_MMAPABLE, DEFAULT_MAX_PREFIXES, DEFAULT_MAX_TUNNELS, NEXTHOP_NATIVE_ENTRIES,
+        SLOT_HINT_ENTRIES,
+    },
     maps::{
-        upper64, Endpoint4, Endpoint6, Nexthop, NexthopNative, PrefixKey, Settings, StatPair,
-        Tunnel, TunnelStatsLine, UdpEndpoint4, XskVerdicts, MAX_PREFIX_LENS, XSK_MAX_SOCKETS,
+        hint, upper64, Endpoint4, Endpoint6, Nexthop, NexthopNative, PrefixKey, Settings, StatPair,
+        Tunnel, TunnelKind, TunnelStatsLine, UdpEndpoint4, XskVerdicts, MAX_PREFIX_LENS,
+        XSK_MAX_SOCKETS,
     },
     stats::{DropReason, GLOBAL_STATS_LEN},
 };
+
+use crate::hints;
 
 /// PoP-wide settings, one entry.
 #[map]
@@ -26,6 +32,12 @@ pub static TUNNELS: Array<Tunnel> = Array::with_max_entries(DEFAULT_MAX_TUNNELS,
 #[map]
 pub static P41_ENDPOINTS: HashMap<Endpoint4, u32> =
     HashMap::with_max_entries(DEFAULT_MAX_TUNNELS, 0);
+
+/// Hints in front of the lookup maps (`crate::hints`): by key hash
+/// (`broker_common::maps::hint`), the slot + 1 of the tunnel a lookup last found, 0 for
+/// none. Not pinned: the program's own.
+#[map]
+pub static SLOT_HINTS: Array<u32> = Array::with_max_entries(SLOT_HINT_ENTRIES, 0);
 
 /// v6udpv4 outer (client, PoP) addresses and ports to slot.
 #[map]
@@ -127,6 +139,12 @@ pub fn prefix_slot(s: &Settings, addr: &[u8; 16]) -> Option<u32> {
         return None;
     }
     let hi = upper64(addr);
+    hints::slot(hint::prefix(hi), |t| t.owns(addr), || prefix_lookup(s, hi))
+}
+
+/// [`prefix_slot`] in the map: the longest of the configured prefix lengths first.
+#[inline(always)]
+fn prefix_lookup(s: &Settings, hi: u64) -> Option<u32> {
     let mut i = 0;
     while i < MAX_PREFIX_LENS {
         if i as u32 >= s.n_lens {
@@ -157,12 +175,28 @@ pub fn endpoint_slot<K>(map: &HashMap<K, u32>, key: K) -> Result<u32, DropReason
         .ok_or(DropReason::UnknownEndpoint)
 }
 
+/// [`endpoint_slot`] behind a hint (`crate::hints`): `hint` is the key's
+/// `SLOT_HINTS` entry, `confirms` whether a tunnel has that key.
+#[inline(always)]
+pub fn hinted_endpoint_slot<K>(
+    map: &HashMap<K, u32>,
+    key: K,
+    hint: u32,
+    confirms: impl Fn(&Tunnel) -> bool,
+) -> Result<u32, DropReason> {
+    hints::slot(hint, confirms, || endpoint_slot(map, key).ok()).ok_or(DropReason::UnknownEndpoint)
+}
+
 /// The slot of the v4v6 tunnel whose client has the inner address `addr`.
 #[inline(always)]
 pub fn v4_route_slot(s: &Settings, addr: &[u8; 4]) -> Option<u32> {
     if !s.in_v4_space(addr) {
         return None;
     }
-    // SAFETY: a u32 value in a map the program only reads.
-    V4_ROUTES.get_ptr(*addr).map(|p| unsafe { *p })
+    hints::slot(
+        hint::v4_route(*addr),
+        |t| t.kind == TunnelKind::V4In6 as u8 && t.client_v4 == *addr,
+        // SAFETY: a u32 value in a map the program only reads.
+        || V4_ROUTES.get_ptr(*addr).map(|p| unsafe { *p }),
+    )
 }

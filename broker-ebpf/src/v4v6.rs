@@ -5,7 +5,7 @@ use aya_ebpf::programs::XdpContext;
 use broker_common::{
     consts::{ENCAP_TTL, ETH_HDR_LEN, ETH_P_IPV4_BE, ETH_P_IPV6_BE, IPPROTO_IPV4, IPV6_HDR_LEN},
     csum,
-    maps::{Endpoint6, Settings, Tunnel, TunnelKind},
+    maps::{hint, Endpoint6, Settings, Tunnel, TunnelKind},
     stats::{DropReason, Event},
 };
 
@@ -37,7 +37,14 @@ pub fn decap(ctx: &XdpContext, s: &Settings) -> Verdict {
         remote: outer.src,
         local: outer.dst,
     };
-    let slot = maps::endpoint_slot(&maps::V6_ENDPOINTS, key)?;
+    let slot = maps::hinted_endpoint_slot(
+        &maps::V6_ENDPOINTS,
+        key,
+        hint::endpoint6(&outer.src, &outer.dst),
+        |t| {
+            t.kind == TunnelKind::V4In6 as u8 && t.remote_v6 == outer.src && t.local_v6 == outer.dst
+        },
+    )?;
     let t = tunnel::get(slot)?;
     let inner_len = len - IPV6_HDR_LEN;
     tunnel::check_usable(t, slot, TunnelKind::V4In6, Way::FromClient, inner_len)?;

@@ -491,3 +491,131 @@ fn each_kinds_endpoint_map_has_its_own_size_and_refuses_beyond_it() {
     .join()
     .unwrap_or_else(|p| std::panic::resume_unwind(p));
 }
+
+/// The endpoint hints in front of the endpoint maps (`ENDPOINT_HINTS`) never send a packet
+/// where the maps would not: a hint left by a moved, removed or re-kinded tunnel, by the
+/// tunnel that had the slot before, or by another endpoint with the same hint, is checked
+/// against `TUNNELS` and the map decides.
+#[test]
+fn endpoint_hints_never_outlive_what_they_point_at() {
+    with_fixture(|fx| {
+        let inner = udp6(link_addr(1, 2), INET_HOST, 64, b"x");
+        let forwarded = |fx: &Fixture, from: Ipv4Addr, id: u32, what: &str| {
+            let frame = from_client(from, &udp6(link_addr(id, 2), INET_HOST, 64, b"x"));
+            let before = fx.snapshot();
+            assert_eq!(run(fx, &frame, fx.eth4).0, XDP_REDIRECT, "{what}");
+            let t = before.tunnel_delta(&fx.snapshot(), id);
+            assert_eq!(t.from_client_packets, 1, "{what}: counted to tunnel {id}");
+        };
+        let unknown = |fx: &Fixture, from: Ipv4Addr, what: &str| {
+            let before = fx.snapshot();
+            assert_eq!(
+                run(fx, &from_client(from, &inner), fx.eth4).0,
+                XDP_DROP,
+                "{what}"
+            );
+            before.assert_one(
+                &fx.snapshot(),
+                XDP_DROP,
+                Reason::Drop(DropReason::UnknownEndpoint),
+                what,
+            );
+        };
+
+        // A hint for tunnel 1's endpoint, then the tunnel moves.
+        forwarded(fx, client_v4(1), 1, "tunnel 1, hinted from here on");
+        let moved_to = Ipv4Addr::new(198, 51, 100, 11);
+        let moved = TunnelSpec {
+            endpoint: Endpoint::Ipv4(moved_to),
+            ..spec(1)
+        };
+        fx.dp.upsert(&moved).unwrap();
+        unknown(fx, client_v4(1), "the endpoint tunnel 1 left");
+        forwarded(fx, moved_to, 1, "tunnel 1's new endpoint");
+        forwarded(fx, moved_to, 1, "tunnel 1's new endpoint, hinted");
+
+        // Removed: its hint points at an empty slot; then another tunnel takes the slot.
+        fx.dp.remove(1).unwrap();
+        unknown(fx, moved_to, "the removed tunnel's endpoint");
+        let five_at = Ipv4Addr::new(198, 51, 100, 55);
+        let five = TunnelSpec {
+            id: 5,
+            endpoint: Endpoint::Ipv4(five_at),
+            link_prefix: Some("2001:db8:10:5::/64".parse().unwrap()),
+            routed_prefixes: vec![],
+            ..spec(1)
+        };
+        fx.dp.upsert(&five).unwrap();
+        unknown(
+            fx,
+            moved_to,
+            "the removed tunnel's endpoint, its slot reused",
+        );
+        forwarded(fx, five_at, 5, "the tunnel in the reused slot");
+
+        // Another endpoint with the same hint as tunnel 2's: each packet is its own
+        // tunnel's, however the hint flips between them.
+        let pop = POP_V4.octets();
+        let index = |a: Ipv4Addr| broker_common::maps::hint::endpoint4(a.octets(), pop, 0);
+        let twin = (0..=u16::MAX)
+            .map(|i| Ipv4Addr::new(198, 18, (i >> 8) as u8, i as u8))
+            .find(|a| index(*a) == index(client_v4(2)))
+            .expect("an address of 198.18.0.0/16 with tunnel 2's hint");
+        let six = TunnelSpec {
+            id: 6,
+            endpoint: Endpoint::Ipv4(twin),
+            link_prefix: Some("2001:db8:10:6::/64".parse().unwrap()),
+            routed_prefixes: vec![],
+            ..spec(2)
+        };
+        fx.dp.upsert(&six).unwrap();
+        for round in 0..3 {
+            forwarded(fx, client_v4(2), 2, &format!("tunnel 2, round {round}"));
+            forwarded(
+                fx,
+                twin,
+                6,
+                &format!("tunnel 6 on tunnel 2's hint, round {round}"),
+            );
+        }
+
+        // A routed prefix hinted for tunnel 2 moves to tunnel 6: traffic to it follows.
+        let to_routed = |fx: &Fixture, want: Ipv4Addr, what: &str| {
+            let (action, out) = run(fx, &encap_frame(routed_addr(2, 1)), fx.eth6);
+            assert_eq!(action, XDP_REDIRECT, "{what}");
+            assert_eq!(&out[30..34], &want.octets(), "{what}: outer destination");
+        };
+        to_routed(fx, client_v4(2), "tunnel 2's routed prefix");
+        to_routed(fx, client_v4(2), "tunnel 2's routed prefix, hinted");
+        let two_without = TunnelSpec {
+            routed_prefixes: vec![],
+            ..spec(2)
+        };
+        fx.dp.upsert(&two_without).unwrap();
+        let six_with = TunnelSpec {
+            routed_prefixes: spec(2).routed_prefixes,
+            ..six.clone()
+        };
+        fx.dp.upsert(&six_with).unwrap();
+        to_routed(fx, twin, "the prefix moved to tunnel 6");
+        fx.dp.upsert(&six).unwrap();
+        assert_eq!(
+            run(fx, &encap_frame(routed_addr(2, 1)), fx.eth6).0,
+            XDP_PASS,
+            "the prefix nobody has any more"
+        );
+
+        // Tunnel 2 becomes v6udpv4 at the same address: its hint is not proto-41's.
+        let udp = TunnelSpec {
+            kind: Kind::V6Udp4,
+            endpoint: Endpoint::Udp4(std::net::SocketAddrV4::new(client_v4(2), 40002)),
+            ..spec(2)
+        };
+        fx.dp.upsert(&udp).unwrap();
+        unknown(
+            fx,
+            client_v4(2),
+            "proto-41 from a tunnel that is v6udpv4 now",
+        );
+    });
+}
