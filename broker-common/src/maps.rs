@@ -448,6 +448,12 @@ pub mod hint {
         index(fold16(remote) ^ fold16(local).rotate_left(3) ^ 0x6a09_e667)
     }
 
+    /// An AYIYA identity (the client's `::2`).
+    #[inline(always)]
+    pub fn ayiya(identity: &[u8; 16]) -> u32 {
+        index(fold16(identity) ^ 0xa54f_f53a)
+    }
+
     /// An IPv6 destination's upper 64 bits (memory order), for the prefix lookup.
     #[inline(always)]
     pub fn prefix(upper: u64) -> u32 {
@@ -783,6 +789,7 @@ mod prefix_tests {
                 hint::endpoint4(a, pop, 0x9c40_13c4),
                 hint::endpoint6(&v6, &[0; 16]),
                 hint::prefix(upper),
+                hint::ayiya(&v6),
                 hint::v4_route(a),
             ] {
                 assert!(x < SLOT_HINT_ENTRIES, "index {x} out of the array");

@@ -19,7 +19,7 @@ use broker_common::{
         UDP_HDR_LEN,
     },
     csum,
-    maps::{Settings, Tunnel, TunnelKind, TunnelState, XskMeta},
+    maps::{hint, Settings, Tunnel, TunnelKind, TunnelState, XskMeta},
     stats::{DropReason, Event},
 };
 
@@ -64,7 +64,10 @@ pub fn decap(ctx: &XdpContext, s: &Settings, ip: &Ipv4Hdr, udp: &UdpHdr) -> Verd
     if id != AYIYA_ID_BYTE || sig != AYIYA_SIG_BYTE || auth_op & 0xf0 != AYIYA_AUTH_SHARED {
         return Err(DropReason::BadAyiyaHeader);
     }
-    let slot = maps::endpoint_slot(&maps::AYIYA_IDS, identity)?;
+    let slot =
+        maps::hinted_endpoint_slot(&maps::AYIYA_IDS, identity, hint::ayiya(&identity), |t| {
+            t.kind == TunnelKind::Ayiya as u8 && t.client_v6 == identity
+        })?;
     let t = tunnel::get(slot)?;
     let inner_len = payload - AYIYA_HDR_LEN;
     tunnel::check_usable(t, slot, TunnelKind::Ayiya, Way::FromClient, inner_len)?;

@@ -1,5 +1,5 @@
-//! Hints in front of the lookup maps: the endpoint maps (proto-41, v6udpv4, v4v6), the
-//! prefixes and the v4v6 routes. `SLOT_HINTS` remembers, by a hash of the key
+//! Hints in front of the lookup maps: the endpoint maps (proto-41, v6udpv4, v4v6, AYIYA
+//! identities), the prefixes and the v4v6 routes. `SLOT_HINTS` remembers, by a hash of the key
 //! (`broker_common::maps::hint`), the slot a lookup last found. A hint is used only when
 //! `TUNNELS` holds a tunnel in that slot whose own fields match the key, which is what
 //! the map says as long as keys are unique (endpoints are) and prefixes disjoint (the
