@@ -6,7 +6,10 @@ mod support;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use broker_common::stats::{DropReason, Event, PassReason};
-use broker_userspace::dataplane;
+use broker_userspace::{
+    dataplane,
+    model::{Endpoint, TunnelSpec},
+};
 use etherparse::{
     icmpv4::DestUnreachableHeader, EtherType, IcmpEchoHeader, Icmpv4Header, Icmpv4Type, IpNumber,
     Ipv4Header, Ipv6FlowLabel, Ipv6Header, PacketBuilder, UdpHeader,
@@ -851,4 +854,93 @@ fn v4v6_neighbour_resolution_is_rate_limited() {
             );
         }
     });
+}
+
+/// The lookup hints (`SLOT_HINTS`) of v6udpv4 endpoints, v4v6 endpoints and v4v6 routes
+/// follow their tunnels as the maps do: a client's new NAT port, a v4v6 client's new
+/// address or inner IPv4 leave the hinted old one unknown.
+#[test]
+fn hinted_tsp_endpoints_and_routes_follow_their_tunnels() {
+    std::thread::spawn(|| {
+        let mut fx = Fixture::with_tsp();
+        let fx = &mut fx;
+        let action = |fx: &Fixture, frame: &[u8], ingress: u32| {
+            fx.dp.test_run(frame, ingress, 1).expect("test run").action
+        };
+        let v6in = udp6(link_addr(5, 2), INET_HOST, 64, b"x");
+        let v4in = udp4(V4V6_INNER, INET4_HOST, 64, b"x");
+        let to_inner = |inner4: Ipv4Addr| {
+            ether(
+                ISP_MAC,
+                POP4_MAC,
+                EtherType::IPV4,
+                &udp4(INET4_HOST, inner4, 60, b"x"),
+            )
+        };
+        // Hinted: each path twice.
+        for _ in 0..2 {
+            assert_eq!(
+                action(fx, &from_udp_client(UDP_CLIENT, &v6in), fx.eth4),
+                XDP_REDIRECT
+            );
+            assert_eq!(
+                action(fx, &from_v4v6_client(V4V6_CLIENT, &v4in), fx.eth6),
+                XDP_REDIRECT
+            );
+            assert_eq!(action(fx, &to_inner(V4V6_INNER), fx.eth4), XDP_REDIRECT);
+        }
+        let specs = tsp_specs();
+        // The NAT gave tunnel 5's client a new port.
+        let new_port = (UDP_CLIENT.0, UDP_CLIENT.1 + 1);
+        let moved5 = TunnelSpec {
+            endpoint: Endpoint::Udp4(std::net::SocketAddrV4::new(new_port.0, new_port.1)),
+            ..specs[0].clone()
+        };
+        fx.dp.upsert(&moved5).unwrap();
+        let before = fx.snapshot();
+        assert_eq!(
+            action(fx, &from_udp_client(UDP_CLIENT, &v6in), fx.eth4),
+            XDP_DROP
+        );
+        before.assert_one(
+            &fx.snapshot(),
+            XDP_DROP,
+            Reason::Drop(DropReason::UnknownEndpoint),
+            "the port tunnel 5 left",
+        );
+        assert_eq!(
+            action(fx, &from_udp_client(new_port, &v6in), fx.eth4),
+            XDP_REDIRECT
+        );
+        // Tunnel 6's client moved to another IPv6 and another inner IPv4.
+        let new_v6: Ipv6Addr = "2001:db8:ffff::66".parse().unwrap();
+        let new_v4 = Ipv4Addr::new(203, 0, 113, 3);
+        let moved6 = TunnelSpec {
+            endpoint: Endpoint::Ipv6(new_v6),
+            client_v4: Some(new_v4),
+            ..specs[1].clone()
+        };
+        fx.dp.upsert(&moved6).unwrap();
+        let before = fx.snapshot();
+        assert_eq!(
+            action(fx, &from_v4v6_client(V4V6_CLIENT, &v4in), fx.eth6),
+            XDP_DROP
+        );
+        before.assert_one(
+            &fx.snapshot(),
+            XDP_DROP,
+            Reason::Drop(DropReason::UnknownEndpoint),
+            "the address tunnel 6 left",
+        );
+        let before = fx.snapshot();
+        assert_eq!(action(fx, &to_inner(V4V6_INNER), fx.eth4), XDP_PASS);
+        before.assert_one(
+            &fx.snapshot(),
+            XDP_PASS,
+            Reason::Pass(PassReason::NotTunnel),
+            "the inner IPv4 tunnel 6 gave up",
+        );
+    })
+    .join()
+    .unwrap_or_else(|p| std::panic::resume_unwind(p));
 }
