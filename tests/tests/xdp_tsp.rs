@@ -897,16 +897,16 @@ fn hinted_tsp_endpoints_and_routes_follow_their_tunnels() {
             ..specs[0].clone()
         };
         fx.dp.upsert(&moved5).unwrap();
-        let before = fx.snapshot();
-        assert_eq!(
-            action(fx, &from_udp_client(UDP_CLIENT, &v6in), fx.eth4),
-            XDP_DROP
-        );
-        before.assert_one(
-            &fx.snapshot(),
-            XDP_DROP,
-            Reason::Drop(DropReason::UnknownEndpoint),
+        let unknown = Reason::Drop(DropReason::UnknownEndpoint);
+        let frame = from_udp_client(UDP_CLIENT, &v6in);
+        check(
+            fx,
             "the port tunnel 5 left",
+            &frame,
+            fx.eth4,
+            XDP_DROP,
+            unknown,
+            None,
         );
         assert_eq!(
             action(fx, &from_udp_client(new_port, &v6in), fx.eth4),
@@ -921,25 +921,20 @@ fn hinted_tsp_endpoints_and_routes_follow_their_tunnels() {
             ..specs[1].clone()
         };
         fx.dp.upsert(&moved6).unwrap();
-        let before = fx.snapshot();
-        assert_eq!(
-            action(fx, &from_v4v6_client(V4V6_CLIENT, &v4in), fx.eth6),
-            XDP_DROP
-        );
-        before.assert_one(
-            &fx.snapshot(),
-            XDP_DROP,
-            Reason::Drop(DropReason::UnknownEndpoint),
+        let frame = from_v4v6_client(V4V6_CLIENT, &v4in);
+        check(
+            fx,
             "the address tunnel 6 left",
+            &frame,
+            fx.eth6,
+            XDP_DROP,
+            unknown,
+            None,
         );
-        let before = fx.snapshot();
-        assert_eq!(action(fx, &to_inner(V4V6_INNER), fx.eth4), XDP_PASS);
-        before.assert_one(
-            &fx.snapshot(),
-            XDP_PASS,
-            Reason::Pass(PassReason::NotTunnel),
-            "the inner IPv4 tunnel 6 gave up",
-        );
+        let frame = to_inner(V4V6_INNER);
+        let not_tunnel = Reason::Pass(PassReason::NotTunnel);
+        let what = "the inner IPv4 tunnel 6 gave up";
+        check(fx, what, &frame, fx.eth4, XDP_PASS, not_tunnel, None);
     })
     .join()
     .unwrap_or_else(|p| std::panic::resume_unwind(p));
