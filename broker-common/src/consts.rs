@@ -102,8 +102,9 @@ pub const DEFAULT_MAX_PREFIXES: u32 = 4 * DEFAULT_MAX_TUNNELS;
 /// slots per CPU, direct-mapped.
 pub const NEXTHOP_NATIVE_BITS: u32 = 12;
 pub const NEXTHOP_NATIVE_ENTRIES: u32 = 1 << NEXTHOP_NATIVE_BITS;
-/// Lookups whose tunnel slot is remembered in front of the hash maps (endpoints,
-/// prefixes, v4v6 routes): 2^SLOT_HINT_BITS entries, direct-mapped (`SLOT_HINTS`).
+/// Lookups whose tunnel slot is remembered in front of the hash maps (endpoints, AYIYA
+/// identities, prefixes, v4v6 routes): 2^SLOT_HINT_BITS entries, direct-mapped
+/// (`SLOT_HINTS`).
 pub const SLOT_HINT_BITS: u32 = 16;
 pub const SLOT_HINT_ENTRIES: u32 = 1 << SLOT_HINT_BITS;
 /// How long a cached next hop is trusted without the controller confirming it.
