@@ -64,11 +64,9 @@ pub fn decap(ctx: &XdpContext, s: &Settings, ip: &Ipv4Hdr, udp: &UdpHdr) -> Verd
     if id != AYIYA_ID_BYTE || sig != AYIYA_SIG_BYTE || auth_op & 0xf0 != AYIYA_AUTH_SHARED {
         return Err(DropReason::BadAyiyaHeader);
     }
-    let slot =
-        maps::hinted_endpoint_slot(&maps::AYIYA_IDS, identity, hint::ayiya(&identity), |t| {
-            t.kind == TunnelKind::Ayiya as u8 && t.client_v6 == identity
-        })?;
-    let t = tunnel::get(slot)?;
+    let (slot, t) = tunnel::by_endpoint(&maps::AYIYA_IDS, identity, hint::ayiya(&identity), |t| {
+        t.kind == TunnelKind::Ayiya as u8 && t.client_v6 == identity
+    })?;
     let inner_len = payload - AYIYA_HDR_LEN;
     tunnel::check_usable(t, slot, TunnelKind::Ayiya, Way::FromClient, inner_len)?;
     if !epoch_ok(s, epoch) {

@@ -40,13 +40,12 @@ pub fn proto41(ctx: &XdpContext, s: &Settings) -> Verdict {
         remote: ip.src,
         local: ip.dst,
     };
-    let slot = maps::hinted_endpoint_slot(
+    let (slot, t) = tunnel::by_endpoint(
         &maps::P41_ENDPOINTS,
         key,
         hint::endpoint4(ip.src, ip.dst, 0),
         |t| t.kind == TunnelKind::Proto41 as u8 && t.remote_v4 == ip.src && t.local_v4 == ip.dst,
     )?;
-    let t = tunnel::get(slot)?;
     let inner_len = ip.tot_len() - IPV4_HDR_LEN;
     tunnel::check_usable(t, slot, TunnelKind::Proto41, Way::FromClient, inner_len)?;
     inner_ipv6(ctx, s, t, slot, IPV4_HDR_LEN, inner_len)
@@ -112,7 +111,7 @@ fn v6udpv4(ctx: &XdpContext, s: &Settings, ip: &Ipv4Hdr, udp: &UdpHdr) -> Verdic
         local_port: udp.dst,
     };
     let ports = u32::from_ne_bytes([udp.src[0], udp.src[1], udp.dst[0], udp.dst[1]]);
-    let slot = maps::hinted_endpoint_slot(
+    let (slot, t) = tunnel::by_endpoint(
         &maps::UDP_ENDPOINTS,
         key,
         hint::endpoint4(ip.src, ip.dst, ports),
@@ -124,7 +123,6 @@ fn v6udpv4(ctx: &XdpContext, s: &Settings, ip: &Ipv4Hdr, udp: &UdpHdr) -> Verdic
                 && t.local_port == udp.dst
         },
     )?;
-    let t = tunnel::get(slot)?;
     let inner_len = udp_len - UDP_HDR_LEN;
     tunnel::check_usable(t, slot, TunnelKind::V6Udp4, Way::FromClient, inner_len)?;
     inner_ipv6(ctx, s, t, slot, IPV4_HDR_LEN + UDP_HDR_LEN, inner_len)

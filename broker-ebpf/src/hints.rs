@@ -14,29 +14,42 @@ use broker_common::maps::{Tunnel, TunnelState};
 
 use crate::maps::{SLOT_HINTS, TUNNELS};
 
-/// The slot for a lookup: `SLOT_HINTS[index]`'s when the tunnel there `confirms` it has
-/// the key, else `lookup()`'s answer, remembered for the next packet.
+/// The slot `SLOT_HINTS[index]` remembers and its tunnel, when `TUNNELS` holds a tunnel
+/// there that `confirms` it has the lookup's key.
+#[inline(always)]
+pub fn hinted(index: u32, confirms: impl Fn(&Tunnel) -> bool) -> Option<(u32, &'static Tunnel)> {
+    let hint = SLOT_HINTS.get_ptr(index)?;
+    // SAFETY: a u32 of the array, read and written whole (aligned) by every CPU; a value
+    // another CPU just wrote is as good as any, being checked before use.
+    let h = unsafe { core::ptr::read_volatile(hint) };
+    if h == 0 {
+        return None;
+    }
+    let t = TUNNELS.get(h - 1)?;
+    (t.state != TunnelState::Empty as u8 && confirms(t)).then_some((h - 1, t))
+}
+
+/// Remembers `slot` as the answer of the lookup whose key hashes to `index`.
+#[inline(always)]
+pub fn remember(index: u32, slot: u32) {
+    if let Some(hint) = SLOT_HINTS.get_ptr_mut(index) {
+        // SAFETY: as in `hinted`.
+        unsafe { core::ptr::write_volatile(hint, slot.wrapping_add(1)) };
+    }
+}
+
+/// The slot for a lookup: the hinted one ([`hinted`]), else `lookup()`'s answer,
+/// remembered for the next packet.
 #[inline(always)]
 pub fn slot(
     index: u32,
     confirms: impl Fn(&Tunnel) -> bool,
     lookup: impl FnOnce() -> Option<u32>,
 ) -> Option<u32> {
-    let Some(hint) = SLOT_HINTS.get_ptr_mut(index) else {
-        return lookup();
-    };
-    // SAFETY: a u32 of the array, read and written whole (aligned) by every CPU; a value
-    // another CPU just wrote is as good as any, being checked before use.
-    let h = unsafe { core::ptr::read_volatile(hint) };
-    if h != 0 {
-        if let Some(t) = TUNNELS.get(h - 1) {
-            if t.state != TunnelState::Empty as u8 && confirms(t) {
-                return Some(h - 1);
-            }
-        }
+    if let Some((slot, _)) = hinted(index, confirms) {
+        return Some(slot);
     }
     let slot = lookup()?;
-    // SAFETY: as above.
-    unsafe { core::ptr::write_volatile(hint, slot.wrapping_add(1)) };
+    remember(index, slot);
     Some(slot)
 }

@@ -175,18 +175,6 @@ pub fn endpoint_slot<K>(map: &HashMap<K, u32>, key: K) -> Result<u32, DropReason
         .ok_or(DropReason::UnknownEndpoint)
 }
 
-/// [`endpoint_slot`] behind a hint (`crate::hints`): `hint` is the key's
-/// `SLOT_HINTS` entry, `confirms` whether a tunnel has that key.
-#[inline(always)]
-pub fn hinted_endpoint_slot<K>(
-    map: &HashMap<K, u32>,
-    key: K,
-    hint: u32,
-    confirms: impl Fn(&Tunnel) -> bool,
-) -> Result<u32, DropReason> {
-    hints::slot(hint, confirms, || endpoint_slot(map, key).ok()).ok_or(DropReason::UnknownEndpoint)
-}
-
 /// The slot of the v4v6 tunnel whose client has the inner address `addr`.
 #[inline(always)]
 pub fn v4_route_slot(s: &Settings, addr: &[u8; 4]) -> Option<u32> {

@@ -1,13 +1,33 @@
 //! Looking up a tunnel and the checks every direction makes on it.
+use aya_ebpf::maps::HashMap;
 use broker_common::{
     maps::{Tunnel, TunnelKind, TunnelState},
     stats::{DropReason, Event},
 };
 
 use crate::{
-    maps::TUNNELS,
+    hints,
+    maps::{self, TUNNELS},
     stats::{self, Dir},
 };
+
+/// The slot and tunnel an endpoint map gives for `key`, behind its hint (`crate::hints`):
+/// `hint` is the key's `SLOT_HINTS` entry, `confirms` whether a tunnel has that key. A
+/// confirmed hint's tunnel is the one looked up already; the map's answer is remembered.
+#[inline(always)]
+pub fn by_endpoint<K>(
+    map: &HashMap<K, u32>,
+    key: K,
+    hint: u32,
+    confirms: impl Fn(&Tunnel) -> bool,
+) -> Result<(u32, &'static Tunnel), DropReason> {
+    if let Some(found) = hints::hinted(hint, confirms) {
+        return Ok(found);
+    }
+    let slot = maps::endpoint_slot(map, key)?;
+    hints::remember(hint, slot);
+    Ok((slot, get(slot)?))
+}
 
 /// The tunnel in `slot`; a lookup map pointing at an empty slot is `stale_slot`.
 #[inline(always)]

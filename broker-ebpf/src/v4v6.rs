@@ -37,7 +37,7 @@ pub fn decap(ctx: &XdpContext, s: &Settings) -> Verdict {
         remote: outer.src,
         local: outer.dst,
     };
-    let slot = maps::hinted_endpoint_slot(
+    let (slot, t) = tunnel::by_endpoint(
         &maps::V6_ENDPOINTS,
         key,
         hint::endpoint6(&outer.src, &outer.dst),
@@ -45,7 +45,6 @@ pub fn decap(ctx: &XdpContext, s: &Settings) -> Verdict {
             t.kind == TunnelKind::V4In6 as u8 && t.remote_v6 == outer.src && t.local_v6 == outer.dst
         },
     )?;
-    let t = tunnel::get(slot)?;
     let inner_len = len - IPV6_HDR_LEN;
     tunnel::check_usable(t, slot, TunnelKind::V4In6, Way::FromClient, inner_len)?;
 
