@@ -24,21 +24,6 @@ use broker_userspace::{
 };
 use support::{batch::*, *};
 
-/// Runs the calling thread on CPU `cpu` only (test runs count on the CPU they run on).
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays within it; 0 is this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
-            0,
-            "pinning to CPU {cpu}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
 fn online_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -89,7 +74,8 @@ fn traffic(dp: &Dataplane, n: u32) -> Sent {
         }
     }
     for cpu in 0..cpus {
-        pin_to_cpu(cpu);
+        // Test runs count on the CPU they run on.
+        broker_tests::cpu::pin_this_thread(cpu).unwrap();
         for (_, k, frame, beat) in runs.iter().filter(|r| r.0 % cpus == cpu) {
             let out = dp.test_run(frame, 0, 1).expect("test run");
             assert_eq!(out.action, XDP_DROP, "tunnel {k}");

@@ -127,48 +127,27 @@ fn point(aux: &Aux, worker: &AyiyaWorker, frame: &[u8], gen_if: u32, rate: u64) 
     }
 }
 
-/// Pins the NAPI threads of `devs` (`napi/<dev>-<id>`) to `cpu`, real-time: a sink is
-/// another machine, which the generator spinning on the same CPU must not hold up.
+/// Pins the NAPI threads of `devs` to `cpu`, real-time: a sink is another machine, which
+/// the generator spinning on the same CPU must not hold up.
 fn pin_napi_threads(devs: &[&str], cpu: usize) {
-    let mut pinned = 0;
-    for entry in std::fs::read_dir("/proc").expect("/proc") {
-        let path = entry.expect("a /proc entry").path();
-        let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
-            continue;
-        };
-        let comm = comm.trim();
-        if !devs.iter().any(|d| comm.starts_with(&format!("napi/{d}-"))) {
-            continue;
-        }
-        let pid: i32 = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.parse().ok())
-            .expect("a pid");
-        // SAFETY: a zeroed cpu_set_t with one bit set, for a kernel thread of ours.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            assert_eq!(
-                libc::sched_setaffinity(pid, std::mem::size_of_val(&set), &set),
-                0,
-                "pinning {comm}: {}",
-                std::io::Error::last_os_error()
-            );
-            let param = libc::sched_param { sched_priority: 50 };
-            assert_eq!(
-                libc::sched_setscheduler(pid, libc::SCHED_FIFO, &param),
-                0,
-                "making {comm} real-time: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        pinned += 1;
-    }
+    let threads = broker_tests::cpu::napi_threads(devs).expect("listing NAPI threads");
     assert!(
-        pinned >= devs.len(),
-        "found {pinned} NAPI threads of {devs:?}"
+        threads.len() >= devs.len(),
+        "found {} NAPI threads of {devs:?}",
+        threads.len()
     );
+    for (pid, comm) in threads {
+        broker_tests::cpu::pin(pid, cpu).expect("pinning a NAPI thread");
+        let param = libc::sched_param { sched_priority: 50 };
+        // SAFETY: a valid sched_param, for a kernel thread of ours.
+        let rc = unsafe { libc::sched_setscheduler(pid, libc::SCHED_FIFO, &param) };
+        assert_eq!(
+            rc,
+            0,
+            "making {comm} real-time: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 fn report(cases: &[(usize, bool)], all: &[Vec<Vec<Point>>]) -> String {
