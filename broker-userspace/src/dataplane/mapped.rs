@@ -10,7 +10,7 @@ use std::{
 use aya::maps::MapData;
 use broker_common::consts::BPF_F_MMAPABLE;
 
-use super::{xsk::socket::Mmap, DataplaneError};
+use super::{mmap::Mmap, DataplaneError};
 
 /// A BPF array of `words` u64s per entry, mapped.
 pub(in crate::dataplane) struct MappedArray {

@@ -12,6 +12,7 @@ mod bulk;
 mod counters;
 pub mod ebpf_log;
 mod mapped;
+mod mmap;
 mod prefixes;
 mod program_pin;
 mod slots;

@@ -6,9 +6,10 @@ use std::{
     io,
     mem::size_of,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
-    ptr::NonNull,
     sync::atomic::{AtomicU32, Ordering},
 };
+
+use crate::dataplane::mmap::Mmap;
 
 /// Bytes per UMEM frame: the kernel's 256 bytes of headroom, the metadata and a 1514-byte
 /// frame fit.
@@ -23,80 +24,6 @@ pub const TX_RING_SIZE: u32 = 1024;
 /// Frames of the UMEM: the first `RX_RING_SIZE` receive (they live in the fill ring, the
 /// RX ring or with the worker), the others transmit.
 pub const FRAMES: u32 = RX_RING_SIZE + TX_RING_SIZE;
-
-/// An mmap'ed region, unmapped on drop.
-pub(in crate::dataplane) struct Mmap {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: plain memory; who may touch which part is the users' contract (see `Xsk`).
-unsafe impl Send for Mmap {}
-// SAFETY: as above.
-unsafe impl Sync for Mmap {}
-
-impl Mmap {
-    fn new(len: usize, fd: Option<RawFd>, offset: u64) -> io::Result<Self> {
-        let (flags, fd) = match fd {
-            Some(fd) => (libc::MAP_SHARED | libc::MAP_POPULATE, fd),
-            None => (
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-                -1,
-            ),
-        };
-        Self::map(len, flags, libc::PROT_READ | libc::PROT_WRITE, fd, offset)
-    }
-
-    /// `len` bytes of `fd` from its start, shared with whoever else maps it (a BPF map's
-    /// values), read-only unless `writable`.
-    pub(in crate::dataplane) fn shared(len: usize, fd: RawFd, writable: bool) -> io::Result<Self> {
-        let prot = if writable {
-            libc::PROT_READ | libc::PROT_WRITE
-        } else {
-            libc::PROT_READ
-        };
-        Self::map(len, libc::MAP_SHARED, prot, fd, 0)
-    }
-
-    /// The first byte.
-    pub(in crate::dataplane) fn as_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
-    }
-
-    fn map(
-        len: usize,
-        flags: libc::c_int,
-        prot: libc::c_int,
-        fd: RawFd,
-        offset: u64,
-    ) -> io::Result<Self> {
-        // SAFETY: a fresh mapping; the arguments are checked by the kernel.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                prot,
-                flags,
-                fd,
-                offset as libc::off_t,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Self {
-            ptr: NonNull::new(p.cast()).expect("mmap returned a non-null address"),
-            len,
-        })
-    }
-}
-
-impl Drop for Mmap {
-    fn drop(&mut self) {
-        // SAFETY: our own mapping, unmapped once.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
-}
 
 /// One ring. The producer side (fill, TX) writes descriptors and publishes them with
 /// [`Ring::submit`]; the consumer side (RX, completion) reads them and hands the slots back
@@ -122,7 +49,7 @@ impl<T: Copy> Ring<T> {
     fn map(fd: RawFd, off: &libc::xdp_ring_offset, pgoff: u64, size: u32) -> io::Result<Self> {
         let len = off.desc as usize + size as usize * size_of::<T>();
         let map = Mmap::new(len, Some(fd), pgoff)?;
-        let base = map.ptr.as_ptr();
+        let base = map.as_ptr();
         // SAFETY: offsets the kernel gave for this mapping.
         let (producer, consumer, flags, desc) = unsafe {
             (
@@ -275,8 +202,8 @@ impl Xsk {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let umem = Mmap::new((FRAMES * FRAME_SIZE) as usize, None, 0)?;
         let reg = libc::xdp_umem_reg {
-            addr: umem.ptr.as_ptr() as u64,
-            len: umem.len as u64,
+            addr: umem.as_ptr() as u64,
+            len: umem.len() as u64,
             chunk_size: FRAME_SIZE,
             headroom: 0,
             flags: 0,
@@ -374,9 +301,9 @@ impl Xsk {
     /// into it.
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn bytes(&self, addr: u64, len: usize) -> &mut [u8] {
-        assert!(addr as usize + len <= self.umem.len, "within the UMEM");
+        assert!(addr as usize + len <= self.umem.len(), "within the UMEM");
         // SAFETY: in bounds (checked); exclusivity is the caller's promise.
-        unsafe { std::slice::from_raw_parts_mut(self.umem.ptr.as_ptr().add(addr as usize), len) }
+        unsafe { std::slice::from_raw_parts_mut(self.umem.as_ptr().add(addr as usize), len) }
     }
 
     /// Makes the kernel send what the TX ring holds (copy mode sends from this call).
