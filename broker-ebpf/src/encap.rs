@@ -19,7 +19,7 @@ use crate::{
     outcome::{Outcome, Resume, Step, Verdict},
     ptr,
     stats::{self, Dir},
-    tunnel::{self, Way},
+    tunnel::{self, Found, Way},
     xsk,
 };
 
@@ -32,9 +32,11 @@ pub enum Origin {
     Tunnel,
 }
 
+/// Native IPv6 (or just decapsulated, `origin`) into the tunnel whose prefix holds its
+/// destination, `found` by `maps::prefix_slot`.
 #[inline(always)]
-pub fn into_tunnel(ctx: &XdpContext, s: &Settings, slot: u32, origin: Origin) -> Verdict {
-    let t = tunnel::get(slot)?;
+pub fn into_tunnel(ctx: &XdpContext, s: &Settings, found: Found, origin: Origin) -> Verdict {
+    let (slot, t) = (found.slot, found.tunnel()?);
     let ip = ptr::at::<Ipv6Hdr>(ctx, ETH_HDR_LEN).ok_or(DropReason::Truncated)?;
     // SAFETY: bounds checked.
     let ipr = unsafe { &*ip };

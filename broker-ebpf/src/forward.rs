@@ -54,8 +54,8 @@ pub fn native6(ctx: &XdpContext, s: &Settings, len: usize) -> Verdict {
     let ip = ptr::at::<Ipv6Hdr>(ctx, ETH_HDR_LEN).ok_or(DropReason::Truncated)?;
     // SAFETY: bounds checked.
     let ipr = unsafe { &*ip };
-    if let Some(slot) = maps::prefix_slot(s, &ipr.dst) {
-        return encap::into_tunnel(ctx, s, slot, Origin::Tunnel);
+    if let Some(found) = maps::prefix_slot(s, &ipr.dst) {
+        return encap::into_tunnel(ctx, s, found, Origin::Tunnel);
     }
 
     let nh = match native_hop6(ctx, s, ipr, len) {
@@ -119,8 +119,8 @@ pub fn native4(ctx: &XdpContext, s: &Settings, len: usize) -> Verdict {
     let ip = ptr::at::<Ipv4Hdr>(ctx, ETH_HDR_LEN).ok_or(DropReason::Truncated)?;
     // SAFETY: bounds checked.
     let ipr = unsafe { &*ip };
-    if let Some(slot) = maps::v4_route_slot(s, &ipr.dst) {
-        return v4v6::encap(ctx, s, slot, Origin::Tunnel);
+    if let Some(found) = maps::v4_route_slot(s, &ipr.dst) {
+        return v4v6::encap(ctx, s, found, Origin::Tunnel);
     }
     let d = ipr.dst;
     let mapped = [

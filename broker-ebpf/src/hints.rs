@@ -12,7 +12,10 @@
 //! Measured: 20-60 ns less per packet on every forwarding path (docs/BENCHMARKS-AB.md).
 use broker_common::maps::{Tunnel, TunnelState};
 
-use crate::maps::{SLOT_HINTS, TUNNELS};
+use crate::{
+    maps::{SLOT_HINTS, TUNNELS},
+    tunnel::Found,
+};
 
 /// The slot `SLOT_HINTS[index]` remembers and its tunnel, when `TUNNELS` holds a tunnel
 /// there that `confirms` it has the lookup's key.
@@ -38,18 +41,18 @@ pub fn remember(index: u32, slot: u32) {
     }
 }
 
-/// The slot for a lookup: the hinted one ([`hinted`]), else `lookup()`'s answer,
-/// remembered for the next packet.
+/// The answer of a lookup: the hinted slot and its tunnel ([`hinted`]), else
+/// `lookup()`'s slot, remembered for the next packet.
 #[inline(always)]
 pub fn slot(
     index: u32,
     confirms: impl Fn(&Tunnel) -> bool,
     lookup: impl FnOnce() -> Option<u32>,
-) -> Option<u32> {
-    if let Some((slot, _)) = hinted(index, confirms) {
-        return Some(slot);
+) -> Option<Found> {
+    if let Some((slot, t)) = hinted(index, confirms) {
+        return Some(Found::read(slot, t));
     }
     let slot = lookup()?;
     remember(index, slot);
-    Some(slot)
+    Some(Found::slot(slot))
 }

@@ -73,7 +73,7 @@ fn ipv4(ctx: &XdpContext) -> Verdict {
         };
     }
     match maps::v4_route_slot(s, &dst) {
-        Some(slot) => v4v6::encap(ctx, s, slot, Origin::Native),
+        Some(found) => v4v6::encap(ctx, s, found, Origin::Native),
         None => NOT_TUNNEL,
     }
 }
@@ -95,7 +95,7 @@ fn ipv6(ctx: &XdpContext) -> Verdict {
         return v4v6::decap(ctx, s);
     }
     match maps::prefix_slot(s, &ip.dst) {
-        Some(slot) => encap::into_tunnel(ctx, s, slot, Origin::Native),
+        Some(found) => encap::into_tunnel(ctx, s, found, Origin::Native),
         None => NOT_TUNNEL,
     }
 }

@@ -18,7 +18,7 @@ use broker_common::{
     stats::{DropReason, GLOBAL_STATS_LEN},
 };
 
-use crate::hints;
+use crate::{hints, tunnel::Found};
 
 /// PoP-wide settings, one entry.
 #[map]
@@ -134,7 +134,7 @@ pub fn settings() -> Option<&'static Settings> {
 /// The slot of the tunnel whose prefix holds `addr`: outside the tunnel space nothing is
 /// probed; inside, one hash probe per prefix length in use, longest first.
 #[inline(always)]
-pub fn prefix_slot(s: &Settings, addr: &[u8; 16]) -> Option<u32> {
+pub fn prefix_slot(s: &Settings, addr: &[u8; 16]) -> Option<Found> {
     if !s.in_space(addr) {
         return None;
     }
@@ -177,7 +177,7 @@ pub fn endpoint_slot<K>(map: &HashMap<K, u32>, key: K) -> Result<u32, DropReason
 
 /// The slot of the v4v6 tunnel whose client has the inner address `addr`.
 #[inline(always)]
-pub fn v4_route_slot(s: &Settings, addr: &[u8; 4]) -> Option<u32> {
+pub fn v4_route_slot(s: &Settings, addr: &[u8; 4]) -> Option<Found> {
     if !s.in_v4_space(addr) {
         return None;
     }

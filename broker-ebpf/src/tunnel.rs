@@ -29,6 +29,39 @@ pub fn by_endpoint<K>(
     Ok((slot, get(slot)?))
 }
 
+/// What a route lookup (`maps::prefix_slot`, `maps::v4_route_slot`) found: a slot, and its
+/// tunnel when the hint's check has read it already, so that the handler does not read
+/// `TUNNELS` a second time.
+#[derive(Clone, Copy)]
+pub struct Found {
+    pub slot: u32,
+    read: Option<&'static Tunnel>,
+}
+
+impl Found {
+    #[inline(always)]
+    pub fn read(slot: u32, t: &'static Tunnel) -> Self {
+        Self {
+            slot,
+            read: Some(t),
+        }
+    }
+
+    #[inline(always)]
+    pub fn slot(slot: u32) -> Self {
+        Self { slot, read: None }
+    }
+
+    /// The tunnel: the one read, else [`get`]'s.
+    #[inline(always)]
+    pub fn tunnel(self) -> Result<&'static Tunnel, DropReason> {
+        match self.read {
+            Some(t) => Ok(t),
+            None => get(self.slot),
+        }
+    }
+}
+
 /// The tunnel in `slot`; a lookup map pointing at an empty slot is `stale_slot`.
 #[inline(always)]
 pub fn get(slot: u32) -> Result<&'static Tunnel, DropReason> {

@@ -17,7 +17,7 @@ use crate::{
     outcome::Verdict,
     ptr,
     stats::{self, Dir},
-    tunnel::{self, Way},
+    tunnel::{self, Found, Way},
 };
 
 /// Offset of the inner IPv4 header of a v4v6 packet.
@@ -72,10 +72,10 @@ pub fn decap(ctx: &XdpContext, s: &Settings) -> Verdict {
     forward::native4(ctx, s, inner_len)
 }
 
-/// Native IPv4 to the inner address of the v4v6 tunnel in `slot`.
+/// Native IPv4 to the inner address of the v4v6 tunnel `found`.
 #[inline(always)]
-pub fn encap(ctx: &XdpContext, s: &Settings, slot: u32, origin: Origin) -> Verdict {
-    let t = tunnel::get(slot)?;
+pub fn encap(ctx: &XdpContext, s: &Settings, found: Found, origin: Origin) -> Verdict {
+    let (slot, t) = (found.slot, found.tunnel()?);
     let ip = ptr::at::<Ipv4Hdr>(ctx, ETH_HDR_LEN).ok_or(DropReason::Truncated)?;
     // SAFETY: bounds checked.
     let ipr = unsafe { &mut *ip };
