@@ -9,6 +9,7 @@ pub mod cpu;
 pub mod io;
 pub mod lab;
 pub mod netns;
+pub mod postgres;
 pub mod process;
 
 use std::path::PathBuf;

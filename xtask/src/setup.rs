@@ -30,7 +30,18 @@ const PACKAGES: &[(&str, &str)] = &[
         "conntrack",
         "conntrack -F: a new NAT mapping in the TSP test",
     ),
+    (
+        "postgresql",
+        "throwaway clusters for the multi-PoP store (docs/MULTI-POP.md)",
+    ),
 ];
+
+/// Tells Debian's postgresql-common not to create (and start) a system cluster when the
+/// package is installed: the tests and the lab start their own, never a service.
+const NO_MAIN_CLUSTER: (&str, &str) = (
+    "/etc/postgresql-common/createcluster.d/broker-no-main-cluster.conf",
+    "# Written by `cargo xtask setup` of broker: its tests start their own clusters.\ncreate_main_cluster = false\n",
+);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Verbosity {
@@ -136,6 +147,13 @@ fn packages() -> Result<Vec<String>> {
             missing.join(", "),
             missing.join(" ")
         );
+    }
+    if missing.contains(&"postgresql") {
+        let (path, text) = NO_MAIN_CLUSTER;
+        if let Some(dir) = std::path::Path::new(path).parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, text)?;
     }
     exec(Command::new("apt-get").args(["update", "-q"]))?;
     exec(

@@ -1,0 +1,297 @@
+//! Throwaway PostgreSQL clusters for the tests and the lab (docs/MULTI-POP.md).
+//!
+//! Each cluster is set up as follows:
+//! - `initdb` runs into a directory of its own under the system's temporary directory;
+//! - `postgres` runs as a child of this process, as an unprivileged user (PostgreSQL
+//!   refuses root);
+//! - the server listens only on a Unix socket in that directory, with password (SCRAM)
+//!   authentication.
+//!
+//! It is never a system service. When the value drops, the server is stopped and the
+//! directory removed. If the thread that started the server dies first, the server is sent
+//! SIGQUIT, PostgreSQL's immediate shutdown, so that a killed test leaves no server behind.
+//! So start a cluster on the thread that keeps it.
+use std::{
+    fs,
+    os::unix::{
+        fs::{chown, PermissionsExt},
+        process::CommandExt,
+    },
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+/// The cluster's superuser, which the broker connects as in the tests.
+pub const USER: &str = "broker";
+/// `nobody` on Debian: the unprivileged user the server runs as.
+const UNPRIVILEGED: u32 = 65534;
+/// The port only names the socket file (`.s.PGSQL.<port>`): nothing listens on TCP.
+const PORT: u16 = 5432;
+/// How long a server may take to accept connections, or to shut down.
+const START: Duration = Duration::from_secs(30);
+const STOP: Duration = Duration::from_secs(10);
+
+/// A running throwaway cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    server: Option<Child>,
+    dir: PathBuf,
+    bin: PathBuf,
+    password: String,
+}
+
+impl Cluster {
+    /// Initialises and starts a cluster; waits until it accepts connections.
+    pub fn start() -> Result<Self> {
+        let bin = bin_dir()?;
+        let dir = private_dir()?;
+        // From here on, dropping `cluster` removes the directory, also on error.
+        let mut cluster = Self {
+            server: None,
+            dir,
+            bin,
+            password: password(),
+        };
+        cluster.init()?;
+        cluster.run()?;
+        Ok(cluster)
+    }
+
+    /// The directory of the server's Unix socket: the host to connect to.
+    pub fn socket_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn port(&self) -> u16 {
+        PORT
+    }
+
+    /// The password of [`USER`].
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    /// The postmaster's PID, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.server.as_ref().map(Child::id)
+    }
+
+    /// A libpq connection string for database `db`, without the password (which the broker
+    /// reads from a file or the environment).
+    pub fn conninfo(&self, db: &str) -> String {
+        format!(
+            "host={} port={PORT} user={USER} dbname={db}",
+            self.dir.display()
+        )
+    }
+
+    /// Runs `sql` in database `db` through `psql` and returns its unaligned output.
+    pub fn psql(&self, db: &str, sql: &str) -> Result<String> {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .arg(self.conninfo(db))
+            .env("PGPASSWORD", &self.password)
+            .stdin(Stdio::null())
+            .output()
+            .context("running psql")?;
+        if !out.status.success() {
+            bail!(
+                "psql {sql:?} in {db}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Creates an empty database owned by [`USER`].
+    pub fn create_database(&self, name: &str) -> Result<()> {
+        self.psql("postgres", &format!("CREATE DATABASE \"{name}\""))
+            .map(drop)
+    }
+
+    /// The server's log so far, for failure messages.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// Stops the server: a fast shutdown (SIGINT), then SIGKILL after a grace period.
+    /// Returns whether it shut down by itself.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut server) = self.server.take() else {
+            return false;
+        };
+        if let Ok(Some(_)) = server.try_wait() {
+            return false;
+        }
+        // SAFETY: signalling our own child by PID.
+        unsafe { libc::kill(server.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + STOP;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = server.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = server.kill();
+        let _ = server.wait();
+        false
+    }
+
+    fn init(&self) -> Result<()> {
+        let pwfile = self.dir.join("pwfile");
+        fs::write(&pwfile, &self.password)?;
+        chown(&pwfile, Some(UNPRIVILEGED), Some(UNPRIVILEGED))?;
+        let out = Command::new(self.bin.join("initdb"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-U", USER, "-A", "scram-sha-256", "-E", "UTF8"])
+            .args(["--locale=C", "--no-sync", "--no-instructions"])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .uid(UNPRIVILEGED)
+            .gid(UNPRIVILEGED)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .context("running initdb")?;
+        let _ = fs::remove_file(&pwfile);
+        if !out.status.success() {
+            bail!(
+                "initdb failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    fn run(&mut self) -> Result<()> {
+        let log = fs::File::create(self.dir.join("server.log"))?;
+        chown(
+            self.dir.join("server.log"),
+            Some(UNPRIVILEGED),
+            Some(UNPRIVILEGED),
+        )?;
+        let mut cmd = Command::new(self.bin.join("postgres"));
+        cmd.arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-c")
+            .arg(format!("unix_socket_directories={}", self.dir.display()))
+            .args(["-c", "listen_addresses=", "-p", &PORT.to_string()])
+            // Throwaway: durability is not what is under test, time is short.
+            .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
+            .uid(UNPRIVILEGED)
+            .gid(UNPRIVILEGED)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let parent = std::process::id() as i32;
+        // SAFETY: async-signal-safe calls only, between fork and exec; after the uid change,
+        // which would clear the setting.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::other("the parent died before exec"));
+                }
+                Ok(())
+            });
+        }
+        self.server = Some(cmd.spawn().context("starting postgres")?);
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + START;
+        loop {
+            if let Some(server) = self.server.as_mut() {
+                if let Ok(Some(status)) = server.try_wait() {
+                    self.server = None;
+                    bail!("postgres exited ({status}) while starting:\n{}", self.log());
+                }
+            }
+            let ready = Command::new(self.bin.join("pg_isready"))
+                .arg("-q")
+                .arg("-h")
+                .arg(&self.dir)
+                .args(["-p", &PORT.to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "postgres did not accept connections within {START:?}:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The newest installed PostgreSQL's programs (Debian keeps them per major version in
+/// `/usr/lib/postgresql/<version>/bin`).
+pub fn bin_dir() -> Result<PathBuf> {
+    let root = Path::new("/usr/lib/postgresql");
+    let newest = fs::read_dir(root)
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .max_by_key(|(version, _)| *version);
+    match newest {
+        Some((_, bin)) => Ok(bin),
+        None => bail!(
+            "no PostgreSQL server under {}: run `cargo xtask setup` (Debian's postgresql)",
+            root.display()
+        ),
+    }
+}
+
+/// A new directory only the server's user can enter (the socket's only protection
+/// besides the password).
+fn private_dir() -> Result<PathBuf> {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "broker-pg-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let owned = fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+        .and_then(|()| chown(&dir, Some(UNPRIVILEGED), Some(UNPRIVILEGED)));
+    if let Err(e) = owned {
+        let _ = fs::remove_dir(&dir);
+        return Err(e).with_context(|| format!("handing {} to uid {UNPRIVILEGED}", dir.display()));
+    }
+    Ok(dir)
+}
+
+/// A random password from the kernel.
+fn password() -> String {
+    let mut bytes = [0u8; 16];
+    // SAFETY: writes at most `bytes.len()` bytes into `bytes`.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    assert_eq!(n, bytes.len() as isize, "getrandom");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
