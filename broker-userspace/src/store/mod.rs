@@ -2,12 +2,19 @@
 //! data plane's maps and the kernel's routes are projections of it.
 //!
 //! [`Store`] is the narrow interface the rest of the controller uses; [`SqliteStore`] is
-//! the embedded default. A PostgreSQL backend for several PoPs sharing one database is to
-//! implement the same trait.
+//! the embedded default. The store's logic is written once over a narrow SQL interface
+//! ([`sql`]) and implements [`Store`] for every engine ([`engine`]); a PostgreSQL engine for
+//! several PoPs sharing one database is to follow (docs/MULTI-POP.md).
 
 mod alloc;
+mod engine;
 mod files;
+mod query;
+mod records;
 mod schema;
+pub(crate) mod sql;
+mod tunnels;
+mod users;
 
 /// The migrations, for tests that build a store as an older version left it.
 #[cfg(test)]

@@ -3,7 +3,13 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use ipnet::Ipv6Net;
 use proptest::prelude::*;
 
+use rusqlite::Connection;
+
 use super::*;
+use crate::{
+    model::{Endpoint, Kind, State, TunnelSpec},
+    store::{NewTunnel, Origin, Store, StoreError, TunnelChange},
+};
 
 fn net(s: &str) -> Ipv6Net {
     s.parse().unwrap()

@@ -1,61 +1,65 @@
-//! Reading tunnels: one, all, a filtered page, the lapsed, and the census. Every query
-//! but [`all`] is served by an index, so its cost does not grow with the store.
+//! Reading tunnels: one, all, a filtered page, the lapsed, a user's, and the census. Every
+//! query but [`all`] is served by an index, so its cost does not grow with the store.
 use std::collections::BTreeMap;
 
 use ipnet::Ipv6Net;
-use rusqlite::{types::Value, Connection};
 
-use super::{parse, parse_kind, parse_state, record, row, Row, TUNNEL_COLUMNS};
-use crate::{
-    model::{Kind, State},
-    store::{alloc, OwnerFilter, Result, TunnelFilter, TunnelRecord},
+use super::{
+    alloc,
+    records::{parse, parse_kind, parse_state, record, row, TunnelRow, TUNNEL_COLUMNS},
+    sql::{params, Sql, Value},
+    OwnerFilter, Result, TunnelFilter, TunnelRecord,
 };
+use crate::model::{Kind, State};
 
 /// Every tunnel: two scans, the routed prefixes joined in memory.
-pub(super) fn all(conn: &Connection) -> Result<Vec<TunnelRecord>> {
-    ids(conn, 0, u32::MAX)
+pub(super) fn all(db: &dyn Sql) -> Result<Vec<TunnelRecord>> {
+    ids(db, 0, u32::MAX)
 }
 
 /// The tunnels with ids `from..=to`, in id order.
-pub(super) fn ids(conn: &Connection, from: u32, to: u32) -> Result<Vec<TunnelRecord>> {
+pub(super) fn ids(db: &dyn Sql, from: u32, to: u32) -> Result<Vec<TunnelRecord>> {
     let mut routed: BTreeMap<u32, Vec<Ipv6Net>> = BTreeMap::new();
-    {
-        let mut q = conn.prepare(
-            "SELECT tunnel_id, prefix FROM routed WHERE tunnel_id BETWEEN ?1 AND ?2 ORDER BY rowid",
-        )?;
-        let rows = q.query_map([from, to], |r| {
-            Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?))
-        })?;
-        for x in rows {
-            let (t, p) = x?;
-            routed.entry(t).or_default().push(parse(&p, "prefix")?);
-        }
-    }
-    let mut q = conn.prepare(&format!(
-        "SELECT {TUNNEL_COLUMNS} FROM tunnels WHERE id BETWEEN ?1 AND ?2 ORDER BY id"
-    ))?;
-    let rows = q.query_map([from, to], row)?;
+    // `rowid`: the order the prefixes were written in (SQLite's implicit column, a
+    // sequence of that name in PostgreSQL).
+    db.each_row(
+        "SELECT tunnel_id, prefix FROM routed WHERE tunnel_id BETWEEN ?1 AND ?2 ORDER BY rowid",
+        params![from, to],
+        &mut |r| {
+            let p: String = r.get(1)?;
+            routed
+                .entry(r.get(0)?)
+                .or_default()
+                .push(parse(&p, "prefix")?);
+            Ok(())
+        },
+    )?;
     let mut out = Vec::new();
-    for r in rows {
-        let r = r?;
-        let p = routed.remove(&r.id).unwrap_or_default();
-        out.push(record(r, p)?);
-    }
+    db.each_row(
+        &format!("SELECT {TUNNEL_COLUMNS} FROM tunnels WHERE id BETWEEN ?1 AND ?2 ORDER BY id"),
+        params![from, to],
+        &mut |r| {
+            let r = row(r)?;
+            let p = routed.remove(&r.id).unwrap_or_default();
+            out.push(record(r, p)?);
+            Ok(())
+        },
+    )?;
     Ok(out)
 }
 
-pub(super) fn one(conn: &Connection, id: u32) -> Result<Option<TunnelRecord>> {
-    Ok(select(conn, "id = ?", vec![Value::from(id)], "")?.pop())
+pub(super) fn one(db: &dyn Sql, id: u32) -> Result<Option<TunnelRecord>> {
+    Ok(select(db, "id = ?", vec![Value::from(id)], "")?.pop())
 }
 
 pub(super) fn page(
-    conn: &Connection,
+    db: &dyn Sql,
     f: &TunnelFilter,
     after: Option<u32>,
     limit: usize,
 ) -> Result<Vec<TunnelRecord>> {
     let mut cond = vec!["id > ?".to_string()];
-    let mut args = vec![Value::from(i64::from(after.unwrap_or(0)))];
+    let mut args = vec![Value::from(after.unwrap_or(0))];
     match &f.owner {
         None => {}
         Some(OwnerFilter::Nobody) => cond.push("owner IS NULL".into()),
@@ -100,8 +104,9 @@ pub(super) fn page(
         cond.push(
             "(id IN (SELECT tunnel_id FROM allocations WHERE start BETWEEN ? AND ? \
                      AND tunnel_id IS NOT NULL) \
-              OR id IN (SELECT tunnel_id FROM (SELECT tunnel_id, end FROM allocations \
-                        WHERE start < ? ORDER BY start DESC LIMIT 1) WHERE end >= ?) \
+              OR id IN (SELECT tunnel_id FROM (SELECT tunnel_id, \"end\" FROM allocations \
+                        WHERE start < ? ORDER BY start DESC LIMIT 1) AS below \
+                        WHERE \"end\" >= ?) \
               OR link_prefix = ? OR link_prefix = ? \
               OR id IN (SELECT tunnel_id FROM routed WHERE prefix = ?))"
                 .into(),
@@ -119,73 +124,117 @@ pub(super) fn page(
     }
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     select(
-        conn,
+        db,
         &cond.join(" AND "),
         args,
         &format!("ORDER BY id LIMIT {limit}"),
     )
 }
 
-pub(super) fn expired(conn: &Connection, now: u64) -> Result<Vec<TunnelRecord>> {
+pub(super) fn expired(db: &dyn Sql, now: u64) -> Result<Vec<TunnelRecord>> {
     select(
-        conn,
+        db,
         "expires_at IS NOT NULL AND expires_at <= ?",
-        vec![Value::from(now as i64)],
+        vec![Value::from(now)],
         "ORDER BY id",
     )
 }
 
 /// The condition of the partial index `tunnels_watched`, word for word (SQLite uses such
 /// an index only for a query that states its condition).
-const WATCHED: &str = "state = 'up' AND (keepalive IS NOT NULL OR kind IN ('ayiya', 'heartbeat'))";
+pub(super) const WATCHED: &str =
+    "state = 'up' AND (keepalive IS NOT NULL OR kind IN ('ayiya', 'heartbeat'))";
 
-pub(super) fn watched(conn: &Connection) -> Result<Vec<TunnelRecord>> {
-    select(conn, WATCHED, Vec::new(), "ORDER BY id")
+pub(super) fn watched(db: &dyn Sql) -> Result<Vec<TunnelRecord>> {
+    select(db, WATCHED, Vec::new(), "ORDER BY id")
 }
 
-pub(super) fn generation(conn: &Connection) -> Result<(i64, u64)> {
-    let mut q = conn.prepare_cached("SELECT store_id, n FROM generation")?;
-    Ok(q.query_row([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?)
+pub(super) fn generation(db: &dyn Sql) -> Result<(i64, u64)> {
+    db.first("SELECT store_id, n FROM generation", params![], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })?
+    .ok_or_else(|| super::StoreError::Corrupt {
+        what: "no generation row".into(),
+    })
 }
 
-pub(super) fn census(conn: &Connection) -> Result<Vec<(Kind, State, u64)>> {
-    let mut q = conn.prepare_cached("SELECT kind, state, n FROM census WHERE n > 0")?;
-    let rows = q.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for x in rows {
-        let (k, s, n) = x?;
-        out.push((parse_kind(&k)?, parse_state(&s)?, n as u64));
+pub(super) fn census(db: &dyn Sql) -> Result<Vec<(Kind, State, u64)>> {
+    db.rows(
+        "SELECT kind, state, n FROM census WHERE n > 0",
+        params![],
+        |r| {
+            Ok((
+                parse_kind(&r.get::<String>(0)?)?,
+                parse_state(&r.get::<String>(1)?)?,
+                r.get(2)?,
+            ))
+        },
+    )
+}
+
+/// The TSP tunnel of `owner` of the family asked for (v4v6, or one carrying IPv6).
+pub(super) fn tsp_tunnel(db: &dyn Sql, owner: &str, v4v6: bool) -> Result<Option<TunnelRecord>> {
+    let family = if v4v6 {
+        "kind = 'v4v6'"
+    } else {
+        "kind <> 'v4v6'"
+    };
+    let id: Option<u32> = db.first(
+        &format!(
+            "SELECT id FROM tunnels WHERE owner = ?1 AND origin = 'tsp' AND {family} \
+             ORDER BY id LIMIT 1"
+        ),
+        params![owner],
+        |r| r.get(0),
+    )?;
+    match id {
+        Some(id) => one(db, id),
+        None => Ok(None),
+    }
+}
+
+/// A user's tunnels: a handful, so one indexed query for the ids, then each.
+pub(super) fn of_owner(db: &dyn Sql, owner: &str) -> Result<Vec<TunnelRecord>> {
+    let ids: Vec<u32> = db.rows(
+        "SELECT id FROM tunnels WHERE owner = ?1 ORDER BY id",
+        params![owner],
+        |r| r.get(0),
+    )?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        out.extend(one(db, id)?);
     }
     Ok(out)
 }
 
+/// The tunnel whose link /64 is `link` (`link_prefix` is UNIQUE, so indexed, and written
+/// with the same Display).
+pub(super) fn by_link(db: &dyn Sql, link: &Ipv6Net) -> Result<Option<TunnelRecord>> {
+    let id: Option<u32> = db.first(
+        "SELECT id FROM tunnels WHERE link_prefix = ?1",
+        params![link.trunc().to_string()],
+        |r| r.get(0),
+    )?;
+    match id {
+        Some(id) => one(db, id),
+        None => Ok(None),
+    }
+}
+
 /// The tunnels `WHERE cond` (with `args`), each with its routed prefixes (indexed).
-fn select(
-    conn: &Connection,
-    cond: &str,
-    args: Vec<Value>,
-    tail: &str,
-) -> Result<Vec<TunnelRecord>> {
-    let mut q = conn.prepare_cached(&format!(
-        "SELECT {TUNNEL_COLUMNS} FROM tunnels WHERE {cond} {tail}"
-    ))?;
-    let rows: Vec<Row> = q
-        .query_map(rusqlite::params_from_iter(args), row)?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut routed =
-        conn.prepare_cached("SELECT prefix FROM routed WHERE tunnel_id = ?1 ORDER BY rowid")?;
+fn select(db: &dyn Sql, cond: &str, args: Vec<Value>, tail: &str) -> Result<Vec<TunnelRecord>> {
+    let rows: Vec<TunnelRow> = db.rows(
+        &format!("SELECT {TUNNEL_COLUMNS} FROM tunnels WHERE {cond} {tail}"),
+        &args,
+        row,
+    )?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
-        let prefixes = routed
-            .query_map([r.id], |x| x.get::<_, String>(0))?
-            .map(|p| parse(&p?, "prefix"))
-            .collect::<Result<_>>()?;
+        let prefixes = db.rows(
+            "SELECT prefix FROM routed WHERE tunnel_id = ?1 ORDER BY rowid",
+            params![r.id],
+            |x| parse(&x.get::<String>(0)?, "prefix"),
+        )?;
         out.push(record(r, prefixes)?);
     }
     Ok(out)
@@ -415,7 +464,7 @@ mod tests {
     fn secrets_kept_in_clear_are_found_by_index() {
         let s = store();
         for (sql, index) in [
-            (super::super::KEYS_IN_CLEAR, "tunnels_key_in_clear"),
+            (super::super::tunnels::KEYS_IN_CLEAR, "tunnels_key_in_clear"),
             (super::super::users::IN_CLEAR, "users_in_clear"),
         ] {
             let plan: String = s
