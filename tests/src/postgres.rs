@@ -19,7 +19,10 @@ use std::{
     },
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Mutex, Once,
+    },
     time::{Duration, Instant},
 };
 
@@ -48,6 +51,7 @@ impl Cluster {
     /// Initialises and starts a cluster; waits until it accepts connections.
     pub fn start() -> Result<Self> {
         let bin = bin_dir()?;
+        sweep();
         let dir = private_dir()?;
         // From here on, dropping `cluster` removes the directory, also on error.
         let mut cluster = Self {
@@ -139,6 +143,24 @@ impl Cluster {
         let _ = server.kill();
         let _ = server.wait();
         false
+    }
+
+    /// Keeps the cluster for the rest of the process (one cluster for a whole test binary):
+    /// at exit the server is stopped and the directory removed. The server stays tied to
+    /// the thread that started it, so that thread must live as long.
+    pub fn keep_until_exit(mut self) {
+        static REGISTER: Once = Once::new();
+        REGISTER.call_once(|| {
+            // SAFETY: registers a plain function; it runs once, at exit.
+            unsafe { libc::atexit(stop_kept) };
+        });
+        if let Some(server) = self.server.take() {
+            KEPT.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((server.id(), self.dir.clone()));
+        }
+        // Nothing left for `drop` to do: the directory goes at exit.
+        std::mem::forget(self);
     }
 
     fn init(&self) -> Result<()> {
@@ -244,6 +266,34 @@ impl Drop for Cluster {
     }
 }
 
+/// Servers and directories of clusters kept until exit ([`Cluster::keep_until_exit`]).
+static KEPT: Mutex<Vec<(u32, PathBuf)>> = Mutex::new(Vec::new());
+
+/// At exit: each kept server gets a fast shutdown, up to [`STOP`] to end (then SIGKILL),
+/// and its directory is removed.
+extern "C" fn stop_kept() {
+    let kept = std::mem::take(&mut *KEPT.lock().unwrap_or_else(|e| e.into_inner()));
+    for (pid, dir) in kept {
+        // SAFETY: signalling and reaping our own child by PID.
+        unsafe { libc::kill(pid as i32, libc::SIGINT) };
+        let deadline = Instant::now() + STOP;
+        let mut status = 0;
+        // SAFETY: as above.
+        while unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) } == 0 {
+            if Instant::now() > deadline {
+                // SAFETY: as above.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGKILL);
+                    libc::waitpid(pid as i32, &mut status, 0);
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = fs::remove_dir_all(dir);
+    }
+}
+
 /// The newest installed PostgreSQL's programs (Debian keeps them per major version in
 /// `/usr/lib/postgresql/<version>/bin`).
 pub fn bin_dir() -> Result<PathBuf> {
@@ -265,6 +315,32 @@ pub fn bin_dir() -> Result<PathBuf> {
             "no PostgreSQL server under {}: run `cargo xtask setup` (Debian's postgresql)",
             root.display()
         ),
+    }
+}
+
+/// Removes the directories of clusters whose test process is gone: one kept for a whole
+/// test binary (a static, never dropped) ends with the process, but its directory stays.
+fn sweep() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("broker-pg-"))
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let server_gone = fs::read_to_string(e.path().join("data/postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
+            .is_none_or(|p| !Path::new(&format!("/proc/{p}")).exists());
+        if !Path::new(&format!("/proc/{pid}")).exists() && server_gone {
+            let _ = fs::remove_dir_all(e.path());
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 mod alloc;
 mod engine;
 mod files;
+mod postgres;
 mod query;
 mod records;
 mod schema;
@@ -22,12 +23,15 @@ pub(crate) fn schema_for_tests() -> &'static [&'static str] {
     schema::MIGRATIONS
 }
 mod sqlite;
+#[cfg(test)]
+mod test_engines;
 
 use ipnet::Ipv6Net;
 
 use crate::model::{Endpoint, Kind, State, TunnelSpec};
 
 pub use alloc::PoolSet;
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// How a tunnel came to be: declared in the config file (reconciled at every start),
@@ -250,6 +254,8 @@ pub enum StoreError {
     },
     #[error("store")]
     Sql(#[from] rusqlite::Error),
+    #[error("store (PostgreSQL)")]
+    Postgres(#[from] ::postgres::Error),
     #[error("corrupt store: {what}")]
     Corrupt { what: String },
 }

@@ -252,20 +252,20 @@ mod tests {
     use crate::{
         model::{Endpoint, Kind, State},
         store::{
+            test_engines::{self, on_every_engine, Open},
             NewTunnel, Origin, OwnerFilter, PoolSet, SqliteStore, Store, TunnelChange,
             TunnelFilter, TunnelRecord,
         },
     };
 
-    fn store() -> SqliteStore {
-        let mut s = SqliteStore::in_memory(PoolSet {
+    fn store(open: Open) -> Box<dyn Store> {
+        let mut s = open(PoolSet {
             link: vec!["2001:db8:10::/48".parse().unwrap()],
             routed: vec!["2001:db8:1000::/40".parse().unwrap()],
             routed_lengths: vec![48, 56],
             quarantine_secs: 100,
             v4v6: Some("203.0.113.0/28".parse().unwrap()),
-        })
-        .unwrap();
+        });
         for u in ["ann", "bob"] {
             s.create_user(u, &secrets(), 0).unwrap();
         }
@@ -284,7 +284,7 @@ mod tests {
     type Census = BTreeMap<(&'static str, &'static str), u64>;
 
     /// A tunnel of kind `k % 3` at an address made from `n`, owned by nobody, ann or bob.
-    fn create(s: &mut SqliteStore, n: u32, owner: u8, kind: u8, routed: bool) -> TunnelRecord {
+    fn create(s: &mut dyn Store, n: u32, owner: u8, kind: u8, routed: bool) -> TunnelRecord {
         let v4 = Ipv4Addr::from(0xc612_0000 + n);
         let (kind, endpoint) = match kind % 3 {
             0 => (Kind::Proto41, Endpoint::Ipv4(v4)),
@@ -300,7 +300,7 @@ mod tests {
         s.create_tunnel(&req, 1).unwrap()
     }
 
-    fn census_by_counting(s: &SqliteStore) -> Census {
+    fn census_by_counting(s: &dyn Store) -> Census {
         let mut m = BTreeMap::new();
         for t in s.tunnels().unwrap() {
             *m.entry((t.spec.kind.as_str(), t.spec.state.as_str()))
@@ -309,7 +309,7 @@ mod tests {
         m
     }
 
-    fn census(s: &SqliteStore) -> Census {
+    fn census(s: &dyn Store) -> Census {
         s.census()
             .unwrap()
             .into_iter()
@@ -336,7 +336,7 @@ mod tests {
     }
 
     /// Every page of `f`, `size` at a time.
-    fn pages(s: &SqliteStore, f: &TunnelFilter, size: usize) -> Vec<TunnelRecord> {
+    fn pages(s: &dyn Store, f: &TunnelFilter, size: usize) -> Vec<TunnelRecord> {
         let mut out: Vec<TunnelRecord> = Vec::new();
         loop {
             let page = s
@@ -351,13 +351,12 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_census_follows_creations_changes_and_deletions() {
-        let mut s = store();
+    fn the_census_follows_creations_changes_and_deletions(open: Open) {
+        let mut s = store(open);
         assert!(s.census().unwrap().is_empty());
-        let a = create(&mut s, 1, 0, 0, false);
-        create(&mut s, 2, 0, 0, false);
-        let c = create(&mut s, 3, 1, 1, true);
+        let a = create(&mut *s, 1, 0, 0, false);
+        create(&mut *s, 2, 0, 0, false);
+        let c = create(&mut *s, 3, 1, 1, true);
         let down = TunnelChange {
             state: Some(State::Down),
             ..Default::default()
@@ -365,15 +364,14 @@ mod tests {
         s.update_tunnel(a.spec.id, &down, 2).unwrap();
         s.delete_tunnel(c.spec.id, 3).unwrap();
         let want = BTreeMap::from([(("proto41", "up"), 1), (("proto41", "down"), 1)]);
-        assert_eq!(census(&s), want);
-        assert_eq!(census_by_counting(&s), want);
+        assert_eq!(census(&*s), want);
+        assert_eq!(census_by_counting(&*s), want);
     }
 
-    #[test]
-    fn filters_by_owner_address_prefix_and_lapsed_lifetimes() {
-        let mut s = store();
-        let a = create(&mut s, 1, 1, 0, true);
-        let b = create(&mut s, 2, 2, 1, false);
+    fn filters_by_owner_address_prefix_and_lapsed_lifetimes(open: Open) {
+        let mut s = store(open);
+        let a = create(&mut *s, 1, 1, 0, true);
+        let b = create(&mut *s, 2, 2, 1, false);
         let user = |u: &str| TunnelFilter {
             owner: Some(OwnerFilter::User(u.into())),
             ..Default::default()
@@ -462,7 +460,7 @@ mod tests {
     /// Every start asks for secrets kept in clear: an index answers, whatever N.
     #[test]
     fn secrets_kept_in_clear_are_found_by_index() {
-        let s = store();
+        let s = SqliteStore::in_memory(PoolSet::default()).unwrap();
         for (sql, index) in [
             (super::super::tunnels::KEYS_IN_CLEAR, "tunnels_key_in_clear"),
             (super::super::users::IN_CLEAR, "users_in_clear"),
@@ -479,49 +477,48 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_generation_moves_with_every_change_and_watched_tunnels_are_read_by_index() {
-        let mut s = store();
+    fn the_generation_moves_with_every_change_and_watched_ones_are_found(open: Open) {
+        let mut s = store(open);
         let (id0, g0) = s.generation().unwrap();
         let mut seen = vec![g0];
-        let mut moved = |s: &SqliteStore, what: &str| {
+        let mut moved = |s: &dyn Store, what: &str| {
             let (id, g) = s.generation().unwrap();
             assert_eq!(id, id0, "the store's identity stays");
             assert!(!seen.contains(&g), "{what}: generation {g} again");
             seen.push(g);
         };
-        let a = create(&mut s, 1, 0, 0, false);
-        moved(&s, "created");
-        let b = create(&mut s, 2, 1, 2, true);
-        moved(&s, "created with a routed prefix");
+        let a = create(&mut *s, 1, 0, 0, false);
+        moved(&*s, "created");
+        let b = create(&mut *s, 2, 1, 2, true);
+        moved(&*s, "created with a routed prefix");
         let change = TunnelChange {
             keepalive: Some(Some(30)),
             ..Default::default()
         };
         s.update_tunnel(a.spec.id, &change, 2).unwrap();
-        moved(&s, "updated");
+        moved(&*s, "updated");
         let routed = TunnelChange {
             add_routed_length: Some(48),
             ..Default::default()
         };
         s.update_tunnel(a.spec.id, &routed, 3).unwrap();
-        moved(&s, "a routed prefix added");
+        moved(&*s, "a routed prefix added");
         s.delete_tunnel(b.spec.id, 4).unwrap();
-        moved(&s, "deleted");
+        moved(&*s, "deleted");
         let before = s.generation().unwrap();
         s.census().unwrap();
         s.tunnels().unwrap();
         assert_eq!(s.generation().unwrap(), before, "reads change nothing");
 
         // Watched: up, and a keepalive, AYIYA or heartbeat.
-        create(&mut s, 3, 0, 2, false);
-        let down = create(&mut s, 4, 0, 2, false);
+        create(&mut *s, 3, 0, 2, false);
+        let down = create(&mut *s, 4, 0, 2, false);
         let change = TunnelChange {
             state: Some(State::Down),
             ..Default::default()
         };
         s.update_tunnel(down.spec.id, &change, 5).unwrap();
-        create(&mut s, 5, 0, 0, false);
+        create(&mut *s, 5, 0, 0, false);
         let want: Vec<u32> = s
             .tunnels()
             .unwrap()
@@ -532,6 +529,11 @@ mod tests {
         let got: Vec<u32> = s.watched().unwrap().iter().map(|t| t.spec.id).collect();
         assert_eq!(got, want);
         assert_eq!(got.len(), 2, "{got:?}");
+    }
+
+    #[test]
+    fn watched_tunnels_are_read_by_index_on_sqlite() {
+        let s = SqliteStore::in_memory(PoolSet::default()).unwrap();
         let plan: String = s
             .conn
             .prepare(&format!(
@@ -546,42 +548,80 @@ mod tests {
         assert!(plan.contains("tunnels_watched"), "{plan}");
     }
 
+    /// The census always equals a count, and paging through a filter in any page size
+    /// gives exactly the tunnels the filter matches, in id order.
+    fn census_and_pages_agree_with_a_full_scan(
+        open: Open,
+        ops: Vec<Op>,
+        filters: Vec<TunnelFilter>,
+        size: usize,
+    ) -> Result<(), TestCaseError> {
+        let mut s = store(open);
+        let mut n = 0;
+        for op in ops {
+            let all = s.tunnels().unwrap();
+            match op {
+                Op::Create {
+                    owner,
+                    kind,
+                    routed,
+                } => {
+                    n += 1;
+                    create(&mut *s, n, owner, kind, routed);
+                }
+                Op::Delete { pick } if !all.is_empty() => {
+                    s.delete_tunnel(all[pick % all.len()].spec.id, 2).unwrap();
+                }
+                Op::Down { pick } if !all.is_empty() => {
+                    let down = TunnelChange {
+                        state: Some(State::Down),
+                        ..Default::default()
+                    };
+                    s.update_tunnel(all[pick % all.len()].spec.id, &down, 2)
+                        .unwrap();
+                }
+                _ => {}
+            }
+            prop_assert_eq!(census(&*s), census_by_counting(&*s));
+        }
+        let all = s.tunnels().unwrap();
+        for f in &filters {
+            let want: Vec<TunnelRecord> = all.iter().filter(|t| matches(t, f)).cloned().collect();
+            prop_assert_eq!(pages(&*s, f, size), want, "filter {:?}", f);
+        }
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
 
-        /// The census always equals a count, and paging through a filter in any page size
-        /// gives exactly the tunnels the filter matches, in id order.
         #[test]
-        fn census_and_pages_agree_with_a_full_scan(
+        fn census_and_pages_agree_with_a_full_scan_on_sqlite(
             ops in prop::collection::vec(op(), 1..60),
             filters in prop::collection::vec(filter(), 4),
             size in 1usize..7,
         ) {
-            let mut s = store();
-            let mut n = 0;
-            for op in ops {
-                let all = s.tunnels().unwrap();
-                match op {
-                    Op::Create { owner, kind, routed } => {
-                        n += 1;
-                        create(&mut s, n, owner, kind, routed);
-                    }
-                    Op::Delete { pick } if !all.is_empty() => {
-                        s.delete_tunnel(all[pick % all.len()].spec.id, 2).unwrap();
-                    }
-                    Op::Down { pick } if !all.is_empty() => {
-                        let down = TunnelChange { state: Some(State::Down), ..Default::default() };
-                        s.update_tunnel(all[pick % all.len()].spec.id, &down, 2).unwrap();
-                    }
-                    _ => {}
-                }
-                prop_assert_eq!(census(&s), census_by_counting(&s));
-            }
-            let all = s.tunnels().unwrap();
-            for f in &filters {
-                let want: Vec<TunnelRecord> = all.iter().filter(|t| matches(t, f)).cloned().collect();
-                prop_assert_eq!(pages(&s, f, size), want, "filter {:?}", f);
-            }
+            census_and_pages_agree_with_a_full_scan(&test_engines::sqlite, ops, filters, size)?;
         }
     }
+
+    proptest! {
+        // A database per case: fewer cases; the logic is SQLite's, the engine what varies.
+        #![proptest_config(ProptestConfig::with_cases(12))]
+
+        #[test]
+        fn census_and_pages_agree_with_a_full_scan_on_postgres(
+            ops in prop::collection::vec(op(), 1..60),
+            filters in prop::collection::vec(filter(), 4),
+            size in 1usize..7,
+        ) {
+            census_and_pages_agree_with_a_full_scan(&test_engines::postgres, ops, filters, size)?;
+        }
+    }
+
+    on_every_engine!(
+        the_census_follows_creations_changes_and_deletions,
+        filters_by_owner_address_prefix_and_lapsed_lifetimes,
+        the_generation_moves_with_every_change_and_watched_ones_are_found,
+    );
 }

@@ -172,45 +172,63 @@ impl dyn Sql + '_ {
     }
 }
 
-/// `sql` with its parameters numbered `$1`, `$2`, … as PostgreSQL wants them: `?N` becomes
-/// `$N` and each bare `?` the next number after the highest so far. Quoted text and
-/// identifiers are left as they are.
-#[allow(dead_code)] // The PostgreSQL engine's, which is being built (docs/MULTI-POP.md).
-pub fn numbered(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len() + 8);
+/// `sql` with its parameters numbered `$1`, `$2`, … as PostgreSQL wants them, and for each
+/// of those the index of the parameter it takes from the list the statement was written
+/// for. `?N` is parameter N and each bare `?` the one after the highest so far; parameters
+/// the statement does not use are left out, since PostgreSQL refuses a parameter whose
+/// type nothing in the statement says. Quoted text and identifiers are left as they are.
+pub fn numbered(sql: &str) -> (String, Vec<usize>) {
+    enum Piece {
+        Text(String),
+        Param(usize),
+    }
+    let mut pieces = vec![Piece::Text(String::new())];
     let mut chars = sql.chars().peekable();
     let mut quote: Option<char> = None;
-    let mut next = 1u32;
+    let mut next = 1usize;
     while let Some(c) = chars.next() {
-        match (quote, c) {
-            (Some(q), c) => {
-                out.push(c);
-                if c == q {
-                    quote = None;
-                }
+        if quote.is_none() && c == '?' {
+            let mut digits = String::new();
+            while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                digits.push(*d);
+                chars.next();
             }
-            (None, '\'' | '"') => {
-                quote = Some(c);
-                out.push(c);
-            }
-            (None, '?') => {
-                let mut digits = String::new();
-                while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
-                    digits.push(*d);
-                    chars.next();
-                }
-                let n = match digits.parse::<u32>() {
-                    Ok(n) => n,
-                    Err(_) => next,
-                };
-                next = next.max(n + 1);
-                out.push('$');
-                out.push_str(&n.to_string());
-            }
-            (None, c) => out.push(c),
+            let n = digits.parse::<usize>().unwrap_or(next);
+            next = next.max(n + 1);
+            pieces.push(Piece::Param(n));
+            pieces.push(Piece::Text(String::new()));
+            continue;
+        }
+        match quote {
+            Some(q) if c == q => quote = None,
+            None if c == '\'' || c == '"' => quote = Some(c),
+            _ => {}
+        }
+        if let Some(Piece::Text(t)) = pieces.last_mut() {
+            t.push(c);
         }
     }
-    out
+    let mut used: Vec<usize> = pieces
+        .iter()
+        .filter_map(|p| match p {
+            Piece::Param(n) => Some(*n),
+            Piece::Text(_) => None,
+        })
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    let mut out = String::with_capacity(sql.len() + 8);
+    for p in pieces {
+        match p {
+            Piece::Text(t) => out.push_str(&t),
+            Piece::Param(n) => {
+                let k = used.binary_search(&n).expect("collected above") + 1;
+                out.push('$');
+                out.push_str(&k.to_string());
+            }
+        }
+    }
+    (out, used.into_iter().map(|n| n - 1).collect())
 }
 
 #[cfg(test)]
@@ -219,20 +237,38 @@ mod tests {
 
     #[test]
     fn parameters_are_numbered_for_postgresql() {
+        let n = |sql: &str| numbered(sql);
         assert_eq!(
-            numbered("SELECT id FROM t WHERE a = ?1 AND b = ?2 OR c = ?1"),
-            "SELECT id FROM t WHERE a = $1 AND b = $2 OR c = $1"
+            n("SELECT id FROM t WHERE a = ?1 AND b = ?2 OR c = ?1"),
+            (
+                "SELECT id FROM t WHERE a = $1 AND b = $2 OR c = $1".into(),
+                vec![0, 1]
+            )
         );
         assert_eq!(
-            numbered("SELECT x FROM t WHERE id > ? AND kind = ? LIMIT ?"),
-            "SELECT x FROM t WHERE id > $1 AND kind = $2 LIMIT $3"
+            n("SELECT x FROM t WHERE id > ? AND kind = ? LIMIT ?"),
+            (
+                "SELECT x FROM t WHERE id > $1 AND kind = $2 LIMIT $3".into(),
+                vec![0, 1, 2]
+            )
+        );
+        // Unused parameters are left out; the rest keep their order.
+        assert_eq!(
+            n("SELECT id FROM t WHERE v6 = ?3 AND (?4 IS NULL OR id <> ?4)"),
+            (
+                "SELECT id FROM t WHERE v6 = $1 AND ($2 IS NULL OR id <> $2)".into(),
+                vec![2, 3]
+            )
         );
         // Quoted question marks are text, not parameters.
         assert_eq!(
-            numbered("SELECT '?', \"a?\" FROM t WHERE x = ?10 AND y = ?"),
-            "SELECT '?', \"a?\" FROM t WHERE x = $10 AND y = $11"
+            n("SELECT '?', \"a?\" FROM t WHERE x = ?10 AND y = ?"),
+            (
+                "SELECT '?', \"a?\" FROM t WHERE x = $1 AND y = $2".into(),
+                vec![9, 10]
+            )
         );
-        assert_eq!(numbered("SELECT 1"), "SELECT 1");
+        assert_eq!(n("SELECT 1"), ("SELECT 1".into(), vec![]));
     }
 
     #[test]

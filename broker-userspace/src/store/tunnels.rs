@@ -40,7 +40,7 @@ pub(super) fn endpoint_owner(
     };
     db.first(
         &format!(
-            "SELECT id FROM tunnels WHERE kind IN {kinds} AND {sql} AND (?4 IS NULL OR id <> ?4)"
+            "SELECT id FROM tunnels WHERE kind IN {kinds} AND {sql} AND (CAST(?4 AS BIGINT) IS NULL OR id <> ?4)"
         ),
         params![v4, port, v6, except],
         |r| r.get(0),
