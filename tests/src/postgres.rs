@@ -122,6 +122,14 @@ impl Cluster {
         fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
     }
 
+    /// Starts the server again on the same data after [`Cluster::stop`].
+    pub fn start_again(&mut self) -> Result<()> {
+        if self.server.is_some() {
+            bail!("the server still runs");
+        }
+        self.run()
+    }
+
     /// Stops the server: a fast shutdown (SIGINT), then SIGKILL after a grace period.
     /// Returns whether it shut down by itself.
     pub fn stop(&mut self) -> bool {

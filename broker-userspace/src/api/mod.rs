@@ -384,6 +384,7 @@ impl From<BrokerError> for ApiError {
                         (StatusCode::CONFLICT, Some("remote_ipv4"))
                     }
                     StoreError::PoolExhausted { .. } => (StatusCode::SERVICE_UNAVAILABLE, None),
+                    StoreError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, None),
                     StoreError::LengthNotOffered { .. } => (
                         StatusCode::UNPROCESSABLE_ENTITY,
                         Some("routed_prefix_length"),

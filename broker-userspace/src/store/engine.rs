@@ -14,9 +14,13 @@ use crate::{
 /// What an engine gives the store's logic: a view to read in, a transaction to write in.
 pub trait Engine: Send {
     /// Runs `f` reading the store as it is (no write is made through it).
-    fn read<T>(&self, f: impl FnOnce(&dyn Sql) -> Result<T>) -> Result<T>;
+    /// (`Send`: an engine may run it on a thread of its own.)
+    fn read<T: Send>(&self, f: impl FnOnce(&dyn Sql) -> Result<T> + Send) -> Result<T>;
     /// Runs `f` in a transaction, committed when `f` succeeds and rolled back otherwise.
-    fn write<T>(&mut self, f: impl FnOnce(&dyn Sql, &PoolSet) -> Result<T>) -> Result<T>;
+    fn write<T: Send>(
+        &mut self,
+        f: impl FnOnce(&dyn Sql, &PoolSet) -> Result<T> + Send,
+    ) -> Result<T>;
     /// [`Store::scrub`]: the engine's own business.
     fn scrub(&mut self) -> Result<()>;
 }

@@ -256,6 +256,10 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("store (PostgreSQL)")]
     Postgres(#[from] ::postgres::Error),
+    /// The shared store cannot be reached (PostgreSQL away, connection lost): what needs
+    /// it fails, and is answered as unavailable (HTTP 503).
+    #[error("the store is unavailable: {what}")]
+    Unavailable { what: String },
     #[error("corrupt store: {what}")]
     Corrupt { what: String },
 }

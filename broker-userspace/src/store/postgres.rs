@@ -1,16 +1,19 @@
 //! The shared store of several PoPs: PostgreSQL (docs/MULTI-POP.md). The same logic as
 //! SQLite's ([`super::engine`]), through the synchronous `postgres` client.
 //!
-//! Writers are serialised, as SQLite serialises them: every write transaction first takes
-//! one advisory lock, so that two PoPs allocating at once cannot pick the same prefix.
-//! Reads run in a read-only transaction each, so that a record and its prefixes are read
-//! from one snapshot.
-//!
-//! Not yet reachable from the configuration: the `postgres` client drives its own Tokio
-//! runtime and must not be called from inside the controller's, so the daemon's use of it
-//! (a thread of its own, timeouts, HTTP 503 while the database is away) is the next step
-//! of docs/MULTI-POP.md. The store's test suite runs against it.
-use std::cell::RefCell;
+//! - Writers are serialised, as SQLite serialises them: every write transaction first
+//!   takes one advisory lock, so that two PoPs allocating at once cannot pick the same
+//!   prefix.
+//! - Reads run in a read-only transaction each, so that a record and its prefixes are read
+//!   from one snapshot.
+//! - The client drives a Tokio runtime of its own, which must not run inside the
+//!   controller's: called from there, a call runs on a scoped thread of its own
+//!   ([`off_runtime`]).
+//! - The database may go away: a lost connection is made again at the next call (libpq's
+//!   several hosts with `target_session_attrs=read-write` find the primary after a
+//!   failover), and what cannot reach the database within the timeouts is
+//!   [`StoreError::Unavailable`].
+use std::{cell::RefCell, time::Duration};
 
 use postgres::{Client, Config, IsolationLevel, NoTls};
 
@@ -23,9 +26,15 @@ use adapter::{PgSql, Prepared};
 
 /// The advisory lock every write transaction holds (`pg_advisory_xact_lock`).
 const WRITE_LOCK: i64 = 0x6272_6f6b_6572_0002;
+/// How long connecting may take, and a statement, unless the URL says otherwise.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const STATEMENT_TIMEOUT_MS: u32 = 5000;
 
 pub struct PgStore {
-    client: RefCell<Client>,
+    config: Config,
+    /// `None` once the connection was found lost, until the next call makes it again.
+    client: RefCell<Option<Client>>,
+    /// Statements prepared on the current connection.
     prepared: RefCell<Prepared>,
     pools: PoolSet,
 }
@@ -35,60 +44,196 @@ impl PgStore {
     /// `postgresql://…`) and `password` (from a file or the environment: never the
     /// configuration), and migrates the schema.
     pub fn connect(conninfo: &str, password: Option<&str>, pools: PoolSet) -> Result<Self> {
-        let mut config: Config = conninfo.parse().map_err(|e| StoreError::Invalid {
-            what: format!("store.url: {e}"),
+        let config = settings(conninfo, password)?;
+        let client = off_runtime(|| -> Result<Client> {
+            let mut client = config.connect(NoTls).map_err(unavailable)?;
+            schema::migrate(&mut client)?;
+            Ok(client)
         })?;
-        if let Some(p) = password {
-            config.password(p);
-        }
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(std::time::Duration::from_secs(5));
-        }
-        config.application_name("broker");
-        let mut client = config.connect(NoTls)?;
-        schema::migrate(&mut client)?;
         Ok(Self {
-            client: RefCell::new(client),
+            config,
+            client: RefCell::new(Some(client)),
             prepared: RefCell::new(Prepared::default()),
             pools,
+        })
+    }
+
+    /// Runs `f` on a live connection, made again first if it was lost.
+    fn with_client<T: Send>(
+        &self,
+        f: impl FnOnce(&mut Client, &RefCell<Prepared>) -> Result<T> + Send,
+    ) -> Result<T> {
+        let mut slot = self.client.borrow_mut();
+        let mut prepared = self.prepared.borrow_mut();
+        let config = &self.config;
+        let (slot, prepared) = (&mut *slot, &mut *prepared);
+        off_runtime(move || {
+            if slot.as_ref().is_none_or(Client::is_closed) {
+                *slot = None;
+                // Statements belong to the connection they were prepared on.
+                *prepared = Prepared::default();
+                *slot = Some(config.connect(NoTls).map_err(unavailable)?);
+            }
+            let client = slot.as_mut().expect("connected above");
+            let cell = RefCell::new(std::mem::take(prepared));
+            let out = f(client, &cell);
+            *prepared = cell.into_inner();
+            match out {
+                // The connection went while in use (the server shut down, the network
+                // broke): the database is away, not the request wrong.
+                Err(StoreError::Postgres(e)) if e.is_closed() || client.is_closed() => {
+                    Err(unavailable(e))
+                }
+                out => out,
+            }
         })
     }
 }
 
 impl Engine for PgStore {
-    fn read<T>(&self, f: impl FnOnce(&dyn Sql) -> Result<T>) -> Result<T> {
-        let mut client = self.client.borrow_mut();
-        let mut tx = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()?;
-        let out = f(&PgSql {
-            tx: RefCell::new(&mut tx),
-            prepared: &self.prepared,
-        })?;
-        tx.commit()?;
-        Ok(out)
+    fn read<T: Send>(&self, f: impl FnOnce(&dyn Sql) -> Result<T> + Send) -> Result<T> {
+        self.with_client(|client, prepared| {
+            let mut tx = client
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()?;
+            let out = f(&PgSql {
+                tx: RefCell::new(&mut tx),
+                prepared,
+            })?;
+            tx.commit()?;
+            Ok(out)
+        })
     }
 
-    fn write<T>(&mut self, f: impl FnOnce(&dyn Sql, &PoolSet) -> Result<T>) -> Result<T> {
-        let mut client = self.client.borrow_mut();
-        let mut tx = client.transaction()?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])?;
-        let out = f(
-            &PgSql {
-                tx: RefCell::new(&mut tx),
-                prepared: &self.prepared,
-            },
-            &self.pools,
-        )?;
-        tx.commit()?;
-        Ok(out)
+    fn write<T: Send>(
+        &mut self,
+        f: impl FnOnce(&dyn Sql, &PoolSet) -> Result<T> + Send,
+    ) -> Result<T> {
+        let pools = &self.pools;
+        self.with_client(|client, prepared| {
+            let mut tx = client.transaction()?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])?;
+            let out = f(
+                &PgSql {
+                    tx: RefCell::new(&mut tx),
+                    prepared,
+                },
+                pools,
+            )?;
+            tx.commit()?;
+            Ok(out)
+        })
     }
 
     /// Nothing the store can do from a client: PostgreSQL's own VACUUM reclaims what
-    /// overwritten rows held (docs/MULTI-POP.md, secrets at rest).
+    /// overwritten rows held (docs/MULTI-POP.md).
     fn scrub(&mut self) -> Result<()> {
         Ok(())
+    }
+}
+
+/// The connection's settings: the URL's, the password, and the controller's timeouts
+/// where the URL sets none.
+fn settings(conninfo: &str, password: Option<&str>) -> Result<Config> {
+    let mut config: Config = conninfo.parse().map_err(|e| StoreError::Invalid {
+        what: format!("store.url: {e}"),
+    })?;
+    if let Some(p) = password {
+        config.password(p);
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if config.get_options().is_none() {
+        config.options(&format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
+    }
+    config
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .application_name("broker");
+    Ok(config)
+}
+
+/// A connection that could not be made or was lost: the database is away.
+fn unavailable(e: postgres::Error) -> StoreError {
+    StoreError::Unavailable {
+        what: crate::broker::error_chain(&e),
+    }
+}
+
+/// Runs `f` where the `postgres` client may block on its own runtime: on this thread when
+/// it runs no Tokio runtime (the tests, the CLI), else on a scoped thread.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|s| {
+        s.spawn(f)
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use broker_tests::postgres::Cluster;
+
+    use super::*;
+    use crate::store::Store;
+
+    fn secrets() -> crate::secret::UserSecrets {
+        crate::secret::UserSecrets {
+            password_hash: "$argon2id$x".into(),
+            tic_md5: "x".into(),
+            digest_realm: "broker".into(),
+            digest_ha1: "x".into(),
+        }
+    }
+
+    /// Inside the controller's runtime, while the database goes away and comes back.
+    #[test]
+    fn serves_inside_a_tokio_runtime_is_unavailable_while_the_database_is_away_and_reconnects() {
+        let mut c = Cluster::start().expect("a cluster (root, Debian's postgresql)");
+        c.create_database("t").unwrap();
+        let mut s = PgStore::connect(&c.conninfo("t"), Some(c.password()), PoolSet::default())
+            .expect("connecting");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            s.create_user("ann", &secrets(), 1).unwrap();
+            assert_eq!(s.user("ann").unwrap().unwrap().created_at, 1);
+        });
+
+        assert!(c.stop(), "the server shut down cleanly");
+        for _ in 0..2 {
+            // The connection in use, then a new one, both fail as the database's absence.
+            let e = rt.block_on(async { s.user("ann") }).unwrap_err();
+            assert!(matches!(e, StoreError::Unavailable { .. }), "{e:?}");
+        }
+
+        c.start_again().expect("the same cluster again");
+        rt.block_on(async {
+            assert_eq!(s.user("ann").unwrap().unwrap().name, "ann");
+            s.create_user("bob", &secrets(), 2).unwrap();
+        });
+        assert_eq!(s.users().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_password_is_required_and_a_wrong_one_refused() {
+        let c = Cluster::start().expect("a cluster (root, Debian's postgresql)");
+        for password in [None, Some("wrong")] {
+            let e = PgStore::connect(&c.conninfo("postgres"), password, PoolSet::default())
+                .err()
+                .expect("refused");
+            assert!(
+                matches!(e, StoreError::Unavailable { ref what } if what.contains("password")),
+                "{e:?}"
+            );
+        }
     }
 }

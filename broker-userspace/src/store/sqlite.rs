@@ -130,11 +130,14 @@ fn all_in_two(
 
 /// Reads run on the connection as it is; writes in a transaction of their own.
 impl Engine for SqliteStore {
-    fn read<T>(&self, f: impl FnOnce(&dyn Sql) -> Result<T>) -> Result<T> {
+    fn read<T: Send>(&self, f: impl FnOnce(&dyn Sql) -> Result<T> + Send) -> Result<T> {
         f(&self.conn)
     }
 
-    fn write<T>(&mut self, f: impl FnOnce(&dyn Sql, &PoolSet) -> Result<T>) -> Result<T> {
+    fn write<T: Send>(
+        &mut self,
+        f: impl FnOnce(&dyn Sql, &PoolSet) -> Result<T> + Send,
+    ) -> Result<T> {
         let tx = self.conn.transaction()?;
         let out = f(&*tx, &self.pools)?;
         tx.commit()?;
