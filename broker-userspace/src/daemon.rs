@@ -24,7 +24,7 @@ use crate::{
     model::{Kind, TunnelSpec},
     netlink::{self, Netlink},
     routes::{RouteSettings, Routes},
-    store::{self, PoolSet, SqliteStore, Store},
+    store::{self, AnyStore, PoolSet, Store},
     sysctl, tic, tsp,
 };
 
@@ -85,7 +85,7 @@ impl RouteOps for RouteBackend {
 }
 
 /// The broker core as `broker run` assembles it.
-pub type Running = Broker<SqliteStore, Dataplane, RouteBackend>;
+pub type Running = Broker<AnyStore, Dataplane, RouteBackend>;
 
 fn pools(config: &Config) -> PoolSet {
     PoolSet {
@@ -150,9 +150,23 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         .collect();
     let starting = api::starting::answer(&sockets, tls.clone(), metrics.clone())
         .context("answering the API while starting")?;
-    let store_path = config.store_path();
-    let store = SqliteStore::open(&store_path, pools(&config))
-        .with_context(|| format!("opening the store {}", store_path.display()))?;
+    // For the log: the file, or the URL (which holds no password: `store.url` refuses one).
+    let store_label = match config.store_location() {
+        crate::config::StoreLocation::Sqlite(path) => path.display().to_string(),
+        crate::config::StoreLocation::Postgres { url, .. } => url,
+    };
+    let (store, store_path) = match config.store_location() {
+        crate::config::StoreLocation::Sqlite(path) => (
+            AnyStore::sqlite(&path, pools(&config))
+                .with_context(|| format!("opening the store {}", path.display()))?,
+            Some(path),
+        ),
+        crate::config::StoreLocation::Postgres { url, password_file } => (
+            AnyStore::postgres(&url, password_file.as_deref(), pools(&config))
+                .context("connecting to the store (store.url)")?,
+            None,
+        ),
+    };
     let opts = dataplane::Options {
         max_tunnels: config.dataplane.max_tunnels,
         max_prefixes: config.dataplane.max_prefixes,
@@ -173,7 +187,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     } else {
         crate::store::Ahead::All
     };
-    let preload = SqliteStore::preload(&store_path, ahead);
+    let preload = store.preload(store_path.as_deref(), ahead);
     let mut dp = Dataplane::load(&opts).context("loading the data plane")?;
     // The debug object's records, forwarded for as long as this process runs.
     if let Some(log) = dp.take_xdp_log()? {
@@ -186,8 +200,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let adopted = dp.adopted();
     let mut broker = Broker::new(store, dp, route_backend(&config).await?, config.pop());
     let waiting = std::time::Instant::now();
-    match preload.join() {
-        Ok(Ok(p)) => {
+    match preload.map(|p| p.join()) {
+        None => {}
+        Some(Ok(Ok(p))) => {
             // What a start at a million tunnels waits for once the maps exist.
             info!(
                 what = ?p.what,
@@ -197,8 +212,10 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             );
             broker.preload(p)
         }
-        Ok(Err(e)) => warn!(error = %e, "reading the tunnels ahead failed: reading them again"),
-        Err(_) => warn!("reading the tunnels ahead panicked: reading them again"),
+        Some(Ok(Err(e))) => {
+            warn!(error = %e, "reading the tunnels ahead failed: reading them again")
+        }
+        Some(Err(_)) => warn!("reading the tunnels ahead panicked: reading them again"),
     }
     endpoint_policy(&mut broker, &config).await;
     let (users, keys) = broker
@@ -244,7 +261,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         instance = %config.instance,
         program_id = broker.maps.program_id()?,
         tunnels,
-        store = %store_path.display(),
+        store = %store_label,
         pins = %broker.maps.pin_path().map(|p| p.display().to_string()).unwrap_or_default(),
         "broker running"
     );

@@ -269,6 +269,21 @@ pub struct Tunnel {
 pub struct StoreConfig {
     /// SQLite file, created on first start. Default: /var/lib/broker/<instance>.db.
     pub path: Option<std::path::PathBuf>,
+    /// PostgreSQL instead, shared by several PoPs (docs/MULTI-POP.md): a libpq URL or
+    /// connection string, without its password.
+    pub url: Option<String>,
+    /// The password of `url`'s user, alone in a file; else `$BROKER_STORE_PASSWORD`.
+    pub password_file: Option<std::path::PathBuf>,
+}
+
+/// Where the store is, as `broker run` opens it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    Sqlite(std::path::PathBuf),
+    Postgres {
+        url: String,
+        password_file: Option<std::path::PathBuf>,
+    },
 }
 
 /// The HTTP API.
@@ -727,6 +742,16 @@ impl Config {
     }
 
     /// The SQLite file.
+    pub fn store_location(&self) -> StoreLocation {
+        match &self.store.url {
+            Some(url) => StoreLocation::Postgres {
+                url: url.clone(),
+                password_file: self.store.password_file.clone(),
+            },
+            None => StoreLocation::Sqlite(self.store_path()),
+        }
+    }
+
     pub fn store_path(&self) -> std::path::PathBuf {
         self.store.path.clone().unwrap_or_else(|| {
             std::path::Path::new("/var/lib/broker").join(format!("{}.db", self.instance))

@@ -535,3 +535,59 @@ fn the_debug_object_is_named_with_an_optional_level() {
         assert_eq!(e.key, key, "{yaml}: {e}");
     }
 }
+
+#[test]
+fn a_postgresql_store_is_one_store_and_keeps_its_password_out() {
+    let with = |store: &str| format!("{GOOD}store:\n{store}");
+    let c = Config::parse(&with(
+        "  url: postgresql://broker@db1.example.net,db2.example.net/broker?target_session_attrs=read-write\n  password_file: /etc/broker/db-password\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.store_location(),
+        StoreLocation::Postgres {
+            url: "postgresql://broker@db1.example.net,db2.example.net/broker?target_session_attrs=read-write".into(),
+            password_file: Some("/etc/broker/db-password".into()),
+        }
+    );
+    assert_eq!(
+        Config::parse(GOOD).unwrap().store_location(),
+        StoreLocation::Sqlite("/var/lib/broker/pop1.db".into())
+    );
+    for (store, key, says) in [
+        (
+            "  path: /tmp/x.db\n  url: host=/tmp dbname=broker\n",
+            "store.url",
+            "exclude each other",
+        ),
+        (
+            "  url: postgresql://broker:hunter2@db.example.net/broker\n",
+            "store.url",
+            "holds a password",
+        ),
+        (
+            "  url: host=/tmp dbname=broker password=hunter2\n",
+            "store.url",
+            "holds a password",
+        ),
+        (
+            "  url: host=/tmp user=broker\n",
+            "store.url",
+            "names no database",
+        ),
+        (
+            "  url: \"postgresql://[\"\n",
+            "store.url",
+            "not a PostgreSQL URL",
+        ),
+        (
+            "  password_file: /etc/broker/db-password\n",
+            "store.password_file",
+            "not set",
+        ),
+    ] {
+        let e = err(&with(store));
+        assert_eq!(e.key, key, "{store}: {e}");
+        assert!(e.to_string().contains(says), "{store}: {e}");
+    }
+}

@@ -10,6 +10,7 @@ type Invalid = (String, String);
 
 pub fn validate(c: &Config) -> Result<(), Invalid> {
     instance(&c.instance)?;
+    store(c)?;
     interfaces(c)?;
     limits(c)?;
     rates(c)?;
@@ -259,6 +260,42 @@ fn heartbeat(c: &Config) -> Result<(), Invalid> {
         ));
     }
     Ok(())
+}
+
+/// One store, and a PostgreSQL password never in the configuration (which more people
+/// read than a secret should reach).
+fn store(c: &Config) -> Result<(), Invalid> {
+    let s = &c.store;
+    match &s.url {
+        Some(_) if s.path.is_some() => Err((
+            "store.url".into(),
+            "store.path and store.url exclude each other: SQLite or PostgreSQL".into(),
+        )),
+        Some(url) => {
+            let parsed: postgres::Config = url.parse().map_err(|e| {
+                (
+                    "store.url".to_string(),
+                    format!("not a PostgreSQL URL: {e}"),
+                )
+            })?;
+            if parsed.get_password().is_some() {
+                return Err((
+                    "store.url".into(),
+                    "holds a password: put it in store.password_file or $BROKER_STORE_PASSWORD"
+                        .into(),
+                ));
+            }
+            if parsed.get_dbname().is_none() {
+                return Err(("store.url".into(), "names no database (dbname)".into()));
+            }
+            Ok(())
+        }
+        None if s.password_file.is_some() => Err((
+            "store.password_file".into(),
+            "is for store.url (PostgreSQL), which is not set".into(),
+        )),
+        None => Ok(()),
+    }
 }
 
 fn api(c: &Config) -> Result<(), Invalid> {

@@ -7,6 +7,7 @@
 //! several PoPs sharing one database is to follow (docs/MULTI-POP.md).
 
 mod alloc;
+mod any;
 mod engine;
 mod files;
 mod postgres;
@@ -31,6 +32,7 @@ use ipnet::Ipv6Net;
 use crate::model::{Endpoint, Kind, State, TunnelSpec};
 
 pub use alloc::PoolSet;
+pub use any::{AnyStore, PASSWORD_ENV};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 

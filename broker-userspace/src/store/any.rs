@@ -1,0 +1,82 @@
+//! The store `broker run` opens: SQLite or PostgreSQL, as the configuration says.
+use std::path::Path;
+
+use super::{
+    alloc::PoolSet, engine::Engine, sql::Sql, Ahead, PgStore, Preloaded, Result, SqliteStore,
+    StoreError,
+};
+
+/// Either engine, behind the one `Store` (through [`Engine`]).
+pub enum AnyStore {
+    Sqlite(SqliteStore),
+    /// Boxed: the client with its settings is several times SQLite's connection.
+    Postgres(Box<PgStore>),
+}
+
+/// The environment variable a PostgreSQL password may come from.
+pub const PASSWORD_ENV: &str = "BROKER_STORE_PASSWORD";
+
+impl AnyStore {
+    pub fn sqlite(path: &Path, pools: PoolSet) -> Result<Self> {
+        SqliteStore::open(path, pools).map(Self::Sqlite)
+    }
+
+    /// PostgreSQL at `url`, the password read from `password_file` (its first line) or
+    /// else from `$BROKER_STORE_PASSWORD`.
+    pub fn postgres(url: &str, password_file: Option<&Path>, pools: PoolSet) -> Result<Self> {
+        let password = match password_file {
+            Some(f) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|source| StoreError::Files {
+                        path: f.display().to_string(),
+                        source,
+                    })?
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            ),
+            None => std::env::var(PASSWORD_ENV).ok(),
+        };
+        PgStore::connect(url, password.as_deref(), pools).map(|s| Self::Postgres(Box::new(s)))
+    }
+
+    /// Reads the tunnels `what` names ahead, on a thread of its own, where the engine
+    /// can (SQLite's file opened a second time); `None` where it cannot.
+    pub fn preload(
+        &self,
+        path: Option<&Path>,
+        what: Ahead,
+    ) -> Option<std::thread::JoinHandle<Result<Preloaded>>> {
+        match (self, path) {
+            (Self::Sqlite(_), Some(path)) => Some(SqliteStore::preload(path, what)),
+            _ => None,
+        }
+    }
+}
+
+impl Engine for AnyStore {
+    fn read<T: Send>(&self, f: impl FnOnce(&dyn Sql) -> Result<T> + Send) -> Result<T> {
+        match self {
+            Self::Sqlite(s) => s.read(f),
+            Self::Postgres(s) => s.read(f),
+        }
+    }
+
+    fn write<T: Send>(
+        &mut self,
+        f: impl FnOnce(&dyn Sql, &PoolSet) -> Result<T> + Send,
+    ) -> Result<T> {
+        match self {
+            Self::Sqlite(s) => s.write(f),
+            Self::Postgres(s) => s.write(f),
+        }
+    }
+
+    fn scrub(&mut self) -> Result<()> {
+        match self {
+            Self::Sqlite(s) => s.scrub(),
+            Self::Postgres(s) => s.scrub(),
+        }
+    }
+}
