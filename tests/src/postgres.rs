@@ -122,6 +122,68 @@ impl Cluster {
         fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
     }
 
+    /// A streaming standby of this cluster, in a directory of its own: a base backup of
+    /// the running server (`pg_basebackup -R`), started; it follows the primary until
+    /// [`Cluster::promote`]d.
+    pub fn standby(&self) -> Result<Self> {
+        let mut standby = Self {
+            server: None,
+            dir: private_dir()?,
+            bin: self.bin.clone(),
+            password: self.password.clone(),
+        };
+        let out = Command::new(self.bin.join("pg_basebackup"))
+            .arg("-D")
+            .arg(standby.dir.join("data"))
+            .arg("-h")
+            .arg(&self.dir)
+            .args(["-p", &PORT.to_string(), "-U", USER])
+            .args(["-R", "-X", "stream", "--no-sync", "-c", "fast"])
+            .env("PGPASSWORD", &self.password)
+            .uid(UNPRIVILEGED)
+            .gid(UNPRIVILEGED)
+            .current_dir(&standby.dir)
+            .stdin(Stdio::null())
+            .output()
+            .context("running pg_basebackup")?;
+        if !out.status.success() {
+            bail!(
+                "pg_basebackup failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        standby.run()?;
+        Ok(standby)
+    }
+
+    /// Whether the server is a standby (`pg_is_in_recovery()`).
+    pub fn in_recovery(&self) -> Result<bool> {
+        Ok(self.psql("postgres", "SELECT pg_is_in_recovery()")? == "t")
+    }
+
+    /// Makes a standby the primary and waits until it accepts writes.
+    pub fn promote(&self) -> Result<()> {
+        let out = Command::new(self.bin.join("pg_ctl"))
+            .arg("promote")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-w", "-t", "30"])
+            .uid(UNPRIVILEGED)
+            .gid(UNPRIVILEGED)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .context("running pg_ctl promote")?;
+        if !out.status.success() {
+            bail!(
+                "pg_ctl promote failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     /// Starts the server again on the same data after [`Cluster::stop`].
     pub fn start_again(&mut self) -> Result<()> {
         if self.server.is_some() {

@@ -1,39 +1,46 @@
-//! `broker run` on a PostgreSQL store (docs/MULTI-POP.md): a throwaway cluster started by
-//! the test, the real binary in the lab. Its static tunnel forwards and is kept in
-//! PostgreSQL, users and tunnels made through the CLI land there, and a controller
-//! killed and started again finds them there while forwarding never stopped.
-use std::os::unix::fs::PermissionsExt;
+//! `broker run` on a PostgreSQL store (docs/MULTI-POP.md): throwaway clusters started by
+//! the test, the real binary in the lab.
+//! - Its static tunnel forwards and is kept in PostgreSQL; users and tunnels made through
+//!   the CLI land there; a controller killed and started again finds them there while
+//!   forwarding never stopped.
+//! - With a primary and a streaming standby in its URL (`target_session_attrs=read-write`),
+//!   the primary's loss stops changes (HTTP 503) but not forwarding, and once the standby
+//!   is promoted the PoP writes to it by itself.
+use std::{os::unix::fs::PermissionsExt, path::Path};
 
 use broker_tests::{
     lab::{Lab, INET6_HOST},
-    postgres::Cluster,
+    postgres::{Cluster, USER},
     require_root,
 };
 
-#[test]
-fn a_pop_runs_on_postgresql_and_comes_back_to_it_after_a_kill() {
+/// A lab whose broker keeps its store in PostgreSQL at `hosts` (a primary first, then its
+/// standbys), database `broker`, the password in a file.
+fn lab_on(tag: &str, dir: &Path, hosts: &[&Cluster]) -> Lab {
     require_root();
-    let dir = tempfile::tempdir().unwrap();
-    // Declared before the lab, so dropped after it: the broker stops first.
-    let pg = Cluster::start().expect("a PostgreSQL cluster (cargo xtask setup installs it)");
-    pg.create_database("broker").unwrap();
-    let password_file = dir.path().join("db-password");
-    std::fs::write(&password_file, format!("{}\n", pg.password())).unwrap();
+    let password_file = dir.join("db-password");
+    std::fs::write(&password_file, format!("{}\n", hosts[0].password())).unwrap();
     std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-
-    let prefix = format!("bq{}", std::process::id());
-    let mut lab = Lab::create(&prefix, 1, dir.path()).expect("the lab");
-    let sqlite = format!(
-        "store:\n  path: {}\n",
-        dir.path().join("broker.db").display()
+    let sockets: Vec<String> = hosts
+        .iter()
+        .map(|c| c.socket_dir().display().to_string())
+        .collect();
+    let ports: Vec<String> = hosts.iter().map(|c| c.port().to_string()).collect();
+    let url = format!(
+        "host={} port={} user={USER} dbname=broker target_session_attrs=read-write",
+        sockets.join(","),
+        ports.join(",")
     );
+
+    let prefix = format!("bq{}{tag}", std::process::id());
+    let mut lab = Lab::create(&prefix, 1, dir).expect("the lab");
+    let sqlite = format!("store:\n  path: {}\n", dir.join("broker.db").display());
     let config = lab.config_yaml(&prefix);
     assert!(config.contains(&sqlite), "{config}");
     let config = config.replace(
         &sqlite,
         &format!(
-            "store:\n  url: {}\n  password_file: {}\n",
-            pg.conninfo("broker"),
+            "store:\n  url: {url}\n  password_file: {}\n",
             password_file.display()
         ),
     );
@@ -44,16 +51,32 @@ fn a_pop_runs_on_postgresql_and_comes_back_to_it_after_a_kill() {
         lab.broker_log()
     );
     assert!(
-        !dir.path().join("broker.db").exists(),
+        !dir.join("broker.db").exists(),
         "no SQLite file besides PostgreSQL"
     );
     let v4 = lab.clients[0].v4;
     lab.start_client(1, v4).unwrap();
     lab.wait_reachable(1, INET6_HOST)
         .expect("the static tunnel forwards");
+    lab
+}
+
+/// Pings through the tunnel and says whether every echo came back.
+fn no_loss(lab: &Lab, count: u32) -> bool {
+    lab.ping(1, INET6_HOST, count, "0.2")
+        .is_ok_and(|out| out.contains(" 0% packet loss"))
+}
+
+#[test]
+fn a_pop_runs_on_postgresql_and_comes_back_to_it_after_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    // Declared before the lab, so dropped after it: the broker stops first.
+    let pg = Cluster::start().expect("a PostgreSQL cluster (cargo xtask setup installs it)");
+    pg.create_database("broker").unwrap();
+    let mut lab = lab_on("k", dir.path(), &[&pg]);
 
     // The static tunnel, a user and a tunnel made at run time are PostgreSQL's rows.
-    let id = lab.clients[0].tunnel_id();
+    let (id, v4) = (lab.clients[0].tunnel_id(), lab.clients[0].v4);
     assert_eq!(
         pg.psql(
             "broker",
@@ -77,13 +100,57 @@ fn a_pop_runs_on_postgresql_and_comes_back_to_it_after_a_kill() {
 
     // Killed: forwarding goes on; started again, the controller reads it all back.
     lab.kill_broker();
-    lab.ping(1, INET6_HOST, 3, "0.2")
-        .expect("forwarding while no controller runs");
+    assert!(no_loss(&lab, 5), "forwarding while no controller runs");
     lab.spawn_broker(&[]).expect("broker run again");
     let users = lab.cli(&["user", "list"]).unwrap();
     assert!(users.contains("ann"), "{users}");
     let tunnels = lab.cli(&["tunnel", "list"]).unwrap();
     assert!(tunnels.contains("heartbeat"), "{tunnels}");
-    lab.ping(1, INET6_HOST, 3, "0.2")
-        .expect("forwarding after the restart");
+    assert!(no_loss(&lab, 5), "forwarding after the restart");
+}
+
+#[test]
+fn a_pop_follows_its_store_to_a_promoted_standby() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut primary = Cluster::start().expect("a PostgreSQL cluster");
+    primary.create_database("broker").unwrap();
+    let standby = primary.standby().expect("a streaming standby");
+    assert!(standby.in_recovery().unwrap());
+    let lab = lab_on("f", dir.path(), &[&primary, &standby]);
+    lab.cli(&["user", "add", "ann", "--password", "correct horse battery"])
+        .unwrap();
+
+    // The primary is lost: changes are refused as unavailable, forwarding goes on.
+    assert!(primary.stop(), "the primary shut down");
+    let refused = lab
+        .cli(&["user", "add", "bob", "--password", "correct horse battery"])
+        .expect_err("no primary to write to");
+    assert!(
+        format!("{refused:#}").contains("unavailable"),
+        "{refused:#}"
+    );
+    assert!(no_loss(&lab, 10), "forwarding while the store is away");
+
+    // The standby is promoted while the client pings: the next change finds it, without
+    // a restart, and no echo is lost meanwhile.
+    std::thread::scope(|s| {
+        let pinging = s.spawn(|| no_loss(&lab, 25));
+        standby.promote().expect("promoting the standby");
+        assert!(!standby.in_recovery().unwrap());
+        broker_tests::eventually(20, "a change reaches the promoted standby", || {
+            lab.cli(&["user", "add", "bob", "--password", "correct horse battery"])
+                .is_ok()
+        });
+        assert!(pinging.join().unwrap(), "forwarding through the failover");
+    });
+    assert_eq!(
+        standby
+            .psql(
+                "broker",
+                "SELECT string_agg(name, ' ' ORDER BY name) FROM users"
+            )
+            .unwrap(),
+        "ann bob",
+        "what the primary had, and the change made after the failover"
+    );
 }
