@@ -224,6 +224,26 @@ mod tests {
     }
 
     #[test]
+    fn prepared_statements_stay_bounded() {
+        let s = crate::store::test_engines::fresh(PoolSet::default());
+        let n = adapter::PREPARED_MAX + 44;
+        let sum: i64 = s
+            .read(|db| {
+                let mut sum = 0;
+                for i in 0..n {
+                    let sql = format!("SELECT CAST({i} AS BIGINT)");
+                    sum += db.first(&sql, &[], |r| r.get::<i64>(0))?.unwrap_or(0);
+                }
+                Ok(sum)
+            })
+            .unwrap();
+        assert_eq!(sum, (0..n as i64).sum::<i64>());
+        let kept = s.prepared.borrow().len();
+        assert!(kept <= adapter::PREPARED_MAX, "{kept} statements kept");
+        assert!(kept > 0);
+    }
+
+    #[test]
     fn a_password_is_required_and_a_wrong_one_refused() {
         let c = Cluster::start().expect("a cluster (root, Debian's postgresql)");
         for password in [None, Some("wrong")] {

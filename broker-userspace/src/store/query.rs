@@ -122,13 +122,9 @@ pub(super) fn page(
             Value::from(p.trunc().to_string()),
         ]);
     }
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    select(
-        db,
-        &cond.join(" AND "),
-        args,
-        &format!("ORDER BY id LIMIT {limit}"),
-    )
+    // A parameter, not text: one statement whatever the page size.
+    args.push(Value::Int(i64::try_from(limit).unwrap_or(i64::MAX)));
+    select(db, &cond.join(" AND "), args, "ORDER BY id LIMIT ?")
 }
 
 pub(super) fn expired(db: &dyn Sql, now: u64) -> Result<Vec<TunnelRecord>> {

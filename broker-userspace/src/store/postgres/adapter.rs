@@ -43,6 +43,18 @@ impl ToSql for Value {
 #[derive(Default)]
 pub(super) struct Prepared(HashMap<String, (Statement, Vec<usize>)>);
 
+/// At most this many statements stay prepared (filtered listings build their text, so the
+/// set is open): beyond it the cache starts again, and dropped statements are closed on
+/// the server.
+pub(super) const PREPARED_MAX: usize = 256;
+
+impl Prepared {
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
 /// A transaction as the store's logic sees it.
 pub(super) struct PgSql<'a, 'c> {
     pub tx: RefCell<&'a mut Transaction<'c>>,
@@ -57,6 +69,9 @@ impl PgSql<'_, '_> {
         params: &'p [Value],
     ) -> Result<(Statement, Vec<&'p (dyn ToSql + Sync)>)> {
         let mut prepared = self.prepared.borrow_mut();
+        if prepared.0.len() >= PREPARED_MAX && !prepared.0.contains_key(sql) {
+            prepared.0.clear();
+        }
         if !prepared.0.contains_key(sql) {
             let (text, order) = numbered(sql);
             let st = self.tx.borrow_mut().prepare(&text)?;
