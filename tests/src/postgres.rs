@@ -132,7 +132,8 @@ impl Cluster {
             bin: self.bin.clone(),
             password: self.password.clone(),
         };
-        let out = Command::new(self.bin.join("pg_basebackup"))
+        let out = standby
+            .as_server_user("pg_basebackup")
             .arg("-D")
             .arg(standby.dir.join("data"))
             .arg("-h")
@@ -140,10 +141,6 @@ impl Cluster {
             .args(["-p", &PORT.to_string(), "-U", USER])
             .args(["-R", "-X", "stream", "--no-sync", "-c", "fast"])
             .env("PGPASSWORD", &self.password)
-            .uid(UNPRIVILEGED)
-            .gid(UNPRIVILEGED)
-            .current_dir(&standby.dir)
-            .stdin(Stdio::null())
             .output()
             .context("running pg_basebackup")?;
         if !out.status.success() {
@@ -163,15 +160,12 @@ impl Cluster {
 
     /// Makes a standby the primary and waits until it accepts writes.
     pub fn promote(&self) -> Result<()> {
-        let out = Command::new(self.bin.join("pg_ctl"))
+        let out = self
+            .as_server_user("pg_ctl")
             .arg("promote")
             .arg("-D")
             .arg(self.dir.join("data"))
             .args(["-w", "-t", "30"])
-            .uid(UNPRIVILEGED)
-            .gid(UNPRIVILEGED)
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
             .output()
             .context("running pg_ctl promote")?;
         if !out.status.success() {
@@ -233,20 +227,27 @@ impl Cluster {
         std::mem::forget(self);
     }
 
+    /// `program` of this PostgreSQL, to run as the server's user in the cluster's directory.
+    fn as_server_user(&self, program: &str) -> Command {
+        let mut cmd = Command::new(self.bin.join(program));
+        cmd.uid(UNPRIVILEGED)
+            .gid(UNPRIVILEGED)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null());
+        cmd
+    }
+
     fn init(&self) -> Result<()> {
         let pwfile = self.dir.join("pwfile");
         fs::write(&pwfile, &self.password)?;
         chown(&pwfile, Some(UNPRIVILEGED), Some(UNPRIVILEGED))?;
-        let out = Command::new(self.bin.join("initdb"))
+        let out = self
+            .as_server_user("initdb")
             .arg("-D")
             .arg(self.dir.join("data"))
             .args(["-U", USER, "-A", "scram-sha-256", "-E", "UTF8"])
             .args(["--locale=C", "--no-sync", "--no-instructions"])
             .arg(format!("--pwfile={}", pwfile.display()))
-            .uid(UNPRIVILEGED)
-            .gid(UNPRIVILEGED)
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
             .output()
             .context("running initdb")?;
         let _ = fs::remove_file(&pwfile);
@@ -267,7 +268,7 @@ impl Cluster {
             Some(UNPRIVILEGED),
             Some(UNPRIVILEGED),
         )?;
-        let mut cmd = Command::new(self.bin.join("postgres"));
+        let mut cmd = self.as_server_user("postgres");
         cmd.arg("-D")
             .arg(self.dir.join("data"))
             .arg("-c")
@@ -275,10 +276,6 @@ impl Cluster {
             .args(["-c", "listen_addresses=", "-p", &PORT.to_string()])
             // Throwaway: durability is not what is under test, time is short.
             .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
-            .uid(UNPRIVILEGED)
-            .gid(UNPRIVILEGED)
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
         let parent = std::process::id() as i32;

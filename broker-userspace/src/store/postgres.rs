@@ -181,16 +181,7 @@ mod tests {
     use broker_tests::postgres::Cluster;
 
     use super::*;
-    use crate::store::Store;
-
-    fn secrets() -> crate::secret::UserSecrets {
-        crate::secret::UserSecrets {
-            password_hash: "$argon2id$x".into(),
-            tic_md5: "x".into(),
-            digest_realm: "broker".into(),
-            digest_ha1: "x".into(),
-        }
-    }
+    use crate::store::{test_engines::secrets, Store};
 
     /// Inside the controller's runtime, while the database goes away and comes back.
     #[test]

@@ -248,7 +248,7 @@ mod tests {
     use crate::{
         model::{Endpoint, Kind, State},
         store::{
-            test_engines::{self, on_every_engine, Open},
+            test_engines::{self, on_every_engine, secrets, Open},
             NewTunnel, Origin, OwnerFilter, PoolSet, SqliteStore, Store, TunnelChange,
             TunnelFilter, TunnelRecord,
         },
@@ -266,15 +266,6 @@ mod tests {
             s.create_user(u, &secrets(), 0).unwrap();
         }
         s
-    }
-
-    fn secrets() -> crate::secret::UserSecrets {
-        crate::secret::UserSecrets {
-            password_hash: "$argon2id$x".into(),
-            tic_md5: "x".into(),
-            digest_realm: "broker".into(),
-            digest_ha1: "x".into(),
-        }
     }
 
     type Census = BTreeMap<(&'static str, &'static str), u64>;

@@ -79,6 +79,16 @@ fn cluster() -> &'static Cluster {
     })
 }
 
+/// What the store keeps of some password: for tests that need an account, not a login.
+pub(crate) fn secrets() -> crate::secret::UserSecrets {
+    crate::secret::UserSecrets {
+        password_hash: "$argon2id$x".into(),
+        tic_md5: "x".into(),
+        digest_realm: "broker".into(),
+        digest_ha1: "x".into(),
+    }
+}
+
 /// A store on a new, empty database.
 pub(crate) fn fresh(pools: PoolSet) -> PgStore {
     static N: AtomicU32 = AtomicU32::new(0);
