@@ -10,8 +10,6 @@
 //! requests, each size's steps a few seconds. The section goes to `$BENCH_APPEND`.
 use std::{
     fmt::Write as _,
-    io::{Read, Write},
-    net::TcpStream,
     time::{Duration, Instant},
 };
 
@@ -315,7 +313,7 @@ fn restart(lab: &mut Lab, how: Stop) -> f64 {
     lab.spawn_broker_unwaited(&[]).expect("restart");
     let mut answered = None;
     loop {
-        let answer = try_http(lab, "GET", "/readyz", None);
+        let answer = lab.admin_request("GET", "/readyz", None);
         if answer.is_some() && answered.is_none() {
             answered = Some(t.elapsed().as_secs_f64());
         }
@@ -390,29 +388,8 @@ fn memory(pid: u32) -> (f64, f64) {
 }
 
 fn http(lab: &Lab, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    try_http(lab, method, path, body).unwrap_or_else(|| panic!("{method} {path}: no answer"))
-}
-
-/// One request to the lab's API from inside the PoP (HTTP/1.0, as the API closes each
-/// connection anyway).
-fn try_http(lab: &Lab, method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
-    let body = body.unwrap_or("").to_string();
-    let (method, path) = (method.to_string(), path.to_string());
-    lab.pop.within(move || {
-        let mut s = TcpStream::connect(("127.0.0.1", API_PORT)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(120))).ok()?;
-        let req = format!(
-            "{method} {path} HTTP/1.0\r\nHost: lab\r\nAuthorization: Bearer {LAB_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).ok()?;
-        let mut out = Vec::new();
-        broker_tests::io::uninterrupted(|| s.read_to_end(&mut out)).ok()?;
-        let text = String::from_utf8_lossy(&out).into_owned();
-        let status = text.get(9..12)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
-        Some((status, body))
-    })
+    lab.admin_request(method, path, body)
+        .unwrap_or_else(|| panic!("{method} {path}: no answer"))
 }
 
 fn date() -> String {

@@ -292,6 +292,55 @@ impl Lab {
         y
     }
 
+    /// `config` (as [`Lab::config_yaml`] makes it) with the store in PostgreSQL at `url`
+    /// instead of the lab's SQLite file, the password in a file of the lab's (0600).
+    pub fn on_postgres(&self, config: &str, url: &str, password: &str) -> Result<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let sqlite = format!("store:\n  path: {}\n", self.dir.join("broker.db").display());
+        if !config.contains(&sqlite) {
+            bail!("the config has no store.path of the lab's own");
+        }
+        let file = self.dir.join("db-password");
+        std::fs::write(&file, format!("{password}\n"))?;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+        Ok(config.replace(
+            &sqlite,
+            &format!(
+                "store:\n  url: {url}\n  password_file: {}\n",
+                file.display()
+            ),
+        ))
+    }
+
+    /// One request to the API as the administrator, from inside the PoP (HTTP/1.0, as the
+    /// API closes each connection anyway): the status and the body, `None` without an
+    /// answer.
+    pub fn admin_request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let body = body.unwrap_or("").to_string();
+        let (method, path) = (method.to_string(), path.to_string());
+        self.pop.within(move || {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", API_PORT)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(120))).ok()?;
+            let req = format!(
+                "{method} {path} HTTP/1.0\r\nHost: lab\r\nAuthorization: Bearer {LAB_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(req.as_bytes()).ok()?;
+            let mut out = Vec::new();
+            crate::io::uninterrupted(|| s.read_to_end(&mut out)).ok()?;
+            let text = String::from_utf8_lossy(&out).into_owned();
+            let status = text.get(9..12)?.parse().ok()?;
+            let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+            Some((status, body))
+        })
+    }
+
     /// Adds the hosts of TSP clients (see the module docs): a NAT with one client behind
     /// it, two clients without, an IPv6-only client behind `inet6`.
     pub fn add_tsp_hosts(&mut self) -> Result<()> {

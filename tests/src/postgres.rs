@@ -333,6 +333,21 @@ impl Drop for Cluster {
     }
 }
 
+/// A libpq connection string for database `db` on `hosts`, a primary first and then its
+/// standbys, asking for the read-write one (libpq's failover), without the password.
+pub fn conninfo_of(hosts: &[&Cluster], db: &str) -> String {
+    let sockets: Vec<String> = hosts
+        .iter()
+        .map(|c| c.socket_dir().display().to_string())
+        .collect();
+    let ports: Vec<String> = hosts.iter().map(|c| c.port().to_string()).collect();
+    format!(
+        "host={} port={} user={USER} dbname={db} target_session_attrs=read-write",
+        sockets.join(","),
+        ports.join(",")
+    )
+}
+
 /// Servers and directories of clusters kept until exit ([`Cluster::keep_until_exit`]).
 static KEPT: Mutex<Vec<(u32, PathBuf)>> = Mutex::new(Vec::new());
 

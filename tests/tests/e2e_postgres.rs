@@ -6,11 +6,11 @@
 //! - With a primary and a streaming standby in its URL (`target_session_attrs=read-write`),
 //!   the primary's loss stops changes (HTTP 503) but not forwarding, and once the standby
 //!   is promoted the PoP writes to it by itself.
-use std::{os::unix::fs::PermissionsExt, path::Path};
+use std::path::Path;
 
 use broker_tests::{
     lab::{Lab, INET6_HOST},
-    postgres::{Cluster, USER},
+    postgres::{conninfo_of, Cluster},
     require_root,
 };
 
@@ -18,32 +18,15 @@ use broker_tests::{
 /// standbys), database `broker`, the password in a file.
 fn lab_on(tag: &str, dir: &Path, hosts: &[&Cluster]) -> Lab {
     require_root();
-    let password_file = dir.join("db-password");
-    std::fs::write(&password_file, format!("{}\n", hosts[0].password())).unwrap();
-    std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let sockets: Vec<String> = hosts
-        .iter()
-        .map(|c| c.socket_dir().display().to_string())
-        .collect();
-    let ports: Vec<String> = hosts.iter().map(|c| c.port().to_string()).collect();
-    let url = format!(
-        "host={} port={} user={USER} dbname=broker target_session_attrs=read-write",
-        sockets.join(","),
-        ports.join(",")
-    );
-
     let prefix = format!("bq{}{tag}", std::process::id());
     let mut lab = Lab::create(&prefix, 1, dir).expect("the lab");
-    let sqlite = format!("store:\n  path: {}\n", dir.join("broker.db").display());
-    let config = lab.config_yaml(&prefix);
-    assert!(config.contains(&sqlite), "{config}");
-    let config = config.replace(
-        &sqlite,
-        &format!(
-            "store:\n  url: {url}\n  password_file: {}\n",
-            password_file.display()
-        ),
-    );
+    let config = lab
+        .on_postgres(
+            &lab.config_yaml(&prefix),
+            &conninfo_of(hosts, "broker"),
+            hosts[0].password(),
+        )
+        .unwrap();
     lab.start_broker(&prefix, &config).expect("broker run");
     assert!(
         lab.broker_log().contains("store=host="),

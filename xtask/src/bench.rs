@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: the data plane benchmark (tests/benches/dataplane.rs), which
-//! writes docs/BENCHMARKS.md, then the TSP, AYIYA and control-plane scale ones
-//! (tests/benches/tsp.rs, ayiya.rs, scale.rs), which add to it.
+//! writes docs/BENCHMARKS.md, then the TSP, AYIYA, control-plane scale and store-engine
+//! ones (tests/benches/tsp.rs, ayiya.rs, scale.rs, stores.rs), which add to it.
 use std::process::Command;
 
 use anyhow::{bail, Result};
@@ -36,6 +36,11 @@ pub fn run(o: Options) -> Result<()> {
     exec(bench("ayiya").env("BENCH_APPEND", &report))?;
     exec(
         bench("scale")
+            .env("BROKER_BIN", &broker)
+            .env("BENCH_APPEND", &report),
+    )?;
+    exec(
+        bench("stores")
             .env("BROKER_BIN", &broker)
             .env("BENCH_APPEND", &report),
     )

@@ -217,23 +217,46 @@ pub(super) fn by_link(db: &dyn Sql, link: &Ipv6Net) -> Result<Option<TunnelRecor
     }
 }
 
-/// The tunnels `WHERE cond` (with `args`), each with its routed prefixes (indexed).
+/// The tunnels `WHERE cond` (with `args`), each with its routed prefixes (indexed): one
+/// query for the tunnels and one for the prefixes of them all, whatever their number (on
+/// PostgreSQL each query is a round trip).
 fn select(db: &dyn Sql, cond: &str, args: Vec<Value>, tail: &str) -> Result<Vec<TunnelRecord>> {
     let rows: Vec<TunnelRow> = db.rows(
         &format!("SELECT {TUNNEL_COLUMNS} FROM tunnels WHERE {cond} {tail}"),
         &args,
         row,
     )?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        let prefixes = db.rows(
-            "SELECT prefix FROM routed WHERE tunnel_id = ?1 ORDER BY rowid",
-            params![r.id],
-            |x| parse(&x.get::<String>(0)?, "prefix"),
-        )?;
-        out.push(record(r, prefixes)?);
+    let mut routed: BTreeMap<u32, Vec<Ipv6Net>> = BTreeMap::new();
+    let mut add = |r: &dyn super::sql::Row| -> Result<()> {
+        let p: String = r.get(1)?;
+        routed
+            .entry(r.get(0)?)
+            .or_default()
+            .push(parse(&p, "prefix")?);
+        Ok(())
+    };
+    match rows.as_slice() {
+        [] => {}
+        [one] => db.each_row(
+            "SELECT tunnel_id, prefix FROM routed WHERE tunnel_id = ?1 ORDER BY rowid",
+            params![one.id],
+            &mut add,
+        )?,
+        _ => db.each_row(
+            &format!(
+                "SELECT tunnel_id, prefix FROM routed WHERE tunnel_id IN \
+                 (SELECT id FROM tunnels WHERE {cond} {tail}) ORDER BY rowid"
+            ),
+            &args,
+            &mut add,
+        )?,
     }
-    Ok(out)
+    rows.into_iter()
+        .map(|r| {
+            let prefixes = routed.remove(&r.id).unwrap_or_default();
+            record(r, prefixes)
+        })
+        .collect()
 }
 
 #[cfg(test)]
