@@ -90,6 +90,11 @@ fn a_pop_runs_on_postgresql_and_comes_back_to_it_after_a_kill() {
     let tunnels = lab.cli(&["tunnel", "list"]).unwrap();
     assert!(tunnels.contains("heartbeat"), "{tunnels}");
     assert!(no_loss(&lab, 5), "forwarding after the restart");
+    assert!(
+        lab.broker().stop(std::time::Duration::from_secs(30)),
+        "SIGTERM ends the controller cleanly:\n{}",
+        lab.broker_log()
+    );
 }
 
 #[test]

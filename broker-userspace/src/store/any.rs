@@ -27,9 +27,8 @@ impl AnyStore {
         let password = match password_file {
             Some(f) => Some(
                 std::fs::read_to_string(f)
-                    .map_err(|source| StoreError::Files {
-                        path: f.display().to_string(),
-                        source,
+                    .map_err(|e| StoreError::Invalid {
+                        what: format!("store.password_file {}: {e}", f.display()),
                     })?
                     .lines()
                     .next()

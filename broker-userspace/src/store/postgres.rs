@@ -9,11 +9,11 @@
 //! - The client drives a Tokio runtime of its own, which must not run inside the
 //!   controller's: called from there, a call runs on a scoped thread of its own
 //!   ([`off_runtime`]).
-//! - The database may go away: a lost connection is made again at the next call (libpq's
-//!   several hosts with `target_session_attrs=read-write` find the primary after a
-//!   failover), and what cannot reach the database within the timeouts is
-//!   [`StoreError::Unavailable`].
-use std::{cell::RefCell, time::Duration};
+//! - The database may go away: what needs it is [`StoreError::Unavailable`] at once, and a
+//!   thread of its own connects again meanwhile (libpq's several hosts with
+//!   `target_session_attrs=read-write` find the primary after a failover); no caller waits
+//!   for a connection.
+use std::{cell::RefCell, sync::mpsc, time::Duration};
 
 use postgres::{Client, Config, IsolationLevel, NoTls};
 
@@ -29,13 +29,17 @@ const WRITE_LOCK: i64 = 0x6272_6f6b_6572_0002;
 /// How long connecting may take, and a statement, unless the URL says otherwise.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const STATEMENT_TIMEOUT_MS: u32 = 5000;
+/// How often the reconnection thread tries while the database is away.
+const RECONNECT_EVERY: Duration = Duration::from_millis(500);
 
 pub struct PgStore {
     config: Config,
-    /// `None` once the connection was found lost, until the next call makes it again.
+    /// `None` once the connection was found lost, until the reconnector hands a new one.
     client: RefCell<Option<Client>>,
     /// Statements prepared on the current connection.
     prepared: RefCell<Prepared>,
+    /// From the thread that connects again after a loss ([`reconnect`]), while it runs.
+    reconnected: RefCell<Option<mpsc::Receiver<Client>>>,
     pools: PoolSet,
 }
 
@@ -54,27 +58,45 @@ impl PgStore {
             config,
             client: RefCell::new(Some(client)),
             prepared: RefCell::new(Prepared::default()),
+            reconnected: RefCell::new(None),
             pools,
         })
     }
 
-    /// Runs `f` on a live connection, made again first if it was lost.
+    /// Runs `f` on the live connection. Without one, `Unavailable` at once: connecting
+    /// again is a thread of its own's business ([`reconnect`]), so that no caller (who
+    /// holds the broker's lock) waits for a database that is away.
     fn with_client<T: Send>(
         &self,
         f: impl FnOnce(&mut Client, &RefCell<Prepared>) -> Result<T> + Send,
     ) -> Result<T> {
         let mut slot = self.client.borrow_mut();
         let mut prepared = self.prepared.borrow_mut();
-        let config = &self.config;
-        let (slot, prepared) = (&mut *slot, &mut *prepared);
-        off_runtime(move || {
-            if slot.as_ref().is_none_or(Client::is_closed) {
-                *slot = None;
-                // Statements belong to the connection they were prepared on.
-                *prepared = Prepared::default();
-                *slot = Some(config.connect(NoTls).map_err(unavailable)?);
+        if slot.as_ref().is_none_or(Client::is_closed) {
+            close(slot.take());
+            let mut reconnected = self.reconnected.borrow_mut();
+            match reconnected.as_ref().map(mpsc::Receiver::try_recv) {
+                Some(Ok(client)) => {
+                    *reconnected = None;
+                    // Statements belong to the connection they were prepared on.
+                    *prepared = Prepared::default();
+                    *slot = Some(client);
+                    tracing::info!("connected to the store again");
+                }
+                Some(Err(mpsc::TryRecvError::Empty)) => {}
+                // Not running (or gone): start it.
+                Some(Err(mpsc::TryRecvError::Disconnected)) | None => {
+                    *reconnected = Some(reconnect(self.config.clone()));
+                }
             }
-            let client = slot.as_mut().expect("connected above");
+        }
+        let Some(client) = slot.as_mut() else {
+            return Err(StoreError::Unavailable {
+                what: "connecting again".into(),
+            });
+        };
+        let prepared = &mut *prepared;
+        off_runtime(move || {
             let cell = RefCell::new(std::mem::take(prepared));
             let out = f(client, &cell);
             *prepared = cell.into_inner();
@@ -88,6 +110,48 @@ impl PgStore {
             }
         })
     }
+}
+
+/// Closing a client blocks on its runtime too: off the controller's.
+fn close(client: Option<Client>) {
+    if client.is_some() {
+        off_runtime(move || drop(client));
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        close(self.client.get_mut().take());
+        // A connection made again may wait in the channel, or arrive while it closes.
+        if let Some(rx) = self.reconnected.get_mut().take() {
+            off_runtime(move || drop(rx));
+        }
+    }
+}
+
+/// Connects again on a thread of its own, every [`RECONNECT_EVERY`] until it succeeds,
+/// and hands the connection over. libpq's several hosts with
+/// `target_session_attrs=read-write` make that the primary, after a failover the new one.
+fn reconnect(config: Config) -> mpsc::Receiver<Client> {
+    let (tx, rx) = mpsc::sync_channel(1);
+    let spawned = std::thread::Builder::new()
+        .name("store-reconnect".into())
+        .spawn(move || loop {
+            match config.connect(NoTls) {
+                Ok(client) => {
+                    let _ = tx.send(client);
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %crate::broker::error_chain(&e), "the store is still away");
+                    std::thread::sleep(RECONNECT_EVERY);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the store's reconnection thread");
+    }
+    rx
 }
 
 impl Engine for PgStore {
@@ -149,9 +213,13 @@ fn settings(conninfo: &str, password: Option<&str>) -> Result<Config> {
     if config.get_options().is_none() {
         config.options(&format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
     }
+    // A peer gone silent ends the connection within seconds, not TCP's minutes.
     config
         .keepalives(true)
-        .keepalives_idle(Duration::from_secs(10))
+        .keepalives_idle(Duration::from_secs(5))
+        .keepalives_interval(Duration::from_secs(2))
+        .keepalives_retries(3)
+        .tcp_user_timeout(Duration::from_secs(10))
         .application_name("broker");
     Ok(config)
 }
@@ -206,11 +274,21 @@ mod tests {
             assert!(matches!(e, StoreError::Unavailable { .. }), "{e:?}");
         }
 
+        // Back: a thread of the store's connects again; calls meanwhile are refused as
+        // before, never answered wrongly.
         c.start_again().expect("the same cluster again");
-        rt.block_on(async {
-            assert_eq!(s.user("ann").unwrap().unwrap().name, "ann");
-            s.create_user("bob", &secrets(), 2).unwrap();
-        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let ann = loop {
+            match rt.block_on(async { s.user("ann") }) {
+                Ok(found) => break found,
+                Err(StoreError::Unavailable { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("not back: {e:?}"),
+            }
+        };
+        assert_eq!(ann.unwrap().name, "ann");
+        rt.block_on(async { s.create_user("bob", &secrets(), 2).unwrap() });
         assert_eq!(s.users().unwrap().len(), 2);
     }
 
