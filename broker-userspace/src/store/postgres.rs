@@ -13,7 +13,11 @@
 //!   thread of its own connects again meanwhile (libpq's several hosts with
 //!   `target_session_attrs=read-write` find the primary after a failover); no caller waits
 //!   for a connection.
-use std::{cell::RefCell, sync::mpsc, time::Duration};
+use std::{
+    cell::RefCell,
+    sync::{mpsc, Arc, Weak},
+    time::Duration,
+};
 
 use postgres::{Client, Config, IsolationLevel, NoTls};
 
@@ -40,6 +44,9 @@ pub struct PgStore {
     prepared: RefCell<Prepared>,
     /// From the thread that connects again after a loss ([`reconnect`]), while it runs.
     reconnected: RefCell<Option<mpsc::Receiver<Client>>>,
+    /// While this lives, the reconnection thread keeps trying; it gives up once the store
+    /// is dropped.
+    alive: Arc<()>,
     pools: PoolSet,
 }
 
@@ -59,6 +66,7 @@ impl PgStore {
             client: RefCell::new(Some(client)),
             prepared: RefCell::new(Prepared::default()),
             reconnected: RefCell::new(None),
+            alive: Arc::new(()),
             pools,
         })
     }
@@ -86,7 +94,8 @@ impl PgStore {
                 Some(Err(mpsc::TryRecvError::Empty)) => {}
                 // Not running (or gone): start it.
                 Some(Err(mpsc::TryRecvError::Disconnected)) | None => {
-                    *reconnected = Some(reconnect(self.config.clone()));
+                    *reconnected =
+                        Some(reconnect(self.config.clone(), Arc::downgrade(&self.alive)));
                 }
             }
         }
@@ -129,14 +138,17 @@ impl Drop for PgStore {
     }
 }
 
-/// Connects again on a thread of its own, every [`RECONNECT_EVERY`] until it succeeds,
-/// and hands the connection over. libpq's several hosts with
+/// Connects again on a thread of its own, every [`RECONNECT_EVERY`] until it succeeds
+/// (or the `store` is gone), and hands the connection over. libpq's several hosts with
 /// `target_session_attrs=read-write` make that the primary, after a failover the new one.
-fn reconnect(config: Config) -> mpsc::Receiver<Client> {
+fn reconnect(config: Config, store: Weak<()>) -> mpsc::Receiver<Client> {
     let (tx, rx) = mpsc::sync_channel(1);
     let spawned = std::thread::Builder::new()
         .name("store-reconnect".into())
         .spawn(move || loop {
+            if store.strong_count() == 0 {
+                return;
+            }
             match config.connect(NoTls) {
                 Ok(client) => {
                     let _ = tx.send(client);
