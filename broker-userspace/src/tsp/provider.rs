@@ -237,6 +237,11 @@ fn status_of(e: &BrokerError) -> Status {
             tracing::info!(message, "TSP: over quota");
             Status::NoTunnels
         }
+        // The shared store is away (docs/MULTI-POP.md): try again later.
+        BrokerError::Store(StoreError::Unavailable { what }) => {
+            tracing::info!(what, "TSP: the store is unavailable");
+            Status::ServerTooBusy
+        }
         BrokerError::Invalid { field, .. } if field.contains("ipv6") => Status::InvalidIpv6,
         BrokerError::Invalid { .. } => Status::InvalidIpv4,
         other => {

@@ -457,3 +457,14 @@ fn a_users_quotas_hold_over_tsp_as_over_the_api() {
     // A tunnel alice already holds is hers to keep using whatever the quota.
     run(provide(&mut b, &host, &cfg())).unwrap();
 }
+
+/// A client asking while the shared store is away is told to come back later (530), not
+/// that the server failed or that it may not have a tunnel.
+#[test]
+fn an_unavailable_store_is_server_too_busy() {
+    let away = BrokerError::Store(StoreError::Unavailable {
+        what: "connecting again".into(),
+    });
+    assert_eq!(status_of(&away), Status::ServerTooBusy);
+    assert_eq!(Status::ServerTooBusy as u16, 530);
+}
