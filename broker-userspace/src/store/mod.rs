@@ -7,6 +7,7 @@
 //! several PoPs sharing one database is to follow (docs/MULTI-POP.md).
 
 mod alloc;
+mod allocations;
 mod any;
 mod engine;
 mod files;

@@ -1,15 +1,12 @@
-//! Changing tunnels: creation with its allocations, removal into quarantine, the static
-//! tunnels' reconciliation, and the checks that keep endpoints and prefixes unique. Written
+//! Changing tunnels: creation (its prefixes from `allocations`), removal into quarantine,
+//! the static tunnels' reconciliation, and the checks that keep endpoints and prefixes
+//! unique. Written
 //! once over the store's SQL interface ([`super::sql`]) for every engine.
-use std::{
-    collections::{HashMap, HashSet},
-    net::Ipv4Addr,
-};
-
-use ipnet::Ipv6Net;
+use std::collections::{HashMap, HashSet};
 
 use super::{
-    alloc::{self, PoolSet},
+    alloc::PoolSet,
+    allocations::{allocate, allocate_v4, assign, claim, end_quarantine},
     query, random_token,
     records::{endpoint_columns, TUNNEL_COLUMNS},
     sql::{params, Sql},
@@ -47,28 +44,6 @@ pub(super) fn endpoint_owner(
     )
 }
 
-/// Hands out a free v4v6 inner address for tunnel `id`: the lowest one neither held nor
-/// in quarantine.
-fn allocate_v4(db: &dyn Sql, pools: &PoolSet, id: u32) -> Result<Ipv4Addr> {
-    let pool = pools.v4v6.ok_or(StoreError::NoPool { pool: "v4v6" })?;
-    let taken: HashSet<u32> = db
-        .rows("SELECT addr FROM v4_allocations", params![], |r| r.get(0))?
-        .into_iter()
-        .collect();
-    let addr =
-        alloc::v4_hosts(&pool)
-            .find(|a| !taken.contains(a))
-            .ok_or(StoreError::PoolExhausted {
-                pool: "v4v6",
-                len: 32,
-            })?;
-    db.exec(
-        "INSERT INTO v4_allocations (addr, tunnel_id) VALUES (?1, ?2)",
-        params![addr, id],
-    )?;
-    Ok(addr.into())
-}
-
 /// The next tunnel id: ids only grow, so a deleted tunnel's id is never handed out again.
 fn next_id(db: &dyn Sql) -> Result<u32> {
     let counter = get_counter(db, "next_tunnel_id")?;
@@ -97,100 +72,6 @@ pub(super) fn set_counter(db: &dyn Sql, name: &str, value: u64) -> Result<()> {
         "INSERT INTO counters (name, value) VALUES (?1, ?2) \
          ON CONFLICT(name) DO UPDATE SET value = excluded.value",
         params![name, value],
-    )?;
-    Ok(())
-}
-
-/// Finds and records a free prefix of length `len` in `pools`, starting where the previous
-/// search of this length stopped and wrapping around once. Allocations never overlap: the
-/// one allocation that could overlap a candidate is the one starting closest below its end.
-fn allocate(db: &dyn Sql, kind: &'static str, pools: &[Ipv6Net], len: u8) -> Result<Ipv6Net> {
-    let block = alloc::block(len);
-    let cursor: Option<i64> = db.first(
-        "SELECT next FROM cursors WHERE pool = ?1 AND len = ?2",
-        params![kind, len],
-        |r| r.get(0),
-    )?;
-    let cursor = cursor.map(alloc::from_sql);
-    for pool in pools.iter().filter(|p| p.prefix_len() <= len) {
-        let (first, last) = (alloc::start(pool), alloc::end(pool));
-        let from = cursor
-            .filter(|c| (first..=last).contains(c))
-            .unwrap_or(first);
-        let mut cand = alloc::align_up(from, len);
-        let mut wrapped = from == first;
-        loop {
-            let fits = cand
-                .and_then(|c| c.checked_add(block.wrapping_sub(1)))
-                .filter(|e| *e <= last);
-            let (Some(c), Some(c_end)) = (cand, fits) else {
-                if wrapped {
-                    break;
-                }
-                wrapped = true;
-                cand = Some(first);
-                continue;
-            };
-            if wrapped && c >= from && from != first {
-                break;
-            }
-            let below: Option<i64> = db.first(
-                "SELECT \"end\" FROM allocations WHERE start <= ?1 ORDER BY start DESC LIMIT 1",
-                params![alloc::to_sql(c_end)],
-                |r| r.get(0),
-            )?;
-            match below.map(alloc::from_sql) {
-                Some(e) if e >= c => cand = e.checked_add(1).and_then(|x| alloc::align_up(x, len)),
-                _ => {
-                    db.exec("INSERT INTO allocations (start, \"end\", len, pool) VALUES (?1, ?2, ?3, ?4)",
-                        params![alloc::to_sql(c), alloc::to_sql(c_end), len, kind],
-                    )?;
-                    let next = c_end.wrapping_add(1);
-                    db.exec(
-                        "INSERT INTO cursors (pool, len, next) VALUES (?1, ?2, ?3) \
-                         ON CONFLICT(pool, len) DO UPDATE SET next = excluded.next",
-                        params![kind, len, alloc::to_sql(next)],
-                    )?;
-                    return Ok(alloc::prefix(c, len));
-                }
-            }
-        }
-    }
-    Err(StoreError::PoolExhausted { pool: kind, len })
-}
-
-/// Records a prefix the request named: it must lie in one of `pools` and overlap nothing
-/// allocated or in quarantine.
-fn claim(db: &dyn Sql, kind: &'static str, pools: &[Ipv6Net], prefix: Ipv6Net) -> Result<Ipv6Net> {
-    let prefix = prefix.trunc();
-    if !pools.iter().any(|p| p.contains(&prefix)) {
-        return Err(StoreError::OutsidePool { pool: kind, prefix });
-    }
-    let (c, c_end) = (alloc::start(&prefix), alloc::end(&prefix));
-    let below: Option<i64> = db.first(
-        "SELECT \"end\" FROM allocations WHERE start <= ?1 ORDER BY start DESC LIMIT 1",
-        params![alloc::to_sql(c_end)],
-        |r| r.get(0),
-    )?;
-    if below.is_some_and(|e| alloc::from_sql(e) >= c) {
-        return Err(StoreError::PrefixInUse { prefix });
-    }
-    db.exec(
-        "INSERT INTO allocations (start, \"end\", len, pool) VALUES (?1, ?2, ?3, ?4)",
-        params![
-            alloc::to_sql(c),
-            alloc::to_sql(c_end),
-            prefix.prefix_len(),
-            kind
-        ],
-    )?;
-    Ok(prefix)
-}
-
-fn assign(db: &dyn Sql, prefix: &Ipv6Net, id: u32) -> Result<()> {
-    db.exec(
-        "UPDATE allocations SET tunnel_id = ?1, freed_at = NULL WHERE start = ?2",
-        params![id, alloc::to_sql(alloc::start(prefix))],
     )?;
     Ok(())
 }
@@ -244,21 +125,6 @@ fn remove_tunnel(db: &dyn Sql, id: u32, now: u64) -> Result<()> {
         "UPDATE v4_allocations SET tunnel_id = NULL, freed_at = ?1 WHERE tunnel_id = ?2",
         params![now, id],
     )?;
-    Ok(())
-}
-
-/// Forgets freed allocations whose quarantine is over.
-fn end_quarantine(db: &dyn Sql, pools: &PoolSet, now: u64) -> Result<()> {
-    if let Some(expired) = now.checked_sub(pools.quarantine_secs) {
-        db.exec(
-            "DELETE FROM allocations WHERE tunnel_id IS NULL AND freed_at <= ?1",
-            params![expired],
-        )?;
-        db.exec(
-            "DELETE FROM v4_allocations WHERE tunnel_id IS NULL AND freed_at <= ?1",
-            params![expired],
-        )?;
-    }
     Ok(())
 }
 
