@@ -37,6 +37,11 @@ fn lab_on(tag: &str, dir: &Path, hosts: &[&Cluster]) -> Lab {
         !dir.join("broker.db").exists(),
         "no SQLite file besides PostgreSQL"
     );
+    assert!(
+        lab.broker_log().contains("tunnels read ahead"),
+        "the start reads its tunnels ahead on a second session:\n{}",
+        lab.broker_log()
+    );
     let v4 = lab.clients[0].v4;
     lab.start_client(1, v4).unwrap();
     lab.wait_reachable(1, INET6_HOST)

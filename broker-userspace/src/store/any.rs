@@ -40,8 +40,9 @@ impl AnyStore {
         PgStore::connect(url, password.as_deref(), pools).map(|s| Self::Postgres(Box::new(s)))
     }
 
-    /// Reads the tunnels `what` names ahead, on a thread of its own, where the engine
-    /// can (SQLite's file opened a second time); `None` where it cannot.
+    /// Reads the tunnels `what` names ahead, on a thread and a connection of its own
+    /// (SQLite's file at `path` opened a second time, or a second PostgreSQL session);
+    /// `None` for SQLite without its path.
     pub fn preload(
         &self,
         path: Option<&Path>,
@@ -49,7 +50,8 @@ impl AnyStore {
     ) -> Option<std::thread::JoinHandle<Result<Preloaded>>> {
         match (self, path) {
             (Self::Sqlite(_), Some(path)) => Some(SqliteStore::preload(path, what)),
-            _ => None,
+            (Self::Sqlite(_), None) => None,
+            (Self::Postgres(s), _) => Some(s.preload(what)),
         }
     }
 }

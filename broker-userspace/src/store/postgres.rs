@@ -21,7 +21,9 @@ use std::{
 
 use postgres::{Client, Config, IsolationLevel, NoTls};
 
-use super::{alloc::PoolSet, engine::Engine, sql::Sql, Result, StoreError};
+use super::{
+    alloc::PoolSet, engine::Engine, query, sql::Sql, Ahead, Preloaded, Result, StoreError,
+};
 
 mod adapter;
 mod schema;
@@ -117,6 +119,41 @@ impl PgStore {
                 }
                 out => out,
             }
+        })
+    }
+}
+
+impl PgStore {
+    /// Reads the tunnels `what` names and the generation they belong to, in one read-only
+    /// transaction on a connection of its own, on a thread of its own (a start, while the
+    /// data plane loads; [`super::Preloaded`]).
+    pub fn preload(&self, what: Ahead) -> std::thread::JoinHandle<Result<Preloaded>> {
+        let config = self.config.clone();
+        std::thread::spawn(move || {
+            let mut client = config.connect(NoTls).map_err(unavailable)?;
+            let mut tx = client
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()?;
+            let prepared = RefCell::new(Prepared::default());
+            let (generation, tunnels) = {
+                let db = PgSql {
+                    tx: RefCell::new(&mut tx),
+                    prepared: &prepared,
+                };
+                let tunnels = match what {
+                    Ahead::All => query::all(&db)?,
+                    Ahead::Watched => query::watched(&db)?,
+                };
+                (query::generation(&db)?, tunnels)
+            };
+            tx.commit()?;
+            Ok(Preloaded {
+                what,
+                generation,
+                tunnels,
+            })
         })
     }
 }
