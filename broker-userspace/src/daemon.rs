@@ -150,21 +150,20 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         .collect();
     let starting = api::starting::answer(&sockets, tls.clone(), metrics.clone())
         .context("answering the API while starting")?;
-    // For the log: the file, or the URL (which holds no password: `store.url` refuses one).
-    let store_label = match config.store_location() {
-        crate::config::StoreLocation::Sqlite(path) => path.display().to_string(),
-        crate::config::StoreLocation::Postgres { url, .. } => url,
-    };
-    let (store, store_path) = match config.store_location() {
+    // The label is for the log: the file, or the URL (which holds no password:
+    // `store.url` refuses one).
+    let (store, store_path, store_label) = match config.store_location() {
         crate::config::StoreLocation::Sqlite(path) => (
             AnyStore::sqlite(&path, pools(&config))
                 .with_context(|| format!("opening the store {}", path.display()))?,
-            Some(path),
+            Some(path.clone()),
+            path.display().to_string(),
         ),
         crate::config::StoreLocation::Postgres { url, password_file } => (
             AnyStore::postgres(&url, password_file.as_deref(), pools(&config))
                 .context("connecting to the store (store.url)")?,
             None,
+            url,
         ),
     };
     let opts = dataplane::Options {

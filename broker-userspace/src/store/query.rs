@@ -19,20 +19,10 @@ pub(super) fn all(db: &dyn Sql) -> Result<Vec<TunnelRecord>> {
 
 /// The tunnels with ids `from..=to`, in id order.
 pub(super) fn ids(db: &dyn Sql, from: u32, to: u32) -> Result<Vec<TunnelRecord>> {
-    let mut routed: BTreeMap<u32, Vec<Ipv6Net>> = BTreeMap::new();
-    // `rowid`: the order the prefixes were written in (SQLite's implicit column, a
-    // sequence of that name in PostgreSQL).
-    db.each_row(
+    let mut routed = routed_by_tunnel(
+        db,
         "SELECT tunnel_id, prefix FROM routed WHERE tunnel_id BETWEEN ?1 AND ?2 ORDER BY rowid",
         params![from, to],
-        &mut |r| {
-            let p: String = r.get(1)?;
-            routed
-                .entry(r.get(0)?)
-                .or_default()
-                .push(parse(&p, "prefix")?);
-            Ok(())
-        },
     )?;
     let mut out = Vec::new();
     db.each_row(
@@ -217,6 +207,26 @@ pub(super) fn by_link(db: &dyn Sql, link: &Ipv6Net) -> Result<Option<TunnelRecor
     }
 }
 
+/// The routed prefixes a query of `(tunnel_id, prefix)` rows gives, by tunnel, each
+/// tunnel's in the order of its rows: `ORDER BY rowid`, the order they were written in
+/// (SQLite's implicit column, a sequence of that name in PostgreSQL).
+fn routed_by_tunnel(
+    db: &dyn Sql,
+    sql: &str,
+    params: &[Value],
+) -> Result<BTreeMap<u32, Vec<Ipv6Net>>> {
+    let mut routed: BTreeMap<u32, Vec<Ipv6Net>> = BTreeMap::new();
+    db.each_row(sql, params, &mut |r| {
+        let p: String = r.get(1)?;
+        routed
+            .entry(r.get(0)?)
+            .or_default()
+            .push(parse(&p, "prefix")?);
+        Ok(())
+    })?;
+    Ok(routed)
+}
+
 /// The tunnels `WHERE cond` (with `args`), each with its routed prefixes (indexed): one
 /// query for the tunnels and one for the prefixes of them all, whatever their number (on
 /// PostgreSQL each query is a round trip).
@@ -226,31 +236,22 @@ fn select(db: &dyn Sql, cond: &str, args: Vec<Value>, tail: &str) -> Result<Vec<
         &args,
         row,
     )?;
-    let mut routed: BTreeMap<u32, Vec<Ipv6Net>> = BTreeMap::new();
-    let mut add = |r: &dyn super::sql::Row| -> Result<()> {
-        let p: String = r.get(1)?;
-        routed
-            .entry(r.get(0)?)
-            .or_default()
-            .push(parse(&p, "prefix")?);
-        Ok(())
-    };
-    match rows.as_slice() {
-        [] => {}
-        [one] => db.each_row(
+    let mut routed = match rows.as_slice() {
+        [] => BTreeMap::new(),
+        [one] => routed_by_tunnel(
+            db,
             "SELECT tunnel_id, prefix FROM routed WHERE tunnel_id = ?1 ORDER BY rowid",
             params![one.id],
-            &mut add,
         )?,
-        _ => db.each_row(
+        _ => routed_by_tunnel(
+            db,
             &format!(
                 "SELECT tunnel_id, prefix FROM routed WHERE tunnel_id IN \
                  (SELECT id FROM tunnels WHERE {cond} {tail}) ORDER BY rowid"
             ),
             &args,
-            &mut add,
         )?,
-    }
+    };
     rows.into_iter()
         .map(|r| {
             let prefixes = routed.remove(&r.id).unwrap_or_default();
