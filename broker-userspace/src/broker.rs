@@ -25,6 +25,8 @@ pub trait Projection: Send {
     /// Installs or updates a tunnel (the PoP's side is what the last reconcile set).
     fn install(&mut self, spec: &TunnelSpec) -> Result<(), String>;
     fn uninstall(&mut self, id: u32) -> Result<(), String>;
+    /// The prefixes an installed tunnel holds; `None` when it is not installed.
+    fn installed_prefixes(&self, id: u32) -> Option<Vec<Ipv6Net>>;
     fn reconcile(&mut self, specs: &[TunnelSpec], pop: &Pop) -> Result<Reconciled, String>;
     /// One tunnel's counters, if it is installed.
     fn counters(&self, id: u32) -> Option<TunnelStats>;
@@ -62,6 +64,10 @@ impl Projection for Dataplane {
 
     fn uninstall(&mut self, id: u32) -> Result<(), String> {
         self.remove(id).map_err(|e| error_chain(&e))
+    }
+
+    fn installed_prefixes(&self, id: u32) -> Option<Vec<Ipv6Net>> {
+        Dataplane::installed_prefixes(self, id)
     }
 
     fn reconcile(&mut self, specs: &[TunnelSpec], pop: &Pop) -> Result<Reconciled, String> {
@@ -263,6 +269,11 @@ pub struct Broker<S, P, R> {
     routes_unchecked: bool,
     /// Tunnels read ahead while the data plane loaded ([`Broker::preload`]).
     preloaded: Option<store::Preloaded>,
+    /// The store notifies changes made elsewhere ([`follow`]); `applied` is the
+    /// generation maps and routes hold, `suspect` one seen but not yet applied.
+    following: bool,
+    applied: Option<(i64, u64)>,
+    suspect: Option<(i64, u64)>,
 }
 
 impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
@@ -282,6 +293,9 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
             unsure: false,
             routes_unchecked: false,
             preloaded: None,
+            following: false,
+            applied: None,
+            suspect: None,
         }
     }
 
@@ -292,8 +306,11 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
     }
 
     /// The tunnels read ahead, if they are the `what` wanted and the store has not
-    /// changed since (once: later calls find none).
-    fn read_ahead(&mut self, what: store::Ahead) -> Result<Option<Vec<TunnelRecord>>> {
+    /// changed since (once: later calls find none), with their generation.
+    fn read_ahead(
+        &mut self,
+        what: store::Ahead,
+    ) -> Result<Option<(store::Generation, Vec<TunnelRecord>)>> {
         let Some(p) = self.preloaded.take().filter(|p| p.what == what) else {
             return Ok(None);
         };
@@ -301,14 +318,18 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
             info!("the store changed since the tunnels were read ahead: reading them again");
             return Ok(None);
         }
-        Ok(Some(p.tunnels))
+        Ok(Some((p.generation, p.tunnels)))
     }
 
-    /// Every tunnel, read ahead or now.
-    fn all_tunnels(&mut self) -> Result<Vec<TunnelRecord>> {
+    /// This PoP's tunnels, read ahead or now, and a generation they hold every change up
+    /// to (read first: a change after it may or may not be in them, and moves it).
+    fn all_tunnels(&mut self) -> Result<(store::Generation, Vec<TunnelRecord>)> {
         match self.read_ahead(store::Ahead::All)? {
             Some(t) => Ok(t),
-            None => Ok(self.store.tunnels()?),
+            None => {
+                let generation = self.store.generation()?;
+                Ok((generation, self.store.tunnels()?))
+            }
         }
     }
 
@@ -398,7 +419,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
         let learnt = self.maps.learnt_endpoints().map_err(BrokerError::Maps)?;
         let mut moved = Vec::new();
         for (id, at) in learnt {
-            let Some(t) = self.store.tunnel(id)? else {
+            let Some(t) = self.store.tunnel(id)?.filter(|t| self.mine(t)) else {
                 continue;
             };
             let endpoint = Endpoint::Udp4(at);
@@ -449,7 +470,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
         // How long each part took, in the log: a start's time is mostly these three.
         let ms = |t: std::time::Instant| t.elapsed().as_millis() as u64;
         let t = std::time::Instant::now();
-        let tunnels = self.all_tunnels()?;
+        let (generation, tunnels) = self.all_tunnels()?;
         self.watch.rebuild(&tunnels);
         let specs: Vec<TunnelSpec> = tunnels.iter().map(|t| self.projected(t)).collect();
         let wanted: BTreeSet<Ipv6Net> = specs.iter().flat_map(|s| s.prefixes()).collect();
@@ -479,6 +500,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
             "reconciled"
         );
         self.unsure = false;
+        self.applied = Some(generation);
         self.stamp()?;
         Ok(r)
     }
@@ -614,10 +636,21 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
         Ok(results)
     }
 
+    /// Whether a tunnel lives on this PoP: only this PoP's tunnels are in its maps and
+    /// routes; another PoP's are that PoP's to project (docs/MULTI-POP.md).
+    pub fn mine(&self, t: &TunnelRecord) -> bool {
+        t.pop == self.store.pop()
+    }
+
     /// Maps and routes for a tunnel just written to the store; undone, store included,
-    /// when either fails. `bulk`: logged at debug level (an import logs once).
+    /// when either fails. `bulk`: logged at debug level (an import logs once). Another
+    /// PoP's tunnel is that PoP's to project: it learns of it from the store.
     async fn project_created(&mut self, record: TunnelRecord, bulk: bool) -> Result<TunnelRecord> {
         let id = record.spec.id;
+        if !self.mine(&record) {
+            info!(id, pop = %record.pop, kind = record.spec.kind.as_str(), "tunnel created for another PoP");
+            return Ok(record);
+        }
         failpoint("create:after_store");
         if let Err(e) = self.install(&self.projected(&record)) {
             self.undo_create(id, false, &[]).await;
@@ -698,6 +731,20 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
             self.check_endpoint(e, change.kind.unwrap_or(before.spec.kind), origin)?;
         }
         let record = self.store.update_tunnel(id, change, store::now())?;
+        match (self.mine(&before), self.mine(&record)) {
+            (true, true) => {}
+            (false, false) => {
+                info!(id, pop = %record.pop, "tunnel of another PoP changed");
+                return Ok(record);
+            }
+            // A move (renumbered from the new PoP's pools): this PoP takes the tunnel up
+            // or lets it go now; the other learns of it from the store.
+            (false, true) | (true, false) => {
+                self.follow(id).await?;
+                info!(id, from = %before.pop, to = %record.pop, "tunnel moved");
+                return Ok(record);
+            }
+        }
         failpoint("update:after_store");
         let undo = |store: &mut S| -> bool {
             // Only a routed prefix can have been added; a new one cannot be taken away by
@@ -710,6 +757,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
                 keepalive: Some(before.spec.keepalive),
                 expires_at: Some(before.expires_at),
                 add_routed_length: None,
+                pop: None,
             };
             if let Err(u) = store.update_tunnel(id, &back, before.updated_at) {
                 error!(id, error = %u, "undo: restoring the tunnel in the store failed");
@@ -739,6 +787,10 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
 
     pub async fn delete_tunnel(&mut self, id: u32) -> Result<TunnelRecord> {
         let record = self.store.delete_tunnel(id, store::now())?;
+        if !self.mine(&record) {
+            info!(id, pop = %record.pop, "tunnel of another PoP deleted");
+            return Ok(record);
+        }
         failpoint("delete:after_store");
         if let Err(e) = self.uninstall(id) {
             self.undo_delete(&record, false).await;
@@ -849,6 +901,8 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
     }
 }
 
+mod follow;
+pub mod placement;
 mod routes_check;
 pub use routes_check::check_routes;
 mod stamp;

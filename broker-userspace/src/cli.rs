@@ -217,6 +217,31 @@ pub fn tunnels_table(ts: &[TunnelOut]) -> String {
     s
 }
 
+/// PoPs as a table; the administrator's view adds version, data plane and tunnels.
+pub fn pops_table(ps: &[crate::api::pops::PopOut]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<12} {:<16} {:<24} {:<8} {:<9} {:<9} {:>8}",
+        "pop", "ipv4", "ipv6", "healthy", "attached", "version", "tunnels"
+    );
+    for p in ps {
+        let d = p.detail.as_ref();
+        let _ = writeln!(
+            s,
+            "{:<12} {:<16} {:<24} {:<8} {:<9} {:<9} {:>8}",
+            format!("{}{}", p.name, if p.this { "*" } else { "" }),
+            dash(p.ipv4.clone()),
+            dash(p.ipv6.clone()),
+            if p.healthy { "yes" } else { "no" },
+            d.map_or("-", |d| if d.attached { "yes" } else { "no" }),
+            dash(d.and_then(|d| d.version.clone())),
+            dash(d.and_then(|d| d.tunnels.get("total")).map(u64::to_string)),
+        );
+    }
+    s
+}
+
 fn dash(v: Option<String>) -> String {
     v.unwrap_or_else(|| "-".into())
 }
@@ -236,6 +261,7 @@ pub fn tunnel_detail(t: &TunnelOut) -> String {
     let mut s = String::new();
     let rows: Vec<(&str, String)> = vec![
         ("id", t.id.to_string()),
+        ("pop", t.pop.clone()),
         ("owner", t.owner.clone().unwrap_or_else(|| "-".into())),
         ("origin", t.origin.clone()),
         ("kind", t.kind.clone()),

@@ -134,6 +134,7 @@ mod tests {
     fn tunnel() -> TunnelOut {
         TunnelOut {
             id: 7,
+            pop: "pop1".into(),
             owner: Some("alice".into()),
             origin: "api".into(),
             kind: "proto41".into(),

@@ -87,13 +87,17 @@ impl RouteOps for RouteBackend {
 /// The broker core as `broker run` assembles it.
 pub type Running = Broker<AnyStore, Dataplane, RouteBackend>;
 
-fn pools(config: &Config) -> PoolSet {
-    PoolSet {
-        link: config.pools.link.iter().map(|p| p.0).collect(),
-        routed: config.pools.routed.iter().map(|p| p.0).collect(),
-        routed_lengths: config.pools.routed_lengths.clone(),
-        quarantine_secs: config.pools.quarantine_secs,
-        v4v6: config.pools.v4v6.map(|p| p.0),
+/// The PoP the store is opened for: its name and pools.
+fn home(config: &Config) -> store::Home {
+    store::Home {
+        pop: config.pop_name(),
+        pools: PoolSet {
+            link: config.pools.link.iter().map(|p| p.0).collect(),
+            routed: config.pools.routed.iter().map(|p| p.0).collect(),
+            routed_lengths: config.pools.routed_lengths.clone(),
+            quarantine_secs: config.pools.quarantine_secs,
+            v4v6: config.pools.v4v6.map(|p| p.0),
+        },
     }
 }
 
@@ -154,13 +158,13 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     // `store.url` refuses one).
     let (store, store_path, store_label) = match config.store_location() {
         crate::config::StoreLocation::Sqlite(path) => (
-            AnyStore::sqlite(&path, pools(&config))
+            AnyStore::sqlite(&path, home(&config))
                 .with_context(|| format!("opening the store {}", path.display()))?,
             Some(path.clone()),
             path.display().to_string(),
         ),
         crate::config::StoreLocation::Postgres { url, password_file } => (
-            AnyStore::postgres(&url, password_file.as_deref(), pools(&config))
+            AnyStore::postgres(&url, password_file.as_deref(), home(&config))
                 .context("connecting to the store (store.url)")?,
             None,
             url,
@@ -197,7 +201,12 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         tokio::spawn(log.run());
     }
     let adopted = dp.adopted();
+    // On a shared store, listening starts before the first read of the generation, so
+    // that every change after that read is either notified or seen by the catch-up that
+    // follows the listener's start (`broker::follow`).
+    let heard = store.listen();
     let mut broker = Broker::new(store, dp, route_backend(&config).await?, config.pop());
+    broker.set_following(heard.is_some());
     let waiting = std::time::Instant::now();
     match preload.map(|p| p.join()) {
         None => {}
@@ -266,6 +275,14 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     );
 
     let broker = Arc::new(Mutex::new(broker));
+    if let Some(heard) = heard {
+        tokio::spawn(crate::pop::follow(
+            broker.clone(),
+            heard,
+            config.reconcile_interval(),
+        ));
+    }
+    tokio::spawn(crate::pop::report(broker.clone(), pop_report(&config)));
     if let Some(w) = &ayiya_worker {
         metrics.set_ayiya_worker(w.stats());
     }
@@ -423,6 +440,26 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     }
     info!("stopping; the data plane keeps forwarding (`broker dataplane detach` removes it)");
     Ok(())
+}
+
+/// What this PoP says of itself in the store, every few seconds ([`crate::pop::report`]).
+fn pop_report(config: &Config) -> impl Fn(&Running) -> store::PopReport + Send {
+    let ifaces: Vec<String> = config.interfaces.iter().map(|i| i.name.clone()).collect();
+    let ipv4 = config.pop.ipv4.0;
+    let ipv6 = config.pop.ipv6.map(|a| a.0);
+    let tsp = config
+        .tsp
+        .as_ref()
+        .map(|t| std::net::SocketAddr::from((ipv4, t.port)));
+    let started_at = store::now();
+    move |b: &Running| store::PopReport {
+        ipv4,
+        ipv6,
+        tsp,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        attached: b.maps.attached_to(&ifaces),
+        started_at,
+    }
 }
 
 /// What the broker needs to refuse endpoints ([`crate::endpoints`]) and hold users to

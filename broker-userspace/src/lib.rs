@@ -21,6 +21,7 @@ pub mod logs;
 pub mod metrics;
 pub mod model;
 pub mod netlink;
+pub mod pop;
 pub mod ratelimit;
 pub mod report;
 pub mod routes;

@@ -47,6 +47,13 @@ enum Command {
         #[command(subcommand)]
         command: TunnelCommand,
     },
+    /// The PoPs sharing the store, through the HTTP API.
+    Pop {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: PopCommand,
+    },
     /// Users, through the HTTP API (administrator).
     User {
         #[command(flatten)]
@@ -143,6 +150,9 @@ enum TunnelCommand {
         /// A specific routed prefix from the routed pools.
         #[arg(long)]
         routed_prefix: Option<Ipv6Net>,
+        /// The PoP to create it on (default: the least loaded healthy one).
+        #[arg(long)]
+        pop: Option<String>,
     },
     /// Create many tunnels from a file: a JSON array of what `tunnel add` takes as API
     /// fields (`remote_ipv4`, `kind`, `owner`, ...); sent in requests of 5000.
@@ -152,6 +162,8 @@ enum TunnelCommand {
     },
     /// List tunnels, every page of them (or `--limit` at most), filtered.
     List {
+        #[arg(long)]
+        pop: Option<String>,
         #[arg(long)]
         owner: Option<String>,
         #[arg(long)]
@@ -174,7 +186,7 @@ enum TunnelCommand {
         #[arg(long, value_enum)]
         client_config: Option<clientconf::System>,
     },
-    /// Change a tunnel's endpoint, state or MTU.
+    /// Change a tunnel's endpoint, state or MTU, or move it to another PoP.
     Set {
         id: u32,
         /// New endpoint: IPv4, IPv4:port or IPv6, as the tunnel's kind has.
@@ -184,6 +196,9 @@ enum TunnelCommand {
         state: Option<StateArg>,
         #[arg(long)]
         mtu: Option<u16>,
+        /// Move it to this PoP (new prefixes from that PoP's pools).
+        #[arg(long)]
+        pop: Option<String>,
     },
     /// Delete a tunnel; its prefixes go into quarantine.
     Del { id: u32 },
@@ -230,6 +245,12 @@ enum UserCommand {
     Del {
         name: String,
     },
+}
+
+#[derive(Subcommand)]
+enum PopCommand {
+    /// Every PoP: addresses, health, and (administrator) version, data plane, tunnels.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -412,6 +433,14 @@ fn main() -> anyhow::Result<()> {
         Command::Run { config } => runtime()?.block_on(daemon::run(config)),
         Command::Tunnel { api, command } => tunnel(&api, command),
         Command::User { api, command } => user(&api, command),
+        Command::Pop {
+            api,
+            command: PopCommand::List,
+        } => {
+            let pops: Vec<broker_userspace::api::pops::PopOut> =
+                api.client()?.call("GET", "/api/v1/pops", None)?;
+            show(api.json, &pops, |ps| cli::pops_table(ps))
+        }
         Command::Stats { instance, json } => {
             let pinned = PinnedCounters::open(&instance)
                 .with_context(|| format!("is instance {instance} running?"))?;
@@ -606,6 +635,7 @@ fn tunnel(api: &ApiArgs, command: TunnelCommand) -> anyhow::Result<()> {
             state,
             link_prefix,
             routed_prefix,
+            pop,
         } => {
             let mut body = remote.map_or_else(|| serde_json::json!({}), |r| r.json());
             if let Some(k) = kind {
@@ -618,7 +648,8 @@ fn tunnel(api: &ApiArgs, command: TunnelCommand) -> anyhow::Result<()> {
                 }
                 .into();
             }
-            let fields: [(&str, Option<Value>); 6] = [
+            let fields: [(&str, Option<Value>); 7] = [
+                ("pop", pop.map(Value::from)),
                 ("owner", owner.map(Value::from)),
                 ("routed_prefix_length", routed_length.map(Value::from)),
                 ("mtu", mtu.map(Value::from)),
@@ -673,6 +704,7 @@ fn tunnel(api: &ApiArgs, command: TunnelCommand) -> anyhow::Result<()> {
             Ok(())
         }
         TunnelCommand::List {
+            pop,
             owner,
             kind,
             state,
@@ -681,6 +713,7 @@ fn tunnel(api: &ApiArgs, command: TunnelCommand) -> anyhow::Result<()> {
             limit,
         } => {
             let query: Vec<(&str, String)> = [
+                ("pop", pop),
                 ("owner", owner),
                 ("kind", kind),
                 ("state", state),
@@ -722,8 +755,12 @@ fn tunnel(api: &ApiArgs, command: TunnelCommand) -> anyhow::Result<()> {
             remote,
             state,
             mtu,
+            pop,
         } => {
             let mut body = remote.map_or_else(|| json!({}), |r| r.json());
+            if let Some(p) = pop {
+                body["pop"] = p.into();
+            }
             if let Some(s) = state {
                 body["state"] = s.as_str().into();
             }

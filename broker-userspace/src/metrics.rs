@@ -187,6 +187,8 @@ pub struct Snapshot {
     maps: Vec<MapUsage>,
     adoptions: u64,
     per_tunnel: Vec<(u32, TunnelStats)>,
+    pops: Vec<crate::store::PopRecord>,
+    now: u64,
 }
 
 impl Snapshot {
@@ -203,6 +205,8 @@ impl Snapshot {
             tunnels,
             maps: b.maps.map_usage(),
             adoptions: b.store.counter("adoptions").map_err(|e| e.to_string())?,
+            pops: b.store.pops().map_err(|e| e.to_string())?,
+            now: crate::store::now(),
             per_tunnel: if per_tunnel {
                 b.maps.all_counters()?
             } else {
@@ -379,8 +383,54 @@ impl Collector for Snapshot {
         gauge(
             &mut e,
             "broker_tunnels",
-            "Tunnels in the store, by kind and state",
+            "This PoP's tunnels in the store, by kind and state",
             &tunnels,
+        )?;
+
+        // Every PoP of the store, from whichever is scraped (docs/MULTI-POP.md).
+        let pop = |p: &crate::store::PopRecord| vec![("pop", p.name.clone())];
+        let up: Vec<(Labels, i64)> = self
+            .pops
+            .iter()
+            .map(|p| {
+                let healthy = p.healthy(self.now, crate::broker::placement::HEALTHY_WITHIN_SECS);
+                (pop(p), i64::from(healthy))
+            })
+            .collect();
+        gauge(
+            &mut e,
+            "broker_pop_up",
+            "1 if the PoP reported within 30 s with its data plane attached",
+            &up,
+        )?;
+        let seen: Vec<(Labels, i64)> = self
+            .pops
+            .iter()
+            .filter_map(|p| Some((pop(p), i64::try_from(p.last_seen?).ok()?)))
+            .collect();
+        gauge(
+            &mut e,
+            "broker_pop_last_seen_timestamp_seconds",
+            "When the PoP last reported itself, in seconds since the epoch",
+            &seen,
+        )?;
+        let per_pop: Vec<(Labels, i64)> = self
+            .pops
+            .iter()
+            .flat_map(|p| {
+                p.tunnels.iter().map(|(kind, state, n)| {
+                    let mut labels = pop(p);
+                    labels.push(("kind", kind.as_str().to_string()));
+                    labels.push(("state", state.as_str().to_string()));
+                    (labels, *n as i64)
+                })
+            })
+            .collect();
+        gauge(
+            &mut e,
+            "broker_pop_tunnels",
+            "Tunnels in the store by PoP, kind and state",
+            &per_pop,
         )?;
 
         let used: Vec<(Labels, i64)> = self

@@ -46,17 +46,17 @@ pub async fn import<S: Store, P: Projection, R: RouteOps>(
         }
     }
     let mut b = state.broker.lock().await;
-    let mut created = b.import(&reqs).await?.into_iter();
-    let pop = b.pop;
+    let created = b.import(&reqs).await?;
+    let sides = b.sides(created.iter().filter_map(|r| r.as_ref().ok()))?;
+    let mut created = created.into_iter();
     Ok(Json(
         answers
             .into_iter()
             .map(|a| match a {
                 Some(refused) => refused,
                 None => match created.next().expect("one result per request") {
-                    Ok(t) => {
-                        serde_json::to_value(out(&t, &pop, false, None)).unwrap_or(Value::Null)
-                    }
+                    Ok(t) => serde_json::to_value(out(&t, &sides.of(&t), false, None))
+                        .unwrap_or(Value::Null),
                     Err(e) => refusal(e.into()),
                 },
             })

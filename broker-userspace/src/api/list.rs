@@ -77,6 +77,13 @@ impl ListRequest {
         let state = get("state")
             .map(|v| TState::parse(v).ok_or_else(|| bad("state", format!("no state {v:?}"))))
             .transpose()?;
+        let pop = get("pop")
+            .map(|v| {
+                crate::store::valid_pop_name(v)
+                    .then(|| v.to_string())
+                    .ok_or_else(|| bad("pop", format!("{v:?} is not a PoP name")))
+            })
+            .transpose()?;
         let origin = get("origin")
             .map(|v| Origin::parse(v).ok_or_else(|| bad("origin", format!("no origin {v:?}"))))
             .transpose()?;
@@ -100,6 +107,7 @@ impl ListRequest {
         };
         Ok(Self {
             filter: TunnelFilter {
+                pop,
                 owner,
                 origin,
                 kind,
@@ -134,12 +142,13 @@ pub async fn list<S: Store, P: Projection, R: RouteOps>(
     let req = ListRequest::parse(&q, &caller)?;
     let b = state.broker.lock().await;
     let page = b.store.tunnel_page(&req.filter, req.after, req.limit)?;
+    let sides = b.sides(&page)?;
     let shown: Vec<TunnelOut> = page
         .iter()
         .map(|t| {
             super::tunnels::out(
                 t,
-                &b.pop,
+                &sides.of(t),
                 b.is_asleep(t.spec.id),
                 req.counters.then(|| b.maps.counters(t.spec.id)).flatten(),
             )

@@ -10,6 +10,7 @@ pub mod import;
 pub mod list;
 pub mod listener;
 mod nic;
+pub mod pops;
 pub mod starting;
 pub mod tunnels;
 pub mod users;
@@ -124,6 +125,7 @@ where
             "/api/v1/users",
             get(users::list::<S, P, R>).post(users::create::<S, P, R>),
         )
+        .route("/api/v1/pops", get(pops::list::<S, P, R>))
         .route(
             "/api/v1/users/{name}",
             get(users::show::<S, P, R>).delete(users::delete::<S, P, R>),
@@ -398,6 +400,8 @@ impl From<BrokerError> for ApiError {
                         }),
                     ),
                     StoreError::PrefixInUse { .. } => (StatusCode::CONFLICT, None),
+                    StoreError::NoSuchPop { .. } => (StatusCode::UNPROCESSABLE_ENTITY, Some("pop")),
+                    StoreError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, None),
                     _ => (StatusCode::INTERNAL_SERVER_ERROR, None),
                 };
                 Self::new(status, field.map(String::from), s.to_string())

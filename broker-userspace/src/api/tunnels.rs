@@ -22,6 +22,9 @@ use crate::{
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TunnelOut {
     pub id: u32,
+    /// The PoP it lives on.
+    #[serde(default)]
+    pub pop: String,
     pub owner: Option<String>,
     pub origin: String,
     pub kind: String,
@@ -93,6 +96,7 @@ pub(super) fn out(
     let v4v6 = s.kind == Kind::V4In6;
     TunnelOut {
         id: s.id,
+        pop: r.pop.clone(),
         owner: r.owner.clone(),
         origin: r.origin.as_str().into(),
         kind: s.kind.as_str().into(),
@@ -151,6 +155,10 @@ pub struct CreateIn {
     /// A specific routed prefix from the routed pools.
     #[serde(default)]
     routed_prefix: Option<Prefix6>,
+    /// The PoP to create it on; default: the least loaded healthy one
+    /// ([`crate::broker::placement`]).
+    #[serde(default)]
+    pop: Option<String>,
 }
 
 /// `PATCH /api/v1/tunnels/{id}`: endpoint, state, MTU.
@@ -167,6 +175,9 @@ pub struct ChangeIn {
     state: Option<TunnelState>,
     #[serde(default)]
     mtu: Option<Mtu>,
+    /// Moves the tunnel to this PoP: its prefixes are renumbered from that PoP's pools.
+    #[serde(default)]
+    pop: Option<String>,
 }
 
 pub fn model_kind(k: TunnelKind) -> Kind {
@@ -273,7 +284,7 @@ pub async fn show<S: Store, P: Projection, R: RouteOps>(
     let b = state.broker.lock().await;
     Ok(Json(out(
         &t,
-        &b.pop,
+        &b.side(&t)?,
         b.is_asleep(t.spec.id),
         b.maps.counters(t.spec.id),
     )))
@@ -284,7 +295,7 @@ pub async fn create<S: Store, P: Projection, R: RouteOps>(
     Extension(caller): Extension<Caller>,
     Body(req): Body<CreateIn>,
 ) -> Result<Response, ApiError> {
-    let new = new_tunnel(&caller, req)?;
+    let mut new = new_tunnel(&caller, req)?;
     if let Some(owner) = &new.owner {
         let b = state.broker.lock().await;
         if b.store.user(owner)?.is_none() {
@@ -299,8 +310,15 @@ pub async fn create<S: Store, P: Projection, R: RouteOps>(
         let routed = u32::from(new.routed_length.is_some() || new.routed_prefix.is_some());
         b.check_quota(owner, 1, routed)?;
     }
+    if new.pop.is_none() {
+        new.pop = Some(b.place()?);
+    }
     let t = b.create_tunnel(&new).await?;
-    Ok((StatusCode::CREATED, Json(out(&t, &b.pop, false, None))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(out(&t, &b.side(&t)?, false, None)),
+    )
+        .into_response())
 }
 
 /// What a creation request asks the broker for, once the caller may ask it.
@@ -329,7 +347,9 @@ pub(super) fn new_tunnel(caller: &Caller, req: CreateIn) -> Result<NewTunnel, Ap
         Some(m) => mtu_for(kind, m)?,
         None => kind.mtu_max(),
     };
+    let pop = req.pop.map(pop_name).transpose()?;
     Ok(NewTunnel {
+        pop,
         owner,
         origin: Origin::Api,
         kind,
@@ -342,6 +362,18 @@ pub(super) fn new_tunnel(caller: &Caller, req: CreateIn) -> Result<NewTunnel, Ap
         link_prefix: req.link_prefix.map(|p| p.0),
         routed_prefix: req.routed_prefix.map(|p| p.0),
     })
+}
+
+/// A PoP name as a request gives it.
+fn pop_name(name: String) -> Result<String, ApiError> {
+    if crate::store::valid_pop_name(&name) {
+        Ok(name)
+    } else {
+        Err(ApiError::unprocessable(
+            Some("pop".into()),
+            format!("pop: {name:?} is not a PoP name"),
+        ))
+    }
 }
 
 pub async fn change<S: Store, P: Projection, R: RouteOps>(
@@ -377,17 +409,18 @@ pub async fn change<S: Store, P: Projection, R: RouteOps>(
         endpoint,
         state: req.state.map(model_state),
         mtu: req.mtu.map(|m| mtu_for(kind, m)).transpose()?,
+        pop: req.pop.map(pop_name).transpose()?,
         ..Default::default()
     };
     if change == TunnelChange::default() {
         return Err(ApiError::unprocessable(
             None,
-            "nothing to change: give remote_ipv4, remote_port, remote_ipv6, state or mtu",
+            "nothing to change: give remote_ipv4, remote_port, remote_ipv6, state, mtu or pop",
         ));
     }
     let mut b = state.broker.lock().await;
     let t = b.update_tunnel(id, &change).await?;
-    Ok(Json(out(&t, &b.pop, b.is_asleep(id), None)))
+    Ok(Json(out(&t, &b.side(&t)?, b.is_asleep(id), None)))
 }
 
 /// `POST /api/v1/tunnels/{id}/update-key`: a new update key for `/nic/update`, shown in

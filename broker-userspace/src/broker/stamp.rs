@@ -19,9 +19,8 @@ use super::{Broker, BrokerError, Projection, Result, RouteOps};
 use crate::{dataplane::Reconciled, store::Store};
 
 impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
-    /// The stamp of maps and routes that hold this store as it is now.
-    fn current_stamp(&self) -> Result<u64> {
-        let (store, generation) = self.store.generation()?;
+    /// The stamp of maps and routes that hold this store as of `generation`.
+    fn stamp_of(&self, (store, generation): (i64, u64)) -> u64 {
         let mut h = Sha1::new();
         h.update(format!(
             "{store} {generation} {:?} {}",
@@ -30,7 +29,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
         ));
         let digest = h.finalize();
         let stamp = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"));
-        Ok(stamp.max(1))
+        stamp.max(1)
     }
 
     /// At start: when the maps carry the stamp of this store and config, only the watch
@@ -39,15 +38,17 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
     /// full [`Broker::reconcile`].
     pub async fn resume(&mut self) -> Result<Reconciled> {
         let started = std::time::Instant::now();
-        if self.maps.stamp() != Some(self.current_stamp()?) {
+        let generation = self.store.generation()?;
+        if self.maps.stamp() != Some(self.stamp_of(generation)) {
             // The maps' down tunnels are not needed by a full reconcile.
             drop(self.maps.take_adopted_down());
             return self.reconcile().await;
         }
         let watched = match self.read_ahead(crate::store::Ahead::Watched)? {
-            Some(t) => t,
+            Some((_, t)) => t,
             None => self.store.watched()?,
         };
+        self.applied = Some(generation);
         self.watch.rebuild(&watched);
         self.routes_unchecked = true;
         // A watched tunnel (up in the store) that the maps hold as down was asleep.
@@ -74,13 +75,20 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
 
     /// Marks the maps as holding the store as it is now, unless a write to maps or routes
     /// failed since the last full reconcile. The caller holds the broker (no change is
-    /// half done).
+    /// half done). A PoP that follows a shared store's notifications marks them with the
+    /// generation it applied ([`super::follow`]): changes made elsewhere may be on their
+    /// way.
     pub fn stamp(&mut self) -> Result<()> {
         if self.unsure {
             return Ok(());
         }
+        let generation = match (self.following, self.applied) {
+            (false, _) => self.store.generation()?,
+            (true, Some(applied)) => applied,
+            (true, None) => return Ok(()),
+        };
         // The data plane writes it only when it changed.
-        let stamp = self.current_stamp()?;
+        let stamp = self.stamp_of(generation);
         self.maps.set_stamp(stamp).map_err(BrokerError::Maps)
     }
 }

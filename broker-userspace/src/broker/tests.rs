@@ -50,6 +50,10 @@ impl Projection for FakeMaps {
         Ok(())
     }
 
+    fn installed_prefixes(&self, id: u32) -> Option<Vec<ipnet::Ipv6Net>> {
+        self.installed.get(&id).map(|s| s.prefixes().collect())
+    }
+
     fn reconcile(&mut self, specs: &[TunnelSpec], _: &Pop) -> Result<Reconciled, String> {
         self.stamp = None;
         self.reconciles += 1;

@@ -80,6 +80,7 @@ mod tests {
                 keepalive,
                 ayiya_key: None,
             },
+            pop: crate::store::DEFAULT_POP.into(),
             owner: None,
             origin: Origin::Api,
             password: String::new(),

@@ -39,6 +39,10 @@ pub enum AttachMode {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pop {
+    /// This PoP's name in the store (one word; default: the instance name). PoPs sharing
+    /// a PostgreSQL store tell their tunnels apart by it (docs/MULTI-POP.md).
+    #[serde(default)]
+    pub name: Option<String>,
     /// Local endpoint of proto-41 and v6udpv4 tunnels, and where TSP listens.
     pub ipv4: Ipv4Field,
     /// Local endpoint of v4v6 tunnels (and where TSP listens for IPv6-only clients).
@@ -274,6 +278,9 @@ pub struct StoreConfig {
     pub url: Option<String>,
     /// The password of `url`'s user, alone in a file; else `$BROKER_STORE_PASSWORD`.
     pub password_file: Option<std::path::PathBuf>,
+    /// PostgreSQL: how often (seconds) a PoP checks that it missed no notified change,
+    /// reconciling in full if it did (docs/MULTI-POP.md). Default 30.
+    pub reconcile_interval_secs: Option<u64>,
 }
 
 /// Where the store is, as `broker run` opens it.
@@ -586,7 +593,7 @@ pub struct TicConfig {
     /// TCP port on `pop.ipv4`.
     #[serde(default = "default_tic_port")]
     pub port: u16,
-    /// The `POP Id` clients see (one word); default: the instance name.
+    /// The `POP Id` clients see (one word); default: the PoP's name.
     #[serde(default)]
     pub pop_id: Option<String>,
     /// PEM certificate chain for `starttls`; with `key`. Without them `starttls` is
@@ -726,12 +733,20 @@ impl Config {
         }
     }
 
-    /// The `POP Id` TIC clients see.
+    /// The PoP's name in the store (`pop.name`, or the instance name).
+    pub fn pop_name(&self) -> String {
+        self.pop
+            .name
+            .clone()
+            .unwrap_or_else(|| self.instance.clone())
+    }
+
+    /// The `POP Id` TIC clients see (`tic.pop_id`, or the PoP's name).
     pub fn tic_pop_id(&self) -> String {
         self.tic
             .as_ref()
             .and_then(|t| t.pop_id.clone())
-            .unwrap_or_else(|| self.instance.clone())
+            .unwrap_or_else(|| self.pop_name())
     }
 
     /// The `Heartbeat_Interval` of tunnels without a keepalive of their own.
@@ -750,6 +765,11 @@ impl Config {
             },
             None => StoreLocation::Sqlite(self.store_path()),
         }
+    }
+
+    /// How often a PoP on a shared store checks it missed no change.
+    pub fn reconcile_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.store.reconcile_interval_secs.unwrap_or(30))
     }
 
     pub fn store_path(&self) -> std::path::PathBuf {

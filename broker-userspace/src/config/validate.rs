@@ -10,6 +10,7 @@ type Invalid = (String, String);
 
 pub fn validate(c: &Config) -> Result<(), Invalid> {
     instance(&c.instance)?;
+    pop_name(c)?;
     store(c)?;
     interfaces(c)?;
     limits(c)?;
@@ -196,6 +197,24 @@ fn tsp(c: &Config) -> Result<(), Invalid> {
     Ok(())
 }
 
+fn pop_name(c: &Config) -> Result<(), Invalid> {
+    let name = c.pop_name();
+    if !crate::store::valid_pop_name(&name) {
+        let key = if c.pop.name.is_some() {
+            "pop.name"
+        } else {
+            "instance"
+        };
+        return Err((
+            key.into(),
+            format!(
+                "{name:?} must be 1-64 characters of a-z, A-Z, 0-9, '.', '_', '-' (the PoP's name)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn tic(c: &Config) -> Result<(), Invalid> {
     let Some(t) = &c.tic else {
         return Ok(());
@@ -266,6 +285,14 @@ fn heartbeat(c: &Config) -> Result<(), Invalid> {
 /// read than a secret should reach).
 fn store(c: &Config) -> Result<(), Invalid> {
     let s = &c.store;
+    if s.reconcile_interval_secs
+        .is_some_and(|n| !(1..=3600).contains(&n))
+    {
+        return Err((
+            "store.reconcile_interval_secs".into(),
+            "must be 1-3600 seconds".into(),
+        ));
+    }
     match &s.url {
         Some(_) if s.path.is_some() => Err((
             "store.url".into(),

@@ -474,6 +474,18 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Whether the program is attached to every interface of `ifaces`: their pinned links
+    /// exist (`broker dataplane detach` removes them), or, unpinned, this process holds
+    /// its links.
+    pub fn attached_to(&self, ifaces: &[String]) -> bool {
+        match &self.instance {
+            Some(i) => ifaces.iter().all(|f| links_dir(i).join(f).exists()),
+            None => ifaces
+                .iter()
+                .all(|f| self.links.iter().any(|(name, _)| name == f)),
+        }
+    }
+
     /// Detaches the pinned links of interfaces not in `keep` (removed from the config) and
     /// the map pins of other layouts (left by an older build, now unused).
     pub fn prune(&mut self, keep: &[String]) -> Result<()> {
@@ -1064,6 +1076,11 @@ impl Dataplane {
             usage(names::AYIYA_IDS, u.ayiya, c.ayiya.into()),
             usage(names::PREFIXES, u.prefixes, u64::from(self.max_prefixes)),
         ]
+    }
+
+    /// The prefixes installed tunnel `id` holds, `None` if it is not installed.
+    pub fn installed_prefixes(&self, id: u32) -> Option<Vec<Ipv6Net>> {
+        self.slots.get(id).map(|i| i.prefixes.clone())
     }
 
     /// Ids of the installed tunnels.

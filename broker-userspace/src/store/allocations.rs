@@ -33,19 +33,20 @@ pub(super) fn allocate_v4(db: &dyn Sql, pools: &PoolSet, id: u32) -> Result<Ipv4
     Ok(addr.into())
 }
 
-/// Finds and records a free prefix of length `len` in `pools`, starting where the previous
-/// search of this length stopped and wrapping around once. Allocations never overlap: the
+/// Finds and records a free prefix of length `len` in `pools` (PoP `pop`'s), starting where
+/// the PoP's previous search of this length stopped and wrapping around once. Allocations never overlap: the
 /// one allocation that could overlap a candidate is the one starting closest below its end.
 pub(super) fn allocate(
     db: &dyn Sql,
+    pop: &str,
     kind: &'static str,
     pools: &[Ipv6Net],
     len: u8,
 ) -> Result<Ipv6Net> {
     let block = alloc::block(len);
     let cursor: Option<i64> = db.first(
-        "SELECT next FROM cursors WHERE pool = ?1 AND len = ?2",
-        params![kind, len],
+        "SELECT next FROM cursors WHERE pop = ?3 AND pool = ?1 AND len = ?2",
+        params![kind, len, pop],
         |r| r.get(0),
     )?;
     let cursor = cursor.map(alloc::from_sql);
@@ -84,9 +85,9 @@ pub(super) fn allocate(
                     )?;
                     let next = c_end.wrapping_add(1);
                     db.exec(
-                        "INSERT INTO cursors (pool, len, next) VALUES (?1, ?2, ?3) \
-                         ON CONFLICT(pool, len) DO UPDATE SET next = excluded.next",
-                        params![kind, len, alloc::to_sql(next)],
+                        "INSERT INTO cursors (pop, pool, len, next) VALUES (?4, ?1, ?2, ?3) \
+                         ON CONFLICT(pop, pool, len) DO UPDATE SET next = excluded.next",
+                        params![kind, len, alloc::to_sql(next), pop],
                     )?;
                     return Ok(alloc::prefix(c, len));
                 }

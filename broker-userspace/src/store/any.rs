@@ -2,14 +2,14 @@
 use std::path::Path;
 
 use super::{
-    alloc::PoolSet, engine::Engine, sql::Sql, Ahead, PgStore, Preloaded, Result, SqliteStore,
+    engine::Engine, sql::Sql, Ahead, Heard, Home, PgStore, Preloaded, Result, SqliteStore,
     StoreError,
 };
 
 /// Either engine, behind the one `Store` (through [`Engine`]).
 pub enum AnyStore {
-    Sqlite(SqliteStore),
-    /// Boxed: the client with its settings is several times SQLite's connection.
+    /// Boxed, as is the other: the variants differ in size.
+    Sqlite(Box<SqliteStore>),
     Postgres(Box<PgStore>),
 }
 
@@ -17,13 +17,13 @@ pub enum AnyStore {
 pub const PASSWORD_ENV: &str = "BROKER_STORE_PASSWORD";
 
 impl AnyStore {
-    pub fn sqlite(path: &Path, pools: PoolSet) -> Result<Self> {
-        SqliteStore::open(path, pools).map(Self::Sqlite)
+    pub fn sqlite(path: &Path, home: Home) -> Result<Self> {
+        SqliteStore::open(path, home).map(|s| Self::Sqlite(Box::new(s)))
     }
 
     /// PostgreSQL at `url`, the password read from `password_file` (its first line) or
     /// else from `$BROKER_STORE_PASSWORD`.
-    pub fn postgres(url: &str, password_file: Option<&Path>, pools: PoolSet) -> Result<Self> {
+    pub fn postgres(url: &str, password_file: Option<&Path>, home: Home) -> Result<Self> {
         let password = match password_file {
             Some(f) => Some(
                 std::fs::read_to_string(f)
@@ -37,7 +37,7 @@ impl AnyStore {
             ),
             None => std::env::var(PASSWORD_ENV).ok(),
         };
-        PgStore::connect(url, password.as_deref(), pools).map(|s| Self::Postgres(Box::new(s)))
+        PgStore::connect(url, password.as_deref(), home).map(|s| Self::Postgres(Box::new(s)))
     }
 
     /// Reads the tunnels `what` names ahead, on a thread and a connection of its own
@@ -49,9 +49,19 @@ impl AnyStore {
         what: Ahead,
     ) -> Option<std::thread::JoinHandle<Result<Preloaded>>> {
         match (self, path) {
-            (Self::Sqlite(_), Some(path)) => Some(SqliteStore::preload(path, what)),
+            (Self::Sqlite(s), Some(path)) => Some(s.preload(path, what)),
             (Self::Sqlite(_), None) => None,
             (Self::Postgres(s), _) => Some(s.preload(what)),
+        }
+    }
+}
+
+impl AnyStore {
+    /// What other PoPs change ([`PgStore::listen`]); `None` for SQLite, one PoP's store.
+    pub fn listen(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Heard>> {
+        match self {
+            Self::Sqlite(_) => None,
+            Self::Postgres(s) => Some(s.listen()),
         }
     }
 }
@@ -64,13 +74,17 @@ impl Engine for AnyStore {
         }
     }
 
-    fn write<T: Send>(
-        &mut self,
-        f: impl FnOnce(&dyn Sql, &PoolSet) -> Result<T> + Send,
-    ) -> Result<T> {
+    fn write<T: Send>(&mut self, f: impl FnOnce(&dyn Sql, &Home) -> Result<T> + Send) -> Result<T> {
         match self {
             Self::Sqlite(s) => s.write(f),
             Self::Postgres(s) => s.write(f),
+        }
+    }
+
+    fn home(&self) -> &Home {
+        match self {
+            Self::Sqlite(s) => s.home(),
+            Self::Postgres(s) => s.home(),
         }
     }
 

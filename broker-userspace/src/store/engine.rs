@@ -3,8 +3,8 @@
 use ipnet::Ipv6Net;
 
 use super::{
-    alloc::PoolSet, query, sql::Sql, tunnels, users, NewTunnel, Result, StaticSync, Store,
-    TunnelChange, TunnelFilter, TunnelRecord, UserRecord,
+    pops, query, sql::Sql, tunnels, users, Home, NewTunnel, PopRecord, PopReport, Result,
+    StaticSync, Store, TunnelChange, TunnelFilter, TunnelRecord, UserRecord,
 };
 use crate::{
     model::{Kind, State, TunnelSpec},
@@ -17,17 +17,17 @@ pub trait Engine: Send {
     /// (`Send`: an engine may run it on a thread of its own.)
     fn read<T: Send>(&self, f: impl FnOnce(&dyn Sql) -> Result<T> + Send) -> Result<T>;
     /// Runs `f` in a transaction, committed when `f` succeeds and rolled back otherwise.
-    fn write<T: Send>(
-        &mut self,
-        f: impl FnOnce(&dyn Sql, &PoolSet) -> Result<T> + Send,
-    ) -> Result<T>;
+    fn write<T: Send>(&mut self, f: impl FnOnce(&dyn Sql, &Home) -> Result<T> + Send) -> Result<T>;
+    /// The PoP the store was opened for.
+    fn home(&self) -> &Home;
     /// [`Store::scrub`]: the engine's own business.
     fn scrub(&mut self) -> Result<()>;
 }
 
 impl<E: Engine> Store for E {
     fn tunnels(&self) -> Result<Vec<TunnelRecord>> {
-        self.read(query::all)
+        let pop = &self.home().pop;
+        self.read(|db| query::all(db, pop))
     }
 
     fn tunnel(&self, id: u32) -> Result<Option<TunnelRecord>> {
@@ -43,24 +43,40 @@ impl<E: Engine> Store for E {
         self.read(|db| query::page(db, filter, after, limit))
     }
 
+    fn pop(&self) -> &str {
+        &self.home().pop
+    }
+
     fn census(&self) -> Result<Vec<(Kind, State, u64)>> {
-        self.read(query::census)
+        let pop = &self.home().pop;
+        self.read(|db| query::census(db, pop))
+    }
+
+    fn pops(&self) -> Result<Vec<PopRecord>> {
+        self.read(pops::all)
+    }
+
+    fn report_pop(&mut self, report: &PopReport, now: u64) -> Result<()> {
+        self.write(|db, home| pops::report(db, &home.pop, report, now))
     }
 
     fn expired(&self, now: u64) -> Result<Vec<TunnelRecord>> {
-        self.read(|db| query::expired(db, now))
+        let pop = &self.home().pop;
+        self.read(|db| query::expired(db, pop, now))
     }
 
     fn watched(&self) -> Result<Vec<TunnelRecord>> {
-        self.read(query::watched)
+        let pop = &self.home().pop;
+        self.read(|db| query::watched(db, pop))
     }
 
     fn generation(&self) -> Result<(i64, u64)> {
-        self.read(query::generation)
+        let pop = &self.home().pop;
+        self.read(|db| query::generation(db, pop))
     }
 
     fn create_tunnel(&mut self, req: &NewTunnel, now: u64) -> Result<TunnelRecord> {
-        self.write(|db, pools| tunnels::create_in(db, pools, req, now))
+        self.write(|db, home| tunnels::create_in(db, home, req, now))
     }
 
     fn create_tunnels(
@@ -68,11 +84,11 @@ impl<E: Engine> Store for E {
         reqs: &[NewTunnel],
         now: u64,
     ) -> Result<Vec<Result<TunnelRecord>>> {
-        self.write(|db, pools| tunnels::create_many(db, pools, reqs, now))
+        self.write(|db, home| tunnels::create_many(db, home, reqs, now))
     }
 
     fn update_tunnel(&mut self, id: u32, change: &TunnelChange, now: u64) -> Result<TunnelRecord> {
-        self.write(|db, pools| tunnels::update(db, pools, id, change, now))
+        self.write(|db, home| tunnels::update(db, home, id, change, now))
     }
 
     fn delete_tunnel(&mut self, id: u32, now: u64) -> Result<TunnelRecord> {
@@ -88,7 +104,7 @@ impl<E: Engine> Store for E {
     }
 
     fn sync_static(&mut self, wanted: &[TunnelSpec], now: u64) -> Result<StaticSync> {
-        self.write(|db, _| tunnels::sync_static(db, wanted, now))
+        self.write(|db, home| tunnels::sync_static(db, home, wanted, now))
     }
 
     fn users(&self) -> Result<Vec<UserRecord>> {

@@ -2,15 +2,16 @@
 //! data plane's maps and the kernel's routes are projections of it.
 //!
 //! [`Store`] is the narrow interface the rest of the controller uses; [`SqliteStore`] is
-//! the embedded default. The store's logic is written once over a narrow SQL interface
-//! ([`sql`]) and implements [`Store`] for every engine ([`engine`]); a PostgreSQL engine for
-//! several PoPs sharing one database is to follow (docs/MULTI-POP.md).
+//! the embedded default, for one PoP; [`PgStore`] is shared by several PoPs
+//! (docs/MULTI-POP.md). The store's logic is written once over a narrow SQL interface
+//! ([`sql`]) and implements [`Store`] for every engine ([`engine`]).
 
 mod alloc;
 mod allocations;
 mod any;
 mod engine;
 mod files;
+mod pops;
 mod postgres;
 mod query;
 mod records;
@@ -24,6 +25,8 @@ mod users;
 pub(crate) fn schema_for_tests() -> &'static [&'static str] {
     schema::MIGRATIONS
 }
+#[cfg(test)]
+mod pops_tests;
 mod sqlite;
 #[cfg(test)]
 mod test_engines;
@@ -34,8 +37,29 @@ use crate::model::{Endpoint, Kind, State, TunnelSpec};
 
 pub use alloc::PoolSet;
 pub use any::{AnyStore, PASSWORD_ENV};
+pub use pops::{valid_name as valid_pop_name, PopRecord, PopReport};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+
+/// The PoP name of a store opened with pools alone (tests, tools).
+pub const DEFAULT_POP: &str = "pop1";
+
+/// The PoP a store is opened for: its name (`pop.name`) and its pools, which it publishes
+/// in the store so that any PoP can create tunnels for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Home {
+    pub pop: String,
+    pub pools: PoolSet,
+}
+
+impl From<PoolSet> for Home {
+    fn from(pools: PoolSet) -> Self {
+        Self {
+            pop: DEFAULT_POP.to_string(),
+            pools,
+        }
+    }
+}
 
 /// How a tunnel came to be: declared in the config file (reconciled at every start),
 /// created at run time through the API, or negotiated by a TSP client (both live only in
@@ -63,6 +87,26 @@ impl Origin {
     }
 }
 
+/// The store's identity and a PoP's generation ([`Store::generation`]).
+pub type Generation = (i64, u64);
+
+/// A change the store notified (PostgreSQL): tunnel `id` of this PoP changed, and the
+/// PoP's generation after the change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Notified {
+    pub id: u32,
+    pub generation: u64,
+}
+
+/// What the store's listener hears ([`PgStore::listen`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heard {
+    /// Listening (again): changes notified while it was not are lost, and the PoP's
+    /// generation says whether there were any.
+    Listening,
+    Changed(Notified),
+}
+
 /// Which tunnels a start reads ahead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ahead {
@@ -86,6 +130,8 @@ pub struct Preloaded {
 #[derive(Debug, Clone, Eq)]
 pub struct TunnelRecord {
     pub spec: TunnelSpec,
+    /// The PoP it lives on: the only one that projects it.
+    pub pop: String,
     pub owner: Option<String>,
     pub origin: Origin,
     /// For the protocols that authenticate the tunnel itself (heartbeat, AYIYA, TIC).
@@ -106,6 +152,7 @@ pub struct TunnelRecord {
 impl PartialEq for TunnelRecord {
     fn eq(&self, o: &Self) -> bool {
         self.spec == o.spec
+            && self.pop == o.pop
             && self.owner == o.owner
             && self.origin == o.origin
             && self.password == o.password
@@ -129,6 +176,8 @@ pub struct UserRecord {
 /// (or, for v4v6, the client's inner IPv4), an id and credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewTunnel {
+    /// The PoP to create it on (its pools); `None`: the store's own.
+    pub pop: Option<String>,
     pub owner: Option<String>,
     /// `Api` or `Tsp`.
     pub origin: Origin,
@@ -151,6 +200,7 @@ impl NewTunnel {
     /// For tests: an up tunnel requested through the API, MTU 1280, nothing else asked.
     pub fn api(owner: Option<&str>, kind: Kind, endpoint: Endpoint) -> Self {
         Self {
+            pop: None,
             owner: owner.map(str::to_string),
             origin: Origin::Api,
             kind,
@@ -179,11 +229,15 @@ pub struct TunnelChange {
     pub expires_at: Option<Option<u64>>,
     /// Allocates a routed prefix of this length if the tunnel has none yet.
     pub add_routed_length: Option<u8>,
+    /// Moves the tunnel to this PoP: it gets new prefixes (or inner IPv4) from that
+    /// PoP's pools, of the same lengths; the old ones go into quarantine.
+    pub pop: Option<String>,
 }
 
 /// Which tunnels a listing asks for; each field left `None` matches every tunnel.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TunnelFilter {
+    pub pop: Option<String>,
     pub owner: Option<OwnerFilter>,
     pub origin: Option<Origin>,
     pub kind: Option<Kind>,
@@ -219,6 +273,8 @@ pub enum StoreError {
     },
     #[error("no tunnel {id}")]
     NoSuchTunnel { id: u32 },
+    #[error("no PoP {name:?} in the store")]
+    NoSuchPop { name: String },
     #[error("no user {name:?}")]
     NoSuchUser { name: String },
     #[error("user {name:?} exists")]
@@ -271,7 +327,8 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// The store as the controller uses it. Every method is one transaction.
 pub trait Store: Send {
-    /// Every tunnel, in id order: for the few paths that need them all (start, reload).
+    /// This PoP's tunnels, in id order: for the few paths that need them all (start,
+    /// reload).
     fn tunnels(&self) -> Result<Vec<TunnelRecord>>;
     fn tunnel(&self, id: u32) -> Result<Option<TunnelRecord>>;
     /// Up to `limit` tunnels matching `filter` with ids above `after`, in id order.
@@ -281,15 +338,23 @@ pub trait Store: Send {
         after: Option<u32>,
         limit: usize,
     ) -> Result<Vec<TunnelRecord>>;
-    /// How many tunnels there are of each kind in each state (kept, not counted).
+    /// The PoP the store was opened for (`pop.name`).
+    fn pop(&self) -> &str;
+    /// How many of this PoP's tunnels there are of each kind in each state (kept, not
+    /// counted).
     fn census(&self) -> Result<Vec<(Kind, State, u64)>>;
-    /// The tunnels whose lifetime ended by `now`.
+    /// Every PoP of the store, with its tunnel counts.
+    fn pops(&self) -> Result<Vec<PopRecord>>;
+    /// Refreshes what this PoP says of itself (every few seconds).
+    fn report_pop(&mut self, report: &PopReport, now: u64) -> Result<()>;
+    /// This PoP's tunnels whose lifetime ended by `now`.
     fn expired(&self, now: u64) -> Result<Vec<TunnelRecord>>;
-    /// The up tunnels whose clients are expected to be heard (a keepalive, AYIYA,
+    /// This PoP's up tunnels whose clients are expected to be heard (a keepalive, AYIYA,
     /// heartbeat): what the liveness watchers need (`broker::watch`).
     fn watched(&self) -> Result<Vec<TunnelRecord>>;
-    /// The store's identity and its generation, which changes with every change to a
-    /// tunnel (made by anyone) and never returns to an earlier value.
+    /// The store's identity and this PoP's generation, which changes with every change to
+    /// one of its tunnels (made by anyone, on any PoP) and never returns to an earlier
+    /// value.
     fn generation(&self) -> Result<(i64, u64)>;
     /// Allocates the link /64 (and a routed prefix when asked), an id, a password and an
     /// update key.
@@ -307,7 +372,8 @@ pub trait Store: Send {
     /// Puts back a tunnel just deleted (undoing a deletion whose later steps failed),
     /// prefixes, credentials and all.
     fn restore_tunnel(&mut self, record: &TunnelRecord) -> Result<()>;
-    /// Makes the static tunnels exactly `wanted` (declarative: missing means removed).
+    /// Makes this PoP's static tunnels exactly `wanted` (declarative: missing means
+    /// removed).
     fn sync_static(&mut self, wanted: &[TunnelSpec], now: u64) -> Result<StaticSync>;
 
     fn users(&self) -> Result<Vec<UserRecord>>;

@@ -22,7 +22,7 @@ use std::{
 use postgres::{Client, Config, IsolationLevel, NoTls};
 
 use super::{
-    alloc::PoolSet, engine::Engine, query, sql::Sql, Ahead, Preloaded, Result, StoreError,
+    engine::Engine, pops, query, sql::Sql, Ahead, Heard, Home, Preloaded, Result, StoreError,
 };
 
 mod adapter;
@@ -49,28 +49,31 @@ pub struct PgStore {
     /// While this lives, the reconnection thread keeps trying; it gives up once the store
     /// is dropped.
     alive: Arc<()>,
-    pools: PoolSet,
+    home: Home,
 }
 
 impl PgStore {
     /// Connects with a libpq connection string or URL (`host=… dbname=…`,
     /// `postgresql://…`) and `password` (from a file or the environment: never the
-    /// configuration), and migrates the schema.
-    pub fn connect(conninfo: &str, password: Option<&str>, pools: PoolSet) -> Result<Self> {
+    /// configuration), migrates the schema and registers PoP `home` (refused if its pools
+    /// overlap another PoP's).
+    pub fn connect(conninfo: &str, password: Option<&str>, home: impl Into<Home>) -> Result<Self> {
         let config = settings(conninfo, password)?;
         let client = off_runtime(|| -> Result<Client> {
             let mut client = config.connect(NoTls).map_err(unavailable)?;
             schema::migrate(&mut client)?;
             Ok(client)
         })?;
-        Ok(Self {
+        let mut store = Self {
             config,
             client: RefCell::new(Some(client)),
             prepared: RefCell::new(Prepared::default()),
             reconnected: RefCell::new(None),
             alive: Arc::new(()),
-            pools,
-        })
+            home: home.into(),
+        };
+        store.write(|db, home| pops::register(db, home, false))?;
+        Ok(store)
     }
 
     /// Runs `f` on the live connection. Without one, `Unavailable` at once: connecting
@@ -129,6 +132,7 @@ impl PgStore {
     /// data plane loads; [`super::Preloaded`]).
     pub fn preload(&self, what: Ahead) -> std::thread::JoinHandle<Result<Preloaded>> {
         let config = self.config.clone();
+        let pop = self.home.pop.clone();
         std::thread::spawn(move || {
             let mut client = config.connect(NoTls).map_err(unavailable)?;
             let mut tx = client
@@ -143,10 +147,10 @@ impl PgStore {
                     prepared: &prepared,
                 };
                 let tunnels = match what {
-                    Ahead::All => query::all(&db)?,
-                    Ahead::Watched => query::watched(&db)?,
+                    Ahead::All => query::all(&db, &pop)?,
+                    Ahead::Watched => query::watched(&db, &pop)?,
                 };
-                (query::generation(&db)?, tunnels)
+                (query::generation(&db, &pop)?, tunnels)
             };
             tx.commit()?;
             Ok(Preloaded {
@@ -220,11 +224,8 @@ impl Engine for PgStore {
         })
     }
 
-    fn write<T: Send>(
-        &mut self,
-        f: impl FnOnce(&dyn Sql, &PoolSet) -> Result<T> + Send,
-    ) -> Result<T> {
-        let pools = &self.pools;
+    fn write<T: Send>(&mut self, f: impl FnOnce(&dyn Sql, &Home) -> Result<T> + Send) -> Result<T> {
+        let home = &self.home;
         self.with_client(|client, prepared| {
             let mut tx = client.transaction()?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])?;
@@ -233,11 +234,15 @@ impl Engine for PgStore {
                     tx: RefCell::new(&mut tx),
                     prepared,
                 },
-                pools,
+                home,
             )?;
             tx.commit()?;
             Ok(out)
         })
+    }
+
+    fn home(&self) -> &Home {
+        &self.home
     }
 
     /// Nothing the store can do from a client: PostgreSQL's own VACUUM reclaims what
@@ -298,6 +303,7 @@ mod tests {
     use broker_tests::postgres::Cluster;
 
     use super::*;
+    use crate::store::PoolSet;
     use crate::store::{test_engines::secrets, Store};
 
     /// Inside the controller's runtime, while the database goes away and comes back.
@@ -373,5 +379,49 @@ mod tests {
                 "{e:?}"
             );
         }
+    }
+}
+
+impl PgStore {
+    /// Listens for the changes to this PoP's tunnels (`LISTEN broker_tunnels`) on a
+    /// connection and thread of its own, for as long as the receiver lives. When the
+    /// connection breaks, it connects again every [`RECONNECT_EVERY`] and says
+    /// [`Heard::Listening`] once it listens again.
+    pub fn listen(&self) -> tokio::sync::mpsc::UnboundedReceiver<Heard> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let config = self.config.clone();
+        let pop = self.home.pop.clone();
+        let spawned = std::thread::Builder::new()
+            .name("store-listen".into())
+            .spawn(move || listen::run(&config, &pop, &tx));
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the store's listener: changes made elsewhere reach this PoP at the periodic reconcile only");
+        }
+        rx
+    }
+}
+
+mod listen;
+
+#[cfg(test)]
+impl PgStore {
+    /// Where this store connects (tests open a second store beside it).
+    pub(crate) fn conninfo_for_tests(&self) -> (String, String) {
+        let c = &self.config;
+        let host = match c.get_hosts().first() {
+            Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
+            Some(postgres::config::Host::Tcp(h)) => h.clone(),
+            None => String::new(),
+        };
+        let password = String::from_utf8_lossy(c.get_password().unwrap_or_default()).to_string();
+        (
+            format!(
+                "host={host} port={} user={} dbname={}",
+                c.get_ports().first().copied().unwrap_or(5432),
+                c.get_user().unwrap_or_default(),
+                c.get_dbname().unwrap_or_default()
+            ),
+            password,
+        )
     }
 }

@@ -12,22 +12,26 @@ use super::{
 };
 use crate::model::{Kind, State};
 
-/// Every tunnel: two scans, the routed prefixes joined in memory.
-pub(super) fn all(db: &dyn Sql) -> Result<Vec<TunnelRecord>> {
-    ids(db, 0, u32::MAX)
+/// Every tunnel of PoP `pop`: two scans, the routed prefixes joined in memory.
+pub(super) fn all(db: &dyn Sql, pop: &str) -> Result<Vec<TunnelRecord>> {
+    ids(db, pop, 0, u32::MAX)
 }
 
-/// The tunnels with ids `from..=to`, in id order.
-pub(super) fn ids(db: &dyn Sql, from: u32, to: u32) -> Result<Vec<TunnelRecord>> {
+/// The tunnels of PoP `pop` with ids `from..=to`, in id order.
+pub(super) fn ids(db: &dyn Sql, pop: &str, from: u32, to: u32) -> Result<Vec<TunnelRecord>> {
     let mut routed = routed_by_tunnel(
         db,
-        "SELECT tunnel_id, prefix FROM routed WHERE tunnel_id BETWEEN ?1 AND ?2 ORDER BY rowid",
-        params![from, to],
+        "SELECT tunnel_id, prefix FROM routed WHERE tunnel_id IN \
+         (SELECT id FROM tunnels WHERE pop = ?3 AND id BETWEEN ?1 AND ?2) ORDER BY rowid",
+        params![from, to, pop],
     )?;
     let mut out = Vec::new();
     db.each_row(
-        &format!("SELECT {TUNNEL_COLUMNS} FROM tunnels WHERE id BETWEEN ?1 AND ?2 ORDER BY id"),
-        params![from, to],
+        &format!(
+            "SELECT {TUNNEL_COLUMNS} FROM tunnels WHERE pop = ?3 AND id BETWEEN ?1 AND ?2 \
+             ORDER BY id"
+        ),
+        params![from, to, pop],
         &mut |r| {
             let r = row(r)?;
             let p = routed.remove(&r.id).unwrap_or_default();
@@ -50,6 +54,10 @@ pub(super) fn page(
 ) -> Result<Vec<TunnelRecord>> {
     let mut cond = vec!["id > ?".to_string()];
     let mut args = vec![Value::from(after.unwrap_or(0))];
+    if let Some(pop) = &f.pop {
+        cond.push("pop = ?".into());
+        args.push(Value::from(pop.clone()));
+    }
     match &f.owner {
         None => {}
         Some(OwnerFilter::Nobody) => cond.push("owner IS NULL".into()),
@@ -117,11 +125,11 @@ pub(super) fn page(
     select(db, &cond.join(" AND "), args, "ORDER BY id LIMIT ?")
 }
 
-pub(super) fn expired(db: &dyn Sql, now: u64) -> Result<Vec<TunnelRecord>> {
+pub(super) fn expired(db: &dyn Sql, pop: &str, now: u64) -> Result<Vec<TunnelRecord>> {
     select(
         db,
-        "expires_at IS NOT NULL AND expires_at <= ?",
-        vec![Value::from(now)],
+        "pop = ? AND expires_at IS NOT NULL AND expires_at <= ?",
+        vec![Value::from(pop), Value::from(now)],
         "ORDER BY id",
     )
 }
@@ -131,23 +139,32 @@ pub(super) fn expired(db: &dyn Sql, now: u64) -> Result<Vec<TunnelRecord>> {
 pub(super) const WATCHED: &str =
     "state = 'up' AND (keepalive IS NOT NULL OR kind IN ('ayiya', 'heartbeat'))";
 
-pub(super) fn watched(db: &dyn Sql) -> Result<Vec<TunnelRecord>> {
-    select(db, WATCHED, Vec::new(), "ORDER BY id")
+pub(super) fn watched(db: &dyn Sql, pop: &str) -> Result<Vec<TunnelRecord>> {
+    select(
+        db,
+        &format!("pop = ? AND {WATCHED}"),
+        vec![Value::from(pop)],
+        "ORDER BY id",
+    )
 }
 
-pub(super) fn generation(db: &dyn Sql) -> Result<(i64, u64)> {
-    db.first("SELECT store_id, n FROM generation", params![], |r| {
-        Ok((r.get(0)?, r.get(1)?))
-    })?
+/// The store's identity and PoP `pop`'s generation.
+pub(super) fn generation(db: &dyn Sql, pop: &str) -> Result<(i64, u64)> {
+    db.first(
+        "SELECT store_id, (SELECT generation FROM pops WHERE name = ?1) FROM generation",
+        params![pop],
+        |r| Ok((r.get(0)?, r.get::<Option<u64>>(1)?)),
+    )?
+    .and_then(|(id, n)| Some((id, n?)))
     .ok_or_else(|| super::StoreError::Corrupt {
-        what: "no generation row".into(),
+        what: format!("no generation row, or no PoP {pop:?}"),
     })
 }
 
-pub(super) fn census(db: &dyn Sql) -> Result<Vec<(Kind, State, u64)>> {
+pub(super) fn census(db: &dyn Sql, pop: &str) -> Result<Vec<(Kind, State, u64)>> {
     db.rows(
-        "SELECT kind, state, n FROM census WHERE n > 0",
-        params![],
+        "SELECT kind, state, n FROM census WHERE pop = ?1 AND n > 0",
+        params![pop],
         |r| {
             Ok((
                 parse_kind(&r.get::<String>(0)?)?,
@@ -459,6 +476,7 @@ mod tests {
             ])),
         )
             .prop_map(|(owner, kind, state, address, prefix)| TunnelFilter {
+                pop: None,
                 owner,
                 origin: Some(Origin::Api).filter(|_| kind == Some(Kind::Heartbeat)),
                 kind,

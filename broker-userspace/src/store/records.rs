@@ -27,7 +27,7 @@ pub(super) fn parse<T: std::str::FromStr>(s: &str, what: &str) -> Result<T> {
 pub(super) const TUNNEL_COLUMNS: &str =
     "id, owner, origin, kind, state, remote_v4, remote_port, remote_v6, \
                               link_prefix, client_v4, mtu, keepalive, expires_at, password, \
-                              update_key_hash, created_at, updated_at";
+                              update_key_hash, created_at, updated_at, pop";
 
 /// The columns of `tunnels` as read, before the routed prefixes are joined in.
 pub(super) struct TunnelRow {
@@ -48,6 +48,7 @@ pub(super) struct TunnelRow {
     update_key_hash: Option<String>,
     created_at: u64,
     updated_at: u64,
+    pop: Option<String>,
 }
 
 pub(super) fn row(r: &dyn Row) -> Result<TunnelRow> {
@@ -69,6 +70,7 @@ pub(super) fn row(r: &dyn Row) -> Result<TunnelRow> {
         update_key_hash: r.get(14)?,
         created_at: r.get(15)?,
         updated_at: r.get(16)?,
+        pop: r.get(17)?,
     })
 }
 
@@ -117,6 +119,8 @@ pub(super) fn record(r: TunnelRow, routed: Vec<Ipv6Net>) -> Result<TunnelRecord>
             keepalive: r.keepalive,
             ayiya_key: None,
         },
+        // Unclaimed only in a store of before PoPs, until a PoP opens it.
+        pop: r.pop.unwrap_or_default(),
         owner: r.owner,
         origin: Origin::parse(&r.origin).ok_or_else(|| StoreError::Corrupt {
             what: format!("unknown origin {:?}", r.origin),

@@ -182,6 +182,98 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE INDEX tunnels_key_in_clear ON tunnels(id) WHERE update_key_hash IS NULL;
     CREATE INDEX users_in_clear ON users(name) WHERE password IS NOT NULL;
     ",
+    // 7: PoPs (docs/MULTI-POP.md). Every tunnel belongs to one PoP (`pop`; NULL only in a
+    // store of before, until the PoP that opens it claims them); each PoP has a row with
+    // what the others need of it (addresses, pools) and its own generation, which counts
+    // the changes to its tunnels only. Census and allocation cursors are per PoP.
+    "
+    CREATE TABLE pops (
+        name TEXT PRIMARY KEY,
+        generation INTEGER NOT NULL DEFAULT 1,
+        ipv4 TEXT,
+        ipv6 TEXT,
+        tsp TEXT,
+        link_pools TEXT NOT NULL DEFAULT '',
+        routed_pools TEXT NOT NULL DEFAULT '',
+        routed_lengths TEXT NOT NULL DEFAULT '',
+        v4v6_pool TEXT,
+        quarantine_secs INTEGER NOT NULL DEFAULT 0,
+        version TEXT,
+        attached INTEGER NOT NULL DEFAULT 0,
+        started_at INTEGER,
+        last_seen INTEGER
+    );
+    ALTER TABLE tunnels ADD COLUMN pop TEXT;
+    CREATE INDEX tunnels_pop ON tunnels(pop, id);
+    DROP INDEX tunnels_watched;
+    CREATE INDEX tunnels_watched ON tunnels(pop, id)
+        WHERE state = 'up' AND (keepalive IS NOT NULL OR kind IN ('ayiya', 'heartbeat'));
+    CREATE INDEX tunnels_pop_expiry ON tunnels(pop, expires_at) WHERE expires_at IS NOT NULL;
+    DROP TABLE cursors;
+    CREATE TABLE cursors (
+        pop TEXT NOT NULL,
+        pool TEXT NOT NULL,
+        len INTEGER NOT NULL,
+        next INTEGER NOT NULL,
+        PRIMARY KEY (pop, pool, len)
+    );
+    DROP TRIGGER census_insert;
+    DROP TRIGGER census_delete;
+    DROP TRIGGER census_update;
+    DROP TABLE census;
+    CREATE TABLE census (
+        pop TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        state TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (pop, kind, state)
+    );
+    INSERT INTO census (pop, kind, state, n)
+        SELECT IFNULL(pop, ''), kind, state, COUNT(*) FROM tunnels GROUP BY 1, 2, 3;
+    CREATE TRIGGER census_insert AFTER INSERT ON tunnels BEGIN
+        INSERT INTO census (pop, kind, state, n) VALUES (IFNULL(NEW.pop, ''), NEW.kind, NEW.state, 1)
+            ON CONFLICT (pop, kind, state) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER census_delete AFTER DELETE ON tunnels BEGIN
+        UPDATE census SET n = n - 1
+            WHERE pop = IFNULL(OLD.pop, '') AND kind = OLD.kind AND state = OLD.state;
+    END;
+    CREATE TRIGGER census_update AFTER UPDATE OF kind, state, pop ON tunnels
+        WHEN OLD.kind IS NOT NEW.kind OR OLD.state IS NOT NEW.state OR OLD.pop IS NOT NEW.pop
+    BEGIN
+        UPDATE census SET n = n - 1
+            WHERE pop = IFNULL(OLD.pop, '') AND kind = OLD.kind AND state = OLD.state;
+        INSERT INTO census (pop, kind, state, n) VALUES (IFNULL(NEW.pop, ''), NEW.kind, NEW.state, 1)
+            ON CONFLICT (pop, kind, state) DO UPDATE SET n = n + 1;
+    END;
+    DROP TRIGGER generation_tunnel_insert;
+    DROP TRIGGER generation_tunnel_update;
+    DROP TRIGGER generation_tunnel_delete;
+    DROP TRIGGER generation_routed_insert;
+    DROP TRIGGER generation_routed_update;
+    DROP TRIGGER generation_routed_delete;
+    CREATE TRIGGER generation_tunnel_insert AFTER INSERT ON tunnels BEGIN
+        UPDATE pops SET generation = generation + 1 WHERE name = NEW.pop;
+    END;
+    CREATE TRIGGER generation_tunnel_update AFTER UPDATE ON tunnels BEGIN
+        UPDATE pops SET generation = generation + 1 WHERE name IN (OLD.pop, NEW.pop);
+    END;
+    CREATE TRIGGER generation_tunnel_delete AFTER DELETE ON tunnels BEGIN
+        UPDATE pops SET generation = generation + 1 WHERE name = OLD.pop;
+    END;
+    CREATE TRIGGER generation_routed_insert AFTER INSERT ON routed BEGIN
+        UPDATE pops SET generation = generation + 1
+            WHERE name = (SELECT pop FROM tunnels WHERE id = NEW.tunnel_id);
+    END;
+    CREATE TRIGGER generation_routed_update AFTER UPDATE ON routed BEGIN
+        UPDATE pops SET generation = generation + 1
+            WHERE name IN (SELECT pop FROM tunnels WHERE id IN (OLD.tunnel_id, NEW.tunnel_id));
+    END;
+    CREATE TRIGGER generation_routed_delete AFTER DELETE ON routed BEGIN
+        UPDATE pops SET generation = generation + 1
+            WHERE name = (SELECT pop FROM tunnels WHERE id = OLD.tunnel_id);
+    END;
+    ",
 ];
 
 /// Brings a database to the current schema. Foreign keys must be off (SQLite's procedure

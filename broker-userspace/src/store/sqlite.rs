@@ -5,18 +5,19 @@ use std::path::Path;
 use rusqlite::Connection;
 
 use super::{
-    alloc::PoolSet, engine::Engine, query, schema, sql::Sql, Result, StoreError, TunnelRecord,
+    engine::Engine, pops, query, schema, sql::Sql, Home, Result, StoreError, TunnelRecord,
 };
 
 pub struct SqliteStore {
     /// Seen by the store's tests, which read SQLite's query plans.
     pub(super) conn: Connection,
-    pools: PoolSet,
+    home: Home,
 }
 
 impl SqliteStore {
-    /// Opens (creating it and its directory if needed) and migrates the store at `path`.
-    pub fn open(path: &Path, pools: PoolSet) -> Result<Self> {
+    /// Opens (creating it and its directory if needed) and migrates the store at `path`,
+    /// for PoP `home` (a SQLite store is one PoP's: every tunnel in it is its own).
+    pub fn open(path: &Path, home: impl Into<Home>) -> Result<Self> {
         super::files::prepare(path).map_err(|e| StoreError::Files {
             path: path.display().to_string(),
             source: e,
@@ -26,17 +27,19 @@ impl SqliteStore {
             source,
         })?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        Self::init(conn, pools)
+        Self::init(conn, home.into())
     }
 
     /// Reads the tunnels `what` names and the generation they belong to, in one read
     /// transaction on a read-only connection of its own, on a thread of its own (a start,
     /// while the data plane loads; [`super::Preloaded`]).
     pub fn preload(
+        &self,
         path: &Path,
         what: super::Ahead,
     ) -> std::thread::JoinHandle<Result<super::Preloaded>> {
         let path = path.to_path_buf();
+        let pop = self.home.pop.clone();
         std::thread::spawn(move || {
             let conn = Connection::open_with_flags(
                 &path,
@@ -48,10 +51,10 @@ impl SqliteStore {
                 source,
             })?;
             let tx = conn.unchecked_transaction()?;
-            let generation = query::generation(&*tx)?;
+            let generation = query::generation(&*tx, &pop)?;
             let tunnels = match what {
-                super::Ahead::All => all_in_two(&path, &tx, generation)?,
-                super::Ahead::Watched => query::watched(&*tx)?,
+                super::Ahead::All => all_in_two(&path, &tx, &pop, generation)?,
+                super::Ahead::Watched => query::watched(&*tx, &pop)?,
             };
             Ok(super::Preloaded {
                 what,
@@ -62,11 +65,11 @@ impl SqliteStore {
     }
 
     /// A store that lives in memory (tests).
-    pub fn in_memory(pools: PoolSet) -> Result<Self> {
-        Self::init(Connection::open_in_memory()?, pools)
+    pub fn in_memory(home: impl Into<Home>) -> Result<Self> {
+        Self::init(Connection::open_in_memory()?, home.into())
     }
 
-    fn init(mut conn: Connection, pools: PoolSet) -> Result<Self> {
+    fn init(mut conn: Connection, home: Home) -> Result<Self> {
         conn.pragma_update(None, "foreign_keys", false)?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         // Deleted and overwritten content is zeroed, not left in free pages (secrets).
@@ -76,7 +79,9 @@ impl SqliteStore {
         conn.set_prepared_statement_cache_capacity(128);
         schema::migrate(&mut conn)?;
         conn.pragma_update(None, "foreign_keys", true)?;
-        Ok(Self { conn, pools })
+        let mut store = Self { conn, home };
+        store.write(|db, home| pops::register(db, home, true))?;
+        Ok(store)
     }
 }
 
@@ -91,6 +96,7 @@ const SPLIT_FROM: u32 = 10_000;
 fn all_in_two(
     path: &Path,
     tx: &rusqlite::Transaction,
+    pop: &str,
     generation: (i64, u64),
 ) -> Result<Vec<TunnelRecord>> {
     let (lo, hi): (Option<u32>, Option<u32>) =
@@ -101,10 +107,11 @@ fn all_in_two(
         return Ok(Vec::new());
     };
     if hi - lo < SPLIT_FROM {
-        return query::all(&**tx);
+        return query::all(&**tx, pop);
     }
     let mid = lo + (hi - lo) / 2;
     let path = path.to_path_buf();
+    let lower_pop = pop.to_string();
     let lower = std::thread::spawn(move || -> Result<_> {
         let conn = Connection::open_with_flags(
             &path,
@@ -115,16 +122,19 @@ fn all_in_two(
             source,
         })?;
         let tx = conn.unchecked_transaction()?;
-        Ok((query::generation(&*tx)?, query::ids(&*tx, 0, mid)?))
+        Ok((
+            query::generation(&*tx, &lower_pop)?,
+            query::ids(&*tx, &lower_pop, 0, mid)?,
+        ))
     });
-    let mut upper = query::ids(&**tx, mid + 1, u32::MAX)?;
+    let mut upper = query::ids(&**tx, pop, mid + 1, u32::MAX)?;
     match lower.join() {
         Ok(Ok((g, mut tunnels))) if g == generation => {
             tunnels.append(&mut upper);
             Ok(tunnels)
         }
         // Written in between, or failed: the one transaction's view.
-        _ => query::all(&**tx),
+        _ => query::all(&**tx, pop),
     }
 }
 
@@ -134,14 +144,15 @@ impl Engine for SqliteStore {
         f(&self.conn)
     }
 
-    fn write<T: Send>(
-        &mut self,
-        f: impl FnOnce(&dyn Sql, &PoolSet) -> Result<T> + Send,
-    ) -> Result<T> {
+    fn write<T: Send>(&mut self, f: impl FnOnce(&dyn Sql, &Home) -> Result<T> + Send) -> Result<T> {
         let tx = self.conn.transaction()?;
-        let out = f(&*tx, &self.pools)?;
+        let out = f(&*tx, &self.home)?;
         tx.commit()?;
         Ok(out)
+    }
+
+    fn home(&self) -> &Home {
+        &self.home
     }
 
     /// The WAL is written back and emptied; deleted content was zeroed as it went

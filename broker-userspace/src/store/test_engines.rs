@@ -7,7 +7,7 @@ use std::sync::{
     mpsc, OnceLock,
 };
 
-use super::{alloc::PoolSet, PgStore, SqliteStore, Store};
+use super::{alloc::PoolSet, Home, PgStore, SqliteStore, Store};
 
 /// Opens an empty store of the engine under test with these pools.
 pub(crate) type Open = &'static dyn Fn(PoolSet) -> Box<dyn Store>;
@@ -91,6 +91,21 @@ pub(crate) fn secrets() -> crate::secret::UserSecrets {
 
 /// A store on a new, empty database.
 pub(crate) fn fresh(pools: PoolSet) -> PgStore {
+    shared([Home::from(pools)]).pop().expect("one store")
+}
+
+/// Stores of several PoPs on one new, empty database, in the order of `homes` (each
+/// registers in turn).
+pub(crate) fn shared<const N: usize>(homes: [Home; N]) -> Vec<PgStore> {
+    let (conninfo, password) = fresh_database();
+    homes
+        .into_iter()
+        .map(|h| PgStore::connect(&conninfo, Some(&password), h).expect("opening the test store"))
+        .collect()
+}
+
+/// A new, empty database: its conninfo and password.
+pub(crate) fn fresh_database() -> (String, String) {
     static N: AtomicU32 = AtomicU32::new(0);
     let c = cluster();
     let db = format!("store_test_{}", N.fetch_add(1, Ordering::Relaxed));
@@ -110,5 +125,5 @@ pub(crate) fn fresh(pools: PoolSet) -> PgStore {
     admin
         .batch_execute(&format!("CREATE DATABASE {db}"))
         .expect("creating a test database");
-    PgStore::connect(&conninfo(&db), Some(&c.password), pools).expect("opening the test store")
+    (conninfo(&db), c.password.clone())
 }

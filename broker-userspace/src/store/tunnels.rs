@@ -5,12 +5,12 @@
 use std::collections::{HashMap, HashSet};
 
 use super::{
-    alloc::PoolSet,
     allocations::{allocate, allocate_v4, assign, claim, end_quarantine},
-    query, random_token,
+    pops, query, random_token,
     records::{endpoint_columns, TUNNEL_COLUMNS},
     sql::{params, Sql},
-    NewTunnel, Origin, Result, StaticSync, StoreError, TunnelChange, TunnelFilter, TunnelRecord,
+    Home, NewTunnel, Origin, Result, StaticSync, StoreError, TunnelChange, TunnelFilter,
+    TunnelRecord,
 };
 use crate::model::{Endpoint, TunnelSpec};
 
@@ -82,7 +82,7 @@ fn insert_tunnel(db: &dyn Sql, r: &TunnelRecord) -> Result<()> {
     db.exec(
         &format!(
             "INSERT INTO tunnels ({TUNNEL_COLUMNS}, update_key) VALUES \
-             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, '')"
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, '')"
         ),
         params![
             s.id,
@@ -101,7 +101,8 @@ fn insert_tunnel(db: &dyn Sql, r: &TunnelRecord) -> Result<()> {
             &r.password,
             &r.update_key_hash,
             r.created_at,
-            r.updated_at
+            r.updated_at,
+            &r.pop
         ],
     )?;
     for p in &s.routed_prefixes {
@@ -117,6 +118,11 @@ fn insert_tunnel(db: &dyn Sql, r: &TunnelRecord) -> Result<()> {
 fn remove_tunnel(db: &dyn Sql, id: u32, now: u64) -> Result<()> {
     db.exec("DELETE FROM routed WHERE tunnel_id = ?1", params![id])?;
     db.exec("DELETE FROM tunnels WHERE id = ?1", params![id])?;
+    free(db, id, now)
+}
+
+/// Puts a tunnel's prefixes and inner address into quarantine.
+fn free(db: &dyn Sql, id: u32, now: u64) -> Result<()> {
     db.exec(
         "UPDATE allocations SET tunnel_id = NULL, freed_at = ?1 WHERE tunnel_id = ?2",
         params![now, id],
@@ -131,10 +137,12 @@ fn remove_tunnel(db: &dyn Sql, id: u32, now: u64) -> Result<()> {
 /// Creates one tunnel inside the caller's transaction or savepoint.
 pub(super) fn create_in(
     db: &dyn Sql,
-    pools: &PoolSet,
+    home: &Home,
     req: &NewTunnel,
     now: u64,
 ) -> Result<TunnelRecord> {
+    let pop = req.pop.as_deref().unwrap_or(&home.pop);
+    let pools = &pops::pools_of(db, home, pop)?;
     if let Some(owner) = &req.owner {
         let exists: Option<String> = db.first(
             "SELECT name FROM users WHERE name = ?1",
@@ -191,11 +199,11 @@ pub(super) fn create_in(
                 prefix: p,
             })
         }
-        None => Some(allocate(db, "link", &pools.link, 64)?),
+        None => Some(allocate(db, pop, "link", &pools.link, 64)?),
     };
     let routed = match (req.routed_prefix, req.routed_length) {
         (Some(p), _) => vec![claim(db, "routed", &pools.routed, p)?],
-        (None, Some(len)) => vec![allocate(db, "routed", &pools.routed, len)?],
+        (None, Some(len)) => vec![allocate(db, pop, "routed", &pools.routed, len)?],
         (None, None) => Vec::new(),
     };
     let client_v4 = if ipv6 {
@@ -217,6 +225,7 @@ pub(super) fn create_in(
             keepalive: req.keepalive,
             ayiya_key: None,
         },
+        pop: pop.to_string(),
         owner: req.owner.clone(),
         origin: req.origin,
         password: random_token(TOKEN_LEN),
@@ -234,10 +243,11 @@ pub(super) fn create_in(
 }
 
 /// Refuses a static tunnel being added or changed that would take what a run-time tunnel
-/// has: its id, its endpoint, or a prefix overlapping one of its prefixes.
-fn check_static(db: &dyn Sql, w: &TunnelSpec, is_static: bool) -> Result<()> {
+/// (or another PoP's) has: its id, its endpoint, or a prefix overlapping one of its
+/// prefixes.
+fn check_static(db: &dyn Sql, pop: &str, w: &TunnelSpec, is_static: bool) -> Result<()> {
     let runtime = |id: u32| -> Result<bool> {
-        Ok(query::one(db, id)?.is_some_and(|r| r.origin != Origin::Static))
+        Ok(query::one(db, id)?.is_some_and(|r| r.origin != Origin::Static || r.pop != pop))
     };
     if !is_static && runtime(w.id)? {
         return Err(StoreError::IdTaken { id: w.id });
@@ -258,7 +268,7 @@ fn check_static(db: &dyn Sql, w: &TunnelSpec, is_static: bool) -> Result<()> {
         };
         let overlapping = query::page(db, &filter, None, 64)?;
         if let Some(other) = overlapping.iter().find(|r| {
-            r.origin != Origin::Static
+            (r.origin != Origin::Static || r.pop != pop)
                 && r.spec.id != w.id
                 && r.spec.prefixes().any(|q| q.contains(&p) || p.contains(&q))
         }) {
@@ -276,14 +286,14 @@ fn check_static(db: &dyn Sql, w: &TunnelSpec, is_static: bool) -> Result<()> {
 /// that a refused request leaves nothing and the others stay.
 pub(super) fn create_many(
     db: &dyn Sql,
-    pools: &PoolSet,
+    home: &Home,
     reqs: &[NewTunnel],
     now: u64,
 ) -> Result<Vec<Result<TunnelRecord>>> {
     let mut out = Vec::with_capacity(reqs.len());
     for req in reqs {
         db.exec("SAVEPOINT one_tunnel", params![])?;
-        let r = create_in(db, pools, req, now);
+        let r = create_in(db, home, req, now);
         if r.is_err() {
             db.exec("ROLLBACK TO SAVEPOINT one_tunnel", params![])?;
         }
@@ -295,7 +305,7 @@ pub(super) fn create_many(
 
 pub(super) fn update(
     db: &dyn Sql,
-    pools: &PoolSet,
+    home: &Home,
     id: u32,
     change: &TunnelChange,
     now: u64,
@@ -303,6 +313,19 @@ pub(super) fn update(
     let Some(mut record) = query::one(db, id)? else {
         return Err(StoreError::NoSuchTunnel { id });
     };
+    if let Some(to) = change.pop.as_deref().filter(|to| *to != record.pop) {
+        if record.origin == Origin::Static {
+            return Err(StoreError::Invalid {
+                what: format!(
+                    "tunnel {id} is declared in PoP {}'s configuration: it moves by \
+                     moving it there",
+                    record.pop
+                ),
+            });
+        }
+        renumber(db, home, &mut record, to, now)?;
+    }
+    let pools = &pops::pools_of(db, home, &record.pop)?;
     let spec = &mut record.spec;
     if let Some(kind) = change.kind {
         if kind.carries_ipv6() != spec.kind.carries_ipv6() {
@@ -360,7 +383,7 @@ pub(super) fn update(
                 });
             }
             end_quarantine(db, pools, now)?;
-            let p = allocate(db, "routed", &pools.routed, len)?;
+            let p = allocate(db, &record.pop, "routed", &pools.routed, len)?;
             assign(db, &p, id)?;
             db.exec(
                 "INSERT INTO routed (tunnel_id, prefix) VALUES (?1, ?2)",
@@ -374,7 +397,8 @@ pub(super) fn update(
     let (v4, port, v6) = endpoint_columns(&spec.endpoint);
     db.exec(
         "UPDATE tunnels SET kind = ?1, remote_v4 = ?2, remote_port = ?3, remote_v6 = ?4, \
-         state = ?5, mtu = ?6, keepalive = ?7, expires_at = ?8, updated_at = ?9 WHERE id = ?10",
+         state = ?5, mtu = ?6, keepalive = ?7, expires_at = ?8, updated_at = ?9, pop = ?11, \
+         link_prefix = ?12, client_v4 = ?13 WHERE id = ?10",
         params![
             spec.kind.as_str(),
             v4,
@@ -385,10 +409,65 @@ pub(super) fn update(
             spec.keepalive,
             record.expires_at,
             now,
-            id
+            id,
+            &record.pop,
+            spec.link_prefix.map(|p| p.to_string()),
+            spec.client_v4.map(|a| a.to_string())
         ],
     )?;
     Ok(record)
+}
+
+/// Moves `record` to PoP `to`: a new link /64 and routed prefixes of the same lengths (or,
+/// for v4v6, a new inner IPv4) from that PoP's pools, since each PoP announces only its
+/// own; the old ones go into quarantine. The caller writes the tunnel's row.
+fn renumber(
+    db: &dyn Sql,
+    home: &Home,
+    record: &mut TunnelRecord,
+    to: &str,
+    now: u64,
+) -> Result<()> {
+    let pools = pops::pools_of(db, home, to)?;
+    let id = record.spec.id;
+    let spec = &mut record.spec;
+    for p in &spec.routed_prefixes {
+        if !pools.routed_lengths.contains(&p.prefix_len()) {
+            return Err(StoreError::LengthNotOffered {
+                len: p.prefix_len(),
+                offered: pools.routed_lengths.clone(),
+            });
+        }
+    }
+    free(db, id, now)?;
+    db.exec("DELETE FROM routed WHERE tunnel_id = ?1", params![id])?;
+    // The row keeps its old link /64 until the caller's update: free it now (UNIQUE).
+    db.exec(
+        "UPDATE tunnels SET link_prefix = NULL, client_v4 = NULL WHERE id = ?1",
+        params![id],
+    )?;
+    end_quarantine(db, &pools, now)?;
+    if spec.link_prefix.is_some() {
+        let link = allocate(db, to, "link", &pools.link, 64)?;
+        assign(db, &link, id)?;
+        spec.link_prefix = Some(link);
+    }
+    let mut routed = Vec::with_capacity(spec.routed_prefixes.len());
+    for old in &spec.routed_prefixes {
+        let p = allocate(db, to, "routed", &pools.routed, old.prefix_len())?;
+        assign(db, &p, id)?;
+        db.exec(
+            "INSERT INTO routed (tunnel_id, prefix) VALUES (?1, ?2)",
+            params![id, p.to_string()],
+        )?;
+        routed.push(p);
+    }
+    spec.routed_prefixes = routed;
+    if spec.client_v4.is_some() {
+        spec.client_v4 = Some(allocate_v4(db, &pools, id)?);
+    }
+    record.pop = to.to_string();
+    Ok(())
 }
 
 pub(super) fn delete(db: &dyn Sql, id: u32, now: u64) -> Result<TunnelRecord> {
@@ -427,10 +506,16 @@ pub(super) fn restore(db: &dyn Sql, record: &TunnelRecord) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn sync_static(db: &dyn Sql, wanted: &[TunnelSpec], now: u64) -> Result<StaticSync> {
+pub(super) fn sync_static(
+    db: &dyn Sql,
+    home: &Home,
+    wanted: &[TunnelSpec],
+    now: u64,
+) -> Result<StaticSync> {
     let existing: HashMap<u32, TunnelRecord> = query::page(
         db,
         &TunnelFilter {
+            pop: Some(home.pop.clone()),
             origin: Some(Origin::Static),
             ..Default::default()
         },
@@ -448,7 +533,7 @@ pub(super) fn sync_static(db: &dyn Sql, wanted: &[TunnelSpec], now: u64) -> Resu
             // against it.
             continue;
         }
-        check_static(db, w, current.is_some())?;
+        check_static(db, &home.pop, w, current.is_some())?;
         match current {
             Some(c) => {
                 let record = TunnelRecord {
@@ -466,6 +551,7 @@ pub(super) fn sync_static(db: &dyn Sql, wanted: &[TunnelSpec], now: u64) -> Resu
                     db,
                     &TunnelRecord {
                         spec: w.clone(),
+                        pop: home.pop.clone(),
                         owner: None,
                         origin: Origin::Static,
                         password: random_token(TOKEN_LEN),

@@ -179,6 +179,7 @@ async fn renew<S: Store, P: Projection, R: RouteOps>(
         expires_at: Some(Some(expires_at)),
         add_routed_length: ask.router,
         mtu: None,
+        pop: None,
     };
     let r = b
         .update_tunnel_learnt(id, &change)
@@ -196,7 +197,9 @@ async fn create<S: Store, P: Projection, R: RouteOps>(
     owner: Option<String>,
     expires_at: u64,
 ) -> Result<TunnelRecord, Status> {
+    // A session's tunnel lives on the PoP the client reached: its configuration chose it.
     let req = NewTunnel {
+        pop: None,
         owner,
         origin: Origin::Tsp,
         kind: ask.kind,

@@ -125,6 +125,108 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER generation_routed AFTER INSERT OR UPDATE OR DELETE ON routed
         FOR EACH ROW EXECUTE FUNCTION generation_bump();
     "#,
+    // 2: PoPs, as SQLite's version 7 (`store::schema`). Every change to a PoP's tunnels
+    // also notifies it, `NOTIFY broker_tunnels, '<pop> <tunnel id> <generation>'`, sent
+    // only if the transaction commits, in commit order (docs/MULTI-POP.md).
+    r#"
+    CREATE TABLE pops (
+        name TEXT PRIMARY KEY,
+        generation BIGINT NOT NULL DEFAULT 1,
+        ipv4 TEXT,
+        ipv6 TEXT,
+        tsp TEXT,
+        link_pools TEXT NOT NULL DEFAULT '',
+        routed_pools TEXT NOT NULL DEFAULT '',
+        routed_lengths TEXT NOT NULL DEFAULT '',
+        v4v6_pool TEXT,
+        quarantine_secs BIGINT NOT NULL DEFAULT 0,
+        version TEXT,
+        attached BIGINT NOT NULL DEFAULT 0,
+        started_at BIGINT,
+        last_seen BIGINT
+    );
+    ALTER TABLE tunnels ADD COLUMN pop TEXT;
+    CREATE INDEX tunnels_pop ON tunnels(pop, id);
+    DROP INDEX tunnels_watched;
+    CREATE INDEX tunnels_watched ON tunnels(pop, id)
+        WHERE state = 'up' AND (keepalive IS NOT NULL OR kind IN ('ayiya', 'heartbeat'));
+    CREATE INDEX tunnels_pop_expiry ON tunnels(pop, expires_at) WHERE expires_at IS NOT NULL;
+    DROP TABLE cursors;
+    CREATE TABLE cursors (
+        pop TEXT NOT NULL,
+        pool TEXT NOT NULL,
+        len BIGINT NOT NULL,
+        next BIGINT NOT NULL,
+        PRIMARY KEY (pop, pool, len)
+    );
+    DROP TRIGGER census_insert_delete ON tunnels;
+    DROP TRIGGER census_update ON tunnels;
+    DROP FUNCTION census_count();
+    DROP TABLE census;
+    CREATE TABLE census (
+        pop TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        state TEXT NOT NULL,
+        n BIGINT NOT NULL,
+        PRIMARY KEY (pop, kind, state)
+    );
+    INSERT INTO census (pop, kind, state, n)
+        SELECT COALESCE(pop, ''), kind, state, COUNT(*) FROM tunnels GROUP BY 1, 2, 3;
+    CREATE FUNCTION census_count() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP IN ('UPDATE', 'DELETE') THEN
+            UPDATE census SET n = n - 1
+                WHERE pop = COALESCE(OLD.pop, '') AND kind = OLD.kind AND state = OLD.state;
+        END IF;
+        IF TG_OP IN ('UPDATE', 'INSERT') THEN
+            INSERT INTO census (pop, kind, state, n)
+                VALUES (COALESCE(NEW.pop, ''), NEW.kind, NEW.state, 1)
+                ON CONFLICT (pop, kind, state) DO UPDATE SET n = census.n + 1;
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER census_insert_delete AFTER INSERT OR DELETE ON tunnels
+        FOR EACH ROW EXECUTE FUNCTION census_count();
+    CREATE TRIGGER census_update AFTER UPDATE OF kind, state, pop ON tunnels
+        FOR EACH ROW WHEN (OLD.kind IS DISTINCT FROM NEW.kind OR OLD.state IS DISTINCT FROM NEW.state
+                           OR OLD.pop IS DISTINCT FROM NEW.pop)
+        EXECUTE FUNCTION census_count();
+    DROP TRIGGER generation_tunnels ON tunnels;
+    DROP TRIGGER generation_routed ON routed;
+    DROP FUNCTION generation_bump();
+    CREATE FUNCTION pop_touched(p TEXT, tunnel BIGINT) RETURNS void LANGUAGE plpgsql AS $$
+    DECLARE g BIGINT;
+    BEGIN
+        UPDATE pops SET generation = generation + 1 WHERE name = p RETURNING generation INTO g;
+        IF FOUND THEN
+            PERFORM pg_notify('broker_tunnels', p || ' ' || tunnel || ' ' || g);
+        END IF;
+    END $$;
+    CREATE FUNCTION tunnels_touched() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP IN ('UPDATE', 'DELETE') THEN
+            PERFORM pop_touched(OLD.pop, OLD.id);
+        END IF;
+        IF TG_OP = 'INSERT' OR (TG_OP = 'UPDATE' AND NEW.pop IS DISTINCT FROM OLD.pop) THEN
+            PERFORM pop_touched(NEW.pop, NEW.id);
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER tunnels_touched AFTER INSERT OR UPDATE OR DELETE ON tunnels
+        FOR EACH ROW EXECUTE FUNCTION tunnels_touched();
+    CREATE FUNCTION routed_touched() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP IN ('UPDATE', 'DELETE') THEN
+            PERFORM pop_touched((SELECT pop FROM tunnels WHERE id = OLD.tunnel_id), OLD.tunnel_id);
+        END IF;
+        IF TG_OP IN ('UPDATE', 'INSERT') THEN
+            PERFORM pop_touched((SELECT pop FROM tunnels WHERE id = NEW.tunnel_id), NEW.tunnel_id);
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER routed_touched AFTER INSERT OR UPDATE OR DELETE ON routed
+        FOR EACH ROW EXECUTE FUNCTION routed_touched();
+    "#,
 ];
 
 /// Brings the database to the current schema in one transaction (PostgreSQL's DDL is

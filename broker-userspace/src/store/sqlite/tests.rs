@@ -7,6 +7,7 @@ use rusqlite::Connection;
 
 use super::*;
 use crate::store::test_engines::{on_every_engine, Open};
+use crate::store::PoolSet;
 use crate::{
     model::{Endpoint, Kind, State, TunnelSpec},
     store::{NewTunnel, Origin, Store, StoreError, TunnelChange},
@@ -512,13 +513,15 @@ fn everything_is_there_after_a_restart() {
     assert_eq!(s.users().unwrap(), users);
     // Read ahead on a connection of its own, as a cold start does: the same, and the
     // generation they are of.
-    let ahead = SqliteStore::preload(&path, crate::store::Ahead::All)
+    let ahead = s
+        .preload(&path, crate::store::Ahead::All)
         .join()
         .unwrap()
         .unwrap();
     assert_eq!(ahead.tunnels, tunnels);
     assert_eq!(ahead.generation, s.generation().unwrap());
-    let ahead = SqliteStore::preload(&path, crate::store::Ahead::Watched)
+    let ahead = s
+        .preload(&path, crate::store::Ahead::Watched)
         .join()
         .unwrap()
         .unwrap();
@@ -547,7 +550,8 @@ fn every_tunnel_read_ahead_in_two_halves_is_every_tunnel() {
     )
     .unwrap();
     s.create_tunnel(&new(2, Some(56)), 3).unwrap();
-    let ahead = SqliteStore::preload(&path, crate::store::Ahead::All)
+    let ahead = s
+        .preload(&path, crate::store::Ahead::All)
         .join()
         .unwrap()
         .unwrap();

@@ -33,6 +33,7 @@ fn record(id: u32, owner: &str, kind: Kind, state: State, keepalive: Option<u32>
             keepalive,
             ayiya_key: None,
         },
+        pop: crate::store::DEFAULT_POP.into(),
         owner: Some(owner.into()),
         origin: Origin::Api,
         password: format!("tunnelpw{id}"),
