@@ -910,6 +910,8 @@ mod unproven;
 pub mod watch;
 
 #[cfg(test)]
+mod pops_tests;
+#[cfg(test)]
 mod scale_tests;
 #[cfg(test)]
 pub(crate) mod tests;

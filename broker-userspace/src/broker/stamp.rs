@@ -20,7 +20,7 @@ use crate::{dataplane::Reconciled, store::Store};
 
 impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
     /// The stamp of maps and routes that hold this store as of `generation`.
-    fn stamp_of(&self, (store, generation): (i64, u64)) -> u64 {
+    pub(super) fn stamp_of(&self, (store, generation): (i64, u64)) -> u64 {
         let mut h = Sha1::new();
         h.update(format!(
             "{store} {generation} {:?} {}",

@@ -29,6 +29,18 @@ impl<S> Broker<S, FakeMaps, FakeRoutes> {
     pub(crate) fn maps_installed(&self, id: u32) -> Option<TunnelSpec> {
         self.maps.installed.get(&id).cloned()
     }
+
+    /// The fake kernel's routes.
+    pub(crate) fn routes_now(&self) -> BTreeSet<Ipv6Net> {
+        self.routes.routes.lock().unwrap().clone()
+    }
+}
+
+impl FakeMaps {
+    /// Full reconciles so far.
+    pub(crate) fn reconciles(&self) -> usize {
+        self.reconciles
+    }
 }
 
 impl Projection for FakeMaps {

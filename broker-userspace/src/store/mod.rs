@@ -29,7 +29,7 @@ pub(crate) fn schema_for_tests() -> &'static [&'static str] {
 mod pops_tests;
 mod sqlite;
 #[cfg(test)]
-mod test_engines;
+pub(crate) mod test_engines;
 
 use ipnet::Ipv6Net;
 

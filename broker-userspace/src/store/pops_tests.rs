@@ -42,7 +42,7 @@ fn proto41(last: u8, pop: Option<&str>) -> NewTunnel {
 
 #[test]
 fn each_pop_reads_its_own_tunnels_drawn_from_its_own_pools() {
-    let [mut a, mut b] = <[_; 2]>::try_from(shared([home("a", 1), home("b", 2)]))
+    let [mut a, b] = <[_; 2]>::try_from(shared([home("a", 1), home("b", 2)]))
         .ok()
         .unwrap();
     let (ga, gb) = (a.generation().unwrap(), b.generation().unwrap());
