@@ -737,6 +737,13 @@ impl Lab {
     /// Starts the tunnel client of client `i` (1-based) with its endpoint `local`; returns
     /// once its TUN device has its address.
     pub fn start_client(&mut self, i: u32, local: Ipv4Addr) -> Result<()> {
+        let address = self.clients[(i - 1) as usize].address();
+        self.start_client_at(i, local, address)
+    }
+
+    /// Starts the tunnel client of client `i` with its endpoint `local` and its tunnel
+    /// address `address` (a /64's `::2`), for a tunnel made at run time.
+    pub fn start_client_at(&mut self, i: u32, local: Ipv4Addr, address: Ipv6Addr) -> Result<()> {
         let c = &self.clients[(i - 1) as usize];
         let mut cmd = c.ns.cmd(broker_bin()?.to_str().context("path")?);
         cmd.args([
@@ -747,7 +754,7 @@ impl Lab {
             "--local",
             &local.to_string(),
             "--address",
-            &format!("{}/64", c.address()),
+            &format!("{address}/64"),
             "--name",
             CLIENT_TUN,
         ]);
@@ -755,7 +762,7 @@ impl Lab {
         self.procs
             .push(Proc::spawn(&format!("client {i}"), cmd, &log)?);
         let idx = self.procs.len() - 1;
-        let want = c.address().to_string();
+        let want = address.to_string();
         self.wait_for(idx, "the client's TUN address", |lab| {
             let c = &lab.clients[(i - 1) as usize];
             Ok(c.ns
