@@ -910,7 +910,7 @@ mod unproven;
 pub mod watch;
 
 #[cfg(test)]
-mod pops_tests;
+pub(crate) mod pops_tests;
 #[cfg(test)]
 mod scale_tests;
 #[cfg(test)]

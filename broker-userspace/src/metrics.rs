@@ -130,7 +130,7 @@ impl Metrics {
         registry.register(
             "broker_tsp_sessions",
             "TSP sessions by transport and outcome (established, auth_failed, refused, closed, \
-             timeout, invalid, busy)",
+             timeout, invalid, busy, redirected)",
             self.tsp.clone(),
         );
         registry.register(

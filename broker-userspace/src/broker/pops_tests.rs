@@ -6,7 +6,7 @@ use super::tests::{FakeMaps, FakeRoutes};
 use super::*;
 use crate::store::{test_engines::shared, Heard, Home, PgStore, PoolSet};
 
-type PgBroker = Broker<PgStore, FakeMaps, FakeRoutes>;
+pub(crate) type PgBroker = Broker<PgStore, FakeMaps, FakeRoutes>;
 
 fn home(pop: &str, n: u8) -> Home {
     Home {
@@ -21,7 +21,7 @@ fn home(pop: &str, n: u8) -> Home {
     }
 }
 
-fn two() -> (PgBroker, PgBroker) {
+pub(crate) fn two() -> (PgBroker, PgBroker) {
     let [a, b] = <[_; 2]>::try_from(shared([home("a", 1), home("b", 2)]))
         .ok()
         .unwrap();

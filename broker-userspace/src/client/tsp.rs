@@ -78,6 +78,9 @@ pub enum NegotiateError {
     ServerNotAuthenticated,
     #[error("the server refused the tunnel with status {0}")]
     Refused(u16),
+    /// The tunnel lives on another PoP: ask these brokers instead (status 1200).
+    #[error("redirected to {0:?}")]
+    Redirected(Vec<IpAddr>),
     #[error("unexpected answer {0:?}")]
     Unexpected(String),
 }
@@ -171,6 +174,9 @@ pub async fn negotiate<E: Exchange>(
     let reply = e.request(request.as_bytes()).await?;
     let body = xml::unframe(&reply)
         .ok_or_else(|| NegotiateError::Unexpected(String::from_utf8_lossy(&reply).into()))?;
+    if let Some(brokers) = xml::parse_redirect(body) {
+        return Err(NegotiateError::Redirected(brokers));
+    }
     let offer = xml::parse_offer(body).map_err(NegotiateError::Refused)?;
     e.send(xml::ACCEPT.as_bytes()).await?;
     Ok(offer)
@@ -425,10 +431,35 @@ async fn server_addr(server: &str) -> anyhow::Result<SocketAddr> {
     found.ok_or_else(|| anyhow::anyhow!("{server} does not resolve"))
 }
 
+/// How many redirections one negotiation follows (a loop between two brokers ends).
+const MAX_REDIRECTS: usize = 3;
+
+/// Negotiates with `o.server`, following redirections to the broker they name (the
+/// first, on the TSP port), as gogoc does.
+async fn connect(o: &Options) -> anyhow::Result<(Offer, Wire, Option<TcpStream>)> {
+    let mut o = o.clone();
+    for _ in 0..MAX_REDIRECTS {
+        match connect_once(&o).await {
+            Err(e) => match e.downcast_ref::<NegotiateError>() {
+                Some(NegotiateError::Redirected(brokers)) => {
+                    let Some(next) = brokers.first() else {
+                        anyhow::bail!("redirected to an empty broker list");
+                    };
+                    info!(from = %o.server, to = %next, "TSP: redirected to the tunnel's PoP");
+                    o.server = next.to_string();
+                }
+                _ => return Err(e),
+            },
+            done => return done,
+        }
+    }
+    anyhow::bail!("more than {MAX_REDIRECTS} redirections")
+}
+
 /// Negotiates over the transports in order; returns the offer, the wire to run it on,
 /// and on TCP the session's connection, which stays open (idle) while the tunnel runs, as
 /// gogoc keeps it.
-async fn connect(o: &Options) -> anyhow::Result<(Offer, Wire, Option<TcpStream>)> {
+async fn connect_once(o: &Options) -> anyhow::Result<(Offer, Wire, Option<TcpStream>)> {
     let server = server_addr(&o.server).await?;
     let cnonce = crate::store::now().to_string();
     let transports: &[TransportChoice] = match o.transport {

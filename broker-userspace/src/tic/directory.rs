@@ -33,6 +33,45 @@ impl<S: Store> Directory for StoreDirectory<'_, S> {
     fn pop(&self) -> PopFacts {
         self.pop.clone()
     }
+
+    fn pop_of(&self, t: &TunnelRecord) -> PopFacts {
+        if t.pop == self.store.pop() {
+            return self.pop.clone();
+        }
+        self.others()
+            .into_iter()
+            .find(|p| p.pop_id == t.pop)
+            .unwrap_or_else(|| self.pop.clone())
+    }
+
+    fn pops(&self) -> Vec<PopFacts> {
+        let mut pops = vec![self.pop.clone()];
+        pops.extend(self.others());
+        pops
+    }
+}
+
+impl<S: Store> StoreDirectory<'_, S> {
+    /// The other PoPs as they reported themselves; their `POP Id` is their name.
+    /// Heartbeat settings are taken to be this PoP's (one broker, one policy).
+    fn others(&self) -> Vec<PopFacts> {
+        let pops = self.store.pops().unwrap_or_else(|e| {
+            warn!(error = %e, "TIC: reading the PoPs failed");
+            Vec::new()
+        });
+        pops.into_iter()
+            .filter(|p| p.name != self.store.pop())
+            .filter_map(|p| {
+                let r = p.report?;
+                Some(PopFacts {
+                    pop_id: p.name,
+                    ipv4: r.ipv4,
+                    ipv6: r.ipv6,
+                    ..self.pop.clone()
+                })
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -41,7 +41,17 @@ pub trait Directory {
     fn user_password_md5(&self, user: &str) -> Option<String>;
     /// The user's tunnels, in id order (the session picks the kinds TIC knows).
     fn user_tunnels(&self, user: &str) -> Vec<TunnelRecord>;
+    /// This PoP's facts.
     fn pop(&self) -> PopFacts;
+    /// The facts of the PoP tunnel `t` lives on (any PoP answers TIC, with the tunnel's
+    /// own PoP: docs/MULTI-POP.md).
+    fn pop_of(&self, _t: &TunnelRecord) -> PopFacts {
+        self.pop()
+    }
+    /// Every PoP's facts, this one's first.
+    fn pops(&self) -> Vec<PopFacts> {
+        vec![self.pop()]
+    }
 }
 
 /// What the connection does after sending the reply.
@@ -271,14 +281,17 @@ impl Session {
 
     fn tunnel(&self, args: &[&str], dir: &dyn Directory) -> Reply {
         let user = self.user().unwrap_or_default();
-        let facts = dir.pop();
         match args {
             [cmd] if cmd.eq_ignore_ascii_case("list") => {
                 let mut lines = vec!["201 Listing tunnels".to_string()];
-                for t in dir.user_tunnels(user).iter().filter_map(TicView::of) {
+                for r in dir.user_tunnels(user) {
+                    let Some(t) = TicView::of(&r) else { continue };
                     lines.push(format!(
                         "T{} {} {} {}",
-                        t.id, t.client, t.ipv4_endpoint, facts.pop_id
+                        t.id,
+                        t.client,
+                        t.ipv4_endpoint,
+                        dir.pop_of(&r).pop_id
                     ));
                 }
                 lines.push("202 <tunnel_id> <ipv6_endpoint> <ipv4_endpoint> <pop_name>".into());
@@ -298,7 +311,7 @@ impl Session {
                     return Reply::one(format!("400 Unknown tunnel endpoint T{n}"));
                 };
                 let mut lines = vec![format!("201 Showing tunnel information for T{n}")];
-                lines.extend(show_lines(record, &view, &facts));
+                lines.extend(show_lines(record, &view, &dir.pop_of(record)));
                 lines.push("202 Done".into());
                 multi(lines)
             }
@@ -317,17 +330,18 @@ fn multi(lines: Vec<String>) -> Reply {
 }
 
 fn pop(args: &[&str], dir: &dyn Directory) -> Reply {
-    let facts = dir.pop();
+    let pops = dir.pops();
     match args {
-        [cmd] if cmd.eq_ignore_ascii_case("list") => multi(vec![
-            "201 Listing PoPs".into(),
-            facts.pop_id.clone(),
-            "202 <pop_name>".into(),
-        ]),
+        [cmd] if cmd.eq_ignore_ascii_case("list") => {
+            let mut lines = vec!["201 Listing PoPs".to_string()];
+            lines.extend(pops.iter().map(|p| p.pop_id.clone()));
+            lines.push("202 <pop_name>".into());
+            multi(lines)
+        }
         [cmd, id] if cmd.eq_ignore_ascii_case("show") => {
-            if *id != facts.pop_id {
+            let Some(facts) = pops.into_iter().find(|p| p.pop_id == *id) else {
                 return Reply::one(format!("400 Unknown PoP '{id}'"));
-            }
+            };
             let yn = |b: bool| if b { "Y" } else { "N" };
             let mut lines = vec![
                 format!("201 Showing PoP information for {id}"),

@@ -23,7 +23,54 @@ use crate::{
     },
 };
 
-/// Makes (or finds and moves) the tunnel `ask` is for; returns its id and offer.
+/// What a tunnel request gets.
+#[derive(Debug)]
+pub enum Provided {
+    /// This tunnel, and its offer.
+    Offer(u32, Offer),
+    /// The user's tunnel lives on another PoP: the client goes to its TSP server
+    /// (docs/MULTI-POP.md).
+    Redirect(Vec<IpAddr>),
+}
+
+/// [`provide`], or a redirection when the user's tunnel lives on another PoP.
+pub async fn provide_or_redirect<S: Store, P: Projection, R: RouteOps>(
+    b: &mut Broker<S, P, R>,
+    ask: &TunnelAsk,
+    cfg: &TspConfig,
+) -> Result<Provided, Status> {
+    if let Some(user) = &ask.user {
+        let existing = b
+            .store
+            .tsp_tunnel(user, ask.kind == Kind::V4In6)
+            .map_err(|e| status_of(&e.into()))?;
+        if let Some(t) = existing.filter(|t| !b.mine(t)) {
+            let home = b
+                .store
+                .pops()
+                .map_err(|e| status_of(&e.into()))?
+                .into_iter()
+                .find(|p| p.name == t.pop)
+                .and_then(|p| p.report?.tsp);
+            return match home {
+                Some(at) => {
+                    tracing::info!(user, id = t.spec.id, pop = %t.pop, %at, "TSP: the user's tunnel lives on another PoP: redirected");
+                    Ok(Provided::Redirect(vec![at.ip()]))
+                }
+                None => {
+                    tracing::warn!(user, id = t.spec.id, pop = %t.pop, "TSP: the user's tunnel lives on a PoP without a TSP server");
+                    Err(Status::ServerError)
+                }
+            };
+        }
+    }
+    provide(b, ask, cfg)
+        .await
+        .map(|(id, offer)| Provided::Offer(id, offer))
+}
+
+/// Makes (or finds and moves) the tunnel `ask` is for, on this PoP; returns its id and
+/// offer.
 pub async fn provide<S: Store, P: Projection, R: RouteOps>(
     b: &mut Broker<S, P, R>,
     ask: &TunnelAsk,
@@ -152,7 +199,9 @@ fn anonymous_at<S: Store, P, R>(
     b: &Broker<S, P, R>,
     address: IpAddr,
 ) -> Result<Vec<TunnelRecord>, Status> {
+    // This PoP's: an anonymous client's tunnel is where its session arrives.
     let filter = TunnelFilter {
+        pop: Some(b.store.pop().to_string()),
         owner: Some(OwnerFilter::Nobody),
         origin: Some(Origin::Tsp),
         address: Some(address),

@@ -334,7 +334,16 @@ where
             Step::NeedTunnel(ask) => {
                 let result = {
                     let mut b = shared.broker.lock().await;
-                    provider::provide(&mut b, &ask, &shared.config).await
+                    provider::provide_or_redirect(&mut b, &ask, &shared.config).await
+                };
+                let result = match result {
+                    Ok(provider::Provided::Redirect(brokers)) => {
+                        info!(%peer, user = ask.user.as_deref().unwrap_or_default(), ?brokers, "TSP client redirected to its tunnel's PoP");
+                        let reply = session.redirected(&brokers);
+                        return Driven::Close(reply, "redirected", Duration::ZERO);
+                    }
+                    Ok(provider::Provided::Offer(id, offer)) => Ok((id, offer)),
+                    Err(status) => Err(status),
                 };
                 if let Ok((id, offer)) = &result {
                     info!(

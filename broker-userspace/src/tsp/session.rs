@@ -485,6 +485,13 @@ impl Session {
         }
     }
 
+    /// The tunnel asked for lives on another PoP: the client is sent there (it connects
+    /// to the first of `brokers`), and this session ends.
+    pub fn redirected(&mut self, brokers: &[std::net::IpAddr]) -> Vec<u8> {
+        self.asking = None;
+        super::status::frame(&xml::redirect_message(brokers)).into_bytes()
+    }
+
     fn accept(&mut self, tunnel: u32, msg: &[u8]) -> Step {
         let accepted = xml::unframe(msg)
             .and_then(|b| xml::parse_request(b).ok())

@@ -177,6 +177,21 @@ pub fn expanded(a: Ipv6Addr) -> String {
 }
 
 /// The offer message: `Content-length`, the status line, the XML.
+/// The redirection to the brokers that serve the client (status 1200, which gogoc acts on
+/// as any code above 1000): a `<tunnel>` whose `<broker>` lists their addresses, read by
+/// gogoc's `tspHandleRedirect`, which then connects to the first.
+pub fn redirect_message(brokers: &[IpAddr]) -> String {
+    let mut x = String::from(
+        "1200 Redirect\r\n<tunnel action=\"info\" type=\"v6anyv4\">\r\n\t<broker>\r\n",
+    );
+    for b in brokers {
+        let ty = if b.is_ipv4() { "ipv4" } else { "ipv6" };
+        x += &format!("\t\t<address type=\"{ty}\">{b}</address>\r\n");
+    }
+    x += "\t</broker>\r\n</tunnel>\r\n";
+    x
+}
+
 pub fn offer_message(o: &Offer) -> String {
     let addr = |a: IpAddr| {
         let ty = if a.is_ipv4() { "ipv4" } else { "ipv6" };
@@ -250,6 +265,25 @@ pub const ACCEPT: &str = "Content-length: 35\r\n<tunnel action=\"accept\"></tunn
 
 /// Parses an offer as a client receives it (after the `Content-length` line): the status,
 /// and the offer when it is 200.
+/// The brokers a redirection (a status above 1000) sends the client to, in its order;
+/// `None` if `body` is not a redirection.
+pub fn parse_redirect(body: &[u8]) -> Option<Vec<IpAddr>> {
+    let text = std::str::from_utf8(body).ok()?;
+    let digits: String = text.chars().take_while(char::is_ascii_digit).collect();
+    if digits.parse::<u32>().ok()? <= 1000 {
+        return None;
+    }
+    let doc = roxmltree::Document::parse(&text[text.find('<')?..]).ok()?;
+    let brokers = doc
+        .root_element()
+        .children()
+        .filter(|n| n.has_tag_name("broker"))
+        .flat_map(|b| b.children().filter(|c| c.has_tag_name("address")))
+        .filter_map(|a| a.text()?.trim().parse().ok())
+        .collect();
+    Some(brokers)
+}
+
 pub fn parse_offer(body: &[u8]) -> Result<Offer, u16> {
     let text = std::str::from_utf8(body).map_err(|_| 0u16)?;
     let code: u16 = text.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
@@ -330,6 +364,23 @@ pub fn parse_offer(body: &[u8]) -> Result<Offer, u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_redirection_is_written_as_gogoc_reads_it_and_read_back() {
+        let brokers: Vec<IpAddr> = vec![[192, 0, 2, 2].into(), "2001:db8::2".parse().unwrap()];
+        let m = redirect_message(&brokers);
+        // gogoc: `atoi` of the status (above 1000: a redirection), then the XML from the
+        // first '<' after the first line (`tspExtractPayload`), `<broker><address>`.
+        assert_eq!(
+            m,
+            "1200 Redirect\r\n<tunnel action=\"info\" type=\"v6anyv4\">\r\n\t<broker>\r\n\
+             \t\t<address type=\"ipv4\">192.0.2.2</address>\r\n\
+             \t\t<address type=\"ipv6\">2001:db8::2</address>\r\n\t</broker>\r\n</tunnel>\r\n"
+        );
+        assert_eq!(parse_redirect(m.as_bytes()), Some(brokers));
+        assert_eq!(parse_redirect(b"200 Success\r\n<tunnel/>"), None);
+        assert_eq!(parse_redirect(b"530 Server too busy\r\n"), None);
+    }
 
     /// gogoc's create request of PROTOCOLS.md, 215 bytes of XML.
     const GOGOC_REQUEST: &str = "Content-length: 215\r\n<tunnel action=\"create\" type=\"v6anyv4\" proxy=\"no\">\r\n <client>\r\n  <address type=\"ipv4\">192.0.2.10</address>\r\n  <keepalive interval=\"30\">\r\n    <address type=\"ipv6\">::</address>\r\n  </keepalive>\r\n </client>\r\n</tunnel>\r\n";

@@ -86,6 +86,21 @@ impl Directory for Fake {
             heartbeat: true,
         }
     }
+
+    fn pop_of(&self, t: &TunnelRecord) -> PopFacts {
+        match t.pop.as_str() {
+            "ams1" => ams1(),
+            _ => self.pop(),
+        }
+    }
+
+    fn pops(&self) -> Vec<PopFacts> {
+        let mut pops = vec![self.pop()];
+        if self.tunnels.iter().any(|t| t.pop == "ams1") {
+            pops.push(ams1());
+        }
+        pops
+    }
 }
 
 pub(crate) fn session() -> Session {
@@ -390,6 +405,42 @@ fn starttls_when_available() {
     assert_eq!(r.next, Next::StartTls);
     s.tls_started();
     assert_eq!(say(&mut s, "starttls"), "400 TLS is already active");
+}
+
+/// A second PoP, for tunnels that live there.
+fn ams1() -> PopFacts {
+    PopFacts {
+        pop_id: "ams1".into(),
+        ipv4: Ipv4Addr::new(192, 0, 2, 99),
+        ipv6: None,
+        heartbeat_interval: 60,
+        heartbeat: true,
+    }
+}
+
+#[test]
+fn a_tunnel_on_another_pop_is_shown_with_that_pops_facts() {
+    let mut dir = Fake::new();
+    dir.tunnels[0].pop = "ams1".into();
+    let mut s = logged_in("alice", "wonderland");
+    let list = s.input("tunnel list", NOW, &dir).lines.join("\n");
+    assert!(
+        list.contains("T1 2001:db8:10:1::2 198.51.100.1 ams1\n"),
+        "{list}"
+    );
+    assert!(
+        list.contains("T2 2001:db8:10:2::2 heartbeat pop1\n"),
+        "{list}"
+    );
+    let show = s.input("tunnel show T1", NOW, &dir).lines.join("\n");
+    assert!(show.contains("\nPOP Id: ams1\n"), "{show}");
+    assert!(show.contains("\nIPv4 POP: 192.0.2.99\n"), "{show}");
+    assert_eq!(
+        s.input("pop list", NOW, &dir).lines,
+        vec!["201 Listing PoPs", "pop1", "ams1", "202 <pop_name>"]
+    );
+    let show = s.input("pop show ams1", NOW, &dir).lines.join("\n");
+    assert!(show.contains("\nIPv4: 192.0.2.99\n"), "{show}");
 }
 
 #[test]

@@ -468,3 +468,45 @@ fn an_unavailable_store_is_server_too_busy() {
     assert_eq!(status_of(&away), Status::ServerTooBusy);
     assert_eq!(Status::ServerTooBusy as u16, 530);
 }
+
+#[test]
+fn a_user_whose_tunnel_lives_on_another_pop_is_redirected_there() {
+    use crate::store::PopReport;
+    let (mut a, mut b) = crate::broker::pops_tests::two();
+    a.create_user("alice", Some("alice-password")).unwrap();
+    // alice's TSP tunnel, made at b.
+    let alice = ask(Some("alice"), Kind::Proto41, p41(10), None);
+    let (id, _) = run(provide(&mut b, &alice, &cfg())).unwrap();
+    // b has not said where its TSP server is: a cannot send her there.
+    assert!(matches!(
+        run(provide_or_redirect(&mut a, &alice, &cfg())),
+        Err(Status::ServerError)
+    ));
+    let report = PopReport {
+        ipv4: Ipv4Addr::new(192, 0, 2, 2),
+        ipv6: None,
+        tsp: Some((Ipv4Addr::new(192, 0, 2, 2), 3653).into()),
+        version: "0".into(),
+        attached: true,
+        started_at: 0,
+    };
+    b.store.report_pop(&report, crate::store::now()).unwrap();
+    match run(provide_or_redirect(&mut a, &alice, &cfg())) {
+        Ok(Provided::Redirect(to)) => assert_eq!(to, vec![IpAddr::from([192, 0, 2, 2])]),
+        other => panic!("{other:?}"),
+    }
+    // At b, her own tunnel.
+    match run(provide_or_redirect(&mut b, &alice, &cfg())) {
+        Ok(Provided::Offer(got, _)) => assert_eq!(got, id),
+        other => panic!("{other:?}"),
+    }
+    // Anonymous clients are served where they arrive.
+    assert!(matches!(
+        run(provide_or_redirect(
+            &mut a,
+            &ask(None, Kind::Proto41, p41(11), None),
+            &cfg()
+        )),
+        Ok(Provided::Offer(..))
+    ));
+}
