@@ -283,6 +283,22 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         ));
     }
     tokio::spawn(crate::pop::report(broker.clone(), pop_report(&config)));
+    if let Some(table) = config.routes.announce_table {
+        let pools = config
+            .pools
+            .link
+            .iter()
+            .chain(&config.pools.routed)
+            .map(|p| p.0)
+            .collect();
+        let announcer = crate::announce::Announcer::new(table, config.routes.protocol, pools)
+            .context("routes.announce_table")?;
+        tokio::spawn(crate::announce::run(
+            announcer,
+            broker.clone(),
+            ifaces.clone(),
+        ));
+    }
     if let Some(w) = &ayiya_worker {
         metrics.set_ayiya_worker(w.stats());
     }

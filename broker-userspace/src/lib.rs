@@ -3,6 +3,7 @@
 //!
 //! One module per concern; only [`dataplane`] touches aya.
 
+pub mod announce;
 pub mod api;
 pub mod ayiya;
 pub mod broker;

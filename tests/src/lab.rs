@@ -144,7 +144,11 @@ pub struct Lab {
     kept: bool,
     /// How long [`Lab::wait_for`] waits (10 s; the scale benchmark raises it).
     pub wait_limit: Duration,
+    /// PoPs beside the first, once added ([`Lab::add_pop`]).
+    pub more_pops: Vec<pops::MorePop>,
 }
+
+pub mod pops;
 
 impl Lab {
     /// Builds the namespaces and links for `clients` clients (at most 20).
@@ -170,6 +174,7 @@ impl Lab {
             broker: None,
             kept: false,
             wait_limit: Duration::from_secs(10),
+            more_pops: Vec::new(),
         };
         for ns in [&lab.pop, &lab.isp, &lab.inet6] {
             ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
@@ -727,10 +732,6 @@ impl Lab {
     /// Stops client `i`'s tunnel endpoint and starts it again from address `local` (an
     /// endpoint that moved).
     pub fn start_client_replacing(&mut self, i: u32, local: Ipv4Addr) -> Result<()> {
-        let name = format!("client {i}");
-        if let Some(p) = self.procs.iter_mut().find(|p| p.name() == name) {
-            p.stop(Duration::from_secs(5));
-        }
         self.start_client(i, local)
     }
 
@@ -744,13 +745,29 @@ impl Lab {
     /// Starts the tunnel client of client `i` with its endpoint `local` and its tunnel
     /// address `address` (a /64's `::2`), for a tunnel made at run time.
     pub fn start_client_at(&mut self, i: u32, local: Ipv4Addr, address: Ipv6Addr) -> Result<()> {
+        self.start_client_to(i, POP_V4, local, address)
+    }
+
+    /// [`Lab::start_client_at`] for a tunnel of the PoP at `server`. A client of `i`
+    /// already running is stopped first (its TUN device has the same name).
+    pub fn start_client_to(
+        &mut self,
+        i: u32,
+        server: Ipv4Addr,
+        local: Ipv4Addr,
+        address: Ipv6Addr,
+    ) -> Result<()> {
+        let name = format!("client {i}");
+        for p in self.procs.iter_mut().filter(|p| p.name() == name) {
+            p.stop(Duration::from_secs(5));
+        }
         let c = &self.clients[(i - 1) as usize];
         let mut cmd = c.ns.cmd(broker_bin()?.to_str().context("path")?);
         cmd.args([
             "client",
             "proto41",
             "--server",
-            &POP_V4.to_string(),
+            &server.to_string(),
             "--local",
             &local.to_string(),
             "--address",
@@ -992,9 +1009,12 @@ impl Drop for Lab {
             p.stop(Duration::from_secs(5));
         }
         // `broker run` leaves its data plane forwarding on purpose; the lab takes it down.
-        if let (Some(instance), false) = (&self.instance, self.kept) {
-            if let Err(e) = detach(instance) {
-                eprintln!("warning: detaching instance {instance}: {e:#}");
+        let more = self.more_pops.iter().map(|p| &p.instance);
+        if !self.kept {
+            for instance in self.instance.iter().chain(more) {
+                if let Err(e) = detach(instance) {
+                    eprintln!("warning: detaching instance {instance}: {e:#}");
+                }
             }
         }
     }

@@ -1,59 +1,63 @@
-//! Two PoPs over one PostgreSQL store (docs/MULTI-POP.md), each a lab of its own
-//! (namespaces, the real `broker run`), both on a throwaway cluster started by the test.
-//! - A tunnel created through PoP a's API for PoP b forwards at b, and is in b's maps
-//!   only; moved to a, it forwards at a and leaves b's maps and routes.
-//! - `broker pop list` shows both PoPs healthy, with their tunnels.
-//! - a's controller killed: both PoPs keep forwarding, b keeps serving the API; a
-//!   tunnel made for a meanwhile forwards once a's controller is back.
-use std::{net::Ipv6Addr, path::Path};
+//! Two PoPs over one PostgreSQL store in one lab (docs/MULTI-POP.md): the real `broker
+//! run` in each PoP's namespace, a throwaway PostgreSQL cluster, BIRD in each PoP and on
+//! the upstream router (the internet host).
+//! - Each PoP announces its own pools by BGP; the upstream learns both, and a PoP whose
+//!   data plane is detached is withdrawn, and announced again once attached.
+//! - A tunnel created through PoP 1's API for PoP 2 forwards at PoP 2 and is in PoP 2's
+//!   maps only; moved to PoP 1, it forwards there and leaves PoP 2's maps and routes.
+//! - A TSP user whose tunnel lives on PoP 2 reaching PoP 1 is redirected (status 1200)
+//!   and `broker client tsp` follows to PoP 2.
+//! - PoP 2's controller killed: both PoPs forward, PoP 1 serves the API, and a tunnel
+//!   made for PoP 2 meanwhile is projected once its controller is back.
+use std::net::Ipv6Addr;
 
 use broker_tests::{
-    lab::{Lab, INET6_HOST, LINK_POOL, ROUTED_POOL, V4V6_POOL},
+    eventually,
+    lab::{
+        pops::{addresses, ANNOUNCE_TABLE},
+        Lab, INET6_HOST, LINK_POOL, POP_NATIVE_V6, POP_V4, ROUTED_POOL, V4V6_POOL,
+    },
     postgres::{conninfo_of, Cluster},
     require_root,
 };
 use serde_json::Value;
 
-/// PoP b's pools: beside a's (the lab's), never overlapping them.
-const B_LINK_POOL: &str = "2001:db8:21::/48";
-const B_ROUTED_POOL: &str = "2001:db8:4000::/36";
-const B_V4V6_POOL: &str = "198.18.1.0/24";
+/// PoP 2's pools: beside PoP 1's (the lab's), never overlapping them.
+const P2_LINK_POOL: &str = "2001:db8:21::/48";
+const P2_ROUTED_POOL: &str = "2001:db8:4000::/36";
+const P2_V4V6_POOL: &str = "198.18.102.0/24";
 
-/// The lab's config for PoP `name`, keeping the static tunnels of the first `statics`
-/// clients only (ids are the store's, shared by every PoP), on PostgreSQL.
-fn pop_config(lab: &Lab, instance: &str, name: &str, statics: usize, pg: &Cluster) -> String {
+/// The lab's config for PoP `n` on PostgreSQL, announcing its pools; PoP 1 keeps client
+/// 1's static tunnel, PoP 2 none (ids are the store's, shared by both).
+fn pop_config(lab: &Lab, n: u8, instance: &str, pg: &Cluster) -> String {
     let mut config = lab.config_yaml(instance);
     let cut = config.find("tunnels:\n").expect("tunnels last") + "tunnels:\n".len();
-    let entries: Vec<&str> = config[cut..].split("  - id: ").skip(1).collect();
-    let kept: String = entries
-        .iter()
-        .take(statics)
+    let first = config[cut..]
+        .split("  - id: ")
+        .nth(1)
         .map(|e| format!("  - id: {e}"))
-        .collect();
+        .unwrap_or_default();
     config.truncate(cut);
-    config.push_str(&kept);
-    if statics == 0 {
+    if n == 1 {
+        config.push_str(&first);
+    } else {
         config = config.replace("tunnels:\n", "tunnels: []\n");
     }
-    config = config.replace("pop:\n", &format!("pop:\n  name: {name}\n"));
-    if name == "b" {
+    config = config.replace(
+        "pop:\n",
+        &format!("routes:\n  announce_table: {ANNOUNCE_TABLE}\npop:\n  name: pop{n}\n"),
+    );
+    if n == 2 {
+        let ((v4, _), (v6, _)) = addresses(2);
         config = config
-            .replace(LINK_POOL, B_LINK_POOL)
-            .replace(ROUTED_POOL, B_ROUTED_POOL)
-            .replace(V4V6_POOL, B_V4V6_POOL);
+            .replace(&format!("ipv4: {POP_V4}"), &format!("ipv4: {v4}"))
+            .replace(&format!("ipv6: {POP_NATIVE_V6}"), &format!("ipv6: {v6}"))
+            .replace(LINK_POOL, P2_LINK_POOL)
+            .replace(ROUTED_POOL, P2_ROUTED_POOL)
+            .replace(V4V6_POOL, P2_V4V6_POOL);
     }
     lab.on_postgres(&config, &conninfo_of(&[pg], "broker"), pg.password())
         .unwrap()
-}
-
-/// A PoP's lab with two clients, on the store in `pg`.
-fn pop_lab(name: &str, dir: &Path, statics: usize, pg: &Cluster) -> Lab {
-    require_root();
-    let prefix = format!("bp{}{name}", std::process::id());
-    let mut lab = Lab::create(&prefix, 2, dir).expect("the lab");
-    let config = pop_config(&lab, &prefix, name, statics, pg);
-    lab.start_broker(&prefix, &config).expect("broker run");
-    lab
 }
 
 /// The client's address in a tunnel: `::2` of its link /64.
@@ -65,9 +69,16 @@ fn client_address(t: &Value) -> Ipv6Addr {
     octets.into()
 }
 
-/// The tunnel ids in a PoP's data plane (its pinned maps).
-fn in_maps(lab: &Lab) -> Vec<u64> {
-    let stats: Value = serde_json::from_str(&lab.stats(true).unwrap()).unwrap();
+/// The tunnel ids in PoP `n`'s data plane (its pinned maps).
+fn in_maps(lab: &Lab, n: u8) -> Vec<u64> {
+    let mut cmd = std::process::Command::new(broker_tests::broker_bin().unwrap());
+    cmd.args([
+        "stats",
+        "--json",
+        "--instance",
+        &lab.pop_instance(n).unwrap(),
+    ]);
+    let stats: Value = serde_json::from_str(&broker_tests::netns::run(&mut cmd).unwrap()).unwrap();
     stats["tunnels"]
         .as_array()
         .unwrap()
@@ -76,9 +87,10 @@ fn in_maps(lab: &Lab) -> Vec<u64> {
         .collect()
 }
 
-/// The PoP's kernel routes for `prefix`.
-fn routed_at(lab: &Lab, prefix: &str) -> bool {
-    lab.pop
+/// Whether PoP `n`'s kernel has a route for `prefix`.
+fn routed_at(lab: &Lab, n: u8, prefix: &str) -> bool {
+    lab.pop_ns(n)
+        .unwrap()
         .ip(&["-6", "route", "show", prefix])
         .is_ok_and(|s| !s.trim().is_empty())
 }
@@ -92,40 +104,64 @@ fn json(out: &str) -> Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
+/// Whether the upstream router has a BGP route for each of `prefixes`.
+fn upstream_has(lab: &Lab, prefixes: &[&str]) -> bool {
+    let routes = lab.upstream_routes().unwrap_or_default();
+    prefixes.iter().all(|p| routes.contains(p))
+}
+
 #[test]
-fn tunnels_live_on_their_own_pop_and_move_between_pops() {
+fn tunnels_live_on_their_pop_move_between_pops_and_are_announced_by_it() {
+    require_root();
     let dir = tempfile::tempdir().unwrap();
-    // Declared before the labs, so dropped after them: the brokers stop first.
+    // Declared before the lab, so dropped after it: the brokers stop first.
     let pg = Cluster::start().expect("a PostgreSQL cluster (cargo xtask setup installs it)");
     pg.create_database("broker").unwrap();
-    let mut a = pop_lab("a", &dir.path().join("a"), 1, &pg);
-    let mut b = pop_lab("b", &dir.path().join("b"), 0, &pg);
-    let v4 = a.clients[0].v4;
-    a.start_client(1, v4).unwrap();
-    a.wait_reachable(1, INET6_HOST).expect("a's static tunnel");
+    let prefix = format!("bp{}", std::process::id());
+    let mut lab = Lab::create(&prefix, 3, dir.path()).expect("the lab");
+    let config = pop_config(&lab, 1, &prefix, &pg);
+    lab.start_broker(&prefix, &config).expect("PoP 1");
+    let config = pop_config(&lab, 2, &format!("{prefix}b"), &pg);
+    lab.add_pop(2, &format!("{prefix}b"), &config)
+        .expect("PoP 2");
+    lab.start_bird().expect("BIRD");
+    lab.add_tsp_hosts().unwrap();
+    let v4 = lab.clients[0].v4;
+    lab.start_client(1, v4).unwrap();
+    lab.wait_reachable(1, INET6_HOST)
+        .expect("PoP 1's static tunnel");
 
-    // Both PoPs report themselves; the CLI of either lists both.
-    broker_tests::eventually(20, "both PoPs healthy", || {
-        b.cli(&["pop", "list", "--json"]).is_ok_and(|out| {
+    // Each PoP announces its pools; the upstream learns both.
+    let p1 = [LINK_POOL, ROUTED_POOL];
+    let p2 = [P2_LINK_POOL, P2_ROUTED_POOL];
+    eventually(30, "the upstream learns both PoPs' pools", || {
+        upstream_has(&lab, &p1) && upstream_has(&lab, &p2)
+    });
+    // Both report themselves; either lists both.
+    eventually(20, "both PoPs healthy", || {
+        lab.cli_at(2, &["pop", "list", "--json"]).is_ok_and(|out| {
             let pops = json(&out);
             pops.as_array().is_some_and(|ps| {
                 ps.len() == 2 && ps.iter().all(|p| p["healthy"] == Value::Bool(true))
             })
         })
     });
-    let table = a.cli(&["pop", "list"]).unwrap();
-    assert!(table.contains("a*") && table.contains("b "), "{table}");
+    let table = lab.cli(&["pop", "list"]).unwrap();
+    assert!(
+        table.contains("pop1*") && table.contains("pop2 "),
+        "{table}"
+    );
 
-    // Through a's API, for b: b's pools, b's maps and routes, forwarding at b.
-    let remote = b.clients[1].v4.to_string();
+    // Through PoP 1's API, for PoP 2: PoP 2's pools, maps and routes; forwarding there.
+    let remote = lab.clients[1].v4.to_string();
     let t = json(
-        &a.cli(&[
+        &lab.cli(&[
             "tunnel",
             "add",
             "--remote",
             &remote,
             "--pop",
-            "b",
+            "pop2",
             "--routed-length",
             "56",
             "--json",
@@ -133,63 +169,148 @@ fn tunnels_live_on_their_own_pop_and_move_between_pops() {
         .unwrap(),
     );
     let id = t["id"].as_u64().unwrap();
-    assert_eq!(t["pop"], "b");
+    assert_eq!(t["pop"], "pop2");
+    assert_eq!(t["pop_ipv4"], addresses(2).0 .0.to_string(), "{t}");
     let link = t["link_prefix"].as_str().unwrap().to_string();
     assert!(link.starts_with("2001:db8:21:"), "{t}");
-    b.start_client_at(2, b.clients[1].v4, client_address(&t))
+    let (c2, pop2_v4) = (lab.clients[1].v4, lab.pop_v4(2).unwrap());
+    lab.start_client_to(2, pop2_v4, c2, client_address(&t))
         .unwrap();
-    b.wait_reachable(2, INET6_HOST)
-        .expect("the tunnel made at a for b forwards at b");
-    assert!(in_maps(&b).contains(&id));
-    assert!(!in_maps(&a).contains(&id), "a holds nothing of b's tunnel");
-    assert!(routed_at(&b, &link) && !routed_at(&a, &link));
+    lab.wait_reachable(2, INET6_HOST)
+        .expect("the tunnel made at PoP 1 for PoP 2 forwards at PoP 2");
+    assert!(in_maps(&lab, 2).contains(&id));
+    assert!(!in_maps(&lab, 1).contains(&id), "PoP 1 holds nothing of it");
+    assert!(routed_at(&lab, 2, &link) && !routed_at(&lab, 1, &link));
 
-    // Moved to a (through b's API): renumbered from a's pools, forwarding at a, gone
-    // from b's maps and routes.
+    // Moved to PoP 1 (through PoP 2's API): renumbered from PoP 1's pools, forwarding at
+    // PoP 1, gone from PoP 2's maps and routes.
     let moved = json(
-        &b.cli(&["tunnel", "set", &id.to_string(), "--pop", "a", "--json"])
-            .unwrap(),
+        &lab.cli_at(
+            2,
+            &["tunnel", "set", &id.to_string(), "--pop", "pop1", "--json"],
+        )
+        .unwrap(),
     );
-    assert_eq!(moved["pop"], "a");
+    assert_eq!(moved["pop"], "pop1");
     let new_link = moved["link_prefix"].as_str().unwrap().to_string();
     assert!(new_link.starts_with("2001:db8:20:"), "{moved}");
-    a.start_client_at(2, a.clients[1].v4, client_address(&moved))
+    lab.start_client_to(2, POP_V4, c2, client_address(&moved))
         .unwrap();
-    a.wait_reachable(2, INET6_HOST)
-        .expect("the moved tunnel forwards at a");
-    broker_tests::eventually(10, "b lets the moved tunnel go", || {
-        !in_maps(&b).contains(&id) && !routed_at(&b, &link)
+    lab.wait_reachable(2, INET6_HOST)
+        .expect("the moved tunnel forwards at PoP 1");
+    eventually(10, "PoP 2 lets the moved tunnel go", || {
+        !in_maps(&lab, 2).contains(&id) && !routed_at(&lab, 2, &link)
     });
-    assert!(in_maps(&a).contains(&id) && routed_at(&a, &new_link));
-    let routed = moved["routed_prefixes"][0].as_str().unwrap();
-    assert!(routed.starts_with("2001:db8:3"), "{moved}");
+    assert!(in_maps(&lab, 1).contains(&id) && routed_at(&lab, 1, &new_link));
 
-    // a's controller killed: both PoPs forward, b serves the API, and a tunnel made for a
-    // meanwhile is a's once its controller is back.
-    a.kill_broker();
+    // A TSP user whose tunnel lives on PoP 2, reaching PoP 1: redirected, and the client
+    // follows to PoP 2.
+    lab.cli(&["user", "add", "ann", "--password", "correct horse battery"])
+        .unwrap();
+    // Her first session reaches PoP 2: her tunnel lives there.
+    let tsp = lab
+        .start_tsp_client(
+            "t2",
+            &addresses(2).0 .0.to_string(),
+            &[
+                "--user",
+                "ann",
+                "--password",
+                "correct horse battery",
+                "--transport",
+                "tcp",
+            ],
+        )
+        .unwrap();
+    let up = lab
+        .wait_tsp_up("t2", tsp, "-6")
+        .expect("ann's TSP tunnel at PoP 2");
+    assert!(up.contains("2001:db8:21:"), "{up}");
+    lab.stop_proc(tsp);
+    let tsp = lab
+        .start_tsp_client(
+            "t2",
+            &POP_V4.to_string(),
+            &[
+                "--user",
+                "ann",
+                "--password",
+                "correct horse battery",
+                "--transport",
+                "tcp",
+            ],
+        )
+        .unwrap();
+    let up = lab
+        .wait_tsp_up("t2", tsp, "-6")
+        .expect("redirected to PoP 2");
+    assert!(up.contains("2001:db8:21:"), "{up}");
+    assert!(
+        lab.proc_log(tsp).contains("redirected to the tunnel's PoP"),
+        "{}",
+        lab.proc_log(tsp)
+    );
+    assert!(
+        lab.broker_log()
+            .contains("TSP client redirected to its tunnel's PoP"),
+        "{}",
+        lab.broker_log()
+    );
+    lab.stop_proc(tsp);
+
+    // PoP 2's controller killed: both PoPs forward, PoP 1 serves the API, and a tunnel
+    // made for PoP 2 meanwhile is its own once its controller is back.
+    let remote3 = lab.clients[2].v4.to_string();
+    let t3 = json(
+        &lab.cli(&[
+            "tunnel", "add", "--remote", &remote3, "--pop", "pop2", "--json",
+        ])
+        .unwrap(),
+    );
+    let (c3, t3_id) = (lab.clients[2].v4, t3["id"].as_u64().unwrap());
+    lab.start_client_to(3, pop2_v4, c3, client_address(&t3))
+        .unwrap();
+    lab.wait_reachable(3, INET6_HOST)
+        .expect("a second tunnel at PoP 2");
+    lab.kill_pop(2).unwrap();
+    let remote4 = "198.51.100.99";
     let made = std::thread::scope(|s| {
-        let pinging = s.spawn(|| no_loss(&a, 1, 10) && no_loss(&a, 2, 5));
+        let pinging = s.spawn(|| no_loss(&lab, 3, 10) && no_loss(&lab, 1, 5));
         let made = json(
-            &b.cli(&[
-                "tunnel",
-                "add",
-                "--remote",
-                "198.51.100.99",
-                "--pop",
-                "a",
-                "--json",
+            &lab.cli(&[
+                "tunnel", "add", "--remote", remote4, "--pop", "pop2", "--json",
             ])
             .unwrap(),
         );
-        assert!(pinging.join().unwrap(), "a forwards without its controller");
+        assert!(
+            pinging.join().unwrap(),
+            "forwarding without PoP 2's controller"
+        );
         made
     });
-    assert_eq!(made["pop"], "a");
-    a.spawn_broker(&[]).expect("a's controller again");
+    assert_eq!(made["pop"], "pop2");
+    lab.spawn_pop(2).expect("PoP 2's controller again");
     let made_id = made["id"].as_u64().unwrap();
-    broker_tests::eventually(10, "a projects the tunnel made while it was away", || {
-        in_maps(&a).contains(&made_id)
+    eventually(
+        10,
+        "PoP 2 projects the tunnel made while it was away",
+        || in_maps(&lab, 2).contains(&made_id),
+    );
+    assert!(in_maps(&lab, 2).contains(&t3_id));
+    assert!(no_loss(&lab, 3, 5), "PoP 2's tunnel after its restart");
+
+    // PoP 2's data plane detached: its pools are withdrawn; attached again (its
+    // controller restarted), announced again.
+    broker_tests::lab::detach(&lab.pop_instance(2).unwrap()).unwrap();
+    eventually(20, "PoP 2's pools withdrawn", || {
+        !upstream_has(&lab, &[P2_LINK_POOL]) && !upstream_has(&lab, &[P2_ROUTED_POOL])
     });
-    assert!(no_loss(&a, 2, 5), "the moved tunnel after a's restart");
-    assert!(!in_maps(&b).contains(&id));
+    assert!(upstream_has(&lab, &p1), "PoP 1 still announced");
+    lab.kill_pop(2).unwrap();
+    lab.spawn_pop(2).expect("PoP 2 attached again");
+    eventually(30, "PoP 2's pools announced again", || {
+        upstream_has(&lab, &p2)
+    });
+    lab.wait_reachable(3, INET6_HOST)
+        .expect("PoP 2 forwards again");
 }

@@ -34,6 +34,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "postgresql",
         "throwaway clusters for the multi-PoP store (docs/MULTI-POP.md)",
     ),
+    (
+        "bird2",
+        "BGP: each lab PoP announces its pools to an upstream router (docs/MULTI-POP.md)",
+    ),
 ];
 
 /// Tells Debian's postgresql-common not to create (and start) a system cluster when the
@@ -162,5 +166,10 @@ fn packages() -> Result<Vec<String>> {
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing),
     )?;
+    // BIRD is started by the tests and the lab in their namespaces, never as a service:
+    // where systemd runs, the one the package enables is switched off again.
+    if missing.contains(&"bird2") && std::path::Path::new("/run/systemd/system").exists() {
+        exec(Command::new("systemctl").args(["disable", "--now", "bird.service"]))?;
+    }
     Ok(missing.iter().map(|s| s.to_string()).collect())
 }

@@ -393,6 +393,11 @@ pub struct RoutesConfig {
     /// itself sends reaches the tunnels).
     #[serde(default)]
     pub device: Option<String>,
+    /// A kernel table of its own for the PoP's pools as blackhole aggregates, present only
+    /// while its XDP program is attached: what a routing daemon (BIRD) announces, so that
+    /// a PoP whose data plane is gone stops attracting traffic (docs/MULTI-POP.md, BGP).
+    #[serde(default)]
+    pub announce_table: Option<u32>,
 }
 
 impl Default for RoutesConfig {
@@ -402,6 +407,7 @@ impl Default for RoutesConfig {
             table: default_table(),
             protocol: default_protocol(),
             device: None,
+            announce_table: None,
         }
     }
 }

@@ -16,6 +16,7 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
     limits(c)?;
     rates(c)?;
     pools(c)?;
+    announce(c)?;
     api(c)?;
     tsp(c)?;
     ayiya(c)?;
@@ -195,6 +196,18 @@ fn tsp(c: &Config) -> Result<(), Invalid> {
         return Err((key.into(), "must be at least 1".into()));
     }
     Ok(())
+}
+
+fn announce(c: &Config) -> Result<(), Invalid> {
+    match c.routes.announce_table {
+        Some(t) if t == c.routes.table || [0, 253, 254, 255].contains(&t) => Err((
+            "routes.announce_table".into(),
+            format!(
+                "{t}: a table of its own (not 0, 253-255, nor routes.table), for the aggregates a routing daemon announces"
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn pop_name(c: &Config) -> Result<(), Invalid> {
