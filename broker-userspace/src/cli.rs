@@ -190,13 +190,13 @@ pub fn tunnels_table(ts: &[TunnelOut]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:>6}  {:<10} {:<9} {:<9} {:<21} {:<22} {:<22} {:>5}",
+        "{:>6}  {:<10} {:<9} {:<9} {:<21} {:<22} {:<22} {:>5}  pop",
         "id", "owner", "kind", "state", "remote", "link", "routed", "mtu"
     );
     for t in ts {
         let _ = writeln!(
             s,
-            "{:>6}  {:<10} {:<9} {:<9} {:<21} {:<22} {:<22} {:>5}",
+            "{:>6}  {:<10} {:<9} {:<9} {:<21} {:<22} {:<22} {:>5}  {}",
             t.id,
             t.owner.as_deref().unwrap_or("-"),
             t.kind,
@@ -211,7 +211,8 @@ pub fn tunnels_table(ts: &[TunnelOut]) -> String {
             } else {
                 t.routed_prefixes.join(",")
             },
-            t.mtu
+            t.mtu,
+            t.pop
         );
     }
     s

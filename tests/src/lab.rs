@@ -890,6 +890,8 @@ impl Lab {
             .map(|p| p.to_string())
             .collect();
         std::fs::write(self.dir.join("pids"), pids.join("\n"))?;
+        let more: Vec<&str> = self.more_pops.iter().map(|p| p.instance.as_str()).collect();
+        std::fs::write(self.dir.join("instances"), more.join("\n"))?;
         Ok(())
     }
 
@@ -909,6 +911,9 @@ impl Lab {
         }
         for (_, ns) in &mut self.tsp_hosts {
             ns.keep();
+        }
+        for p in &mut self.more_pops {
+            p.ns.keep();
         }
         Ok(())
     }
@@ -934,12 +939,21 @@ impl Lab {
                 }
             }
         }
-        if let Ok(out) = detach(instance) {
-            removed.extend(
-                out.lines()
-                    .filter(|l| l.starts_with("removed "))
-                    .map(|l| l[8..].to_string()),
-            );
+        let more = std::fs::read_to_string(dir.join("instances")).unwrap_or_default();
+        for instance in std::iter::once(instance).chain(more.lines()) {
+            if let Ok(out) = detach(instance) {
+                removed.extend(
+                    out.lines()
+                        .filter(|l| l.starts_with("removed "))
+                        .map(|l| l[8..].to_string()),
+                );
+            }
+        }
+        // A multi-PoP lab's PostgreSQL (`pops::start`), after the brokers.
+        if let Ok(pg) = std::fs::read_to_string(dir.join("postgres")) {
+            let pg = Path::new(pg.trim());
+            crate::postgres::stop_left(pg)?;
+            removed.push(format!("PostgreSQL in {}", pg.display()));
         }
         for ns in netns::list(&format!("{prefix}-")) {
             netns::delete(&ns)?;

@@ -45,11 +45,32 @@ pub struct Cluster {
     dir: PathBuf,
     bin: PathBuf,
     password: String,
+    /// The server ends with this process (`PR_SET_PDEATHSIG`); not for a kept lab's.
+    tied: bool,
 }
 
 impl Cluster {
     /// Initialises and starts a cluster; waits until it accepts connections.
     pub fn start() -> Result<Self> {
+        Self::start_with(true)
+    }
+
+    /// [`Cluster::start`] for a cluster that outlives this process (`cargo xtask lab up
+    /// --pops`): not ended with it, stopped by [`stop_left`] (`lab down`).
+    pub fn start_detached() -> Result<Self> {
+        Self::start_with(false)
+    }
+
+    /// Leaves the server running past this value's end; returns its directory, for
+    /// [`stop_left`].
+    pub fn leave_running(mut self) -> PathBuf {
+        self.server = None;
+        let dir = self.dir.clone();
+        std::mem::forget(self);
+        dir
+    }
+
+    fn start_with(tied: bool) -> Result<Self> {
         let bin = bin_dir()?;
         sweep();
         let dir = private_dir()?;
@@ -59,6 +80,7 @@ impl Cluster {
             dir,
             bin,
             password: password(),
+            tied,
         };
         cluster.init()?;
         cluster.run()?;
@@ -131,6 +153,7 @@ impl Cluster {
             dir: private_dir()?,
             bin: self.bin.clone(),
             password: self.password.clone(),
+            tied: self.tied,
         };
         let out = standby
             .as_server_user("pg_basebackup")
@@ -279,11 +302,12 @@ impl Cluster {
             .stdout(log.try_clone()?)
             .stderr(log);
         let parent = std::process::id() as i32;
+        let tied = self.tied;
         // SAFETY: async-signal-safe calls only, between fork and exec; after the uid change,
         // which would clear the setting.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT) != 0 {
+                if tied && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 if libc::getppid() != parent {
@@ -398,6 +422,34 @@ pub fn bin_dir() -> Result<PathBuf> {
             root.display()
         ),
     }
+}
+
+/// Stops the server of a cluster left running ([`Cluster::leave_running`]) in `dir`: a
+/// fast shutdown, SIGKILL after a grace period; then removes the directory.
+pub fn stop_left(dir: &Path) -> Result<()> {
+    let pid = fs::read_to_string(dir.join("data/postmaster.pid"))
+        .ok()
+        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
+    if let Some(pid) = pid {
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        // Only the postmaster of this very directory.
+        if String::from_utf8_lossy(&cmdline).contains(&dir.display().to_string()) {
+            // SAFETY: a PID read from the cluster's own postmaster.pid, checked above.
+            unsafe { libc::kill(pid, libc::SIGINT) };
+            let deadline = Instant::now() + STOP;
+            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if Path::new(&format!("/proc/{pid}")).exists() {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+    if dir.exists() {
+        fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Removes the directories of clusters whose test process is gone: one kept for a whole

@@ -14,51 +14,13 @@ use std::net::Ipv6Addr;
 use broker_tests::{
     eventually,
     lab::{
-        pops::{addresses, ANNOUNCE_TABLE},
-        Lab, INET6_HOST, LINK_POOL, POP_NATIVE_V6, POP_V4, ROUTED_POOL, V4V6_POOL,
+        pops::{self, addresses},
+        Lab, INET6_HOST, LINK_POOL, POP_V4, ROUTED_POOL,
     },
-    postgres::{conninfo_of, Cluster},
+    postgres::Cluster,
     require_root,
 };
 use serde_json::Value;
-
-/// PoP 2's pools: beside PoP 1's (the lab's), never overlapping them.
-const P2_LINK_POOL: &str = "2001:db8:21::/48";
-const P2_ROUTED_POOL: &str = "2001:db8:4000::/36";
-const P2_V4V6_POOL: &str = "198.18.102.0/24";
-
-/// The lab's config for PoP `n` on PostgreSQL, announcing its pools; PoP 1 keeps client
-/// 1's static tunnel, PoP 2 none (ids are the store's, shared by both).
-fn pop_config(lab: &Lab, n: u8, instance: &str, pg: &Cluster) -> String {
-    let mut config = lab.config_yaml(instance);
-    let cut = config.find("tunnels:\n").expect("tunnels last") + "tunnels:\n".len();
-    let first = config[cut..]
-        .split("  - id: ")
-        .nth(1)
-        .map(|e| format!("  - id: {e}"))
-        .unwrap_or_default();
-    config.truncate(cut);
-    if n == 1 {
-        config.push_str(&first);
-    } else {
-        config = config.replace("tunnels:\n", "tunnels: []\n");
-    }
-    config = config.replace(
-        "pop:\n",
-        &format!("routes:\n  announce_table: {ANNOUNCE_TABLE}\npop:\n  name: pop{n}\n"),
-    );
-    if n == 2 {
-        let ((v4, _), (v6, _)) = addresses(2);
-        config = config
-            .replace(&format!("ipv4: {POP_V4}"), &format!("ipv4: {v4}"))
-            .replace(&format!("ipv6: {POP_NATIVE_V6}"), &format!("ipv6: {v6}"))
-            .replace(LINK_POOL, P2_LINK_POOL)
-            .replace(ROUTED_POOL, P2_ROUTED_POOL)
-            .replace(V4V6_POOL, P2_V4V6_POOL);
-    }
-    lab.on_postgres(&config, &conninfo_of(&[pg], "broker"), pg.password())
-        .unwrap()
-}
 
 /// The client's address in a tunnel: `::2` of its link /64.
 fn client_address(t: &Value) -> Ipv6Addr {
@@ -116,24 +78,19 @@ fn tunnels_live_on_their_pop_move_between_pops_and_are_announced_by_it() {
     let dir = tempfile::tempdir().unwrap();
     // Declared before the lab, so dropped after it: the brokers stop first.
     let pg = Cluster::start().expect("a PostgreSQL cluster (cargo xtask setup installs it)");
-    pg.create_database("broker").unwrap();
     let prefix = format!("bp{}", std::process::id());
-    let mut lab = Lab::create(&prefix, 3, dir.path()).expect("the lab");
-    let config = pop_config(&lab, 1, &prefix, &pg);
-    lab.start_broker(&prefix, &config).expect("PoP 1");
-    let config = pop_config(&lab, 2, &format!("{prefix}b"), &pg);
-    lab.add_pop(2, &format!("{prefix}b"), &config)
-        .expect("PoP 2");
-    lab.start_bird().expect("BIRD");
+    // PoP 1 with client 1's static tunnel, PoP 2 with client 2's tunnel made through
+    // PoP 1's API; client 3 for the tunnel made below.
+    let mut lab = pops::start(&prefix, 1, 1, dir.path(), 2, &pg).expect("a lab of two PoPs");
     lab.add_tsp_hosts().unwrap();
-    let v4 = lab.clients[0].v4;
-    lab.start_client(1, v4).unwrap();
-    lab.wait_reachable(1, INET6_HOST)
-        .expect("PoP 1's static tunnel");
+    let (p2_link, p2_routed, _) = pops::pools(2);
+    let (p2_link, p2_routed) = (p2_link.as_str(), p2_routed.as_str());
+    let first = json(&lab.cli(&["tunnel", "show", "2", "--json"]).unwrap());
+    assert_eq!(first["pop"], "pop2", "{first}");
 
     // Each PoP announces its pools; the upstream learns both.
     let p1 = [LINK_POOL, ROUTED_POOL];
-    let p2 = [P2_LINK_POOL, P2_ROUTED_POOL];
+    let p2 = [p2_link, p2_routed];
     eventually(30, "the upstream learns both PoPs' pools", || {
         upstream_has(&lab, &p1) && upstream_has(&lab, &p2)
     });
@@ -153,7 +110,7 @@ fn tunnels_live_on_their_pop_move_between_pops_and_are_announced_by_it() {
     );
 
     // Through PoP 1's API, for PoP 2: PoP 2's pools, maps and routes; forwarding there.
-    let remote = lab.clients[1].v4.to_string();
+    let remote = lab.clients[2].v4.to_string();
     let t = json(
         &lab.cli(&[
             "tunnel",
@@ -173,10 +130,10 @@ fn tunnels_live_on_their_pop_move_between_pops_and_are_announced_by_it() {
     assert_eq!(t["pop_ipv4"], addresses(2).0 .0.to_string(), "{t}");
     let link = t["link_prefix"].as_str().unwrap().to_string();
     assert!(link.starts_with("2001:db8:21:"), "{t}");
-    let (c2, pop2_v4) = (lab.clients[1].v4, lab.pop_v4(2).unwrap());
-    lab.start_client_to(2, pop2_v4, c2, client_address(&t))
+    let (c3, pop2_v4) = (lab.clients[2].v4, lab.pop_v4(2).unwrap());
+    lab.start_client_to(3, pop2_v4, c3, client_address(&t))
         .unwrap();
-    lab.wait_reachable(2, INET6_HOST)
+    lab.wait_reachable(3, INET6_HOST)
         .expect("the tunnel made at PoP 1 for PoP 2 forwards at PoP 2");
     assert!(in_maps(&lab, 2).contains(&id));
     assert!(!in_maps(&lab, 1).contains(&id), "PoP 1 holds nothing of it");
@@ -194,9 +151,9 @@ fn tunnels_live_on_their_pop_move_between_pops_and_are_announced_by_it() {
     assert_eq!(moved["pop"], "pop1");
     let new_link = moved["link_prefix"].as_str().unwrap().to_string();
     assert!(new_link.starts_with("2001:db8:20:"), "{moved}");
-    lab.start_client_to(2, POP_V4, c2, client_address(&moved))
+    lab.start_client_to(3, POP_V4, c3, client_address(&moved))
         .unwrap();
-    lab.wait_reachable(2, INET6_HOST)
+    lab.wait_reachable(3, INET6_HOST)
         .expect("the moved tunnel forwards at PoP 1");
     eventually(10, "PoP 2 lets the moved tunnel go", || {
         !in_maps(&lab, 2).contains(&id) && !routed_at(&lab, 2, &link)
@@ -260,22 +217,11 @@ fn tunnels_live_on_their_pop_move_between_pops_and_are_announced_by_it() {
 
     // PoP 2's controller killed: both PoPs forward, PoP 1 serves the API, and a tunnel
     // made for PoP 2 meanwhile is its own once its controller is back.
-    let remote3 = lab.clients[2].v4.to_string();
-    let t3 = json(
-        &lab.cli(&[
-            "tunnel", "add", "--remote", &remote3, "--pop", "pop2", "--json",
-        ])
-        .unwrap(),
-    );
-    let (c3, t3_id) = (lab.clients[2].v4, t3["id"].as_u64().unwrap());
-    lab.start_client_to(3, pop2_v4, c3, client_address(&t3))
-        .unwrap();
-    lab.wait_reachable(3, INET6_HOST)
-        .expect("a second tunnel at PoP 2");
+    let t2_id = first["id"].as_u64().unwrap();
     lab.kill_pop(2).unwrap();
     let remote4 = "198.51.100.99";
     let made = std::thread::scope(|s| {
-        let pinging = s.spawn(|| no_loss(&lab, 3, 10) && no_loss(&lab, 1, 5));
+        let pinging = s.spawn(|| no_loss(&lab, 2, 10) && no_loss(&lab, 1, 5));
         let made = json(
             &lab.cli(&[
                 "tunnel", "add", "--remote", remote4, "--pop", "pop2", "--json",
@@ -296,14 +242,14 @@ fn tunnels_live_on_their_pop_move_between_pops_and_are_announced_by_it() {
         "PoP 2 projects the tunnel made while it was away",
         || in_maps(&lab, 2).contains(&made_id),
     );
-    assert!(in_maps(&lab, 2).contains(&t3_id));
-    assert!(no_loss(&lab, 3, 5), "PoP 2's tunnel after its restart");
+    assert!(in_maps(&lab, 2).contains(&t2_id));
+    assert!(no_loss(&lab, 2, 5), "PoP 2's tunnel after its restart");
 
     // PoP 2's data plane detached: its pools are withdrawn; attached again (its
     // controller restarted), announced again.
     broker_tests::lab::detach(&lab.pop_instance(2).unwrap()).unwrap();
     eventually(20, "PoP 2's pools withdrawn", || {
-        !upstream_has(&lab, &[P2_LINK_POOL]) && !upstream_has(&lab, &[P2_ROUTED_POOL])
+        !upstream_has(&lab, &[p2_link]) && !upstream_has(&lab, &[p2_routed])
     });
     assert!(upstream_has(&lab, &p1), "PoP 1 still announced");
     lab.kill_pop(2).unwrap();
@@ -311,6 +257,6 @@ fn tunnels_live_on_their_pop_move_between_pops_and_are_announced_by_it() {
     eventually(30, "PoP 2's pools announced again", || {
         upstream_has(&lab, &p2)
     });
-    lab.wait_reachable(3, INET6_HOST)
+    lab.wait_reachable(2, INET6_HOST)
         .expect("PoP 2 forwards again");
 }

@@ -5,7 +5,10 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use broker_tests::lab::{Lab, HEARTBEAT_HOST, POP_NATIVE_V6, POP_V4};
+use broker_tests::{
+    lab::{pops, Lab, HEARTBEAT_HOST, INET6_HOST, POP_NATIVE_V6, POP_V4},
+    postgres::Cluster,
+};
 use clap::Subcommand;
 
 use crate::util::build_broker;
@@ -27,6 +30,10 @@ pub enum LabCommand {
         /// Number of client namespaces, each with a proto-41 tunnel.
         #[arg(long, default_value_t = 2)]
         clients: u32,
+        /// PoPs (2-9: several PoPs on PostgreSQL, announced by BGP to an upstream
+        /// router; docs/MULTI-POP.md).
+        #[arg(long, default_value_t = 1)]
+        pops: u8,
     },
     /// Stop the lab's processes (by PID) and delete its namespaces.
     Down,
@@ -34,7 +41,20 @@ pub enum LabCommand {
 
 pub fn run(cmd: LabCommand) -> Result<()> {
     match cmd {
-        LabCommand::Up { clients } => {
+        LabCommand::Up { clients, pops } if pops > 1 => {
+            let pg = Cluster::start_detached()?;
+            let lab = up_pops(clients, pops, &pg)?;
+            print_pops_summary(&lab, pops)?;
+            lab.keep()?;
+            // Left running with the lab; `lab down` stops it.
+            std::fs::write(
+                state_dir().join("postgres"),
+                pg.leave_running().display().to_string(),
+            )?;
+            println!("lab is up; `cargo xtask lab down` removes it");
+            Ok(())
+        }
+        LabCommand::Up { clients, .. } => {
             let lab = up(clients)?;
             print_summary(&lab);
             lab.keep()?;
@@ -89,6 +109,53 @@ pub fn up(clients: u32) -> Result<Lab> {
     lab.wait_sixxs_up("h1", heartbeat)?;
     lab.record_pids()?;
     Ok(lab)
+}
+
+/// Builds the broker, replaces any previous lab, and starts one of `pops` PoPs on the
+/// PostgreSQL cluster `pg`: `clients` clients with static tunnels at PoP 1, and one client
+/// per further PoP with a tunnel there.
+pub fn up_pops(clients: u32, pops: u8, pg: &Cluster) -> Result<Lab> {
+    build_broker()?;
+    Lab::destroy(PREFIX, INSTANCE, &state_dir())?;
+    let lab = pops::start(PREFIX, clients, 0, &state_dir(), pops, pg)?;
+    lab.record_pids()?;
+    Ok(lab)
+}
+
+/// What a lab of several PoPs holds, and the PoPs and BGP routes as they are now.
+pub fn print_pops_summary(lab: &Lab, n: u8) -> Result<()> {
+    println!("namespaces:");
+    for p in 1..=n {
+        println!(
+            "  {:<16} PoP pop{p}: broker run (instance {}), BIRD, XDP on eth4 ({}) and eth6; pools {}",
+            lab.pop_ns(p)?.name(),
+            pops::instance_of(INSTANCE, p),
+            lab.pop_v4(p)?,
+            {
+                let (link, routed, _) = pops::pools(p);
+                format!("{link}, {routed}")
+            }
+        );
+    }
+    println!(
+        "  {:<16} IPv4 router between clients and PoPs",
+        lab.isp.name()
+    );
+    println!(
+        "  {:<16} IPv6 internet host {INET6_HOST} and upstream router (BIRD, BGP with every PoP)",
+        lab.inet6.name()
+    );
+    for c in &lab.clients {
+        println!("  {:<16} client {} at {}", c.ns.name(), c.index, c.v4);
+    }
+    println!("\n== broker pop list (through the API of pop1) ==");
+    print!("{}", lab.cli(&["pop", "list"])?);
+    println!("\n== broker tunnel list ==");
+    print!("{}", lab.cli(&["tunnel", "list"])?);
+    println!("\n== routes the upstream learnt by BGP ==");
+    print!("{}", lab.upstream_routes()?);
+    println!("logs: {}", lab.dir.display());
+    Ok(())
 }
 
 pub fn print_summary(lab: &Lab) {

@@ -25,6 +25,9 @@ pub struct Options {
     /// Clients (and tunnels) in the lab.
     #[arg(long, default_value_t = 2)]
     clients: u32,
+    /// PoPs (2-9: several PoPs on PostgreSQL, announced by BGP; docs/MULTI-POP.md).
+    #[arg(long, default_value_t = 1)]
+    pops: u8,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -42,6 +45,9 @@ pub fn run(o: Options) -> Result<()> {
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    if o.pops > 1 {
+        return run_pops(o.clients, o.pops);
     }
     let lab = lab::up(o.clients)?;
     lab::print_summary(&lab);
@@ -143,5 +149,39 @@ pub fn run(o: Options) -> Result<()> {
     }
     println!("\nstopping the lab");
     drop(lab);
+    lab::cleanup_state()
+}
+
+/// `cargo xtask run --pops N`: PostgreSQL, N PoPs with BIRD and an upstream router,
+/// clients on every PoP; shows each tunnel forwarding, then forwards until Ctrl-C.
+fn run_pops(clients: u32, pops: u8) -> Result<()> {
+    // Declared before the lab, so dropped after it: the brokers stop first.
+    let pg = broker_tests::postgres::Cluster::start()?;
+    let lab = lab::up_pops(clients, pops, &pg)?;
+    lab::print_pops_summary(&lab, pops)?;
+    for c in &lab.clients {
+        println!(
+            "\n== client {} pings {INET6_HOST} through its tunnel ==",
+            c.index
+        );
+        print!("{}", lab.ping(c.index, INET6_HOST, 3, "0.2")?);
+    }
+    println!("\nForwarding. Try:");
+    println!(
+        "  ip netns exec {} env BROKER_TOKEN={} target/debug/broker tunnel add --remote 198.51.100.99 --pop pop2",
+        lab.pop.name(),
+        broker_tests::lab::LAB_TOKEN
+    );
+    println!(
+        "  ip netns exec {} ip -6 route show proto bird",
+        lab.inet6.name()
+    );
+    println!("Ctrl-C stops the lab.");
+    while !STOP.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("\nstopping the lab");
+    drop(lab);
+    drop(pg);
     lab::cleanup_state()
 }

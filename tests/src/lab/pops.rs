@@ -315,3 +315,129 @@ impl Lab {
         netns::run(&mut cmd)
     }
 }
+
+/// PoP `n`'s pools: the lab's for PoP 1; beside them, never overlapping, for the others
+/// (link, routed, v4v6).
+pub fn pools(n: u8) -> (String, String, String) {
+    match n {
+        1 => (
+            super::LINK_POOL.into(),
+            super::ROUTED_POOL.into(),
+            super::V4V6_POOL.into(),
+        ),
+        n => (
+            format!("2001:db8:{:x}::/48", 0x20 + u16::from(n) - 1),
+            format!("2001:db8:{:x}000::/36", 3 + u16::from(n) - 1),
+            format!("198.18.{}.0/24", 100 + u16::from(n)),
+        ),
+    }
+}
+
+/// PoP `n`'s instance, beside the first PoP's `first`.
+pub fn instance_of(first: &str, n: u8) -> String {
+    match n {
+        1 => first.to_string(),
+        n => format!("{first}-pop{n}"),
+    }
+}
+
+/// The lab's config for PoP `n` (named `pop<n>`) on the store at `url` (password
+/// `password`), announcing its pools in [`ANNOUNCE_TABLE`], with the static tunnels of the
+/// first `statics` clients (PoP 1; tunnel ids are the store's, shared by every PoP).
+pub fn config(lab: &Lab, n: u8, statics: usize, url: &str, password: &str) -> Result<String> {
+    let instance = instance_of(lab.instance.as_deref().unwrap_or(&lab.prefix), n);
+    let mut config = lab.config_yaml(&instance);
+    let cut = config.find("tunnels:\n").context("tunnels last")? + "tunnels:\n".len();
+    let kept: String = config[cut..]
+        .split("  - id: ")
+        .skip(1)
+        .take(statics)
+        .map(|e| format!("  - id: {e}"))
+        .collect();
+    config.truncate(cut);
+    config.push_str(&kept);
+    if kept.is_empty() {
+        config = config.replace("tunnels:\n", "tunnels: []\n");
+    }
+    config = config.replace(
+        "pop:\n",
+        &format!("routes:\n  announce_table: {ANNOUNCE_TABLE}\npop:\n  name: pop{n}\n"),
+    );
+    if n > 1 {
+        let ((v4, _), (v6, _)) = addresses(n);
+        let (link, routed, v4v6) = pools(n);
+        config = config
+            .replace(&format!("ipv4: {POP_V4}"), &format!("ipv4: {v4}"))
+            .replace(&format!("ipv6: {POP_NATIVE_V6}"), &format!("ipv6: {v6}"))
+            .replace(super::LINK_POOL, &link)
+            .replace(super::ROUTED_POOL, &routed)
+            .replace(super::V4V6_POOL, &v4v6);
+    }
+    lab.on_postgres(&config, url, password)
+}
+
+/// A lab of `pops` PoPs on the PostgreSQL cluster `pg` (database `broker`, created here),
+/// with BIRD: PoP 1 (instance `prefix`) has a static tunnel per client of the first
+/// `clients`; each further PoP `n` gets one more client, whose tunnel is created through
+/// PoP 1's API for PoP `n`; then `spare` clients without a tunnel. Returns once every
+/// tunnel forwards.
+pub fn start(
+    prefix: &str,
+    clients: u32,
+    spare: u32,
+    dir: &Path,
+    pops: u8,
+    pg: &crate::postgres::Cluster,
+) -> Result<Lab> {
+    if !(2..=9).contains(&pops) {
+        bail!("a multi-PoP lab has 2-9 PoPs");
+    }
+    let extra = u32::from(pops) - 1;
+    let mut lab = Lab::create(prefix, clients + extra + spare, dir)?;
+    pg.create_database("broker")?;
+    let url = crate::postgres::conninfo_of(&[pg], "broker");
+    lab.instance = Some(prefix.to_string());
+    let first = config(&lab, 1, clients as usize, &url, pg.password())?;
+    lab.start_broker(prefix, &first)?;
+    for n in 2..=pops {
+        let c = config(&lab, n, 0, &url, pg.password())?;
+        lab.add_pop(n, &instance_of(prefix, n), &c)?;
+    }
+    lab.start_bird()?;
+    for i in 1..=clients {
+        let v4 = lab.clients[(i - 1) as usize].v4;
+        lab.start_client(i, v4)?;
+    }
+    for n in 2..=pops {
+        let i = clients + u32::from(n) - 1;
+        let c = &lab.clients[(i - 1) as usize];
+        let (v4, remote) = (c.v4, c.v4.to_string());
+        let out = lab.cli(&[
+            "tunnel",
+            "add",
+            "--remote",
+            &remote,
+            "--pop",
+            &format!("pop{n}"),
+            "--json",
+        ])?;
+        let t: serde_json::Value = serde_json::from_str(&out)?;
+        let link = t["link_prefix"].as_str().context("a link prefix")?;
+        let network: Ipv6Addr = link.split('/').next().unwrap_or_default().parse()?;
+        let mut octets = network.octets();
+        octets[15] = 2;
+        lab.start_client_to(i, addresses(n).0 .0, v4, octets.into())?;
+    }
+    // PoP n's tunnels come back through the upstream's BGP routes: wait for them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for i in 1..=clients + extra {
+        loop {
+            match lab.wait_reachable(i, INET6_HOST) {
+                Ok(()) => break,
+                Err(e) if std::time::Instant::now() > deadline => return Err(e),
+                Err(_) => {}
+            }
+        }
+    }
+    Ok(lab)
+}
