@@ -730,7 +730,25 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
         if let Some(e) = &change.endpoint {
             self.check_endpoint(e, change.kind.unwrap_or(before.spec.kind), origin)?;
         }
-        let record = self.store.update_tunnel(id, change, store::now())?;
+        let record = match self.store.update_tunnel(id, change, store::now()) {
+            Ok(r) => r,
+            // A client's packets moved its tunnel while the store is away: the maps follow
+            // now, the store when it returns (docs/MULTI-POP.md).
+            Err(StoreError::Unavailable { what })
+                if origin == endpoints::Origin::Learnt
+                    && *change
+                        == (TunnelChange {
+                            endpoint: change.endpoint,
+                            ..Default::default()
+                        }) =>
+            {
+                let endpoint = change.endpoint.ok_or(StoreError::Unavailable { what })?;
+                let r = self.store.defer_endpoint(id, endpoint, store::now())?;
+                info!(id, remote = %endpoint, "the store is away: the new endpoint waits for it");
+                r
+            }
+            Err(e) => return Err(e.into()),
+        };
         match (self.mine(&before), self.mine(&record)) {
             (true, true) => {}
             (false, false) => {

@@ -85,7 +85,7 @@ impl RouteOps for RouteBackend {
 }
 
 /// The broker core as `broker run` assembles it.
-pub type Running = Broker<AnyStore, Dataplane, RouteBackend>;
+pub type Running = Broker<store::Remembered<AnyStore>, Dataplane, RouteBackend>;
 
 /// The PoP the store is opened for: its name and pools.
 fn home(config: &Config) -> store::Home {
@@ -205,6 +205,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     // that every change after that read is either notified or seen by the catch-up that
     // follows the listener's start (`broker::follow`).
     let heard = store.listen();
+    // A shared store may go away: the PoP keeps what it last knew of it to serve its
+    // own clients meanwhile (store::Remembered).
+    let store = store::Remembered::new(store, heard.is_some());
     let mut broker = Broker::new(store, dp, route_backend(&config).await?, config.pop());
     broker.set_following(heard.is_some());
     let waiting = std::time::Instant::now();

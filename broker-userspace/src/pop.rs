@@ -53,6 +53,9 @@ pub async fn follow<S, P, R>(
 {
     let mut retry = tokio::time::interval(RETRY_EVERY);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Endpoints learnt while the store was away wait for it (`Broker::flush_deferred`).
+    let mut flush = tokio::time::interval(RETRY_EVERY);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut check = tokio::time::interval(check_every);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick of each is at once: skip it.
@@ -83,6 +86,12 @@ pub async fn follow<S, P, R>(
             }
             _ = retry.tick(), if pending => {}
             _ = check.tick() => periodic = true,
+            _ = flush.tick() => {
+                let mut b = broker.lock().await;
+                if let Err(e) = b.flush_deferred().await {
+                    debug!(error = %error_chain(&e), "the store is still away: endpoints keep waiting");
+                }
+            }
         }
         if pending || periodic {
             let mut b = broker.lock().await;

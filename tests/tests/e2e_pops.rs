@@ -260,3 +260,151 @@ fn tunnels_live_on_their_pop_move_between_pops_and_are_announced_by_it() {
     lab.wait_reachable(2, INET6_HOST)
         .expect("PoP 2 forwards again");
 }
+
+/// Pings `dst` from `ns` until one answer comes, for at most `secs` seconds.
+fn answers(ns: &broker_tests::netns::NetNs, dst: &str, secs: u64) -> bool {
+    (0..secs).any(|_| {
+        ns.exec("ping", &["-6", "-n", "-c", "1", "-W", "1", dst])
+            .is_ok()
+    })
+}
+
+#[test]
+fn the_pops_serve_their_clients_while_postgresql_is_stopped_and_converge_after() {
+    use broker_tests::lab::{HEARTBEAT_HOST, HEARTBEAT_HOST_2};
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let mut pg = Cluster::start().expect("a PostgreSQL cluster (cargo xtask setup installs it)");
+    let prefix = format!("bo{}", std::process::id());
+    let mut lab = pops::start(&prefix, 1, 0, dir.path(), 2, &pg).expect("a lab of two PoPs");
+    lab.add_tsp_hosts().unwrap();
+    lab.add_sixxs_hosts().unwrap();
+    // A heartbeat client of PoP 1, its tunnel from TIC.
+    lab.cli(&["user", "add", "bob", "--password", "bob-password"])
+        .unwrap();
+    let hb = json(
+        &lab.cli(&[
+            "tunnel",
+            "add",
+            "--kind",
+            "heartbeat",
+            "--owner",
+            "bob",
+            "--pop",
+            "pop1",
+            "--json",
+        ])
+        .unwrap(),
+    );
+    let hb_id = hb["id"].as_u64().unwrap();
+    let c = lab
+        .start_heartbeat_client(
+            "h1",
+            "bob",
+            "bob-password",
+            Some(hb_id as u32),
+            HEARTBEAT_HOST,
+        )
+        .unwrap();
+    lab.wait_sixxs_up("h1", c).unwrap();
+    assert!(
+        answers(lab.host("h1"), &INET6_HOST.to_string(), 10),
+        "the heartbeat tunnel"
+    );
+
+    // PostgreSQL stopped for 30 s while clients of both PoPs ping.
+    assert!(pg.stop(), "PostgreSQL stopped");
+    let stopped = std::time::Instant::now();
+    // Handles of their own for the pinging threads: the lab is busy meanwhile.
+    let pinger = |i: usize| {
+        let ns = broker_tests::netns::NetNs::existing(lab.clients[i].ns.name()).unwrap();
+        std::thread::spawn(move || {
+            ns.exec(
+                "ping",
+                &[
+                    "-6",
+                    "-n",
+                    "-c",
+                    "140",
+                    "-i",
+                    "0.2",
+                    "-W",
+                    "2",
+                    &INET6_HOST.to_string(),
+                ],
+            )
+            .is_ok_and(|out| out.contains(" 0% packet loss"))
+        })
+    };
+    let (p1, p2) = (pinger(0), pinger(1));
+    // Writes are refused as unavailable (HTTP 503).
+    let refused = lab
+        .cli(&["tunnel", "add", "--remote", "198.51.100.99"])
+        .expect_err("no store to write to");
+    assert!(
+        format!("{refused:#}").contains("unavailable"),
+        "{refused:#}"
+    );
+    assert!(
+        lab.admin_request("POST", "/api/v1/users", Some(r#"{"name":"eve"}"#))
+            .is_some_and(|(status, _)| status == 503),
+        "a write through the API is 503"
+    );
+    // The heartbeat client roams: a new TIC login (answered from what the PoP knew),
+    // beats from the new address, and the tunnel follows it in the maps.
+    lab.stop_proc(c);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    lab.move_host("h1", HEARTBEAT_HOST, HEARTBEAT_HOST_2)
+        .unwrap();
+    let c = lab
+        .start_heartbeat_client(
+            "h1",
+            "bob",
+            "bob-password",
+            Some(hb_id as u32),
+            HEARTBEAT_HOST_2,
+        )
+        .unwrap();
+    lab.wait_sixxs_up("h1", c)
+        .expect("TIC answered while the store is away");
+    assert!(
+        answers(lab.host("h1"), &INET6_HOST.to_string(), 10),
+        "the roamed heartbeat tunnel forwards while the store is away"
+    );
+    assert!(
+        lab.broker_log().contains("the new endpoint waits for it"),
+        "{}",
+        lab.broker_log()
+    );
+    assert!(p1.join().unwrap(), "PoP 1 forwards without its store");
+    assert!(p2.join().unwrap(), "PoP 2 forwards without its store");
+    assert!(stopped.elapsed() >= std::time::Duration::from_secs(28));
+
+    // Back: the roamed endpoint is written, and a change made now reaches PoP 2.
+    pg.start_again().unwrap();
+    eventually(30, "the endpoint learnt meanwhile is stored", || {
+        lab.cli(&["tunnel", "show", &hb_id.to_string(), "--json"])
+            .is_ok_and(|out| json(&out)["remote_ipv4"] == HEARTBEAT_HOST_2.to_string())
+    });
+    let mut made = None;
+    eventually(30, "PoP 1 writes again", || {
+        made = lab
+            .cli(&[
+                "tunnel",
+                "add",
+                "--remote",
+                "198.51.100.98",
+                "--pop",
+                "pop2",
+                "--json",
+            ])
+            .ok();
+        made.is_some()
+    });
+    let made_id = json(made.as_deref().unwrap())["id"].as_u64().unwrap();
+    eventually(
+        10,
+        "a change after the store returned reaches PoP 2",
+        || in_maps(&lab, 2).contains(&made_id),
+    );
+}

@@ -83,6 +83,27 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
         Ok(())
     }
 
+    /// Writes the endpoints deferred while the store was away ([`Store::defer_endpoint`]);
+    /// a tunnel that changed in the store meanwhile keeps the store's, and is projected
+    /// as the store has it. Returns how many were written.
+    pub async fn flush_deferred(&mut self) -> Result<usize> {
+        let done = self.store.flush_deferred(crate::store::now())?;
+        let mut written = 0;
+        for (id, ok) in done {
+            if ok {
+                written += 1;
+                info!(id, "an endpoint learnt while the store was away is stored");
+            } else {
+                info!(
+                    id,
+                    "the tunnel changed in the store while it was away: the store's wins"
+                );
+                self.follow(id).await?;
+            }
+        }
+        Ok(written)
+    }
+
     /// Whether maps and routes may miss a change: the store's generation is not the one
     /// applied. `confirm`: only if a generation seen by the previous call is still not
     /// applied (a notification may be on its way; the periodic check waits one interval

@@ -15,6 +15,7 @@ mod pops;
 mod postgres;
 mod query;
 mod records;
+mod remembered;
 mod schema;
 pub(crate) mod sql;
 mod tunnels;
@@ -39,6 +40,7 @@ pub use alloc::PoolSet;
 pub use any::{AnyStore, PASSWORD_ENV};
 pub use pops::{valid_name as valid_pop_name, PopRecord, PopReport};
 pub use postgres::PgStore;
+pub use remembered::Remembered;
 pub use sqlite::SqliteStore;
 
 /// The PoP name of a store opened with pools alone (tests, tools).
@@ -411,6 +413,20 @@ pub trait Store: Send {
     /// Adds one to a named counter kept across restarts and returns the new value.
     fn bump(&mut self, counter: &str) -> Result<u64>;
     fn counter(&self, counter: &str) -> Result<u64>;
+
+    /// While the store is away: tunnel `id`'s endpoint as its client's packets moved it,
+    /// kept to be written when the store returns ([`Remembered`]); the tunnel as it is now.
+    fn defer_endpoint(&mut self, id: u32, _endpoint: Endpoint, _now: u64) -> Result<TunnelRecord> {
+        Err(StoreError::Unavailable {
+            what: format!("tunnel {id}'s new endpoint cannot wait in this store"),
+        })
+    }
+
+    /// Writes the deferred endpoints, each unless its tunnel changed in the store since;
+    /// returns each tunnel and whether its endpoint was written.
+    fn flush_deferred(&mut self, _now: u64) -> Result<Vec<(u32, bool)>> {
+        Ok(Vec::new())
+    }
 }
 
 /// A random token of `len` characters from an unambiguous alphabet (passwords, update
