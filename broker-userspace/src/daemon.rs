@@ -127,6 +127,11 @@ async fn route_backend(config: &Config) -> anyhow::Result<RouteBackend> {
 
 /// Runs until SIGINT or SIGTERM; SIGHUP re-reads the config and applies tunnel changes.
 pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
+    // Before anything else: a stop asked for while starting waits for the start to end,
+    // then stops cleanly (stamped), instead of killing the process half-way.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let config = Config::load(&config_path)?;
     // The first line of every start: how long a start takes is read from here.
     info!(
@@ -394,8 +399,6 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     // them (the cache's maximum age covers the time this process is not running).
     let (changed_tx, mut changed) = tokio::sync::mpsc::channel(1);
     let _watch = netlink::watch_changes(std::time::Duration::from_millis(20), changed_tx)?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut hup = signal(SignalKind::hangup())?;
     let mut config = config;
     loop {
         tokio::select! {
@@ -403,7 +406,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                 broker.lock().await.maps.invalidate_nexthops()?;
                 tracing::debug!("network changed: cached next hops invalidated");
             }
-            _ = tokio::signal::ctrl_c() => break,
+            _ = int.recv() => break,
             _ = term.recv() => break,
             _ = hup.recv() => match Config::load(&config_path) {
                 Ok(new) => {

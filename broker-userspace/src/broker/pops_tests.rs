@@ -146,3 +146,17 @@ fn a_following_pop_stamps_what_it_applied_not_what_the_store_holds() {
     let generation = b.store.generation().unwrap();
     assert_ne!(Some(b.stamp_of(generation)), stamped);
 }
+
+#[test]
+fn the_routes_check_after_a_stamped_start_leaves_other_pops_tunnels_alone() {
+    let (mut a, _b) = two();
+    let mine = block_on(a.create_tunnel(&req(1, None))).unwrap();
+    let theirs = block_on(a.create_tunnel(&req(2, Some("b")))).unwrap();
+    let lister = FakeRoutes::default();
+    let a = tokio::sync::Mutex::new(a);
+    // The kernel (as listed) has none of them: only a's own are added.
+    let (added, removed) = block_on(crate::broker::check_routes(&a, &lister)).unwrap();
+    assert_eq!((added, removed), (mine.spec.prefixes().count(), 0));
+    let a = a.into_inner();
+    assert!(theirs.spec.prefixes().all(|p| !a.routes_now().contains(&p)));
+}

@@ -34,11 +34,14 @@ where
     let mut wanted = BTreeSet::new();
     let mut after = None;
     loop {
-        let page = broker
-            .lock()
-            .await
-            .store
-            .tunnel_page(&TunnelFilter::default(), after, PAGE)?;
+        let b = broker.lock().await;
+        // This PoP's: another's tunnels are routed at that PoP.
+        let mine = TunnelFilter {
+            pop: Some(b.store.pop().to_string()),
+            ..TunnelFilter::default()
+        };
+        let page = b.store.tunnel_page(&mine, after, PAGE)?;
+        drop(b);
         after = page.last().map(|t| t.spec.id);
         wanted.extend(page.iter().flat_map(|t| t.spec.prefixes()));
         if page.len() < PAGE {
@@ -74,9 +77,10 @@ where
 }
 
 impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
-    /// Whether a tunnel in the store has exactly `p` as its link or a routed prefix.
+    /// Whether a tunnel of this PoP has exactly `p` as its link or a routed prefix.
     fn owns(&self, p: &Ipv6Net) -> Result<bool> {
         let filter = TunnelFilter {
+            pop: Some(self.store.pop().to_string()),
             prefix: Some(*p),
             ..TunnelFilter::default()
         };

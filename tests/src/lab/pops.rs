@@ -4,7 +4,7 @@
 //! announcing its pools, and one on the internet host, the upstream router, peering with
 //! them all. The first PoP peers over its existing link (`2001:db8:ffff::/64`).
 //!
-//! BIRD runs the configurations of `examples/bird/`, with each PoP's values put in.
+//! BIRD runs the configurations of `docs/examples/bird/`, with each PoP's values put in.
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
@@ -52,15 +52,15 @@ pub fn addresses(n: u8) -> ((Ipv4Addr, Ipv4Addr), (Ipv6Addr, Ipv6Addr)) {
     )
 }
 
-/// `examples/bird/<name>.conf`.
+/// `docs/examples/bird/<name>.conf`.
 fn example(name: &str) -> Result<String> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/bird")
+        .join("../docs/examples/bird")
         .join(format!("{name}.conf"));
     std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
 }
 
-/// The PoP config of `examples/bird/pop.conf` for a PoP with this router id, addresses
+/// The PoP config of `docs/examples/bird/pop.conf` for a PoP with this router id, addresses
 /// and AS.
 pub fn pop_bird_conf(
     router_id: Ipv4Addr,
