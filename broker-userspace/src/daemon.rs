@@ -168,9 +168,18 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             Some(path.clone()),
             path.display().to_string(),
         ),
-        crate::config::StoreLocation::Postgres { url, password_file } => (
-            AnyStore::postgres(&url, password_file.as_deref(), home(&config))
-                .context("connecting to the store (store.url)")?,
+        crate::config::StoreLocation::Postgres {
+            url,
+            password_file,
+            tls_ca_file,
+        } => (
+            AnyStore::postgres(
+                &url,
+                password_file.as_deref(),
+                tls_ca_file.as_deref(),
+                home(&config),
+            )
+            .context("connecting to the store (store.url)")?,
             None,
             url,
         ),

@@ -47,6 +47,9 @@ pub struct Cluster {
     password: String,
     /// The server ends with this process (`PR_SET_PDEATHSIG`); not for a kept lab's.
     tied: bool,
+    /// Also on TCP at 127.0.0.1, with TLS ([`Cluster::start_tls`]): its port, which is
+    /// then also the socket's.
+    tls_port: Option<u16>,
 }
 
 impl Cluster {
@@ -81,8 +84,37 @@ impl Cluster {
             bin,
             password: password(),
             tied,
+            tls_port: None,
         };
         cluster.init()?;
+        cluster.run()?;
+        Ok(cluster)
+    }
+
+    /// A cluster that also listens on 127.0.0.1 (a port of its own, [`Cluster::port`])
+    /// with TLS: `certificate` and `key` (PEM) are the server's.
+    pub fn start_tls(certificate: &str, key: &str) -> Result<Self> {
+        let bin = bin_dir()?;
+        sweep();
+        let dir = private_dir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut cluster = Self {
+            server: None,
+            dir,
+            bin,
+            password: password(),
+            tied: true,
+            tls_port: Some(port),
+        };
+        cluster.init()?;
+        for (name, pem) in [("server.crt", certificate), ("server.key", key)] {
+            let path = cluster.dir.join(name);
+            fs::write(&path, pem)?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+            chown(&path, Some(UNPRIVILEGED), Some(UNPRIVILEGED))?;
+        }
         cluster.run()?;
         Ok(cluster)
     }
@@ -93,7 +125,7 @@ impl Cluster {
     }
 
     pub fn port(&self) -> u16 {
-        PORT
+        self.tls_port.unwrap_or(PORT)
     }
 
     /// The password of [`USER`].
@@ -110,8 +142,9 @@ impl Cluster {
     /// reads from a file or the environment).
     pub fn conninfo(&self, db: &str) -> String {
         format!(
-            "host={} port={PORT} user={USER} dbname={db}",
-            self.dir.display()
+            "host={} port={} user={USER} dbname={db}",
+            self.dir.display(),
+            self.port()
         )
     }
 
@@ -154,6 +187,8 @@ impl Cluster {
             bin: self.bin.clone(),
             password: self.password.clone(),
             tied: self.tied,
+            // A standby of a TLS cluster is on its Unix socket only.
+            tls_port: None,
         };
         let out = standby
             .as_server_user("pg_basebackup")
@@ -161,7 +196,7 @@ impl Cluster {
             .arg(standby.dir.join("data"))
             .arg("-h")
             .arg(&self.dir)
-            .args(["-p", &PORT.to_string(), "-U", USER])
+            .args(["-p", &self.port().to_string(), "-U", USER])
             .args(["-R", "-X", "stream", "--no-sync", "-c", "fast"])
             .env("PGPASSWORD", &self.password)
             .output()
@@ -292,11 +327,22 @@ impl Cluster {
             Some(UNPRIVILEGED),
         )?;
         let mut cmd = self.as_server_user("postgres");
+        match self.tls_port {
+            None => cmd.args(["-c", "listen_addresses="]),
+            Some(_) => cmd
+                .args(["-c", "listen_addresses=127.0.0.1", "-c", "ssl=on"])
+                .args([
+                    "-c".to_string(),
+                    format!("ssl_cert_file={}", self.dir.join("server.crt").display()),
+                    "-c".to_string(),
+                    format!("ssl_key_file={}", self.dir.join("server.key").display()),
+                ]),
+        };
         cmd.arg("-D")
             .arg(self.dir.join("data"))
             .arg("-c")
             .arg(format!("unix_socket_directories={}", self.dir.display()))
-            .args(["-c", "listen_addresses=", "-p", &PORT.to_string()])
+            .args(["-p", &self.port().to_string()])
             // Throwaway: durability is not what is under test, time is short.
             .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
             .stdout(log.try_clone()?)
@@ -333,7 +379,7 @@ impl Cluster {
                 .arg("-q")
                 .arg("-h")
                 .arg(&self.dir)
-                .args(["-p", &PORT.to_string()])
+                .args(["-p", &self.port().to_string()])
                 .status()
                 .is_ok_and(|s| s.success());
             if ready {

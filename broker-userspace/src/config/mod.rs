@@ -278,6 +278,9 @@ pub struct StoreConfig {
     pub url: Option<String>,
     /// The password of `url`'s user, alone in a file; else `$BROKER_STORE_PASSWORD`.
     pub password_file: Option<std::path::PathBuf>,
+    /// PostgreSQL over TLS: the CA certificates (PEM) the server's certificate and name
+    /// are verified against. Without it, no TLS.
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// PostgreSQL: how often (seconds) a PoP checks that it missed no notified change,
     /// reconciling in full if it did (docs/MULTI-POP.md). Default 30.
     pub reconcile_interval_secs: Option<u64>,
@@ -290,6 +293,7 @@ pub enum StoreLocation {
     Postgres {
         url: String,
         password_file: Option<std::path::PathBuf>,
+        tls_ca_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -768,6 +772,7 @@ impl Config {
             Some(url) => StoreLocation::Postgres {
                 url: url.clone(),
                 password_file: self.store.password_file.clone(),
+                tls_ca_file: self.store.tls_ca_file.clone(),
             },
             None => StoreLocation::Sqlite(self.store_path()),
         }

@@ -548,6 +548,7 @@ fn a_postgresql_store_is_one_store_and_keeps_its_password_out() {
         StoreLocation::Postgres {
             url: "postgresql://broker@db1.example.net,db2.example.net/broker?target_session_attrs=read-write".into(),
             password_file: Some("/etc/broker/db-password".into()),
+            tls_ca_file: None,
         }
     );
     assert_eq!(
@@ -585,9 +586,52 @@ fn a_postgresql_store_is_one_store_and_keeps_its_password_out() {
             "store.password_file",
             "not set",
         ),
+        (
+            "  url: host=db.example.net dbname=broker sslmode=require\n",
+            "store.tls_ca_file",
+            "verify the server",
+        ),
+        (
+            "  url: host=db.example.net dbname=broker\n  tls_ca_file: /nonexistent/ca.pem\n",
+            "store.tls_ca_file",
+            "/nonexistent/ca.pem",
+        ),
+        (
+            "  tls_ca_file: /etc/broker/ca.pem\n",
+            "store.tls_ca_file",
+            "not set",
+        ),
+        (
+            "  url: host=/tmp dbname=broker\n  reconcile_interval_secs: 0\n",
+            "store.reconcile_interval_secs",
+            "1-3600",
+        ),
     ] {
         let e = err(&with(store));
         assert_eq!(e.key, key, "{store}: {e}");
         assert!(e.to_string().contains(says), "{store}: {e}");
     }
+}
+
+#[test]
+fn the_pops_name_and_its_announce_table_are_checked() {
+    let c = Config::parse(GOOD).unwrap();
+    assert_eq!(
+        (c.pop_name(), c.tic_pop_id()),
+        ("pop1".into(), "pop1".into())
+    );
+    let named = GOOD.replace("pop:\n", "pop:\n  name: fra-1\n");
+    let c = Config::parse(&named).unwrap();
+    assert_eq!(
+        (c.pop_name(), c.tic_pop_id()),
+        ("fra-1".into(), "fra-1".into())
+    );
+    let e = err(&GOOD.replace("pop:\n", "pop:\n  name: 'two words'\n"));
+    assert_eq!(e.key, "pop.name", "{e}");
+    for table in ["254", "0", "255"] {
+        let e = err(&format!("{GOOD}routes:\n  announce_table: {table}\n"));
+        assert_eq!(e.key, "routes.announce_table", "{table}: {e}");
+    }
+    let c = Config::parse(&format!("{GOOD}routes:\n  announce_table: 100\n")).unwrap();
+    assert_eq!(c.routes.announce_table, Some(100));
 }

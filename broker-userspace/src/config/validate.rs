@@ -210,16 +210,12 @@ fn announce(c: &Config) -> Result<(), Invalid> {
     }
 }
 
+/// `pop.name` (an instance name, its default, is always a valid one).
 fn pop_name(c: &Config) -> Result<(), Invalid> {
     let name = c.pop_name();
     if !crate::store::valid_pop_name(&name) {
-        let key = if c.pop.name.is_some() {
-            "pop.name"
-        } else {
-            "instance"
-        };
         return Err((
-            key.into(),
+            "pop.name".into(),
             format!(
                 "{name:?} must be 1-64 characters of a-z, A-Z, 0-9, '.', '_', '-' (the PoP's name)"
             ),
@@ -328,10 +324,26 @@ fn store(c: &Config) -> Result<(), Invalid> {
             if parsed.get_dbname().is_none() {
                 return Err(("store.url".into(), "names no database (dbname)".into()));
             }
+            if parsed.get_ssl_mode() == postgres::config::SslMode::Require
+                && s.tls_ca_file.is_none()
+            {
+                return Err((
+                    "store.tls_ca_file".into(),
+                    "sslmode=require needs the CA to verify the server against (TLS without verification is not offered)".into(),
+                ));
+            }
+            if let Some(ca) = &s.tls_ca_file {
+                crate::store::PgTls::from_ca_file(Some(ca))
+                    .map_err(|e| ("store.tls_ca_file".to_string(), e.to_string()))?;
+            }
             Ok(())
         }
         None if s.password_file.is_some() => Err((
             "store.password_file".into(),
+            "is for store.url (PostgreSQL), which is not set".into(),
+        )),
+        None if s.tls_ca_file.is_some() => Err((
+            "store.tls_ca_file".into(),
             "is for store.url (PostgreSQL), which is not set".into(),
         )),
         None => Ok(()),

@@ -23,7 +23,13 @@ impl AnyStore {
 
     /// PostgreSQL at `url`, the password read from `password_file` (its first line) or
     /// else from `$BROKER_STORE_PASSWORD`.
-    pub fn postgres(url: &str, password_file: Option<&Path>, home: Home) -> Result<Self> {
+    /// Over TLS verified against `tls_ca_file` when there is one.
+    pub fn postgres(
+        url: &str,
+        password_file: Option<&Path>,
+        tls_ca_file: Option<&Path>,
+        home: Home,
+    ) -> Result<Self> {
         let password = match password_file {
             Some(f) => Some(
                 std::fs::read_to_string(f)
@@ -37,7 +43,9 @@ impl AnyStore {
             ),
             None => std::env::var(PASSWORD_ENV).ok(),
         };
-        PgStore::connect(url, password.as_deref(), home).map(|s| Self::Postgres(Box::new(s)))
+        let tls = super::postgres::Tls::from_ca_file(tls_ca_file)?;
+        PgStore::connect_with(url, password.as_deref(), tls, home)
+            .map(|s| Self::Postgres(Box::new(s)))
     }
 
     /// Reads the tunnels `what` names ahead, on a thread and a connection of its own

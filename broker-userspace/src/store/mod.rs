@@ -39,7 +39,7 @@ use crate::model::{Endpoint, Kind, State, TunnelSpec};
 pub use alloc::PoolSet;
 pub use any::{AnyStore, PASSWORD_ENV};
 pub use pops::{valid_name as valid_pop_name, PopRecord, PopReport};
-pub use postgres::PgStore;
+pub use postgres::{PgStore, Tls as PgTls};
 pub use remembered::Remembered;
 pub use sqlite::SqliteStore;
 

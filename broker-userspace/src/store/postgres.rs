@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use postgres::{Client, Config, IsolationLevel, NoTls};
+use postgres::{Client, Config, IsolationLevel};
 
 use super::{
     engine::Engine, pops, query, sql::Sql, Ahead, Heard, Home, Preloaded, Result, StoreError,
@@ -27,6 +27,9 @@ use super::{
 
 mod adapter;
 mod schema;
+mod tls;
+
+pub use tls::Tls;
 
 use adapter::{PgSql, Prepared};
 
@@ -40,6 +43,7 @@ const RECONNECT_EVERY: Duration = Duration::from_millis(500);
 
 pub struct PgStore {
     config: Config,
+    tls: Tls,
     /// `None` once the connection was found lost, until the reconnector hands a new one.
     client: RefCell<Option<Client>>,
     /// Statements prepared on the current connection.
@@ -58,14 +62,26 @@ impl PgStore {
     /// configuration), migrates the schema and registers PoP `home` (refused if its pools
     /// overlap another PoP's).
     pub fn connect(conninfo: &str, password: Option<&str>, home: impl Into<Home>) -> Result<Self> {
-        let config = settings(conninfo, password)?;
+        Self::connect_with(conninfo, password, Tls::Off, home)
+    }
+
+    /// [`PgStore::connect`], over TLS when `tls` is on.
+    pub fn connect_with(
+        conninfo: &str,
+        password: Option<&str>,
+        tls: Tls,
+        home: impl Into<Home>,
+    ) -> Result<Self> {
+        let mut config = settings(conninfo, password)?;
+        tls.require(&mut config);
         let client = off_runtime(|| -> Result<Client> {
-            let mut client = config.connect(NoTls).map_err(unavailable)?;
+            let mut client = tls.connect(&config).map_err(unavailable)?;
             schema::migrate(&mut client)?;
             Ok(client)
         })?;
         let mut store = Self {
             config,
+            tls,
             client: RefCell::new(Some(client)),
             prepared: RefCell::new(Prepared::default()),
             reconnected: RefCell::new(None),
@@ -99,8 +115,11 @@ impl PgStore {
                 Some(Err(mpsc::TryRecvError::Empty)) => {}
                 // Not running (or gone): start it.
                 Some(Err(mpsc::TryRecvError::Disconnected)) | None => {
-                    *reconnected =
-                        Some(reconnect(self.config.clone(), Arc::downgrade(&self.alive)));
+                    *reconnected = Some(reconnect(
+                        self.config.clone(),
+                        self.tls.clone(),
+                        Arc::downgrade(&self.alive),
+                    ));
                 }
             }
         }
@@ -132,9 +151,10 @@ impl PgStore {
     /// data plane loads; [`super::Preloaded`]).
     pub fn preload(&self, what: Ahead) -> std::thread::JoinHandle<Result<Preloaded>> {
         let config = self.config.clone();
+        let tls = self.tls.clone();
         let pop = self.home.pop.clone();
         std::thread::spawn(move || {
-            let mut client = config.connect(NoTls).map_err(unavailable)?;
+            let mut client = tls.connect(&config).map_err(unavailable)?;
             let mut tx = client
                 .build_transaction()
                 .isolation_level(IsolationLevel::RepeatableRead)
@@ -182,7 +202,7 @@ impl Drop for PgStore {
 /// Connects again on a thread of its own, every [`RECONNECT_EVERY`] until it succeeds
 /// (or the `store` is gone), and hands the connection over. libpq's several hosts with
 /// `target_session_attrs=read-write` make that the primary, after a failover the new one.
-fn reconnect(config: Config, store: Weak<()>) -> mpsc::Receiver<Client> {
+fn reconnect(config: Config, tls: Tls, store: Weak<()>) -> mpsc::Receiver<Client> {
     let (tx, rx) = mpsc::sync_channel(1);
     let spawned = std::thread::Builder::new()
         .name("store-reconnect".into())
@@ -190,7 +210,7 @@ fn reconnect(config: Config, store: Weak<()>) -> mpsc::Receiver<Client> {
             if store.strong_count() == 0 {
                 return;
             }
-            match config.connect(NoTls) {
+            match tls.connect(&config) {
                 Ok(client) => {
                     let _ = tx.send(client);
                     return;
@@ -306,6 +326,65 @@ mod tests {
     use crate::store::PoolSet;
     use crate::store::{test_engines::secrets, Store};
 
+    /// `store.tls_ca_file`: the connection is TLS, verified against the CA and the host's
+    /// name; another CA, or another name, is refused.
+    #[test]
+    fn tls_is_verified_against_the_ca_and_the_name() {
+        let server = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+        let c = Cluster::start_tls(&server.cert.pem(), &server.key_pair.serialize_pem())
+            .expect("a cluster with TLS");
+        let dir = std::env::temp_dir().join(format!("broker-tls-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, server.cert.pem()).unwrap();
+        let other = dir.join("other.pem");
+        let stranger = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+        std::fs::write(&other, stranger.cert.pem()).unwrap();
+        let at = |host: &str| {
+            format!(
+                "host={host} port={} user={} dbname=postgres",
+                c.port(),
+                broker_tests::postgres::USER
+            )
+        };
+        let tls = Tls::from_ca_file(Some(&ca)).unwrap();
+        let s = PgStore::connect_with(
+            &at("127.0.0.1"),
+            Some(c.password()),
+            tls.clone(),
+            PoolSet::default(),
+        )
+        .expect("TLS verified against the CA");
+        assert!(s.users().unwrap().is_empty());
+        // The server sees this store's session encrypted (psql's own is on the socket).
+        let encrypted = c
+            .psql(
+                "postgres",
+                "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+                 WHERE ssl AND application_name = 'broker'",
+            )
+            .unwrap();
+        assert_ne!(encrypted, "0", "no TLS session of the broker");
+        let refused = |conninfo: &str, tls: Tls| match PgStore::connect_with(
+            conninfo,
+            Some(c.password()),
+            tls,
+            PoolSet::default(),
+        ) {
+            Err(StoreError::Unavailable { what }) => what,
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("connected to {conninfo}"),
+        };
+        let e = refused(&at("127.0.0.1"), Tls::from_ca_file(Some(&other)).unwrap());
+        assert!(e.contains("certificate"), "{e}");
+        let e = refused(&at("localhost"), tls);
+        assert!(e.contains("certificate") || e.contains("name"), "{e}");
+        assert!(Tls::from_ca_file(Some(&dir.join("missing.pem"))).is_err());
+        std::fs::write(dir.join("empty.pem"), "nothing\n").unwrap();
+        assert!(Tls::from_ca_file(Some(&dir.join("empty.pem"))).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// Inside the controller's runtime, while the database goes away and comes back.
     #[test]
     fn serves_inside_a_tokio_runtime_is_unavailable_while_the_database_is_away_and_reconnects() {
@@ -389,11 +468,11 @@ impl PgStore {
     /// [`Heard::Listening`] once it listens again.
     pub fn listen(&self) -> tokio::sync::mpsc::UnboundedReceiver<Heard> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let config = self.config.clone();
+        let (config, tls) = (self.config.clone(), self.tls.clone());
         let pop = self.home.pop.clone();
         let spawned = std::thread::Builder::new()
             .name("store-listen".into())
-            .spawn(move || listen::run(&config, &pop, &tx));
+            .spawn(move || listen::run(&config, &tls, &pop, &tx));
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "cannot start the store's listener: changes made elsewhere reach this PoP at the periodic reconcile only");
         }

@@ -2,10 +2,10 @@
 //! (`NOTIFY broker_tunnels, '<pop> <id> <generation>'`, sent by the schema's triggers).
 use std::time::Duration;
 
-use postgres::{Config, NoTls};
+use postgres::Config;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::RECONNECT_EVERY;
+use super::{Tls, RECONNECT_EVERY};
 use crate::store::{Heard, Notified};
 
 /// The channel the triggers notify on.
@@ -31,9 +31,9 @@ pub(super) fn parse(payload: &str, pop: &str) -> Option<Notified> {
 
 /// Connects, listens and hands over what it hears, connecting again when the connection
 /// breaks; returns once nobody receives.
-pub(super) fn run(config: &Config, pop: &str, tx: &UnboundedSender<Heard>) {
+pub(super) fn run(config: &Config, tls: &Tls, pop: &str, tx: &UnboundedSender<Heard>) {
     while !tx.is_closed() {
-        let mut client = match config.connect(NoTls) {
+        let mut client = match tls.connect(config) {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(error = %crate::broker::error_chain(&e), "listener: the store is still away");
