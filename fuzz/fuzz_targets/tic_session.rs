@@ -49,6 +49,7 @@ fn tunnel(id: u32, kind: Kind, state: State) -> TunnelRecord {
             keepalive: None,
             ayiya_key: None,
         },
+        pop: "pop1".into(),
         owner: Some("alice".into()),
         origin: Origin::Api,
         password: "tunnelpw".into(),

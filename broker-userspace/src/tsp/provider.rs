@@ -86,7 +86,13 @@ pub async fn provide<S: Store, P: Projection, R: RouteOps>(
         Some(user) => {
             // An anonymous tunnel at this endpoint was left by another client (or this
             // one, before it logged in): the user's tunnel takes the endpoint.
-            let stale: Vec<u32> = anonymous_at(b, ask.endpoint.address())?
+            let anonymous = match anonymous_at(b, ask.endpoint.address()) {
+                // The store is away: stale anonymous tunnels are cleared at a later
+                // session; the user's own tunnel may still be served as known.
+                Err(Status::ServerTooBusy) => Vec::new(),
+                r => r?,
+            };
+            let stale: Vec<u32> = anonymous
                 .into_iter()
                 .filter(|t| t.spec.endpoint == ask.endpoint)
                 .map(|t| t.spec.id)
@@ -230,13 +236,47 @@ async fn renew<S: Store, P: Projection, R: RouteOps>(
         mtu: None,
         pop: None,
     };
-    let r = b
-        .update_tunnel_learnt(id, &change)
-        .await
-        .map_err(|e| status_of(&e))?;
+    let r = match b.update_tunnel_learnt(id, &change).await {
+        Ok(r) => r,
+        Err(BrokerError::Store(StoreError::Unavailable { .. })) => as_known(b, id, ask).await?,
+        Err(e) => return Err(status_of(&e)),
+    };
     // A new session is a sign of life.
     b.set_asleep(r.spec.id, false).map_err(|e| status_of(&e))?;
     Ok(r)
+}
+
+/// While the store is away: the tunnel as this PoP last knew it, if it is what the session
+/// asks for (up, same kind, a routed prefix if asked), its endpoint following the client
+/// (written when the store returns); its lifetime is renewed at the next session after.
+/// Anything else waits for the store: 530.
+async fn as_known<S: Store, P: Projection, R: RouteOps>(
+    b: &mut Broker<S, P, R>,
+    id: u32,
+    ask: &TunnelAsk,
+) -> Result<TunnelRecord, Status> {
+    let known = b
+        .store
+        .tunnel(id)
+        .map_err(|e| status_of(&e.into()))?
+        .ok_or(Status::ServerTooBusy)?;
+    let s = &known.spec;
+    if s.state != State::Up
+        || s.kind != ask.kind
+        || (ask.router.is_some() && s.routed_prefixes.is_empty())
+    {
+        return Err(Status::ServerTooBusy);
+    }
+    if s.endpoint == ask.endpoint {
+        return Ok(known);
+    }
+    let moved = TunnelChange {
+        endpoint: Some(ask.endpoint),
+        ..Default::default()
+    };
+    b.update_tunnel_learnt(id, &moved)
+        .await
+        .map_err(|e| status_of(&e))
 }
 
 async fn create<S: Store, P: Projection, R: RouteOps>(

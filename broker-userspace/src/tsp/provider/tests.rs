@@ -510,3 +510,64 @@ fn a_user_whose_tunnel_lives_on_another_pop_is_redirected_there() {
         Ok(Provided::Offer(..))
     ));
 }
+
+#[test]
+fn a_users_tunnel_is_served_as_known_while_the_store_is_away() {
+    use crate::{
+        model::Pop,
+        store::{PgStore, PoolSet, Remembered},
+    };
+    let mut pg = broker_tests::postgres::Cluster::start().expect("a PostgreSQL cluster");
+    pg.create_database("b").unwrap();
+    let pools = PoolSet {
+        link: vec!["2001:db8:20::/48".parse().unwrap()],
+        ..Default::default()
+    };
+    let store = PgStore::connect(&pg.conninfo("b"), Some(pg.password()), pools).unwrap();
+    let pop = Pop {
+        ipv4: Ipv4Addr::new(192, 0, 2, 1),
+        ipv6: None,
+        tsp_port: Some(3653),
+        ayiya_port: None,
+        v4v6_pool: None,
+    };
+    let mut b = Broker::new(
+        Remembered::new(store, true),
+        FakeMaps::default(),
+        FakeRoutes::default(),
+        pop,
+    );
+    b.create_user("alice", Some("alice-password")).unwrap();
+    let alice = |port| ask(Some("alice"), Kind::V6Udp4, udp(10, port), None);
+    let (id, first) = run(provide(&mut b, &alice(4000), &cfg())).unwrap();
+
+    assert!(pg.stop(), "PostgreSQL stopped");
+    // Her next session gets the tunnel she had.
+    let (again, offer) = run(provide(&mut b, &alice(4000), &cfg())).unwrap();
+    assert_eq!((again, offer.client_ipv6), (id, first.client_ipv6));
+    // From a new NAT mapping: the maps follow now, the store later.
+    let (moved, _) = run(provide(&mut b, &alice(4001), &cfg())).unwrap();
+    assert_eq!(moved, id);
+    assert_eq!(b.maps_installed(id).unwrap().endpoint, udp(10, 4001));
+    // What needs a write waits for the store.
+    let anonymous = ask(None, Kind::V6Udp4, udp(11, 4000), None);
+    assert_eq!(
+        run(provide(&mut b, &anonymous, &cfg())).err(),
+        Some(Status::ServerTooBusy)
+    );
+
+    pg.start_again().unwrap();
+    let mut written = false;
+    for _ in 0..100 {
+        if run(b.flush_deferred()).is_ok_and(|n| n == 1) {
+            written = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(written, "the endpoint learnt meanwhile is stored");
+    assert_eq!(
+        b.store.tunnel(id).unwrap().unwrap().spec.endpoint,
+        udp(10, 4001)
+    );
+}
