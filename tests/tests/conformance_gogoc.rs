@@ -172,6 +172,25 @@ fn the_model_sees_what_crashed_gogoc() {
     assert!(gogoc::unusable(&gogoc::offer(routed.as_bytes()).unwrap())[0].contains("length"));
 }
 
+/// A redirection (several PoPs, docs/MULTI-POP.md) as gogoc reads the answer to its
+/// tunnel request: `tspReceive`'s framing, a status above 1000 (`tspIsRedirectStatus`), then
+/// `tspExtractPayload` and its grammar, which fill the broker lists it connects to in turn.
+/// gogoc 1.2 itself followed this answer by hand (docs/TSP.md).
+#[test]
+fn the_redirection_the_broker_writes_passes_the_model() {
+    use broker_userspace::tsp::{status::frame, xml::redirect_message};
+    let brokers: Vec<IpAddr> = vec![
+        "198.18.2.2".parse().unwrap(),
+        "2001:db8:ff02::1".parse().unwrap(),
+    ];
+    let m = frame(&redirect_message(&brokers));
+    let payload = gogoc::framed(m.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(gogoc::status(payload) > 1000, "{m}");
+    let t = gogoc::offer(payload).unwrap_or_else(|e| panic!("{e}"));
+    let listed: Vec<String> = brokers.iter().map(ToString::to_string).collect();
+    assert_eq!(t.broker_redirects, listed);
+}
+
 #[test]
 fn every_kind_of_offer_the_broker_writes_passes_the_model() {
     use broker_userspace::tsp::xml::{offer_message, Offer, RequestedType};
