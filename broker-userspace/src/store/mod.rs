@@ -11,7 +11,7 @@ mod allocations;
 mod any;
 mod engine;
 mod files;
-mod pops;
+pub(crate) mod pops;
 mod postgres;
 mod query;
 mod records;

@@ -667,3 +667,40 @@ on_every_engine!(
     users_own_tunnels,
     static_tunnels_are_declarative,
 );
+
+/// A SQLite store is one PoP's: opened under another `pop.name`, every tunnel follows, and
+/// finding none to move is an index's work, whatever N.
+#[test]
+fn a_renamed_pop_keeps_its_sqlite_stores_tunnels() {
+    let dir = tempfile_dir();
+    let path = dir.join("broker.db");
+    let home = |pop: &str| crate::store::Home {
+        pop: pop.into(),
+        pools: pools(),
+    };
+    let mut s = SqliteStore::open(&path, home("a")).unwrap();
+    let t = s.create_tunnel(&new(1, None), 1).unwrap();
+    assert_eq!(t.pop, "a");
+    drop(s);
+    let s = SqliteStore::open(&path, home("b")).unwrap();
+    let all = s.tunnels().unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].pop, "b");
+    assert_eq!(
+        s.census().unwrap().iter().map(|(_, _, n)| n).sum::<u64>(),
+        1
+    );
+    let plan: String = s
+        .conn
+        .prepare(&format!(
+            "EXPLAIN QUERY PLAN {}",
+            crate::store::pops::CLAIM_ALL
+        ))
+        .unwrap()
+        .query_map(["b"], |r| r.get::<_, String>(3))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert!(plan.contains("tunnels_pop"), "{plan}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
