@@ -183,12 +183,108 @@ impl Metrics {
 #[derive(Debug)]
 pub struct Snapshot {
     global: GlobalCounters,
-    tunnels: BTreeMap<(&'static str, &'static str), u64>,
     maps: Vec<MapUsage>,
-    adoptions: u64,
     per_tunnel: Vec<(u32, TunnelStats)>,
-    pops: Vec<crate::store::PopRecord>,
+    /// `None` while the store cannot be read: the data plane's series are still
+    /// reported, the store's left out, and `broker_store_up` says 0.
+    store: Option<FromStore>,
     now: u64,
+}
+
+/// What a scrape reads of the store.
+#[derive(Debug)]
+struct FromStore {
+    tunnels: BTreeMap<(&'static str, &'static str), u64>,
+    adoptions: u64,
+    pops: Vec<crate::store::PopRecord>,
+}
+
+impl FromStore {
+    fn read<S: Store>(store: &S) -> crate::store::Result<Self> {
+        let mut tunnels = BTreeMap::new();
+        for (kind, state, n) in store.census()? {
+            *tunnels.entry((kind.as_str(), state.as_str())).or_insert(0) += n;
+        }
+        Ok(Self {
+            tunnels,
+            adoptions: store.counter("adoptions")?,
+            pops: store.pops()?,
+        })
+    }
+
+    /// The store's series: tunnels by kind and state, every PoP's, the adoptions.
+    fn encode(&self, e: &mut DescriptorEncoder, now: u64) -> Result<(), std::fmt::Error> {
+        let tunnels: Vec<(Labels, i64)> = self
+            .tunnels
+            .iter()
+            .map(|((k, s), n)| {
+                (
+                    vec![("kind", k.to_string()), ("state", s.to_string())],
+                    *n as i64,
+                )
+            })
+            .collect();
+        gauge(
+            e,
+            "broker_tunnels",
+            "This PoP's tunnels in the store, by kind and state",
+            &tunnels,
+        )?;
+
+        // Every PoP of the store, from whichever is scraped (docs/MULTI-POP.md).
+        let pop = |p: &crate::store::PopRecord| vec![("pop", p.name.clone())];
+        let up: Vec<(Labels, i64)> = self
+            .pops
+            .iter()
+            .map(|p| {
+                let healthy = p.healthy(now, crate::broker::placement::HEALTHY_WITHIN_SECS);
+                (pop(p), i64::from(healthy))
+            })
+            .collect();
+        gauge(
+            e,
+            "broker_pop_up",
+            "1 if the PoP reported within 30 s with its data plane attached",
+            &up,
+        )?;
+        let seen: Vec<(Labels, i64)> = self
+            .pops
+            .iter()
+            .filter_map(|p| Some((pop(p), i64::try_from(p.last_seen?).ok()?)))
+            .collect();
+        gauge(
+            e,
+            "broker_pop_last_seen_timestamp_seconds",
+            "When the PoP last reported itself, in seconds since the epoch",
+            &seen,
+        )?;
+        let per_pop: Vec<(Labels, i64)> = self
+            .pops
+            .iter()
+            .flat_map(|p| {
+                p.tunnels.iter().map(|(kind, state, n)| {
+                    let mut labels = pop(p);
+                    labels.push(("kind", kind.as_str().to_string()));
+                    labels.push(("state", state.as_str().to_string()));
+                    (labels, *n as i64)
+                })
+            })
+            .collect();
+        gauge(
+            e,
+            "broker_pop_tunnels",
+            "Tunnels in the store by PoP, kind and state",
+            &per_pop,
+        )?;
+        counter(
+            e,
+            "broker_restarts_adopted",
+            "Controller starts that took over a running data plane",
+            None,
+            &[(Vec::new(), self.adoptions)],
+        )?;
+        Ok(())
+    }
 }
 
 impl Snapshot {
@@ -196,16 +292,20 @@ impl Snapshot {
         b: &Broker<S, P, R>,
         per_tunnel: bool,
     ) -> Result<Self, String> {
-        let mut tunnels = BTreeMap::new();
-        for (kind, state, n) in b.store.census().map_err(|e| e.to_string())? {
-            *tunnels.entry((kind.as_str(), state.as_str())).or_insert(0) += n;
-        }
+        let store = match FromStore::read(&b.store) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                crate::logs::warn_limited(
+                    "metrics_store",
+                    &format!("/metrics: the store cannot be read, its series are left out: {e}"),
+                );
+                None
+            }
+        };
         Ok(Self {
             global: b.maps.global_counters()?,
-            tunnels,
             maps: b.maps.map_usage(),
-            adoptions: b.store.counter("adoptions").map_err(|e| e.to_string())?,
-            pops: b.store.pops().map_err(|e| e.to_string())?,
+            store,
             now: crate::store::now(),
             per_tunnel: if per_tunnel {
                 b.maps.all_counters()?
@@ -252,6 +352,10 @@ fn gauge(
         prometheus_client::metrics::MetricType::Gauge,
     )?;
     for (labels, v) in series {
+        if labels.is_empty() {
+            ConstGauge::new(*v).encode(family)?;
+            break;
+        }
         ConstGauge::new(*v).encode(family.encode_family(labels)?)?;
     }
     Ok(())
@@ -370,68 +474,15 @@ impl Collector for Snapshot {
             &passes,
         )?;
 
-        let tunnels: Vec<(Labels, i64)> = self
-            .tunnels
-            .iter()
-            .map(|((k, s), n)| {
-                (
-                    vec![("kind", k.to_string()), ("state", s.to_string())],
-                    *n as i64,
-                )
-            })
-            .collect();
         gauge(
             &mut e,
-            "broker_tunnels",
-            "This PoP's tunnels in the store, by kind and state",
-            &tunnels,
+            "broker_store_up",
+            "1 if this scrape could read the store, 0 if not (the store's series are then left out)",
+            &[(Vec::new(), i64::from(self.store.is_some()))],
         )?;
-
-        // Every PoP of the store, from whichever is scraped (docs/MULTI-POP.md).
-        let pop = |p: &crate::store::PopRecord| vec![("pop", p.name.clone())];
-        let up: Vec<(Labels, i64)> = self
-            .pops
-            .iter()
-            .map(|p| {
-                let healthy = p.healthy(self.now, crate::broker::placement::HEALTHY_WITHIN_SECS);
-                (pop(p), i64::from(healthy))
-            })
-            .collect();
-        gauge(
-            &mut e,
-            "broker_pop_up",
-            "1 if the PoP reported within 30 s with its data plane attached",
-            &up,
-        )?;
-        let seen: Vec<(Labels, i64)> = self
-            .pops
-            .iter()
-            .filter_map(|p| Some((pop(p), i64::try_from(p.last_seen?).ok()?)))
-            .collect();
-        gauge(
-            &mut e,
-            "broker_pop_last_seen_timestamp_seconds",
-            "When the PoP last reported itself, in seconds since the epoch",
-            &seen,
-        )?;
-        let per_pop: Vec<(Labels, i64)> = self
-            .pops
-            .iter()
-            .flat_map(|p| {
-                p.tunnels.iter().map(|(kind, state, n)| {
-                    let mut labels = pop(p);
-                    labels.push(("kind", kind.as_str().to_string()));
-                    labels.push(("state", state.as_str().to_string()));
-                    (labels, *n as i64)
-                })
-            })
-            .collect();
-        gauge(
-            &mut e,
-            "broker_pop_tunnels",
-            "Tunnels in the store by PoP, kind and state",
-            &per_pop,
-        )?;
+        if let Some(store) = &self.store {
+            store.encode(&mut e, self.now)?;
+        }
 
         let used: Vec<(Labels, i64)> = self
             .maps
@@ -454,14 +505,6 @@ impl Collector for Snapshot {
             "broker_map_capacity_entries",
             "Capacity of the data plane's maps",
             &capacity,
-        )?;
-
-        counter(
-            &mut e,
-            "broker_restarts_adopted",
-            "Controller starts that took over a running data plane",
-            None,
-            &[(Vec::new(), self.adoptions)],
         )?;
 
         if !self.per_tunnel.is_empty() {
@@ -546,6 +589,44 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A scrape while the store is away still reports the data plane, says the store is
+    /// down, and leaves the store's series out rather than failing (Prometheus scrapes
+    /// every PoP, most of all during an outage).
+    #[test]
+    fn a_scrape_while_the_store_is_away_reports_the_data_plane() {
+        use crate::{
+            broker::tests::{FakeMaps, FakeRoutes},
+            model::Pop,
+            store::{PgStore, PoolSet},
+        };
+        let mut pg = broker_tests::postgres::Cluster::start().expect("a PostgreSQL cluster");
+        pg.create_database("m").unwrap();
+        let store =
+            PgStore::connect(&pg.conninfo("m"), Some(pg.password()), PoolSet::default()).unwrap();
+        let b = Broker::new(
+            store,
+            FakeMaps::default(),
+            FakeRoutes::default(),
+            Pop::ipv4_only(std::net::Ipv4Addr::new(192, 0, 2, 1)),
+        );
+        let metrics = Metrics::new(false);
+        let scrape = |b: &Broker<PgStore, FakeMaps, FakeRoutes>| {
+            metrics
+                .encode(Snapshot::take(b, false).expect("a snapshot"))
+                .unwrap()
+        };
+        let up = scrape(&b);
+        assert!(up.contains("\nbroker_store_up 1\n"), "{up}");
+        assert!(up.contains("broker_pop_up{pop=\"pop1\"}"), "{up}");
+        assert!(up.contains("broker_restarts_adopted_total 0"), "{up}");
+        assert!(pg.stop(), "PostgreSQL stopped");
+        let away = scrape(&b);
+        assert!(away.contains("\nbroker_store_up 0\n"), "{away}");
+        assert!(!away.contains("broker_pop_up{"), "{away}");
+        assert!(!away.contains("broker_restarts_adopted_total"), "{away}");
+        assert!(away.contains("broker_xdp_actions_total"), "{away}");
+    }
 
     #[test]
     fn openmetrics_becomes_prometheus_text() {
