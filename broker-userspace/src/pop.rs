@@ -18,6 +18,13 @@ pub const REPORT_EVERY: Duration = Duration::from_secs(10);
 /// applied) is retried while the store is away.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
+/// A tick every `period`; after a stall, one tick rather than a burst of the missed ones.
+fn every(period: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
 /// Refreshes this PoP's row every [`REPORT_EVERY`]; `report` says what it is now.
 pub async fn report<S, P, R>(
     broker: Arc<Mutex<Broker<S, P, R>>>,
@@ -27,8 +34,7 @@ pub async fn report<S, P, R>(
     P: Projection,
     R: RouteOps,
 {
-    let mut tick = tokio::time::interval(REPORT_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = every(REPORT_EVERY);
     loop {
         tick.tick().await;
         let mut b = broker.lock().await;
@@ -51,13 +57,10 @@ pub async fn follow<S, P, R>(
     P: Projection,
     R: RouteOps,
 {
-    let mut retry = tokio::time::interval(RETRY_EVERY);
-    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut retry = every(RETRY_EVERY);
     // Endpoints learnt while the store was away wait for it (`Broker::flush_deferred`).
-    let mut flush = tokio::time::interval(RETRY_EVERY);
-    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut check = tokio::time::interval(check_every);
-    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut flush = every(RETRY_EVERY);
+    let mut check = every(check_every);
     // The first tick of each is at once: skip it.
     check.tick().await;
     let mut pending = false;

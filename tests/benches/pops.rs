@@ -256,23 +256,7 @@ fn start(lab: &mut Lab, instance: &str, cold: bool) -> Start {
     }
     let t = Instant::now();
     lab.spawn_broker_unwaited(&[]).expect("start");
-    let mut answered = None;
-    let ready_s = loop {
-        let answer = lab.admin_request("GET", "/readyz", None);
-        if answer.is_some() && answered.is_none() {
-            answered = Some(t.elapsed().as_secs_f64());
-        }
-        if let Some((200, _)) = answer {
-            break t.elapsed().as_secs_f64();
-        }
-        assert!(t.elapsed() < Duration::from_secs(600), "not ready");
-        assert!(
-            lab.broker().running(),
-            "broker run died:\n{}",
-            lab.broker_log()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let (answered_s, ready_s) = lab.ready_after(t);
     let log = lab.broker_log();
     let field = |line: &str, key: &str| -> String {
         line.split_whitespace()
@@ -300,7 +284,7 @@ fn start(lab: &mut Lab, instance: &str, cold: bool) -> Start {
     };
     let s = Start {
         cold,
-        answered_s: answered.unwrap_or(ready_s),
+        answered_s,
         ready_s,
         parts,
     };

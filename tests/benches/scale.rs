@@ -311,29 +311,17 @@ fn restart(lab: &mut Lab, how: Stop) -> f64 {
     }
     let t = Instant::now();
     lab.spawn_broker_unwaited(&[]).expect("restart");
-    let mut answered = None;
-    loop {
-        let answer = lab.admin_request("GET", "/readyz", None);
-        if answer.is_some() && answered.is_none() {
-            answered = Some(t.elapsed().as_secs_f64());
-        }
-        if let Some((200, _)) = answer {
-            let took = t.elapsed().as_secs_f64();
-            println!(
-                "start after {}: the API answered after {:.3} s, ready after {took:.3} s",
-                how.name(),
-                answered.unwrap_or(took)
-            );
-            // The start's own log, with its timestamps: where its time went.
-            println!("start after {}:", how.name());
-            for line in lab.broker_log().lines() {
-                println!("    {line}");
-            }
-            return took;
-        }
-        assert!(t.elapsed() < Duration::from_secs(600), "not ready");
-        std::thread::sleep(Duration::from_millis(2));
+    let (answered, took) = lab.ready_after(t);
+    println!(
+        "start after {}: the API answered after {answered:.3} s, ready after {took:.3} s",
+        how.name()
+    );
+    // The start's own log, with its timestamps: where its time went.
+    println!("start after {}:", how.name());
+    for line in lab.broker_log().lines() {
+        println!("    {line}");
     }
+    took
 }
 
 /// CPU time of `pid` over `span`, in percent of one core.

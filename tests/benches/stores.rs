@@ -118,11 +118,7 @@ fn measure(engine: Engine, n: usize, round: usize) -> Round {
     assert!(lab.broker().stop(Duration::from_secs(60)), "clean stop");
     let t = Instant::now();
     lab.spawn_broker_unwaited(&[]).expect("restart");
-    while !matches!(lab.admin_request("GET", "/readyz", None), Some((200, _))) {
-        assert!(t.elapsed() < Duration::from_secs(60), "not ready again");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let restart_s = t.elapsed().as_secs_f64();
+    let (_, restart_s) = lab.ready_after(t);
     Round {
         engine,
         create_rate,

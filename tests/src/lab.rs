@@ -717,6 +717,30 @@ impl Lab {
         Ok(idx)
     }
 
+    /// Polls `/readyz` from `since` (a start of `broker run`) until it answers 200, at most
+    /// 10 minutes, while the broker runs; returns the seconds until the API first answered
+    /// at all and until it was ready (what the start benchmarks report).
+    pub fn ready_after(&mut self, since: std::time::Instant) -> (f64, f64) {
+        let mut answered = None;
+        loop {
+            let answer = self.admin_request("GET", "/readyz", None);
+            if answer.is_some() && answered.is_none() {
+                answered = Some(since.elapsed().as_secs_f64());
+            }
+            if let Some((200, _)) = answer {
+                let ready = since.elapsed().as_secs_f64();
+                return (answered.unwrap_or(ready), ready);
+            }
+            assert!(since.elapsed() < Duration::from_secs(600), "not ready");
+            assert!(
+                self.broker().running(),
+                "broker run died:\n{}",
+                self.broker_log()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// SIGKILLs `broker run` and waits until it is gone.
     pub fn kill_broker(&mut self) {
         let b = self.broker();
@@ -729,14 +753,9 @@ impl Lab {
         }
     }
 
-    /// Stops client `i`'s tunnel endpoint and starts it again from address `local` (an
-    /// endpoint that moved).
-    pub fn start_client_replacing(&mut self, i: u32, local: Ipv4Addr) -> Result<()> {
-        self.start_client(i, local)
-    }
-
-    /// Starts the tunnel client of client `i` (1-based) with its endpoint `local`; returns
-    /// once its TUN device has its address.
+    /// Starts the tunnel client of client `i` (1-based) with its endpoint `local` (one
+    /// already running is replaced: an endpoint that moved); returns once its TUN device
+    /// has its address.
     pub fn start_client(&mut self, i: u32, local: Ipv4Addr) -> Result<()> {
         let address = self.clients[(i - 1) as usize].address();
         self.start_client_at(i, local, address)

@@ -212,8 +212,7 @@ fn nic_update_moves_the_tunnel_to_the_new_address_within_a_second() {
     let key = t["update_key"].as_str().unwrap().to_string();
     let new = lab.clients[0].v4_extra;
     // The client moves to its second address (as after a new DHCP lease).
-    lab.start_client_replacing(1, new)
-        .expect("client on the new address");
+    lab.start_client(1, new).expect("client on the new address");
     let auth = format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("1:{key}"))

@@ -24,11 +24,7 @@ use serde_json::Value;
 
 /// The client's address in a tunnel: `::2` of its link /64.
 fn client_address(t: &Value) -> Ipv6Addr {
-    let link = t["link_prefix"].as_str().unwrap();
-    let network: Ipv6Addr = link.split('/').next().unwrap().parse().unwrap();
-    let mut octets = network.octets();
-    octets[15] = 2;
-    octets.into()
+    pops::client_address(t).unwrap()
 }
 
 /// The tunnel ids in PoP `n`'s data plane (its pinned maps).
@@ -164,44 +160,24 @@ fn tunnels_live_on_their_pop_move_between_pops_and_are_announced_by_it() {
     // follows to PoP 2.
     lab.cli(&["user", "add", "ann", "--password", "correct horse battery"])
         .unwrap();
+    // Her sessions, over TCP, to the PoP at `server`: the tunnel's address they get.
+    let ann_at = |lab: &mut Lab, server: String, what: &str| {
+        let ann = ["--user", "ann", "--password", "correct horse battery"];
+        let tsp = lab
+            .start_tsp_client("t2", &server, &[&ann[..], &["--transport", "tcp"]].concat())
+            .unwrap();
+        let up = lab.wait_tsp_up("t2", tsp, "-6").expect(what);
+        assert!(up.contains("2001:db8:21:"), "{what}: {up}");
+        tsp
+    };
     // Her first session reaches PoP 2: her tunnel lives there.
-    let tsp = lab
-        .start_tsp_client(
-            "t2",
-            &addresses(2).0 .0.to_string(),
-            &[
-                "--user",
-                "ann",
-                "--password",
-                "correct horse battery",
-                "--transport",
-                "tcp",
-            ],
-        )
-        .unwrap();
-    let up = lab
-        .wait_tsp_up("t2", tsp, "-6")
-        .expect("ann's TSP tunnel at PoP 2");
-    assert!(up.contains("2001:db8:21:"), "{up}");
+    let tsp = ann_at(
+        &mut lab,
+        addresses(2).0 .0.to_string(),
+        "ann's TSP tunnel at PoP 2",
+    );
     lab.stop_proc(tsp);
-    let tsp = lab
-        .start_tsp_client(
-            "t2",
-            &POP_V4.to_string(),
-            &[
-                "--user",
-                "ann",
-                "--password",
-                "correct horse battery",
-                "--transport",
-                "tcp",
-            ],
-        )
-        .unwrap();
-    let up = lab
-        .wait_tsp_up("t2", tsp, "-6")
-        .expect("redirected to PoP 2");
-    assert!(up.contains("2001:db8:21:"), "{up}");
+    let tsp = ann_at(&mut lab, POP_V4.to_string(), "redirected to PoP 2");
     assert!(
         lab.proc_log(tsp).contains("redirected to the tunnel's PoP"),
         "{}",

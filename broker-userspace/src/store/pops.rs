@@ -89,7 +89,7 @@ pub(super) fn register(db: &dyn Sql, home: &Home, claim_all: bool) -> Result<()>
         // One PoP's store: a row under another name is this PoP's before a rename.
         db.exec("DELETE FROM pops WHERE name <> ?1", params![&home.pop])?;
     }
-    for other in all(db)?.into_iter().filter(|p| p.name != home.pop) {
+    for other in rows(db)?.into_iter().filter(|p| p.name != home.pop) {
         let o = &other.pools;
         let overlap = |a: &[Ipv6Net], b: &[Ipv6Net]| {
             a.iter()
@@ -164,9 +164,20 @@ pub(super) fn report(db: &dyn Sql, pop: &str, r: &PopReport, now: u64) -> Result
     Ok(())
 }
 
-/// Every PoP, by name.
+/// Every PoP, by name, with its tunnel counts.
 pub(super) fn all(db: &dyn Sql) -> Result<Vec<PopRecord>> {
-    let mut pops = db.rows(
+    let mut pops = rows(db)?;
+    for (pop, kind, state, n) in census(db)? {
+        if let Some(p) = pops.iter_mut().find(|p| p.name == pop) {
+            p.tunnels.push((kind, state, n));
+        }
+    }
+    Ok(pops)
+}
+
+/// Every PoP, by name, without its tunnel counts.
+fn rows(db: &dyn Sql) -> Result<Vec<PopRecord>> {
+    db.rows(
         "SELECT name, link_pools, routed_pools, routed_lengths, v4v6_pool, quarantine_secs, \
          ipv4, ipv6, tsp, version, attached, started_at, last_seen FROM pops ORDER BY name",
         params![],
@@ -206,13 +217,7 @@ pub(super) fn all(db: &dyn Sql) -> Result<Vec<PopRecord>> {
                 tunnels: Vec::new(),
             })
         },
-    )?;
-    for (pop, kind, state, n) in census(db)? {
-        if let Some(p) = pops.iter_mut().find(|p| p.name == pop) {
-            p.tunnels.push((kind, state, n));
-        }
-    }
-    Ok(pops)
+    )
 }
 
 /// The pools of PoP `name` (the home's own, or as the PoP registered them).
@@ -220,7 +225,7 @@ pub(super) fn pools_of(db: &dyn Sql, home: &Home, name: &str) -> Result<PoolSet>
     if name == home.pop {
         return Ok(home.pools.clone());
     }
-    all(db)?
+    rows(db)?
         .into_iter()
         .find(|p| p.name == name)
         .map(|p| p.pools)

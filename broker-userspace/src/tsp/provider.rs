@@ -89,8 +89,8 @@ pub async fn provide<S: Store, P: Projection, R: RouteOps>(
             let anonymous = match anonymous_at(b, ask.endpoint.address()) {
                 // The store is away: stale anonymous tunnels are cleared at a later
                 // session; the user's own tunnel may still be served as known.
-                Err(Status::ServerTooBusy) => Vec::new(),
-                r => r?,
+                Err(StoreError::Unavailable { .. }) => Vec::new(),
+                r => r.map_err(|e| status_of(&e.into()))?,
             };
             let stale: Vec<u32> = anonymous
                 .into_iter()
@@ -140,7 +140,7 @@ async fn anonymous<S: Store, P: Projection, R: RouteOps>(
     cfg: &TspConfig,
     expires_at: u64,
 ) -> Result<TunnelRecord, Status> {
-    let mine = anonymous_at(b, ask.endpoint.address())?;
+    let mine = anonymous_at(b, ask.endpoint.address()).map_err(|e| status_of(&e.into()))?;
     let same = mine.iter().find(|t| t.spec.endpoint == ask.endpoint);
     if let Some(t) = same.filter(|t| t.spec.state == State::Disabled) {
         // The operator switched it off, as for a user's tunnel.
@@ -204,7 +204,7 @@ async fn anonymous<S: Store, P: Projection, R: RouteOps>(
 fn anonymous_at<S: Store, P, R>(
     b: &Broker<S, P, R>,
     address: IpAddr,
-) -> Result<Vec<TunnelRecord>, Status> {
+) -> store::Result<Vec<TunnelRecord>> {
     // This PoP's: an anonymous client's tunnel is where its session arrives.
     let filter = TunnelFilter {
         pop: Some(b.store.pop().to_string()),
@@ -213,9 +213,7 @@ fn anonymous_at<S: Store, P, R>(
         address: Some(address),
         ..Default::default()
     };
-    b.store
-        .tunnel_page(&filter, None, usize::MAX)
-        .map_err(|e| status_of(&e.into()))
+    b.store.tunnel_page(&filter, None, usize::MAX)
 }
 
 /// A session finds its tunnel again: up, at the session's endpoint and kind, lifetime

@@ -316,6 +316,15 @@ impl Lab {
     }
 }
 
+/// The client's address in a tunnel as the API shows it: `::2` of its link /64.
+pub fn client_address(tunnel: &serde_json::Value) -> Result<Ipv6Addr> {
+    let link = tunnel["link_prefix"].as_str().context("a link prefix")?;
+    let network: Ipv6Addr = link.split('/').next().unwrap_or_default().parse()?;
+    let mut octets = network.octets();
+    octets[15] = 2;
+    Ok(octets.into())
+}
+
 /// PoP `n`'s pools: the lab's for PoP 1; beside them, never overlapping, for the others
 /// (link, routed, v4v6).
 pub fn pools(n: u8) -> (String, String, String) {
@@ -422,11 +431,7 @@ pub fn start(
             "--json",
         ])?;
         let t: serde_json::Value = serde_json::from_str(&out)?;
-        let link = t["link_prefix"].as_str().context("a link prefix")?;
-        let network: Ipv6Addr = link.split('/').next().unwrap_or_default().parse()?;
-        let mut octets = network.octets();
-        octets[15] = 2;
-        lab.start_client_to(i, addresses(n).0 .0, v4, octets.into())?;
+        lab.start_client_to(i, addresses(n).0 .0, v4, client_address(&t)?)?;
     }
     // PoP n's tunnels come back through the upstream's BGP routes: wait for them.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
