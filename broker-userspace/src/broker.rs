@@ -230,6 +230,15 @@ pub enum BrokerError {
 
 pub type Result<T, E = BrokerError> = std::result::Result<T, E>;
 
+/// A user name: 1-64 of a-z, A-Z, 0-9, `-`, `_`, `.`, `@`.
+pub fn valid_user_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+}
+
 fn checked_password(p: &str) -> Result<&str> {
     if p.len() < 8 {
         return Err(BrokerError::Invalid {
@@ -776,6 +785,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
                 expires_at: Some(before.expires_at),
                 add_routed_length: None,
                 pop: None,
+                password: Some(before.password.clone()),
             };
             if let Err(u) = store.update_tunnel(id, &back, before.updated_at) {
                 error!(id, error = %u, "undo: restoring the tunnel in the store failed");
@@ -856,12 +866,7 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
         name: &str,
         password: Option<&str>,
     ) -> Result<(UserRecord, String)> {
-        let valid = !name.is_empty()
-            && name.len() <= 64
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b));
-        if !valid {
+        if !valid_user_name(name) {
             return Err(BrokerError::Invalid {
                 field: "name",
                 message: format!(
@@ -878,11 +883,62 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
         Ok((record, password))
     }
 
-    /// Gives a user a new password (slow: argon2).
+    /// Gives a user a new password (slow: argon2). A disabled account stays disabled.
     pub fn set_password(&mut self, name: &str, password: &str) -> Result<()> {
         let p = checked_password(password)?;
-        let secrets = crate::secret::UserSecrets::derive(name, p, &self.realm);
+        let disabled = self
+            .store
+            .user(name)?
+            .ok_or_else(|| StoreError::NoSuchUser { name: name.into() })?
+            .secrets
+            .disabled();
+        let secrets =
+            crate::secret::UserSecrets::derive(name, p, &self.realm).with_disabled(disabled);
         Ok(self.store.set_user_secrets(name, &secrets)?)
+    }
+
+    /// Disables an account (no login of any protocol succeeds, and every tunnel of it is
+    /// disabled) or enables it again (its tunnels stay disabled until the operator
+    /// enables them: docs/PORTAL.md). Returns the tunnels it disabled.
+    pub async fn set_user_disabled(&mut self, name: &str, disabled: bool) -> Result<Vec<u32>> {
+        let user = self
+            .store
+            .user(name)?
+            .ok_or_else(|| StoreError::NoSuchUser { name: name.into() })?;
+        if user.secrets.disabled() != disabled {
+            self.store
+                .set_user_secrets(name, &user.secrets.with_disabled(disabled))?;
+        }
+        let mut done = Vec::new();
+        if disabled {
+            let off = TunnelChange {
+                state: Some(crate::model::State::Disabled),
+                ..Default::default()
+            };
+            for t in self.store.tunnels_of(name)? {
+                if t.spec.state != crate::model::State::Disabled {
+                    self.update_tunnel(t.spec.id, &off).await?;
+                    done.push(t.spec.id);
+                }
+            }
+        }
+        info!(
+            user = name,
+            disabled,
+            tunnels = done.len(),
+            "account changed"
+        );
+        Ok(done)
+    }
+
+    /// A new password for tunnel `id` (AYIYA's and the heartbeat's secret, handed to the
+    /// client by TIC): the client must fetch its tunnel again.
+    pub async fn new_tunnel_password(&mut self, id: u32) -> Result<TunnelRecord> {
+        let change = TunnelChange {
+            password: Some(store::random_token(16)),
+            ..Default::default()
+        };
+        self.update_tunnel(id, &change).await
     }
 
     /// A new update key for tunnel `id`, returned in clear this once (only its hash is

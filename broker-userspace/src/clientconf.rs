@@ -1,5 +1,6 @@
 //! The client side of a tunnel as commands for common systems, as operators hand them to
-//! users (`broker tunnel show ID --client-config linux|openwrt|routeros`). Pure text.
+//! users (`broker tunnel show ID --client-config SYSTEM`, and each tunnel's page in the
+//! portal). Pure text.
 use std::fmt::Write as _;
 
 use crate::api::tunnels::TunnelOut;
@@ -13,6 +14,75 @@ pub enum System {
     Openwrt,
     /// MikroTik RouterOS 6/7.
     Routeros,
+    /// The broker's own client (`broker client ...`), for any kind.
+    Broker,
+    /// gogoc 1.2's gogoc.conf, for tunnels TSP sets up.
+    Gogoc,
+    /// AICCU's aiccu.conf, for SixXS tunnels (ayiya, heartbeat).
+    Aiccu,
+}
+
+/// What a configuration asks the user to fill in: the account's password, which the
+/// broker keeps only hashed.
+pub const ACCOUNT_PASSWORD: &str = "YOUR-ACCOUNT-PASSWORD";
+
+impl System {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            System::Linux => "linux",
+            System::Openwrt => "openwrt",
+            System::Routeros => "routeros",
+            System::Broker => "broker",
+            System::Gogoc => "gogoc",
+            System::Aiccu => "aiccu",
+        }
+    }
+
+    /// What to call it on a page.
+    pub fn title(self) -> &'static str {
+        match self {
+            System::Linux => "Linux (iproute2)",
+            System::Openwrt => "OpenWrt",
+            System::Routeros => "RouterOS",
+            System::Broker => "broker client",
+            System::Gogoc => "gogoc.conf",
+            System::Aiccu => "aiccu.conf",
+        }
+    }
+
+    /// The systems a tunnel of this kind (and origin) has a configuration for.
+    pub fn for_tunnel(t: &TunnelOut) -> Vec<System> {
+        match t.kind.as_str() {
+            "proto41" if t.origin == "tsp" => vec![
+                System::Gogoc,
+                System::Broker,
+                System::Linux,
+                System::Openwrt,
+                System::Routeros,
+            ],
+            "proto41" => vec![
+                System::Linux,
+                System::Openwrt,
+                System::Routeros,
+                System::Broker,
+            ],
+            "ayiya" | "heartbeat" => vec![System::Aiccu, System::Broker],
+            _ => vec![System::Gogoc, System::Broker],
+        }
+    }
+}
+
+/// The `/nic/update` URL a router's dynamic-DNS setting calls when its address changes
+/// (HE's form): the tunnel's owner (or id) and its update key as credentials, `base` the
+/// broker's address as the router reaches it (`http://host:port`).
+pub fn nic_update_url(t: &TunnelOut, base: &str, key: Option<&str>) -> String {
+    let (scheme, host) = base.split_once("://").unwrap_or(("http", base));
+    let user = t.owner.clone().unwrap_or_else(|| t.id.to_string());
+    format!(
+        "{scheme}://{user}:{}@{host}/nic/update?hostname={}",
+        key.unwrap_or("UPDATE-KEY"),
+        t.id
+    )
 }
 
 /// Shell-safe interface name for the tunnel.
@@ -21,6 +91,12 @@ fn ifname(t: &TunnelOut) -> String {
 }
 
 pub fn render(t: &TunnelOut, system: System) -> String {
+    match system {
+        System::Broker => return broker_client(t),
+        System::Gogoc => return gogoc(t),
+        System::Aiccu => return aiccu(t),
+        _ => {}
+    }
     let mut s = String::new();
     if t.kind == "ayiya" || t.kind == "heartbeat" {
         let _ = writeln!(
@@ -120,10 +196,153 @@ pub fn render(t: &TunnelOut, system: System) -> String {
             );
             let _ = writeln!(s, "/ipv6 route add dst-address=::/0 gateway={}", pop6);
         }
+        System::Broker | System::Gogoc | System::Aiccu => unreachable!("rendered above"),
     }
     if !routed.is_empty() {
         let _ = writeln!(s, "# Routed to you: {routed}");
     }
+    s
+}
+
+/// The PoP's address a client talks to.
+fn server(t: &TunnelOut) -> String {
+    t.pop_ipv4
+        .clone()
+        .or_else(|| t.pop_ipv6_endpoint.clone())
+        .unwrap_or_default()
+}
+
+fn owner(t: &TunnelOut) -> &str {
+    t.owner.as_deref().unwrap_or("<user>")
+}
+
+/// `broker client ...` for the tunnel's kind.
+fn broker_client(t: &TunnelOut) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Tunnel {} ({}), run as root:", t.id, t.kind);
+    match t.kind.as_str() {
+        "proto41" => {
+            let _ = write!(
+                s,
+                "broker client proto41 --server {} --local {} --address {}/64 --mtu {} --name {}",
+                server(t),
+                t.remote_ipv4.as_deref().unwrap_or_default(),
+                t.client_ipv6.as_deref().unwrap_or_default(),
+                t.mtu,
+                ifname(t)
+            );
+            for p in &t.routed_prefixes {
+                let _ = write!(s, " --route {p}");
+            }
+            s.push('\n');
+        }
+        "ayiya" | "heartbeat" => {
+            let _ = writeln!(
+                s,
+                "broker client {} --server {} --username {} --password '{ACCOUNT_PASSWORD}' --tunnel T{}{}",
+                t.kind,
+                server(t),
+                owner(t),
+                t.id,
+                if t.kind == "heartbeat" {
+                    format!(" --local {}", t.remote_ipv4.as_deref().unwrap_or("<this host's IPv4>"))
+                } else {
+                    String::new()
+                }
+            );
+        }
+        kind => {
+            let (ty, mode) = match kind {
+                "v4v6" => ("v4v6", ""),
+                _ if t.routed_prefixes.is_empty() => ("v6anyv4", ""),
+                _ => ("v6anyv4", " --mode router"),
+            };
+            let _ = writeln!(
+                s,
+                "broker client tsp --server {} --user {} --password '{ACCOUNT_PASSWORD}' --type {ty}{mode}",
+                server(t),
+                owner(t)
+            );
+        }
+    }
+    s
+}
+
+/// gogoc.conf (gogoc 1.2): the keys it reads, for this tunnel.
+fn gogoc(t: &TunnelOut) -> String {
+    let mut s = String::new();
+    if t.kind == "ayiya" || t.kind == "heartbeat" {
+        let _ = writeln!(
+            s,
+            "# Tunnel {} is {}: gogoc does not speak TIC; use aiccu.conf.",
+            t.id, t.kind
+        );
+        return s;
+    }
+    let mode = match t.kind.as_str() {
+        "v4v6" => "v4v6",
+        "v6udpv4" => "v6udpv4",
+        _ => "v6anyv4",
+    };
+    let router = t.routed_prefixes.first();
+    let _ = writeln!(s, "# gogoc.conf for tunnel {} (gogoc 1.2)", t.id);
+    let _ = writeln!(s, "userid={}", owner(t));
+    let _ = writeln!(s, "passwd={ACCOUNT_PASSWORD}");
+    let _ = writeln!(s, "server={}", server(t));
+    let _ = writeln!(s, "auth_method=any");
+    let _ = writeln!(s, "tunnel_mode={mode}");
+    match router {
+        Some(p) => {
+            let _ = writeln!(s, "host_type=router");
+            let len = p.rsplit_once('/').map_or("48", |(_, l)| l);
+            let _ = writeln!(s, "prefixlen={len}");
+            let _ = writeln!(s, "# The LAN interface the routed prefix is announced on:");
+            let _ = writeln!(s, "if_prefix=eth0");
+        }
+        None => {
+            let _ = writeln!(s, "host_type=host");
+        }
+    }
+    let _ = writeln!(s, "if_tunnel_v6v4=sit1");
+    let _ = writeln!(s, "if_tunnel_v6udpv4=tun");
+    let _ = writeln!(s, "if_tunnel_v4v6=sit0");
+    let _ = writeln!(s, "template=linux");
+    let _ = writeln!(s, "keepalive=yes");
+    let _ = writeln!(s, "keepalive_interval=30");
+    let _ = writeln!(s, "auto_retry_connect=yes");
+    let _ = writeln!(s, "retry_delay=30");
+    let _ = writeln!(s, "log_stderr=1");
+    s
+}
+
+/// aiccu.conf (AICCU 2007.01.15): TIC fetches the rest.
+fn aiccu(t: &TunnelOut) -> String {
+    let mut s = String::new();
+    if t.kind != "ayiya" && t.kind != "heartbeat" {
+        let _ = writeln!(
+            s,
+            "# Tunnel {} is {}: aiccu runs SixXS tunnels (ayiya, heartbeat) only.",
+            t.id, t.kind
+        );
+        return s;
+    }
+    let _ = writeln!(s, "# aiccu.conf for tunnel T{} (AICCU 2007.01.15)", t.id);
+    let _ = writeln!(s, "username {}", owner(t));
+    let _ = writeln!(s, "password {ACCOUNT_PASSWORD}");
+    let _ = writeln!(s, "protocol tic");
+    let _ = writeln!(s, "server {}", server(t));
+    let _ = writeln!(s, "tunnel_id T{}", t.id);
+    let _ = writeln!(s, "ipv6_interface sixxs");
+    let _ = writeln!(s, "verbose false");
+    let _ = writeln!(s, "daemonize true");
+    let _ = writeln!(s, "automatic true");
+    let _ = writeln!(s, "requiretls false");
+    let _ = writeln!(s, "defaultroute true");
+    let _ = writeln!(
+        s,
+        "behindnat {}",
+        if t.kind == "ayiya" { "true" } else { "false" }
+    );
     s
 }
 
@@ -201,6 +420,84 @@ mod tests {
         let s = render(&t, System::Linux);
         assert!(s.contains("broker client tsp --server 192.0.2.1 --user alice"));
         assert!(!s.contains("ip tunnel add"));
+    }
+
+    #[test]
+    fn each_kind_has_its_clients() {
+        let kinds = |k: &str, origin: &str| {
+            System::for_tunnel(&TunnelOut {
+                kind: k.into(),
+                origin: origin.into(),
+                ..tunnel()
+            })
+        };
+        assert_eq!(kinds("proto41", "api")[0], System::Linux);
+        assert!(!kinds("proto41", "api").contains(&System::Gogoc));
+        assert!(kinds("proto41", "tsp").contains(&System::Gogoc));
+        assert_eq!(kinds("ayiya", "api"), vec![System::Aiccu, System::Broker]);
+        assert_eq!(kinds("v4v6", "tsp"), vec![System::Gogoc, System::Broker]);
+    }
+
+    #[test]
+    fn broker_client_lines() {
+        let s = render(&tunnel(), System::Broker);
+        assert!(s.contains("broker client proto41 --server 192.0.2.1 --local 198.51.100.10 --address 2001:db8:10:7::2/64 --mtu 1480 --name broker7 --route 2001:db8:1100::/48\n"), "{s}");
+        let hb = TunnelOut {
+            kind: "heartbeat".into(),
+            ..tunnel()
+        };
+        assert!(render(&hb, System::Broker).contains(
+            "broker client heartbeat --server 192.0.2.1 --username alice --password 'YOUR-ACCOUNT-PASSWORD' --tunnel T7 --local 198.51.100.10"
+        ));
+    }
+
+    #[test]
+    fn gogoc_and_aiccu_files() {
+        let t = TunnelOut {
+            kind: "v6udpv4".into(),
+            origin: "tsp".into(),
+            ..tunnel()
+        };
+        let g = render(&t, System::Gogoc);
+        for line in [
+            "userid=alice\n",
+            "server=192.0.2.1\n",
+            "tunnel_mode=v6udpv4\n",
+            "host_type=router\n",
+            "prefixlen=48\n",
+            "template=linux\n",
+        ] {
+            assert!(g.contains(line), "{line} in {g}");
+        }
+        let a = render(
+            &TunnelOut {
+                kind: "ayiya".into(),
+                ..tunnel()
+            },
+            System::Aiccu,
+        );
+        for line in [
+            "username alice\n",
+            "protocol tic\n",
+            "server 192.0.2.1\n",
+            "tunnel_id T7\n",
+            "behindnat true\n",
+        ] {
+            assert!(a.contains(line), "{line} in {a}");
+        }
+        assert!(render(&tunnel(), System::Aiccu).starts_with("# Tunnel 7 is proto41"));
+    }
+
+    #[test]
+    fn the_update_url_is_hes_form() {
+        assert_eq!(
+            nic_update_url(&tunnel(), "https://broker.example:8443", Some("k3y")),
+            "https://alice:k3y@broker.example:8443/nic/update?hostname=7"
+        );
+        assert_eq!(
+            nic_update_url(&tunnel(), "192.0.2.1:8080", None),
+            "http://alice:UPDATE-KEY@192.0.2.1:8080/nic/update?hostname=7"
+        );
     }
 
     #[test]

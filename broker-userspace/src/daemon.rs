@@ -149,6 +149,12 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     };
     let api_socket = bind(config.api.listen)?;
     let public_socket = config.api.public_listen.map(bind).transpose()?;
+    let portal_socket = config
+        .portal
+        .listen
+        .filter(|_| config.portal.enabled)
+        .map(bind)
+        .transpose()?;
     let tls = match &config.api.tls {
         Some(t) => Some(crate::tls::load(&t.certificate, &t.key).context("loading api.tls")?),
         None => None,
@@ -156,6 +162,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(config.metrics.per_tunnel));
     let sockets: Vec<&std::net::TcpListener> = std::iter::once(&api_socket)
         .chain(public_socket.as_ref())
+        .chain(portal_socket.as_ref())
         .collect();
     let starting = api::starting::answer(&sockets, tls.clone(), metrics.clone())
         .context("answering the API while starting")?;
@@ -396,9 +403,36 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             stopped(api_stopped.clone()),
         ));
     }
+    // The portal: beside the API, or on a listener of its own (docs/PORTAL.md).
+    let portal = config.portal.enabled.then(|| {
+        let history = Arc::new(std::sync::Mutex::new(crate::history::History::new(
+            config.portal.history_hours,
+        )));
+        tokio::spawn(crate::history::run(broker.clone(), history.clone()));
+        crate::portal::Portal::new(
+            state.clone(),
+            config.portal.clone(),
+            tls.is_some() || config.portal.secure_cookies,
+            history,
+            config.pools.routed_lengths.clone(),
+        )
+    });
+    let beside = match (portal, portal_socket) {
+        (Some(portal), Some(socket)) => {
+            tokio::spawn(api::serve(
+                take(socket)?,
+                crate::portal::own_router(portal),
+                tls.clone(),
+                metrics.clone(),
+                stopped(api_stopped.clone()),
+            ));
+            None
+        }
+        (portal, _) => portal.map(crate::portal::routes),
+    };
     let mut api_task = tokio::spawn(api::serve(
         take(api_socket)?,
-        api::router(state),
+        api::router_with(state, beside),
         tls,
         metrics.clone(),
         stopped(api_stopped.clone()),
@@ -423,6 +457,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                         || new.instance != config.instance
                         || new.store != config.store
                         || new.api != config.api
+                        || new.portal != config.portal
                         || new.pools != config.pools
                         || new.routes != config.routes
                         || new.tsp != config.tsp

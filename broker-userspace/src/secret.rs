@@ -17,6 +17,9 @@ pub fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// What precedes the secrets of a disabled account.
+const DISABLED: &str = "!";
+
 /// What is kept of an account password.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserSecrets {
@@ -38,6 +41,30 @@ impl UserSecrets {
             tic_md5: hex(Md5::digest(password.as_bytes())),
             digest_realm: realm.to_string(),
             digest_ha1: hex(digest_inner(user, realm, password)),
+        }
+    }
+
+    /// Whether the account is disabled: its secrets are kept behind a `!` (as a locked
+    /// Unix password is), so that no protocol's check can succeed with them.
+    pub fn disabled(&self) -> bool {
+        self.password_hash.starts_with(DISABLED)
+    }
+
+    /// The same secrets, disabled or enabled.
+    pub fn with_disabled(&self, disabled: bool) -> Self {
+        let mark = |v: &str| {
+            let bare = v.strip_prefix(DISABLED).unwrap_or(v);
+            if disabled {
+                format!("{DISABLED}{bare}")
+            } else {
+                bare.to_string()
+            }
+        };
+        Self {
+            password_hash: mark(&self.password_hash),
+            tic_md5: mark(&self.tic_md5),
+            digest_realm: self.digest_realm.clone(),
+            digest_ha1: mark(&self.digest_ha1),
         }
     }
 
@@ -124,6 +151,18 @@ mod tests {
         // Two derivations: different salts.
         let t = UserSecrets::derive("alice", "wonderland", "broker");
         assert_ne!(s.password_hash, t.password_hash);
+    }
+
+    #[test]
+    fn disabled_secrets_pass_no_check_and_enabling_restores_them() {
+        let s = UserSecrets::derive("alice", "wonderland", "broker");
+        let off = s.with_disabled(true);
+        assert!(off.disabled() && !s.disabled());
+        assert_eq!(off.with_disabled(true), off, "disabling twice is once");
+        assert!(!verify_password("wonderland", &off.password_hash));
+        assert_eq!(off.digest_inner("broker"), None);
+        assert_ne!(off.tic_md5, s.tic_md5);
+        assert_eq!(off.with_disabled(false), s);
     }
 
     #[test]

@@ -38,6 +38,18 @@ const PACKAGES: &[(&str, &str)] = &[
         "bird2",
         "BGP: each lab PoP announces its pools to an upstream router (docs/MULTI-POP.md)",
     ),
+    (
+        "chromium",
+        "a real browser for the portal's tests (docs/PORTAL.md)",
+    ),
+    (
+        "chromium-driver",
+        "chromedriver: the portal's tests drive chromium through WebDriver",
+    ),
+    (
+        "fonts-dejavu-core",
+        "a font for the portal's screenshots (headless chromium has none of its own)",
+    ),
 ];
 
 /// Tells Debian's postgresql-common not to create (and start) a system cluster when the

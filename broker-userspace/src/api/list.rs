@@ -43,7 +43,7 @@ impl ListRequest {
         for k in q.keys() {
             if ![
                 "limit", "after", "owner", "kind", "state", "origin", "endpoint", "prefix",
-                "counters",
+                "counters", "pop",
             ]
             .contains(&k.as_str())
             {
@@ -134,16 +134,15 @@ fn next_query(q: &HashMap<String, String>, last: u32) -> String {
     serde_urlencoded::to_string(pairs).unwrap_or_default()
 }
 
-pub async fn list<S: Store, P: Projection, R: RouteOps>(
-    State(state): State<AppState<S, P, R>>,
-    Extension(caller): Extension<Caller>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<(HeaderMap, Json<Vec<TunnelOut>>), ApiError> {
-    let req = ListRequest::parse(&q, &caller)?;
+/// The page of tunnels `req` asks for (the API, the portal).
+pub async fn page<S: Store, P: Projection, R: RouteOps>(
+    state: &AppState<S, P, R>,
+    req: &ListRequest,
+) -> Result<Vec<TunnelOut>, ApiError> {
     let b = state.broker.lock().await;
     let page = b.store.tunnel_page(&req.filter, req.after, req.limit)?;
     let sides = b.sides(&page)?;
-    let shown: Vec<TunnelOut> = page
+    Ok(page
         .iter()
         .map(|t| {
             super::tunnels::out(
@@ -153,8 +152,16 @@ pub async fn list<S: Store, P: Projection, R: RouteOps>(
                 req.counters.then(|| b.maps.counters(t.spec.id)).flatten(),
             )
         })
-        .collect();
-    drop(b);
+        .collect())
+}
+
+pub async fn list<S: Store, P: Projection, R: RouteOps>(
+    State(state): State<AppState<S, P, R>>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<(HeaderMap, Json<Vec<TunnelOut>>), ApiError> {
+    let req = ListRequest::parse(&q, &caller)?;
+    let shown = page(&state, &req).await?;
     let mut headers = HeaderMap::new();
     if let (true, Some(last)) = (shown.len() == req.limit, shown.last()) {
         let link = format!(

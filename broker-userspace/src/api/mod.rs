@@ -76,7 +76,9 @@ impl<S, P, R> AppState<S, P, R> {
         }
     }
 
-    fn failures(&self) -> std::sync::MutexGuard<'_, crate::ratelimit::Failures<std::net::IpAddr>> {
+    pub(crate) fn failures(
+        &self,
+    ) -> std::sync::MutexGuard<'_, crate::ratelimit::Failures<std::net::IpAddr>> {
         self.auth_failures.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -95,6 +97,16 @@ impl<S, P, R> Clone for AppState<S, P, R> {
 
 /// The routes.
 pub fn router<S, P, R>(state: AppState<S, P, R>) -> Router
+where
+    S: Store + 'static,
+    P: Projection + 'static,
+    R: RouteOps + 'static,
+{
+    router_with(state, None)
+}
+
+/// The routes, and the portal's beside them (`portal.listen` unset).
+pub fn router_with<S, P, R>(state: AppState<S, P, R>, portal: Option<Router>) -> Router
 where
     S: Store + 'static,
     P: Projection + 'static,
@@ -122,13 +134,19 @@ where
             axum::routing::post(tunnels::new_update_key::<S, P, R>),
         )
         .route(
+            "/api/v1/tunnels/{id}/password",
+            axum::routing::post(tunnels::new_password::<S, P, R>),
+        )
+        .route(
             "/api/v1/users",
             get(users::list::<S, P, R>).post(users::create::<S, P, R>),
         )
         .route("/api/v1/pops", get(pops::list::<S, P, R>))
         .route(
             "/api/v1/users/{name}",
-            get(users::show::<S, P, R>).delete(users::delete::<S, P, R>),
+            get(users::show::<S, P, R>)
+                .patch(users::change::<S, P, R>)
+                .delete(users::delete::<S, P, R>),
         )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -140,12 +158,10 @@ where
         .route("/metrics", get(metrics::<S, P, R>))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz::<S, P, R>))
+        .with_state(state.clone())
+        .merge(portal.unwrap_or_default())
         .fallback(|| async { ApiError::not_found("no such route") })
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            count::<S, P, R>,
-        ))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state, count::<S, P, R>))
 }
 
 /// What routers on the internet need, for `api.public_listen`: `/nic/update` and the
@@ -286,26 +302,35 @@ pub async fn authenticate<S: Store, P, R>(
             _ => Err(ApiError::unauthorized("wrong token")),
         },
         auth::Presented::Basic { user, password } => {
-            let hash = {
-                let b = state.broker.lock().await;
-                b.store.user(&user).map_err(ApiError::internal)?
-            }
-            .map(|u| u.secrets.password_hash);
-            // argon2 takes tens of milliseconds: off the thread every service shares, and
-            // without the broker's lock. An unknown user costs as much as a wrong password.
-            let hash = hash.unwrap_or_else(|| UNKNOWN_USER_HASH.clone());
-            let ok = tokio::task::spawn_blocking(move || {
-                crate::secret::verify_password(&password, &hash)
-            })
-            .await
-            .unwrap_or(false);
-            if ok {
+            if password_matches(state, &user, password).await? {
                 Ok(Caller::User(user))
             } else {
                 Err(ApiError::unauthorized("wrong user or password"))
             }
         }
     }
+}
+
+/// Whether `password` is `user`'s (the API's basic authentication, the portal's login).
+/// A disabled account's matches nothing.
+pub async fn password_matches<S: Store, P, R>(
+    state: &AppState<S, P, R>,
+    user: &str,
+    password: String,
+) -> Result<bool, ApiError> {
+    let hash = {
+        let b = state.broker.lock().await;
+        b.store.user(user).map_err(ApiError::internal)?
+    }
+    .map(|u| u.secrets.password_hash);
+    // argon2 takes tens of milliseconds: off the thread every service shares, and
+    // without the broker's lock. An unknown user costs as much as a wrong password.
+    let hash = hash.unwrap_or_else(|| UNKNOWN_USER_HASH.clone());
+    Ok(
+        tokio::task::spawn_blocking(move || crate::secret::verify_password(&password, &hash))
+            .await
+            .unwrap_or(false),
+    )
 }
 
 /// An error answer: status, message, and the field it is about.

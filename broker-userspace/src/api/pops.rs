@@ -72,14 +72,20 @@ pub async fn list<S: Store, P: Projection, R: RouteOps>(
     State(state): State<AppState<S, P, R>>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<Vec<PopOut>>, ApiError> {
+    Ok(Json(shown(&state, &caller).await?))
+}
+
+/// The PoPs as `caller` sees them (the API, the portal).
+pub async fn shown<S: Store, P: Projection, R: RouteOps>(
+    state: &AppState<S, P, R>,
+    caller: &Caller,
+) -> Result<Vec<PopOut>, ApiError> {
     let b = state.broker.lock().await;
     let now = crate::store::now();
     let admin = matches!(caller, Caller::Admin);
-    Ok(Json(
-        b.store
-            .pops()?
-            .iter()
-            .map(|p| out(p, b.store.pop(), now, admin))
-            .collect(),
-    ))
+    Ok(b.store
+        .pops()?
+        .iter()
+        .map(|p| out(p, b.store.pop(), now, admin))
+        .collect())
 }

@@ -280,14 +280,26 @@ pub async fn show<S: Store, P: Projection, R: RouteOps>(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<TunnelOut>, ApiError> {
-    let t = visible(&state, &caller, tunnel_id(&id)?).await?;
+    Ok(Json(shown(&state, &caller, tunnel_id(&id)?).await?))
+}
+
+// What follows is what the API and the portal do to tunnels for a caller, each rule in
+// one place; the handlers only parse and render.
+
+/// Tunnel `id` with its counters, if the caller may see it.
+pub async fn shown<S: Store, P: Projection, R: RouteOps>(
+    state: &AppState<S, P, R>,
+    caller: &Caller,
+    id: u32,
+) -> Result<TunnelOut, ApiError> {
+    let t = visible(state, caller, id).await?;
     let b = state.broker.lock().await;
-    Ok(Json(out(
+    Ok(out(
         &t,
         &b.side(&t)?,
         b.is_asleep(t.spec.id),
         b.maps.counters(t.spec.id),
-    )))
+    ))
 }
 
 pub async fn create<S: Store, P: Projection, R: RouteOps>(
@@ -295,6 +307,17 @@ pub async fn create<S: Store, P: Projection, R: RouteOps>(
     Extension(caller): Extension<Caller>,
     Body(req): Body<CreateIn>,
 ) -> Result<Response, ApiError> {
+    let t = created(&state, &caller, req).await?;
+    Ok((StatusCode::CREATED, Json(t)).into_response())
+}
+
+/// Creates a tunnel as `req` asks, if the caller may.
+pub async fn created<S: Store, P: Projection, R: RouteOps>(
+    state: &AppState<S, P, R>,
+    caller: &Caller,
+    req: CreateIn,
+) -> Result<TunnelOut, ApiError> {
+    let caller = caller.clone();
     let mut new = new_tunnel(&caller, req)?;
     if let Some(owner) = &new.owner {
         let b = state.broker.lock().await;
@@ -314,11 +337,7 @@ pub async fn create<S: Store, P: Projection, R: RouteOps>(
         new.pop = Some(b.place()?);
     }
     let t = b.create_tunnel(&new).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(out(&t, &b.side(&t)?, false, None)),
-    )
-        .into_response())
+    Ok(out(&t, &b.side(&t)?, false, None))
 }
 
 /// What a creation request asks the broker for, once the caller may ask it.
@@ -382,14 +401,23 @@ pub async fn change<S: Store, P: Projection, R: RouteOps>(
     Path(id): Path<String>,
     Body(req): Body<ChangeIn>,
 ) -> Result<Json<TunnelOut>, ApiError> {
-    let id = tunnel_id(&id)?;
-    let current = visible(&state, &caller, id).await?;
+    Ok(Json(changed(&state, &caller, tunnel_id(&id)?, req).await?))
+}
+
+/// Changes tunnel `id` as `req` asks, if the caller may.
+pub async fn changed<S: Store, P: Projection, R: RouteOps>(
+    state: &AppState<S, P, R>,
+    caller: &Caller,
+    id: u32,
+    req: ChangeIn,
+) -> Result<TunnelOut, ApiError> {
+    let current = visible(state, caller, id).await?;
     let disabled_now = current.spec.state == TState::Disabled;
     if req
         .state
         .is_some_and(|s| (s == TunnelState::Disabled) != disabled_now)
     {
-        operator_only(&caller)?;
+        operator_only(caller)?;
     }
     let kind = current.spec.kind;
     let endpoint =
@@ -420,7 +448,7 @@ pub async fn change<S: Store, P: Projection, R: RouteOps>(
     }
     let mut b = state.broker.lock().await;
     let t = b.update_tunnel(id, &change).await?;
-    Ok(Json(out(&t, &b.side(&t)?, b.is_asleep(id), None)))
+    Ok(out(&t, &b.side(&t)?, b.is_asleep(id), None))
 }
 
 /// `POST /api/v1/tunnels/{id}/update-key`: a new update key for `/nic/update`, shown in
@@ -431,9 +459,40 @@ pub async fn new_update_key<S: Store, P: Projection, R: RouteOps>(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = tunnel_id(&id)?;
-    visible(&state, &caller, id).await?;
-    let key = state.broker.lock().await.new_update_key(id)?;
+    let key = new_key(&state, &caller, id).await?;
     Ok(Json(serde_json::json!({ "id": id, "update_key": key })))
+}
+
+/// A new update key for tunnel `id`, if the caller may see it.
+pub async fn new_key<S: Store, P: Projection, R: RouteOps>(
+    state: &AppState<S, P, R>,
+    caller: &Caller,
+    id: u32,
+) -> Result<String, ApiError> {
+    visible(state, caller, id).await?;
+    Ok(state.broker.lock().await.new_update_key(id)?)
+}
+
+/// `POST /api/v1/tunnels/{id}/password`: a new tunnel password (the client fetches its
+/// tunnel again over TIC).
+pub async fn new_password<S: Store, P: Projection, R: RouteOps>(
+    State(state): State<AppState<S, P, R>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<TunnelOut>, ApiError> {
+    Ok(Json(renewed(&state, &caller, tunnel_id(&id)?).await?))
+}
+
+/// Tunnel `id` with a new password, if the caller may see it.
+pub async fn renewed<S: Store, P: Projection, R: RouteOps>(
+    state: &AppState<S, P, R>,
+    caller: &Caller,
+    id: u32,
+) -> Result<TunnelOut, ApiError> {
+    visible(state, caller, id).await?;
+    let mut b = state.broker.lock().await;
+    let t = b.new_tunnel_password(id).await?;
+    Ok(out(&t, &b.side(&t)?, b.is_asleep(id), None))
 }
 
 /// `disabled` is the operator's word: only the administrator sets or clears it (a user
@@ -441,7 +500,9 @@ pub async fn new_update_key<S: Store, P: Projection, R: RouteOps>(
 fn operator_only(caller: &Caller) -> Result<(), ApiError> {
     match caller {
         Caller::Admin => Ok(()),
-        Caller::User(_) => Err(ApiError::forbidden(
+        Caller::User(_) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            Some("state".into()),
             "state: only the operator sets a tunnel disabled or clears it",
         )),
     }
@@ -452,10 +513,19 @@ pub async fn delete<S: Store, P: Projection, R: RouteOps>(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let id = tunnel_id(&id)?;
-    visible(&state, &caller, id).await?;
-    state.broker.lock().await.delete_tunnel(id).await?;
+    deleted(&state, &caller, tunnel_id(&id)?).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes tunnel `id`, if the caller may see it.
+pub async fn deleted<S: Store, P: Projection, R: RouteOps>(
+    state: &AppState<S, P, R>,
+    caller: &Caller,
+    id: u32,
+) -> Result<(), ApiError> {
+    visible(state, caller, id).await?;
+    state.broker.lock().await.delete_tunnel(id).await?;
+    Ok(())
 }
 
 #[derive(Debug, Deserialize)]

@@ -17,6 +17,9 @@ use crate::{
 pub struct UserOut {
     pub name: String,
     pub created_at: u64,
+    /// No login succeeds (docs/PORTAL.md, "Disabling an account").
+    #[serde(default)]
+    pub disabled: bool,
     /// Shown once, when the user is created.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
@@ -37,9 +40,76 @@ fn out(u: &UserRecord, tunnels: Vec<u32>, password: Option<String>) -> UserOut {
     UserOut {
         name: u.name.clone(),
         created_at: u.created_at,
+        disabled: u.secrets.disabled(),
         password,
         tunnels,
     }
+}
+
+/// `PATCH /api/v1/users/{name}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeIn {
+    /// The administrator's only.
+    #[serde(default)]
+    disabled: Option<bool>,
+    /// A new password: the user's own, or any the administrator sets.
+    #[serde(default)]
+    password: Option<String>,
+}
+
+pub async fn change<S: Store, P: Projection, R: RouteOps>(
+    State(state): State<AppState<S, P, R>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    Body(req): Body<ChangeIn>,
+) -> Result<Json<UserOut>, ApiError> {
+    if caller != Caller::Admin && caller != Caller::User(name.clone()) {
+        return Err(ApiError::not_found(format!("no user {name:?}")));
+    }
+    if let Some(p) = &req.password {
+        set_password(&state, &caller, &name, p).await?;
+    }
+    if let Some(d) = req.disabled {
+        set_disabled(&state, &caller, &name, d).await?;
+    }
+    let b = state.broker.lock().await;
+    let u = b
+        .store
+        .user(&name)?
+        .ok_or_else(|| ApiError::not_found(format!("no user {name:?}")))?;
+    Ok(Json(out(&u, owned(&b.store, &name)?, None)))
+}
+
+// What the API and the portal do to accounts, for a caller.
+
+/// A new password for `name`: the user's own, or any account's by the administrator.
+pub async fn set_password<S: Store, P: Projection, R: RouteOps>(
+    state: &AppState<S, P, R>,
+    caller: &Caller,
+    name: &str,
+    password: &str,
+) -> Result<(), ApiError> {
+    if !caller.may_use(Some(name)) {
+        return Err(ApiError::not_found(format!("no user {name:?}")));
+    }
+    Ok(state.broker.lock().await.set_password(name, password)?)
+}
+
+/// Disables or enables an account (the administrator's only); the tunnels disabled.
+pub async fn set_disabled<S: Store, P: Projection, R: RouteOps>(
+    state: &AppState<S, P, R>,
+    caller: &Caller,
+    name: &str,
+    disabled: bool,
+) -> Result<Vec<u32>, ApiError> {
+    admin(caller)?;
+    Ok(state
+        .broker
+        .lock()
+        .await
+        .set_user_disabled(name, disabled)
+        .await?)
 }
 
 fn admin(caller: &Caller) -> Result<(), ApiError> {

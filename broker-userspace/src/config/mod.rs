@@ -334,6 +334,71 @@ impl Default for ApiConfig {
     }
 }
 
+/// Who may make an account in the portal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Signup {
+    /// Anyone who reaches the portal.
+    Open,
+    /// With one of `portal.invite_codes`, each good for one account.
+    Invite,
+    /// Only the operator makes accounts.
+    #[default]
+    Closed,
+}
+
+/// The web portal for users and operators (docs/PORTAL.md).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortalConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// A listener of its own (with `/nic/update` and the health check); without one the
+    /// portal is served on `api.listen`, beside the API.
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
+    #[serde(default)]
+    pub signup: Signup,
+    /// For `signup: invite`: each makes one account.
+    #[serde(default)]
+    pub invite_codes: Vec<String>,
+    /// Users who see the operator's pages (as the administrator's token would).
+    #[serde(default)]
+    pub operators: Vec<String>,
+    /// Marks the session cookie `Secure` without `api.tls` (behind a proxy that ends TLS).
+    #[serde(default)]
+    pub secure_cookies: bool,
+    /// A session ends this many hours after its login (1-720).
+    #[serde(default = "default_session_hours")]
+    pub session_hours: u32,
+    /// Traffic history kept per tunnel for its graph, in hours (0-48, 0 = none).
+    #[serde(default = "default_history_hours")]
+    pub history_hours: u32,
+}
+
+impl Default for PortalConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: None,
+            signup: Signup::default(),
+            invite_codes: Vec::new(),
+            operators: Vec::new(),
+            secure_cookies: false,
+            session_hours: default_session_hours(),
+            history_hours: default_history_hours(),
+        }
+    }
+}
+
+fn default_session_hours() -> u32 {
+    12
+}
+
+fn default_history_hours() -> u32 {
+    6
+}
+
 fn default_listen() -> std::net::SocketAddr {
     ([127, 0, 0, 1], 8080).into()
 }
@@ -727,6 +792,9 @@ pub struct Config {
     /// The heartbeat server; absent = off.
     #[serde(default)]
     pub heartbeat: Option<HeartbeatConfig>,
+    /// The web portal (docs/PORTAL.md); on by default, on the API's listener.
+    #[serde(default)]
+    pub portal: PortalConfig,
     #[serde(default)]
     pub tunnels: Vec<Tunnel>,
 }

@@ -18,6 +18,7 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
     pools(c)?;
     announce(c)?;
     api(c)?;
+    portal(c)?;
     tsp(c)?;
     ayiya(c)?;
     tic(c)?;
@@ -42,6 +43,9 @@ fn ports(c: &Config) -> Result<(), Invalid> {
     used.push((Proto::Tcp, api.ip(), api.port(), "api.listen"));
     if let Some(p) = c.api.public_listen {
         used.push((Proto::Tcp, p.ip(), p.port(), "api.public_listen"));
+    }
+    if let Some(p) = c.portal.listen.filter(|_| c.portal.enabled) {
+        used.push((Proto::Tcp, p.ip(), p.port(), "portal.listen"));
     }
     if let Some(t) = &c.tsp {
         for ip in std::iter::once(pop4).chain(pop6) {
@@ -365,6 +369,45 @@ fn api(c: &Config) -> Result<(), Invalid> {
         )),
         _ => Ok(()),
     }
+}
+
+fn portal(c: &Config) -> Result<(), Invalid> {
+    let p = &c.portal;
+    if p.signup == super::Signup::Invite && p.invite_codes.is_empty() {
+        return Err((
+            "portal.invite_codes".into(),
+            "signup: invite needs at least one code".into(),
+        ));
+    }
+    for (i, code) in p.invite_codes.iter().enumerate() {
+        if code.len() < 12 || code.len() > 128 || code.chars().any(|c| !c.is_ascii_graphic()) {
+            return Err((
+                format!("portal.invite_codes[{i}]"),
+                "12-128 printable characters without spaces; use a random code".into(),
+            ));
+        }
+    }
+    for (i, name) in p.operators.iter().enumerate() {
+        if !crate::broker::valid_user_name(name) {
+            return Err((
+                format!("portal.operators[{i}]"),
+                format!("{name:?} is not a user name"),
+            ));
+        }
+    }
+    if !(1..=720).contains(&p.session_hours) {
+        return Err((
+            "portal.session_hours".into(),
+            format!("{} is outside 1-720", p.session_hours),
+        ));
+    }
+    if p.history_hours > 48 {
+        return Err((
+            "portal.history_hours".into(),
+            format!("{} is more than 48", p.history_hours),
+        ));
+    }
+    Ok(())
 }
 
 fn pools(c: &Config) -> Result<(), Invalid> {

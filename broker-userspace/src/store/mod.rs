@@ -234,6 +234,8 @@ pub struct TunnelChange {
     /// Moves the tunnel to this PoP: it gets new prefixes (or inner IPv4) from that
     /// PoP's pools, of the same lengths; the old ones go into quarantine.
     pub pop: Option<String>,
+    /// A new tunnel password (AYIYA's and the heartbeat's shared secret).
+    pub password: Option<String>,
 }
 
 /// Which tunnels a listing asks for; each field left `None` matches every tunnel.

@@ -369,6 +369,9 @@ pub(super) fn update(
     if let Some(e) = change.expires_at {
         record.expires_at = e;
     }
+    if let Some(p) = &change.password {
+        record.password = p.clone();
+    }
     if let Some(len) = change.add_routed_length {
         if spec.routed_prefixes.is_empty() {
             if !spec.kind.carries_ipv6() {
@@ -398,7 +401,7 @@ pub(super) fn update(
     db.exec(
         "UPDATE tunnels SET kind = ?1, remote_v4 = ?2, remote_port = ?3, remote_v6 = ?4, \
          state = ?5, mtu = ?6, keepalive = ?7, expires_at = ?8, updated_at = ?9, pop = ?11, \
-         link_prefix = ?12, client_v4 = ?13 WHERE id = ?10",
+         link_prefix = ?12, client_v4 = ?13, password = ?14 WHERE id = ?10",
         params![
             spec.kind.as_str(),
             v4,
@@ -412,7 +415,8 @@ pub(super) fn update(
             id,
             &record.pop,
             spec.link_prefix.map(|p| p.to_string()),
-            spec.client_v4.map(|a| a.to_string())
+            spec.client_v4.map(|a| a.to_string()),
+            &record.password
         ],
     )?;
     Ok(record)

@@ -14,7 +14,10 @@ impl<S: Store> Directory for StoreDirectory<'_, S> {
     fn user_password_md5(&self, user: &str) -> Option<String> {
         match self.store.user(user) {
             // Empty: an account of an older store not upgraded yet; nothing matches.
-            Ok(u) => u.map(|u| u.secrets.tic_md5).filter(|m| !m.is_empty()),
+            Ok(u) => u
+                .filter(|u| !u.secrets.disabled())
+                .map(|u| u.secrets.tic_md5)
+                .filter(|m| !m.is_empty()),
             Err(e) => {
                 // A store failure refuses the login rather than ending the process.
                 warn!(user, error = %e, "TIC: reading the user failed");

@@ -233,6 +233,7 @@ async fn renew<S: Store, P: Projection, R: RouteOps>(
         add_routed_length: ask.router,
         mtu: None,
         pop: None,
+        password: None,
     };
     let r = match b.update_tunnel_learnt(id, &change).await {
         Ok(r) => r,
