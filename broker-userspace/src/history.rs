@@ -55,52 +55,62 @@ impl History {
     /// Takes in the counters of every tunnel at `now` (Unix seconds). Tunnels not among
     /// them are forgotten; counters that went back (a tunnel's slot reused) count afresh.
     pub fn sample(&mut self, now: u64, counters: &[(u32, TunnelStats)]) {
-        let step = (now / STEP_SECS) as u32;
-        let oldest = step.saturating_sub(self.steps.saturating_sub(1) as u32);
-        let mut seen = FxHashMap::with_capacity_and_hasher(counters.len(), Default::default());
         for (id, c) in counters {
-            let before = self.seen.get(id);
-            let grown = |now: u64, then: Option<u64>| match then {
-                Some(t) if now >= t => now - t,
-                Some(_) => now,
-                None => 0,
-            };
-            let from = grown(c.from_client_bytes, before.map(|b| b.from_bytes));
-            let to = grown(c.to_client_bytes, before.map(|b| b.to_bytes));
-            let heard = match before {
-                Some(b) if c.from_client_packets != b.from_packets => Some(now),
-                Some(b) => b.heard,
-                None => None,
-            };
-            seen.insert(
-                *id,
-                Seen {
-                    from_packets: c.from_client_packets,
-                    from_bytes: c.from_client_bytes,
-                    to_bytes: c.to_client_bytes,
-                    heard,
-                },
-            );
-            if self.steps > 0 && (from > 0 || to > 0) {
-                let kib = |b: u64| u32::try_from(b.div_ceil(1024)).unwrap_or(u32::MAX);
-                let steps = self.traffic.entry(*id).or_default();
-                match steps.back_mut() {
-                    Some(last) if last.0 == step => {
-                        last.1 = last.1.saturating_add(kib(from));
-                        last.2 = last.2.saturating_add(kib(to));
-                    }
-                    _ => steps.push_back((step, kib(from), kib(to))),
-                }
-            }
+            self.observe(*id, now, c);
         }
-        self.seen = seen;
-        let present = &self.seen;
+        let present: rustc_hash::FxHashSet<u32> = counters.iter().map(|(id, _)| *id).collect();
+        self.seen.retain(|id, _| present.contains(id));
+        let oldest = self.oldest(now);
         self.traffic.retain(|id, steps| {
             while steps.front().is_some_and(|s| s.0 < oldest) {
                 steps.pop_front();
             }
-            !steps.is_empty() && present.contains_key(id)
+            !steps.is_empty() && present.contains(id)
         });
+    }
+
+    /// Takes in one tunnel's counters as read at `now` (between samples: a tunnel's page
+    /// shows its traffic up to the moment).
+    pub fn observe(&mut self, id: u32, now: u64, c: &TunnelStats) {
+        let before = self.seen.get(&id).copied();
+        let grown = |now: u64, then: Option<u64>| match then {
+            Some(t) if now >= t => now - t,
+            Some(_) => now,
+            None => 0,
+        };
+        let from = grown(c.from_client_bytes, before.map(|b| b.from_bytes));
+        let to = grown(c.to_client_bytes, before.map(|b| b.to_bytes));
+        let heard = match before {
+            Some(b) if c.from_client_packets != b.from_packets => Some(now),
+            Some(b) => b.heard,
+            None => None,
+        };
+        self.seen.insert(
+            id,
+            Seen {
+                from_packets: c.from_client_packets,
+                from_bytes: c.from_client_bytes,
+                to_bytes: c.to_client_bytes,
+                heard,
+            },
+        );
+        if self.steps > 0 && (from > 0 || to > 0) {
+            let step = (now / STEP_SECS) as u32;
+            let kib = |b: u64| u32::try_from(b.div_ceil(1024)).unwrap_or(u32::MAX);
+            let steps = self.traffic.entry(id).or_default();
+            match steps.back_mut() {
+                Some(last) if last.0 == step => {
+                    last.1 = last.1.saturating_add(kib(from));
+                    last.2 = last.2.saturating_add(kib(to));
+                }
+                _ => steps.push_back((step, kib(from), kib(to))),
+            }
+        }
+    }
+
+    /// The first step still in the window at `now`.
+    fn oldest(&self, now: u64) -> u32 {
+        ((now / STEP_SECS) as u32).saturating_sub(self.steps.saturating_sub(1) as u32)
     }
 
     /// When packets from the tunnel's client were last counted (Unix seconds), if since
@@ -218,6 +228,16 @@ mod tests {
         assert_eq!(h.heard(2), None);
         // 2048 + 1024 (counted afresh after going back), rounded up to KiB.
         assert_eq!(h.bars(1, T0 + 120)[11].from_client, 3 * 1024);
+    }
+
+    #[test]
+    fn a_tunnel_observed_between_samples_counts_once() {
+        let mut h = History::new(1);
+        h.sample(T0, &[(7, stats(1, 1024, 0))]);
+        h.observe(7, T0 + 10, &stats(2, 3072, 0));
+        assert_eq!(h.heard(7), Some(T0 + 10));
+        h.sample(T0 + 60, &[(7, stats(3, 4096, 0))]);
+        assert_eq!(h.bars(7, T0 + 60)[11].from_client, 3 * 1024);
     }
 
     #[test]

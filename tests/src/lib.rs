@@ -5,12 +5,14 @@
 //! ended by PID. Addresses come from the documentation ranges and never leave the
 //! namespaces this code creates.
 
+pub mod browser;
 pub mod cpu;
 pub mod io;
 pub mod lab;
 pub mod netns;
 pub mod postgres;
 pub mod process;
+pub mod relay;
 
 use std::path::PathBuf;
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use broker_tests::{
-    lab::{pops, Lab, HEARTBEAT_HOST, INET6_HOST, POP_NATIVE_V6, POP_V4},
+    lab::{pops, Lab, HEARTBEAT_HOST, INET6_HOST, LAB_OPERATOR, POP_NATIVE_V6, POP_V4},
     postgres::Cluster,
 };
 use clap::Subcommand;
@@ -76,6 +76,8 @@ pub const TSP_USER: (&str, &str) = ("demo", "demo-password");
 /// tunnel of that kind.
 pub const AYIYA_USER: (&str, &str) = ("ayiya-demo", "ayiya-password");
 pub const HEARTBEAT_USER: (&str, &str) = ("hb-demo", "hb-password");
+/// The password of the lab's portal operator ([`broker_tests::lab::LAB_OPERATOR`]).
+pub const OPERATOR_PASSWORD: &str = "operator-password";
 
 /// Builds the broker, replaces any previous lab, and starts a new one.
 pub fn up(clients: u32) -> Result<Lab> {
@@ -84,6 +86,7 @@ pub fn up(clients: u32) -> Result<Lab> {
     let mut lab = Lab::start(PREFIX, clients, &state_dir(), "")?;
     lab.add_tsp_hosts()?;
     lab.cli(&["user", "add", TSP_USER.0, "--password", TSP_USER.1])?;
+    lab.cli(&["user", "add", LAB_OPERATOR, "--password", OPERATOR_PASSWORD])?;
     let natted = lab.start_tsp_client(
         "t1",
         &POP_V4.to_string(),
@@ -205,6 +208,9 @@ pub fn print_summary(lab: &Lab) {
         "  {:<16} SixXS client {HEARTBEAT_HOST}, user {}: TIC, then proto-41 with heartbeats",
         lab.host("h1").name(),
         HEARTBEAT_USER.0
+    );
+    println!(
+        "portal: http://{POP_V4}:8080/ from the lab's clients; operator {LAB_OPERATOR} / {OPERATOR_PASSWORD}, sign-up open"
     );
     println!("config: {}", lab.config_path().display());
     println!("logs:   {}", lab.dir.display());

@@ -143,6 +143,20 @@ pub fn run(o: Options) -> Result<()> {
         broker_tests::lab::LAB_TOKEN
     );
     println!("  target/debug/broker stats --instance {}", lab::INSTANCE);
+    // The portal, for a browser on this machine: relayed from the loopback into the PoP
+    // (no route into the lab is added).
+    let relay = portal_relay(&lab);
+    match &relay {
+        Ok(r) => println!(
+            "Portal: http://{}/ (operator {} / {}; sign-up is open)",
+            r.at,
+            broker_tests::lab::LAB_OPERATOR,
+            lab::OPERATOR_PASSWORD
+        ),
+        Err(e) => println!(
+            "Portal: not relayed to this machine ({e:#}); inside the lab at http://192.0.2.1:8080/"
+        ),
+    }
     println!("Ctrl-C stops the lab.");
     while !STOP.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(200));
@@ -150,6 +164,23 @@ pub fn run(o: Options) -> Result<()> {
     println!("\nstopping the lab");
     drop(lab);
     lab::cleanup_state()
+}
+
+/// A relay from 127.0.0.1:8080 (or any free port) to the lab's portal.
+fn portal_relay(lab: &broker_tests::lab::Lab) -> Result<broker_tests::relay::Relay> {
+    let target = (std::net::Ipv4Addr::LOCALHOST, broker_tests::lab::API_PORT).into();
+    broker_tests::relay::Relay::start(
+        (std::net::Ipv4Addr::LOCALHOST, broker_tests::lab::API_PORT).into(),
+        &lab.pop,
+        target,
+    )
+    .or_else(|_| {
+        broker_tests::relay::Relay::start(
+            (std::net::Ipv4Addr::LOCALHOST, 0).into(),
+            &lab.pop,
+            target,
+        )
+    })
 }
 
 /// `cargo xtask run --pops N`: PostgreSQL, N PoPs with BIRD and an upstream router,

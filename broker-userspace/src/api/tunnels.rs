@@ -85,6 +85,19 @@ impl From<TunnelStats> for Counters {
     }
 }
 
+impl From<&Counters> for TunnelStats {
+    fn from(c: &Counters) -> Self {
+        Self {
+            from_client_packets: c.from_client_packets,
+            from_client_bytes: c.from_client_bytes,
+            to_client_packets: c.to_client_packets,
+            to_client_bytes: c.to_client_bytes,
+            drop_packets: c.drop_packets,
+            drop_bytes: c.drop_bytes,
+        }
+    }
+}
+
 pub(super) fn out(
     r: &TunnelRecord,
     pop: &Pop,

@@ -177,7 +177,10 @@ async fn tunnel_page<S: Store, P: Projection, R: RouteOps>(
     };
     let now = crate::store::now();
     let (heard, bars) = {
-        let h = portal.history();
+        let mut h = portal.history();
+        if let Some(c) = &t.counters {
+            h.observe(id, now, &c.into());
+        }
         (h.heard(id), h.bars(id, now))
     };
     let counters = t.counters.as_ref().map_or_else(Vec::new, |c| {
