@@ -53,21 +53,16 @@ impl System {
     /// The systems a tunnel of this kind (and origin) has a configuration for.
     pub fn for_tunnel(t: &TunnelOut) -> Vec<System> {
         match t.kind.as_str() {
-            "proto41" if t.origin == "tsp" => vec![
-                System::Gogoc,
-                System::Broker,
-                System::Linux,
-                System::Openwrt,
-                System::Routeros,
-            ],
+            "ayiya" | "heartbeat" => vec![System::Aiccu, System::Broker],
+            _ if t.origin == "tsp" => vec![System::Gogoc, System::Broker],
             "proto41" => vec![
                 System::Linux,
                 System::Openwrt,
                 System::Routeros,
                 System::Broker,
             ],
-            "ayiya" | "heartbeat" => vec![System::Aiccu, System::Broker],
-            _ => vec![System::Gogoc, System::Broker],
+            // v6udpv4 and v4v6 made by the operator for a fixed endpoint: set up by hand.
+            _ => vec![System::Broker],
         }
     }
 }
@@ -92,11 +87,15 @@ fn ifname(t: &TunnelOut) -> String {
 
 pub fn render(t: &TunnelOut, system: System) -> String {
     match system {
-        System::Broker => return broker_client(t),
-        System::Gogoc => return gogoc(t),
-        System::Aiccu => return aiccu(t),
-        _ => {}
+        System::Broker => broker_client(t),
+        System::Gogoc => gogoc(t),
+        System::Aiccu => aiccu(t),
+        System::Linux | System::Openwrt | System::Routeros => native(t, system),
     }
+}
+
+/// A proto-41 tunnel set up with the system's own tools.
+fn native(t: &TunnelOut, system: System) -> String {
     let mut s = String::new();
     if t.kind == "ayiya" || t.kind == "heartbeat" {
         let _ = writeln!(
@@ -196,7 +195,8 @@ pub fn render(t: &TunnelOut, system: System) -> String {
             );
             let _ = writeln!(s, "/ipv6 route add dst-address=::/0 gateway={}", pop6);
         }
-        System::Broker | System::Gogoc | System::Aiccu => unreachable!("rendered above"),
+        // Their own renderers (see `render`).
+        System::Broker | System::Gogoc | System::Aiccu => {}
     }
     if !routed.is_empty() {
         let _ = writeln!(s, "# Routed to you: {routed}");
@@ -251,6 +251,13 @@ fn broker_client(t: &TunnelOut) -> String {
                 }
             );
         }
+        kind if t.origin != "tsp" => {
+            let _ = writeln!(
+                s,
+                "# A {kind} tunnel for a fixed endpoint, set up by hand: no client negotiates \
+                 it. TSP clients get tunnels of their own (see the tunnel list)."
+            );
+        }
         kind => {
             let (ty, mode) = match kind {
                 "v4v6" => ("v4v6", ""),
@@ -268,33 +275,56 @@ fn broker_client(t: &TunnelOut) -> String {
     s
 }
 
-/// gogoc.conf (gogoc 1.2): the keys it reads, for this tunnel.
+/// gogoc.conf (gogoc 1.2) for a tunnel TSP set up: its next sessions get it back.
 fn gogoc(t: &TunnelOut) -> String {
-    let mut s = String::new();
-    if t.kind == "ayiya" || t.kind == "heartbeat" {
-        let _ = writeln!(
-            s,
-            "# Tunnel {} is {}: gogoc does not speak TIC; use aiccu.conf.",
-            t.id, t.kind
+    if t.kind == "ayiya" || t.kind == "heartbeat" || t.origin != "tsp" {
+        return format!(
+            "# Tunnel {} ({}, made {}) is not one TSP sets up: gogoc would get a tunnel of \
+             its own (see the tunnel list for that).\n",
+            t.id,
+            t.kind,
+            if t.origin == "static" {
+                "by the PoP's configuration"
+            } else {
+                "here"
+            }
         );
-        return s;
     }
     let mode = match t.kind.as_str() {
         "v4v6" => "v4v6",
         "v6udpv4" => "v6udpv4",
         _ => "v6anyv4",
     };
-    let router = t.routed_prefixes.first();
-    let _ = writeln!(s, "# gogoc.conf for tunnel {} (gogoc 1.2)", t.id);
-    let _ = writeln!(s, "userid={}", owner(t));
+    let len = t
+        .routed_prefixes
+        .first()
+        .map(|p| p.rsplit_once('/').map_or("48", |(_, l)| l));
+    gogoc_conf(
+        &format!("gogoc.conf for tunnel {} (gogoc 1.2)", t.id),
+        owner(t),
+        &server(t),
+        mode,
+        len,
+    )
+}
+
+/// The keys gogoc 1.2 reads; the rest (`gogoc_dir`, logs, the broker list) are the
+/// installation's, in the gogoc.conf it came with.
+fn gogoc_conf(title: &str, user: &str, server: &str, mode: &str, routed: Option<&str>) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# {title}: set these in the gogoc.conf your gogoc came with"
+    );
+    let _ = writeln!(s, "# (it has gogoc_dir, where template/linux.sh is).");
+    let _ = writeln!(s, "userid={user}");
     let _ = writeln!(s, "passwd={ACCOUNT_PASSWORD}");
-    let _ = writeln!(s, "server={}", server(t));
+    let _ = writeln!(s, "server={server}");
     let _ = writeln!(s, "auth_method=any");
     let _ = writeln!(s, "tunnel_mode={mode}");
-    match router {
-        Some(p) => {
+    match routed {
+        Some(len) => {
             let _ = writeln!(s, "host_type=router");
-            let len = p.rsplit_once('/').map_or("48", |(_, l)| l);
             let _ = writeln!(s, "prefixlen={len}");
             let _ = writeln!(s, "# The LAN interface the routed prefix is announced on:");
             let _ = writeln!(s, "if_prefix=eth0");
@@ -311,8 +341,33 @@ fn gogoc(t: &TunnelOut) -> String {
     let _ = writeln!(s, "keepalive_interval=30");
     let _ = writeln!(s, "auto_retry_connect=yes");
     let _ = writeln!(s, "retry_delay=30");
-    let _ = writeln!(s, "log_stderr=1");
     s
+}
+
+/// How `user` gets a tunnel from a TSP client at `server` (TSP makes it, and gives it
+/// back on every later session): gogoc.conf, and `broker client tsp`.
+pub fn tsp_account(user: &str, server: &str) -> Vec<(System, String)> {
+    vec![
+        (
+            System::Gogoc,
+            gogoc_conf(
+                "gogoc.conf (gogoc 1.2)",
+                user,
+                server,
+                // v6v4 where the client is reachable, v6udpv4 behind a NAT: the broker
+                // tells them apart.
+                "v6anyv4",
+                None,
+            ),
+        ),
+        (
+            System::Broker,
+            format!(
+                "# Run as root; behind a NAT it gets v6udpv4, else v6v4 (proto-41):\n\
+                 broker client tsp --server {server} --user {user} --password '{ACCOUNT_PASSWORD}'\n"
+            ),
+        ),
+    ]
 }
 
 /// aiccu.conf (AICCU 2007.01.15): TIC fetches the rest.
@@ -433,9 +488,16 @@ mod tests {
         };
         assert_eq!(kinds("proto41", "api")[0], System::Linux);
         assert!(!kinds("proto41", "api").contains(&System::Gogoc));
-        assert!(kinds("proto41", "tsp").contains(&System::Gogoc));
+        assert_eq!(kinds("proto41", "tsp"), vec![System::Gogoc, System::Broker]);
         assert_eq!(kinds("ayiya", "api"), vec![System::Aiccu, System::Broker]);
         assert_eq!(kinds("v4v6", "tsp"), vec![System::Gogoc, System::Broker]);
+        // gogoc would not get an operator's v6udpv4 tunnel back: TSP keeps its own.
+        assert_eq!(kinds("v6udpv4", "api"), vec![System::Broker]);
+        let t = TunnelOut {
+            kind: "v6udpv4".into(),
+            ..tunnel()
+        };
+        assert!(render(&t, System::Gogoc).contains("not one TSP sets up"));
     }
 
     #[test]
@@ -486,6 +548,105 @@ mod tests {
             assert!(a.contains(line), "{line} in {a}");
         }
         assert!(render(&tunnel(), System::Aiccu).starts_with("# Tunnel 7 is proto41"));
+    }
+
+    #[test]
+    fn a_tsp_client_gets_its_own_tunnel_with_the_account() {
+        let all = tsp_account("bob", "192.0.2.1");
+        let gogoc = &all[0].1;
+        for line in [
+            "userid=bob\n",
+            "server=192.0.2.1\n",
+            "tunnel_mode=v6anyv4\n",
+            "host_type=host\n",
+        ] {
+            assert!(gogoc.contains(line), "{line} in {gogoc}");
+        }
+        assert!(all[1]
+            .1
+            .contains("broker client tsp --server 192.0.2.1 --user bob"));
+    }
+
+    /// Keys gogoc 1.2 reads (the names in its `conf/gogoc.conf.in`) and AICCU 2007.01.15
+    /// reads (`common/aiccu.c`'s configuration table); both clients were run with these
+    /// files against the lab (docs/PORTAL.md, "Checked with the deployed clients").
+    const GOGOC_KEYS: &[&str] = &[
+        "userid",
+        "passwd",
+        "server",
+        "auth_method",
+        "host_type",
+        "prefixlen",
+        "if_prefix",
+        "dns_server",
+        "gogoc_dir",
+        "auto_retry_connect",
+        "retry_delay",
+        "retry_delay_max",
+        "keepalive",
+        "keepalive_interval",
+        "tunnel_mode",
+        "if_tunnel_v6v4",
+        "if_tunnel_v6udpv4",
+        "if_tunnel_v4v6",
+        "client_v4",
+        "client_v6",
+        "template",
+        "proxy_client",
+        "broker_list",
+        "last_server",
+        "always_use_same_server",
+        "log_filename",
+        "log_rotation",
+        "log_rotation_size",
+        "log_rotation_delete",
+        "syslog_facility",
+    ];
+    const AICCU_KEYS: &[&str] = &[
+        "username",
+        "password",
+        "protocol",
+        "server",
+        "ipv6_interface",
+        "tunnel_id",
+        "local_ipv4_override",
+        "setupscript",
+        "automatic",
+        "daemonize",
+        "verbose",
+        "behindnat",
+        "requiretls",
+        "noconfigure",
+        "makebeats",
+        "defaultroute",
+        "pidfile",
+    ];
+
+    #[test]
+    fn every_key_written_is_one_the_client_reads() {
+        let keys = |text: &str, sep: char| -> Vec<String> {
+            text.lines()
+                .filter(|l| !l.starts_with('#') && !l.is_empty())
+                .map(|l| l.split(sep).next().unwrap().to_string())
+                .collect()
+        };
+        let tsp = TunnelOut {
+            kind: "v6udpv4".into(),
+            origin: "tsp".into(),
+            ..tunnel()
+        };
+        let mut gogoc = keys(&render(&tsp, System::Gogoc), '=');
+        gogoc.extend(keys(&tsp_account("bob", "192.0.2.1")[0].1, '='));
+        for k in gogoc {
+            assert!(GOGOC_KEYS.contains(&k.as_str()), "gogoc reads no {k}");
+        }
+        let ayiya = TunnelOut {
+            kind: "ayiya".into(),
+            ..tunnel()
+        };
+        for k in keys(&render(&ayiya, System::Aiccu), ' ') {
+            assert!(AICCU_KEYS.contains(&k.as_str()), "aiccu reads no {k}");
+        }
     }
 
     #[test]

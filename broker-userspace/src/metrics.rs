@@ -84,7 +84,7 @@ impl Metrics {
     }
 
     /// Counts one thing a defence turned away (docs/SECURITY.md): `service` is `api`,
-    /// `tsp`, `tic` or `heartbeat`, `reason` what it ran into.
+    /// `portal`, `tsp`, `tic` or `heartbeat`, `reason` what it ran into.
     pub fn defended(&self, service: &str, reason: &str) {
         self.defended
             .get_or_create(&vec![

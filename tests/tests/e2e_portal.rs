@@ -277,7 +277,7 @@ fn a_user_and_an_operator_in_a_real_browser() {
         ann.set_window_size(412, 2400).await.unwrap();
         shot_narrow(&ann, &shots, "tunnel-phone").await;
         go(&ann, "/tunnels").await;
-        shot(&ann, &shots, "tunnels", 600).await;
+        shot(&ann, &shots, "tunnels", 1300).await;
 
         // A form whose CSRF token was taken out is refused, and changes nothing.
         go(&ann, &format!("/tunnels/{id}")).await;

@@ -195,6 +195,12 @@ mod tests {
         assert_eq!(r.filter.owner, Some(OwnerFilter::Nobody));
         assert_eq!(r.filter.kind, Some(Kind::Ayiya));
         assert_eq!(r.limit, DEFAULT_LIMIT);
+        let r = ListRequest::parse(&q(&[("pop", "pop2")]), &Caller::Admin).unwrap();
+        assert_eq!(
+            r.filter.pop.as_deref(),
+            Some("pop2"),
+            "pop is a filter, not unknown"
+        );
         let r = ListRequest::parse(&q(&[("prefix", "2001:db8::1")]), &Caller::Admin).unwrap();
         assert_eq!(r.filter.prefix, Some("2001:db8::1/128".parse().unwrap()));
         for (k, v) in [
@@ -206,6 +212,7 @@ mod tests {
             ("endpoint", "host"),
             ("prefix", "10.0.0.0/8"),
             ("counters", "1"),
+            ("pop", "two words"),
             ("colour", "red"),
         ] {
             let e = ListRequest::parse(&q(&[(k, v)]), &Caller::Admin).unwrap_err();

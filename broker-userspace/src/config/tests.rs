@@ -475,6 +475,61 @@ fn services_on_one_port_are_refused() {
 }
 
 #[test]
+fn the_portals_keys_are_checked_by_name() {
+    let c = Config::parse(GOOD).unwrap();
+    assert!(c.portal.enabled && c.portal.listen.is_none());
+    assert_eq!(c.portal.signup, crate::config::Signup::Closed);
+    let c = Config::parse(&format!(
+        "{GOOD}portal:\n  signup: invite\n  invite_codes: [abcdefghijkl0123]\n  operators: [olga]\n  listen: 0.0.0.0:8443\n"
+    ))
+    .unwrap();
+    assert_eq!(c.portal.operators, vec!["olga".to_string()]);
+    for (yaml, key, what) in [
+        (
+            "portal:\n  signup: invite\n",
+            "portal.invite_codes",
+            "at least one",
+        ),
+        (
+            "portal:\n  invite_codes: [short]\n",
+            "portal.invite_codes[0]",
+            "12-128",
+        ),
+        (
+            "portal:\n  operators: [\"a b\"]\n",
+            "portal.operators[0]",
+            "not a user name",
+        ),
+        (
+            "portal:\n  session_hours: 0\n",
+            "portal.session_hours",
+            "1-720",
+        ),
+        (
+            "portal:\n  history_hours: 49\n",
+            "portal.history_hours",
+            "48",
+        ),
+        (
+            "portal:\n  listen: 127.0.0.1:8080\n",
+            "portal.listen",
+            "TCP port 8080",
+        ),
+        ("portal:\n  signup: sometimes\n", "portal.signup", ""),
+        ("portal:\n  colour: red\n", "portal", "colour"),
+    ] {
+        let e = err(&format!("{GOOD}{yaml}"));
+        assert!(e.key.starts_with(key), "{yaml}: {e}");
+        assert!(e.message.contains(what), "{yaml}: {e}");
+    }
+    // Off, its listener is no clash.
+    assert!(Config::parse(&format!(
+        "{GOOD}portal:\n  enabled: false\n  listen: 127.0.0.1:8080\n"
+    ))
+    .is_ok());
+}
+
+#[test]
 fn a_token_of_one_repeated_character_is_refused() {
     let e = err(&format!(
         "{GOOD}api:\n  admin_token: aaaaaaaaaaaaaaaaaaaaaaaa\n"

@@ -631,3 +631,48 @@ fn failed_logins_are_counted_and_slowed() {
     b.send(Method::POST, "/login", Some(&[("name", "ann")]));
     assert_eq!(state.metrics.defended_count("portal", "csrf"), 1);
 }
+
+#[test]
+fn an_account_disabled_through_the_api_ends_its_portal_session() {
+    let (app, _) = app(config(), false);
+    let mut ann = Browser::new(app.clone());
+    ann.signup("ann");
+    assert_eq!(ann.get("/tunnels").status, StatusCode::OK);
+    let req = Request::builder()
+        .method(Method::PATCH)
+        .uri("/api/v1/users/ann")
+        .header(header::AUTHORIZATION, "Bearer admin-token-0123456789")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(r#"{"disabled": true}"#))
+        .unwrap();
+    let res = ann.rt.block_on(app.clone().oneshot(req)).unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(ann.get("/tunnels").location.as_deref(), Some("/login"));
+}
+
+#[test]
+fn the_portal_can_be_apart_or_absent() {
+    let state = AppState::new(
+        Arc::new(tokio::sync::Mutex::new(broker())),
+        None,
+        Arc::new(Metrics::new(false)),
+    );
+    let portal = Portal::new(
+        state.clone(),
+        config(),
+        false,
+        Arc::new(Mutex::new(History::new(6))),
+        vec![48],
+    );
+    let peer = MockConnectInfo("198.51.100.77:40000".parse::<SocketAddr>().unwrap());
+    let mut apart = Browser::new(own_router(portal).layer(peer.clone()));
+    assert_eq!(apart.get("/login").status, StatusCode::OK);
+    assert_eq!(apart.get("/healthz").status, StatusCode::OK);
+    assert_eq!(apart.get("/api/v1/tunnels").status, StatusCode::NOT_FOUND);
+    assert_eq!(apart.get("/metrics").status, StatusCode::NOT_FOUND);
+    let nic = apart.get("/nic/update?hostname=1");
+    assert_eq!(nic.status, StatusCode::UNAUTHORIZED, "/nic/update is there");
+    let mut api_only = Browser::new(crate::api::router(state).layer(peer));
+    assert_eq!(api_only.get("/login").status, StatusCode::NOT_FOUND);
+    assert_eq!(api_only.get("/healthz").status, StatusCode::OK);
+}

@@ -63,9 +63,31 @@ pub async fn list<S: Store, P: Projection, R: RouteOps>(
             .map(|t| Row::of(t, h.heard(t.id), now))
             .collect()
     };
+    // This PoP's TSP server, as it reports itself (its address, without the port gogoc
+    // assumes).
+    let tsp = crate::api::pops::shown(&portal.app, &caller)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .find(|p| p.this)
+        .and_then(|p| p.tsp)
+        .map(|at| {
+            let host = at
+                .parse::<std::net::SocketAddr>()
+                .map_or(at.clone(), |a| a.ip().to_string());
+            ClientConfig::tsp(user_name(&caller), &host)
+        })
+        .unwrap_or_default();
     let mut page = v.page("Your tunnels");
     page.notice = notice(&q);
-    v.render(&views::TunnelList { page, rows }, StatusCode::OK)
+    v.render(&views::TunnelList { page, rows, tsp }, StatusCode::OK)
+}
+
+fn user_name(c: &Caller) -> &str {
+    match c {
+        Caller::User(u) => u,
+        Caller::Admin => "",
+    }
 }
 
 /// PoPs a user may choose between: the healthy ones, when there are several.

@@ -120,6 +120,8 @@ pub struct Account {
 pub struct TunnelList {
     pub page: Page,
     pub rows: Vec<Row>,
+    /// How a TSP client gets a tunnel, where this PoP runs TSP.
+    pub tsp: Vec<ClientConfig>,
 }
 
 #[derive(Template)]
@@ -320,6 +322,18 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
+    /// `user`'s TSP client's configurations, for the TSP server at `server`.
+    pub fn tsp(user: &str, server: &str) -> Vec<Self> {
+        clientconf::tsp_account(user, server)
+            .into_iter()
+            .map(|(s, text)| Self {
+                id: s.as_str(),
+                title: s.title(),
+                text,
+            })
+            .collect()
+    }
+
     pub fn all(t: &TunnelOut) -> Vec<Self> {
         System::for_tunnel(t)
             .into_iter()

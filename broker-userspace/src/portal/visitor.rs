@@ -129,12 +129,38 @@ impl Visitor {
     }
 }
 
-async fn visit<S, P, R>(parts: &mut Parts, portal: &Portal<S, P, R>) -> Visitor
+async fn visit<S: Store, P, R>(parts: &mut Parts, portal: &Portal<S, P, R>) -> Visitor
 where
     Portal<S, P, R>: Send + Sync,
 {
     let from = peer(parts, portal).await;
-    Visitor::of(portal, &parts.headers, from)
+    let v = Visitor::of(portal, &parts.headers, from);
+    still_allowed(portal, v).await
+}
+
+/// A session whose account was deleted or disabled since (through the API, another PoP)
+/// ends at its next request: the visitor is a stranger again.
+async fn still_allowed<S: Store, P, R>(portal: &Portal<S, P, R>, v: Visitor) -> Visitor {
+    let (Some(user), Some(token)) = (&v.user, &v.token) else {
+        return v;
+    };
+    let found = portal.app.broker.lock().await.store.user(user);
+    match found {
+        Ok(Some(u)) if !u.secrets.disabled() => v,
+        // A store that cannot be read (PostgreSQL away) does not log anyone out.
+        Err(_) => v,
+        _ => {
+            portal.sessions().end(token);
+            Visitor {
+                user: None,
+                operator: false,
+                token: None,
+                csrf: session::token(),
+                new_csrf: true,
+                ..v
+            }
+        }
+    }
 }
 
 /// The address the request came from (the listener's, or a test's mock).
@@ -226,7 +252,7 @@ impl<S: Store, P: Send + 'static, R: Send + 'static> FromRequest<Portal<S, P, R>
     async fn from_request(req: Request, portal: &Portal<S, P, R>) -> Result<Self, Self::Rejection> {
         let (mut parts, body) = req.into_parts();
         let from = peer(&mut parts, portal).await;
-        let visitor = Visitor::of(portal, &parts.headers, from);
+        let visitor = still_allowed(portal, Visitor::of(portal, &parts.headers, from)).await;
         let bytes = match axum::body::to_bytes(body, super::BODY_LIMIT).await {
             Ok(b) => b,
             Err(_) => {
