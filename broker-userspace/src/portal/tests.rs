@@ -665,7 +665,7 @@ fn the_portal_can_be_apart_or_absent() {
         vec![48],
     );
     let peer = MockConnectInfo("198.51.100.77:40000".parse::<SocketAddr>().unwrap());
-    let mut apart = Browser::new(own_router(portal).layer(peer.clone()));
+    let mut apart = Browser::new(own_router(portal).layer(peer));
     assert_eq!(apart.get("/login").status, StatusCode::OK);
     assert_eq!(apart.get("/healthz").status, StatusCode::OK);
     assert_eq!(apart.get("/api/v1/tunnels").status, StatusCode::NOT_FOUND);
