@@ -73,12 +73,7 @@ pub async fn change<S: Store, P: Projection, R: RouteOps>(
     if let Some(d) = req.disabled {
         set_disabled(&state, &caller, &name, d).await?;
     }
-    let b = state.broker.lock().await;
-    let u = b
-        .store
-        .user(&name)?
-        .ok_or_else(|| ApiError::not_found(format!("no user {name:?}")))?;
-    Ok(Json(out(&u, owned(&b.store, &name)?, None)))
+    Ok(Json(user_out(&state, &name).await?))
 }
 
 // What the API and the portal do to accounts, for a caller.
@@ -110,6 +105,19 @@ pub async fn set_disabled<S: Store, P: Projection, R: RouteOps>(
         .await
         .set_user_disabled(name, disabled)
         .await?)
+}
+
+/// A user as the API shows it (without a password).
+async fn user_out<S: Store, P, R>(
+    state: &AppState<S, P, R>,
+    name: &str,
+) -> Result<UserOut, ApiError> {
+    let b = state.broker.lock().await;
+    let u = b
+        .store
+        .user(name)?
+        .ok_or_else(|| ApiError::not_found(format!("no user {name:?}")))?;
+    Ok(out(&u, owned(&b.store, name)?, None))
 }
 
 fn admin(caller: &Caller) -> Result<(), ApiError> {
@@ -144,12 +152,7 @@ pub async fn show<S: Store, P: Projection, R: RouteOps>(
     if caller != Caller::Admin && caller != Caller::User(name.clone()) {
         return Err(ApiError::not_found(format!("no user {name:?}")));
     }
-    let b = state.broker.lock().await;
-    let u = b
-        .store
-        .user(&name)?
-        .ok_or_else(|| ApiError::not_found(format!("no user {name:?}")))?;
-    Ok(Json(out(&u, owned(&b.store, &name)?, None)))
+    Ok(Json(user_out(&state, &name).await?))
 }
 
 pub async fn create<S: Store, P: Projection, R: RouteOps>(

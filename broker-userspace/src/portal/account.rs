@@ -101,9 +101,15 @@ pub async fn login<S: Store, P: Projection, R: RouteOps>(
         Err(e) => return v.problem(e.status, e.message),
     }
     portal.app.failures().succeeded(&v.peer);
-    let token = portal.sessions().start(&name, Instant::now());
+    tracing::info!(user = name, from = %v.peer, "portal login");
+    logged_in(&portal, &name, "/tunnels")
+}
+
+/// A new session for `user`: its cookie, and on to `to`.
+fn logged_in<S, P, R>(portal: &Portal<S, P, R>, user: &str, to: &str) -> Response {
+    let token = portal.sessions().start(user, Instant::now());
     let (session_name, _) = cookie_names(portal.secure);
-    let mut res = see("/tunnels");
+    let mut res = see(to);
     res.headers_mut().append(
         header::SET_COOKIE,
         set_cookie(
@@ -113,7 +119,6 @@ pub async fn login<S: Store, P: Projection, R: RouteOps>(
             portal.secure,
         ),
     );
-    tracing::info!(user = name, from = %v.peer, "portal login");
     res
 }
 
@@ -251,19 +256,7 @@ pub async fn signup<S: Store, P: Projection, R: RouteOps>(
         return again(form, StatusCode::UNPROCESSABLE_ENTITY);
     }
     tracing::info!(user = name, from = %v.peer, "portal sign-up");
-    let token = portal.sessions().start(&name, Instant::now());
-    let (session_name, _) = cookie_names(portal.secure);
-    let mut res = see("/tunnels?done=welcome");
-    res.headers_mut().append(
-        header::SET_COOKIE,
-        set_cookie(
-            session_name,
-            &token,
-            u64::from(portal.config.session_hours) * 3600,
-            portal.secure,
-        ),
-    );
-    res
+    logged_in(&portal, &name, "/tunnels?done=welcome")
 }
 
 pub async fn account(

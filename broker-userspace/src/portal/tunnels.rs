@@ -180,19 +180,42 @@ fn base_url(headers: &HeaderMap, secure: bool) -> Option<String> {
     plain.then(|| format!("{}://{host}", if secure { "https" } else { "http" }))
 }
 
-/// A tunnel's page; `key`: an update key just made, shown this once.
-#[allow(clippy::too_many_arguments)]
+/// What a tunnel's page shows beyond the tunnel.
+struct Shown<'a> {
+    /// The change form as sent, with its errors; `None`: filled with the tunnel.
+    form: Option<Form>,
+    /// An update key just made, shown this once.
+    key: Option<&'a str>,
+    notice: Option<String>,
+    status: StatusCode,
+}
+
+impl Default for Shown<'_> {
+    fn default() -> Self {
+        Self {
+            form: None,
+            key: None,
+            notice: None,
+            status: StatusCode::OK,
+        }
+    }
+}
+
+/// A tunnel's page.
 async fn tunnel_page<S: Store, P: Projection, R: RouteOps>(
     portal: &Portal<S, P, R>,
     v: &Visitor,
     caller: &Caller,
     headers: &HeaderMap,
     id: u32,
-    form: Option<Form>,
-    key: Option<&str>,
-    notice: Option<String>,
-    status: StatusCode,
+    shown: Shown<'_>,
 ) -> Response {
+    let Shown {
+        form,
+        key,
+        notice,
+        status,
+    } = shown;
     let t = match ops::shown(&portal.app, caller, id).await {
         Ok(t) => t,
         Err(e) => return v.problem(e.status, e.message),
@@ -283,18 +306,11 @@ pub async fn show<S: Store, P: Projection, R: RouteOps>(
         return v.problem(StatusCode::NOT_FOUND, "There is no such tunnel.");
     };
     let caller = Caller::User(user);
-    tunnel_page(
-        &portal,
-        &v,
-        &caller,
-        &headers,
-        id,
-        None,
-        None,
-        notice(&q),
-        StatusCode::OK,
-    )
-    .await
+    let shown = Shown {
+        notice: notice(&q),
+        ..Default::default()
+    };
+    tunnel_page(&portal, &v, &caller, &headers, id, shown).await
 }
 
 pub async fn change<S: Store, P: Projection, R: RouteOps>(
@@ -317,18 +333,12 @@ pub async fn change<S: Store, P: Projection, R: RouteOps>(
         Err(e) => {
             let mut form = Form::with(posted.fields.clone());
             form.fail_api(&e, &CHANGE_FIELDS);
-            tunnel_page(
-                &portal,
-                v,
-                &caller,
-                &headers,
-                id,
-                Some(form),
-                None,
-                None,
-                e.status,
-            )
-            .await
+            let shown = Shown {
+                form: Some(form),
+                status: e.status,
+                ..Default::default()
+            };
+            tunnel_page(&portal, v, &caller, &headers, id, shown).await
         }
     }
 }
@@ -353,36 +363,24 @@ pub async fn act<S: Store, P: Projection, R: RouteOps>(
         // Shown on this answer only: only its hash is kept.
         "update-key" => match ops::new_key(&portal.app, &caller, id).await {
             Ok(key) => {
-                tunnel_page(
-                    &portal,
-                    v,
-                    &caller,
-                    &headers,
-                    id,
-                    None,
-                    Some(&key),
-                    Some("A new update key is in the URL below. It is shown this once: copy it now; the old one no longer works.".into()),
-                    StatusCode::OK,
-                )
-                .await
+                let shown = Shown {
+                    key: Some(&key),
+                    notice: Some("A new update key is in the URL below. It is shown this once: copy it now; the old one no longer works.".into()),
+                    ..Default::default()
+                };
+                tunnel_page(&portal, v, &caller, &headers, id, shown).await
             }
             Err(e) => failed(e),
         },
         "delete" if posted.get("confirm") != Some("yes") => {
             let mut form = Form::default();
             form.fail(Some("confirm"), "Tick the box to confirm the deletion.");
-            tunnel_page(
-                &portal,
-                v,
-                &caller,
-                &headers,
-                id,
-                Some(form),
-                None,
-                None,
-                StatusCode::UNPROCESSABLE_ENTITY,
-            )
-            .await
+            let shown = Shown {
+                form: Some(form),
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                ..Default::default()
+            };
+            tunnel_page(&portal, v, &caller, &headers, id, shown).await
         }
         "delete" => match ops::deleted(&portal.app, &caller, id).await {
             Ok(()) => see("/tunnels?done=deleted"),
