@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: the data plane benchmark (tests/benches/dataplane.rs), which
 //! writes docs/BENCHMARKS.md, then the TSP, AYIYA, control-plane scale and store-engine
-//! ones (tests/benches/tsp.rs, ayiya.rs, scale.rs, stores.rs, pops.rs), which add to it.
+//! ones (tests/benches/tsp.rs, ayiya.rs, scale.rs, stores.rs, pops.rs, portal.rs), which add to it.
 use std::process::Command;
 
 use anyhow::{bail, Result};
@@ -46,6 +46,11 @@ pub fn run(o: Options) -> Result<()> {
     )?;
     exec(
         bench("pops")
+            .env("BROKER_BIN", &broker)
+            .env("BENCH_APPEND", &report),
+    )?;
+    exec(
+        bench("portal")
             .env("BROKER_BIN", &broker)
             .env("BENCH_APPEND", &report),
     )
