@@ -72,7 +72,12 @@ impl System {
 /// broker's address as the router reaches it (`http://host:port`).
 pub fn nic_update_url(t: &TunnelOut, base: &str, key: Option<&str>) -> String {
     let (scheme, host) = base.split_once("://").unwrap_or(("http", base));
-    let user = t.owner.clone().unwrap_or_else(|| t.id.to_string());
+    // A user name may hold '@', which a URL's user part must not.
+    let user = t
+        .owner
+        .clone()
+        .unwrap_or_else(|| t.id.to_string())
+        .replace('@', "%40");
     format!(
         "{scheme}://{user}:{}@{host}/nic/update?hostname={}",
         key.unwrap_or("UPDATE-KEY"),
@@ -658,6 +663,14 @@ mod tests {
         assert_eq!(
             nic_update_url(&tunnel(), "192.0.2.1:8080", None),
             "http://alice:UPDATE-KEY@192.0.2.1:8080/nic/update?hostname=7"
+        );
+        let mail = TunnelOut {
+            owner: Some("ann@example.net".into()),
+            ..tunnel()
+        };
+        assert_eq!(
+            nic_update_url(&mail, "http://192.0.2.1", Some("k")),
+            "http://ann%40example.net:k@192.0.2.1/nic/update?hostname=7"
         );
     }
 

@@ -404,6 +404,15 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         ));
     }
     // The portal: beside the API, or on a listener of its own (docs/PORTAL.md).
+    if config.portal.enabled {
+        let b = broker.lock().await;
+        for name in &config.portal.operators {
+            if matches!(b.store.user(name), Ok(None)) {
+                // Sign-up refuses the name, so nobody else can take it meanwhile.
+                warn!(user = %name, "portal.operators names a user without an account: make it (broker user add)");
+            }
+        }
+    }
     let portal = config.portal.enabled.then(|| {
         let history = Arc::new(std::sync::Mutex::new(crate::history::History::new(
             config.portal.history_hours,

@@ -56,7 +56,7 @@ impl History {
     /// them are forgotten; counters that went back (a tunnel's slot reused) count afresh.
     pub fn sample(&mut self, now: u64, counters: &[(u32, TunnelStats)]) {
         for (id, c) in counters {
-            self.observe(*id, now, c);
+            self.take(*id, now, c, true);
         }
         let present: rustc_hash::FxHashSet<u32> = counters.iter().map(|(id, _)| *id).collect();
         self.seen.retain(|id, _| present.contains(id));
@@ -69,17 +69,37 @@ impl History {
         });
     }
 
-    /// Takes in one tunnel's counters as read at `now` (between samples: a tunnel's page
-    /// shows its traffic up to the moment).
+    /// Takes in one tunnel's counters as read at `now` between samples (a tunnel's page
+    /// shows its traffic up to the moment). A reading behind what was taken in already
+    /// (read before a sample that got in first) is stale, and ignored.
     pub fn observe(&mut self, id: u32, now: u64, c: &TunnelStats) {
+        self.take(id, now, c, false);
+    }
+
+    /// `sample`: counters behind the last reading went back (a slot reused); otherwise
+    /// such a reading is stale.
+    fn take(&mut self, id: u32, now: u64, c: &TunnelStats, sample: bool) {
         let before = self.seen.get(&id).copied();
-        let grown = |now: u64, then: Option<u64>| match then {
-            Some(t) if now >= t => now - t,
-            Some(_) => now,
-            None => 0,
+        if let Some(b) = before {
+            let behind = c.from_client_packets < b.from_packets
+                || c.from_client_bytes < b.from_bytes
+                || c.to_client_bytes < b.to_bytes;
+            if behind && !sample {
+                return;
+            }
+        }
+        // Whole KiB are counted; the rest waits for the next reading (`Seen` holds what
+        // was counted), so that frequent readings do not round traffic up.
+        let account = |now: u64, then: Option<u64>| match then {
+            None => (0, now),
+            Some(t) if now >= t => {
+                let k = (now - t) / 1024;
+                (k, t + k * 1024)
+            }
+            Some(_) => (now / 1024, now / 1024 * 1024),
         };
-        let from = grown(c.from_client_bytes, before.map(|b| b.from_bytes));
-        let to = grown(c.to_client_bytes, before.map(|b| b.to_bytes));
+        let (from, from_seen) = account(c.from_client_bytes, before.map(|b| b.from_bytes));
+        let (to, to_seen) = account(c.to_client_bytes, before.map(|b| b.to_bytes));
         let heard = match before {
             Some(b) if c.from_client_packets != b.from_packets => Some(now),
             Some(b) => b.heard,
@@ -89,14 +109,14 @@ impl History {
             id,
             Seen {
                 from_packets: c.from_client_packets,
-                from_bytes: c.from_client_bytes,
-                to_bytes: c.to_client_bytes,
+                from_bytes: from_seen,
+                to_bytes: to_seen,
                 heard,
             },
         );
         if self.steps > 0 && (from > 0 || to > 0) {
             let step = (now / STEP_SECS) as u32;
-            let kib = |b: u64| u32::try_from(b.div_ceil(1024)).unwrap_or(u32::MAX);
+            let kib = |k: u64| u32::try_from(k).unwrap_or(u32::MAX);
             let steps = self.traffic.entry(id).or_default();
             match steps.back_mut() {
                 Some(last) if last.0 == step => {
@@ -238,6 +258,25 @@ mod tests {
         assert_eq!(h.heard(7), Some(T0 + 10));
         h.sample(T0 + 60, &[(7, stats(3, 4096, 0))]);
         assert_eq!(h.bars(7, T0 + 60)[11].from_client, 3 * 1024);
+    }
+
+    #[test]
+    fn a_stale_reading_is_ignored_and_small_traffic_is_not_rounded_up() {
+        let mut h = History::new(1);
+        h.sample(T0, &[(7, stats(1, 1024, 0))]);
+        h.sample(T0 + 60, &[(7, stats(5, 9216, 0))]);
+        // A page read 4096 before that sample and records it after: nothing counts twice.
+        h.observe(7, T0 + 61, &stats(3, 4096, 0));
+        h.sample(T0 + 120, &[(7, stats(5, 9216, 0))]);
+        assert_eq!(h.bars(7, T0 + 120)[11].from_client, 8 * 1024);
+        assert_eq!(h.heard(7), Some(T0 + 60));
+        // 100 bytes a reading: a KiB shows once a KiB has passed, not at every reading.
+        let mut h = History::new(1);
+        h.sample(T0, &[(1, stats(0, 0, 0))]);
+        for i in 1..=20u64 {
+            h.observe(1, T0 + i, &stats(i, i * 100, 0));
+        }
+        assert_eq!(h.bars(1, T0 + 20)[11].from_client, 1024);
     }
 
     #[test]

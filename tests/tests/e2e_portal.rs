@@ -244,7 +244,26 @@ fn a_user_and_an_operator_in_a_real_browser() {
             .expect("pinging through the portal's tunnel");
         let before = from_you(&ann).await;
         assert!(before >= 1, "the pings were counted");
-        lab.ping(1, INET6_HOST, 5, "0.2").expect("pings");
+        // Large enough for the graph, which counts whole KiB.
+        lab.clients[0]
+            .ns
+            .exec(
+                "ping",
+                &[
+                    "-6",
+                    "-n",
+                    "-c",
+                    "5",
+                    "-i",
+                    "0.2",
+                    "-s",
+                    "1200",
+                    "-W",
+                    "2",
+                    &INET6_HOST.to_string(),
+                ],
+            )
+            .expect("pings");
         let after = from_you(&ann).await;
         assert!(after >= before + 5, "counters move: {before} -> {after}");
         assert!(
@@ -297,8 +316,22 @@ fn a_user_and_an_operator_in_a_real_browser() {
         assert!(tunnel_state(&lab, id).1.contains("\"mtu\":1480"));
 
         // The operator disables the tunnel; its user sees it and cannot enable it.
+        // The operator's account is the administrator's to make (sign-up refuses an
+        // operator's name).
+        let made = lab.admin_request(
+            "POST",
+            "/api/v1/users",
+            Some(&format!(
+                r#"{{"name":"{LAB_OPERATOR}","password":"{PASSWORD}"}}"#
+            )),
+        );
+        assert_eq!(made.map(|m| m.0), Some(201));
         let olga = browser(&wd).await;
-        signup(&olga, LAB_OPERATOR).await;
+        go(&olga, "/login").await;
+        fill(&olga, "#f-name", LAB_OPERATOR).await;
+        fill(&olga, "#f-password", PASSWORD).await;
+        submit(&olga, "form[action='/login'] button[type=submit]").await;
+        assert_eq!(path(&olga).await, "/tunnels");
         go(&olga, "/operator/tunnels?owner=ann").await;
         shot(&olga, &shots, "operator-tunnels", 700).await;
         submit(&olga, &format!("#tunnel-{id} button")).await;

@@ -322,6 +322,9 @@ pub async fn password_matches<S: Store, P, R>(
         let b = state.broker.lock().await;
         b.store.user(user).map_err(ApiError::internal)?
     }
+    // A disabled account's hash is no hash (`!`): it is checked like an unknown user's,
+    // so that neither answers sooner than a wrong password.
+    .filter(|u| !u.secrets.disabled())
     .map(|u| u.secrets.password_hash);
     // argon2 takes tens of milliseconds: off the thread every service shares, and
     // without the broker's lock. An unknown user costs as much as a wrong password.

@@ -276,6 +276,47 @@ fn users_are_created_listed_shown_and_deleted() {
         None,
     );
     assert_eq!((s, v["name"].as_str()), (StatusCode::OK, Some("bob")));
+    // Bob may set his password, not his account's state: a request that asks both
+    // changes nothing.
+    let (s, _) = c.json(
+        Method::PATCH,
+        "/api/v1/users/bob",
+        Auth::Basic("bob", "correct horse"),
+        Some(json!({"password": "battery staple", "disabled": false})),
+    );
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = c.json(
+        Method::PATCH,
+        "/api/v1/users/bob",
+        Auth::Basic("bob", "correct horse"),
+        Some(json!({"password": "battery staple"})),
+    );
+    assert_eq!(s, StatusCode::OK, "the old password still held");
+    let (s, v) = c.json(
+        Method::PATCH,
+        "/api/v1/users/bob",
+        Auth::Admin,
+        Some(json!({"disabled": true})),
+    );
+    assert_eq!((s, v["disabled"].as_bool()), (StatusCode::OK, Some(true)));
+    assert_eq!(
+        c.call(
+            Method::GET,
+            "/api/v1/users/bob",
+            Auth::Basic("bob", "battery staple"),
+            None
+        )
+        .0,
+        StatusCode::UNAUTHORIZED,
+        "a disabled account logs in nowhere"
+    );
+    let (s, _) = c.json(
+        Method::PATCH,
+        "/api/v1/users/bob",
+        Auth::Admin,
+        Some(json!({"disabled": false, "password": "correct horse"})),
+    );
+    assert_eq!(s, StatusCode::OK);
     // Bob owns a tunnel: he cannot be deleted until it is gone.
     let (s, t) = c.json(
         Method::POST,

@@ -67,6 +67,10 @@ pub async fn change<S: Store, P: Projection, R: RouteOps>(
     if caller != Caller::Admin && caller != Caller::User(name.clone()) {
         return Err(ApiError::not_found(format!("no user {name:?}")));
     }
+    if req.disabled.is_some() {
+        // Checked before anything changes: a request is applied whole or not at all.
+        admin(&caller)?;
+    }
     if let Some(p) = &req.password {
         set_password(&state, &caller, &name, p).await?;
     }

@@ -101,13 +101,27 @@ pub async fn login<S: Store, P: Projection, R: RouteOps>(
         Err(e) => return v.problem(e.status, e.message),
     }
     portal.app.failures().succeeded(&v.peer);
+    let account = portal.app.broker.lock().await.store.user(&name);
+    let Ok(Some(account)) = account else {
+        return v.problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The account cannot be read now.",
+        );
+    };
     tracing::info!(user = name, from = %v.peer, "portal login");
-    logged_in(&portal, &name, "/tunnels")
+    logged_in(&portal, &account, "/tunnels")
 }
 
-/// A new session for `user`: its cookie, and on to `to`.
-fn logged_in<S, P, R>(portal: &Portal<S, P, R>, user: &str, to: &str) -> Response {
-    let token = portal.sessions().start(user, Instant::now());
+/// A new session for `account`: its cookie, and on to `to`.
+fn logged_in<S, P, R>(
+    portal: &Portal<S, P, R>,
+    account: &crate::store::UserRecord,
+    to: &str,
+) -> Response {
+    let stamp = crate::portal::session::stamp(account);
+    let token = portal
+        .sessions()
+        .start(&account.name, &stamp, Instant::now());
     let (session_name, _) = cookie_names(portal.secure);
     let mut res = see(to);
     res.headers_mut().append(
@@ -190,6 +204,10 @@ pub async fn signup<S: Store, P: Projection, R: RouteOps>(
             Some("name"),
             "1-64 characters of a-z, A-Z, 0-9, '-', '_', '.', '@'.",
         );
+    } else if portal.is_operator(&name) {
+        // An operator's name is the operator's, also before (or after) their account
+        // exists: whoever took it would see the operator's pages.
+        form.fail(Some("name"), "This name is taken.");
     }
     if password.len() < 8 {
         form.fail(Some("password"), "At least 8 characters.");
@@ -251,12 +269,15 @@ pub async fn signup<S: Store, P: Projection, R: RouteOps>(
         }
         made
     };
-    if let Err(e) = made {
-        form.fail_api(&e.into(), &["name", "password"]);
-        return again(form, StatusCode::UNPROCESSABLE_ENTITY);
-    }
+    let account = match made {
+        Ok((account, _)) => account,
+        Err(e) => {
+            form.fail_api(&e.into(), &["name", "password"]);
+            return again(form, StatusCode::UNPROCESSABLE_ENTITY);
+        }
+    };
     tracing::info!(user = name, from = %v.peer, "portal sign-up");
-    logged_in(&portal, &name, "/tunnels?done=welcome")
+    logged_in(&portal, &account, "/tunnels?done=welcome")
 }
 
 pub async fn account(
@@ -302,8 +323,15 @@ pub async fn change_password<S: Store, P: Projection, R: RouteOps>(
         let caller = Caller::User(user.clone());
         match users::set_password(&portal.app, &caller, &user, &password).await {
             Ok(()) => {
-                // Whoever else held a session of this account is logged out.
+                // Whoever else held a session of this account is logged out; this one
+                // goes on with the account as it is now.
                 portal.sessions().end_user(&user, v.token.as_deref());
+                let now = portal.app.broker.lock().await.store.user(&user);
+                if let (Ok(Some(u)), Some(t)) = (now, &v.token) {
+                    portal
+                        .sessions()
+                        .restamp(t, &crate::portal::session::stamp(&u));
+                }
                 return see("/account?done=password");
             }
             Err(e) => form.fail_api(&e, &["password"]),

@@ -23,7 +23,20 @@ pub struct Session {
     pub user: String,
     /// What this session's forms carry.
     pub csrf: String,
+    /// The account as it was at login ([`stamp`]): a session outlives no change of its
+    /// password, and no account deleted and made again under its name.
+    pub stamp: String,
     started: Instant,
+}
+
+/// What ties a session to the account it logged in to: a hash of what is kept of the
+/// password (which a new password, or disabling, changes) and of when the account was
+/// made.
+pub fn stamp(u: &crate::store::UserRecord) -> String {
+    let mut h = Sha256::new();
+    h.update(u.secrets.password_hash.as_bytes());
+    h.update(u.created_at.to_be_bytes());
+    crate::secret::hex(h.finalize())
 }
 
 #[derive(Debug)]
@@ -49,8 +62,9 @@ impl Sessions {
         }
     }
 
-    /// Starts a session for `user`; returns its token (for the cookie).
-    pub fn start(&mut self, user: &str, now: Instant) -> String {
+    /// Starts a session for `user` (its account's [`stamp`]); returns its token (for the
+    /// cookie).
+    pub fn start(&mut self, user: &str, stamp: &str, now: Instant) -> String {
         self.by_hash
             .retain(|_, s| now.duration_since(s.started) < self.lifetime);
         let theirs: Vec<([u8; 32], Instant)> = self
@@ -80,6 +94,7 @@ impl Sessions {
             Session {
                 user: user.to_string(),
                 csrf: token(),
+                stamp: stamp.to_string(),
                 started: now,
             },
         );
@@ -96,6 +111,13 @@ impl Sessions {
                 None
             }
             None => None,
+        }
+    }
+
+    /// The account changed by this session's own hand (its password): it goes on.
+    pub fn restamp(&mut self, token: &str, stamp: &str) {
+        if let Some(s) = self.by_hash.get_mut(&hash(token)) {
+            s.stamp = stamp.to_string();
         }
     }
 
@@ -145,9 +167,9 @@ mod tests {
     fn sessions_end_at_their_lifetime_logout_and_for_their_user() {
         let t0 = Instant::now();
         let mut s = Sessions::new(Duration::from_secs(3600));
-        let a = s.start("alice", t0);
-        let b = s.start("bob", t0);
-        let a2 = s.start("alice", t0);
+        let a = s.start("alice", "st", t0);
+        let b = s.start("bob", "st", t0);
+        let a2 = s.start("alice", "st", t0);
         assert_eq!(s.get(&a, t0).unwrap().user, "alice");
         assert_ne!(s.get(&a, t0).unwrap().csrf, s.get(&a2, t0).unwrap().csrf);
         assert_eq!(s.get("nonsense", t0), None);
@@ -165,9 +187,9 @@ mod tests {
     fn a_user_holds_a_bounded_number_of_sessions() {
         let t0 = Instant::now();
         let mut s = Sessions::new(Duration::from_secs(3600));
-        let first = s.start("alice", t0);
+        let first = s.start("alice", "st", t0);
         for i in 1..PER_USER as u64 + 5 {
-            s.start("alice", t0 + Duration::from_millis(i));
+            s.start("alice", "st", t0 + Duration::from_millis(i));
         }
         assert_eq!(s.len(), PER_USER);
         assert_eq!(s.get(&first, t0), None, "the oldest went first");

@@ -175,6 +175,26 @@ impl Browser {
         )
     }
 
+    /// The operator's account (`config()`'s `olga`), made through the API as an
+    /// administrator makes it (sign-up refuses an operator's name), and logged in.
+    fn operator(&mut self) {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri("/api/v1/users")
+            .header(header::AUTHORIZATION, "Bearer admin-token-0123456789")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(
+                r#"{"name": "olga", "password": "password-of-8"}"#,
+            ))
+            .unwrap();
+        let res = self.rt.block_on(self.app.clone().oneshot(req)).unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+        assert_eq!(
+            self.login("olga", "password-of-8").status,
+            StatusCode::SEE_OTHER
+        );
+    }
+
     fn login(&mut self, name: &str, password: &str) -> Answer {
         self.post_from(
             "/login",
@@ -499,7 +519,7 @@ fn the_operator_disables_a_tunnel_and_its_user_cannot_enable_it() {
     ann.signup("ann");
     let id = ann.tunnel("198.51.100.10");
     let mut olga = Browser::new(app);
-    olga.signup("olga");
+    olga.operator();
     let list = olga.get("/operator/tunnels?owner=ann");
     assert!(list.body.contains(&format!("id=\"tunnel-{id}\"")));
     let off = olga.post_from(
@@ -546,7 +566,7 @@ fn a_disabled_account_logs_in_nowhere_until_enabled() {
     ann.signup("ann");
     let id = ann.tunnel("198.51.100.10");
     let mut olga = Browser::new(app.clone());
-    olga.signup("olga");
+    olga.operator();
     let off = olga.post_from("/operator/users", "/operator/users/ann/disable", &[]);
     assert!(
         off.body
@@ -675,4 +695,77 @@ fn the_portal_can_be_apart_or_absent() {
     let mut api_only = Browser::new(crate::api::router(state).layer(peer));
     assert_eq!(api_only.get("/login").status, StatusCode::NOT_FOUND);
     assert_eq!(api_only.get("/healthz").status, StatusCode::OK);
+}
+
+#[test]
+fn a_new_password_ends_every_other_session_of_the_account() {
+    let (app, _) = app(config(), false);
+    let mut one = Browser::new(app.clone());
+    one.signup("ann");
+    let mut two = Browser::new(app.clone());
+    assert_eq!(
+        two.login("ann", "password-of-8").status,
+        StatusCode::SEE_OTHER
+    );
+    let changed = one.post_from(
+        "/account",
+        "/account",
+        &[
+            ("current", "password-of-8"),
+            ("password", "another-password"),
+            ("password2", "another-password"),
+        ],
+    );
+    assert_eq!(
+        changed.location.as_deref(),
+        Some("/account?done=password"),
+        "{}",
+        changed.body
+    );
+    assert_eq!(
+        one.get("/tunnels").status,
+        StatusCode::OK,
+        "the changing session goes on"
+    );
+    assert_eq!(two.get("/tunnels").location.as_deref(), Some("/login"));
+    // Changed through the API (or at another PoP): this session ends too.
+    let req = Request::builder()
+        .method(Method::PATCH)
+        .uri("/api/v1/users/ann")
+        .header(header::AUTHORIZATION, "Bearer admin-token-0123456789")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(r#"{"password": "a-third-password"}"#))
+        .unwrap();
+    let res = one.rt.block_on(app.clone().oneshot(req)).unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(one.get("/tunnels").location.as_deref(), Some("/login"));
+}
+
+#[test]
+fn an_operators_name_cannot_be_signed_up_for() {
+    let (app, _) = app(config(), false);
+    let mut b = Browser::new(app);
+    let a = b.signup("olga");
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(element(&a.body, "e-name").contains("taken"));
+}
+
+#[test]
+fn tsps_kinds_are_left_to_tsp_clients() {
+    let (app, _) = app(config(), false);
+    let mut b = Browser::new(app);
+    b.signup("ann");
+    for kind in ["v6udpv4", "v4v6"] {
+        let a = b.post_from(
+            "/tunnels/new",
+            "/tunnels/new",
+            &[
+                ("kind", kind),
+                ("remote_ipv4", "198.51.100.10"),
+                ("remote_port", "4000"),
+            ],
+        );
+        assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{kind}");
+        assert!(element(&a.body, "e-kind").contains("TSP client"), "{kind}");
+    }
 }

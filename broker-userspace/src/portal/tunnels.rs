@@ -151,9 +151,17 @@ pub async fn create<S: Store, P: Projection, R: RouteOps>(
     let Some(caller) = v.caller() else {
         return see("/login");
     };
-    let made = match as_request::<CreateIn>(&posted.fields, &CREATE_FIELDS, &NUMERIC) {
-        Ok(req) => ops::created(&portal.app, &caller, req).await,
-        Err(e) => Err(e),
+    // TSP's kinds are made by the client's session, which gives back only its own.
+    let made = if matches!(posted.get("kind"), Some("v6udpv4" | "v4v6")) {
+        Err(ApiError::unprocessable(
+            Some("kind".into()),
+            "kind: your TSP client makes these itself: see your tunnel list",
+        ))
+    } else {
+        match as_request::<CreateIn>(&posted.fields, &CREATE_FIELDS, &NUMERIC) {
+            Ok(req) => ops::created(&portal.app, &caller, req).await,
+            Err(e) => Err(e),
+        }
     };
     match made {
         Ok(t) => see(&format!("/tunnels/{}?done=created", t.id)),

@@ -22,6 +22,8 @@ pub struct Visitor {
     pub(super) token: Option<String>,
     /// What this visitor's forms carry.
     pub csrf: String,
+    /// The session's [`session::stamp`].
+    stamp: String,
     /// A `csrf` cookie to set: a first visit, before any login.
     new_csrf: bool,
     pub peer: IpAddr,
@@ -66,6 +68,7 @@ impl Visitor {
                 user: Some(s.user),
                 token: Some(token),
                 csrf: s.csrf,
+                stamp: s.stamp,
                 new_csrf: false,
                 peer,
                 secure: portal.secure,
@@ -75,6 +78,7 @@ impl Visitor {
                 operator: false,
                 token: None,
                 csrf: pre.map_or_else(session::token, str::to_string),
+                stamp: String::new(),
                 new_csrf: pre.is_none(),
                 peer,
                 secure: portal.secure,
@@ -138,15 +142,16 @@ where
     still_allowed(portal, v).await
 }
 
-/// A session whose account was deleted or disabled since (through the API, another PoP)
-/// ends at its next request: the visitor is a stranger again.
+/// A session whose account was deleted, disabled or given a new password since (here,
+/// through the API, at another PoP) ends at its next request: the visitor is a stranger
+/// again.
 async fn still_allowed<S: Store, P, R>(portal: &Portal<S, P, R>, v: Visitor) -> Visitor {
     let (Some(user), Some(token)) = (&v.user, &v.token) else {
         return v;
     };
     let found = portal.app.broker.lock().await.store.user(user);
     match found {
-        Ok(Some(u)) if !u.secrets.disabled() => v,
+        Ok(Some(u)) if !u.secrets.disabled() && session::stamp(&u) == v.stamp => v,
         // A store that cannot be read (PostgreSQL away) does not log anyone out.
         Err(_) => v,
         _ => {
