@@ -117,7 +117,18 @@ impl History {
         if self.steps > 0 && (from > 0 || to > 0) {
             let step = (now / STEP_SECS) as u32;
             let kib = |k: u64| u32::try_from(k).unwrap_or(u32::MAX);
-            let steps = self.traffic.entry(id).or_default();
+            // The whole window at once: a deque grown by doubling would hold up to twice
+            // the steps it needs.
+            let window = self.steps;
+            let oldest = self.oldest(now);
+            let steps = self
+                .traffic
+                .entry(id)
+                .or_insert_with(|| VecDeque::with_capacity(window));
+            // Room first: never more than the window, so the deque never grows.
+            while steps.front().is_some_and(|s| s.0 < oldest) {
+                steps.pop_front();
+            }
             match steps.back_mut() {
                 Some(last) if last.0 == step => {
                     last.1 = last.1.saturating_add(kib(from));
