@@ -26,7 +26,10 @@ impl<S: Store, P: Projection, R: RouteOps> Broker<S, P, R> {
     /// Projects tunnel `id` as the store holds it now: installed (and its routes) if it
     /// is this PoP's, removed from maps and routes if it is gone or another PoP's.
     pub async fn follow(&mut self, id: u32) -> Result<()> {
-        let record = self.store.tunnel(id)?.filter(|t| self.mine(t));
+        // Never what this PoP remembers: a notification heard while the store's own
+        // connection is still coming back must fail (and be caught up), not be applied
+        // from an old copy and counted as done.
+        let record = self.store.tunnel_now(id)?.filter(|t| self.mine(t));
         let had = self.maps.installed_prefixes(id);
         match record {
             Some(t) => {

@@ -26,6 +26,15 @@ use crate::{
     store::Store,
 };
 
+/// What each XDP verdict of [`ACTIONS`] means here.
+const ACTION_WORDS: [&str; 5] = [
+    "The program failed on a packet (a bug): dropped.",
+    "Dropped: see the drop reasons below.",
+    "Handed to the kernel: not tunnel traffic, or for the kernel to finish (see the pass reasons).",
+    "Answered out of the interface it came in on (echo replies, Packet Too Big, Time Exceeded).",
+    "Forwarded, de- or encapsulated, out of another interface (or to the AYIYA worker's socket).",
+];
+
 /// Tunnels on one page of the operator's list.
 const PAGE: usize = 100;
 /// The filters of the operator's tunnel list, as the API's list names them.
@@ -319,8 +328,9 @@ pub async fn counters<S: Store, P: Projection, R: RouteOps>(
             about: "What the data plane did with each packet it saw, since its maps were made.",
             rows: ACTIONS
                 .iter()
+                .zip(ACTION_WORDS)
                 .enumerate()
-                .map(|(i, a)| row(a, g.action(i as u32), ""))
+                .map(|(i, (a, words))| row(a, g.action(i as u32), words))
                 .collect(),
         },
         CounterSection {

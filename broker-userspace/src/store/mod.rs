@@ -335,6 +335,12 @@ pub trait Store: Send {
     /// reload).
     fn tunnels(&self) -> Result<Vec<TunnelRecord>>;
     fn tunnel(&self, id: u32) -> Result<Option<TunnelRecord>>;
+    /// Tunnel `id` as the store holds it now, never from what a PoP remembers of it while
+    /// the store is away ([`remembered`]): following a change notified by the store must
+    /// not take an old copy for the change.
+    fn tunnel_now(&self, id: u32) -> Result<Option<TunnelRecord>> {
+        self.tunnel(id)
+    }
     /// Up to `limit` tunnels matching `filter` with ids above `after`, in id order.
     fn tunnel_page(
         &self,

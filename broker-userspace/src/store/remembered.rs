@@ -126,6 +126,15 @@ impl<S: Store> Store for Remembered<S> {
         )
     }
 
+    fn tunnel_now(&self, id: u32) -> Result<Option<TunnelRecord>> {
+        let t = self.inner.tunnel(id)?;
+        match &t {
+            Some(t) => self.keep(t),
+            None => self.forget(id),
+        }
+        Ok(t)
+    }
+
     fn tunnel_page(
         &self,
         filter: &TunnelFilter,
@@ -463,6 +472,11 @@ mod tests {
         let link = a.spec.link_prefix.unwrap();
         assert_eq!(s.tunnel_by_link(&link).unwrap(), Some(a.clone()));
         assert_eq!(s.tunnel(b.spec.id).unwrap(), Some(b.clone()));
+        // Except for following a notified change: the old copy is no answer then.
+        assert!(matches!(
+            s.tunnel_now(b.spec.id),
+            Err(StoreError::Unavailable { .. })
+        ));
         assert_eq!(s.user("ann").unwrap(), user);
         assert_eq!(s.tunnels_of("ann").unwrap(), vec![a.clone(), b.clone()]);
         assert_eq!(s.watched().unwrap(), vec![a.clone()]);
