@@ -164,9 +164,7 @@ pub async fn create<S: Store, P: Projection, R: RouteOps>(
     Extension(caller): Extension<Caller>,
     Body(req): Body<CreateIn>,
 ) -> Result<Response, ApiError> {
-    admin(&caller)?;
-    let mut b = state.broker.lock().await;
-    let (u, password) = b.create_user(&req.name, req.password.as_deref())?;
+    let (u, password) = created(&state, &caller, &req.name, req.password.as_deref()).await?;
     Ok((
         StatusCode::CREATED,
         Json(out(&u, Vec::new(), Some(password))),
@@ -174,12 +172,33 @@ pub async fn create<S: Store, P: Projection, R: RouteOps>(
         .into_response())
 }
 
+/// Makes an account (the administrator's only); the password in clear, generated when
+/// none is given.
+pub async fn created<S: Store, P: Projection, R: RouteOps>(
+    state: &AppState<S, P, R>,
+    caller: &Caller,
+    name: &str,
+    password: Option<&str>,
+) -> Result<(UserRecord, String), ApiError> {
+    admin(caller)?;
+    Ok(state.broker.lock().await.create_user(name, password)?)
+}
+
 pub async fn delete<S: Store, P: Projection, R: RouteOps>(
     State(state): State<AppState<S, P, R>>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    admin(&caller)?;
-    state.broker.lock().await.delete_user(&name)?;
+    deleted(&state, &caller, &name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes an account that owns no tunnels (the administrator's only).
+pub async fn deleted<S: Store, P: Projection, R: RouteOps>(
+    state: &AppState<S, P, R>,
+    caller: &Caller,
+    name: &str,
+) -> Result<(), ApiError> {
+    admin(caller)?;
+    Ok(state.broker.lock().await.delete_user(name)?)
 }

@@ -93,12 +93,7 @@ pub async fn create_user<S: Store, P: Projection, R: RouteOps>(
         return refused(&posted.visitor);
     };
     let name = posted.get("name").unwrap_or_default();
-    let made = portal
-        .app
-        .broker
-        .lock()
-        .await
-        .create_user(name, posted.get("password"));
+    let made = users::created(&portal.app, &Caller::Admin, name, posted.get("password")).await;
     match made {
         // A generated password is shown this once: only what checks it is kept.
         Ok((u, password)) => {
@@ -115,8 +110,8 @@ pub async fn create_user<S: Store, P: Projection, R: RouteOps>(
         Err(e) => {
             let mut form = Form::with(posted.fields.clone());
             form.values.remove("password");
-            form.fail_api(&e.into(), &["name", "password"]);
-            users_page(&portal, v, form, None, StatusCode::UNPROCESSABLE_ENTITY).await
+            form.fail_api(&e, &["name", "password"]);
+            users_page(&portal, v, form, None, e.status).await
         }
     }
 }
@@ -158,13 +153,10 @@ pub async fn user_action<S: Store, P: Projection, R: RouteOps>(
                     format!("Account {name} has the new password {password}: hand it over now, it is not shown again.")
                 })
         }
-        "delete" => {
-            let deleted = portal.app.broker.lock().await.delete_user(&name);
-            deleted.map_err(ApiError::from).map(|()| {
-                portal.sessions().end_user(&name, None);
-                format!("Account {name} is deleted.")
-            })
-        }
+        "delete" => users::deleted(&portal.app, &admin, &name).await.map(|()| {
+            portal.sessions().end_user(&name, None);
+            format!("Account {name} is deleted.")
+        }),
         _ => return refused(v),
     };
     match done {

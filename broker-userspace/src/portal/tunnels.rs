@@ -45,7 +45,7 @@ pub async fn list<S: Store, P: Projection, R: RouteOps>(
     Member(v, user): Member,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let caller = Caller::User(user);
+    let caller = Caller::User(user.clone());
     let query = HashMap::from([("counters".to_string(), "true".to_string())]);
     let req = match ListRequest::parse(&query, &caller) {
         Ok(r) => r,
@@ -75,19 +75,12 @@ pub async fn list<S: Store, P: Projection, R: RouteOps>(
             let host = at
                 .parse::<std::net::SocketAddr>()
                 .map_or(at.clone(), |a| a.ip().to_string());
-            ClientConfig::tsp(user_name(&caller), &host)
+            ClientConfig::tsp(&user, &host)
         })
         .unwrap_or_default();
     let mut page = v.page("Your tunnels");
     page.notice = notice(&q);
     v.render(&views::TunnelList { page, rows, tsp }, StatusCode::OK)
-}
-
-fn user_name(c: &Caller) -> &str {
-    match c {
-        Caller::User(u) => u,
-        Caller::Admin => "",
-    }
 }
 
 /// PoPs a user may choose between: the healthy ones, when there are several.

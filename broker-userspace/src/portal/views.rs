@@ -323,25 +323,25 @@ pub struct ClientConfig {
 
 impl ClientConfig {
     /// `user`'s TSP client's configurations, for the TSP server at `server`.
+    fn of(system: System, text: String) -> Self {
+        Self {
+            id: system.as_str(),
+            title: system.title(),
+            text,
+        }
+    }
+
     pub fn tsp(user: &str, server: &str) -> Vec<Self> {
         clientconf::tsp_account(user, server)
             .into_iter()
-            .map(|(s, text)| Self {
-                id: s.as_str(),
-                title: s.title(),
-                text,
-            })
+            .map(|(s, text)| Self::of(s, text))
             .collect()
     }
 
     pub fn all(t: &TunnelOut) -> Vec<Self> {
         System::for_tunnel(t)
             .into_iter()
-            .map(|s| Self {
-                id: s.as_str(),
-                title: s.title(),
-                text: clientconf::render(t, s),
-            })
+            .map(|s| Self::of(s, clientconf::render(t, s)))
             .collect()
     }
 }

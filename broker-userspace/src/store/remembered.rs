@@ -71,6 +71,14 @@ impl<S: Store> Remembered<S> {
         }
     }
 
+    /// What the store said of tunnel `id`: kept, or forgotten if it is gone.
+    fn noted(&self, id: u32, t: &Option<TunnelRecord>) {
+        match t {
+            Some(t) => self.keep(t),
+            None => self.forget(id),
+        }
+    }
+
     fn forget(&self, id: u32) {
         if let Some(k) = &self.known {
             k.borrow_mut().tunnels.remove(&id);
@@ -118,20 +126,14 @@ impl<S: Store> Store for Remembered<S> {
     fn tunnel(&self, id: u32) -> Result<Option<TunnelRecord>> {
         self.read(
             self.inner.tunnel(id),
-            |t| match t {
-                Some(t) => self.keep(t),
-                None => self.forget(id),
-            },
+            |t| self.noted(id, t),
             |k| k.tunnels.get(&id).cloned(),
         )
     }
 
     fn tunnel_now(&self, id: u32) -> Result<Option<TunnelRecord>> {
         let t = self.inner.tunnel(id)?;
-        match &t {
-            Some(t) => self.keep(t),
-            None => self.forget(id),
-        }
+        self.noted(id, &t);
         Ok(t)
     }
 
